@@ -1,0 +1,181 @@
+"""The plugbox exception hierarchy.
+
+Every error plugbox raises derives from :class:`PlugboxError`::
+
+    PlugboxError
+    ├── UsageError                 the host called the API wrongly (closed object, bad argument)
+    ├── ManifestError              plugbox.json is unreadable or fails the schema
+    ├── VerificationError          refused before anything is compiled
+    │   ├── HashMismatchError      module bytes differ from the manifest's sha256
+    │   ├── IncompatibleAbiError   manifest or module declares an ABI this runtime cannot run
+    │   ├── IncompatibleHostError  manifest's host specifier excludes this plugbox version
+    │   ├── ModuleInterfaceError   module imports outside the ABI or lacks required exports
+    │   └── PolicyViolationError   manifest asks for more than the host policy allows
+    └── PluginCallError            a call into a loaded plugin failed (carries .plugin, .hook)
+        ├── LimitExceeded          a resource limit stopped the call (carries .limit)
+        │   ├── FuelExhausted
+        │   ├── DeadlineExceeded
+        │   ├── MemoryLimitExceeded
+        │   └── StackOverflow
+        ├── GuestTrap              the guest trapped (unreachable, out-of-bounds access, ...)
+        ├── AbiViolation           the guest broke the ABI (bad pointer, bad UTF-8, bad tag)
+        ├── UnknownHookError       the hook is not declared in the plugin's manifest
+        ├── PermissionDenied       the plugin failed because a service was denied (.permission)
+        └── GuestError             the guest returned its own error (.kind, .detail)
+
+Every error carries the attributes ``plugin``, ``hook``, ``permission`` and ``limit`` (``None``
+where they do not apply) so hosts can react without parsing messages.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AbiViolation",
+    "DeadlineExceeded",
+    "FuelExhausted",
+    "GuestError",
+    "GuestTrap",
+    "HashMismatchError",
+    "IncompatibleAbiError",
+    "IncompatibleHostError",
+    "LimitExceeded",
+    "ManifestError",
+    "MemoryLimitExceeded",
+    "ModuleInterfaceError",
+    "PermissionDenied",
+    "PlugboxError",
+    "PluginCallError",
+    "PolicyViolationError",
+    "StackOverflow",
+    "UnknownHookError",
+    "UsageError",
+    "VerificationError",
+]
+
+
+class PlugboxError(Exception):
+    """Root of every error plugbox raises."""
+
+    plugin: str | None
+    hook: str | None
+    permission: str | None
+    limit: str | None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        plugin: str | None = None,
+        hook: str | None = None,
+        permission: str | None = None,
+        limit: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.plugin = plugin
+        self.hook = hook
+        self.permission = permission
+        self.limit = limit
+
+
+class UsageError(PlugboxError):
+    """The host used the API wrongly: a closed object, an invalid argument or setting."""
+
+
+class ManifestError(PlugboxError):
+    """A manifest could not be read or does not match the manifest schema.
+
+    ``json_path`` names the offending location (``$.permissions.http.hosts[0]``) when known.
+    """
+
+    def __init__(
+        self, message: str, *, plugin: str | None = None, json_path: str | None = None
+    ) -> None:
+        super().__init__(message, plugin=plugin)
+        self.json_path = json_path
+
+
+class VerificationError(PlugboxError):
+    """A plugin was refused before compilation: the module or manifest cannot be trusted or run."""
+
+
+class HashMismatchError(VerificationError):
+    """The module's sha256 differs from the one pinned in the manifest."""
+
+
+class IncompatibleAbiError(VerificationError):
+    """The plugin needs an ABI version this runtime does not implement."""
+
+
+class IncompatibleHostError(VerificationError):
+    """The manifest's host-compatibility specifier excludes this plugbox version."""
+
+
+class ModuleInterfaceError(VerificationError):
+    """The module imports something outside the ABI, or lacks an export the ABI requires."""
+
+
+class PolicyViolationError(VerificationError):
+    """The manifest requests a permission or limit beyond the host policy's caps."""
+
+
+class PluginCallError(PlugboxError):
+    """A call into a loaded plugin failed. The host and other plugins are unaffected."""
+
+
+class LimitExceeded(PluginCallError):
+    """A resource limit stopped the call; ``limit`` names it (fuel, deadline, memory, stack)."""
+
+
+class FuelExhausted(LimitExceeded):
+    """The call used up its fuel budget (instructions executed)."""
+
+
+class DeadlineExceeded(LimitExceeded):
+    """The call ran past its wall-clock deadline."""
+
+
+class MemoryLimitExceeded(LimitExceeded):
+    """The plugin tried to grow its linear memory past its cap."""
+
+
+class StackOverflow(LimitExceeded):
+    """The plugin exhausted its wasm stack (usually unbounded recursion)."""
+
+
+class GuestTrap(PluginCallError):
+    """The guest trapped: unreachable, out-of-bounds memory access, division by zero, ..."""
+
+
+class AbiViolation(PluginCallError):
+    """The guest broke the ABI: a pointer or length outside its memory, invalid UTF-8, an
+    unknown discriminant, or a malformed return value."""
+
+
+class UnknownHookError(PluginCallError):
+    """The hook is not among those the plugin's manifest declares."""
+
+
+class PermissionDenied(PluginCallError):
+    """The call failed because a host service was denied; ``permission`` names the service."""
+
+
+class GuestError(PluginCallError):
+    """The guest returned its own error.
+
+    ``kind`` is the ABI error case (``denied``, ``not-found``, ``invalid-input``,
+    ``limit-reached``, ``failure``) and ``detail`` the guest's message.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        detail: str,
+        plugin: str | None = None,
+        hook: str | None = None,
+    ) -> None:
+        super().__init__(message, plugin=plugin, hook=hook)
+        self.kind = kind
+        self.detail = detail
