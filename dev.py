@@ -41,6 +41,7 @@ VENV_PY = VENV_BIN / ("python.exe" if os.name == "nt" else "python")
 PIP_STAMP = VENV / ".plugbox-dev-pip.json"
 RUST_STAMP = VENV / ".plugbox-dev-rust.json"
 TARGET = "wasm32-unknown-unknown"
+DEB_RUSTC, DEB_CARGO = "/usr/bin/rustc", "/usr/bin/cargo"
 DEBIAN_PACKAGES = ("rustc", "cargo", "libstd-rust-dev-wasm32")
 # Bump when the install logic changes, so existing venvs get re-installed once.
 SETUP_VERSION = 1
@@ -236,12 +237,12 @@ def ensure_rust() -> dict[str, str]:
                     {"rustc": active, "cargo": cargo, "version": rustc_version(active),
                      "libdir": str(libdir), "origin": "rustup", "active": active}
                 )
-        lines = (proc.stderr or proc.stdout).strip().splitlines()
-        say(f"  rustup could not add the target ({lines[0] if lines else proc.returncode});"
-            " trying Debian's packages")
+        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        reason = next((ln for ln in lines if ln.startswith("error")), f"exit {proc.returncode}")
+        say(f"  rustup could not add it ({reason}); trying Debian's packages")
 
     # 3. Debian's rustc with libstd-rust-dev-wasm32.
-    deb_rustc, deb_cargo = "/usr/bin/rustc", "/usr/bin/cargo"
+    deb_rustc, deb_cargo = DEB_RUSTC, DEB_CARGO
 
     def debian_toolchain() -> dict[str, str] | None:
         if not (Path(deb_rustc).exists() and Path(deb_cargo).exists()):
@@ -280,7 +281,7 @@ def apt_install() -> None:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     for cmd in (
         [*prefix, "apt-get", "update", "-q"],
-        [*prefix, "apt-get", "install", "-y", "-q", "--no-install-recommends", *DEBIAN_PACKAGES],
+        [*prefix, "apt-get", "install", "-y", "-q", *DEBIAN_PACKAGES],
     ):
         say(" ".join(cmd))
         started = time.monotonic()

@@ -8,7 +8,7 @@ python := if path_exists(justfile_directory() / ".venv/bin/python") == "true" { 
 
 # List the recipes.
 default:
-    @just --justfile "{{justfile()}}" --list
+    @"{{just_executable()}}" --justfile "{{justfile()}}" --list
 
 # Run the demo: load sample plugins and call them.
 demo:
