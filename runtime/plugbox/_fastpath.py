@@ -1,0 +1,936 @@
+"""The fast path: plugbox's one layer over wasmtime's C API.
+
+This is the only module in plugbox that touches raw pointers, guest offsets or ``ctypes``.
+It lifts and lowers the canonical ABI of ``abi/plugbox.wit`` with direct memory copies and
+precompiled ``struct`` formats, and binds host functions through ``wasmtime``'s *unchecked*
+entry points, so a call costs a handful of foreign calls and no type introspection.
+
+Why not wasmtime-py's ``Func.__call__``: it rebuilds and compares type objects for every
+argument (~70 µs per call, measured); the raw ``wasmtime_func_call_unchecked`` path costs a few
+microseconds. Library objects (Engine, Module) still come from wasmtime-py, which owns their
+lifetimes; stores, instances and linkers are ours and freed here.
+
+Calls that may run guest code go through a ``CDLL`` handle, which releases the GIL, so CPU-bound
+plugins on several threads run in parallel and the epoch ticker thread can always interrupt a
+runaway guest. Cheap bookkeeping calls that never enter wasm use a ``PyDLL`` handle on the same
+library, which skips the GIL round trip.
+
+Every guest pointer and length is checked against the memory's current size before any copy;
+a violation traps the guest call and surfaces as :class:`plugbox.AbiViolation`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+import threading
+import time
+from ctypes import c_bool, c_char_p, c_int64, c_size_t, c_uint8, c_uint64, c_void_p
+from typing import TYPE_CHECKING, Any, Callable, Final
+
+import wasmtime
+from wasmtime import _ffi as _wasmtime_ffi
+from wasmtime import _bindings as _wb
+
+from . import _abispec
+from ._errors import (
+    AbiViolation,
+    DeadlineExceeded,
+    FuelExhausted,
+    GuestError,
+    GuestTrap,
+    MemoryLimitExceeded,
+    PlugboxError,
+    PluginCallError,
+    StackOverflow,
+    UsageError,
+)
+
+if TYPE_CHECKING:
+    from ._services import HostServices
+
+__all__ = [
+    "CallOutcome",
+    "Engine",
+    "Instance",
+    "Template",
+]
+
+# ---------------------------------------------------------------------------------------------
+# Foreign functions. Pointers cross as plain ints (c_void_p), which ctypes converts fastest.
+
+_cdll = _wasmtime_ffi.dll  # releases the GIL: used for anything that may run guest code
+_pydll = ctypes.PyDLL(_cdll._name)  # keeps the GIL: cheap calls that never enter wasm
+
+_P = c_void_p
+
+
+def _proto(lib: ctypes.CDLL, name: str, restype: Any, *argtypes: Any) -> Any:
+    fn = getattr(lib, name)
+    fn.restype = restype
+    fn.argtypes = argtypes
+    return fn
+
+
+_func_call = _proto(_cdll, "wasmtime_func_call_unchecked", _P, _P, _P, _P, c_size_t, _P)
+_pre_instantiate = _proto(_cdll, "wasmtime_instance_pre_instantiate", _P, _P, _P, _P, _P)
+_increment_epoch = _proto(_cdll, "wasmtime_engine_increment_epoch", None, _P)
+
+_store_new = _proto(_pydll, "wasmtime_store_new", _P, _P, _P, _P)
+_store_context = _proto(_pydll, "wasmtime_store_context", _P, _P)
+_store_limiter = _proto(
+    _pydll, "wasmtime_store_limiter", None, _P, c_int64, c_int64, c_int64, c_int64, c_int64
+)
+_store_delete = _proto(_pydll, "wasmtime_store_delete", None, _P)
+_set_fuel = _proto(_pydll, "wasmtime_context_set_fuel", _P, _P, c_uint64)
+_get_fuel = _proto(_pydll, "wasmtime_context_get_fuel", _P, _P, _P)
+_set_epoch_deadline = _proto(_pydll, "wasmtime_context_set_epoch_deadline", None, _P, c_uint64)
+_memory_data = _proto(_pydll, "wasmtime_memory_data", _P, _P, _P)
+_memory_size = _proto(_pydll, "wasmtime_memory_data_size", c_size_t, _P, _P)
+_export_get = _proto(_pydll, "wasmtime_instance_export_get", c_bool, _P, _P, c_char_p, c_size_t, _P)
+_linker_new = _proto(_pydll, "wasmtime_linker_new", _P, _P)
+_linker_delete = _proto(_pydll, "wasmtime_linker_delete", None, _P)
+_linker_define_unchecked = _proto(
+    _pydll,
+    "wasmtime_linker_define_func_unchecked",
+    _P,
+    _P, c_char_p, c_size_t, c_char_p, c_size_t, _P, _P, _P, _P,
+)
+_linker_instantiate_pre = _proto(_pydll, "wasmtime_linker_instantiate_pre", _P, _P, _P, _P)
+_instance_pre_delete = _proto(_pydll, "wasmtime_instance_pre_delete", None, _P)
+_trap_new = _proto(_pydll, "wasmtime_trap_new", _P, c_char_p, c_size_t)
+_trap_code = _proto(_pydll, "wasmtime_trap_code", c_bool, _P, _P)
+_trap_message = _proto(_pydll, "wasm_trap_message", None, _P, _P)
+_trap_delete = _proto(_pydll, "wasm_trap_delete", None, _P)
+_error_message = _proto(_pydll, "wasmtime_error_message", None, _P, _P)
+_error_delete = _proto(_pydll, "wasmtime_error_delete", None, _P)
+_byte_vec_delete = _proto(_pydll, "wasm_byte_vec_delete", None, _P)
+
+_string_at = ctypes.string_at
+_memmove = ctypes.memmove
+
+_EXTERN_FUNC: Final = 0
+_EXTERN_MEMORY: Final = 3
+_TRAP_STACK_OVERFLOW: Final = 0
+_TRAP_INTERRUPT: Final = 10
+_TRAP_OUT_OF_FUEL: Final = 11
+
+_RAW = 16  # sizeof(wasmtime_val_raw_t)
+_FUNC_SIZE = ctypes.sizeof(_wb.wasmtime_func_t)
+_EXTERN_SIZE = ctypes.sizeof(_wb.wasmtime_extern_t)
+_EXTERN_OF = _wb.wasmtime_extern_t.of.offset
+
+_callback_type = ctypes.CFUNCTYPE(_P, _P, _P, _P, c_size_t)
+
+# Precompiled layouts of raw values (16 bytes each, value in the low bytes).
+_RAW_I32: Final = [struct.Struct("<" + "i12x" * n) for n in range(10)]
+_RAW_I64 = struct.Struct("<q8x")
+_U32 = struct.Struct("<I")
+_U32X2 = struct.Struct("<II")
+_U32X4 = struct.Struct("<IIII")
+_RESULT_HDR = struct.Struct("<B3xII")  # tag, then two u32 words of the payload
+_ERROR_AT4 = struct.Struct("<B3xB3xII")  # result tag, error tag, message ptr, len
+_U8 = struct.Struct("<B")
+
+
+def _take_error(err: int) -> str:
+    vec = _wb.wasm_byte_vec_t()
+    _error_message(err, ctypes.addressof(vec))
+    msg = ctypes.string_at(vec.data, vec.size).decode("utf-8", "replace")
+    _byte_vec_delete(ctypes.addressof(vec))
+    _error_delete(err)
+    return msg
+
+
+def _take_trap(trap: int) -> tuple[int | None, str]:
+    code = c_uint8()
+    has_code = _trap_code(trap, ctypes.addressof(code))
+    vec = _wb.wasm_byte_vec_t()
+    _trap_message(trap, ctypes.addressof(vec))
+    msg = ctypes.string_at(vec.data, vec.size).decode("utf-8", "replace")
+    _byte_vec_delete(ctypes.addressof(vec))
+    _trap_delete(trap)
+    return (code.value if has_code else None), msg
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine
+
+
+class Engine:
+    """A wasmtime engine configured for plugbox, with the epoch ticker that enforces deadlines.
+
+    One per :class:`plugbox.Runtime`. Fuel metering and epoch interruption are always on; linear
+    memories never move (so instances cache their base address); ``max_wasm_stack`` bounds
+    recursion.
+    """
+
+    def __init__(self, *, max_wasm_stack: int, epoch_tick_ms: float = 2.0) -> None:
+        config = wasmtime.Config()
+        config.consume_fuel = True
+        config.epoch_interruption = True
+        config.max_wasm_stack = max_wasm_stack
+        config.memory_may_move = False
+        config.cranelift_opt_level = "speed"
+        self.settings = (
+            f"fuel=1;epoch=1;stack={max_wasm_stack};move=0;opt=speed;"
+            f"wasmtime={wasmtime.__version__ if hasattr(wasmtime, '__version__') else 'unknown'}"
+        )
+        self.wasmtime = wasmtime.Engine(config)
+        self.ptr: int = ctypes.cast(self.wasmtime.ptr(), c_void_p).value or 0
+        self.tick_s = epoch_tick_ms / 1000.0
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="plugbox-epoch", daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        ptr, wait, tick = self.ptr, self._stop.wait, self.tick_s
+        while not wait(tick):
+            _increment_epoch(ptr)
+
+    def deadline_ticks(self, deadline_ms: int) -> int:
+        """Epoch ticks covering ``deadline_ms`` (rounded up, plus one for the partial tick)."""
+        return int(deadline_ms / 1000.0 / self.tick_s) + 2
+
+    def compile(self, wasm: bytes) -> wasmtime.Module:
+        """Compile a verified core module."""
+        return wasmtime.Module(self.wasmtime, wasm)
+
+    def deserialize(self, artifact: bytes) -> wasmtime.Module:
+        """Load a compiled artifact produced by ``Module.serialize`` with the same settings."""
+        return wasmtime.Module.deserialize(self.wasmtime, artifact)
+
+    def close(self) -> None:
+        """Stop the ticker thread. Safe to call twice."""
+        self._stop.set()
+        if self._ticker.is_alive() and self._ticker is not threading.current_thread():
+            self._ticker.join()
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-call state, visible to host functions on the calling thread.
+
+
+class _Trap(Exception):
+    """Raised inside a host function to trap the guest with a typed error."""
+
+    def __init__(self, error: PlugboxError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class _CallState:
+    __slots__ = ("instance", "hook", "deadline", "error", "denied")
+
+    def __init__(self, instance: Instance, hook: str, deadline: float | None) -> None:
+        self.instance = instance
+        self.hook = hook
+        self.deadline = deadline
+        self.error: PlugboxError | BaseException | None = None
+        self.denied: str | None = None
+
+
+_tls = threading.local()
+
+
+class CallOutcome:
+    """What a hook call returned: ``ok`` payload bytes, or the guest's error (kind, message)."""
+
+    __slots__ = ("ok", "value", "kind", "message", "denied")
+
+    def __init__(
+        self, ok: bool, value: bytes, kind: str, message: str, denied: str | None
+    ) -> None:
+        self.ok = ok
+        self.value = value
+        self.kind = kind
+        self.message = message
+        self.denied = denied
+
+
+# ---------------------------------------------------------------------------------------------
+# Instance
+
+
+class Instance:
+    """One instantiated plugin: its own store, memory and exports. Not thread-safe; the plugin's
+    pool hands each instance to one caller at a time."""
+
+    def __init__(self, template: Template, fuel: int, deadline_ms: int) -> None:
+        self.template = template
+        self.plugin = template.plugin
+        self.memory_cap = template.memory_cap
+        self.closed = False
+        store = _store_new(template.engine.ptr, None, None)
+        if not store:
+            raise UsageError(f"plugin {self.plugin!r}: wasmtime could not create a store")
+        self._store = store
+        self.ctx: int = _store_context(store)
+        # memory bytes, table elements, instances, tables, memories
+        _store_limiter(store, template.memory_cap, 100_000, 1, 4, 1)
+        self._instance = _wb.wasmtime_instance_t()
+        self._args = (ctypes.c_uint8 * (_RAW * 16))()
+        self._args_addr = ctypes.addressof(self._args)
+        self._trap = c_void_p()
+        self._trap_addr = ctypes.addressof(self._trap)
+        self._view_size = -1
+        self._view: memoryview = memoryview(b"")
+        self._prepare(fuel, template.engine.deadline_ticks(deadline_ms))
+        trap = c_void_p()
+        err = _pre_instantiate(
+            template.pre, self.ctx, ctypes.addressof(self._instance), ctypes.addressof(trap)
+        )
+        if err or trap.value:
+            msg = _take_error(err) if err else _take_trap(trap.value or 0)[1]
+            self.close()
+            raise GuestTrap(
+                f"plugin {self.plugin!r}: instantiation failed: {msg}", plugin=self.plugin
+            )
+        self._funcs: dict[str, Any] = {}
+        self._mem_struct = _wb.wasmtime_memory_t()
+        for name in ("cabi_realloc", "on-hook", "cabi_post_on-hook", "on-init",
+                     "cabi_post_on-init", "_initialize", "memory"):
+            ext = (ctypes.c_uint8 * _EXTERN_SIZE)()
+            found = _export_get(
+                self.ctx, ctypes.addressof(self._instance), name.encode(), len(name),
+                ctypes.addressof(ext),
+            )
+            if not found:
+                continue
+            kind = ext[0]
+            if name == "memory" and kind == _EXTERN_MEMORY:
+                ctypes.memmove(
+                    ctypes.addressof(self._mem_struct),
+                    ctypes.addressof(ext) + _EXTERN_OF,
+                    ctypes.sizeof(self._mem_struct),
+                )
+            elif kind == _EXTERN_FUNC:
+                func = (ctypes.c_uint8 * _FUNC_SIZE)()
+                ctypes.memmove(ctypes.addressof(func), ctypes.addressof(ext) + _EXTERN_OF, _FUNC_SIZE)
+                self._funcs[name] = func
+        # Static checks guarantee these exist; guard anyway so a bug cannot become a crash.
+        for required in ("cabi_realloc", "on-hook"):
+            if required not in self._funcs:
+                self.close()
+                raise AbiViolation(
+                    f"plugin {self.plugin!r}: module has no {required!r} export",
+                    plugin=self.plugin,
+                )
+        self._mem = ctypes.addressof(self._mem_struct)
+        # The engine is configured so memories never move: the base address is fixed.
+        self.base: int = _memory_data(self.ctx, self._mem) or 0
+        self._refresh()
+        self._realloc = ctypes.addressof(self._funcs["cabi_realloc"])
+        self._on_hook = ctypes.addressof(self._funcs["on-hook"])
+        post = self._funcs.get("cabi_post_on-hook")
+        self._post_hook = ctypes.addressof(post) if post is not None else 0
+        self.calls = 0
+
+    # -- limits --------------------------------------------------------------------------
+
+    def _prepare(self, fuel: int, ticks: int) -> None:
+        err = _set_fuel(self.ctx, fuel)
+        if err:
+            raise UsageError(f"plugin {self.plugin!r}: cannot set fuel: {_take_error(err)}")
+        _set_epoch_deadline(self.ctx, ticks)
+
+    def fuel_left(self) -> int:
+        """Fuel remaining in this instance's store."""
+        out = c_uint64()
+        err = _get_fuel(self.ctx, ctypes.addressof(out))
+        if err:
+            _take_error(err)
+            return 0
+        return out.value
+
+    def memory_size(self) -> int:
+        """Current size of the guest's linear memory in bytes."""
+        return int(_memory_size(self.ctx, self._mem))
+
+    def _refresh(self) -> memoryview:
+        """The guest memory as a memoryview of its *current* size.
+
+        Memory only grows while guest code runs, and never moves (engine setting), so a view
+        is rebuilt only when the size changed; slicing it is far cheaper than ctypes copies,
+        and its length is the bound every access is checked against.
+        """
+        size = _memory_size(self.ctx, self._mem)
+        if size != self._view_size:
+            self._view_size = size
+            self._view = memoryview((ctypes.c_char * size).from_address(self.base)).cast("B")
+        return self._view
+
+    # -- raw guest calls -------------------------------------------------------------------
+
+    def _invoke(self, func: int, nargs: int, hook: str) -> None:
+        """Call a guest function whose raw args are already in ``self._args``."""
+        err = _func_call(self.ctx, func, self._args_addr, nargs or 1, self._trap_addr)
+        if err:
+            raise self._failure(err, None, hook)
+        if self._trap.value:
+            trap, self._trap.value = self._trap.value, None
+            raise self._failure(None, trap, hook)
+
+    def _failure(self, err: int | None, trap: int | None, hook: str) -> PlugboxError:
+        state: _CallState | None = getattr(_tls, "state", None)
+        if err:
+            msg = _take_error(err)
+            code = None
+        else:
+            code, msg = _take_trap(trap or 0)
+        # A host function that trapped on purpose stashed the typed error.
+        if state is not None and state.error is not None:
+            stashed, state.error = state.error, None
+            if isinstance(stashed, PlugboxError):
+                return stashed
+            wrapped = GuestTrap(
+                f"plugin {self.plugin!r}, hook {hook!r}: a host function failed: {stashed!r}",
+                plugin=self.plugin,
+                hook=hook,
+            )
+            wrapped.__cause__ = stashed
+            return wrapped
+        where = f"plugin {self.plugin!r}, hook {hook!r}"
+        first = msg.strip().splitlines()[0] if msg.strip() else "trap"
+        limits = self.template
+        if code == _TRAP_OUT_OF_FUEL:
+            return FuelExhausted(
+                f"{where}: ran out of fuel ({limits.fuel_desc}); the plugin ran too long or "
+                "loops forever. Raise limits.fuel in plugbox.json (within the host policy) "
+                "if the work is legitimate.",
+                plugin=self.plugin, hook=hook, limit="fuel",
+            )
+        if code == _TRAP_INTERRUPT:
+            return DeadlineExceeded(
+                f"{where}: exceeded its wall-clock deadline ({limits.deadline_desc}). Raise "
+                "limits.deadline_ms in plugbox.json (within the host policy) if the work is "
+                "legitimate.",
+                plugin=self.plugin, hook=hook, limit="deadline",
+            )
+        if code == _TRAP_STACK_OVERFLOW:
+            return StackOverflow(
+                f"{where}: wasm stack overflow (usually unbounded recursion); the host's "
+                "max_wasm_stack caps it.",
+                plugin=self.plugin, hook=hook, limit="stack",
+            )
+        if not self.closed and self.memory_size() * 2 > self.memory_cap:
+            # wasmtime reports a refused memory.grow as -1, and Rust guests then abort; a
+            # trap while memory is over half its cap is almost always that allocation failure.
+            return MemoryLimitExceeded(
+                f"{where}: trapped after its memory reached {self.memory_size()} of its "
+                f"{self.memory_cap}-byte cap ({first}). Raise limits.memory_bytes in "
+                "plugbox.json (within the host policy) if the plugin needs more memory.",
+                plugin=self.plugin, hook=hook, limit="memory",
+            )
+        return GuestTrap(f"{where}: guest trapped: {first}", plugin=self.plugin, hook=hook)
+
+    def _alloc(self, size: int, align: int, hook: str) -> int:
+        """Call the guest's cabi_realloc(0, 0, align, size); returns a checked guest pointer."""
+        if size == 0:
+            return align  # the canonical ABI lets a zero-length list point anywhere aligned
+        _RAW_I32[4].pack_into(self._args, 0, 0, 0, align, size)
+        self._invoke(self._realloc, 4, hook)
+        ptr = _U32.unpack_from(self._args, 0)[0]
+        # Memory never shrinks, so the cached view is a safe bound; refresh only past it.
+        if ptr % align or (ptr + size > self._view_size and ptr + size > len(self._refresh())):
+            raise AbiViolation(
+                f"plugin {self.plugin!r}, hook {hook!r}: cabi_realloc returned {ptr:#x} for "
+                f"{size} bytes, outside its memory or misaligned",
+                plugin=self.plugin, hook=hook,
+            )
+        return ptr
+
+    def _write(self, ptr: int, data: bytes) -> None:
+        # Callers got ptr from _alloc or a checked return area, both inside the current view.
+        self._view[ptr:ptr + len(data)] = data
+
+    def _lower_bytes(self, data: bytes, hook: str) -> int:
+        ptr = self._alloc(len(data), 1, hook)
+        if data:
+            self._view[ptr:ptr + len(data)] = data
+        return ptr
+
+    def read(self, ptr: int, length: int, hook: str, what: str) -> bytes:
+        """Copy ``length`` bytes at guest offset ``ptr``, bounds-checked."""
+        view = self._view
+        if ptr + length > self._view_size:
+            view = self._refresh()
+        if ptr < 0 or length < 0 or ptr + length > len(view):
+            raise AbiViolation(
+                f"plugin {self.plugin!r}, hook {hook!r}: {what} at {ptr:#x}+{length} lies "
+                f"outside guest memory ({len(view)} bytes)",
+                plugin=self.plugin, hook=hook,
+            )
+        return view[ptr:ptr + length].tobytes()
+
+    def read_str(self, ptr: int, length: int, hook: str, what: str) -> str:
+        """Read and decode a guest UTF-8 string, bounds-checked."""
+        raw = self.read(ptr, length, hook, what)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise AbiViolation(
+                f"plugin {self.plugin!r}, hook {hook!r}: {what} is not valid UTF-8 ({exc})",
+                plugin=self.plugin, hook=hook,
+            ) from None
+
+    # -- entry points -----------------------------------------------------------------------
+
+    def call_hook(
+        self, hook: str, hook_bytes: bytes, payload: bytes, fuel: int, ticks: int,
+        deadline_at: float | None,
+    ) -> CallOutcome:
+        """Run ``on-hook`` with ``fuel`` and an epoch deadline ``ticks`` from now.
+
+        ``deadline_at`` (``time.monotonic()`` seconds) bounds blocking host calls (http).
+        Raises typed errors for traps and ABI violations.
+        """
+        state = _CallState(self, hook, deadline_at)
+        _tls.state = state
+        try:
+            if _set_fuel(self.ctx, fuel):
+                self._prepare(fuel, ticks)  # reports the error
+            _set_epoch_deadline(self.ctx, ticks)
+            return self._call_entry(self._on_hook, self._post_hook, hook, hook_bytes, payload,
+                                    state)
+        finally:
+            _tls.state = None
+            self.calls += 1
+
+    def call_init(self, config_json: bytes, fuel: int, deadline_ms: int) -> CallOutcome:
+        """Run ``_initialize`` (if exported) then ``on-init`` (if exported)."""
+        state = _CallState(self, "on-init", None)
+        _tls.state = state
+        try:
+            self._prepare(fuel, self.template.engine.deadline_ticks(deadline_ms))
+            init = self._funcs.get("_initialize")
+            if init is not None:
+                self._invoke(ctypes.addressof(init), 0, "on-init")
+            on_init = self._funcs.get("on-init")
+            if on_init is None:
+                return CallOutcome(True, b"", "", "", None)
+            post = self._funcs.get("cabi_post_on-init")
+            return self._call_entry(
+                ctypes.addressof(on_init), ctypes.addressof(post) if post is not None else 0,
+                "on-init", None, config_json, state,
+            )
+        finally:
+            _tls.state = None
+
+    def _call_entry(
+        self, func: int, post: int, hook: str, first: bytes | None, second: bytes,
+        state: _CallState,
+    ) -> CallOutcome:
+        # Lower arguments: each string/list gets its own cabi_realloc allocation (canonical ABI).
+        if first is not None:
+            p1 = self._lower_bytes(first, hook)
+            p2 = self._lower_bytes(second, hook)
+            _RAW_I32[4].pack_into(self._args, 0, p1, len(first), p2, len(second))
+            self._invoke(func, 4, hook)
+        else:
+            p2 = self._lower_bytes(second, hook)
+            _RAW_I32[2].pack_into(self._args, 0, p2, len(second))
+            self._invoke(func, 2, hook)
+        ret = _U32.unpack_from(self._args, 0)[0]
+        view = self._view
+        if ret + 16 > self._view_size:
+            view = self._refresh()
+        size = self._view_size
+        if ret % 4 or ret + 16 > size:
+            raise AbiViolation(
+                f"plugin {self.plugin!r}, hook {hook!r}: returned result pointer {ret:#x} lies "
+                f"outside guest memory ({size} bytes) or is misaligned",
+                plugin=self.plugin, hook=hook,
+            )
+        tag, w1, w2 = _RESULT_HDR.unpack_from(view, ret)
+        if tag == 0:
+            if first is None:
+                value = b""
+            elif w1 + w2 <= size:
+                value = view[w1:w1 + w2].tobytes()
+            elif w1 + w2 <= len(self._refresh()):
+                value = self._view[w1:w1 + w2].tobytes()
+            else:
+                value = self.read(w1, w2, hook, "result payload")  # raises AbiViolation
+            outcome = CallOutcome(True, value, "", "", state.denied)
+        elif tag == 1:
+            _, etag, mptr, mlen = _ERROR_AT4.unpack_from(view, ret)
+            if etag >= len(_abispec.ERROR_KINDS):
+                raise AbiViolation(
+                    f"plugin {self.plugin!r}, hook {hook!r}: returned error with unknown "
+                    f"discriminant {etag} (the ABI has {len(_abispec.ERROR_KINDS)} cases)",
+                    plugin=self.plugin, hook=hook,
+                )
+            message = self.read_str(mptr, mlen, hook, "error message")
+            outcome = CallOutcome(False, b"", _abispec.ERROR_KINDS[etag], message, state.denied)
+        else:
+            raise AbiViolation(
+                f"plugin {self.plugin!r}, hook {hook!r}: returned result with unknown "
+                f"discriminant {tag} (expected 0 ok or 1 err)",
+                plugin=self.plugin, hook=hook,
+            )
+        if post:
+            _RAW_I32[1].pack_into(self._args, 0, ret)
+            self._invoke(post, 1, hook)
+        return outcome
+
+    def close(self) -> None:
+        """Free the store and everything in it. Safe to call twice."""
+        if not self.closed:
+            self.closed = True
+            _store_delete(self._store)
+            self._store = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Host functions: lifting guest arguments, lowering results into the guest's return area.
+
+
+def _denied_or_error(state: _CallState, exc: Exception) -> tuple[int, str]:
+    from ._services import HostCallError
+
+    if isinstance(exc, HostCallError):
+        if exc.kind == "denied" and state.denied is None:
+            state.denied = exc.permission or "unknown"
+        return _abispec.ERROR_KINDS.index(exc.kind), exc.message
+    raise exc
+
+
+class _Lowering:
+    """Writes host results into guest memory, allocating through the guest's cabi_realloc."""
+
+    __slots__ = ("inst", "hook")
+
+    def __init__(self, inst: Instance, hook: str) -> None:
+        self.inst = inst
+        self.hook = hook
+
+    def bytes_(self, data: bytes) -> tuple[int, int]:
+        return self.inst._lower_bytes(data, self.hook), len(data)
+
+    def err(self, retptr: int, kind: int, message: str) -> None:
+        mptr, mlen = self.bytes_(message.encode("utf-8"))
+        self.inst._write(retptr, _ERROR_AT4.pack(1, kind, mptr, mlen))
+
+    def ok_unit(self, retptr: int) -> None:
+        self.inst._write(retptr, _U8.pack(0))
+
+    def ok_words(self, retptr: int, *words: int) -> None:
+        self.inst._write(retptr, _U8.pack(0) + b"\0\0\0" + struct.pack(f"<{len(words)}I", *words))
+
+    def ok_u8(self, retptr: int, flag: int) -> None:
+        self.inst._write(retptr, bytes((0, 0, 0, 0, flag)))
+
+    def str_list(self, items: list[str]) -> tuple[int, int]:
+        encoded = [self.bytes_(s.encode("utf-8")) for s in items]
+        table = b"".join(_U32X2.pack(p, n) for p, n in encoded)
+        ptr = self.inst._alloc(len(table), 4, self.hook)
+        if table:
+            self.inst._write(ptr, table)
+        return ptr, len(items)
+
+    def pair_list(self, items: list[tuple[str, str]]) -> tuple[int, int]:
+        rows = []
+        for name, value in items:
+            np, nl = self.bytes_(name.encode("utf-8"))
+            vp, vl = self.bytes_(value.encode("utf-8"))
+            rows.append(_U32X4.pack(np, nl, vp, vl))
+        table = b"".join(rows)
+        ptr = self.inst._alloc(len(table), 4, self.hook)
+        if table:
+            self.inst._write(ptr, table)
+        return ptr, len(items)
+
+
+# Each host function: (import field, number of raw params, adapter). An adapter receives the
+# call state, the HostServices and the raw i32 params, and writes its result.
+_Adapter = Callable[["_CallState", "HostServices", tuple[int, ...]], "int | None"]
+
+
+def _checked_retptr(inst: Instance, retptr: int, size: int, hook: str) -> int:
+    if retptr % 4 or retptr < 0 or (
+        retptr + size > inst._view_size and retptr + size > len(inst._refresh())
+    ):
+        raise AbiViolation(
+            f"plugin {inst.plugin!r}, hook {hook!r}: host call return area {retptr:#x}+{size} "
+            "lies outside guest memory or is misaligned",
+            plugin=inst.plugin, hook=hook,
+        )
+    return retptr
+
+
+def _s(st: _CallState, ptr: int, n: int, what: str) -> str:
+    return st.instance.read_str(ptr, n, st.hook, what)
+
+
+def _b(st: _CallState, ptr: int, n: int, what: str) -> bytes:
+    return st.instance.read(ptr, n, st.hook, what)
+
+
+def _with_result(
+    size: int, body: Callable[[_CallState, HostServices, _Lowering, int, tuple[int, ...]], None]
+) -> _Adapter:
+    def adapter(st: _CallState, svc: HostServices, a: tuple[int, ...]) -> None:
+        inst = st.instance
+        retptr = _checked_retptr(inst, a[-1], size, st.hook)
+        low = _Lowering(inst, st.hook)
+        try:
+            body(st, svc, low, retptr, a)
+        except (_Trap, PlugboxError):
+            raise
+        except Exception as exc:  # HostCallError -> ABI error value
+            kind, message = _denied_or_error(st, exc)
+            low.err(retptr, kind, message)
+
+    return adapter
+
+
+def _log(st: _CallState, svc: HostServices, a: tuple[int, ...]) -> None:
+    level, ptr, n = a
+    if not 0 <= level <= 4:
+        raise AbiViolation(
+            f"plugin {st.instance.plugin!r}, hook {st.hook!r}: log level discriminant {level} "
+            "is not one of the 5 cases",
+            plugin=st.instance.plugin, hook=st.hook,
+        )
+    message = _s(st, ptr, n, "log message")
+    try:
+        svc.log(level, message)
+    except Exception as exc:
+        _denied_or_error(st, exc)  # log has no result: denial is counted, not returned
+
+
+def _config_get(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[int, ...]) -> None:
+    value = svc.config_get(_s(st, a[0], a[1], "config key"))
+    if value is None:
+        low.ok_words(r, 0, 0, 0)  # ok(none): option tag 0
+    else:
+        p, n = low.bytes_(value.encode("utf-8"))
+        low.ok_words(r, 1, p, n)
+
+
+def _config_get_all(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[int, ...]) -> None:
+    p, n = low.bytes_(svc.config_get_all().encode("utf-8"))
+    low.ok_words(r, p, n)
+
+
+def _kv_get(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[int, ...]) -> None:
+    value = svc.kv_get(_s(st, a[0], a[1], "kv key"))
+    if value is None:
+        low.ok_words(r, 0, 0, 0)
+    else:
+        p, n = low.bytes_(value)
+        low.ok_words(r, 1, p, n)
+
+
+def _kv_set(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[int, ...]) -> None:
+    svc.kv_set(_s(st, a[0], a[1], "kv key"), _b(st, a[2], a[3], "kv value"))
+    low.ok_unit(r)
+
+
+def _kv_delete(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[int, ...]) -> None:
+    low.ok_u8(r, 1 if svc.kv_delete(_s(st, a[0], a[1], "kv key")) else 0)
+
+
+def _kv_list(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[int, ...]) -> None:
+    keys = svc.kv_list_keys(_s(st, a[0], a[1], "kv prefix"))
+    low.ok_words(r, *low.str_list(keys))
+
+
+def _events_emit(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[int, ...]) -> None:
+    svc.events_emit(_s(st, a[0], a[1], "event topic"), _b(st, a[2], a[3], "event payload"))
+    low.ok_unit(r)
+
+
+def _random_bytes(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[int, ...]) -> None:
+    p, n = low.bytes_(svc.random_bytes(a[0] & 0xFFFFFFFF))
+    low.ok_words(r, p, n)
+
+
+def _read_pairs(st: _CallState, ptr: int, count: int) -> list[tuple[str, str]]:
+    if count > 10_000:
+        raise AbiViolation(
+            f"plugin {st.instance.plugin!r}, hook {st.hook!r}: header list of {count} entries",
+            plugin=st.instance.plugin, hook=st.hook,
+        )
+    table = _b(st, ptr, count * 16, "header list")
+    out = []
+    for i in range(count):
+        np, nl, vp, vl = _U32X4.unpack_from(table, i * 16)
+        out.append((_s(st, np, nl, "header name"), _s(st, vp, vl, "header value")))
+    return out
+
+
+def _http_fetch(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[int, ...]) -> None:
+    method = _s(st, a[0], a[1], "http method")
+    url = _s(st, a[2], a[3], "http url")
+    headers = _read_pairs(st, a[4], a[5])
+    body = _b(st, a[6], a[7], "http body")
+    timeout = None if st.deadline is None else max(0.0, st.deadline - time.monotonic())
+    status, rheaders, rbody = svc.http_fetch(method, url, headers, body, timeout=timeout)
+    hp, hn = low.pair_list(rheaders)
+    bp, bn = low.bytes_(rbody)
+    # result<response, error>: tag @0, response @4 = status u16 @4, headers @8, body @16
+    st.instance._write(r, struct.pack("<B3xH2xIIII", 0, status & 0xFFFF, hp, hn, bp, bn))
+
+
+def _clock(which: str) -> Callable[[_CallState, HostServices, int], int]:
+    def adapter(st: _CallState, svc: HostServices, args: int) -> int:
+        try:
+            return svc.clock_now() if which == "now" else svc.clock_monotonic()
+        except Exception as exc:
+            # clock has no error case in the ABI: a denied clock reads as zero.
+            _denied_or_error(st, exc)
+            return 0
+
+    return adapter
+
+
+_M = _abispec.import_module
+_ADAPTERS: Final[dict[tuple[str, str], tuple[int, Any]]] = {
+    (_M("log"), "log"): (3, _log),
+    (_M("config"), "get"): (3, _with_result(16, _config_get)),
+    (_M("config"), "get-all"): (1, _with_result(16, _config_get_all)),
+    (_M("kv"), "get"): (3, _with_result(16, _kv_get)),
+    (_M("kv"), "set"): (5, _with_result(16, _kv_set)),
+    (_M("kv"), "delete"): (3, _with_result(16, _kv_delete)),
+    (_M("kv"), "list-keys"): (3, _with_result(16, _kv_list)),
+    (_M("events"), "emit"): (5, _with_result(16, _events_emit)),
+    (_M("random"), "bytes"): (2, _with_result(16, _random_bytes)),
+    (_M("http"), "fetch"): (9, _with_result(24, _http_fetch)),
+}
+_CLOCKS: Final = {(_M("clock"), "now"): _clock("now"), (_M("clock"), "monotonic"): _clock("monotonic")}
+
+
+def _make_callback(key: tuple[str, str], services: HostServices) -> Any:
+    """A C callback for one import, bound to one plugin's services."""
+    if key in _CLOCKS:
+        clock = _CLOCKS[key]
+
+        def clock_cb(env: int, caller: int, args: int, nargs: int) -> int | None:
+            st: _CallState | None = getattr(_tls, "state", None)
+            if st is None:
+                return _trap_new(b"host call outside a plugbox call", 32)  # type: ignore[no-any-return]
+            try:
+                _RAW_I64.pack_into((ctypes.c_uint8 * _RAW).from_address(args), 0,
+                                   clock(st, services, 0))
+                return None
+            except BaseException as exc:  # never let an exception cross the C boundary
+                st.error = exc
+                return _trap_new(b"host clock failed", 17)  # type: ignore[no-any-return]
+
+        return _callback_type(clock_cb)
+
+    nparams, adapter = _ADAPTERS[key]
+    unpack = _RAW_I32[nparams].unpack_from
+    width = _RAW * nparams
+
+    def callback(env: int, caller: int, args: int, nargs: int) -> int | None:
+        st: _CallState | None = getattr(_tls, "state", None)
+        if st is None:
+            return _trap_new(b"host call outside a plugbox call", 32)  # type: ignore[no-any-return]
+        try:
+            adapter(st, services, unpack(_string_at(args, width)))
+            return None
+        except _Trap as trap:
+            st.error = trap.error
+        except BaseException as exc:  # typed errors and host bugs alike trap the guest
+            st.error = exc
+        msg = str(st.error).encode("utf-8", "replace")[:512]
+        return _trap_new(msg, len(msg))  # type: ignore[no-any-return]
+
+    return _callback_type(callback)
+
+
+# ---------------------------------------------------------------------------------------------
+# Template: a compiled module linked against one plugin's services, ready to instantiate.
+
+
+class Template:
+    """A module pre-linked with one plugin's host functions (wasmtime ``InstancePre``).
+
+    Instantiating from it costs one store plus one instantiate: this is what fresh-per-call mode
+    and the instance pool build on.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        module: wasmtime.Module,
+        *,
+        plugin: str,
+        services: HostServices,
+        imports: list[tuple[str, str]],
+        memory_cap: int,
+        fuel: int,
+        deadline_ms: int,
+    ) -> None:
+        self.engine = engine
+        self.plugin = plugin
+        self.memory_cap = memory_cap
+        self.fuel_desc = f"{fuel:,} fuel"
+        self.deadline_desc = f"{deadline_ms} ms"
+        self._module = module  # keeps the wasmtime-py Module (and its pointer) alive
+        self._callbacks: list[Any] = []
+        self._functypes: list[Any] = []
+        self.linker = _linker_new(engine.ptr)
+        self.pre = 0
+        try:
+            for key in imports:
+                params, results = _abispec.IMPORTS[key]
+                ft = wasmtime.FuncType(
+                    [wasmtime.ValType.i32() if p == "i32" else wasmtime.ValType.i64() for p in params],
+                    [wasmtime.ValType.i32() if r == "i32" else wasmtime.ValType.i64() for r in results],
+                )
+                cb = _make_callback(key, services)
+                self._callbacks.append(cb)
+                self._functypes.append(ft)
+                mod, name = key[0].encode(), key[1].encode()
+                err = _linker_define_unchecked(
+                    self.linker, mod, len(mod), name, len(name),
+                    ctypes.cast(ft.ptr(), c_void_p).value, ctypes.cast(cb, c_void_p).value,
+                    None, None,
+                )
+                if err:
+                    raise UsageError(f"plugin {plugin!r}: cannot link {key}: {_take_error(err)}")
+            pre = c_void_p()
+            mod_ptr = ctypes.cast(module.ptr(), c_void_p).value
+            err = _linker_instantiate_pre(self.linker, mod_ptr, ctypes.addressof(pre))
+            if err:
+                raise UsageError(f"plugin {plugin!r}: cannot link module: {_take_error(err)}")
+            self.pre = pre.value or 0
+        except BaseException:
+            self.close()
+            raise
+
+    def instantiate(self, fuel: int, deadline_ms: int) -> Instance:
+        """A new, independent instance (new store)."""
+        return Instance(self, fuel, deadline_ms)
+
+    def close(self) -> None:
+        """Free the linker and InstancePre. Instances made from it must be closed first."""
+        if self.pre:
+            _instance_pre_delete(self.pre)
+            self.pre = 0
+        if self.linker:
+            _linker_delete(self.linker)
+            self.linker = 0
+
+
+def guest_error(outcome: CallOutcome, plugin: str, hook: str) -> PluginCallError:
+    """The typed exception for a guest's ``err`` result."""
+    from ._errors import PermissionDenied
+
+    if outcome.kind == "denied" and outcome.denied is not None:
+        return PermissionDenied(
+            f"plugin {plugin!r}, hook {hook!r}: failed because the {outcome.denied!r} service "
+            f"was denied: {outcome.message}. Grant it by adding {outcome.denied!r} to the "
+            "plugin's permissions in plugbox.json (and allow it in the host policy).",
+            plugin=plugin, hook=hook, permission=outcome.denied,
+        )
+    return GuestError(
+        f"plugin {plugin!r}, hook {hook!r}: returned error {outcome.kind}: {outcome.message}",
+        kind=outcome.kind, detail=outcome.message, plugin=plugin, hook=hook,
+    )
+
+
