@@ -1,0 +1,712 @@
+"""The host side of every plugbox service, in pure Python.
+
+:class:`HostServices` implements the functions a plugin imports (``abi/plugbox.wit``) for one
+loaded plugin. The wasm glue lifts the guest's arguments, calls a method here, and lowers the
+return value -- or a :class:`HostCallError`, which becomes the ABI ``error`` variant -- back into
+guest memory. Nothing here knows about wasm.
+
+Every method checks its permission first. The hot paths (``log``, ``kv_*``, ``clock_*``) are
+written to cost a few microseconds: permissions are unpacked into plain attributes at
+construction, messages for the common errors are precomputed, and no helper objects are
+allocated per call.
+
+Errors shown to plugins always say what limit or permission was hit and how to change it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import Any, Final
+
+import httpx
+
+from ._abispec import ERROR_KINDS
+from ._errors import UsageError
+from ._events import Event, EventBus
+from ._kvstore import KvQuotaError, KvStore
+from ._permissions import HttpPermission, Permissions
+
+__all__ = ["HostCallError", "HostServices"]
+
+#: Largest log message forwarded, in UTF-8 bytes (longer ones are truncated with a marker).
+LOG_MESSAGE_MAX: Final = 4096
+#: Default sustained log rate (records/s) and burst per plugin.
+LOG_RATE: Final = 200.0
+LOG_BURST: Final = 1000
+#: kv keys are 1..KV_KEY_MAX UTF-8 bytes; values at most KV_VALUE_MAX bytes.
+KV_KEY_MAX: Final = 256
+KV_VALUE_MAX: Final = 1 << 20
+#: list-keys returns at most this many keys (the first ones in byte order).
+KV_LIST_MAX: Final = 10_000
+#: events topics are 1..EVENT_TOPIC_MAX characters; payloads at most EVENT_PAYLOAD_MAX bytes.
+EVENT_TOPIC_MAX: Final = 256
+EVENT_PAYLOAD_MAX: Final = 1 << 20
+#: random.bytes returns at most this many bytes per call.
+RANDOM_MAX: Final = 1 << 20
+#: Redirects http.fetch follows before giving up with limit-reached.
+HTTP_MAX_REDIRECTS: Final = 5
+#: Seconds between two "denied" warnings for the same service (others are counted, not logged).
+DENIED_LOG_INTERVAL: Final = 10.0
+
+#: WIT log level (index) -> logging level. ``trace`` is 5, below DEBUG, so hosts can filter it.
+TRACE: Final = 5
+_LOG_LEVELS: Final[dict[int, int]] = {
+    0: TRACE,
+    1: logging.DEBUG,
+    2: logging.INFO,
+    3: logging.WARNING,
+    4: logging.ERROR,
+}
+if logging.getLevelName(TRACE) == f"Level {TRACE}":
+    # Only name the level if nobody did; otherwise records would print as "Level 5".
+    logging.addLevelName(TRACE, "TRACE")
+
+# Control characters a plugin could use to forge extra log lines or garble a terminal are
+# escaped (``\n`` -> ``\\n``). Tab is kept. Applied only when str.isprintable() says so.
+_LOG_ESCAPES: Final[dict[int, str]] = {
+    **{c: f"\\x{c:02x}" for c in (*range(0x00, 0x20), *range(0x7F, 0xA0)) if c != 0x09},
+    0x0A: "\\n",
+    0x0D: "\\r",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+_HTTP_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HTTP_BAD_VALUE: Final = re.compile(r"[\x00\r\n]")
+#: Request headers a plugin may not set, because the host owns them: Host would let a plugin
+#: reach a virtual host other than the allow-listed one; the framing headers (Content-Length,
+#: Transfer-Encoding) and connection-management headers are computed by the HTTP client and
+#: a wrong value would corrupt or smuggle requests. They are REJECTED (invalid-input), not
+#: dropped, so a plugin learns at once that its header has no effect.
+FORBIDDEN_REQUEST_HEADERS: Final = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    }
+)
+_REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
+#: Headers carrying credentials, dropped when a redirect leaves the original origin.
+_CREDENTIAL_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie"})
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+_MANIFEST: Final = "plugbox.json"
+
+
+class HostCallError(Exception):
+    """A host service refused or failed a call; becomes the ABI ``error`` value for the guest.
+
+    Not a :class:`~plugbox.PlugboxError`: the host application never sees it unless the guest
+    turns it into its own failure. ``kind`` is one of ``_abispec.ERROR_KINDS``, ``message`` is
+    shown to the plugin, and ``permission`` names the service when ``kind == "denied"``.
+    """
+
+    def __init__(self, kind: str, message: str, *, permission: str | None = None) -> None:
+        if kind not in ERROR_KINDS:
+            raise ValueError(f"unknown ABI error kind {kind!r}")
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.permission = permission
+
+    def __repr__(self) -> str:
+        return f"HostCallError({self.kind!r}, {self.message!r}, permission={self.permission!r})"
+
+
+def _not_granted(service: str) -> str:
+    return (
+        f"{service}: permission not granted; add \"{service}\" to permissions in {_MANIFEST}"
+    )
+
+
+_NOT_GRANTED: Final = {
+    s: _not_granted(s) for s in ("log", "config", "kv", "events", "clock", "random", "http")
+}
+_KV_BAD_KEY: Final = f"kv: key must be 1 to {KV_KEY_MAX} bytes of UTF-8"
+
+
+def _truncate_utf8(message: str, limit: int) -> str:
+    """``message`` cut to at most ``limit`` UTF-8 bytes, marker included."""
+    data = message.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return message
+    marker = f"... [truncated, {len(data)} bytes]"
+    # errors="ignore" drops a code point split by the cut instead of emitting U+FFFD.
+    return data[: limit - len(marker)].decode("utf-8", "ignore") + marker
+
+
+def _json_text(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"plugin config {what} is not JSON-serialisable: {exc}") from exc
+
+
+def _fnmatch_any(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One regex equivalent to ``any(fnmatchcase(topic, p) for p in patterns)``."""
+    import fnmatch
+
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+
+
+class HostServices:
+    """The host services of one loaded plugin.
+
+    Shared by all instances of the plugin and called from many threads at once; every method
+    is thread-safe. ``logger`` replaces the plugin's logger (default
+    ``plugbox.plugin.<plugin>``), which receives what the plugin logs. Denied calls are counted
+    in :attr:`denied` and reported on ``plugbox.host`` at most once per
+    :data:`DENIED_LOG_INTERVAL` seconds per service.
+    """
+
+    denied: collections.Counter[str]
+    log_dropped: int
+
+    def __init__(
+        self,
+        *,
+        plugin: str,
+        permissions: Permissions,
+        config: Mapping[str, Any],
+        kv: KvStore,
+        events: EventBus,
+        logger: logging.Logger | None = None,
+        http_client: httpx.Client | None = None,
+        log_rate: float = LOG_RATE,
+        log_burst: int = LOG_BURST,
+    ) -> None:
+        self.plugin = plugin
+        self.permissions = permissions
+        self._kv = kv
+        self._events = events
+        self._plugin_logger = logger or logging.getLogger(f"plugbox.plugin.{plugin}")
+        self._host_logger = logging.getLogger("plugbox.host")
+
+        # Permissions unpacked once: the hot path tests a plain attribute.
+        self._log_ok = permissions.log
+        self._config_ok = permissions.config
+        self._clock_ok = permissions.clock
+        self._random_ok = permissions.random
+        kv_perm = permissions.kv
+        self._kv_ok = kv_perm is not None
+        self._kv_quota_bytes = kv_perm.quota_bytes if kv_perm is not None else 0
+        self._kv_quota_keys = kv_perm.quota_keys if kv_perm is not None else 0
+        self._events_ok = permissions.events is not None
+        self._topic_match = (
+            _fnmatch_any(permissions.events.topics) if permissions.events is not None else None
+        )
+        self._http: HttpPermission | None = permissions.http
+        self._http_methods = (
+            frozenset(m.upper() for m in permissions.http.methods)
+            if permissions.http is not None
+            else frozenset()
+        )
+
+        # Config is a snapshot rendered to JSON once; get/get-all only look strings up.
+        for key in config:
+            if not isinstance(key, str):
+                raise UsageError(f"plugin config keys must be strings, got {key!r}")
+        self._config_json: dict[str, str] = {k: _json_text(v, repr(k)) for k, v in config.items()}
+        self._config_all = _json_text(dict(config), "object")
+
+        # Denied-call accounting.
+        self.denied = collections.Counter()
+        self._denied_lock = threading.Lock()
+        self._denied_logged_at: dict[str, float] = {}
+        self._denied_suppressed: collections.Counter[str] = collections.Counter()
+
+        # Log token bucket; guarded by _log_lock.
+        self._log_lock = threading.Lock()
+        self._log_rate = float(log_rate)
+        self._log_burst = float(log_burst)
+        self._log_tokens = float(log_burst)
+        self._log_last = time.monotonic()
+        self._log_dropping = 0  # records dropped in the current flood (0 = not flooding)
+        self.log_dropped = 0
+
+        # HTTP client: created on first fetch unless the host supplied one (then not closed).
+        self._http_client = http_client
+        self._owns_http_client = http_client is None
+        self._http_lock = threading.Lock()
+        self._closed = False
+
+    # -- denial ------------------------------------------------------------------------------
+
+    def _deny(self, service: str, message: str) -> HostCallError:
+        """Count a denied call, report it (rate-limited) and return the error to raise."""
+        now = time.monotonic()
+        with self._denied_lock:
+            self.denied[service] += 1
+            last = self._denied_logged_at.get(service)
+            if last is not None and now - last < DENIED_LOG_INTERVAL:
+                self._denied_suppressed[service] += 1
+                return HostCallError("denied", message, permission=service)
+            self._denied_logged_at[service] = now
+            suppressed = self._denied_suppressed.pop(service, 0)
+        self._host_logger.warning(
+            "plugin %r: %s call denied: %s%s",
+            self.plugin,
+            service,
+            message,
+            f" ({suppressed} similar denials not logged)" if suppressed else "",
+        )
+        return HostCallError("denied", message, permission=service)
+
+    # -- log ---------------------------------------------------------------------------------
+
+    def log(self, level: int, message: str) -> None:
+        """Write one record to the plugin's logger.
+
+        Over-long messages are truncated to :data:`LOG_MESSAGE_MAX` bytes; control characters
+        are escaped so a plugin cannot forge log lines; records over the rate limit are dropped
+        and counted in :attr:`log_dropped` (one WARNING announces each flood).
+        """
+        if not self._log_ok:
+            raise self._deny("log", _NOT_GRANTED["log"])
+        pylevel = _LOG_LEVELS.get(level)
+        if pylevel is None:
+            raise HostCallError("invalid-input", f"log: level must be 0..4, got {level}")
+        logger = self._plugin_logger
+        # Filtered-out records cost nothing further and do not use up the rate budget.
+        if not logger.isEnabledFor(pylevel):
+            return
+        # A str of <= 1024 code points is <= 4096 UTF-8 bytes: skip encoding the common case.
+        if len(message) > LOG_MESSAGE_MAX // 4:
+            message = _truncate_utf8(message, LOG_MESSAGE_MAX)
+        if not message.isprintable():
+            message = message.translate(_LOG_ESCAPES)
+            if len(message) > LOG_MESSAGE_MAX // 4:
+                message = _truncate_utf8(message, LOG_MESSAGE_MAX)
+
+        with self._log_lock:
+            now = time.monotonic()
+            tokens = self._log_tokens + (now - self._log_last) * self._log_rate
+            if tokens > self._log_burst:
+                tokens = self._log_burst
+            self._log_last = now
+            if tokens < 1.0:
+                self._log_tokens = tokens
+                self.log_dropped += 1
+                self._log_dropping += 1
+                if self._log_dropping != 1:
+                    return
+                notice = True
+                resumed = 0
+            else:
+                self._log_tokens = tokens - 1.0
+                notice = False
+                resumed = self._log_dropping
+                self._log_dropping = 0
+        if notice:
+            logger.warning(
+                "plugin %r logs faster than %g records/s (burst %d); dropping records "
+                "until the rate falls",
+                self.plugin,
+                self._log_rate,
+                int(self._log_burst),
+            )
+            return
+        if resumed:
+            logger.warning("plugin %r: %d log records were dropped", self.plugin, resumed)
+        # makeRecord + handle instead of logger.log(): skips findCaller(), a stack walk that
+        # would only point at this file anyway. args=() so '%' in the message is never
+        # interpreted.
+        record = logger.makeRecord(
+            logger.name, pylevel, "<plugin>", 0, message, (), None, "log"
+        )
+        record.__dict__["plugin"] = self.plugin  # for handlers/formatters: %(plugin)s
+        logger.handle(record)
+
+    # -- config ------------------------------------------------------------------------------
+
+    def config_get(self, key: str) -> str | None:
+        """The JSON text of ``config[key]``, or None when the key is absent."""
+        if not self._config_ok:
+            raise self._deny("config", _NOT_GRANTED["config"])
+        return self._config_json.get(key)
+
+    def config_get_all(self) -> str:
+        """The whole configuration object as JSON text."""
+        if not self._config_ok:
+            raise self._deny("config", _NOT_GRANTED["config"])
+        return self._config_all
+
+    # -- kv ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_key(key: str) -> None:
+        # <= 64 code points is <= 256 bytes; only longer keys need encoding to measure.
+        n = len(key)
+        if n == 0 or (n > KV_KEY_MAX // 4 and len(key.encode("utf-8", "surrogatepass")) > KV_KEY_MAX):
+            raise HostCallError("invalid-input", _KV_BAD_KEY)
+
+    @staticmethod
+    def _kv_failure(exc: Exception) -> HostCallError:
+        if isinstance(exc, UnicodeEncodeError):
+            return HostCallError("invalid-input", "kv: key is not valid UTF-8")
+        return HostCallError("failure", f"kv: storage error: {exc}")
+
+    def kv_get(self, key: str) -> bytes | None:
+        """The value stored under ``key``, or None."""
+        if not self._kv_ok:
+            raise self._deny("kv", _NOT_GRANTED["kv"])
+        self._check_key(key)
+        try:
+            return self._kv.get(self.plugin, key)
+        except (sqlite3.Error, UnicodeEncodeError) as exc:
+            raise self._kv_failure(exc) from None
+
+    def kv_set(self, key: str, value: bytes) -> None:
+        """Store ``value`` under ``key`` within the plugin's quotas."""
+        if not self._kv_ok:
+            raise self._deny("kv", _NOT_GRANTED["kv"])
+        self._check_key(key)
+        if len(value) > KV_VALUE_MAX:
+            raise HostCallError(
+                "limit-reached",
+                f"kv: value of {len(value)} bytes exceeds the maximum of {KV_VALUE_MAX} bytes",
+            )
+        try:
+            self._kv.set(
+                self.plugin,
+                key,
+                value,
+                quota_bytes=self._kv_quota_bytes,
+                quota_keys=self._kv_quota_keys,
+            )
+        except KvQuotaError as exc:
+            field = "quota_bytes" if exc.quota == "bytes" else "quota_keys"
+            raise HostCallError(
+                "limit-reached",
+                f"kv: quota of {exc.limit} {exc.quota} reached (this write needs {exc.needed}); "
+                f"delete keys or raise permissions.kv.{field} in {_MANIFEST}",
+            ) from None
+        except (sqlite3.Error, UnicodeEncodeError) as exc:
+            raise self._kv_failure(exc) from None
+
+    def kv_delete(self, key: str) -> bool:
+        """Remove ``key``; True when it existed."""
+        if not self._kv_ok:
+            raise self._deny("kv", _NOT_GRANTED["kv"])
+        self._check_key(key)
+        try:
+            return self._kv.delete(self.plugin, key)
+        except (sqlite3.Error, UnicodeEncodeError) as exc:
+            raise self._kv_failure(exc) from None
+
+    def kv_list_keys(self, prefix: str) -> list[str]:
+        """Keys starting with ``prefix`` in byte order; the first :data:`KV_LIST_MAX` only."""
+        if not self._kv_ok:
+            raise self._deny("kv", _NOT_GRANTED["kv"])
+        try:
+            return self._kv.list_keys(self.plugin, prefix, KV_LIST_MAX)
+        except (sqlite3.Error, UnicodeEncodeError) as exc:
+            raise self._kv_failure(exc) from None
+
+    # -- events ------------------------------------------------------------------------------
+
+    def events_emit(self, topic: str, payload: bytes) -> None:
+        """Publish an event to the host's subscribers, if the topic is allowed."""
+        if not self._events_ok:
+            raise self._deny("events", _NOT_GRANTED["events"])
+        if not 0 < len(topic) <= EVENT_TOPIC_MAX:
+            raise HostCallError(
+                "invalid-input", f"events: topic must be 1 to {EVENT_TOPIC_MAX} characters"
+            )
+        if self._topic_match is None or self._topic_match.match(topic) is None:
+            raise self._deny(
+                "events",
+                f"events: topic {topic!r} is not allowed; add it (or a pattern matching it) "
+                f"to permissions.events.topics in {_MANIFEST}",
+            )
+        if len(payload) > EVENT_PAYLOAD_MAX:
+            raise HostCallError(
+                "limit-reached",
+                f"events: payload of {len(payload)} bytes exceeds the maximum of "
+                f"{EVENT_PAYLOAD_MAX} bytes",
+            )
+        if not self._events.has_subscribers():
+            return
+        if type(payload) is not bytes:  # an Event must not alias guest-owned memory
+            payload = bytes(payload)
+        self._events.publish(Event(self.plugin, topic, payload, time.time_ns()))
+
+    # -- clock, random -----------------------------------------------------------------------
+
+    def clock_now(self) -> int:
+        """Wall-clock nanoseconds since the Unix epoch."""
+        if not self._clock_ok:
+            raise self._deny("clock", _NOT_GRANTED["clock"])
+        return time.time_ns()
+
+    def clock_monotonic(self) -> int:
+        """Monotonic nanoseconds from an arbitrary origin."""
+        if not self._clock_ok:
+            raise self._deny("clock", _NOT_GRANTED["clock"])
+        return time.monotonic_ns()
+
+    def random_bytes(self, n: int) -> bytes:
+        """``n`` cryptographically secure random bytes (from the OS CSPRNG)."""
+        if not self._random_ok:
+            raise self._deny("random", _NOT_GRANTED["random"])
+        if n < 0:
+            raise HostCallError("invalid-input", f"random: length must be >= 0, got {n}")
+        if n > RANDOM_MAX:
+            raise HostCallError(
+                "limit-reached",
+                f"random: {n} bytes requested, at most {RANDOM_MAX} per call",
+            )
+        return os.urandom(n)
+
+    # -- http --------------------------------------------------------------------------------
+
+    def _client(self) -> httpx.Client:
+        client = self._http_client
+        if client is not None:
+            return client
+        with self._http_lock:
+            if self._closed:
+                raise HostCallError("failure", "http: the plugin's host services are closed")
+            if self._http_client is None:
+                self._http_client = httpx.Client(
+                    # Redirects are followed by hand so every hop is checked.
+                    follow_redirects=False,
+                    # No proxies, .netrc credentials or CA overrides from the environment:
+                    # the host's credentials must never ride along on plugin requests.
+                    trust_env=False,
+                    # A cookie jar that accepts nothing: a shared jar would carry state
+                    # between unrelated calls and instances.
+                    cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+                    # identity: the body the plugin gets is exactly what the server sent and
+                    # matches the headers; max_response_bytes then bounds memory for real
+                    # (no decompression bombs). A plugin may still ask for gzip itself.
+                    headers={"user-agent": "plugbox", "accept-encoding": "identity"},
+                )
+            return self._http_client
+
+    def _check_url(
+        self, perm: HttpPermission, url: httpx.URL, method: str, origin: str | None
+    ) -> None:
+        """Raise unless ``method url`` is allowed; ``origin`` is the redirecting URL, if any."""
+        via = "" if origin is None else f" (redirected from {origin})"
+        scheme = url.scheme
+        if scheme not in _DEFAULT_PORTS:
+            if origin is None:
+                raise HostCallError(
+                    "invalid-input", f"http: unsupported URL scheme {scheme!r}; use http or https"
+                )
+            raise self._deny("http", f"http: redirect to a non-HTTP URL {url}{via}")
+        host = url.host
+        if not host:
+            raise HostCallError("invalid-input", f"http: URL has no host: {url}")
+        default_port = _DEFAULT_PORTS[scheme]
+        port = url.port or default_port
+        raw_host = url.raw_host.decode("ascii", "replace")
+        if not perm.allows_host(host, port, default_port) and not (
+            raw_host != host and perm.allows_host(raw_host, port, default_port)
+        ):
+            shown = host if port == default_port else f"{host}:{port}"
+            raise self._deny(
+                "http",
+                f"http: host {shown!r} is not allowed{via}; add {shown!r} to "
+                f"permissions.http.hosts in {_MANIFEST}",
+            )
+        if method not in self._http_methods:
+            raise self._deny(
+                "http",
+                f"http: method {method} is not allowed{via}; add {method!r} to "
+                f"permissions.http.methods in {_MANIFEST}",
+            )
+
+    def http_fetch(
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        *,
+        timeout: float | None,
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Perform an HTTP request for the plugin; returns ``(status, headers, body)``.
+
+        ``timeout`` is the time left before the calling plugin's deadline (None: no deadline);
+        the whole fetch, redirects and body included, gets ``min(timeout, timeout_ms)``.
+        Redirects (at most :data:`HTTP_MAX_REDIRECTS`) are followed here, each hop re-checked
+        against the allow-list; credentials are dropped when a hop leaves the origin. Request
+        headers in :data:`FORBIDDEN_REQUEST_HEADERS` are rejected. Response header names are
+        lower-case; the body is returned as received (no content decoding).
+        """
+        perm = self._http
+        if perm is None:
+            raise self._deny("http", _NOT_GRANTED["http"])
+        if not _HTTP_TOKEN.fullmatch(method):
+            raise HostCallError("invalid-input", f"http: invalid method {method!r}")
+        method = method.upper()
+        if len(body) > perm.max_request_bytes:
+            raise HostCallError(
+                "limit-reached",
+                f"http: request body of {len(body)} bytes exceeds max_request_bytes "
+                f"({perm.max_request_bytes}); raise permissions.http.max_request_bytes "
+                f"in {_MANIFEST}",
+            )
+        req_headers: list[tuple[str, str]] = []
+        for name, value in headers:
+            if not _HTTP_TOKEN.fullmatch(name):
+                raise HostCallError("invalid-input", f"http: invalid header name {name!r}")
+            if _HTTP_BAD_VALUE.search(value):
+                raise HostCallError(
+                    "invalid-input", f"http: header {name!r} contains CR, LF or NUL"
+                )
+            lname = name.lower()
+            if lname in FORBIDDEN_REQUEST_HEADERS:
+                raise HostCallError(
+                    "invalid-input",
+                    f"http: header {name!r} is set by the host and may not be sent by a plugin",
+                )
+            req_headers.append((lname, value))
+
+        budget = perm.timeout_ms / 1000.0
+        budget_from = f"permissions.http.timeout_ms ({perm.timeout_ms} ms)"
+        if timeout is not None and timeout < budget:
+            budget = timeout
+            budget_from = "the plugin call's deadline"
+        if budget <= 0:
+            raise HostCallError("failure", "http: timeout: the plugin call's deadline has passed")
+        deadline = time.monotonic() + budget
+
+        try:
+            current = httpx.URL(url)
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise HostCallError("invalid-input", f"http: invalid URL {url!r}: {exc}") from None
+        self._check_url(perm, current, method, None)
+        client = self._client()
+        payload: bytes = body
+
+        def timed_out() -> HostCallError:
+            return HostCallError(
+                "failure",
+                f"http: timeout: {method} {current} did not complete within {budget:g} s "
+                f"(limited by {budget_from})",
+            )
+
+        for hop in range(HTTP_MAX_REDIRECTS + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise timed_out()
+            try:
+                request = client.build_request(
+                    method, current, headers=req_headers, content=payload, timeout=remaining
+                )
+                response = client.send(request, stream=True)
+            except httpx.TimeoutException:
+                raise timed_out() from None
+            except httpx.HTTPError as exc:
+                raise HostCallError(
+                    "failure", f"http: {method} {current} failed: {type(exc).__name__}: {exc}"
+                ) from None
+            except (httpx.InvalidURL, ValueError) as exc:
+                raise HostCallError("invalid-input", f"http: invalid request: {exc}") from None
+            try:
+                location = response.headers.get("location")
+                if response.status_code not in _REDIRECT_STATUSES or location is None:
+                    return self._read_response(perm, response, deadline, timed_out)
+                if hop == HTTP_MAX_REDIRECTS:
+                    raise HostCallError(
+                        "limit-reached",
+                        f"http: too many redirects (more than {HTTP_MAX_REDIRECTS}) "
+                        f"starting from {url}",
+                    )
+                try:
+                    target = current.join(location)
+                except (httpx.InvalidURL, ValueError) as exc:
+                    raise HostCallError(
+                        "failure", f"http: invalid redirect Location {location!r}: {exc}"
+                    ) from None
+                # Method rewriting as browsers and httpx do it.
+                status = response.status_code
+                new_method = method
+                if (status in (302, 303) and method != "HEAD") or (
+                    status == 301 and method == "POST"
+                ):
+                    new_method = "GET"
+                self._check_url(perm, target, new_method, str(current))
+                if new_method != method:
+                    payload = b""
+                    req_headers = [(n, v) for n, v in req_headers if n != "content-type"]
+                if (target.scheme, target.host, target.port) != (
+                    current.scheme,
+                    current.host,
+                    current.port,
+                ):
+                    req_headers = [(n, v) for n, v in req_headers if n not in _CREDENTIAL_HEADERS]
+                method, current = new_method, target
+            finally:
+                response.close()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _read_response(
+        perm: HttpPermission,
+        response: httpx.Response,
+        deadline: float,
+        timed_out: Callable[[], HostCallError],
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        limit = perm.max_response_bytes
+
+        def too_big(size: str) -> HostCallError:
+            return HostCallError(
+                "limit-reached",
+                f"http: response body{size} exceeds max_response_bytes ({limit}); raise "
+                f"permissions.http.max_response_bytes in {_MANIFEST}",
+            )
+
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_big(f" of {declared} bytes")
+        chunks: list[bytes] = []
+        total = 0
+        try:
+            for chunk in response.iter_raw():
+                total += len(chunk)
+                if total > limit:
+                    raise too_big(f" of more than {limit} bytes")
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise timed_out()
+        except httpx.TimeoutException:
+            raise timed_out() from None
+        except httpx.HTTPError as exc:
+            raise HostCallError(
+                "failure", f"http: reading the response failed: {type(exc).__name__}: {exc}"
+            ) from None
+        return response.status_code, response.headers.multi_items(), b"".join(chunks)
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the HTTP client (if this object created it). Idempotent.
+
+        The KV store and event bus are shared between plugins and owned by the runtime.
+        """
+        with self._http_lock:
+            self._closed = True
+            client, self._http_client = self._http_client, None
+        if client is not None and self._owns_http_client:
+            client.close()
