@@ -1,0 +1,221 @@
+"""The host's policy: caps on what a plugin's manifest may request.
+
+A manifest *requests* permissions and limits; :meth:`Policy.resolve` checks the request against
+the host's caps, refusing the plugin with :class:`~plugbox.PolicyViolationError` when it asks
+for more, and fills in the limits the manifest leaves out from :attr:`Policy.default_limits`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+from . import _abispec
+from ._errors import PolicyViolationError, UsageError
+from ._permissions import Limits, Permissions
+
+if TYPE_CHECKING:
+    from ._manifest import Manifest
+
+__all__ = ["DEFAULT_MAX_LIMITS", "Policy"]
+
+#: The default caps: generous enough for real plugins, small enough that a runaway one cannot
+#: take the host down.
+DEFAULT_MAX_LIMITS = Limits(
+    fuel=10_000_000_000,
+    memory_bytes=512 << 20,
+    deadline_ms=60_000,
+    instances=16,
+)
+
+
+def _split_host_pattern(pattern: str) -> tuple[str, str | None]:
+    """``(host, port)`` of a host pattern; ``port`` is ``None`` when the pattern has none
+    (meaning the URL scheme's default port, as in :class:`plugbox.HttpPermission`)."""
+    pattern = pattern.lower()
+    if pattern.startswith("["):  # bracketed IPv6 literal, optionally followed by :port
+        host, _, rest = pattern.partition("]")
+        host += "]"
+        return (host, rest[1:]) if rest.startswith(":") else (host, None)
+    if ":" in pattern:
+        host, _, port = pattern.rpartition(":")
+        return host, port
+    return pattern, None
+
+
+def _host_pattern_covered(requested: str, allowed: str) -> bool:
+    """True when every ``host:port`` that ``requested`` matches is also matched by ``allowed``.
+
+    Decided conservatively on the patterns themselves: the requested host must equal the
+    allowed one or be matched by it as a pattern (so ``*.example.com`` covers
+    ``api.example.com`` and ``*.example.com``); a requested default port is covered by an
+    allowed default port or ``*``, an explicit port by an equal or matching port pattern.
+    """
+    req_host, req_port = _split_host_pattern(requested)
+    allow_host, allow_port = _split_host_pattern(allowed)
+    if req_host != allow_host and not fnmatch.fnmatchcase(req_host, allow_host):
+        return False
+    if req_port is None:
+        return allow_port is None or allow_port == "*"
+    if allow_port is None:
+        return False
+    return req_port == allow_port or fnmatch.fnmatchcase(req_port, allow_port)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Caps the host puts on what plugins may request.
+
+    ``max_limits``: the highest limits a manifest may request; ``default_limits``: the limits
+    for whatever a manifest does not request (each capped by ``max_limits``, so lowering a cap
+    also lowers the default); ``allowed_services``: the services a manifest may request at all
+    (default: all seven); ``http_hosts``: ``host``/``host:port`` patterns the host permits
+    plugins to request (default none, so a plugin asking for HTTP is refused until the host
+    lists patterns); the ``max_*`` fields cap the parameters of the kv and http permissions.
+    """
+
+    max_limits: Limits = DEFAULT_MAX_LIMITS
+    default_limits: Limits = field(default_factory=Limits)
+    allowed_services: frozenset[str] = frozenset(_abispec.SERVICES)
+    http_hosts: tuple[str, ...] = ()
+    max_kv_quota_bytes: int = 64 << 20
+    max_kv_quota_keys: int = 100_000
+    max_http_timeout_ms: int = 60_000
+    max_http_request_bytes: int = 32 << 20
+    max_http_response_bytes: int = 32 << 20
+
+    def __post_init__(self) -> None:
+        # Accept any iterable for the collection fields (a set, a list) but store immutables,
+        # and reject a bare string, which would otherwise be taken character by character.
+        for name in ("allowed_services", "http_hosts"):
+            value: Any = getattr(self, name)
+            if isinstance(value, str) or not isinstance(value, Iterable):
+                raise UsageError(f"Policy({name}=...) must be a collection of strings, not {value!r}")
+        object.__setattr__(self, "allowed_services", frozenset(self.allowed_services))
+        object.__setattr__(self, "http_hosts", tuple(self.http_hosts))
+        unknown = sorted(self.allowed_services - set(_abispec.SERVICES))
+        if unknown:
+            raise UsageError(
+                f"Policy(allowed_services=...) names unknown services {', '.join(unknown)}; "
+                f"the services are {', '.join(_abispec.SERVICES)}"
+            )
+        for pattern in self.http_hosts:
+            if not isinstance(pattern, str) or not pattern or "/" in pattern:
+                raise UsageError(
+                    f"Policy(http_hosts=...) entries must be host or host:port patterns such as "
+                    f"'api.example.com' or '127.0.0.1:*', not {pattern!r}"
+                )
+        for limits_name in ("max_limits", "default_limits"):
+            limits = getattr(self, limits_name)
+            if not isinstance(limits, Limits):
+                raise UsageError(f"Policy({limits_name}=...) must be a plugbox.Limits")
+            for f in fields(Limits):
+                value = getattr(limits, f.name)
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise UsageError(
+                        f"Policy({limits_name}=Limits({f.name}=...)) must be a positive "
+                        f"integer, not {value!r}"
+                    )
+        for cap in (
+            "max_kv_quota_bytes",
+            "max_kv_quota_keys",
+            "max_http_timeout_ms",
+            "max_http_request_bytes",
+            "max_http_response_bytes",
+        ):
+            value = getattr(self, cap)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"Policy({cap}=...) must be a positive integer, not {value!r}")
+
+    def effective_defaults(self) -> Limits:
+        """The limits a plugin gets for what its manifest leaves out."""
+        return self.default_limits.capped(self.max_limits)
+
+    def resolve(self, manifest: Manifest) -> tuple[Permissions, Limits]:
+        """The permissions and limits ``manifest`` gets under this policy.
+
+        Returns the requested permissions (unchanged: a request within the caps is granted as
+        asked) and the concrete limits (the requested ones, with :meth:`effective_defaults`
+        for the rest). Raises :class:`~plugbox.PolicyViolationError` naming the plugin, the
+        permission or limit, what was requested and what is allowed, and the policy setting
+        that would allow it.
+        """
+        plugin = manifest.name
+        perms = manifest.permissions
+
+        def violation(
+            what: str, fix: str, *, permission: str | None = None, limit: str | None = None
+        ) -> PolicyViolationError:
+            return PolicyViolationError(
+                f"plugin {plugin!r} ({manifest.path}) {what}; lower the request in the "
+                f"manifest, or have the host allow it: {fix}",
+                plugin=plugin,
+                permission=permission,
+                limit=limit,
+            )
+
+        for service in sorted(perms.services()):
+            if service not in self.allowed_services:
+                allowed = ", ".join(sorted(self.allowed_services)) or "none"
+                raise violation(
+                    f"requests the {service!r} permission ($.permissions.{service}), which "
+                    f"this host does not allow (allowed: {allowed})",
+                    f"Policy(allowed_services={{..., {service!r}}})",
+                    permission=service,
+                )
+
+        if perms.kv is not None:
+            for attr, cap_name in (
+                ("quota_bytes", "max_kv_quota_bytes"),
+                ("quota_keys", "max_kv_quota_keys"),
+            ):
+                requested = getattr(perms.kv, attr)
+                cap = getattr(self, cap_name)
+                if requested > cap:
+                    raise violation(
+                        f"requests kv.{attr}={requested} ($.permissions.kv.{attr}), above "
+                        f"the host's cap of {cap}",
+                        f"Policy({cap_name}={requested})",
+                        permission="kv",
+                    )
+
+        if perms.http is not None:
+            for pattern in perms.http.hosts:
+                if not any(_host_pattern_covered(pattern, allowed) for allowed in self.http_hosts):
+                    permitted = ", ".join(repr(h) for h in self.http_hosts) or "none"
+                    raise violation(
+                        f"requests HTTP access to {pattern!r} ($.permissions.http.hosts), "
+                        f"which the host's HTTP allow-list does not cover (permitted: "
+                        f"{permitted})",
+                        f"Policy(http_hosts=(..., {pattern!r})) (or plugbox --allow-http "
+                        f"{pattern!r} on the command line)",
+                        permission="http",
+                    )
+            for attr, cap_name in (
+                ("timeout_ms", "max_http_timeout_ms"),
+                ("max_request_bytes", "max_http_request_bytes"),
+                ("max_response_bytes", "max_http_response_bytes"),
+            ):
+                requested = getattr(perms.http, attr)
+                cap = getattr(self, cap_name)
+                if requested > cap:
+                    raise violation(
+                        f"requests http.{attr}={requested} ($.permissions.http.{attr}), above "
+                        f"the host's cap of {cap}",
+                        f"Policy({cap_name}={requested})",
+                        permission="http",
+                    )
+
+        for name, requested in manifest.limits.requested().items():
+            cap = getattr(self.max_limits, name)
+            if requested > cap:
+                raise violation(
+                    f"requests limits.{name}={requested} ($.limits.{name}), above the host's "
+                    f"cap of {cap}",
+                    f"Policy(max_limits=Limits({name}={requested}, ...))",
+                    limit=name,
+                )
+
+        return perms, manifest.limits.fill(self.effective_defaults())
