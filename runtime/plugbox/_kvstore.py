@@ -68,6 +68,10 @@ class KvQuotaError(Exception):
         self.needed = needed
 
 
+class _Connection(sqlite3.Connection):
+    """A connection that can be weakly referenced (the C type cannot)."""
+
+
 def _prefix_upper_bound(prefix: str) -> str | None:
     """The smallest string greater than every string starting with ``prefix``, or None.
 
@@ -101,7 +105,7 @@ class KvStore:
         self._local = threading.local()
         # Weak so a connection dies with the thread that made it (threading.local drops it);
         # close() closes whichever are still alive.
-        self._conns: weakref.WeakSet[sqlite3.Connection] = weakref.WeakSet()
+        self._conns: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._conns_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._usage: dict[str, list[int]] = {}
@@ -120,7 +124,7 @@ class KvStore:
 
     # -- connections -------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self) -> _Connection:
         """Open this thread's connection (once per thread)."""
         if self._closed:
             raise sqlite3.ProgrammingError("KvStore is closed")
@@ -128,7 +132,11 @@ class KvStore:
         # transaction is ever left open between calls. check_same_thread=False only so that
         # close() may close connections of other threads.
         conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+            self.path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=10.0,
+            factory=_Connection,
         )
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
