@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,9 @@ BIG = 1 << 40
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> KvStore:
+def store(tmp_path: Path) -> Iterator[KvStore]:
     s = KvStore(tmp_path / "state" / "kv.sqlite3")
-    yield s  # type: ignore[misc]
+    yield s
     s.close()
 
 

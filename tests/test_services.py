@@ -418,7 +418,7 @@ def test_events_subscriber_error_does_not_reach_plugin(
     bus.subscribe("*", got.append)
     hs = make(kv, bus)
     with caplog.at_level(logging.ERROR, logger="plugbox.events"):
-        hs.events_emit("audit", bytearray(b"{}"))
+        hs.events_emit("audit", bytearray(b"{}"))  # type: ignore[arg-type]
     assert len(got) == 1 and type(got[0].payload) is bytes
     assert any(r.name == "plugbox.events" for r in caplog.records)
 
