@@ -24,13 +24,21 @@ from ._errors import (
     UsageError,
     VerificationError,
 )
+from ._events import Event, EventBus
+from ._manifest import Manifest, load_manifest
 from ._permissions import EventsPermission, HttpPermission, KvPermission, Limits, Permissions
+from ._plugin import CallRecord, Plugin
+from ._policy import Policy
+from ._runtime import Runtime
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AbiViolation",
+    "CallRecord",
     "DeadlineExceeded",
+    "Event",
+    "EventBus",
     "EventsPermission",
     "FuelExhausted",
     "GuestError",
@@ -42,17 +50,22 @@ __all__ = [
     "KvPermission",
     "LimitExceeded",
     "Limits",
+    "Manifest",
     "ManifestError",
     "MemoryLimitExceeded",
     "ModuleInterfaceError",
     "PermissionDenied",
-    "PlugboxError",
-    "PluginCallError",
     "Permissions",
+    "PlugboxError",
+    "Plugin",
+    "PluginCallError",
+    "Policy",
     "PolicyViolationError",
+    "Runtime",
     "StackOverflow",
     "UnknownHookError",
     "UsageError",
     "VerificationError",
     "__version__",
+    "load_manifest",
 ]

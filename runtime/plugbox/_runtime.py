@@ -1,0 +1,199 @@
+"""The Runtime: one engine, the host's policy, shared state, and loading plugins."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from . import _abispec
+from ._cache import ArtifactCache
+from ._errors import UsageError
+from ._events import EventBus
+from ._fastpath import Engine, Template
+from ._kvstore import KvStore
+from ._manifest import Manifest, check_compatibility, load_manifest, validate_config, verify_module
+from ._plugin import CallRecord, Plugin
+from ._policy import Policy
+from ._services import HostServices
+from ._wasmparse import check_module_interface, inspect_module
+
+__all__ = ["Runtime", "default_state_dir"]
+
+_log = logging.getLogger("plugbox.runtime")
+
+
+def default_state_dir() -> Path:
+    """``$PLUGBOX_HOME``, else ``$XDG_STATE_HOME/plugbox``, else ``~/.local/state/plugbox``."""
+    if os.environ.get("PLUGBOX_HOME"):
+        return Path(os.environ["PLUGBOX_HOME"])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "plugbox"
+
+
+class Runtime:
+    """Hosts plugins: one wasmtime engine, an epoch ticker, the compiled cache, the key-value
+    store and the event bus, all shared by the plugins it loads.
+
+    ``policy`` caps what manifests may request (see :class:`plugbox.Policy`). ``state_dir``
+    holds the key-value database; ``cache_dir`` (default ``state_dir/cache``) the compiled
+    artifacts. ``max_wasm_stack`` bounds guest recursion for every plugin.
+    """
+
+    def __init__(
+        self,
+        *,
+        state_dir: str | os.PathLike[str] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        policy: Policy | None = None,
+        max_wasm_stack: int = 512 * 1024,
+        epoch_tick_ms: float = 2.0,
+    ) -> None:
+        from . import __version__
+
+        self.version = __version__
+        self.policy = policy if policy is not None else Policy()
+        self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.engine = Engine(max_wasm_stack=max_wasm_stack, epoch_tick_ms=epoch_tick_ms)
+        self.cache = ArtifactCache(
+            Path(cache_dir) if cache_dir is not None else self.state_dir / "cache",
+            salt=self.engine.settings,
+        )
+        self.kv = KvStore(self.state_dir / "plugbox.sqlite3")
+        self.events = EventBus()
+        self._plugins: list[Plugin] = []
+        self._lock = threading.Lock()
+        self._monitors: list[tuple[Callable[[CallRecord], None], Callable[[CallRecord], None]]] = []
+        self._closed = False
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def verify(self, path: str | os.PathLike[str]) -> tuple[Manifest, bytes]:
+        """Every check that precedes compilation: schema, compatibility, sha256, static module
+        interface and policy caps. Returns the manifest and the verified module bytes."""
+        manifest = load_manifest(Path(path))
+        check_compatibility(manifest, runtime_version=self.version,
+                            abi_version=_abispec.ABI_VERSION)
+        wasm = verify_module(manifest)
+        check_module_interface(inspect_module(wasm), manifest)
+        self.policy.resolve(manifest)
+        return manifest, wasm
+
+    def load(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        config: dict[str, Any] | None = None,
+        mode: Literal["persistent", "fresh"] = "persistent",
+        withhold: frozenset[str] | set[str] = frozenset(),
+    ) -> Plugin:
+        """Verify, compile (or fetch from the cache) and start the plugin at ``path`` (a plugin
+        directory or its ``plugbox.json``).
+
+        ``config`` is validated against the manifest's ``config_schema`` and passed to the
+        plugin's ``on-init``. ``withhold`` names services the host refuses although the manifest
+        asks for them: the plugin loads, and calls to them are denied. Raises a
+        :class:`plugbox.VerificationError` subclass or :class:`plugbox.ManifestError` before
+        anything is compiled when a check fails.
+        """
+        self._check_open()
+        if mode not in ("persistent", "fresh"):
+            raise UsageError(f"mode must be 'persistent' or 'fresh', not {mode!r}")
+        manifest = load_manifest(Path(path))
+        check_compatibility(manifest, runtime_version=self.version,
+                            abi_version=_abispec.ABI_VERSION)
+        wasm = verify_module(manifest)
+        info = inspect_module(wasm)
+        check_module_interface(info, manifest)
+        permissions, limits = self.policy.resolve(manifest)
+        permissions = permissions.without(set(withhold))
+        config = dict(config or {})
+        validate_config(manifest, config)
+
+        module = self.cache.get(manifest.module_sha256, self.engine.deserialize)
+        if module is None:
+            module = self.engine.compile(wasm)
+            self.cache.put(manifest.module_sha256, bytes(module.serialize()))
+        services = HostServices(
+            plugin=manifest.name,
+            permissions=permissions,
+            config=config,
+            kv=self.kv,
+            events=self.events,
+        )
+        imports = [(imp.module, imp.name) for imp in info.imports]
+        template = None
+        try:
+            template = Template(
+                self.engine, module, plugin=manifest.name, services=services, imports=imports,
+                memory_cap=limits.memory_bytes, fuel=limits.fuel, deadline_ms=limits.deadline_ms,
+            )
+            plugin = Plugin(self, manifest, template, services, permissions=permissions,
+                            limits=limits, config=config, mode=mode)
+        except BaseException:
+            if template is not None:
+                template.close()
+            services.close()
+            raise
+        with self._lock:
+            self._plugins.append(plugin)
+        _log.info("loaded plugin %s %s (%s, %s)", manifest.name, manifest.version, mode,
+                  ", ".join(sorted(permissions.services())) or "no services")
+        return plugin
+
+    # -- monitoring ------------------------------------------------------------------------
+
+    def add_call_monitoring(
+        self,
+        before: Callable[[CallRecord], None],
+        after: Callable[[CallRecord], None],
+    ) -> Callable[[], None]:
+        """Call ``before(record)`` ahead of every plugin call and ``after(record)`` when it
+        ends (``record.error`` set on failure). Returns a function that removes the pair."""
+        pair = (before, after)
+        self._monitors = [*self._monitors, pair]
+
+        def undo() -> None:
+            self._monitors = [m for m in self._monitors if m is not pair]
+
+        return undo
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    @property
+    def plugins(self) -> tuple[Plugin, ...]:
+        """Plugins loaded and not yet closed."""
+        with self._lock:
+            return tuple(self._plugins)
+
+    def _forget(self, plugin: Plugin) -> None:
+        with self._lock:
+            if plugin in self._plugins:
+                self._plugins.remove(plugin)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError("this plugbox Runtime is closed; create a new one")
+
+    def close(self) -> None:
+        """Close every plugin, stop the epoch ticker and close the stores. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for plugin in self.plugins:
+            plugin.close()
+        self.engine.close()
+        self.kv.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<plugbox.Runtime {len(self._plugins)} plugins, state {self.state_dir}>"

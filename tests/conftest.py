@@ -1,0 +1,132 @@
+"""Shared fixtures: sample plugins built from source once per run, runtimes in temp dirs, and
+hand-written WAT modules staged as plugins."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wasmtime
+
+import plugbox
+from plugbox._policy import Policy
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def rust_plugins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every sample in sample-plugins/rust, built from source with cargo and staged (module +
+    manifest with its real sha256) in a temp dir. name -> plugin directory."""
+    from plugbox._build import build_rust_plugins
+
+    out = tmp_path_factory.mktemp("rust-plugins")
+    return build_rust_plugins(REPO / "sample-plugins" / "rust", out)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A compiled-artifact cache shared by the run's runtimes (compiling is the slow part)."""
+    return tmp_path_factory.mktemp("artifact-cache")
+
+
+@pytest.fixture
+def policy() -> Policy:
+    """The tests' host policy: loopback HTTP allowed, everything else default."""
+    return Policy(http_hosts=("127.0.0.1:*",))
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, cache_dir: Path, policy: Policy) -> Iterator[plugbox.Runtime]:
+    with plugbox.Runtime(state_dir=tmp_path / "state", cache_dir=cache_dir, policy=policy) as rt:
+        yield rt
+
+
+def write_plugin(
+    directory: Path,
+    module: bytes,
+    *,
+    name: str = "wat-plugin",
+    hooks: tuple[str, ...] = ("run",),
+    **manifest: Any,
+) -> Path:
+    """Stage ``module`` as a plugin in ``directory`` with a valid manifest; returns the dir."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "plugin.wasm").write_bytes(module)
+    doc: dict[str, Any] = {
+        "manifest_version": 1,
+        "name": name,
+        "version": "0.1.0",
+        "abi": "1.0",
+        "module": {"path": "plugin.wasm", "sha256": hashlib.sha256(module).hexdigest()},
+        "hooks": list(hooks),
+    }
+    doc.update(manifest)
+    (directory / "plugbox.json").write_text(json.dumps(doc, indent=2))
+    return directory
+
+
+# A minimal ABI-conforming module: a bump allocator reset by post-return, and hooks chosen by
+# the length of the hook name so the WAT stays short. ``{body}`` computes the on-hook result.
+WAT_TEMPLATE = """
+(module
+  {imports}
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (global $count (mut i32) (i32.const 0))
+  (func $alloc (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $p i32) (local $need i32)
+    (local.set $p (i32.and (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
+                           (i32.sub (i32.const 0) (local.get 2))))
+    (global.set $heap (i32.add (local.get $p) (local.get 3)))
+    (local.set $need (i32.sub (global.get $heap) (i32.mul (memory.size) (i32.const 65536))))
+    (if (i32.gt_s (local.get $need) (i32.const 0))
+      (then (if (i32.eq (memory.grow (i32.add (i32.shr_u (local.get $need) (i32.const 16))
+                                              (i32.const 1))) (i32.const -1))
+              (then unreachable))))
+    (local.get $p))
+  (func (export "on-hook") (param $hp i32) (param $hl i32) (param $pp i32) (param $pl i32)
+        (result i32)
+    {body})
+  (func (export "cabi_post_on-hook") (param i32)
+    (global.set $heap (i32.const 4096)))
+)
+"""
+
+# on-hook body: count calls in a global, return ok(4-byte little-endian count).
+COUNTER_BODY = """
+    (global.set $count (i32.add (global.get $count) (i32.const 1)))
+    (i32.store (i32.const 64) (global.get $count))
+    (i32.store8 (i32.const 16) (i32.const 0))
+    (i32.store (i32.const 20) (i32.const 64))
+    (i32.store (i32.const 24) (i32.const 4))
+    (i32.const 16)
+"""
+
+ECHO_BODY = """
+    (i32.store8 (i32.const 16) (i32.const 0))
+    (i32.store (i32.const 20) (local.get $pp))
+    (i32.store (i32.const 24) (local.get $pl))
+    (i32.const 16)
+"""
+
+
+def wat_module(body: str, imports: str = "") -> bytes:
+    """Compile the template with ``body`` as on-hook to wasm bytes."""
+    return wasmtime.wat2wasm(WAT_TEMPLATE.format(body=body, imports=imports))
+
+
+@pytest.fixture
+def wat_plugin(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: ``wat_plugin(body, name=..., hooks=..., **manifest)`` -> plugin dir."""
+    counter = iter(range(1000))
+
+    def make(body: str, *, imports: str = "", **manifest: Any) -> Path:
+        return write_plugin(tmp_path / f"wat{next(counter)}", wat_module(body, imports),
+                            **manifest)
+
+    return make
