@@ -1,0 +1,167 @@
+//! # plugbox-sdk: write plugbox plugins in Rust
+//!
+//! A plugbox plugin is a `cdylib` crate built for `wasm32-unknown-unknown`. It handles *hooks*:
+//! the host calls a hook by name with a byte payload (usually JSON) and gets bytes back, or one
+//! of the ABI's [`Error`]s. Register the handlers with [`hooks!`]; call host services through
+//! the safe modules [`log`], [`config`], [`kv`], [`events`], [`clock`], [`random`] and [`http`].
+//!
+//! ```ignore
+//! use plugbox_sdk::json::{self, Value};
+//! use plugbox_sdk::{hooks, log, Error, Result};
+//!
+//! fn echo(payload: Vec<u8>) -> Result<Vec<u8>> {
+//!     Ok(payload)
+//! }
+//!
+//! fn greet(input: Value) -> Result<Value> {
+//!     let name = input.require_str("name")?;
+//!     log::info(&format!("greeting {}", name));
+//!     Ok(Value::object([("greeting", format!("hello, {}", name))]))
+//! }
+//!
+//! fn init(_config: &str) -> Result<()> {
+//!     Ok(())
+//! }
+//!
+//! hooks! {
+//!     init: init,                       // optional; defaults to Ok(())
+//!     "echo" => echo,                   // fn(Vec<u8>) -> Result<Vec<u8>>
+//!     "greet" => json::handler(greet),  // fn(Value) -> Result<Value>, JSON in and out
+//! }
+//! ```
+//!
+//! A hook the plugin does not register fails with [`Error::NotFound`] naming it. A panic traps
+//! the instance (the release profile must use `panic = "abort"`); the host reports it as a
+//! guest trap and discards the instance.
+//!
+//! Only the host services a plugin actually calls end up as imports of its module: the linker
+//! drops the rest, so a plugin that never touches `kv` does not import it (and needs no `kv`
+//! permission). All `unsafe` code of the SDK is in one private module, `hostcalls`.
+
+#![deny(missing_docs)]
+#![deny(unsafe_code)] // allowed only in `hostcalls`
+
+pub mod clock;
+pub mod config;
+mod error;
+pub mod events;
+#[doc(hidden)]
+pub mod hostcalls;
+pub mod http;
+pub mod json;
+pub mod kv;
+pub mod log;
+pub mod random;
+
+pub use error::{Error, Result};
+
+/// The plugbox ABI version this SDK implements.
+pub const ABI_VERSION: &str = "1.0.0";
+
+/// Content of the `plugbox:abi-version` custom section that [`hooks!`] puts in the module.
+#[doc(hidden)]
+pub const __ABI_VERSION_SECTION: [u8; 5] = *b"1.0.0";
+
+/// The `on-init` a plugin gets when it registers none: accepts any configuration.
+#[doc(hidden)]
+pub fn __default_init(_config: &str) -> Result<()> {
+    Ok(())
+}
+
+/// The error for a hook no handler is registered for.
+#[doc(hidden)]
+pub fn __unknown_hook(hook: &str) -> Error {
+    Error::NotFound(format!("unknown hook {}", json::quote(hook)))
+}
+
+/// Registers the plugin's hook handlers and writes the module's ABI exports.
+///
+/// ```ignore
+/// hooks! {
+///     init: my_init,            // optional: fn(&str) -> Result<()>, gets the config as JSON
+///     "echo" => echo,           // fn(Vec<u8>) -> Result<Vec<u8>>
+///     "text.stats" => json::handler(stats),   // fn(json::Value) -> Result<json::Value>
+/// }
+/// ```
+///
+/// Use it once per plugin crate. It writes the exports `on-init`, `cabi_post_on-init`,
+/// `on-hook`, `cabi_post_on-hook` and `cabi_realloc`, and the `plugbox:abi-version` custom
+/// section. A handler is any expression callable as `fn(Vec<u8>) -> Result<Vec<u8>>`; calling
+/// a hook that is not listed fails with [`Error::NotFound`].
+#[macro_export]
+macro_rules! hooks {
+    (init: $init:expr, $($hook:literal => $handler:expr),+ $(,)?) => {
+        $crate::__plugbox_exports!($init; $($hook => $handler),+);
+    };
+    ($($hook:literal => $handler:expr),+ $(,)?) => {
+        $crate::__plugbox_exports!($crate::__default_init; $($hook => $handler),+);
+    };
+}
+
+/// Implementation of [`hooks!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __plugbox_exports {
+    ($init:expr; $($hook:literal => $handler:expr),+) => {
+        const _: () = {
+            #[link_section = "plugbox:abi-version"]
+            #[used]
+            static PLUGBOX_ABI_VERSION: [u8; 5] = $crate::__ABI_VERSION_SECTION;
+
+            fn plugbox_init(config: &str) -> $crate::Result<()> {
+                ($init)(config)
+            }
+
+            fn plugbox_dispatch(
+                hook: &str,
+                payload: ::std::vec::Vec<u8>,
+            ) -> $crate::Result<::std::vec::Vec<u8>> {
+                match hook {
+                    $($hook => ($handler)(payload),)+
+                    other => ::core::result::Result::Err($crate::__unknown_hook(other)),
+                }
+            }
+
+            #[export_name = "on-init"]
+            extern "C" fn plugbox_on_init(config_ptr: *mut u8, config_len: usize) -> *mut u8 {
+                $crate::hostcalls::export_on_init(config_ptr, config_len, plugbox_init)
+            }
+
+            #[export_name = "cabi_post_on-init"]
+            extern "C" fn plugbox_post_on_init(ret: *mut u8) {
+                $crate::hostcalls::export_post_on_init(ret)
+            }
+
+            #[export_name = "on-hook"]
+            extern "C" fn plugbox_on_hook(
+                hook_ptr: *mut u8,
+                hook_len: usize,
+                payload_ptr: *mut u8,
+                payload_len: usize,
+            ) -> *mut u8 {
+                $crate::hostcalls::export_on_hook(
+                    hook_ptr,
+                    hook_len,
+                    payload_ptr,
+                    payload_len,
+                    plugbox_dispatch,
+                )
+            }
+
+            #[export_name = "cabi_post_on-hook"]
+            extern "C" fn plugbox_post_on_hook(ret: *mut u8) {
+                $crate::hostcalls::export_post_on_hook(ret)
+            }
+
+            #[export_name = "cabi_realloc"]
+            extern "C" fn plugbox_cabi_realloc(
+                old_ptr: *mut u8,
+                old_size: usize,
+                align: usize,
+                new_size: usize,
+            ) -> *mut u8 {
+                $crate::hostcalls::export_cabi_realloc(old_ptr, old_size, align, new_size)
+            }
+        };
+    };
+}
