@@ -48,7 +48,8 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
             query = {k: v[0] for k, v in parse_qs(parts.query).items()}
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            server.requests.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+            sent = {k.lower(): v for k, v in self.headers.items()}
+            server.requests.append((self.command, self.path, sent))
             route = parts.path
             if route == "/hello":
                 self._send(200, b"hello", [("X-Reply", "yes"), ("X-Multi", "1"), ("X-Multi", "2")])
@@ -58,7 +59,8 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
                     "headers": [[k.lower(), v] for k, v in self.headers.items()],
                     "body": body.decode("latin-1"),
                 }
-                self._send(200, json.dumps(reply).encode(), [("X-Echo", self.headers.get("X-Echo", ""))])
+                echo = [("X-Echo", self.headers.get("X-Echo", ""))]
+                self._send(200, json.dumps(reply).encode(), echo)
             elif route == "/redirect":
                 self._send(int(query.get("code", "302")), b"", [("Location", query["to"])])
             elif route == "/loop":
@@ -182,7 +184,9 @@ def test_wildcard_port_pattern(server: Server, make: Callable[..., HostServices]
     assert fetch(hs, server.url("/hello"))[0] == 200
 
 
-def test_post_denied_when_only_get_allowed(server: Server, make: Callable[..., HostServices]) -> None:
+def test_post_denied_when_only_get_allowed(
+    server: Server, make: Callable[..., HostServices]
+) -> None:
     hs = make(hosts=(f"127.0.0.1:{server.port}",))
     err = fails("denied", lambda: fetch(hs, server.url("/echo"), "POST", body=b"x"))
     assert err.permission == "http"
@@ -191,7 +195,9 @@ def test_post_denied_when_only_get_allowed(server: Server, make: Callable[..., H
     assert server.requests == []  # refused before any network traffic
 
 
-def test_method_allowed_case_insensitively(server: Server, make: Callable[..., HostServices]) -> None:
+def test_method_allowed_case_insensitively(
+    server: Server, make: Callable[..., HostServices]
+) -> None:
     hs = make(hosts=(f"127.0.0.1:{server.port}",), methods=("get", "post"))
     status, _, body = fetch(hs, server.url("/echo"), "post", body=b"data")
     reply = json.loads(body)
@@ -311,7 +317,8 @@ def test_deadline_covers_the_body(server: Server, make: Callable[..., HostServic
     # Headers arrive at once, the body trickles: the whole fetch still respects the deadline.
     hs = make(hosts=(f"127.0.0.1:{server.port}",))
     start = time.monotonic()
-    err = fails("failure", lambda: fetch(hs, server.url("/stream?chunks=50&delay=0.05"), timeout=0.3))
+    url = server.url("/stream?chunks=50&delay=0.05")
+    err = fails("failure", lambda: fetch(hs, url, timeout=0.3))
     assert time.monotonic() - start < 1.0
     assert "timeout" in err.message
 
@@ -341,7 +348,8 @@ def test_forbidden_headers_rejected(
     name: str, server: Server, make: Callable[..., HostServices]
 ) -> None:
     hs = make(hosts=(f"127.0.0.1:{server.port}",))
-    err = fails("invalid-input", lambda: fetch(hs, server.url("/echo"), headers=[(name.title(), "x")]))
+    headers = [(name.title(), "x")]
+    err = fails("invalid-input", lambda: fetch(hs, server.url("/echo"), headers=headers))
     assert name.title() in err.message
     assert server.requests == []
 

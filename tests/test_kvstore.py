@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from plugbox._errors import UsageError
 from plugbox._kvstore import KvQuotaError, KvStore, _prefix_upper_bound
 
 BIG = 1 << 40
@@ -34,12 +35,29 @@ def test_get_set_delete(store: KvStore) -> None:
     assert store.get("p", "a") is None
 
 
-def test_wal_mode(store: KvStore, tmp_path: Path) -> None:
-    conn = sqlite3.connect(store.path)
+def test_wal_mode_and_exclusive_lock(tmp_path: Path) -> None:
+    path = tmp_path / "kv.sqlite3"
+    with KvStore(path):
+        # A second store (or any other connection) cannot open the file while it is held.
+        with pytest.raises(UsageError, match="in use by another process"):
+            KvStore(path, lock_timeout=0.05)
+    conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         conn.close()
+
+
+def test_non_exclusive_allows_other_readers(tmp_path: Path) -> None:
+    path = tmp_path / "kv.sqlite3"
+    with KvStore(path, exclusive=False) as s:
+        s.set("p", "k", b"v", quota_bytes=BIG, quota_keys=BIG)
+        conn = sqlite3.connect(path)
+        try:
+            assert conn.execute("SELECT value FROM kv WHERE key = 'k'").fetchone() == (b"v",)
+        finally:
+            conn.close()
+        assert s.get("p", "k") == b"v"
 
 
 def test_plugins_are_isolated(store: KvStore) -> None:
@@ -195,5 +213,16 @@ def test_closed_store_raises(tmp_path: Path) -> None:
     s = KvStore(tmp_path / "kv.sqlite3")
     s.set("p", "a", b"1", quota_bytes=BIG, quota_keys=BIG)
     s.close()
-    with pytest.raises(sqlite3.ProgrammingError):
-        s.get("p", "a")
+    s.close()
+    for call in (
+        lambda: s.get("p", "a"),
+        lambda: s.set("p", "a", b"", quota_bytes=BIG, quota_keys=BIG),
+        lambda: s.delete("p", "a"),
+        lambda: s.list_keys("p"),
+        lambda: s.usage("p"),
+        lambda: s.clear("p"),
+    ):
+        with pytest.raises(sqlite3.ProgrammingError):
+            call()
+    with KvStore(tmp_path / "kv.sqlite3") as again:  # the lock was released
+        assert again.get("p", "a") == b"1"

@@ -168,14 +168,18 @@ def test_log_levels(kv: KvStore, bus: EventBus, caplog: pytest.LogCaptureFixture
         expect("invalid-input", hs.log, bad, "x")
 
 
-def test_log_uses_given_logger(kv: KvStore, bus: EventBus, caplog: pytest.LogCaptureFixture) -> None:
+def test_log_uses_given_logger(
+    kv: KvStore, bus: EventBus, caplog: pytest.LogCaptureFixture
+) -> None:
     hs = make(kv, bus, logger=logging.getLogger("app.plugins.demo"))
     with caplog.at_level(logging.INFO):
         hs.log(2, "hello")
     assert [r.name for r in caplog.records] == ["app.plugins.demo"]
 
 
-def test_log_filtered_level_is_free(kv: KvStore, bus: EventBus, caplog: pytest.LogCaptureFixture) -> None:
+def test_log_filtered_level_is_free(
+    kv: KvStore, bus: EventBus, caplog: pytest.LogCaptureFixture
+) -> None:
     hs = make(kv, bus, log_burst=1, log_rate=0.0)
     with caplog.at_level(logging.INFO, logger="plugbox.plugin.demo"):
         for _ in range(10):
@@ -227,7 +231,9 @@ def test_log_rate_limit(kv: KvStore, bus: EventBus, caplog: pytest.LogCaptureFix
     assert len(records) == 51
 
 
-def test_log_rate_limit_recovers(kv: KvStore, bus: EventBus, caplog: pytest.LogCaptureFixture) -> None:
+def test_log_rate_limit_recovers(
+    kv: KvStore, bus: EventBus, caplog: pytest.LogCaptureFixture
+) -> None:
     hs = make(kv, bus, log_rate=1000.0, log_burst=5)
     with caplog.at_level(logging.INFO, logger="plugbox.plugin.demo"):
         for i in range(100):

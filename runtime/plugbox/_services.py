@@ -16,6 +16,7 @@ Errors shown to plugins always say what limit or permission was hit and how to c
 from __future__ import annotations
 
 import collections
+import fnmatch
 import json
 import logging
 import os
@@ -159,8 +160,6 @@ def _json_text(value: Any, what: str) -> str:
 
 def _fnmatch_any(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
     """One regex equivalent to ``any(fnmatchcase(topic, p) for p in patterns)``."""
-    import fnmatch
-
     if not patterns:
         return None
     return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
@@ -354,7 +353,9 @@ class HostServices:
     def _check_key(key: str) -> None:
         # <= 64 code points is <= 256 bytes; only longer keys need encoding to measure.
         n = len(key)
-        if n == 0 or (n > KV_KEY_MAX // 4 and len(key.encode("utf-8", "surrogatepass")) > KV_KEY_MAX):
+        if n == 0 or (
+            n > KV_KEY_MAX // 4 and len(key.encode("utf-8", "surrogatepass")) > KV_KEY_MAX
+        ):
             raise HostCallError("invalid-input", _KV_BAD_KEY)
 
     @staticmethod
