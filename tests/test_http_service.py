@@ -362,6 +362,7 @@ def test_invalid_requests(server: Server, make: Callable[..., HostServices]) -> 
     fails("invalid-input", lambda: fetch(hs, server.url("/"), method="GE T"))
     fails("invalid-input", lambda: fetch(hs, server.url("/"), headers=[("X-A", "a\r\nX-B: b")]))
     fails("invalid-input", lambda: fetch(hs, server.url("/"), headers=[("Bad Name", "v")]))
+    fails("invalid-input", lambda: fetch(hs, server.url("/"), headers=[("X-A", "caf\u00e9")]))
     assert server.requests == []
 
 

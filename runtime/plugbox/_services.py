@@ -571,9 +571,11 @@ class HostServices:
         for name, value in headers:
             if not _HTTP_TOKEN.fullmatch(name):
                 raise HostCallError("invalid-input", f"http: invalid header name {name!r}")
-            if _HTTP_BAD_VALUE.search(value):
+            if _HTTP_BAD_VALUE.search(value) or not value.isascii():
                 raise HostCallError(
-                    "invalid-input", f"http: header {name!r} contains CR, LF or NUL"
+                    "invalid-input",
+                    f"http: header {name!r} must be ASCII without CR, LF or NUL "
+                    "(percent- or base64-encode other data)",
                 )
             lname = name.lower()
             if lname in FORBIDDEN_REQUEST_HEADERS:
