@@ -78,7 +78,6 @@ def test_concurrent_callers_get_separate_instances_from_a_bounded_pool(
         t.join()
     assert not errors
     assert plugin._live <= 3  # never more instances than the pool allows
-    assert plugin.calls == 6 * 300
 
 
 def test_fuel_exhaustion_is_typed_and_the_plugin_keeps_serving(

@@ -22,6 +22,7 @@ a violation traps the guest call and surfaces as :class:`plugbox.AbiViolation`.
 from __future__ import annotations
 
 import ctypes
+import os
 import struct
 import threading
 import time
@@ -165,16 +166,40 @@ class Engine:
     recursion.
     """
 
-    def __init__(self, *, max_wasm_stack: int, epoch_tick_ms: float = 2.0) -> None:
+    def __init__(
+        self,
+        *,
+        max_wasm_stack: int,
+        max_memory_bytes: int,
+        epoch_tick_ms: float = 2.0,
+        pooling: int = 0,
+        keep_resident: int = 1 << 20,
+    ) -> None:
         config = wasmtime.Config()
         config.consume_fuel = True
         config.epoch_interruption = True
         config.max_wasm_stack = max_wasm_stack
         config.memory_may_move = False
         config.cranelift_opt_level = "speed"
+        if pooling:
+            # Pre-reserved instance slots: instantiation reuses memory instead of mapping it,
+            # and up to keep_resident bytes are reset with memset instead of being decommitted.
+            pool = _wb.wasmtime_pooling_allocation_config_new()
+            _wb.wasmtime_pooling_allocation_config_total_core_instances_set(pool, pooling)
+            _wb.wasmtime_pooling_allocation_config_total_memories_set(pool, pooling)
+            _wb.wasmtime_pooling_allocation_config_total_tables_set(pool, pooling)
+            _wb.wasmtime_pooling_allocation_config_max_memory_size_set(pool, max_memory_bytes)
+            _wb.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set(
+                pool, keep_resident
+            )
+            _wb.wasmtime_pooling_allocation_config_table_keep_resident_set(pool, 1 << 16)
+            _wb.wasmtime_pooling_allocation_strategy_set(config.ptr(), pool)
+            _wb.wasmtime_pooling_allocation_config_delete(pool)
+        from importlib.metadata import version
+
         self.settings = (
             f"fuel=1;epoch=1;stack={max_wasm_stack};move=0;opt=speed;"
-            f"wasmtime={wasmtime.__version__ if hasattr(wasmtime, '__version__') else 'unknown'}"
+            f"pool={pooling}:{max_memory_bytes};wasmtime={version('wasmtime')}"
         )
         self.wasmtime = wasmtime.Engine(config)
         self.ptr: int = ctypes.cast(self.wasmtime.ptr(), c_void_p).value or 0
@@ -249,6 +274,154 @@ class CallOutcome:
 
 
 # ---------------------------------------------------------------------------------------------
+# The call sequence, twice: in C (plugbox._speedups, when built) and in Python over ctypes.
+# Both return the same status tuples, interpreted in one place (Instance._outcome).
+
+_ST_OK, _ST_GUEST_ERR, _ST_TRAP, _ST_ERROR = 0, 1, 2, 3
+_ST_BAD_ALLOC, _ST_BAD_RETPTR, _ST_BAD_TAG, _ST_BAD_ERRTAG, _ST_BAD_RANGE = 4, 5, 6, 7, 8
+
+#: Exports an instance looks up, in this order (bit i of the found-mask is EXPORT_NAMES[i]).
+EXPORT_NAMES: Final = (
+    "cabi_realloc", "on-hook", "cabi_post_on-hook", "on-init", "cabi_post_on-init",
+    "_initialize", "memory",
+)
+_EXPORT_NAMES_B: Final = tuple(n.encode() for n in EXPORT_NAMES)
+_MEMORY_INDEX: Final = EXPORT_NAMES.index("memory")
+
+
+def _py_guest_call(ctx: int, func: int, args: Any, n: int) -> tuple[int, int]:
+    trap = c_void_p()
+    err = _func_call(ctx, func, ctypes.addressof(args), n or 1, ctypes.addressof(trap))
+    if err:
+        return _ST_ERROR, err
+    if trap.value:
+        return _ST_TRAP, trap.value
+    return _ST_OK, 0
+
+
+def _py_call_entry(
+    ctx: int, mem: int, base: int, realloc: int, func: int, post: int,
+    first: bytes | None, second: bytes, fuel: int, ticks: int,
+) -> tuple[Any, ...]:
+    """Pure-Python twin of ``_speedups.call_entry`` (same arguments, same status tuples)."""
+    err = _set_fuel(ctx, fuel)
+    if err:
+        return (_ST_ERROR, err, 0)
+    _set_epoch_deadline(ctx, ticks)
+    args = (ctypes.c_uint8 * (_RAW * 4))()
+    ptrs = []
+    for data in ((first, second) if first is not None else (second,)):
+        if not data:
+            ptrs.append(1)
+            continue
+        _RAW_I32[4].pack_into(args, 0, 0, 0, 1, len(data))
+        st, fault = _py_guest_call(ctx, realloc, args, 4)
+        if st:
+            return (st, fault, 0)
+        ptr = _U32.unpack_from(args, 0)[0]
+        if ptr + len(data) > _memory_size(ctx, mem):
+            return (_ST_BAD_ALLOC, ptr, len(data))
+        _memmove(base + ptr, data, len(data))
+        ptrs.append(ptr)
+    if first is not None:
+        _RAW_I32[4].pack_into(args, 0, ptrs[0], len(first), ptrs[1], len(second))
+        st, fault = _py_guest_call(ctx, func, args, 4)
+    else:
+        _RAW_I32[2].pack_into(args, 0, ptrs[0], len(second))
+        st, fault = _py_guest_call(ctx, func, args, 2)
+    if st:
+        return (st, fault, 0)
+    ret = _U32.unpack_from(args, 0)[0]
+    msize = _memory_size(ctx, mem)
+    if ret % 4 or ret + 16 > msize:
+        return (_ST_BAD_RETPTR, ret, msize)
+    tag, etag, w1, w2 = struct.unpack("<B3xB3xII", _string_at(base + ret, 16))
+    if tag == 0:  # ok: the list's (ptr, len) sits at offsets 4 and 8
+        ptr, length = struct.unpack_from("<II", _string_at(base + ret + 4, 8))
+        if first is None:
+            result: tuple[Any, ...] = (_ST_OK, b"")
+        elif ptr + length > msize:
+            return (_ST_BAD_RANGE, ptr, length)
+        else:
+            result = (_ST_OK, _string_at(base + ptr, length))
+    elif tag == 1:
+        if etag >= len(_abispec.ERROR_KINDS):
+            return (_ST_BAD_ERRTAG, etag, 0)
+        if w1 + w2 > msize:
+            return (_ST_BAD_RANGE, w1, w2)
+        result = (_ST_GUEST_ERR, etag, _string_at(base + w1, w2))
+    else:
+        return (_ST_BAD_TAG, tag, 0)
+    if post:
+        _RAW_I32[1].pack_into(args, 0, ret)
+        st, fault = _py_guest_call(ctx, post, args, 1)
+        if st:
+            return (st, fault, 0)
+    return result
+
+
+def _py_instantiate(
+    engine: int, pre: int, cap: int, fuel: int, ticks: int, names: tuple[bytes, ...],
+    out: int, instance: int,
+) -> tuple[int, int, int, int]:
+    """Pure-Python twin of ``_speedups.instantiate``."""
+    store = _store_new(engine, None, None)
+    if not store:
+        raise MemoryError("wasmtime_store_new failed")
+    ctx = _store_context(store)
+    _store_limiter(store, cap, 100_000, 1, 4, 1)  # bytes, table elements, instances, tables, memories
+    err = _set_fuel(ctx, fuel)
+    if err:
+        _store_delete(store)
+        return (_ST_ERROR, err, 0, 0)
+    _set_epoch_deadline(ctx, ticks)
+    trap = c_void_p()
+    err = _pre_instantiate(pre, ctx, instance, ctypes.addressof(trap))
+    if err or trap.value:
+        _store_delete(store)
+        return (_ST_ERROR, err, 0, 0) if err else (_ST_TRAP, trap.value or 0, 0, 0)
+    mask = 0
+    for i, name in enumerate(names):
+        ctypes.memset(out + 32 * i, 0, 32)
+        if _export_get(ctx, instance, name, len(name), out + 32 * i):
+            mask |= 1 << i
+    return (_ST_OK, store, ctx, mask)
+
+
+try:
+    if os.environ.get("PLUGBOX_NO_SPEEDUPS"):
+        raise ImportError("disabled by PLUGBOX_NO_SPEEDUPS")
+    from . import _speedups  # type: ignore[attr-defined]
+
+    _addr = lambda name: ctypes.cast(getattr(_cdll, name), c_void_p).value  # noqa: E731
+    _speedups.bind(tuple(_addr(n) for n in (
+        "wasmtime_func_call_unchecked", "wasmtime_context_set_fuel",
+        "wasmtime_context_set_epoch_deadline", "wasmtime_memory_data_size", "wasmtime_store_new",
+        "wasmtime_store_context", "wasmtime_store_limiter", "wasmtime_store_delete",
+        "wasmtime_instance_pre_instantiate", "wasmtime_instance_export_get",
+        "wasmtime_error_delete",
+    )))
+    _call_entry: Callable[..., tuple[Any, ...]] = _speedups.call_entry
+    _instantiate: Callable[..., tuple[int, int, int, int]] = _speedups.instantiate
+    ACCELERATED = True
+except ImportError:  # no C compiler at install time: same behaviour, slower
+    _call_entry = _py_call_entry
+    _instantiate = _py_instantiate
+    ACCELERATED = False
+
+
+def use_accelerator(enabled: bool) -> bool:
+    """Switch between the C and the pure-Python call sequence (tests run both). Returns whether
+    the accelerator is now in use (False when it is not built)."""
+    global _call_entry, _instantiate
+    if enabled and ACCELERATED:
+        _call_entry, _instantiate = _speedups.call_entry, _speedups.instantiate
+        return True
+    _call_entry, _instantiate = _py_call_entry, _py_instantiate
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
 # Instance
 
 
@@ -256,83 +429,64 @@ class Instance:
     """One instantiated plugin: its own store, memory and exports. Not thread-safe; the plugin's
     pool hands each instance to one caller at a time."""
 
-    def __init__(self, template: Template, fuel: int, deadline_ms: int) -> None:
+    def __init__(self, template: Template, fuel: int, ticks: int) -> None:
         self.template = template
         self.plugin = template.plugin
         self.memory_cap = template.memory_cap
-        self.closed = False
-        store = _store_new(template.engine.ptr, None, None)
-        if not store:
-            raise UsageError(f"plugin {self.plugin!r}: wasmtime could not create a store")
-        self._store = store
-        self.ctx: int = _store_context(store)
-        # memory bytes, table elements, instances, tables, memories
-        _store_limiter(store, template.memory_cap, 100_000, 1, 4, 1)
+        self.closed = True
+        self._exports = (ctypes.c_uint8 * (32 * len(EXPORT_NAMES)))()
+        exports = ctypes.addressof(self._exports)
         self._instance = _wb.wasmtime_instance_t()
+        status, store, ctx, mask = _instantiate(
+            template.engine.ptr, template.pre, template.memory_cap, fuel, ticks,
+            _EXPORT_NAMES_B, exports, ctypes.addressof(self._instance),
+        )
+        if status != _ST_OK:
+            err, trap = (store, None) if status == _ST_ERROR else (None, store)
+            msg = _take_error(err) if err else _take_trap(trap or 0)[1]
+            raise GuestTrap(
+                f"plugin {self.plugin!r}: instantiation failed: {msg}", plugin=self.plugin
+            )
+        self.closed = False
+        self._store: int = store
+        self.ctx: int = ctx
+        # name -> address of its wasmtime_func_t / wasmtime_memory_t inside self._exports
+        self._funcs = {
+            name: exports + 32 * i + _EXTERN_OF
+            for i, name in enumerate(EXPORT_NAMES)
+            if mask >> i & 1 and name != "memory"
+            and self._exports[32 * i] == _EXTERN_FUNC
+        }
+        has_memory = mask >> _MEMORY_INDEX & 1 and self._exports[32 * _MEMORY_INDEX] == _EXTERN_MEMORY
+        # Static checks guarantee these exist; guard anyway so a bug cannot become a crash.
+        for required, present in (("cabi_realloc", "cabi_realloc" in self._funcs),
+                                  ("on-hook", "on-hook" in self._funcs), ("memory", has_memory)):
+            if not present:
+                self.close()
+                raise AbiViolation(
+                    f"plugin {self.plugin!r}: module has no {required!r} export",
+                    plugin=self.plugin,
+                )
+        self._mem = exports + 32 * _MEMORY_INDEX + _EXTERN_OF
+        # The engine is configured so memories never move: the base address is fixed.
+        self.base: int = _memory_data(self.ctx, self._mem) or 0
         self._args = (ctypes.c_uint8 * (_RAW * 16))()
         self._args_addr = ctypes.addressof(self._args)
         self._trap = c_void_p()
         self._trap_addr = ctypes.addressof(self._trap)
         self._view_size = -1
         self._view: memoryview = memoryview(b"")
-        self._prepare(fuel, template.engine.deadline_ticks(deadline_ms))
-        trap = c_void_p()
-        err = _pre_instantiate(
-            template.pre, self.ctx, ctypes.addressof(self._instance), ctypes.addressof(trap)
-        )
-        if err or trap.value:
-            msg = _take_error(err) if err else _take_trap(trap.value or 0)[1]
-            self.close()
-            raise GuestTrap(
-                f"plugin {self.plugin!r}: instantiation failed: {msg}", plugin=self.plugin
-            )
-        self._funcs: dict[str, Any] = {}
-        self._mem_struct = _wb.wasmtime_memory_t()
-        for name in ("cabi_realloc", "on-hook", "cabi_post_on-hook", "on-init",
-                     "cabi_post_on-init", "_initialize", "memory"):
-            ext = (ctypes.c_uint8 * _EXTERN_SIZE)()
-            found = _export_get(
-                self.ctx, ctypes.addressof(self._instance), name.encode(), len(name),
-                ctypes.addressof(ext),
-            )
-            if not found:
-                continue
-            kind = ext[0]
-            if name == "memory" and kind == _EXTERN_MEMORY:
-                ctypes.memmove(
-                    ctypes.addressof(self._mem_struct),
-                    ctypes.addressof(ext) + _EXTERN_OF,
-                    ctypes.sizeof(self._mem_struct),
-                )
-            elif kind == _EXTERN_FUNC:
-                func = (ctypes.c_uint8 * _FUNC_SIZE)()
-                ctypes.memmove(ctypes.addressof(func), ctypes.addressof(ext) + _EXTERN_OF, _FUNC_SIZE)
-                self._funcs[name] = func
-        # Static checks guarantee these exist; guard anyway so a bug cannot become a crash.
-        for required in ("cabi_realloc", "on-hook"):
-            if required not in self._funcs:
-                self.close()
-                raise AbiViolation(
-                    f"plugin {self.plugin!r}: module has no {required!r} export",
-                    plugin=self.plugin,
-                )
-        self._mem = ctypes.addressof(self._mem_struct)
-        # The engine is configured so memories never move: the base address is fixed.
-        self.base: int = _memory_data(self.ctx, self._mem) or 0
         self._refresh()
-        self._realloc = ctypes.addressof(self._funcs["cabi_realloc"])
-        self._on_hook = ctypes.addressof(self._funcs["on-hook"])
-        post = self._funcs.get("cabi_post_on-hook")
-        self._post_hook = ctypes.addressof(post) if post is not None else 0
+        self._realloc = self._funcs["cabi_realloc"]
+        self._on_hook = self._funcs["on-hook"]
+        self._post_hook = self._funcs.get("cabi_post_on-hook", 0)
         self.calls = 0
 
-    # -- limits --------------------------------------------------------------------------
+    # -- memory ----------------------------------------------------------------------------
 
-    def _prepare(self, fuel: int, ticks: int) -> None:
-        err = _set_fuel(self.ctx, fuel)
-        if err:
-            raise UsageError(f"plugin {self.plugin!r}: cannot set fuel: {_take_error(err)}")
-        _set_epoch_deadline(self.ctx, ticks)
+    def memory_size(self) -> int:
+        """Current size of the guest's linear memory in bytes."""
+        return int(_memory_size(self.ctx, self._mem))
 
     def fuel_left(self) -> int:
         """Fuel remaining in this instance's store."""
@@ -342,10 +496,6 @@ class Instance:
             _take_error(err)
             return 0
         return out.value
-
-    def memory_size(self) -> int:
-        """Current size of the guest's linear memory in bytes."""
-        return int(_memory_size(self.ctx, self._mem))
 
     def _refresh(self) -> memoryview:
         """The guest memory as a memoryview of its *current* size.
@@ -360,7 +510,37 @@ class Instance:
             self._view = memoryview((ctypes.c_char * size).from_address(self.base)).cast("B")
         return self._view
 
-    # -- raw guest calls -------------------------------------------------------------------
+    def read(self, ptr: int, length: int, hook: str, what: str) -> bytes:
+        """Copy ``length`` bytes at guest offset ``ptr``, bounds-checked."""
+        view = self._view
+        if ptr + length > self._view_size:
+            view = self._refresh()
+        if ptr < 0 or length < 0 or ptr + length > len(view):
+            raise AbiViolation(
+                f"plugin {self.plugin!r}, hook {hook!r}: {what} at {ptr:#x}+{length} lies "
+                f"outside guest memory ({len(view)} bytes)",
+                plugin=self.plugin, hook=hook,
+            )
+        return view[ptr:ptr + length].tobytes()
+
+    def read_str(self, ptr: int, length: int, hook: str, what: str) -> str:
+        """Read and decode a guest UTF-8 string, bounds-checked."""
+        return self._decode(self.read(ptr, length, hook, what), hook, what)
+
+    def _decode(self, raw: bytes, hook: str, what: str) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise AbiViolation(
+                f"plugin {self.plugin!r}, hook {hook!r}: {what} is not valid UTF-8 ({exc})",
+                plugin=self.plugin, hook=hook,
+            ) from None
+
+    def _write(self, ptr: int, data: bytes) -> None:
+        # Callers got ptr from _alloc or a checked return area, both inside the current view.
+        self._view[ptr:ptr + len(data)] = data
+
+    # -- guest calls made by host functions ------------------------------------------------
 
     def _invoke(self, func: int, nargs: int, hook: str) -> None:
         """Call a guest function whose raw args are already in ``self._args``."""
@@ -370,6 +550,98 @@ class Instance:
         if self._trap.value:
             trap, self._trap.value = self._trap.value, None
             raise self._failure(None, trap, hook)
+
+    def _alloc(self, size: int, align: int, hook: str) -> int:
+        """Call the guest's cabi_realloc(0, 0, align, size); returns a checked guest pointer."""
+        if size == 0:
+            return align  # the canonical ABI lets a zero-length list point anywhere aligned
+        _RAW_I32[4].pack_into(self._args, 0, 0, 0, align, size)
+        self._invoke(self._realloc, 4, hook)
+        ptr = _U32.unpack_from(self._args, 0)[0]
+        # Memory never shrinks, so the cached view is a safe bound; refresh only past it.
+        if ptr % align or (ptr + size > self._view_size and ptr + size > len(self._refresh())):
+            raise self._violation(_ST_BAD_ALLOC, ptr, size, hook)
+        return ptr
+
+    def _lower_bytes(self, data: bytes, hook: str) -> int:
+        ptr = self._alloc(len(data), 1, hook)
+        if data:
+            self._view[ptr:ptr + len(data)] = data
+        return ptr
+
+    # -- entry points -----------------------------------------------------------------------
+
+    def call_hook(
+        self, hook: str, hook_bytes: bytes, payload: bytes, fuel: int, ticks: int,
+        deadline_at: float | None,
+    ) -> CallOutcome:
+        """Run ``on-hook`` with ``fuel`` and an epoch deadline ``ticks`` from now.
+
+        ``deadline_at`` (``time.monotonic()`` seconds) bounds blocking host calls (http).
+        Raises typed errors for traps and ABI violations.
+        """
+        state = _CallState(self, hook, deadline_at)
+        _tls.state = state
+        try:
+            res = _call_entry(self.ctx, self._mem, self.base, self._realloc, self._on_hook,
+                              self._post_hook, hook_bytes, payload, fuel, ticks)
+            if res[0] == _ST_OK:
+                return CallOutcome(True, res[1], "", "", state.denied)
+            return self._outcome(res, hook, state)
+        finally:
+            _tls.state = None
+            self.calls += 1
+
+    def call_init(self, config_json: bytes, fuel: int, ticks: int) -> CallOutcome:
+        """Run ``_initialize`` (if exported) then ``on-init`` (if exported)."""
+        state = _CallState(self, "on-init", None)
+        _tls.state = state
+        try:
+            init = self._funcs.get("_initialize")
+            if init is not None:
+                err = _set_fuel(self.ctx, fuel)
+                if err:
+                    raise self._failure(err, None, "on-init")
+                _set_epoch_deadline(self.ctx, ticks)
+                self._invoke(init, 0, "on-init")
+            on_init = self._funcs.get("on-init")
+            if on_init is None:
+                return CallOutcome(True, b"", "", "", None)
+            res = _call_entry(self.ctx, self._mem, self.base, self._realloc, on_init,
+                              self._funcs.get("cabi_post_on-init", 0), None, config_json,
+                              fuel, ticks)
+            if res[0] == _ST_OK:
+                return CallOutcome(True, b"", "", "", state.denied)
+            return self._outcome(res, "on-init", state)
+        finally:
+            _tls.state = None
+
+    def _outcome(self, res: tuple[Any, ...], hook: str, state: _CallState) -> CallOutcome:
+        status = res[0]
+        if status == _ST_GUEST_ERR:
+            message = self._decode(res[2], hook, "error message")
+            return CallOutcome(False, b"", _abispec.ERROR_KINDS[res[1]], message, state.denied)
+        if status == _ST_TRAP:
+            raise self._failure(None, res[1], hook)
+        if status == _ST_ERROR:
+            raise self._failure(res[1], None, hook)
+        raise self._violation(status, res[1], res[2], hook)
+
+    def _violation(self, status: int, a: int, b: int, hook: str) -> AbiViolation:
+        where = f"plugin {self.plugin!r}, hook {hook!r}"
+        if status == _ST_BAD_ALLOC:
+            what = f"cabi_realloc returned {a:#x} for {b} bytes, outside its memory or misaligned"
+        elif status == _ST_BAD_RETPTR:
+            what = (f"returned result pointer {a:#x} lies outside guest memory ({b} bytes) or "
+                    "is misaligned")
+        elif status == _ST_BAD_TAG:
+            what = f"returned result with unknown discriminant {a} (expected 0 ok or 1 err)"
+        elif status == _ST_BAD_ERRTAG:
+            what = (f"returned error with unknown discriminant {a} (the ABI has "
+                    f"{len(_abispec.ERROR_KINDS)} cases)")
+        else:
+            what = f"returned a list or string at {a:#x}+{b} that lies outside guest memory"
+        return AbiViolation(f"{where}: {what}", plugin=self.plugin, hook=hook)
 
     def _failure(self, err: int | None, trap: int | None, hook: str) -> PlugboxError:
         state: _CallState | None = getattr(_tls, "state", None)
@@ -424,163 +696,12 @@ class Instance:
             )
         return GuestTrap(f"{where}: guest trapped: {first}", plugin=self.plugin, hook=hook)
 
-    def _alloc(self, size: int, align: int, hook: str) -> int:
-        """Call the guest's cabi_realloc(0, 0, align, size); returns a checked guest pointer."""
-        if size == 0:
-            return align  # the canonical ABI lets a zero-length list point anywhere aligned
-        _RAW_I32[4].pack_into(self._args, 0, 0, 0, align, size)
-        self._invoke(self._realloc, 4, hook)
-        ptr = _U32.unpack_from(self._args, 0)[0]
-        # Memory never shrinks, so the cached view is a safe bound; refresh only past it.
-        if ptr % align or (ptr + size > self._view_size and ptr + size > len(self._refresh())):
-            raise AbiViolation(
-                f"plugin {self.plugin!r}, hook {hook!r}: cabi_realloc returned {ptr:#x} for "
-                f"{size} bytes, outside its memory or misaligned",
-                plugin=self.plugin, hook=hook,
-            )
-        return ptr
-
-    def _write(self, ptr: int, data: bytes) -> None:
-        # Callers got ptr from _alloc or a checked return area, both inside the current view.
-        self._view[ptr:ptr + len(data)] = data
-
-    def _lower_bytes(self, data: bytes, hook: str) -> int:
-        ptr = self._alloc(len(data), 1, hook)
-        if data:
-            self._view[ptr:ptr + len(data)] = data
-        return ptr
-
-    def read(self, ptr: int, length: int, hook: str, what: str) -> bytes:
-        """Copy ``length`` bytes at guest offset ``ptr``, bounds-checked."""
-        view = self._view
-        if ptr + length > self._view_size:
-            view = self._refresh()
-        if ptr < 0 or length < 0 or ptr + length > len(view):
-            raise AbiViolation(
-                f"plugin {self.plugin!r}, hook {hook!r}: {what} at {ptr:#x}+{length} lies "
-                f"outside guest memory ({len(view)} bytes)",
-                plugin=self.plugin, hook=hook,
-            )
-        return view[ptr:ptr + length].tobytes()
-
-    def read_str(self, ptr: int, length: int, hook: str, what: str) -> str:
-        """Read and decode a guest UTF-8 string, bounds-checked."""
-        raw = self.read(ptr, length, hook, what)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise AbiViolation(
-                f"plugin {self.plugin!r}, hook {hook!r}: {what} is not valid UTF-8 ({exc})",
-                plugin=self.plugin, hook=hook,
-            ) from None
-
-    # -- entry points -----------------------------------------------------------------------
-
-    def call_hook(
-        self, hook: str, hook_bytes: bytes, payload: bytes, fuel: int, ticks: int,
-        deadline_at: float | None,
-    ) -> CallOutcome:
-        """Run ``on-hook`` with ``fuel`` and an epoch deadline ``ticks`` from now.
-
-        ``deadline_at`` (``time.monotonic()`` seconds) bounds blocking host calls (http).
-        Raises typed errors for traps and ABI violations.
-        """
-        state = _CallState(self, hook, deadline_at)
-        _tls.state = state
-        try:
-            if _set_fuel(self.ctx, fuel):
-                self._prepare(fuel, ticks)  # reports the error
-            _set_epoch_deadline(self.ctx, ticks)
-            return self._call_entry(self._on_hook, self._post_hook, hook, hook_bytes, payload,
-                                    state)
-        finally:
-            _tls.state = None
-            self.calls += 1
-
-    def call_init(self, config_json: bytes, fuel: int, deadline_ms: int) -> CallOutcome:
-        """Run ``_initialize`` (if exported) then ``on-init`` (if exported)."""
-        state = _CallState(self, "on-init", None)
-        _tls.state = state
-        try:
-            self._prepare(fuel, self.template.engine.deadline_ticks(deadline_ms))
-            init = self._funcs.get("_initialize")
-            if init is not None:
-                self._invoke(ctypes.addressof(init), 0, "on-init")
-            on_init = self._funcs.get("on-init")
-            if on_init is None:
-                return CallOutcome(True, b"", "", "", None)
-            post = self._funcs.get("cabi_post_on-init")
-            return self._call_entry(
-                ctypes.addressof(on_init), ctypes.addressof(post) if post is not None else 0,
-                "on-init", None, config_json, state,
-            )
-        finally:
-            _tls.state = None
-
-    def _call_entry(
-        self, func: int, post: int, hook: str, first: bytes | None, second: bytes,
-        state: _CallState,
-    ) -> CallOutcome:
-        # Lower arguments: each string/list gets its own cabi_realloc allocation (canonical ABI).
-        if first is not None:
-            p1 = self._lower_bytes(first, hook)
-            p2 = self._lower_bytes(second, hook)
-            _RAW_I32[4].pack_into(self._args, 0, p1, len(first), p2, len(second))
-            self._invoke(func, 4, hook)
-        else:
-            p2 = self._lower_bytes(second, hook)
-            _RAW_I32[2].pack_into(self._args, 0, p2, len(second))
-            self._invoke(func, 2, hook)
-        ret = _U32.unpack_from(self._args, 0)[0]
-        view = self._view
-        if ret + 16 > self._view_size:
-            view = self._refresh()
-        size = self._view_size
-        if ret % 4 or ret + 16 > size:
-            raise AbiViolation(
-                f"plugin {self.plugin!r}, hook {hook!r}: returned result pointer {ret:#x} lies "
-                f"outside guest memory ({size} bytes) or is misaligned",
-                plugin=self.plugin, hook=hook,
-            )
-        tag, w1, w2 = _RESULT_HDR.unpack_from(view, ret)
-        if tag == 0:
-            if first is None:
-                value = b""
-            elif w1 + w2 <= size:
-                value = view[w1:w1 + w2].tobytes()
-            elif w1 + w2 <= len(self._refresh()):
-                value = self._view[w1:w1 + w2].tobytes()
-            else:
-                value = self.read(w1, w2, hook, "result payload")  # raises AbiViolation
-            outcome = CallOutcome(True, value, "", "", state.denied)
-        elif tag == 1:
-            _, etag, mptr, mlen = _ERROR_AT4.unpack_from(view, ret)
-            if etag >= len(_abispec.ERROR_KINDS):
-                raise AbiViolation(
-                    f"plugin {self.plugin!r}, hook {hook!r}: returned error with unknown "
-                    f"discriminant {etag} (the ABI has {len(_abispec.ERROR_KINDS)} cases)",
-                    plugin=self.plugin, hook=hook,
-                )
-            message = self.read_str(mptr, mlen, hook, "error message")
-            outcome = CallOutcome(False, b"", _abispec.ERROR_KINDS[etag], message, state.denied)
-        else:
-            raise AbiViolation(
-                f"plugin {self.plugin!r}, hook {hook!r}: returned result with unknown "
-                f"discriminant {tag} (expected 0 ok or 1 err)",
-                plugin=self.plugin, hook=hook,
-            )
-        if post:
-            _RAW_I32[1].pack_into(self._args, 0, ret)
-            self._invoke(post, 1, hook)
-        return outcome
-
     def close(self) -> None:
         """Free the store and everything in it. Safe to call twice."""
         if not self.closed:
             self.closed = True
             _store_delete(self._store)
             self._store = 0
-
 
 # ---------------------------------------------------------------------------------------------
 # Host functions: lifting guest arguments, lowering results into the guest's return area.
@@ -903,9 +1024,10 @@ class Template:
             self.close()
             raise
 
-    def instantiate(self, fuel: int, deadline_ms: int) -> Instance:
-        """A new, independent instance (new store)."""
-        return Instance(self, fuel, deadline_ms)
+    def instantiate(self, fuel: int, ticks: int) -> Instance:
+        """A new, independent instance (new store) with ``fuel`` and an epoch deadline
+        ``ticks`` from now for its start-up code."""
+        return Instance(self, fuel, ticks)
 
     def close(self) -> None:
         """Free the linker and InstancePre. Instances made from it must be closed first."""

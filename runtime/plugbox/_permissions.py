@@ -19,6 +19,24 @@ __all__ = [
 ]
 
 
+def split_host_pattern(pattern: str) -> tuple[str, str | None, bool]:
+    """Split an HTTP host pattern into (host, port pattern or None, host is a literal IPv6).
+
+    ``example.com`` -> (``example.com``, None, False); ``*.x.org:8*`` -> (``*.x.org``, ``8*``,
+    False); ``[::1]:*`` -> (``::1``, ``*``, True); a bare ``::1`` -> (``::1``, None, True).
+    """
+    if pattern.startswith("["):
+        end = pattern.find("]")
+        if end < 0:
+            return pattern, None, True
+        rest = pattern[end + 1:]
+        return pattern[1:end], (rest[1:] if rest.startswith(":") else None), True
+    if pattern.count(":") > 1:
+        return pattern, None, True
+    host, sep, port = pattern.partition(":")
+    return host, (port if sep else None), False
+
+
 @dataclass(frozen=True)
 class KvPermission:
     """Key-value storage with a quota on stored bytes (keys + values) and on the key count."""
@@ -54,14 +72,19 @@ class HttpPermission:
 
     def allows_host(self, host: str, port: int, default_port: int) -> bool:
         """True when ``host:port`` matches an allowed pattern."""
-        host = host.lower()
+        host = host.lower().strip("[]")
         for pattern in self.hosts:
-            pattern = pattern.lower()
-            if ":" in pattern and not pattern.startswith("["):
-                phost, _, pport = pattern.rpartition(":")
-                if fnmatch.fnmatchcase(host, phost) and fnmatch.fnmatchcase(str(port), pport):
+            phost, pport, literal = split_host_pattern(pattern.lower())
+            if literal:
+                host_ok = host == phost  # IPv6: brackets and colons are not glob syntax
+            else:
+                host_ok = fnmatch.fnmatchcase(host, phost)
+            if not host_ok:
+                continue
+            if pport is None:
+                if port == default_port:
                     return True
-            elif port == default_port and fnmatch.fnmatchcase(host, pattern):
+            elif fnmatch.fnmatchcase(str(port), pport):
                 return True
         return False
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-import time
+from time import monotonic as _monotonic
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -77,10 +77,15 @@ class Plugin:
         self._config_json = json.dumps(config, separators=(",", ":")).encode()
         self._hook_bytes = {hook: hook.encode() for hook in self.hooks}
         self._ticks = template.engine.deadline_ticks(limits.deadline_ms)
+        self._fuel = limits.fuel
+        self._deadline_s = limits.deadline_ms / 1000.0
+        self._persistent = mode == "persistent"
         self._idle: list[Instance] = []
         self._live = 0
+        self._waiting = 0
         self._cond = threading.Condition()
         self._closed = False
+        self._freed = False
         self.calls = 0
         self.failures = 0
         self.instances_discarded = 0
@@ -93,12 +98,16 @@ class Plugin:
             first.close()
 
     # -- pool ------------------------------------------------------------------------------
+    #
+    # Idle instances sit in a list: list.pop/append are atomic, so a call that finds an idle
+    # instance takes no lock. The condition guards the slow path (creating an instance up to
+    # the pool size, or waiting for one) and closing.
 
     def _new_instance(self) -> Instance:
-        limits = self.limits
-        inst = self._template.instantiate(limits.fuel, limits.deadline_ms)
+        fuel = self.limits.fuel
+        inst = self._template.instantiate(fuel, self._ticks)
         try:
-            outcome = inst.call_init(self._config_json, limits.fuel, limits.deadline_ms)
+            outcome = inst.call_init(self._config_json, fuel, self._ticks)
         except BaseException:
             inst.close()
             raise
@@ -107,17 +116,23 @@ class Plugin:
             raise guest_error(outcome, self.name, "on-init")
         return inst
 
-    def _acquire(self, reuse: bool) -> Instance:
+    def _acquire_slow(self, reuse: bool) -> Instance:
         with self._cond:
-            while True:
-                if self._closed:
-                    raise UsageError(f"plugin {self.name!r} is closed; load it again to call it")
-                if reuse and self._idle:
-                    return self._idle.pop()
-                if self._live < self.limits.instances:
-                    self._live += 1
-                    break
-                self._cond.wait()
+            self._waiting += 1
+            try:
+                while True:
+                    if self._closed:
+                        raise UsageError(
+                            f"plugin {self.name!r} is closed; load it again to call it"
+                        )
+                    if reuse and self._idle:
+                        return self._idle.pop()
+                    if self._live < self.limits.instances:
+                        self._live += 1
+                        break
+                    self._cond.wait(0.1)
+            finally:
+                self._waiting -= 1
         try:
             return self._new_instance()
         except BaseException:
@@ -127,20 +142,41 @@ class Plugin:
             raise
 
     def _release(self, inst: Instance, *, keep: bool, failed: bool) -> None:
+        if keep and not failed and not self._closed:
+            self._idle.append(inst)
+            if self._waiting:
+                with self._cond:
+                    self._cond.notify()
+            if self._closed:  # close() ran meanwhile: it may have missed this instance
+                self._drain()
+            return
         with self._cond:
-            if keep and not failed and not self._closed:
-                self._idle.append(inst)
-            else:
-                inst.close()
-                self._live -= 1
-                if failed:
-                    self.instances_discarded += 1
+            inst.close()
+            self._live -= 1
+            if failed:
+                self.instances_discarded += 1
             self._cond.notify()
             last = self._closed and self._live == 0
         if last:
             self._free()
 
+    def _drain(self) -> None:
+        with self._cond:
+            idle, self._idle = self._idle, []
+            self._live -= len(idle)
+            last = self._live == 0 and not self._freed
+            self._freed = self._freed or last
+        for inst in idle:
+            inst.close()
+        if last:
+            self._template.close()
+            self.services.close()
+
     def _free(self) -> None:
+        with self._cond:
+            if self._freed:
+                return
+            self._freed = True
         # Instances hold pointers into the template's linker: free it only after them.
         self._template.close()
         self.services.close()
@@ -167,60 +203,66 @@ class Plugin:
                 f"{', '.join(self.hooks)}",
                 plugin=self.name, hook=hook,
             )
-        if not isinstance(payload, (bytes, bytearray, memoryview)):
+        if type(payload) is not bytes and not isinstance(payload, (bytearray, memoryview)):
             raise UsageError(
                 f"plugin {self.name!r}, hook {hook!r}: payload must be bytes, not "
                 f"{type(payload).__name__}; use call_json for JSON values",
                 plugin=self.name, hook=hook,
             )
-        limits = self.limits
+        ticks = self._ticks
+        seconds = self._deadline_s
         if fuel is None:
-            fuel = limits.fuel
+            fuel = self._fuel
         else:
             fuel = min(fuel, self.runtime.policy.max_limits.fuel)
-        if deadline_ms is None:
-            ticks = self._ticks
-            deadline_ms = limits.deadline_ms
-        else:
+        if deadline_ms is not None:
             deadline_ms = min(deadline_ms, self.runtime.policy.max_limits.deadline_ms)
             ticks = self._template.engine.deadline_ticks(deadline_ms)
+            seconds = deadline_ms / 1000.0
+        if self.runtime._monitors:
+            return self._monitored(hook, hook_bytes, payload, fuel, ticks, seconds)
+        return self._call(hook, hook_bytes, payload, fuel, ticks, _monotonic() + seconds)
+
+    def _monitored(
+        self, hook: str, hook_bytes: bytes, payload: bytes, fuel: int, ticks: int,
+        seconds: float,
+    ) -> bytes:
         monitors = self.runtime._monitors
-        record = CallRecord(self.name, hook, len(payload)) if monitors else None
-        if record is not None:
-            for before, _ in monitors:
-                before(record)
-        started = time.monotonic()
+        record = CallRecord(self.name, hook, len(payload))
+        for before, _ in monitors:
+            before(record)
+        started = _monotonic()
         try:
-            result = self._call(hook, hook_bytes, bytes(payload), fuel, ticks,
-                                started + deadline_ms / 1000.0)
-        except PlugboxError as exc:
-            self.failures += 1
-            if record is not None:
-                record.error = exc
-                record.seconds = time.monotonic() - started
-                for _, after in monitors:
-                    after(record)
-            raise
-        if record is not None:
+            result = self._call(hook, hook_bytes, payload, fuel, ticks, started + seconds)
             record.result_size = len(result)
-            record.seconds = time.monotonic() - started
+            return result
+        except PlugboxError as exc:
+            record.error = exc
+            raise
+        finally:
+            record.seconds = _monotonic() - started
             for _, after in monitors:
                 after(record)
-        return result
 
     def _call(
         self, hook: str, hook_bytes: bytes, payload: bytes, fuel: int, ticks: int,
         deadline_at: float,
     ) -> bytes:
         self.calls += 1
-        persistent = self.mode == "persistent"
-        inst = self._acquire(persistent)
+        persistent = self._persistent
+        try:
+            if not persistent:
+                raise IndexError
+            inst = self._idle.pop()
+        except IndexError:
+            inst = self._acquire_slow(persistent)
         failed = True
         try:
             outcome: CallOutcome = inst.call_hook(hook, hook_bytes, payload, fuel, ticks,
                                                   deadline_at)
             failed = False
-        except PluginCallError as exc:
+        except PlugboxError as exc:
+            self.failures += 1
             exc.plugin = exc.plugin or self.name
             exc.hook = exc.hook or hook
             raise
@@ -229,6 +271,7 @@ class Plugin:
             self._release(inst, keep=persistent, failed=failed)
         if outcome.ok:
             return outcome.value
+        self.failures += 1
         raise guest_error(outcome, self.name, hook)
 
     def call_json(self, hook: str, value: Any = None, **options: Any) -> Any:
@@ -263,14 +306,8 @@ class Plugin:
             if self._closed:
                 return
             self._closed = True
-            idle, self._idle = self._idle, []
-            self._live -= len(idle)
             self._cond.notify_all()
-            last = self._live == 0
-        for inst in idle:
-            inst.close()
-        if last:
-            self._free()
+        self._drain()
         self.runtime._forget(self)
 
     def __enter__(self) -> Plugin:

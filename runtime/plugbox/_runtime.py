@@ -41,6 +41,9 @@ class Runtime:
     ``policy`` caps what manifests may request (see :class:`plugbox.Policy`). ``state_dir``
     holds the key-value database; ``cache_dir`` (default ``state_dir/cache``) the compiled
     artifacts. ``max_wasm_stack`` bounds guest recursion for every plugin.
+    ``pooled_instances`` reserves that many instance slots up front (wasmtime's pooling
+    allocator: fast instantiation, a hard cap on live instances across all plugins); 0 maps
+    memory on demand instead.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class Runtime:
         policy: Policy | None = None,
         max_wasm_stack: int = 512 * 1024,
         epoch_tick_ms: float = 2.0,
+        pooled_instances: int = 1000,
     ) -> None:
         from . import __version__
 
@@ -58,7 +62,12 @@ class Runtime:
         self.policy = policy if policy is not None else Policy()
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.engine = Engine(max_wasm_stack=max_wasm_stack, epoch_tick_ms=epoch_tick_ms)
+        self.engine = Engine(
+            max_wasm_stack=max_wasm_stack,
+            max_memory_bytes=self.policy.max_limits.memory_bytes,
+            epoch_tick_ms=epoch_tick_ms,
+            pooling=pooled_instances,
+        )
         self.cache = ArtifactCache(
             Path(cache_dir) if cache_dir is not None else self.state_dir / "cache",
             salt=self.engine.settings,
