@@ -210,7 +210,10 @@ def test_host_pattern_coverage(requested: str, allowed: str, covered: bool) -> N
 
 
 def test_collections_are_normalised() -> None:
-    policy = Policy(allowed_services={"log"}, http_hosts=["a.example.com"])  # type: ignore[arg-type]
+    policy = Policy(
+        allowed_services={"log"},  # type: ignore[arg-type]
+        http_hosts=["a.example.com"],  # type: ignore[arg-type]
+    )
     assert policy.allowed_services == frozenset({"log"})
     assert policy.http_hosts == ("a.example.com",)
 

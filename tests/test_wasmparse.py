@@ -254,7 +254,10 @@ def test_imported_memory_table_global_are_refused(
       (func (export "on-hook") (param i32 i32 i32 i32) (result i32) (i32.const 0))
     """
     # Even re-exporting an imported memory as "memory" does not make it acceptable.
-    exports += '(export "memory" (memory 0))' if kind == "memory" else '(memory (export "memory") 1)'
+    if kind == "memory":
+        exports += '(export "memory" (memory 0))'
+    else:
+        exports += '(memory (export "memory") 1)'
     with pytest.raises(ModuleInterfaceError, match=f"imports a {kind} .*may import only plugbox:"):
         check(module_with(imports, exports), manifest)
 
@@ -444,7 +447,8 @@ def sect(sid: int, body: bytes) -> bytes:
         (HEADER + b"\x01\x80\x80\x80\x80\x80\x00", "longer than 5 bytes"),
         (HEADER + b"\x01\xff\xff\xff\xff\x7f", "out of range for u32"),
         (HEADER + b"\x0e\x00", "unknown section id 14"),
-        (HEADER + sect(3, b"\x00") + sect(1, b"\x00"), "type section is duplicated or out of order"),
+        (HEADER + sect(3, b"\x00") + sect(1, b"\x00"),
+         "type section is duplicated or out of order"),
         (HEADER + sect(1, b"\x00") + sect(1, b"\x00"), "duplicated or out of order"),
         (HEADER + sect(1, b"\x01\x61\x00\x00"), "unknown type form 0x61"),
         (HEADER + sect(1, b"\x01\x4e\x00"), "GC-proposal types"),

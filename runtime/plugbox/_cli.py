@@ -352,7 +352,10 @@ def _print_inspect(report: dict[str, Any]) -> None:
         imports.add_column("service")
         imports.add_column("import")
         imports.add_column("signature")
-        rows = sorted(report["imports"], key=lambda i: (i["service"] or "~", i["module"], i["name"]))
+        # Grouped by service; imports outside the ABI ("~" sorts last) at the end.
+        rows = sorted(
+            report["imports"], key=lambda i: (i["service"] or "~", i["module"], i["name"])
+        )
         for imp in rows:
             imports.add_row(
                 Text(imp["service"] or "(not in ABI)", style="" if imp["service"] else "red"),

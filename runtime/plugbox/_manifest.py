@@ -106,6 +106,8 @@ class Manifest:
     the manifest requests, with the :mod:`plugbox._permissions` defaults for sub-fields it
     leaves out; ``limits`` holds the requested limits, ``None`` where the host default applies.
     ``raw`` is the parsed JSON as read, and like ``config_schema`` must not be mutated.
+    ``path`` is the manifest file with symlinks resolved, and ``directory`` its parent, so a
+    symlinked ``plugbox.json`` still finds the module that sits next to the real file.
     """
 
     name: str
@@ -282,7 +284,8 @@ def _validate_against_schema(raw: Any, file: Path, plugin: str | None) -> None:
     assert best is not None
     json_path, problem, expected, fix = _explain(best)
     more = len(errors) - 1
-    tail = f" ({more} more problem{'s' if more != 1 else ''} found besides this one)" if more else ""
+    plural = "s" if more != 1 else ""
+    tail = f" ({more} more problem{plural} found besides this one)" if more else ""
     raise ManifestError(
         f"{file}: invalid manifest at {json_path}: {problem}; expected {expected}. "
         f"To fix: {fix}.{tail}",
@@ -470,13 +473,15 @@ def _build_permissions(perms: Mapping[str, Any]) -> Permissions:
         clock=bool(perms.get("clock", False)),
         random=bool(perms.get("random", False)),
         kv=None if kv is None else KvPermission(**_ints(kv, ("quota_bytes", "quota_keys"))),
-        events=(
-            None
-            if events is None
-            else EventsPermission(**({"topics": tuple(events["topics"])} if "topics" in events else {}))
-        ),
+        events=None if events is None else _build_events(events),
         http=None if http is None else _build_http(http),
     )
+
+
+def _build_events(events: Mapping[str, Any]) -> EventsPermission:
+    if "topics" in events:
+        return EventsPermission(topics=tuple(events["topics"]))
+    return EventsPermission()
 
 
 def _build_http(http: Mapping[str, Any]) -> HttpPermission:

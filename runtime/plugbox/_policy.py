@@ -92,7 +92,9 @@ class Policy:
         for name in ("allowed_services", "http_hosts"):
             value: Any = getattr(self, name)
             if isinstance(value, str) or not isinstance(value, Iterable):
-                raise UsageError(f"Policy({name}=...) must be a collection of strings, not {value!r}")
+                raise UsageError(
+                    f"Policy({name}=...) must be a collection of strings, not {value!r}"
+                )
         object.__setattr__(self, "allowed_services", frozenset(self.allowed_services))
         object.__setattr__(self, "http_hosts", tuple(self.http_hosts))
         unknown = sorted(self.allowed_services - set(_abispec.SERVICES))

@@ -176,7 +176,8 @@ class _Reader:
         start = self.pos
         n = self.u32(f"number of {what}")
         if n * min_item_size > self.end - self.pos:
-            raise _Malformed(start, f"{n} {what} cannot fit in the {self.end - self.pos} bytes left")
+            left = self.end - self.pos
+            raise _Malformed(start, f"{n} {what} cannot fit in the {left} bytes left")
         return n
 
 
@@ -482,7 +483,8 @@ def _inspect_core(data: bytes) -> ModuleInfo:
             continue  # start, element, data count, data: not needed
         if not s.at_end():
             raise _Malformed(
-                s.pos, f"{_SECTION_NAMES[sid]} section has {s.end - s.pos} unexpected trailing bytes"
+                s.pos,
+                f"{_SECTION_NAMES[sid]} section has {s.end - s.pos} unexpected trailing bytes",
             )
 
     if defined_funcs and not code_seen:
