@@ -40,6 +40,7 @@ from ._errors import (
     FuelExhausted,
     GuestError,
     GuestTrap,
+    LimitExceeded,
     MemoryLimitExceeded,
     PlugboxError,
     PluginCallError,
@@ -444,6 +445,13 @@ class Instance:
         if status != _ST_OK:
             err, trap = (store, None) if status == _ST_ERROR else (None, store)
             msg = _take_error(err) if err else _take_trap(trap or 0)[1]
+            if "concurrent limit" in msg:
+                raise LimitExceeded(
+                    f"plugin {self.plugin!r}: no free instance slot in this runtime ({msg}). "
+                    "Close unused plugins, lower limits.instances, or create the Runtime with "
+                    "a larger pooled_instances.",
+                    plugin=self.plugin, limit="instances",
+                )
             raise GuestTrap(
                 f"plugin {self.plugin!r}: instantiation failed: {msg}", plugin=self.plugin
             )
