@@ -7,7 +7,7 @@ Used by the tests, the demo and ``just build-samples``::
     staged = build_rust_plugins(Path("sample-plugins/rust"), Path(".build/plugins"))
     staged["echo"]  # -> .build/plugins/echo, holding plugbox.json, plugin.wasm, README.md
 
-or from the shell: ``python -m plugbox._build [WORKSPACE] [OUT_DIR] [NAME ...]``.
+or from the shell: ``python -m plugbox._build [--pin] [WORKSPACE] [OUT_DIR] [NAME ...]``.
 
 A build is one ``cargo build --offline --release --target wasm32-unknown-unknown`` of the whole
 cargo workspace. Each workspace member that has a ``plugbox.json`` is a plugin: its module is
@@ -53,6 +53,7 @@ __all__ = [
     "main",
     "module_interface",
     "parse_wat_interface",
+    "pin_source_manifests",
     "workspace_plugins",
 ]
 
@@ -538,20 +539,53 @@ def custom_sections(wasm: bytes) -> list[tuple[str, bytes]]:
 # ------------------------------------------------------------------------------------------ cli
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m plugbox._build [WORKSPACE] [OUT_DIR] [NAME ...]``: build and stage.
+_SHA_FIELD: Final = re.compile(r'("sha256"\s*:\s*")([0-9a-fA-F]*)(")')
 
-    WORKSPACE defaults to ``sample-plugins/rust``, OUT_DIR to ``.build/plugins``.
+
+def pin_source_manifests(workspace: Path, staged: dict[str, Path]) -> list[str]:
+    """Writes the staged modules' sha256 into the source manifests of ``workspace``.
+
+    A maintainer's step (``python -m plugbox._build --pin``), run after changing the SDK or a
+    plugin with the reference toolchain, so the committed manifests pin the modules they
+    describe. Only the digest text is replaced; the files are otherwise left as written.
+
+    Returns:
+        the names of the plugins whose manifest changed.
     """
-    args = sys.argv[1:] if argv is None else argv
+    plugins = workspace_plugins(workspace)
+    changed: list[str] = []
+    for name, dest in staged.items():
+        digest = json.loads((dest / "plugbox.json").read_text(encoding="utf-8"))["module"]["sha256"]
+        path = plugins[name].directory / "plugbox.json"
+        text = path.read_text(encoding="utf-8")
+        new, count = _SHA_FIELD.subn(lambda m: m[1] + digest + m[3], text, count=1)
+        if count != 1:
+            raise UsageError(f"{path}: no module.sha256 field to pin")
+        if new != text:
+            path.write_text(new, encoding="utf-8")
+            changed.append(name)
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m plugbox._build [--pin] [WORKSPACE] [OUT_DIR] [NAME ...]``: build and stage.
+
+    WORKSPACE defaults to ``sample-plugins/rust``, OUT_DIR to ``.build/plugins``. With
+    ``--pin``, also write the built modules' sha256 into the source manifests (maintainers,
+    after changing the SDK or a sample, with the reference toolchain: Debian's rustc 1.63).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):
         print((main.__doc__ or "").strip())
         return 0
+    pin = "--pin" in args
+    args = [a for a in args if a != "--pin"]
     workspace = Path(args[0]) if args else Path("sample-plugins/rust")
     out_dir = Path(args[1]) if len(args) > 1 else Path(".build/plugins")
     names = args[2:] or None
     try:
         staged = build_rust_plugins(workspace, out_dir, names)
+        pinned = pin_source_manifests(workspace, staged) if pin else []
     except PlugboxError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -560,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
         module = path / manifest["module"]["path"]
         print(f"{name:12} {module.stat().st_size:>8} bytes  sha256 {manifest['module']['sha256']}"
               f"  {path}")
+    if pin:
+        print(f"pinned: {', '.join(pinned) if pinned else 'nothing changed'}")
     return 0
 
 
