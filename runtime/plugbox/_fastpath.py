@@ -394,7 +394,9 @@ try:
         raise ImportError("disabled by PLUGBOX_NO_SPEEDUPS")
     from . import _speedups  # type: ignore[attr-defined]
 
-    _addr = lambda name: ctypes.cast(getattr(_cdll, name), c_void_p).value  # noqa: E731
+    def _addr(name: str) -> int | None:
+        return ctypes.cast(getattr(_cdll, name), c_void_p).value
+
     _speedups.bind(tuple(_addr(n) for n in (
         "wasmtime_func_call_unchecked", "wasmtime_context_set_fuel",
         "wasmtime_context_set_epoch_deadline", "wasmtime_memory_data_size", "wasmtime_store_new",
@@ -565,7 +567,7 @@ class Instance:
             return align  # the canonical ABI lets a zero-length list point anywhere aligned
         _RAW_I32[4].pack_into(self._args, 0, 0, 0, align, size)
         self._invoke(self._realloc, 4, hook)
-        ptr = _U32.unpack_from(self._args, 0)[0]
+        ptr: int = _U32.unpack_from(self._args, 0)[0]
         # Memory never shrinks, so the cached view is a safe bound; refresh only past it.
         if ptr % align or (ptr + size > self._view_size and ptr + size > len(self._refresh())):
             raise self._violation(_ST_BAD_ALLOC, ptr, size, hook)

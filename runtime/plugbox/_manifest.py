@@ -351,7 +351,8 @@ def _explain(error: jsonschema.exceptions.ValidationError) -> tuple[str, str, st
     keyword = error.validator
 
     if keyword == "required" and isinstance(instance, dict):
-        missing = [k for k in error.validator_value if k not in instance]
+        required: list[str] = list(error.validator_value)  # type: ignore[arg-type]
+        missing = [k for k in required if k not in instance]
         name = missing[0] if missing else str(error.validator_value)
         sub = schema.get("properties", {}).get(name, {})
         path = _format_json_path([*parts, name])
