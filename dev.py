@@ -88,6 +88,9 @@ def pip_fingerprint() -> str:
     for project in python_projects():
         h.update(str(project.relative_to(ROOT)).encode() + b"\n")
         h.update((project / "pyproject.toml").read_bytes())
+    # The C accelerator is compiled by the editable install: rebuild it when its source changes.
+    for source in sorted((ROOT / "runtime").rglob("*.c")):
+        h.update(source.read_bytes())
     return h.hexdigest()
 
 
