@@ -15,8 +15,12 @@ copied to ``OUT_DIR/<name>/<module.path>`` next to a copy of its manifest whose
 ``module.sha256`` is the real digest of that module, and its README. The source tree is never
 written to.
 
-Builds are reproducible: the repository path is remapped (``--remap-path-prefix``) so the
-modules, and their sha256, do not depend on where the repository is checked out.
+The build is exactly what a plain ``cargo build --offline --release --target
+wasm32-unknown-unknown`` in the workspace produces, so the digests can be checked by hand. It
+does not depend on where the workspace is checked out as long as every path dependency lies
+inside the workspace directory: cargo names those relative to the workspace root, while a path
+dependency outside it puts its absolute path into the module (the sample workspace reaches the
+SDK through the symbolic link ``sample-plugins/rust/plugbox-sdk`` for that reason).
 
 The module also has small helpers to inspect built modules: :func:`find_wasm_tools`,
 :func:`module_interface` (imports and exports with their function types, parsed from
@@ -299,13 +303,6 @@ def build_rust_plugins(
     env["RUSTC"] = rustc
     env["CARGO_TARGET_DIR"] = str(target_dir)
     env.pop("CARGO_BUILD_TARGET", None)
-    # Paths outside the workspace (the SDK, via a path dependency) would otherwise end up in
-    # panic messages as absolute paths, making the module depend on the checkout location.
-    remap_from = repo if repo is not None else workspace.parent
-    flags = env.get("RUSTFLAGS", "").split()
-    flags.append(f"--remap-path-prefix={remap_from}=/plugbox")
-    env["RUSTFLAGS"] = " ".join(flags)
-
     cmd = [cargo, "build", "--offline", "--release", "--target", WASM_TARGET,
            "--manifest-path", str(workspace / "Cargo.toml")]
     if names is not None:
