@@ -6,8 +6,8 @@ use crate::hostcalls;
 /// Emits `payload` on `topic`.
 ///
 /// Errors: `denied` without the `events` permission or when `topic` matches none of the granted
-/// topic patterns; `invalid-input` for an empty topic; `limit-reached` when the payload is too
-/// large or the host's event rate limit is reached.
+/// topic patterns; `invalid-input` for an empty topic or one over 256 characters;
+/// `limit-reached` for a payload over 1 MiB.
 pub fn emit(topic: &str, payload: &[u8]) -> Result<()> {
     hostcalls::events_emit(topic, payload)
 }

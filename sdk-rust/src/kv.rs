@@ -16,8 +16,8 @@ pub fn get(key: &str) -> Result<Option<Vec<u8>>> {
 
 /// Stores `value` under `key`, replacing any old value.
 ///
-/// Extra error: `limit-reached` when this would exceed the byte or key quota (nothing is
-/// written then).
+/// Extra error: `limit-reached` when this would exceed the byte or key quota, or the value is
+/// over 1 MiB (nothing is written then).
 pub fn set(key: &str, value: &[u8]) -> Result<()> {
     hostcalls::kv_set(key, value)
 }
@@ -27,7 +27,7 @@ pub fn delete(key: &str) -> Result<bool> {
     hostcalls::kv_delete(key)
 }
 
-/// The keys that start with `prefix` (all keys for `""`), in byte order.
+/// The keys that start with `prefix` (all keys for `""`), in byte order; at most 10 000.
 ///
 /// (The empty prefix is allowed here even though the empty key is not.)
 pub fn list_keys(prefix: &str) -> Result<Vec<String>> {

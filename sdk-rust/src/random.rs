@@ -6,7 +6,7 @@ use crate::hostcalls;
 /// `n` random bytes from the host's CSPRNG.
 ///
 /// Errors: `denied` without the `random` permission; `limit-reached` when `n` is larger than
-/// the host serves in one call (64 KiB).
+/// the host serves in one call (1 MiB).
 pub fn bytes(n: u32) -> Result<Vec<u8>> {
     hostcalls::random_bytes(n)
 }
