@@ -262,3 +262,25 @@ def test_epoch_ticker_stops_on_close(tmp_path: Path) -> None:
     assert ticker.is_alive()
     rt.close()
     assert not ticker.is_alive()
+
+
+def test_limit_messages_quote_the_limits_in_force_for_the_call(
+    runtime: plugbox.Runtime, wat_plugin: Callable[..., Path]
+) -> None:
+    plugin = runtime.load(wat_plugin(LOOP_BODY, limits={"fuel": 1_000_000, "deadline_ms": 1000}))
+    with pytest.raises(plugbox.FuelExhausted) as fuel:
+        plugin.call("run", fuel=12_345)
+    assert "12,345 fuel" in str(fuel.value)
+    with pytest.raises(plugbox.DeadlineExceeded) as deadline:
+        plugin.call("run", fuel=10**15, deadline_ms=40)
+    assert "40 ms" in str(deadline.value)
+
+
+def test_trap_messages_name_the_trap_not_the_backtrace_header(
+    runtime: plugbox.Runtime, wat_plugin: Callable[..., Path]
+) -> None:
+    plugin = runtime.load(wat_plugin("unreachable"))
+    with pytest.raises(plugbox.GuestTrap) as info:
+        plugin.call("run")
+    assert "unreachable" in str(info.value)
+    assert "error while executing" not in str(info.value)

@@ -135,6 +135,17 @@ _ERROR_AT4 = struct.Struct("<B3xB3xII")  # result tag, error tag, message ptr, l
 _U8 = struct.Struct("<B")
 
 
+def trap_summary(message: str) -> str:
+    """The informative line of a wasmtime error: the trap itself, not the backtrace header."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    for line in lines:
+        if "trap" in line.lower() and not line.lower().startswith("error while executing"):
+            return line
+    tail = [line for line in lines if not line.lower().startswith("error while executing")
+            and not line[:1].isdigit() and line != "Caused by:"]
+    return tail[-1] if tail else "trap"
+
+
 def _take_error(err: int) -> str:
     vec = _wb.wasm_byte_vec_t()
     _error_message(err, ctypes.addressof(vec))
@@ -246,12 +257,16 @@ class _Trap(Exception):
 
 
 class _CallState:
-    __slots__ = ("instance", "hook", "deadline", "error", "denied")
+    __slots__ = ("instance", "hook", "deadline", "error", "denied", "fuel", "deadline_ms")
 
-    def __init__(self, instance: Instance, hook: str, deadline: float | None) -> None:
+    def __init__(
+        self, instance: Instance, hook: str, deadline: float | None, fuel: int, deadline_ms: int
+    ) -> None:
         self.instance = instance
         self.hook = hook
         self.deadline = deadline
+        self.fuel = fuel  # the limits in force for this call, for error messages
+        self.deadline_ms = deadline_ms
         self.error: PlugboxError | BaseException | None = None
         self.denied: str | None = None
 
@@ -402,7 +417,7 @@ try:
         "wasmtime_context_set_epoch_deadline", "wasmtime_memory_data_size", "wasmtime_store_new",
         "wasmtime_store_context", "wasmtime_store_limiter", "wasmtime_store_delete",
         "wasmtime_instance_pre_instantiate", "wasmtime_instance_export_get",
-        "wasmtime_error_delete",
+        "wasmtime_error_delete", "wasmtime_component_vallist_new_uninit",
     )))
     _call_entry: Callable[..., tuple[Any, ...]] = _speedups.call_entry
     _instantiate: Callable[..., tuple[int, int, int, int]] = _speedups.instantiate
@@ -583,14 +598,15 @@ class Instance:
 
     def call_hook(
         self, hook: str, hook_bytes: bytes, payload: bytes, fuel: int, ticks: int,
-        deadline_at: float | None,
+        deadline_at: float | None, deadline_ms: int,
     ) -> CallOutcome:
         """Run ``on-hook`` with ``fuel`` and an epoch deadline ``ticks`` from now.
 
-        ``deadline_at`` (``time.monotonic()`` seconds) bounds blocking host calls (http).
+        ``deadline_at`` (``time.monotonic()`` seconds) bounds blocking host calls (http);
+        ``deadline_ms`` is the same deadline as the caller set it, for messages.
         Raises typed errors for traps and ABI violations.
         """
-        state = _CallState(self, hook, deadline_at)
+        state = _CallState(self, hook, deadline_at, fuel, deadline_ms)
         _tls.state = state
         try:
             res = _call_entry(self.ctx, self._mem, self.base, self._realloc, self._on_hook,
@@ -602,9 +618,11 @@ class Instance:
             _tls.state = None
             self.calls += 1
 
-    def call_init(self, config_json: bytes, fuel: int, ticks: int) -> CallOutcome:
+    def call_init(
+        self, config_json: bytes, fuel: int, ticks: int, deadline_ms: int
+    ) -> CallOutcome:
         """Run ``_initialize`` (if exported) then ``on-init`` (if exported)."""
-        state = _CallState(self, "on-init", None)
+        state = _CallState(self, "on-init", None, fuel, deadline_ms)
         _tls.state = state
         try:
             init = self._funcs.get("_initialize")
@@ -673,18 +691,19 @@ class Instance:
             wrapped.__cause__ = stashed
             return wrapped
         where = f"plugin {self.plugin!r}, hook {hook!r}"
-        first = msg.strip().splitlines()[0] if msg.strip() else "trap"
-        limits = self.template
+        first = trap_summary(msg)
+        fuel = f"{state.fuel:,} fuel" if state is not None else "its fuel"
+        deadline = f"{state.deadline_ms} ms" if state is not None else "its deadline"
         if code == _TRAP_OUT_OF_FUEL:
             return FuelExhausted(
-                f"{where}: ran out of fuel ({limits.fuel_desc}); the plugin ran too long or "
+                f"{where}: ran out of fuel ({fuel}); the plugin ran too long or "
                 "loops forever. Raise limits.fuel in plugbox.json (within the host policy) "
                 "if the work is legitimate.",
                 plugin=self.plugin, hook=hook, limit="fuel",
             )
         if code == _TRAP_INTERRUPT:
             return DeadlineExceeded(
-                f"{where}: exceeded its wall-clock deadline ({limits.deadline_desc}). Raise "
+                f"{where}: exceeded its wall-clock deadline ({deadline}). Raise "
                 "limits.deadline_ms in plugbox.json (within the host policy) if the work is "
                 "legitimate.",
                 plugin=self.plugin, hook=hook, limit="deadline",
@@ -999,8 +1018,6 @@ class Template:
         self.engine = engine
         self.plugin = plugin
         self.memory_cap = memory_cap
-        self.fuel_desc = f"{fuel:,} fuel"
-        self.deadline_desc = f"{deadline_ms} ms"
         self._module = module  # keeps the wasmtime-py Module (and its pointer) alive
         self._callbacks: list[Any] = []
         self._functypes: list[Any] = []

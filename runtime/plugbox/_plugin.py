@@ -107,7 +107,8 @@ class Plugin:
         fuel = self.limits.fuel
         inst = self._template.instantiate(fuel, self._ticks)
         try:
-            outcome = inst.call_init(self._config_json, fuel, self._ticks)
+            outcome = inst.call_init(self._config_json, fuel, self._ticks,
+                                     self.limits.deadline_ms)
         except BaseException:
             inst.close()
             raise
@@ -221,7 +222,8 @@ class Plugin:
             seconds = deadline_ms / 1000.0
         if self.runtime._monitors:
             return self._monitored(hook, hook_bytes, payload, fuel, ticks, seconds)
-        return self._call(hook, hook_bytes, payload, fuel, ticks, _monotonic() + seconds)
+        return self._call(hook, hook_bytes, payload, fuel, ticks, _monotonic() + seconds,
+                          int(seconds * 1000))
 
     def _monitored(
         self, hook: str, hook_bytes: bytes, payload: bytes, fuel: int, ticks: int,
@@ -233,7 +235,8 @@ class Plugin:
             before(record)
         started = _monotonic()
         try:
-            result = self._call(hook, hook_bytes, payload, fuel, ticks, started + seconds)
+            result = self._call(hook, hook_bytes, payload, fuel, ticks, started + seconds,
+                                int(seconds * 1000))
             record.result_size = len(result)
             return result
         except PlugboxError as exc:
@@ -246,7 +249,7 @@ class Plugin:
 
     def _call(
         self, hook: str, hook_bytes: bytes, payload: bytes, fuel: int, ticks: int,
-        deadline_at: float,
+        deadline_at: float, deadline_ms: int,
     ) -> bytes:
         self.calls += 1
         persistent = self._persistent
@@ -259,7 +262,7 @@ class Plugin:
         failed = True
         try:
             outcome: CallOutcome = inst.call_hook(hook, hook_bytes, payload, fuel, ticks,
-                                                  deadline_at)
+                                                  deadline_at, deadline_ms)
             failed = False
         except PlugboxError as exc:
             self.failures += 1
