@@ -170,7 +170,10 @@ mod tests {
         let e = Error::denied("kv is not granted");
         assert_eq!(e.kind(), "denied");
         assert_eq!(e.to_string(), "denied: kv is not granted");
-        assert_eq!(e.clone().context("probe").message(), "probe: kv is not granted");
+        assert_eq!(
+            e.clone().context("probe").message(),
+            "probe: kv is not granted"
+        );
         for tag in 0..5u8 {
             let e = Error::from_discriminant(tag, "m".into()).unwrap();
             assert_eq!(e.discriminant(), tag);

@@ -121,8 +121,10 @@ unsafe fn take_string_list(ptr: *mut u8, len: usize, what: &str) -> Result<Vec<S
     }
     let raw = Vec::from_raw_parts(ptr as *mut RawSlice, len, len);
     // Take every element before converting any, so an error frees them all.
-    let owned: Vec<Vec<u8>> =
-        raw.iter().map(|s| take_bytes(s.ptr as *mut u8, s.len)).collect();
+    let owned: Vec<Vec<u8>> = raw
+        .iter()
+        .map(|s| take_bytes(s.ptr as *mut u8, s.len))
+        .collect();
     drop(raw);
     owned
         .into_iter()
@@ -155,7 +157,12 @@ unsafe fn take_pairs(ptr: *mut u8, len: usize, what: &str) -> Result<Vec<(String
     let bad = || Error::Failure(format!("the host returned invalid UTF-8 in {}", what));
     owned
         .into_iter()
-        .map(|(k, v)| Ok((String::from_utf8(k).map_err(|_| bad())?, String::from_utf8(v).map_err(|_| bad())?)))
+        .map(|(k, v)| {
+            Ok((
+                String::from_utf8(k).map_err(|_| bad())?,
+                String::from_utf8(v).map_err(|_| bad())?,
+            ))
+        })
         .collect()
 }
 
@@ -183,7 +190,10 @@ unsafe fn check_result(area: &RetArea) -> Result<()> {
     match area.u8_at(0) {
         0 => Ok(()),
         1 => Err(take_error(area, 4)),
-        tag => Err(Error::Failure(format!("the host returned an invalid result tag {}", tag))),
+        tag => Err(Error::Failure(format!(
+            "the host returned an invalid result tag {}",
+            tag
+        ))),
     }
 }
 
@@ -219,7 +229,10 @@ pub(crate) fn config_get(key: &str) -> Result<Option<String>> {
         match area.u8_at(4) {
             0 => Ok(None),
             1 => take_string(area.ptr_at(8), area.len_at(12), "config.get").map(Some),
-            tag => Err(Error::Failure(format!("the host returned an invalid option tag {}", tag))),
+            tag => Err(Error::Failure(format!(
+                "the host returned an invalid option tag {}",
+                tag
+            ))),
         }
     }
 }
@@ -259,7 +272,10 @@ pub(crate) fn kv_get(key: &str) -> Result<Option<Vec<u8>>> {
         match area.u8_at(4) {
             0 => Ok(None),
             1 => Ok(Some(take_bytes(area.ptr_at(8), area.len_at(12)))),
-            tag => Err(Error::Failure(format!("the host returned an invalid option tag {}", tag))),
+            tag => Err(Error::Failure(format!(
+                "the host returned an invalid option tag {}",
+                tag
+            ))),
         }
     }
 }
@@ -281,7 +297,13 @@ extern "C" {
 pub(crate) fn kv_set(key: &str, value: &[u8]) -> Result<()> {
     let mut area = RetArea::new();
     unsafe {
-        kv_set_raw(key.as_ptr(), key.len(), value.as_ptr(), value.len(), area.ptr());
+        kv_set_raw(
+            key.as_ptr(),
+            key.len(),
+            value.as_ptr(),
+            value.len(),
+            area.ptr(),
+        );
         check_result(&area)
     }
 }
@@ -303,7 +325,10 @@ pub(crate) fn kv_delete(key: &str) -> Result<bool> {
     match area.u8_at(4) {
         0 => Ok(false),
         1 => Ok(true),
-        b => Err(Error::Failure(format!("the host returned an invalid bool {}", b))),
+        b => Err(Error::Failure(format!(
+            "the host returned an invalid bool {}",
+            b
+        ))),
     }
 }
 
@@ -343,7 +368,13 @@ extern "C" {
 pub(crate) fn events_emit(topic: &str, payload: &[u8]) -> Result<()> {
     let mut area = RetArea::new();
     unsafe {
-        events_emit_raw(topic.as_ptr(), topic.len(), payload.as_ptr(), payload.len(), area.ptr());
+        events_emit_raw(
+            topic.as_ptr(),
+            topic.len(),
+            payload.as_ptr(),
+            payload.len(),
+            area.ptr(),
+        );
         check_result(&area)
     }
 }
@@ -418,8 +449,14 @@ pub(crate) fn http_fetch(req: &Request) -> Result<Response> {
         .headers
         .iter()
         .map(|(k, v)| RawPair {
-            key: RawSlice { ptr: k.as_ptr(), len: k.len() },
-            value: RawSlice { ptr: v.as_ptr(), len: v.len() },
+            key: RawSlice {
+                ptr: k.as_ptr(),
+                len: k.len(),
+            },
+            value: RawSlice {
+                ptr: v.as_ptr(),
+                len: v.len(),
+            },
         })
         .collect();
     let mut area = RetArea::new();
@@ -439,7 +476,11 @@ pub(crate) fn http_fetch(req: &Request) -> Result<Response> {
         // response: status u16 @0, headers @4, body @12 -- all shifted by the result's 4.
         let headers = take_pairs(area.ptr_at(8), area.len_at(12), "http response headers");
         let body = take_bytes(area.ptr_at(16), area.len_at(20));
-        Ok(Response { status: area.u16_at(4), headers: headers?, body })
+        Ok(Response {
+            status: area.u16_at(4),
+            headers: headers?,
+            body,
+        })
     }
 }
 
@@ -450,7 +491,10 @@ pub(crate) fn http_fetch(req: &Request) -> Result<Response> {
 #[allow(unused_variables, clippy::too_many_arguments)]
 mod native {
     fn unavailable(name: &str) -> ! {
-        panic!("plugbox host function {} is only available inside the plugbox wasm sandbox", name)
+        panic!(
+            "plugbox host function {} is only available inside the plugbox wasm sandbox",
+            name
+        )
     }
     pub unsafe fn log_log(level: i32, message_ptr: *const u8, message_len: usize) {
         unavailable("log.log")
@@ -507,7 +551,10 @@ use native::*;
 //
 // The functions below are what the exports written by `hooks!` call. They are public only so
 // that the macro can reach them from the plugin's crate; they are hidden from the docs and must
-// only ever be called by those exports, i.e. by the host following the ABI.
+// only ever be called by those exports, i.e. by the host following the ABI. They take raw
+// pointers yet are not `unsafe fn` on purpose: an `unsafe fn` would put an `unsafe` block into
+// every plugin crate (through the macro), and the only caller that can break their contract is
+// the host, which is outside Rust's reach anyway (hence the clippy allowances).
 
 /// Traps the instance (`unreachable` on wasm).
 fn trap() -> ! {
@@ -591,6 +638,7 @@ fn post_return(ret: *mut u8, has_list: bool) {
 /// Body of the `cabi_realloc` export: allocates (`old_size == 0`), grows or shrinks a buffer.
 /// Traps on an invalid alignment or when memory is exhausted.
 #[doc(hidden)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub fn export_cabi_realloc(
     old_ptr: *mut u8,
     old_size: usize,
@@ -630,6 +678,7 @@ pub fn export_cabi_realloc(
 
 /// Body of the `on-init` export: takes the config string, runs `init`, returns the result.
 #[doc(hidden)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub fn export_on_init(
     config_ptr: *mut u8,
     config_len: usize,
@@ -639,7 +688,9 @@ pub fn export_on_init(
     let config = unsafe { take_bytes(config_ptr, config_len) };
     let result = match String::from_utf8(config) {
         Ok(config) => init(&config),
-        Err(_) => Err(Error::InvalidInput("the configuration is not valid UTF-8".to_string())),
+        Err(_) => Err(Error::InvalidInput(
+            "the configuration is not valid UTF-8".to_string(),
+        )),
     };
     return_result(result.map(|()| None))
 }
@@ -653,6 +704,7 @@ pub fn export_post_on_init(ret: *mut u8) {
 /// Body of the `on-hook` export: takes the hook name and payload, dispatches, returns the
 /// result.
 #[doc(hidden)]
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub fn export_on_hook(
     hook_ptr: *mut u8,
     hook_len: usize,
@@ -669,7 +721,9 @@ pub fn export_on_hook(
     };
     let result = match String::from_utf8(hook) {
         Ok(hook) => dispatch(&hook, payload),
-        Err(_) => Err(Error::InvalidInput("the hook name is not valid UTF-8".to_string())),
+        Err(_) => Err(Error::InvalidInput(
+            "the hook name is not valid UTF-8".to_string(),
+        )),
     };
     return_result(result.map(Some))
 }

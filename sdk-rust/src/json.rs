@@ -57,7 +57,9 @@ pub struct Map {
 impl Map {
     /// An empty object.
     pub fn new() -> Self {
-        Map { entries: Vec::new() }
+        Map {
+            entries: Vec::new(),
+        }
     }
 
     /// The value of `key`, if present.
@@ -67,7 +69,10 @@ impl Map {
 
     /// The value of `key`, mutably, if present.
     pub fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
-        self.entries.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v)
+        self.entries
+            .iter_mut()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
     }
 
     /// Sets `key` to `value`, keeping the key's position when it exists (then returns the old
@@ -292,7 +297,11 @@ impl Value {
     pub fn as_i64(&self) -> Option<i64> {
         match self {
             Value::Int(i) => Some(*i),
-            Value::Float(f) if f.fract() == 0.0 && *f >= -9.223_372_036_854_776e18 && *f < 9.223_372_036_854_776e18 => {
+            Value::Float(f)
+                if f.fract() == 0.0
+                    && *f >= -9.223_372_036_854_776e18
+                    && *f < 9.223_372_036_854_776e18 =>
+            {
                 Some(*f as i64)
             }
             _ => None,
@@ -387,13 +396,15 @@ impl Value {
     /// The string field `key` (missing or not a string: [`Error::InvalidInput`]).
     pub fn require_str(&self, key: &str) -> Result<&str> {
         let v = self.require(key)?;
-        v.as_str().ok_or_else(|| Self::wrong_type(key, "a string", v))
+        v.as_str()
+            .ok_or_else(|| Self::wrong_type(key, "a string", v))
     }
 
     /// The integer field `key` (missing or not an integer: [`Error::InvalidInput`]).
     pub fn require_i64(&self, key: &str) -> Result<i64> {
         let v = self.require(key)?;
-        v.as_i64().ok_or_else(|| Self::wrong_type(key, "an integer", v))
+        v.as_i64()
+            .ok_or_else(|| Self::wrong_type(key, "an integer", v))
     }
 
     fn optional(&self, key: &str) -> Result<Option<&Value>> {
@@ -412,7 +423,10 @@ impl Value {
     pub fn optional_str(&self, key: &str) -> Result<Option<&str>> {
         match self.optional(key)? {
             None => Ok(None),
-            Some(v) => v.as_str().map(Some).ok_or_else(|| Self::wrong_type(key, "a string", v)),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| Self::wrong_type(key, "a string", v)),
         }
     }
 
@@ -420,7 +434,10 @@ impl Value {
     pub fn optional_i64(&self, key: &str) -> Result<Option<i64>> {
         match self.optional(key)? {
             None => Ok(None),
-            Some(v) => v.as_i64().map(Some).ok_or_else(|| Self::wrong_type(key, "an integer", v)),
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| Self::wrong_type(key, "an integer", v)),
         }
     }
 
@@ -428,7 +445,10 @@ impl Value {
     pub fn optional_bool(&self, key: &str) -> Result<Option<bool>> {
         match self.optional(key)? {
             None => Ok(None),
-            Some(v) => v.as_bool().map(Some).ok_or_else(|| Self::wrong_type(key, "a boolean", v)),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| Self::wrong_type(key, "a boolean", v)),
         }
     }
 }
@@ -584,7 +604,10 @@ impl std::error::Error for ParseError {}
 
 /// Parses JSON text.
 pub fn parse(text: &str) -> std::result::Result<Value, ParseError> {
-    let mut p = Parser { s: text.as_bytes(), i: 0 };
+    let mut p = Parser {
+        s: text.as_bytes(),
+        i: 0,
+    };
     p.ws();
     let v = p.value(0)?;
     p.ws();
@@ -598,7 +621,10 @@ pub fn parse(text: &str) -> std::result::Result<Value, ParseError> {
 pub fn parse_bytes(bytes: &[u8]) -> std::result::Result<Value, ParseError> {
     match std::str::from_utf8(bytes) {
         Ok(text) => parse(text),
-        Err(e) => Err(ParseError { offset: e.valid_up_to(), message: "invalid UTF-8" }),
+        Err(e) => Err(ParseError {
+            offset: e.valid_up_to(),
+            message: "invalid UTF-8",
+        }),
     }
 }
 
@@ -609,7 +635,10 @@ struct Parser<'a> {
 
 impl<'a> Parser<'a> {
     fn err(&self, message: &'static str) -> ParseError {
-        ParseError { offset: self.i, message }
+        ParseError {
+            offset: self.i,
+            message,
+        }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -751,7 +780,10 @@ impl<'a> Parser<'a> {
         }
         match text.parse::<f64>() {
             Ok(f) if f.is_finite() => Ok(Value::Float(f)),
-            _ => Err(ParseError { offset: start, message: "number out of range" }),
+            _ => Err(ParseError {
+                offset: start,
+                message: "number out of range",
+            }),
         }
     }
 
@@ -788,7 +820,12 @@ impl<'a> Parser<'a> {
             }
             match std::str::from_utf8(&self.s[start..self.i]) {
                 Ok(run) => out.push_str(run),
-                Err(_) => return Err(ParseError { offset: start, message: "invalid UTF-8" }),
+                Err(_) => {
+                    return Err(ParseError {
+                        offset: start,
+                        message: "invalid UTF-8",
+                    })
+                }
             }
             match self.peek() {
                 None => return Err(self.err("unterminated string")),
@@ -873,7 +910,8 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let text = r#"{"a":[1,-2,3.5,1e300,true,false,null],"b":{"c":"x\"y\\z\n\u0001é😀"},"d":-0.0}"#;
+        let text =
+            r#"{"a":[1,-2,3.5,1e300,true,false,null],"b":{"c":"x\"y\\z\n\u0001é😀"},"d":-0.0}"#;
         let v = parse(text).unwrap();
         assert_eq!(v["a"][0], Value::Int(1));
         assert_eq!(v["a"][2], Value::Float(3.5));
@@ -886,7 +924,10 @@ mod tests {
     #[test]
     fn numbers() {
         assert_eq!(parse("9223372036854775807").unwrap(), Value::Int(i64::MAX));
-        assert_eq!(parse("9223372036854775808").unwrap(), Value::Float(9.223372036854775808e18));
+        assert_eq!(
+            parse("9223372036854775808").unwrap(),
+            Value::Float(9.223_372_036_854_776e18)
+        );
         assert_eq!(parse("2.0").unwrap().as_i64(), Some(2));
         assert_eq!(parse("2.5").unwrap().as_i64(), None);
         assert_eq!(Value::Float(1.0).to_json(), "1.0");
@@ -909,7 +950,16 @@ mod tests {
 
     #[test]
     fn structure_errors() {
-        for bad in ["", "[1,]", "{\"a\" 1}", "{\"a\":1,}", "[1 2]", "{1:2}", "nul", "[] x"] {
+        for bad in [
+            "",
+            "[1,]",
+            "{\"a\" 1}",
+            "{\"a\":1,}",
+            "[1 2]",
+            "{1:2}",
+            "nul",
+            "[] x",
+        ] {
             let e = parse(bad).unwrap_err();
             assert!(!e.to_string().is_empty());
         }
@@ -939,7 +989,10 @@ mod tests {
         assert_eq!(v.optional_bool("b").unwrap(), Some(true));
         assert_eq!(v.optional_str("missing").unwrap(), None);
         let e = v.require_str("n").unwrap_err();
-        assert_eq!(e, Error::InvalidInput("field \"n\" must be a string, got number".into()));
+        assert_eq!(
+            e,
+            Error::InvalidInput("field \"n\" must be a string, got number".into())
+        );
         assert_eq!(v.require("q").unwrap_err().kind(), "invalid-input");
         assert!(Value::Int(1).optional_str("a").is_err());
         assert_eq!(Value::Null.optional_str("a").unwrap(), None);

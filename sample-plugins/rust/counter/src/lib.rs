@@ -40,7 +40,10 @@ fn name_of(input: &Value) -> Result<&str> {
 
 fn load(name: &str) -> Result<Counter> {
     match kv::get(&format!("{}{}", PREFIX, name))? {
-        None => Ok(Counter { value: 0, updated_at: None }),
+        None => Ok(Counter {
+            value: 0,
+            updated_at: None,
+        }),
         Some(bytes) => {
             let stored = json::parse_bytes(&bytes)
                 .map_err(|e| Error::failure(format!("counter {:?} is corrupt: {}", name, e)))?;
@@ -108,7 +111,10 @@ fn reset(input: Value) -> Result<Value> {
     if existed {
         changed(name, 0, previous)?;
     }
-    Ok(Value::object([("name", Value::from(name)), ("existed", Value::from(existed))]))
+    Ok(Value::object([
+        ("name", Value::from(name)),
+        ("existed", Value::from(existed)),
+    ]))
 }
 
 hooks! {

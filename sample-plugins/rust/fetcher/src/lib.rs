@@ -27,7 +27,10 @@ fn fetch(input: Value) -> Result<Value> {
     let response = match http::fetch(&request) {
         Ok(r) => r,
         Err(e) => {
-            log::warn(&format!("{} {} failed: {} (request {})", request.method, url, e, request_id));
+            log::warn(&format!(
+                "{} {} failed: {} (request {})",
+                request.method, url, e, request_id
+            ));
             return Err(e);
         }
     };
@@ -43,7 +46,10 @@ fn fetch(input: Value) -> Result<Value> {
     ));
     Ok(Value::object([
         ("status", Value::from(response.status)),
-        ("body", Value::from(String::from_utf8_lossy(&response.body).into_owned())),
+        (
+            "body",
+            Value::from(String::from_utf8_lossy(&response.body).into_owned()),
+        ),
         ("request_id", Value::from(request_id)),
     ]))
 }

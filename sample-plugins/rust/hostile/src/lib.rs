@@ -112,7 +112,11 @@ pub unsafe extern "C" fn cabi_realloc(
     let p = if old_size == 0 {
         alloc::alloc(Layout::from_size_align_unchecked(new_size, align))
     } else {
-        alloc::realloc(old_ptr, Layout::from_size_align_unchecked(old_size, align), new_size)
+        alloc::realloc(
+            old_ptr,
+            Layout::from_size_align_unchecked(old_size, align),
+            new_size,
+        )
     };
     if p.is_null() {
         core::arch::wasm32::unreachable();

@@ -46,7 +46,9 @@ fn probe_one(service: &str, http_url: &str) -> Value {
 }
 
 fn probe(input: Value) -> Result<Value> {
-    let http_url = input.optional_str("http_url")?.unwrap_or("http://127.0.0.1:9/");
+    let http_url = input
+        .optional_str("http_url")?
+        .unwrap_or("http://127.0.0.1:9/");
     let only: Vec<&str> = match input.get("only") {
         None | Some(Value::Null) => SERVICES.to_vec(),
         Some(Value::Array(items)) => {

@@ -70,10 +70,16 @@ fn stats(input: Value) -> Result<Value> {
     let top: Vec<Value> = ranked
         .into_iter()
         .take(top_n as usize)
-        .map(|(word, count)| Value::object([("word", Value::from(word)), ("count", Value::from(*count))]))
+        .map(|(word, count)| {
+            Value::object([("word", Value::from(word)), ("count", Value::from(*count))])
+        })
         .collect();
 
-    log::debug(&format!("text.stats: {} words, {} unique", total, counts.len()));
+    log::debug(&format!(
+        "text.stats: {} words, {} unique",
+        total,
+        counts.len()
+    ));
     Ok(Value::object([
         ("words", Value::from(total)),
         ("unique_words", Value::from(counts.len())),
