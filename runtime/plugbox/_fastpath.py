@@ -1012,8 +1012,6 @@ class Template:
         services: HostServices,
         imports: list[tuple[str, str]],
         memory_cap: int,
-        fuel: int,
-        deadline_ms: int,
     ) -> None:
         self.engine = engine
         self.plugin = plugin

@@ -7,13 +7,14 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from . import _abispec
 from ._cache import ArtifactCache
 from ._errors import UsageError
 from ._events import EventBus
 from ._fastpath import Engine, Template
+from ._fastpath_component import ComponentTemplate, compile_component, deserialize_component
 from ._kvstore import KvStore
 from ._manifest import Manifest, check_compatibility, load_manifest, validate_config, verify_module
 from ._plugin import CallRecord, Plugin
@@ -24,6 +25,7 @@ from ._wasmparse import check_module_interface, inspect_module
 __all__ = ["Runtime", "default_state_dir"]
 
 _log = logging.getLogger("plugbox.runtime")
+T = TypeVar("T")
 
 
 def default_state_dir() -> Path:
@@ -123,10 +125,6 @@ class Runtime:
         config = dict(config or {})
         validate_config(manifest, config)
 
-        module = self.cache.get(manifest.module_sha256, self.engine.deserialize)
-        if module is None:
-            module = self.engine.compile(wasm)
-            self.cache.put(manifest.module_sha256, bytes(module.serialize()))
         services = HostServices(
             plugin=manifest.name,
             permissions=permissions,
@@ -134,13 +132,22 @@ class Runtime:
             kv=self.kv,
             events=self.events,
         )
-        imports = [(imp.module, imp.name) for imp in info.imports]
-        template = None
+        template: Template | ComponentTemplate | None = None
         try:
-            template = Template(
-                self.engine, module, plugin=manifest.name, services=services, imports=imports,
-                memory_cap=limits.memory_bytes, fuel=limits.fuel, deadline_ms=limits.deadline_ms,
-            )
+            if info.kind == "component":
+                component = self._compiled(manifest.module_sha256, wasm, deserialize_component,
+                                           compile_component)
+                template = ComponentTemplate(self.engine, component, plugin=manifest.name,
+                                             services=services, memory_cap=limits.memory_bytes)
+            else:
+                module = self._compiled(manifest.module_sha256, wasm,
+                                        lambda _e, blob: self.engine.deserialize(blob),
+                                        lambda _e, blob: self.engine.compile(blob))
+                template = Template(
+                    self.engine, module, plugin=manifest.name, services=services,
+                    imports=[(imp.module, imp.name) for imp in info.imports],
+                    memory_cap=limits.memory_bytes,
+                )
             plugin = Plugin(self, manifest, template, services, permissions=permissions,
                             limits=limits, config=config, mode=mode)
         except BaseException:
@@ -153,6 +160,21 @@ class Runtime:
         _log.info("loaded plugin %s %s (%s, %s)", manifest.name, manifest.version, mode,
                   ", ".join(sorted(permissions.services())) or "no services")
         return plugin
+
+    def _compiled(
+        self,
+        sha256: str,
+        wasm: bytes,
+        deserialize: Callable[[Engine, bytes], T],
+        compile: Callable[[Engine, bytes], T],
+    ) -> T:
+        """The compiled module or component, from the cache or compiled (and cached) now."""
+        cached = self.cache.get(sha256, lambda blob: deserialize(self.engine, blob))
+        if cached is not None:
+            return cached
+        compiled = compile(self.engine, wasm)
+        self.cache.put(sha256, bytes(compiled.serialize()))  # type: ignore[attr-defined]
+        return compiled
 
     # -- monitoring ------------------------------------------------------------------------
 

@@ -1,0 +1,738 @@
+"""The fast path for components: the other half of plugbox's one layer over wasmtime's C API.
+
+A component of the plugbox world (what componentize-py produces, or a core plugin wrapped by
+``wasm-tools component new``) is run through wasmtime's component C API. wasmtime-py's generic
+component wrappers convert ``list<u8>`` one element at a time through ctypes (~2 µs per byte,
+measured); here values are built and read by a marshaller that knows exactly the types of
+``abi/plugbox.wit``, and ``list<u8>`` crosses in C (``plugbox._speedups``).
+
+WASI is deny-by-default: the store gets a WASI context with no preopened directories, no
+environment, no arguments and an empty stdin; stdout and stderr are captured into the plugin's
+log with a size cap; socket creation and name lookup are redefined to return ``access-denied``
+(wasmtime's defaults are not relied on); clocks and random stay available.
+
+Like ``_fastpath``, this module and that one are the only places that touch raw pointers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import time
+from ctypes import POINTER, addressof, byref, c_size_t, c_void_p
+from typing import TYPE_CHECKING, Any, Callable, Final
+
+import wasmtime
+from wasmtime import _bindings as _wb
+from wasmtime.component import Component
+
+from . import _abispec
+from ._errors import (
+    AbiViolation,
+    DeadlineExceeded,
+    FuelExhausted,
+    GuestTrap,
+    LimitExceeded,
+    MemoryLimitExceeded,
+    PlugboxError,
+    StackOverflow,
+    UsageError,
+)
+from ._fastpath import CallOutcome, Engine, trap_summary
+
+if TYPE_CHECKING:
+    from ._services import HostServices
+
+__all__ = ["ComponentInstance", "ComponentTemplate", "compile_component"]
+
+try:
+    from . import _speedups  # type: ignore[attr-defined]
+
+    _list_u8_to_bytes: Callable[[int], bytes | None] | None = _speedups.list_u8_to_bytes
+    _set_list_u8: Callable[[int, bytes], None] | None = _speedups.set_list_u8
+except ImportError:
+    _list_u8_to_bytes = None
+    _set_list_u8 = None
+
+_V = _wb.wasmtime_component_val_t
+_VSIZE: Final = ctypes.sizeof(_V)
+_K_BOOL, _K_U8, _K_U16, _K_U32, _K_U64 = 0, 2, 4, 6, 8
+_K_STRING, _K_LIST, _K_RECORD, _K_TUPLE, _K_VARIANT, _K_ENUM, _K_OPTION, _K_RESULT = (
+    12, 13, 14, 15, 16, 17, 18, 19
+)
+_ERROR_CASES: Final = _abispec.ERROR_KINDS  # WIT case names are the kinds themselves
+_LEVELS: Final = ("trace", "debug", "info", "warn", "error")
+
+_OUTPUT_CAP: Final = 64 * 1024  # bytes of stdout/stderr logged per instance lifetime
+_log = logging.getLogger("plugbox.runtime")
+
+
+def compile_component(engine: Engine, wasm: bytes) -> Component:
+    """Compile a verified component."""
+    return Component(engine.wasmtime, wasm)
+
+
+def deserialize_component(engine: Engine, artifact: bytes) -> Component:
+    """Load a compiled component artifact."""
+    return Component.deserialize(engine.wasmtime, artifact)
+
+
+# ---------------------------------------------------------------------------------------------
+# Value marshalling for the plugbox world's types.
+
+
+class _BadValue(Exception):
+    """A value of the wrong shape crossed the boundary (a wasmtime bug or a mismatched world)."""
+
+
+def _name(vec: Any) -> str:
+    return ctypes.string_at(vec.data, vec.size).decode("utf-8")
+
+
+def _get_str(v: Any) -> str:
+    if v.kind != _K_STRING:
+        raise _BadValue(f"expected string, got kind {v.kind}")
+    return _name(v.of.string)
+
+
+def _get_bytes(v: Any) -> bytes:
+    if v.kind != _K_LIST:
+        raise _BadValue(f"expected list<u8>, got kind {v.kind}")
+    if _list_u8_to_bytes is not None:
+        out = _list_u8_to_bytes(addressof(v.of.list))
+        if out is None:
+            raise _BadValue("expected list<u8>, found another element type")
+        return out
+    items = (_V * v.of.list.size).from_address(ctypes.cast(v.of.list.data, c_void_p).value or 0)
+    return bytes(item.of.u8 for item in items)
+
+
+def _get_pairs(v: Any) -> list[tuple[str, str]]:
+    if v.kind != _K_LIST:
+        raise _BadValue(f"expected list<tuple<string, string>>, got kind {v.kind}")
+    count = v.of.list.size
+    items = (_V * count).from_address(ctypes.cast(v.of.list.data, c_void_p).value or 0)
+    out = []
+    for item in items:
+        if item.kind != _K_TUPLE or item.of.tuple.size != 2:
+            raise _BadValue("expected tuple<string, string>")
+        pair = (_V * 2).from_address(ctypes.cast(item.of.tuple.data, c_void_p).value or 0)
+        out.append((_get_str(pair[0]), _get_str(pair[1])))
+    return out
+
+
+def _record_fields(v: Any) -> dict[str, Any]:
+    if v.kind != _K_RECORD:
+        raise _BadValue(f"expected record, got kind {v.kind}")
+    size = v.of.record.size
+    entries = (_wb.wasmtime_component_valrecord_entry * size).from_address(
+        ctypes.cast(v.of.record.data, c_void_p).value or 0
+    )
+    return {_name(e.name): e.val for e in entries}
+
+
+def _set_str(v: Any, text: str) -> None:
+    data = text.encode("utf-8")
+    v.kind = _K_STRING
+    _wb.wasm_byte_vec_new(byref(v.of.string), len(data), ctypes.cast(data, POINTER(ctypes.c_uint8)))
+
+
+def _set_bytes(v: Any, data: bytes) -> None:
+    if _set_list_u8 is not None:
+        _set_list_u8(addressof(v), data)
+        return
+    v.kind = _K_LIST
+    _wb.wasmtime_component_vallist_new_uninit(byref(v.of.list), len(data))
+    items = (_V * len(data)).from_address(ctypes.cast(v.of.list.data, c_void_p).value or 0)
+    for item, byte in zip(items, data):
+        ctypes.memset(addressof(item), 0, _VSIZE)
+        item.kind = _K_U8
+        item.of.u8 = byte
+
+
+def _boxed(fill: Callable[[Any], None]) -> Any:
+    """A heap value (wasmtime_component_val_new moves ``tmp`` into it) for option/result/variant
+    payloads, whose ownership passes to wasmtime with the outer value."""
+    tmp = _V()
+    fill(tmp)
+    return _wb.wasmtime_component_val_new(byref(tmp))
+
+
+def _set_option(v: Any, fill: Callable[[Any], None] | None) -> None:
+    v.kind = _K_OPTION
+    v.of.option = _boxed(fill) if fill is not None else None
+
+
+def _set_result(v: Any, ok: bool, fill: Callable[[Any], None] | None) -> None:
+    v.kind = _K_RESULT
+    v.of.result.is_ok = ok
+    v.of.result.val = _boxed(fill) if fill is not None else None
+
+
+def _set_error(v: Any, kind: str, message: str) -> None:
+    def variant(x: Any) -> None:
+        x.kind = _K_VARIANT
+        name = kind.encode()
+        _wb.wasm_byte_vec_new(byref(x.of.variant.discriminant), len(name),
+                              ctypes.cast(name, POINTER(ctypes.c_uint8)))
+        x.of.variant.val = _boxed(lambda s: _set_str(s, message))
+
+    _set_result(v, False, variant)
+
+
+def _set_list(v: Any, items: list[Any], fill: Callable[[Any, Any], None]) -> None:
+    v.kind = _K_LIST
+    _wb.wasmtime_component_vallist_new_uninit(byref(v.of.list), len(items))
+    if items:
+        slots = (_V * len(items)).from_address(ctypes.cast(v.of.list.data, c_void_p).value or 0)
+        for slot, item in zip(slots, items):
+            ctypes.memset(addressof(slot), 0, _VSIZE)
+            fill(slot, item)
+
+
+def _set_pair(v: Any, pair: tuple[str, str]) -> None:
+    v.kind = _K_TUPLE
+    _wb.wasmtime_component_valtuple_new_uninit(byref(v.of.tuple), 2)
+    slots = (_V * 2).from_address(ctypes.cast(v.of.tuple.data, c_void_p).value or 0)
+    for slot, text in zip(slots, pair):
+        ctypes.memset(addressof(slot), 0, _VSIZE)
+        _set_str(slot, text)
+
+
+def _set_record(v: Any, fields: list[tuple[str, Callable[[Any], None]]]) -> None:
+    v.kind = _K_RECORD
+    _wb.wasmtime_component_valrecord_new_uninit(byref(v.of.record), len(fields))
+    entries = (_wb.wasmtime_component_valrecord_entry * len(fields)).from_address(
+        ctypes.cast(v.of.record.data, c_void_p).value or 0
+    )
+    for entry, (name, fill) in zip(entries, fields):
+        ctypes.memset(addressof(entry), 0, ctypes.sizeof(entry))
+        raw = name.encode()
+        _wb.wasm_byte_vec_new(byref(entry.name), len(raw), ctypes.cast(raw, POINTER(ctypes.c_uint8)))
+        fill(entry.val)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host functions
+
+
+class _CompCallState:
+    __slots__ = ("instance", "hook", "deadline", "error", "denied", "fuel", "deadline_ms")
+
+    def __init__(self, instance: ComponentInstance, hook: str, deadline: float | None,
+                 fuel: int, deadline_ms: int) -> None:
+        self.instance = instance
+        self.hook = hook
+        self.deadline = deadline
+        self.fuel = fuel
+        self.deadline_ms = deadline_ms
+        self.error: BaseException | None = None
+        self.denied: str | None = None
+
+
+_tls = threading.local()
+
+# service function -> (WIT function name, adapter(state, services, args) filling results[0])
+_Adapter = Callable[[_CompCallState, "HostServices", Any, Any], None]
+
+
+def _result_of(st: _CompCallState, out: Any, run: Callable[[], Callable[[Any], None] | None]) -> None:
+    """Run a service call and store result<T, error> in ``out``."""
+    from ._services import HostCallError
+
+    try:
+        fill = run()
+    except HostCallError as exc:
+        if exc.kind == "denied" and st.denied is None:
+            st.denied = exc.permission or "unknown"
+        _set_error(out, exc.kind, exc.message)
+        return
+    _set_result(out, True, fill)
+
+
+def _a_log(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
+    from ._services import HostCallError
+
+    if a[0].kind != _K_ENUM:
+        raise _BadValue("log level must be an enum")
+    level = _LEVELS.index(_name(a[0].of.enumeration))
+    try:
+        svc.log(level, _get_str(a[1]))
+    except HostCallError as exc:
+        if exc.kind == "denied" and st.denied is None:
+            st.denied = exc.permission or "log"
+
+
+def _opt_str(value: str | None) -> Callable[[Any], None]:
+    return lambda v: _set_option(v, None if value is None else (lambda s: _set_str(s, value)))
+
+
+def _opt_bytes(value: bytes | None) -> Callable[[Any], None]:
+    return lambda v: _set_option(v, None if value is None else (lambda s: _set_bytes(s, value)))
+
+
+def _a_config_get(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
+    _result_of(st, r, lambda: _opt_str(svc.config_get(_get_str(a[0]))))
+
+
+def _a_config_get_all(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
+    def run() -> Callable[[Any], None]:
+        text = svc.config_get_all()
+        return lambda v: _set_str(v, text)
+
+    _result_of(st, r, run)
+
+
+def _a_kv_get(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
+    _result_of(st, r, lambda: _opt_bytes(svc.kv_get(_get_str(a[0]))))
+
+
+def _a_kv_set(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
+    _result_of(st, r, lambda: svc.kv_set(_get_str(a[0]), _get_bytes(a[1])))  # type: ignore[func-returns-value]
+
+
+def _a_kv_delete(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
+    def run() -> Callable[[Any], None]:
+        existed = svc.kv_delete(_get_str(a[0]))
+
+        def fill(v: Any) -> None:
+            v.kind = _K_BOOL
+            v.of.boolean = existed
+
+        return fill
+
+    _result_of(st, r, run)
+
+
+def _a_kv_list(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
+    def run() -> Callable[[Any], None]:
+        keys = svc.kv_list_keys(_get_str(a[0]))
+        return lambda v: _set_list(v, keys, _set_str)
+
+    _result_of(st, r, run)
+
+
+def _a_events_emit(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
+    _result_of(st, r, lambda: svc.events_emit(_get_str(a[0]), _get_bytes(a[1])))  # type: ignore[func-returns-value]
+
+
+def _a_random(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
+    def run() -> Callable[[Any], None]:
+        if a[0].kind != _K_U32:
+            raise _BadValue("random length must be u32")
+        data = svc.random_bytes(a[0].of.u32)
+        return lambda v: _set_bytes(v, data)
+
+    _result_of(st, r, run)
+
+
+def _a_clock(which: str) -> _Adapter:
+    def adapter(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
+        from ._services import HostCallError
+
+        try:
+            value = svc.clock_now() if which == "now" else svc.clock_monotonic()
+        except HostCallError as exc:
+            if exc.kind == "denied" and st.denied is None:
+                st.denied = exc.permission or "clock"
+            value = 0  # clock has no error case in the ABI: a denied clock reads as zero
+        r.kind = _K_U64
+        r.of.u64 = value
+
+    return adapter
+
+
+def _a_http_fetch(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
+    def run() -> Callable[[Any], None]:
+        req = _record_fields(a[0])
+        timeout = None if st.deadline is None else max(0.0, st.deadline - time.monotonic())
+        status, headers, body = svc.http_fetch(
+            _get_str(req["method"]), _get_str(req["url"]), _get_pairs(req["headers"]),
+            _get_bytes(req["body"]), timeout=timeout,
+        )
+
+        def set_status(v: Any) -> None:
+            v.kind = _K_U16
+            v.of.u16 = status & 0xFFFF
+
+        return lambda v: _set_record(v, [
+            ("status", set_status),
+            ("headers", lambda x: _set_list(x, headers, _set_pair)),
+            ("body", lambda x: _set_bytes(x, body)),
+        ])
+
+    _result_of(st, r, run)
+
+
+_M = _abispec.import_module
+_HOST_FUNCS: Final[dict[str, dict[str, _Adapter]]] = {
+    _M("log"): {"log": _a_log},
+    _M("config"): {"get": _a_config_get, "get-all": _a_config_get_all},
+    _M("kv"): {"get": _a_kv_get, "set": _a_kv_set, "delete": _a_kv_delete,
+               "list-keys": _a_kv_list},
+    _M("events"): {"emit": _a_events_emit},
+    _M("clock"): {"now": _a_clock("now"), "monotonic": _a_clock("monotonic")},
+    _M("random"): {"bytes": _a_random},
+    _M("http"): {"fetch": _a_http_fetch},
+}
+
+_callback_type = _wb.wasmtime_component_func_callback_t
+
+
+def _make_callback(adapter: _Adapter, services: HostServices) -> Any:
+    def callback(env: Any, ctx: Any, ty: Any, args: Any, nargs: int, results: Any,
+                 nresults: int) -> int:
+        st: _CompCallState | None = getattr(_tls, "state", None)
+        try:
+            if st is None:
+                raise UsageError("host function called outside a plugbox call")
+            argv = (_V * nargs).from_address(ctypes.cast(args, c_void_p).value or 0)
+            out = results[0] if nresults else None
+            adapter(st, services, argv, out)
+            return 0
+        except BaseException as exc:  # never let an exception cross the C boundary
+            if st is not None:
+                if isinstance(exc, (_BadValue, UnicodeDecodeError)):
+                    st.error = AbiViolation(
+                        f"plugin {st.instance.plugin!r}, hook {st.hook!r}: host call received "
+                        f"a malformed value: {exc}",
+                        plugin=st.instance.plugin, hook=st.hook,
+                    )
+                else:
+                    st.error = exc
+            msg = f"plugbox host function failed: {exc}".encode()[:512]
+            err = _wb.wasmtime_error_new(msg)
+            return ctypes.cast(err, c_void_p).value or 0
+
+    return _callback_type(callback)
+
+
+# Socket creation and name lookup are redefined to deny, whatever wasmtime's WASI would do.
+_WASI_VERSION: Final = "0.2.12"
+_SOCKET_DENIALS: Final = (
+    ("wasi:sockets/tcp-create-socket", "create-tcp-socket"),
+    ("wasi:sockets/udp-create-socket", "create-udp-socket"),
+    ("wasi:sockets/ip-name-lookup", "resolve-addresses"),
+)
+
+
+def _deny_socket(env: Any, ctx: Any, ty: Any, args: Any, nargs: int, results: Any,
+                 nresults: int) -> int:
+    # result<_, error-code>: err(access-denied). error-code is an enum in wasi:sockets/network.
+    def enum(v: Any) -> None:
+        v.kind = _K_ENUM
+        name = b"access-denied"
+        _wb.wasm_byte_vec_new(byref(v.of.enumeration), len(name),
+                              ctypes.cast(name, POINTER(ctypes.c_uint8)))
+
+    try:
+        _set_result(results[0], False, enum)
+        st: _CompCallState | None = getattr(_tls, "state", None)
+        if st is not None:
+            st.instance.template.sockets_denied += 1
+        return 0
+    except BaseException:
+        return ctypes.cast(_wb.wasmtime_error_new(b"socket denied"), c_void_p).value or 0
+
+
+_deny_socket_cb = _callback_type(_deny_socket)
+
+
+def _check(err: Any, what: str, plugin: str) -> None:
+    if err:
+        from ._fastpath import _take_error
+
+        raise UsageError(f"plugin {plugin!r}: {what}: {_take_error(ctypes.cast(err, c_void_p).value or 0)}")
+
+
+class ComponentTemplate:
+    """A component linked with one plugin's host functions and deny-by-default WASI."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        component: Component,
+        *,
+        plugin: str,
+        services: HostServices,
+        memory_cap: int,
+    ) -> None:
+        self.engine = engine
+        self.plugin = plugin
+        self.memory_cap = memory_cap
+        self.services = services
+        self.sockets_denied = 0
+        self._component = component
+        self._callbacks: list[Any] = []
+        linker = _wb.wasmtime_component_linker_new(engine.wasmtime.ptr())
+        self._linker = linker
+        try:
+            _check(_wb.wasmtime_component_linker_add_wasip2(linker), "cannot add WASI", plugin)
+            _wb.wasmtime_component_linker_allow_shadowing(linker, True)
+            root = _wb.wasmtime_component_linker_root(linker)
+            try:
+                for iface, funcs in _HOST_FUNCS.items():
+                    self._add_instance(root, iface, {
+                        name: _make_callback(adapter, services) for name, adapter in funcs.items()
+                    })
+                for iface, func in _SOCKET_DENIALS:
+                    self._add_instance(root, f"{iface}@{_WASI_VERSION}", {func: _deny_socket_cb})
+            finally:
+                _wb.wasmtime_component_linker_instance_delete(root)
+            self._hook_index = _wb.wasmtime_component_get_export_index(
+                component.ptr(), None, b"on-hook", 7)
+            self._init_index = _wb.wasmtime_component_get_export_index(
+                component.ptr(), None, b"on-init", 7)
+            if not self._hook_index:
+                raise AbiViolation(f"plugin {plugin!r}: component exports no 'on-hook'",
+                                   plugin=plugin)
+        except BaseException:
+            self.close()
+            raise
+
+    def _add_instance(self, root: Any, name: str, funcs: dict[str, Any]) -> None:
+        inst = POINTER(_wb.wasmtime_component_linker_instance_t)()
+        raw = name.encode()
+        _check(_wb.wasmtime_component_linker_instance_add_instance(root, raw, len(raw), byref(inst)),
+               f"cannot define {name}", self.plugin)
+        try:
+            for fname, cb in funcs.items():
+                self._callbacks.append(cb)
+                fraw = fname.encode()
+                _check(_wb.wasmtime_component_linker_instance_add_func(
+                    inst, fraw, len(fraw), cb, None, _NO_FINALIZER),
+                    f"cannot define {name}#{fname}", self.plugin)
+        finally:
+            _wb.wasmtime_component_linker_instance_delete(inst)
+
+    def instantiate(self, fuel: int, ticks: int) -> ComponentInstance:
+        """A new instance in its own store."""
+        return ComponentInstance(self, fuel, ticks)
+
+    def close(self) -> None:
+        """Free the linker and export indices."""
+        for attr in ("_hook_index", "_init_index"):
+            index = getattr(self, attr, None)
+            if index:
+                _wb.wasmtime_component_export_index_delete(index)
+            setattr(self, attr, None)
+        if getattr(self, "_linker", None):
+            _wb.wasmtime_component_linker_delete(self._linker)
+            self._linker = None
+
+
+_NO_FINALIZER = ctypes.cast(None, ctypes.CFUNCTYPE(None, c_void_p))  # callbacks live on the template
+
+
+class ComponentInstance:
+    """One instantiated component in its own store."""
+
+    def __init__(self, template: ComponentTemplate, fuel: int, ticks: int) -> None:
+        self.template = template
+        self.plugin = template.plugin
+        self.memory_cap = template.memory_cap
+        self.calls = 0
+        self.closed = True
+        self._output = bytearray()
+        self._output_dropped = 0
+        self._store = wasmtime.Store(template.engine.wasmtime)
+        store_ptr = self._store.ptr()
+        # memory bytes (each memory), table elements, instances, tables, memories
+        _wb.wasmtime_store_limiter(store_ptr, template.memory_cap, 1_000_000, 1000, 1000, 100)
+        self._ctx = self._store._context()
+        wasi = wasmtime.WasiConfig()  # no preopens, env, args; empty stdin
+        wasi.stdout_custom = self._capture
+        wasi.stderr_custom = self._capture
+        self._store.set_wasi(wasi)
+        self._store.set_fuel(fuel)
+        self._store.set_epoch_deadline(ticks)
+        self._instance = _wb.wasmtime_component_instance_t()
+        state = _CompCallState(self, "instantiate", None, fuel, 0)
+        _tls.state = state
+        try:
+            err = _wb.wasmtime_component_linker_instantiate(
+                template._linker, self._ctx, template._component.ptr(), byref(self._instance))
+        finally:
+            _tls.state = None
+        if err:
+            raise self._failure(ctypes.cast(err, c_void_p).value or 0, "instantiate", state)
+        self.closed = False
+        self._hook = _wb.wasmtime_component_func_t()
+        if not _wb.wasmtime_component_instance_get_func(
+            byref(self._instance), self._ctx, template._hook_index, byref(self._hook)
+        ):
+            raise AbiViolation(f"plugin {self.plugin!r}: component has no on-hook function",
+                               plugin=self.plugin)
+        self._init: Any = None
+        if template._init_index:
+            init = _wb.wasmtime_component_func_t()
+            if _wb.wasmtime_component_instance_get_func(
+                byref(self._instance), self._ctx, template._init_index, byref(init)
+            ):
+                self._init = init
+        self._params = (_V * 2)()
+        self._result = _V()
+
+    # -- output capture --------------------------------------------------------------------
+
+    def _capture(self, data: bytes) -> None:
+        room = _OUTPUT_CAP - len(self._output)
+        if room > 0:
+            self._output += data[:room]
+        self._output_dropped += max(0, len(data) - max(room, 0))
+        while b"\n" in self._output:
+            line, _, rest = bytes(self._output).partition(b"\n")
+            self._output = bytearray(rest)
+            self._emit_line(line)
+
+    def _emit_line(self, line: bytes) -> None:
+        try:
+            self.template.services.log(2, "[stdout] " + line.decode("utf-8", "replace"))
+        except Exception:  # log not granted: output is still dropped, never shown unchecked
+            pass
+
+    def _flush_output(self) -> None:
+        if self._output:
+            line, self._output = bytes(self._output), bytearray()
+            self._emit_line(line)
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def call_hook(
+        self, hook: str, hook_bytes: bytes, payload: bytes, fuel: int, ticks: int,
+        deadline_at: float | None, deadline_ms: int,
+    ) -> CallOutcome:
+        """Run ``on-hook(hook, payload)``."""
+        state = _CompCallState(self, hook, deadline_at, fuel, deadline_ms)
+        params = self._params
+        ctypes.memset(addressof(params), 0, _VSIZE * 2)
+        _set_str(params[0], hook)
+        _set_bytes(params[1], payload)
+        return self._call(self._hook, params, 2, hook, state, fuel, ticks, want_bytes=True)
+
+    def call_init(self, config_json: bytes, fuel: int, ticks: int, deadline_ms: int
+                  ) -> CallOutcome:
+        """Run ``on-init(config)`` when exported."""
+        if self._init is None:
+            return CallOutcome(True, b"", "", "", None)
+        state = _CompCallState(self, "on-init", None, fuel, deadline_ms)
+        params = self._params
+        ctypes.memset(addressof(params), 0, _VSIZE * 2)
+        _set_str(params[0], config_json.decode("utf-8"))
+        return self._call(self._init, params, 1, "on-init", state, fuel, ticks, want_bytes=False)
+
+    def _call(self, func: Any, params: Any, nparams: int, hook: str, state: _CompCallState,
+              fuel: int, ticks: int, *, want_bytes: bool) -> CallOutcome:
+        self._store.set_fuel(fuel)
+        self._store.set_epoch_deadline(ticks)
+        result = self._result
+        ctypes.memset(addressof(result), 0, _VSIZE)
+        _tls.state = state
+        try:
+            err = _wb._wasmtime_component_func_call(
+                byref(func), self._ctx, params, nparams, byref(result), 1)
+            for i in range(nparams):
+                _wb.wasmtime_component_val_delete(byref(params[i]))
+            if err:
+                raise self._failure(ctypes.cast(err, c_void_p).value or 0, hook, state)
+            try:
+                outcome = self._lift(result, hook, state, want_bytes)
+            finally:
+                _wb.wasmtime_component_val_delete(byref(result))
+            err = _wb._wasmtime_component_func_post_return(byref(func), self._ctx)
+            if err:
+                raise self._failure(ctypes.cast(err, c_void_p).value or 0, hook, state)
+            return outcome
+        finally:
+            _tls.state = None
+            self.calls += 1
+            self._flush_output()
+
+    def _lift(self, result: Any, hook: str, state: _CompCallState, want_bytes: bool
+              ) -> CallOutcome:
+        try:
+            if result.kind != _K_RESULT:
+                raise _BadValue(f"expected result, got kind {result.kind}")
+            inner = result.of.result.val
+            if result.of.result.is_ok:
+                value = _get_bytes(inner.contents) if want_bytes and inner else b""
+                return CallOutcome(True, value, "", "", state.denied)
+            err = inner.contents
+            if err.kind != _K_VARIANT:
+                raise _BadValue("expected the error variant")
+            kind = _name(err.of.variant.discriminant)
+            if kind not in _ERROR_CASES:
+                raise _BadValue(f"unknown error case {kind!r}")
+            message = _get_str(err.of.variant.val.contents) if err.of.variant.val else ""
+            return CallOutcome(False, b"", kind, message, state.denied)
+        except (_BadValue, UnicodeDecodeError, ValueError) as exc:
+            raise AbiViolation(
+                f"plugin {self.plugin!r}, hook {hook!r}: malformed result: {exc}",
+                plugin=self.plugin, hook=hook,
+            ) from None
+
+    def _failure(self, err: int, hook: str, state: _CompCallState) -> PlugboxError:
+        from ._fastpath import _take_error
+
+        msg = _take_error(err)
+        if state.error is not None:
+            stashed, state.error = state.error, None
+            if isinstance(stashed, PlugboxError):
+                return stashed
+            wrapped = GuestTrap(
+                f"plugin {self.plugin!r}, hook {hook!r}: a host function failed: {stashed!r}",
+                plugin=self.plugin, hook=hook,
+            )
+            wrapped.__cause__ = stashed
+            return wrapped
+        where = f"plugin {self.plugin!r}, hook {hook!r}"
+        low = msg.lower()
+        # The component C API reports traps as errors without a trap code: classify by the
+        # messages wasmtime gives its trap codes.
+        if "all fuel consumed" in low or "out of fuel" in low:
+            return FuelExhausted(
+                f"{where}: ran out of fuel ({state.fuel:,} fuel); the plugin ran too long or "
+                "loops forever. Raise limits.fuel in plugbox.json (within the host policy) "
+                "if the work is legitimate.",
+                plugin=self.plugin, hook=hook, limit="fuel",
+            )
+        if "wasm trap: interrupt" in low or "epoch deadline" in low:
+            return DeadlineExceeded(
+                f"{where}: exceeded its wall-clock deadline ({state.deadline_ms} ms). Raise "
+                "limits.deadline_ms in plugbox.json (within the host policy) if the work is "
+                "legitimate.",
+                plugin=self.plugin, hook=hook, limit="deadline",
+            )
+        if "call stack exhausted" in low or "stack overflow" in low:
+            return StackOverflow(
+                f"{where}: wasm stack overflow (usually unbounded recursion); the host's "
+                "max_wasm_stack caps it.",
+                plugin=self.plugin, hook=hook, limit="stack",
+            )
+        if "concurrent limit" in low:
+            return LimitExceeded(
+                f"{where}: no free instance slot in this runtime ({trap_summary(msg)}). Close "
+                "unused plugins or create the Runtime with a larger pooled_instances.",
+                plugin=self.plugin, hook=hook, limit="instances",
+            )
+        if "memory" in low and ("limit" in low or "grow" in low or "allocat" in low
+                                or "memoryerror" in low):
+            return MemoryLimitExceeded(
+                f"{where}: ran out of memory under its {self.memory_cap}-byte cap "
+                f"({trap_summary(msg)}). Raise limits.memory_bytes in plugbox.json (within the "
+                "host policy) if the plugin needs more memory.",
+                plugin=self.plugin, hook=hook, limit="memory",
+            )
+        return GuestTrap(f"{where}: guest trapped: {trap_summary(msg)}", plugin=self.plugin,
+                         hook=hook)
+
+    def close(self) -> None:
+        """Free the store. Safe to call twice."""
+        if not self.closed:
+            self.closed = True
+        store = getattr(self, "_store", None)
+        if store is not None:
+            self._flush_output()
+            store.close()
+            self._store = None  # type: ignore[assignment]
