@@ -59,6 +59,7 @@ __all__ = [
     "parse_wat_interface",
     "pin_source_manifests",
     "workspace_plugins",
+    "wrap_component",
 ]
 
 #: The Rust target plugbox plugins are built for.
@@ -352,6 +353,48 @@ def build_rust_plugins(
             shutil.copyfile(readme, dest / "README.md")
         staged[plugin.name] = dest
     return staged
+
+
+def wrap_component(plugin_dir: Path, out_dir: Path, *, wit: Path | None = None) -> Path:
+    """Stage a component of the same plugin: the core module at ``plugin_dir`` (a staged
+    plugin, manifest beside it) wrapped with ``wasm-tools component embed`` + ``component new``
+    against the plugbox world. The manifest is copied with the component's sha256.
+
+    The result is the ABI's second binary form of the very same code, which the runtime must
+    run with identical results.
+    """
+    from ._manifest import load_manifest
+
+    manifest = load_manifest(plugin_dir)
+    wit_path = wit or _abi_dir()
+    dest = out_dir / plugin_dir.name
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    embedded = dest / "embedded.wasm"
+    tools = find_wasm_tools()
+    for cmd in (
+        [tools, "component", "embed", str(wit_path), "--world", "plugin",
+         str(manifest.module_path), "-o", str(embedded)],
+        [tools, "component", "new", str(embedded), "-o", str(dest / "plugin.wasm")],
+    ):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise BuildError(f"{' '.join(cmd[1:3])} failed for {plugin_dir}: {proc.stderr.strip()}")
+    embedded.unlink()
+    data = (dest / "plugin.wasm").read_bytes()
+    doc = json.loads((plugin_dir / "plugbox.json").read_text(encoding="utf-8"))
+    doc["module"] = {"path": "plugin.wasm", "sha256": hashlib.sha256(data).hexdigest()}
+    (dest / "plugbox.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return dest
+
+
+def _abi_dir() -> Path:
+    """The ABI's WIT: the repository's abi/ directory (plugbox runs from a checkout here)."""
+    root = _repo_root(Path(__file__).resolve())
+    if root is None or not (root / "abi" / "plugbox.wit").is_file():
+        raise UsageError("cannot find abi/plugbox.wit; run from a plugbox checkout")
+    return root / "abi"
 
 
 # ---------------------------------------------------------------------------------- inspection

@@ -64,6 +64,12 @@ _K_STRING, _K_LIST, _K_RECORD, _K_TUPLE, _K_VARIANT, _K_ENUM, _K_OPTION, _K_RESU
 _ERROR_CASES: Final = _abispec.ERROR_KINDS  # WIT case names are the kinds themselves
 _LEVELS: Final = ("trace", "debug", "info", "warn", "error")
 
+#: wasmtime's messages for canonical-ABI violations it detects while lifting guest values.
+_ABI_TRAP_MARKERS: Final = (
+    "out of bounds of memory", "pointer out of bounds", "pointer not aligned",
+    "not aligned", "discriminant", "invalid utf-8", "realloc return",
+)
+
 _OUTPUT_CAP: Final = 64 * 1024  # bytes of stdout/stderr logged per instance lifetime
 _log = logging.getLogger("plugbox.runtime")
 
@@ -709,6 +715,13 @@ class ComponentInstance:
                 f"{where}: wasm stack overflow (usually unbounded recursion); the host's "
                 "max_wasm_stack caps it.",
                 plugin=self.plugin, hook=hook, limit="stack",
+            )
+        if any(marker in low for marker in _ABI_TRAP_MARKERS):
+            # wasmtime's canonical ABI found the guest's values malformed: the same violations
+            # the core fast path reports itself.
+            return AbiViolation(
+                f"{where}: broke the canonical ABI: {trap_summary(msg)}",
+                plugin=self.plugin, hook=hook,
             )
         if "concurrent limit" in low:
             return LimitExceeded(

@@ -124,6 +124,16 @@ pub unsafe extern "C" fn cabi_realloc(
     p
 }
 
+/// Accepts any configuration (frees it) and returns ok(()), so the module is a complete plugin
+/// world and can also be wrapped as a component.
+#[export_name = "on-init"]
+pub unsafe extern "C" fn on_init(config_ptr: *mut u8, config_len: usize) -> *mut u8 {
+    drop(take(config_ptr, config_len));
+    RET_OWNED = false;
+    *ret_area() = 0;
+    ret_area()
+}
+
 #[export_name = "on-hook"]
 pub unsafe extern "C" fn on_hook(
     hook_ptr: *mut u8,
