@@ -30,6 +30,14 @@ DEFAULT_MAX_LIMITS = Limits(
     instances=16,
 )
 
+#: Defaults for components (Python plugins: CPython's start-up alone runs ~100 M instructions).
+DEFAULT_COMPONENT_LIMITS = Limits(
+    fuel=5_000_000_000,
+    memory_bytes=256 << 20,
+    deadline_ms=10_000,
+    instances=4,
+)
+
 
 def _split_host_pattern(pattern: str) -> tuple[str, str | None]:
     """``(host, port)`` of a host pattern; ``port`` is ``None`` when the pattern has none
@@ -74,10 +82,14 @@ class Policy:
     (default: all seven); ``http_hosts``: ``host``/``host:port`` patterns the host permits
     plugins to request (default none, so a plugin asking for HTTP is refused until the host
     lists patterns); the ``max_*`` fields cap the parameters of the kv and http permissions.
+    ``default_component_limits`` replaces ``default_limits`` for components: a Python plugin
+    carries a whole CPython, whose start-up and calls need far more fuel and memory than a
+    Rust core module.
     """
 
     max_limits: Limits = DEFAULT_MAX_LIMITS
     default_limits: Limits = field(default_factory=Limits)
+    default_component_limits: Limits = field(default_factory=lambda: DEFAULT_COMPONENT_LIMITS)
     allowed_services: frozenset[str] = frozenset(_abispec.SERVICES)
     http_hosts: tuple[str, ...] = ()
     max_kv_quota_bytes: int = 64 << 20
@@ -109,7 +121,7 @@ class Policy:
                     f"Policy(http_hosts=...) entries must be host or host:port patterns such as "
                     f"'api.example.com' or '127.0.0.1:*', not {pattern!r}"
                 )
-        for limits_name in ("max_limits", "default_limits"):
+        for limits_name in ("max_limits", "default_limits", "default_component_limits"):
             limits = getattr(self, limits_name)
             if not isinstance(limits, Limits):
                 raise UsageError(f"Policy({limits_name}=...) must be a plugbox.Limits")
@@ -131,12 +143,16 @@ class Policy:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"Policy({cap}=...) must be a positive integer, not {value!r}")
 
-    def effective_defaults(self) -> Limits:
+    def effective_defaults(self, *, component: bool = False) -> Limits:
         """The limits a plugin gets for what its manifest leaves out."""
-        return self.default_limits.capped(self.max_limits)
+        defaults = self.default_component_limits if component else self.default_limits
+        return defaults.capped(self.max_limits)
 
-    def resolve(self, manifest: Manifest) -> tuple[Permissions, Limits]:
-        """The permissions and limits ``manifest`` gets under this policy.
+    def resolve(
+        self, manifest: Manifest, *, component: bool = False
+    ) -> tuple[Permissions, Limits]:
+        """The permissions and limits ``manifest`` gets under this policy (``component``: the
+        module is a component, so unrequested limits come from ``default_component_limits``).
 
         Returns the requested permissions (unchanged: a request within the caps is granted as
         asked) and the concrete limits (the requested ones, with :meth:`effective_defaults`
@@ -220,4 +236,4 @@ class Policy:
                     limit=name,
                 )
 
-        return perms, manifest.limits.fill(self.effective_defaults())
+        return perms, manifest.limits.fill(self.effective_defaults(component=component))
