@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._errors import (
     AbiViolation,
+    CapabilityError,
     DeadlineExceeded,
     FuelExhausted,
     GuestError,
@@ -11,16 +12,21 @@ from ._errors import (
     HashMismatchError,
     IncompatibleAbiError,
     IncompatibleHostError,
+    KeyFileError,
     LimitExceeded,
     ManifestError,
     MemoryLimitExceeded,
     ModuleInterfaceError,
+    PackageError,
     PermissionDenied,
     PlugboxError,
     PluginCallError,
     PolicyViolationError,
+    RevokedKeyError,
+    SignatureError,
     StackOverflow,
     UnknownHookError,
+    UntrustedSignerError,
     UsageError,
     VerificationError,
 )
@@ -30,12 +36,15 @@ from ._permissions import EventsPermission, HttpPermission, KvPermission, Limits
 from ._plugin import CallRecord, Plugin
 from ._policy import Policy
 from ._runtime import Runtime
+from ._signing import PublicKey, SecretKey
+from ._trust import SignerInfo, TrustPolicy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AbiViolation",
     "CallRecord",
+    "CapabilityError",
     "DeadlineExceeded",
     "Event",
     "EventBus",
@@ -47,6 +56,7 @@ __all__ = [
     "HttpPermission",
     "IncompatibleAbiError",
     "IncompatibleHostError",
+    "KeyFileError",
     "KvPermission",
     "LimitExceeded",
     "Limits",
@@ -54,6 +64,7 @@ __all__ = [
     "ManifestError",
     "MemoryLimitExceeded",
     "ModuleInterfaceError",
+    "PackageError",
     "PermissionDenied",
     "Permissions",
     "PlugboxError",
@@ -61,9 +72,16 @@ __all__ = [
     "PluginCallError",
     "Policy",
     "PolicyViolationError",
+    "PublicKey",
+    "RevokedKeyError",
     "Runtime",
+    "SecretKey",
+    "SignatureError",
+    "SignerInfo",
     "StackOverflow",
+    "TrustPolicy",
     "UnknownHookError",
+    "UntrustedSignerError",
     "UsageError",
     "VerificationError",
     "__version__",

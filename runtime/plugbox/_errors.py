@@ -4,13 +4,19 @@ Every error plugbox raises derives from :class:`PlugboxError`::
 
     PlugboxError
     ├── UsageError                 the host called the API wrongly (closed object, bad argument)
+    │   └── KeyFileError           a minisign public or secret key file is unreadable or malformed
     ├── ManifestError              plugbox.json is unreadable or fails the schema
     ├── VerificationError          refused before anything is compiled
     │   ├── HashMismatchError      module bytes differ from the manifest's sha256
     │   ├── IncompatibleAbiError   manifest or module declares an ABI this runtime cannot run
     │   ├── IncompatibleHostError  manifest's host specifier excludes this plugbox version
     │   ├── ModuleInterfaceError   module imports outside the ABI or lacks required exports
-    │   └── PolicyViolationError   manifest asks for more than the host policy allows
+    │   │   └── CapabilityError    module imports a service its manifest does not request
+    │   ├── PolicyViolationError   manifest asks for more than the host policy allows
+    │   ├── SignatureError         a signature is malformed or does not verify (tampering)
+    │   ├── UntrustedSignerError   not signed by enough trusted keys (unsigned, unknown key)
+    │   │   └── RevokedKeyError    ... and a signature is by a revoked key
+    │   └── PackageError           a .plugbox package is malformed or unsafe to unpack
     └── PluginCallError            a call into a loaded plugin failed (carries .plugin, .hook)
         ├── LimitExceeded          a resource limit stopped the call (carries .limit)
         │   ├── FuelExhausted
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 __all__ = [
     "AbiViolation",
+    "CapabilityError",
     "DeadlineExceeded",
     "FuelExhausted",
     "GuestError",
@@ -38,16 +45,21 @@ __all__ = [
     "HashMismatchError",
     "IncompatibleAbiError",
     "IncompatibleHostError",
+    "KeyFileError",
     "LimitExceeded",
     "ManifestError",
     "MemoryLimitExceeded",
     "ModuleInterfaceError",
+    "PackageError",
     "PermissionDenied",
     "PlugboxError",
     "PluginCallError",
     "PolicyViolationError",
+    "RevokedKeyError",
+    "SignatureError",
     "StackOverflow",
     "UnknownHookError",
+    "UntrustedSignerError",
     "UsageError",
     "VerificationError",
 ]
@@ -179,3 +191,85 @@ class GuestError(PluginCallError):
         super().__init__(message, plugin=plugin, hook=hook)
         self.kind = kind
         self.detail = detail
+
+
+# --------------------------------------------------------------------------------------------
+# Trust chain: signatures, keys, packages and capabilities (see docs/trust.md).
+
+
+class KeyFileError(UsageError):
+    """A minisign public or secret key file (or key text) is unreadable or malformed.
+
+    A usage error: keys are the host's (or the signer's) own configuration, not plugin input.
+    ``path`` names the file when there is one.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class CapabilityError(ModuleInterfaceError):
+    """The module imports a host service its manifest does not request.
+
+    ``permission`` names the missing permission and ``import_name`` the offending import
+    (``plugbox:plugin/kv@1.0.0#get``).
+    """
+
+    def __init__(
+        self, message: str, *, plugin: str | None, permission: str, import_name: str
+    ) -> None:
+        super().__init__(message, plugin=plugin, permission=permission)
+        self.import_name = import_name
+
+
+class SignatureError(VerificationError):
+    """A signature file is malformed, or a signature by a trusted key does not verify.
+
+    The second case means the manifest or the signature was modified after signing. ``key_id``
+    (16 hex digits, as minisign prints it) and ``path`` (the signature file) are set when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        plugin: str | None = None,
+        key_id: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        super().__init__(message, plugin=plugin)
+        self.key_id = key_id
+        self.path = path
+
+
+class UntrustedSignerError(VerificationError):
+    """The plugin is not signed by enough trusted keys: it is unsigned, signed only by keys the
+    trust policy does not list, or by fewer distinct trusted keys than its ``threshold``.
+
+    ``key_ids`` lists the key ids of the signatures that were found but did not count.
+    """
+
+    def __init__(
+        self, message: str, *, plugin: str | None = None, key_ids: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message, plugin=plugin)
+        self.key_ids = key_ids
+
+
+class RevokedKeyError(UntrustedSignerError):
+    """Too few trusted signatures, and at least one signature is by a revoked key id."""
+
+
+class PackageError(VerificationError):
+    """A ``.plugbox`` package is malformed or unsafe: not a zip archive, an entry with an
+    unsafe or unknown name, a link, a duplicate, an oversized or over-compressed entry.
+
+    ``entry`` names the archive member at fault when there is one.
+    """
+
+    def __init__(
+        self, message: str, *, entry: str | None = None, plugin: str | None = None
+    ) -> None:
+        super().__init__(message, plugin=plugin)
+        self.entry = entry

@@ -17,10 +17,12 @@ from ._fastpath import Engine, Template
 from ._fastpath_component import ComponentTemplate, compile_component, deserialize_component
 from ._kvstore import KvStore
 from ._manifest import Manifest, check_compatibility, load_manifest, validate_config, verify_module
+from ._package import staged_plugin
 from ._plugin import CallRecord, Plugin
 from ._policy import Policy
 from ._services import HostServices
-from ._wasmparse import check_module_interface, inspect_module
+from ._trust import TrustPolicy
+from ._wasmparse import check_capabilities, check_module_interface, inspect_module
 
 __all__ = ["Runtime", "default_state_dir"]
 
@@ -46,6 +48,10 @@ class Runtime:
     ``pooled_instances`` reserves that many instance slots up front (wasmtime's pooling
     allocator: fast instantiation, a hard cap on live instances across all plugins); 0 maps
     memory on demand instead.
+
+    ``trust`` decides which signatures a plugin needs (see :class:`plugbox.TrustPolicy`); the
+    default, :meth:`TrustPolicy.development`, does not check them, so pass
+    ``TrustPolicy(trusted_keys=..., mode="require")`` wherever plugins come from elsewhere.
     """
 
     def __init__(
@@ -57,11 +63,14 @@ class Runtime:
         max_wasm_stack: int = 512 * 1024,
         epoch_tick_ms: float = 2.0,
         pooled_instances: int = 1000,
+        trust: TrustPolicy | None = None,
     ) -> None:
         from . import __version__
 
         self.version = __version__
         self.policy = policy if policy is not None else Policy()
+        # [trust chain] None: the development policy (signatures unchecked, logged at DEBUG).
+        self.trust = trust if trust is not None else TrustPolicy.development()
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.engine = Engine(
@@ -83,14 +92,24 @@ class Runtime:
 
     # -- loading ---------------------------------------------------------------------------
 
-    def verify(self, path: str | os.PathLike[str]) -> tuple[Manifest, bytes]:
-        """Every check that precedes compilation: schema, compatibility, sha256, static module
-        interface and policy caps. Returns the manifest and the verified module bytes."""
-        manifest = load_manifest(Path(path))
-        check_compatibility(manifest, runtime_version=self.version,
-                            abi_version=_abispec.ABI_VERSION)
-        wasm = verify_module(manifest)
-        check_module_interface(inspect_module(wasm), manifest)
+    def verify(
+        self, path: str | os.PathLike[str], *, allow_unrequested_imports: bool = False
+    ) -> tuple[Manifest, bytes]:
+        """Every check that precedes compilation: schema, signatures (the trust policy),
+        compatibility, sha256, static module interface, capabilities and policy caps. ``path``
+        may also be a ``.plugbox`` package. Returns the manifest and the verified module bytes.
+        ``allow_unrequested_imports`` is as for :meth:`load`."""
+        # [trust chain] a .plugbox package is unpacked into a private temporary directory.
+        with staged_plugin(path) as plugin_path:
+            manifest = load_manifest(plugin_path)
+            self.trust.check(manifest)  # [trust chain] signatures, before the hash or compile
+            check_compatibility(manifest, runtime_version=self.version,
+                                abi_version=_abispec.ABI_VERSION)
+            wasm = verify_module(manifest)
+        info = inspect_module(wasm)
+        check_module_interface(info, manifest)
+        check_capabilities(  # [trust chain] static capability check
+            info, manifest, allow_unrequested_imports=allow_unrequested_imports)
         self.policy.resolve(manifest)
         return manifest, wasm
 
@@ -101,25 +120,37 @@ class Runtime:
         config: dict[str, Any] | None = None,
         mode: Literal["persistent", "fresh"] = "persistent",
         withhold: frozenset[str] | set[str] = frozenset(),
+        allow_unrequested_imports: bool = False,
     ) -> Plugin:
         """Verify, compile (or fetch from the cache) and start the plugin at ``path`` (a plugin
-        directory or its ``plugbox.json``).
+        directory, its ``plugbox.json``, or a ``.plugbox`` package).
 
         ``config`` is validated against the manifest's ``config_schema`` and passed to the
         plugin's ``on-init``. ``withhold`` names services the host refuses although the manifest
         asks for them: the plugin loads, and calls to them are denied. Raises a
         :class:`plugbox.VerificationError` subclass or :class:`plugbox.ManifestError` before
         anything is compiled when a check fails.
+
+        Signatures are checked by the runtime's trust policy right after the manifest is read;
+        the trusted signers end up in ``plugin.signers``. A module that imports a service its
+        manifest does not request is refused (:class:`plugbox.CapabilityError`), unless
+        ``allow_unrequested_imports`` (for testing and diagnostics only): then it loads, and
+        those imports are denied when called.
         """
         self._check_open()
         if mode not in ("persistent", "fresh"):
             raise UsageError(f"mode must be 'persistent' or 'fresh', not {mode!r}")
-        manifest = load_manifest(Path(path))
-        check_compatibility(manifest, runtime_version=self.version,
-                            abi_version=_abispec.ABI_VERSION)
-        wasm = verify_module(manifest)
+        # [trust chain] a .plugbox package is unpacked into a private temporary directory.
+        with staged_plugin(path) as plugin_path:
+            manifest = load_manifest(plugin_path)
+            signers = self.trust.check(manifest)  # [trust chain] before the hash or compile
+            check_compatibility(manifest, runtime_version=self.version,
+                                abi_version=_abispec.ABI_VERSION)
+            wasm = verify_module(manifest)
         info = inspect_module(wasm)
         check_module_interface(info, manifest)
+        check_capabilities(  # [trust chain] static capability check
+            info, manifest, allow_unrequested_imports=allow_unrequested_imports)
         permissions, limits = self.policy.resolve(manifest)
         permissions = permissions.without(set(withhold))
         config = dict(config or {})
@@ -150,6 +181,8 @@ class Runtime:
                 )
             plugin = Plugin(self, manifest, template, services, permissions=permissions,
                             limits=limits, config=config, mode=mode)
+            # [trust chain] who vouched for it (empty when signatures are not checked).
+            setattr(plugin, "signers", signers)  # noqa: B010 - Plugin does not declare it yet
         except BaseException:
             if template is not None:
                 template.close()

@@ -9,31 +9,42 @@ integers that are over-long or out of range, names that are not UTF-8, indices o
 Every malformation is reported as :class:`~plugbox.ModuleInterfaceError`, never as a Python
 ``IndexError`` or the like.
 
-Components (the component-model binary, layer 1) are recognised and their top-level custom
-sections read; their imports and exports are not parsed yet.
+Components (the component-model binary, layer 1) are recognised; their top-level custom
+sections and the names of their top-level imports (``plugbox:plugin/kv@1.0.0``, ...) are read,
+which is what the capability check needs. Their exports are not parsed yet.
+
+:func:`check_capabilities` is the static capability check: every plugbox service the module
+imports must be requested by the manifest, and requested services that are never imported are
+reported (least privilege).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
 from . import _abispec
-from ._errors import IncompatibleAbiError, ModuleInterfaceError
+from ._errors import CapabilityError, IncompatibleAbiError, ModuleInterfaceError
 
 if TYPE_CHECKING:
     from ._manifest import Manifest
 
 __all__ = [
+    "CapabilityReport",
     "Export",
     "Import",
     "ModuleInfo",
+    "capability_report",
+    "check_capabilities",
     "check_module_interface",
     "imported_services",
     "inspect_module",
 ]
+
+_log = logging.getLogger("plugbox.capabilities")
 
 ItemKind = Literal["func", "table", "memory", "global", "tag"]
 
@@ -65,12 +76,15 @@ class ModuleInfo:
 
     ``custom_sections`` maps a section's name to its contents; when a name occurs more than
     once, the first occurrence is kept (a duplicated ``plugbox:*`` section is refused).
+    ``component_imports`` holds a component's top-level import names in order (interface
+    names such as ``plugbox:plugin/kv@1.0.0``); it is empty for core modules.
     """
 
     kind: Literal["core", "component"]
     imports: tuple[Import, ...]
     exports: tuple[Export, ...]
     custom_sections: Mapping[str, bytes] = field(hash=False)
+    component_imports: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -492,9 +506,63 @@ def _inspect_core(data: bytes) -> ModuleInfo:
     return ModuleInfo("core", tuple(imports), tuple(exports), custom)
 
 
+def _component_externdesc(r: _Reader) -> None:
+    """Skip one component ``externdesc`` (only the import names are kept)."""
+    start = r.pos
+    tag = r.byte("extern descriptor")
+    if tag == 0x00:  # core module: 0x11 typeidx
+        sort = r.byte("core sort")
+        if sort != 0x11:
+            raise _Malformed(start, f"invalid core extern sort 0x{sort:02x} (expected module)")
+        r.u32("type index")
+    elif tag in (0x01, 0x04, 0x05):  # func, component, instance: typeidx
+        r.u32("type index")
+    elif tag == 0x02:  # value: eq valueidx | valtype
+        bound = r.byte("value bound")
+        if bound == 0x00:
+            r.u32("value index")
+        elif bound == 0x01:
+            r.signed(33, "value type")
+        else:
+            raise _Malformed(start, f"invalid value bound 0x{bound:02x}")
+    elif tag == 0x03:  # type: eq typeidx | sub resource
+        bound = r.byte("type bound")
+        if bound == 0x00:
+            r.u32("type index")
+        elif bound != 0x01:
+            raise _Malformed(start, f"invalid type bound 0x{bound:02x}")
+    else:
+        raise _Malformed(start, f"unknown extern descriptor 0x{tag:02x}")
+
+
+def _component_imports(s: _Reader) -> list[str]:
+    names: list[str] = []
+    for _ in range(s.count("component imports", 3)):
+        start = s.pos
+        prefix = s.byte("import name prefix")
+        if prefix not in (0x00, 0x01, 0x02):
+            raise _Malformed(start, f"invalid import name prefix 0x{prefix:02x}")
+        name = s.name("import name")
+        if prefix == 0x02:  # name options: implements / version suffix
+            for _ in range(s.count("import name options", 2)):
+                opt_start = s.pos
+                opt = s.byte("import name option")
+                if opt not in (0x00, 0x01):
+                    raise _Malformed(opt_start, f"invalid import name option 0x{opt:02x}")
+                s.name("import name option")
+        _component_externdesc(s)
+        if name in names:
+            raise _Malformed(start, f"duplicate component import {name!r}")
+        names.append(name)
+    if not s.at_end():
+        raise _Malformed(s.pos, f"import section has {s.end - s.pos} unexpected trailing bytes")
+    return names
+
+
 def _inspect_component(data: bytes) -> ModuleInfo:
     r = _Reader(data, 8)
     custom: dict[str, bytes] = {}
+    imports: list[str] = []
     while not r.at_end():
         section_start = r.pos
         sid = r.byte("section id")
@@ -515,7 +583,14 @@ def _inspect_component(data: bytes) -> ModuleInfo:
                     raise _Malformed(section_start, f"custom section {name!r} appears twice")
                 continue
             custom[name] = data[s.pos : s.end]
-    return ModuleInfo("component", (), (), custom)
+        elif sid == 10:
+            # Top-level imports only: nested components' imports are satisfied inside the
+            # component, while these are what the host must provide.
+            for name in _component_imports(s):
+                if name in imports:
+                    raise _Malformed(section_start, f"duplicate component import {name!r}")
+                imports.append(name)
+    return ModuleInfo("component", (), (), custom, tuple(imports))
 
 
 def imported_services(info: ModuleInfo) -> set[str]:
@@ -524,12 +599,26 @@ def imported_services(info: ModuleInfo) -> set[str]:
     Import modules of any ABI 1.x version count (``plugbox:plugin/kv@1.0.0`` -> ``kv``);
     imports outside the ABI are ignored here (:func:`check_module_interface` refuses them).
     """
-    services: set[str] = set()
+    return {service for _, service in _service_imports(info)}
+
+
+def _service_imports(info: ModuleInfo) -> list[tuple[str, str]]:
+    """``(import name, service)`` for every import of a plugbox service interface.
+
+    Core imports are named ``module#field`` (``plugbox:plugin/kv@1.0.0#get``); component
+    imports by their interface name (``plugbox:plugin/kv@1.0.0``). The shared ``types``
+    interface and imports outside the ABI are left out.
+    """
+    found: list[tuple[str, str]] = []
     for imp in info.imports:
         parsed = _parse_import_module(imp.module)
         if parsed is not None and parsed[0] in _abispec.SERVICES:
-            services.add(parsed[0])
-    return services
+            found.append((f"{imp.module}#{imp.name}", parsed[0]))
+    for name in info.component_imports:
+        parsed = _parse_import_module(name)
+        if parsed is not None and parsed[0] in _abispec.SERVICES:
+            found.append((name, parsed[0]))
+    return found
 
 
 _IMPORT_MODULE_RE: Final = re.compile(
@@ -679,3 +768,90 @@ def check_module_interface(
                 f"but the plugbox ABI {abi} requires {_sig(params, results)}"
             )
     return frozenset(imported_services(info))
+
+
+# --------------------------------------------------------------------------------------------
+# Static capability check
+
+
+@dataclass(frozen=True)
+class CapabilityReport:
+    """The module's imports against the manifest's permissions.
+
+    ``imported``: services the module imports; ``requested``: services the manifest requests;
+    ``unrequested``: ``(import, permission)`` pairs for imports whose permission is not
+    requested (the plugin is refused unless the host allows it explicitly); ``unused``:
+    requested permissions the module never imports (harmless, but more than it needs).
+    """
+
+    imported: frozenset[str]
+    requested: frozenset[str]
+    unrequested: tuple[tuple[str, str], ...]
+    unused: frozenset[str]
+
+    @property
+    def ok(self) -> bool:
+        """True when every import is covered by a requested permission."""
+        return not self.unrequested
+
+
+#: What to add to ``permissions`` in plugbox.json to request each service.
+_PERMISSION_SNIPPETS: Final = {
+    "log": '"log": true',
+    "config": '"config": true',
+    "clock": '"clock": true',
+    "random": '"random": true',
+    "kv": '"kv": {}',
+    "events": '"events": {"topics": ["my-topic.*"]}',
+    "http": '"http": {"hosts": ["api.example.com"]}',
+}
+
+
+def capability_report(info: ModuleInfo, manifest: Manifest) -> CapabilityReport:
+    """Compare the services ``info`` imports with those ``manifest`` requests (no raising)."""
+    requested = manifest.permissions.services()
+    pairs = _service_imports(info)
+    imported = frozenset(service for _, service in pairs)
+    unrequested = tuple((name, service) for name, service in pairs if service not in requested)
+    return CapabilityReport(imported, requested, unrequested, requested - imported)
+
+
+def check_capabilities(
+    info: ModuleInfo, manifest: Manifest, *, allow_unrequested_imports: bool = False
+) -> CapabilityReport:
+    """The static capability check made at load, before compiling.
+
+    Every plugbox service the module imports must be requested in the manifest, else
+    :class:`~plugbox.CapabilityError` naming the import and the missing permission; a module
+    cannot even link a service it did not ask for. Requested permissions the module never
+    imports are logged as a WARNING. ``allow_unrequested_imports`` (testing and diagnostics
+    only) lets unrequested imports through; they stay denied when called.
+    """
+    report = capability_report(info, manifest)
+    plugin = manifest.name
+    if report.unrequested and not allow_unrequested_imports:
+        name, service = report.unrequested[0]
+        others = sorted({f"{n} ({s})" for n, s in report.unrequested[1:]})
+        more = f" (also unrequested: {', '.join(others)})" if others else ""
+        raise CapabilityError(
+            f"plugin {plugin!r}: module imports {name} but plugbox.json does not request the "
+            f"\"{service}\" permission; add {_PERMISSION_SNIPPETS[service]} to "
+            f"permissions or remove the import{more}",
+            plugin=plugin,
+            permission=service,
+            import_name=name,
+        )
+    if report.unrequested:
+        _log.info(
+            "plugin %r imports %s without requesting the permission; loading anyway "
+            "(allow_unrequested_imports=True): those calls will be denied",
+            plugin, ", ".join(sorted({s for _, s in report.unrequested})),
+        )
+    for service in sorted(report.unused):
+        _log.warning(
+            "plugin %r requests the %r permission but its module never imports the %s "
+            "interface; remove it from permissions in %s (least privilege)",
+            plugin, service, _abispec.import_module(service), manifest.path,
+        )
+    return report
+
