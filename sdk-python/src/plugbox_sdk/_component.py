@@ -1,0 +1,171 @@
+"""The SDK inside a component: host services over the componentize-py bindings.
+
+Imported only by the entry module ``plugbox build`` generates (never by plugin code, never
+outside a component): it needs the ``wit_world`` bindings package that componentize-py
+generates from ``abi/plugbox.wit`` while it builds the component.
+
+Every bindings module is imported here, at import time, on purpose: componentize-py
+pre-initialises the component at build time and keeps only the modules imported then; an
+``import`` first reached inside a hook finds no module at run time.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Final, NoReturn
+
+from . import _host
+from ._errors import Error
+from ._hooks import default_registry
+
+__all__ = ["ComponentHost", "on_hook", "on_init"]
+
+# importlib instead of import statements: the bindings exist only at build time, inside
+# componentize-py, so type checkers outside the component must treat them as Any.
+_types: Any = importlib.import_module("componentize_py_types")
+_wit: Any = importlib.import_module("wit_world.imports.types")
+_log: Any = importlib.import_module("wit_world.imports.log")
+_config: Any = importlib.import_module("wit_world.imports.config")
+_kv: Any = importlib.import_module("wit_world.imports.kv")
+_events: Any = importlib.import_module("wit_world.imports.events")
+_clock: Any = importlib.import_module("wit_world.imports.clock")
+_random: Any = importlib.import_module("wit_world.imports.random")
+_http: Any = importlib.import_module("wit_world.imports.http")
+
+_Err: Any = _types.Err
+
+#: bindings case class -> ABI kind, and back.
+_KIND_OF: Final[dict[Any, str]] = {
+    _wit.Error_Denied: "denied",
+    _wit.Error_NotFound: "not-found",
+    _wit.Error_InvalidInput: "invalid-input",
+    _wit.Error_LimitReached: "limit-reached",
+    _wit.Error_Failure: "failure",
+}
+_CASE_OF: Final[dict[str, Any]] = {kind: case for case, kind in _KIND_OF.items()}
+_LEVELS: Final = tuple(_log.Level(i) for i in range(5))
+
+
+def _host_error(exc: Any) -> NoReturn:
+    """Re-raise a bindings ``Err(error)`` from a host call as the SDK's :class:`Error`."""
+    value = exc.value
+    kind = _KIND_OF.get(type(value), "failure")
+    raise Error.from_kind(kind, str(getattr(value, "value", value))) from None
+
+
+class ComponentHost:
+    """:class:`plugbox_sdk._host.Host` over the generated ``wit_world.imports`` functions."""
+
+    def log(self, level: int, message: str) -> None:
+        """``log.log``."""
+        _log.log(_LEVELS[level], message)
+
+    def config_get(self, key: str) -> str | None:
+        """``config.get``."""
+        try:
+            result: str | None = _config.get(key)
+        except _Err as exc:
+            _host_error(exc)
+        return result
+
+    def config_get_all(self) -> str:
+        """``config.get-all``."""
+        try:
+            result: str = _config.get_all()
+        except _Err as exc:
+            _host_error(exc)
+        return result
+
+    def kv_get(self, key: str) -> bytes | None:
+        """``kv.get``."""
+        try:
+            result: bytes | None = _kv.get(key)
+        except _Err as exc:
+            _host_error(exc)
+        return result
+
+    def kv_set(self, key: str, value: bytes) -> None:
+        """``kv.set``."""
+        try:
+            _kv.set(key, value)
+        except _Err as exc:
+            _host_error(exc)
+
+    def kv_delete(self, key: str) -> bool:
+        """``kv.delete``."""
+        try:
+            result: bool = _kv.delete(key)
+        except _Err as exc:
+            _host_error(exc)
+        return result
+
+    def kv_list_keys(self, prefix: str) -> list[str]:
+        """``kv.list-keys``."""
+        try:
+            result: list[str] = _kv.list_keys(prefix)
+        except _Err as exc:
+            _host_error(exc)
+        return result
+
+    def events_emit(self, topic: str, payload: bytes) -> None:
+        """``events.emit``."""
+        try:
+            _events.emit(topic, payload)
+        except _Err as exc:
+            _host_error(exc)
+
+    def clock_now(self) -> int:
+        """``clock.now``."""
+        result: int = _clock.now()
+        return result
+
+    def clock_monotonic(self) -> int:
+        """``clock.monotonic``."""
+        result: int = _clock.monotonic()
+        return result
+
+    def random_bytes(self, n: int) -> bytes:
+        """``random.bytes``."""
+        try:
+            result: bytes = _random.bytes(n)
+        except _Err as exc:
+            _host_error(exc)
+        return result
+
+    def http_fetch(
+        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """``http.fetch``."""
+        try:
+            resp = _http.fetch(_http.Request(method, url, headers, body))
+        except _Err as exc:
+            _host_error(exc)
+        return int(resp.status), list(resp.headers), bytes(resp.body)
+
+
+_HOST: Final = ComponentHost()
+
+
+def _abi_error(error: Error) -> Any:
+    """The bindings ``Err`` that returns ``error`` to the host as the ABI ``error`` value."""
+    return _Err(_CASE_OF.get(error.kind, _wit.Error_Failure)(error.message))
+
+
+def on_init(config: str) -> None:
+    """The world's ``on-init`` export."""
+    # Installed on the first call, not at import: import time is build time (pre-init), when
+    # no host exists, and plugin code calling a service then must get the clear NoHostError.
+    _host.install(_HOST)
+    try:
+        default_registry().run_init(config)
+    except Error as exc:
+        raise _abi_error(exc) from None
+
+
+def on_hook(hook: str, payload: bytes) -> bytes:
+    """The world's ``on-hook`` export."""
+    _host.install(_HOST)
+    try:
+        return default_registry().dispatch(hook, payload)
+    except Error as exc:
+        raise _abi_error(exc) from None
