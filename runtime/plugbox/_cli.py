@@ -1,20 +1,31 @@
-"""The ``plugbox`` command line: ``plugbox inspect`` and ``plugbox call``.
+"""The ``plugbox`` command line.
+
+Subcommands: ``inspect`` and ``call`` (look at and run a plugin); ``keygen``, ``sign``,
+``verify`` (the trust chain, see docs/trust.md); ``pack`` and ``unpack`` (``.plugbox``
+packages, see docs/packages.md). Each subcommand is one ``_add_<name>`` function that declares
+its arguments and points at its ``_cmd_<name>``; :data:`_COMMANDS` lists them, so adding a
+subcommand is adding one function to that tuple.
 
 Exit codes: 0 success; 1 the plugin was refused or failed (any :class:`~plugbox.PlugboxError`
-other than a usage or manifest error); 2 invalid input or usage (bad arguments, a missing path,
-a manifest that is not valid JSON or fails the schema).
+other than a usage or manifest error; for ``verify``: invalid, tampered, untrusted or revoked);
+2 invalid input or usage (bad arguments, a missing path or key, a manifest that is not valid
+JSON or fails the schema, except under ``verify`` where an invalid manifest is a refusal).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import sys
+import tempfile
+import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -28,15 +39,44 @@ from ._errors import (
     HashMismatchError,
     IncompatibleAbiError,
     IncompatibleHostError,
+    KeyFileError,
     ManifestError,
     ModuleInterfaceError,
+    PackageError,
     PlugboxError,
     PolicyViolationError,
+    SignatureError,
     UsageError,
+    VerificationError,
 )
-from ._manifest import Manifest, check_compatibility, load_manifest, verify_module
+from ._manifest import (
+    MANIFEST_FILENAME,
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    check_compatibility,
+    load_manifest,
+    verify_module,
+)
+from ._package import extract_package, is_package, read_package, write_package
 from ._policy import DEFAULT_MAX_LIMITS, Policy
-from ._wasmparse import ModuleInfo, check_module_interface, imported_services, inspect_module
+from ._signing import SecretKey, Signature, sign_bytes, write_keypair
+from ._trust import (
+    PRIMARY_SIGNATURE,
+    SIGNATURES_DIR,
+    SignatureCheck,
+    TrustMode,
+    TrustPolicy,
+    TrustReport,
+    inspect_signatures,
+)
+from ._wasmparse import (
+    CapabilityReport,
+    ModuleInfo,
+    capability_report,
+    check_module_interface,
+    imported_services,
+    inspect_module,
+)
 
 __all__ = ["main"]
 
@@ -90,6 +130,11 @@ def _error_json(exc: PlugboxError) -> dict[str, Any]:
     if isinstance(exc, GuestError):
         doc["kind"] = exc.kind
         doc["detail"] = exc.detail
+    # Trust-chain errors carry what they are about (key id, archive member, import).
+    for attr in ("key_id", "key_ids", "entry", "import_name", "path"):
+        value = getattr(exc, attr, None)
+        if value is not None:
+            doc[attr] = list(value) if isinstance(value, tuple) else value
     return doc
 
 
@@ -127,10 +172,87 @@ def _check(ok: bool | None, detail: str, error: PlugboxError | None = None) -> d
     return {"ok": ok, "detail": detail, "error": None if error is None else _error_json(error)}
 
 
-def _inspect_report(manifest: Manifest, policy: Policy) -> dict[str, Any]:
+def _signatures_report(manifest: Manifest, trust: TrustPolicy | None) -> dict[str, Any]:
+    """Who signed the plugin. Without a trust policy the signatures are only parsed, and their
+    trusted comments are unverified; with one they are verified and judged."""
+    if trust is None:
+        checks = inspect_signatures(manifest.directory)
+        malformed = [c for c in checks if c.status == "malformed"]
+        return {
+            "verified": False,
+            "ok": None,
+            "detail": (
+                f"{len(checks)} signature(s) found, not verified (give --trusted-keys to verify)"
+                if checks else "unsigned: no plugbox.json.minisig or signatures/*.minisig"
+            ) + (f"; {len(malformed)} malformed" if malformed else ""),
+            "error": None,
+            "signatures": [c.to_json() for c in checks],
+            "signers": [],
+        }
+    report = trust.evaluate(manifest.directory, _manifest_bytes(manifest), plugin=manifest.name)
+    return {
+        "verified": True,
+        "ok": report.ok,
+        "detail": _trust_detail(report),
+        "error": None if report.error is None else _error_json(report.error),
+        "signatures": [c.to_json() for c in report.checks],
+        "signers": [s.to_json() for s in report.signers],
+    }
+
+
+def _trust_detail(report: TrustReport) -> str:
+    names = ", ".join(f"{s.key_name} ({s.key_id})" for s in report.signers) or "no trusted key"
+    return (f"signed by {names}; {len(report.signers)} of {report.threshold} required "
+            f"trusted signature(s)")
+
+
+def _capabilities_report(info: ModuleInfo | None, manifest: Manifest) -> dict[str, Any]:
+    if info is None:
+        return {"ok": None, "detail": "not checked (the module could not be read)",
+                "imported": [], "requested": sorted(manifest.permissions.services()),
+                "unrequested": [], "unused": []}
+    caps = capability_report(info, manifest)
+    return _capabilities_json(caps)
+
+
+def _capabilities_json(caps: CapabilityReport) -> dict[str, Any]:
+    if caps.unrequested:
+        services = sorted({service for _, service in caps.unrequested})
+        detail = (f"imports {', '.join(services)} without requesting the permission: "
+                  f"Runtime.load refuses it (CapabilityError)")
+    else:
+        detail = "every import is covered by a requested permission"
+    if caps.unused:
+        detail += f"; requested but never imported: {', '.join(sorted(caps.unused))}"
+    return {
+        "ok": caps.ok,
+        "detail": detail,
+        "imported": sorted(caps.imported),
+        "requested": sorted(caps.requested),
+        "unrequested": [{"import": name, "permission": service}
+                        for name, service in caps.unrequested],
+        "unused": sorted(caps.unused),
+    }
+
+
+def _manifest_bytes(manifest: Manifest) -> bytes:
+    try:
+        with manifest.path.open("rb") as stream:
+            return stream.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise ManifestError(f"{manifest.path}: cannot read the manifest: "
+                            f"{exc.strerror or exc}") from exc
+
+
+def _inspect_report(manifest: Manifest, policy: Policy,
+                    trust: TrustPolicy | None = None) -> dict[str, Any]:
     """Every pre-compilation check on the plugin, as a JSON-ready dict. Raises ManifestError
-    for problems that make the input itself invalid (missing module, bad host specifier)."""
+    for problems that make the input itself invalid (missing module, bad host specifier).
+
+    Signatures count towards ``ok`` only when ``trust`` is given; capabilities are reported
+    (with the refusal ``Runtime.load`` would make) but do not decide ``ok``."""
     checks: dict[str, dict[str, Any]] = {}
+    signatures = _signatures_report(manifest, trust)
     try:
         data = verify_module(manifest)
         checks["sha256"] = _check(True, f"matches {manifest.module_sha256}")
@@ -192,7 +314,8 @@ def _inspect_report(manifest: Manifest, policy: Policy) -> dict[str, Any]:
     services = sorted(imported_services(info)) if info is not None else []
     requested = manifest.permissions.services()
     return {
-        "ok": all(check["ok"] is not False for check in checks.values()),
+        "ok": all(check["ok"] is not False for check in checks.values())
+        and signatures["ok"] is not False,
         "manifest": str(manifest.path),
         "plugin": {
             "name": manifest.name,
@@ -216,6 +339,8 @@ def _inspect_report(manifest: Manifest, policy: Policy) -> dict[str, Any]:
         # The policy is the host's choice, not a property of the plugin, so it is reported
         # (as it stands for this command line) but does not decide "ok" or the exit code.
         "policy": policy_check,
+        "signatures": signatures,
+        "capabilities": _capabilities_report(info, manifest),
         "imports": [
             {
                 "module": imp.module,
@@ -297,6 +422,7 @@ def _print_inspect(report: dict[str, Any]) -> None:
     )
     console.print(checks)
     console.print()
+    _print_signatures(console, report["signatures"])
 
     perms = Table(title="Permissions", title_justify="left")
     perms.add_column("service")
@@ -325,7 +451,18 @@ def _print_inspect(report: dict[str, Any]) -> None:
             Text(
                 "  note: the module imports "
                 + ", ".join(report["unrequested_services"])
-                + " without requesting the permission; those calls will be denied",
+                + " without requesting the permission; Runtime.load refuses it "
+                "(CapabilityError) unless allow_unrequested_imports=True, and then those calls "
+                "are denied",
+                style="yellow",
+            )
+        )
+    if report["capabilities"]["unused"]:
+        console.print(
+            Text(
+                "  note: requested but never imported: "
+                + ", ".join(report["capabilities"]["unused"])
+                + " (remove them from permissions: least privilege)",
                 style="yellow",
             )
         )
@@ -386,19 +523,69 @@ def _print_inspect(report: dict[str, Any]) -> None:
         console.print(Text("OK: the plugin passes every check", style="bold green"))
     else:
         failed = [_CHECK_LABELS[k] for k, c in report["checks"].items() if c["ok"] is False]
+        if report["signatures"]["ok"] is False:
+            failed.append("signature")
         console.print(
             Text(f"REFUSED: the plugin fails the {', '.join(failed)} check(s)", style="bold red")
         )
+
+
+_SIGNATURE_STYLES: Final = {
+    "valid": "bold green",
+    "duplicate": "green",
+    "unverified": "yellow",
+    "unknown-key": "yellow",
+    "revoked": "bold red",
+    "invalid": "bold red",
+    "malformed": "bold red",
+}
+
+
+def _print_signatures(console: Console, signatures: dict[str, Any]) -> None:
+    """The Signatures table: who signed, with which key id, and the trusted comment."""
+    if not signatures["signatures"]:
+        console.print(Text("Signatures: none (the plugin is unsigned)", style="yellow"))
+        console.print()
+        return
+    table = Table(title="Signatures", title_justify="left")
+    table.add_column("status", no_wrap=True)
+    table.add_column("key id", no_wrap=True)
+    table.add_column("key")
+    table.add_column("alg", no_wrap=True)
+    table.add_column("trusted comment")
+    table.add_column("file")
+    for sig in signatures["signatures"]:
+        comment = sig["trusted_comment"]
+        if comment is not None and sig["status"] == "unverified":
+            comment += " (unverified)"
+        table.add_row(
+            Text(sig["status"], style=_SIGNATURE_STYLES.get(sig["status"], "")),
+            sig["key_id"] or "-",
+            Text(_clean(sig["key_name"] or "-")),
+            sig["algorithm"] or "-",
+            Text(_clean(comment if comment is not None else sig["detail"])),
+            Text(_clean(sig["file"])),
+        )
+    console.print(table)
+    detail = signatures["error"]["message"] if signatures["error"] else signatures["detail"]
+    style = {True: "green", False: "bold red", None: "dim"}[signatures["ok"]]
+    console.print(Text("  " + _clean(detail), style=style))
+    console.print()
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     as_json: bool = args.json
     try:
         policy = Policy(http_hosts=tuple(args.allow_http))
-        manifest = load_manifest(args.path)
-        report = _inspect_report(manifest, policy)
+        trust = _trust_policy(args, default=None)
+        with _staged(args.path) as path:
+            manifest = load_manifest(path)
+            report = _inspect_report(manifest, policy, trust)
+        report["package"] = str(Path(args.path).resolve()) if is_package(args.path) else None
     except (ManifestError, UsageError) as exc:
         return _report_error(exc, as_json=as_json, code=EXIT_USAGE)
+    except PackageError as exc:
+        return _report_error(exc, as_json=as_json, code=EXIT_REFUSED)
     if as_json:
         _print_json(report)
     else:
@@ -518,17 +705,22 @@ def _cmd_call(args: argparse.Namespace) -> int:
             deadline_ms=max(DEFAULT_MAX_LIMITS.deadline_ms, args.deadline_ms or 0),
         )
         policy = Policy(max_limits=max_limits, http_hosts=tuple(args.allow_http))
+        trust = _trust_policy(args, default=None)
         # Read the manifest first: bad input fails fast, and errors can name the plugin.
-        manifest = load_manifest(args.path)
+        with _staged(args.path) as path:
+            manifest = load_manifest(path)
     except (ManifestError, UsageError) as exc:
         return _report_error(exc, as_json=as_json, code=EXIT_USAGE, hook=hook)
+    except PackageError as exc:
+        return _report_error(exc, as_json=as_json, code=EXIT_REFUSED, hook=hook)
 
     from ._runtime import Runtime
 
     plugin_name = manifest.name
     try:
-        with Runtime(state_dir=args.state_dir, policy=policy) as runtime:
-            plugin = runtime.load(args.path, config=config)
+        with Runtime(state_dir=args.state_dir, policy=policy, trust=trust) as runtime:
+            plugin = runtime.load(args.path, config=config,
+                                  allow_unrequested_imports=args.allow_unrequested_imports)
             result = plugin.call(hook, payload, fuel=args.fuel, deadline_ms=args.deadline_ms)
     except (ManifestError, UsageError) as exc:
         return _report_error(exc, as_json=as_json, code=EXIT_USAGE, plugin=plugin_name, hook=hook)
@@ -547,7 +739,384 @@ def _cmd_call(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Argument parsing
+# Trust options shared by inspect, call and verify
+
+
+@contextlib.contextmanager
+def _staged(path: str) -> Iterator[Path]:
+    """``path`` as a plugin directory or manifest: a ``.plugbox`` package is checked and
+    unpacked into a private temporary directory for the duration."""
+    from ._package import staged_plugin
+
+    with staged_plugin(path) as staged:
+        yield staged
+
+
+def _trust_policy(args: argparse.Namespace, *, default: TrustMode | None) -> TrustPolicy | None:
+    """The trust policy the options describe; ``None`` when they describe none (no keys, no
+    --trust-mode) and ``default`` is ``None``. With keys the mode defaults to ``require``."""
+    keys: list[str] = list(getattr(args, "trusted_keys", None) or [])
+    mode: TrustMode | None = getattr(args, "trust_mode", None)
+    if not keys and mode is None and default is None:
+        return None
+    chosen: TrustMode = mode or ("require" if keys else default or "require")
+    return TrustPolicy(
+        keys,
+        mode=chosen,
+        threshold=getattr(args, "threshold", 1),
+        revoked=frozenset(getattr(args, "revoked", None) or ()),
+    )
+
+
+def _add_trust_options(parser: argparse.ArgumentParser, *, required: bool,
+                       with_mode: bool = False) -> None:
+    parser.add_argument(
+        "--trusted-keys", metavar="DIR", action="append", required=required, default=[],
+        help="directory of trusted minisign public keys (*.pub), or one key file; repeatable",
+    )
+    parser.add_argument(
+        "--threshold", metavar="N", type=_positive_int, default=1,
+        help="distinct trusted keys that must have signed (default 1)",
+    )
+    parser.add_argument(
+        "--revoked", metavar="KEYID", nargs="+", action="extend", default=[],
+        help="key ids (16 hex digits, as minisign prints them) whose signatures never count",
+    )
+    if with_mode:
+        parser.add_argument(
+            "--trust-mode", choices=("require", "warn", "off"), default=None,
+            help="require (default with --trusted-keys), warn, or off (development only); "
+            "without --trusted-keys and --trust-mode, signatures are not checked",
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# plugbox verify
+
+
+def _verify_check(ok: bool | None, detail: str, error: PlugboxError | None = None,
+                  **extra: Any) -> dict[str, Any]:
+    return {**_check(ok, detail, error), **extra}
+
+
+def _verify_report(path: Path, trust: TrustPolicy, package: bool) -> dict[str, Any]:
+    """Every check ``plugbox verify`` makes, in the order ``Runtime.load`` makes them; nothing
+    is compiled. Raises UsageError for input that cannot be read at all."""
+    checks: dict[str, dict[str, Any]] = {}
+    doc: dict[str, Any] = {"ok": False, "path": str(path), "package": package, "plugin": None,
+                           "checks": checks}
+
+    def skip(*names: str) -> None:
+        for name in names:
+            checks.setdefault(name, _verify_check(None, "not checked (an earlier check failed)"))
+
+    def finish() -> dict[str, Any]:
+        skip("schema", "signatures", "compat", "hash", "interface", "capabilities", "policy")
+        doc["ok"] = all(c["ok"] is True or (c["ok"] is None and name == "package")
+                        for name, c in checks.items())
+        return doc
+
+    try:
+        manifest = load_manifest(path)
+    except ManifestError as exc:
+        checks["schema"] = _verify_check(False, "plugbox.json is invalid", exc)
+        return finish()
+    doc["plugin"] = {"name": manifest.name, "version": manifest.version,
+                     "manifest": str(manifest.path), "module_sha256": manifest.module_sha256}
+    checks["schema"] = _verify_check(True, "plugbox.json matches the manifest schema")
+
+    # Signatures first, before the module is even read: as Runtime.load does.
+    report = trust.evaluate(manifest.directory, _manifest_bytes(manifest), plugin=manifest.name)
+    tampered = isinstance(report.error, SignatureError)
+    checks["signatures"] = _verify_check(
+        not tampered,
+        "every signature by a trusted key verifies" if not tampered
+        else "a signature does not verify or cannot be read (tampering)",
+        report.error if tampered else None,
+        signatures=[c.to_json() for c in report.checks],
+    )
+    checks["policy"] = _verify_check(
+        report.ok, _trust_detail(report), report.error,
+        mode=trust.mode, threshold=trust.threshold, revoked=sorted(trust.revoked),
+        trusted_keys=[{"key_id": k.key_id_hex, "name": k.name,
+                       "file": None if k.path is None else str(k.path)} for k in trust.keys],
+        signers=[s.to_json() for s in report.signers],
+    )
+
+    try:
+        check_compatibility(manifest, runtime_version=_version(),
+                            abi_version=_abispec.ABI_VERSION)
+        checks["compat"] = _verify_check(
+            True, f"ABI {manifest.abi} and host {manifest.host or 'any'} fit plugbox "
+            f"{_version()} (ABI {_abispec.ABI_VERSION})")
+    except (IncompatibleAbiError, IncompatibleHostError, ManifestError) as exc:
+        checks["compat"] = _verify_check(False, "this runtime cannot run the plugin", exc)
+
+    try:
+        wasm = verify_module(manifest)
+        checks["hash"] = _verify_check(True, f"the module matches sha256 {manifest.module_sha256}")
+    except (HashMismatchError, ManifestError) as exc:
+        checks["hash"] = _verify_check(False, "the module does not match the manifest", exc)
+        return finish()
+
+    try:
+        info = inspect_module(wasm)
+        check_module_interface(info, manifest)
+        what = "core module" if info.kind == "core" else "component"
+        checks["interface"] = _verify_check(
+            True, f"a {what} fitting the plugbox ABI {_abispec.ABI_VERSION}")
+    except (ModuleInterfaceError, IncompatibleAbiError) as exc:
+        checks["interface"] = _verify_check(False, "the module does not fit the plugbox ABI", exc)
+        return finish()
+
+    caps = _capabilities_json(capability_report(info, manifest))
+    first = caps["unrequested"][0] if caps["unrequested"] else None
+    error = None
+    if first is not None:
+        from ._errors import CapabilityError
+
+        error = CapabilityError(
+            f"plugin {manifest.name!r}: module imports {first['import']} but plugbox.json does "
+            f"not request the \"{first['permission']}\" permission",
+            plugin=manifest.name, permission=first["permission"], import_name=first["import"])
+    checks["capabilities"] = _verify_check(
+        caps["ok"], caps["detail"], error,
+        **{k: caps[k] for k in ("imported", "requested", "unrequested", "unused")})
+    return finish()
+
+
+_VERIFY_LABELS: Final = {
+    "package": "package",
+    "schema": "schema",
+    "signatures": "signatures",
+    "compat": "compat",
+    "hash": "hash",
+    "interface": "interface",
+    "capabilities": "capabilities",
+    "policy": "trust policy",
+}
+
+
+def _print_verify(doc: dict[str, Any]) -> None:
+    console = Console(file=sys.stdout, highlight=False)
+    plugin = doc["plugin"]
+    title = Text(_clean(plugin["name"] + " " + plugin["version"]) if plugin else
+                 _clean(doc["path"]), style="bold")
+    console.print(title)
+    table = Table(show_header=False, box=None)
+    table.add_column(no_wrap=True)
+    table.add_column(no_wrap=True)
+    table.add_column()
+    for key, label in _VERIFY_LABELS.items():
+        check = doc["checks"].get(key)
+        if check is None:
+            continue
+        detail = check["error"]["message"] if check["error"] else check["detail"]
+        table.add_row(_status(check["ok"]), label, Text(_clean(detail)))
+    console.print(table)
+    sigs = doc["checks"].get("signatures", {}).get("signatures")
+    if sigs:
+        console.print()
+        _print_signatures(console, {**doc["checks"]["signatures"], "signatures": sigs,
+                                    "ok": doc["checks"]["policy"]["ok"],
+                                    "detail": doc["checks"]["policy"]["detail"],
+                                    "error": doc["checks"]["policy"]["error"]})
+    for name in doc["checks"].get("capabilities", {}).get("unused", []):
+        console.print(Text(f"  warning: the {name!r} permission is requested but never "
+                           f"imported", style="yellow"))
+    if doc["ok"]:
+        signers = doc["checks"]["policy"]["signers"]
+        who = ", ".join(f"{_clean(s['key_name'])} ({s['key_id']})" for s in signers)
+        console.print(Text(f"VERIFIED: signed by {who}", style="bold green"))
+    else:
+        failed = [_VERIFY_LABELS[k] for k, c in doc["checks"].items() if c["ok"] is False]
+        console.print(Text(f"REFUSED: fails the {', '.join(failed)} check(s)",
+                           style="bold red"))
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    as_json: bool = args.json
+    given = Path(args.path)
+    if not given.exists():
+        return _usage_error(f"{given}: no such file or directory; expected a plugin directory, "
+                            f"its {MANIFEST_FILENAME} or a .plugbox package", as_json=as_json)
+    if given.is_dir() and not (given / MANIFEST_FILENAME).is_file():
+        return _usage_error(f"{given}: no {MANIFEST_FILENAME} in this directory",
+                            as_json=as_json)
+    try:
+        trust = _trust_policy(args, default="require")
+        assert trust is not None
+    except UsageError as exc:
+        return _report_error(exc, as_json=as_json, code=EXIT_USAGE)
+    package = is_package(given)
+    try:
+        with contextlib.ExitStack() as stack:
+            path = given
+            doc: dict[str, Any]
+            package_check: dict[str, Any] | None = None
+            if package:
+                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                    prefix="plugbox-verify-")))
+                try:
+                    path = extract_package(given, tmp / "plugin")
+                    package_check = _verify_check(True, "a well-formed .plugbox package")
+                except PackageError as exc:
+                    package_check = _verify_check(False, "unsafe or malformed package", exc)
+            if package_check is not None and not package_check["ok"]:
+                doc = {"ok": False, "path": str(given), "package": True, "plugin": None,
+                       "checks": {"package": package_check}}
+            else:
+                doc = _verify_report(path, trust, package)
+                if package_check is not None:
+                    doc["checks"] = {"package": package_check, **doc["checks"]}
+                    if doc["plugin"] is not None:  # not the temporary unpacked copy
+                        doc["plugin"]["manifest"] = f"{given}#{MANIFEST_FILENAME}"
+                doc["path"] = str(given)
+    except (UsageError, ManifestError) as exc:
+        return _report_error(exc, as_json=as_json, code=EXIT_USAGE)
+    if as_json:
+        _print_json(doc)
+    else:
+        _print_verify(doc)
+    return EXIT_OK if doc["ok"] else EXIT_REFUSED
+
+
+# --------------------------------------------------------------------------------------------
+# plugbox keygen / sign
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    try:
+        key_path, pub_path, key = write_keypair(args.output_dir, comment=args.comment,
+                                                force=args.force)
+    except UsageError as exc:
+        return _report_error(exc, as_json=False, code=EXIT_USAGE)
+    sys.stdout.write(
+        f"key id      {key.key_id_hex}\n"
+        f"secret key  {key_path} (unencrypted, mode 0600: keep it secret, e.g. in a CI secret)\n"
+        f"public key  {pub_path} (copy it into the trusted-keys directory of the hosts)\n"
+    )
+    return EXIT_OK
+
+
+def _read_secret_key(source: str) -> SecretKey:
+    if source == "-":
+        return SecretKey.parse(sys.stdin.buffer.read(8192))
+    return SecretKey.from_file(source)
+
+
+def _signature_destination(directory: Path, key_id: str, signer_file: bool) -> Path:
+    """Where a new signature goes: ``plugbox.json.minisig`` for the first signer (or the same
+    key re-signing), ``signatures/<keyid>.minisig`` for further signers."""
+    primary = directory / PRIMARY_SIGNATURE
+    extra = directory / SIGNATURES_DIR / f"{key_id}.minisig"
+    if signer_file:
+        return extra
+    if not primary.exists():
+        return primary
+    try:
+        if Signature.from_file(primary).key_id_hex == key_id:
+            return primary
+    except SignatureError:
+        pass  # an unreadable first signature is left for the user to look at
+    return extra
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    given = Path(args.path)
+    if is_package(given):
+        return _usage_error(f"{given} is a package; sign the plugin directory, then pack it",
+                            as_json=False)
+    try:
+        key = _read_secret_key(args.key)
+        manifest = load_manifest(given)
+    except (ManifestError, UsageError) as exc:
+        return _report_error(exc, as_json=False, code=EXIT_USAGE)
+    try:
+        # A signature vouches for the module through its pinned sha256: never sign a manifest
+        # that does not match the module next to it.
+        verify_module(manifest)
+    except HashMismatchError as exc:
+        return _report_error(exc, as_json=False, code=EXIT_REFUSED)
+    except ManifestError as exc:
+        return _report_error(exc, as_json=False, code=EXIT_USAGE)
+    try:
+        data = _manifest_bytes(manifest)
+        comment = args.trusted_comment
+        if comment is None:
+            comment = (f"timestamp:{int(time.time())}\tfile:{MANIFEST_FILENAME}\t"
+                       f"plugin:{manifest.name} {manifest.version}")
+        signature = sign_bytes(data, key, trusted_comment=comment)
+        dest = _signature_destination(manifest.directory, key.key_id_hex, args.signer_file)
+        _write_atomically(dest, signature.to_text())
+    except (UsageError, ManifestError) as exc:
+        return _report_error(exc, as_json=False, code=EXIT_USAGE)
+    except OSError as exc:
+        return _usage_error(f"cannot write the signature: {exc.strerror or exc}", as_json=False)
+    sys.stdout.write(
+        f"signed {manifest.name} {manifest.version} ({MANIFEST_FILENAME}, module sha256 "
+        f"{manifest.module_sha256}) with key {key.key_id_hex}\n"
+        f"signature  {dest}\n"
+    )
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# plugbox pack / unpack
+
+
+def _cmd_pack(args: argparse.Namespace) -> int:
+    directory = Path(args.directory)
+    try:
+        manifest = load_manifest(directory)
+        if manifest.directory != directory.resolve():
+            raise UsageError(f"{directory}: pack takes the plugin directory")
+    except (ManifestError, UsageError) as exc:
+        return _report_error(exc, as_json=False, code=EXIT_USAGE)
+    try:
+        verify_module(manifest)
+        members = write_package(directory, args.output, force=args.force)
+    except (ManifestError, UsageError) as exc:
+        return _report_error(exc, as_json=False, code=EXIT_USAGE)
+    except PlugboxError as exc:
+        return _report_error(exc, as_json=False, code=EXIT_REFUSED)
+    sys.stdout.write(f"packed {manifest.name} {manifest.version} into {args.output}\n")
+    for name in members:
+        sys.stdout.write(f"  {name}\n")
+    if not any(n == PRIMARY_SIGNATURE or n.startswith(SIGNATURES_DIR + "/") for n in members):
+        sys.stderr.write("plugbox: note: the package is unsigned; hosts that require "
+                         "signatures will refuse it (plugbox sign DIR --key KEY, then pack)\n")
+    return EXIT_OK
+
+
+def _cmd_unpack(args: argparse.Namespace) -> int:
+    try:
+        target = extract_package(args.package, args.output)
+    except UsageError as exc:
+        return _report_error(exc, as_json=False, code=EXIT_USAGE)
+    except PackageError as exc:
+        return _report_error(exc, as_json=False, code=EXIT_REFUSED)
+    for name in sorted(read_package(args.package)):
+        sys.stdout.write(f"{target / name}\n")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# Argument parsing: one _add_<command> function per subcommand
 
 
 def _positive_int(text: str) -> int:
@@ -560,47 +1129,47 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="plugbox",
-        description="Inspect and call plugbox WebAssembly plugins.",
-        epilog="Exit status: 0 ok; 1 the plugin was refused or failed; 2 invalid input or usage.",
-    )
-    parser.add_argument("--version", action="version", version=f"plugbox {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+_ALLOW_HTTP_HELP: Final = (
+    "allow plugins to request HTTP to hosts matching PATTERN (host or host:port, "
+    "fnmatch wildcards); repeatable"
+)
+_PATH_HELP: Final = "plugin directory, its plugbox.json, or a .plugbox package"
 
-    allow_http_help = (
-        "allow plugins to request HTTP to hosts matching PATTERN (host or host:port, "
-        "fnmatch wildcards); repeatable"
-    )
-
+def _add_inspect(sub: Any) -> None:
     inspect = sub.add_parser(
         "inspect",
         help="show what a plugin is and asks for, and whether it passes the checks",
         description=(
-            "Show a plugin's manifest, sha256 check, ABI and host compatibility, imports, "
-            "exports, permissions and limits, and check its module against the plugbox ABI. "
-            "The module is parsed, never compiled or run. Exit 0 when every check passes, 1 "
-            "when the plugin would be refused, 2 when the input is invalid."
+            "Show a plugin's manifest, sha256 check, ABI and host compatibility, signatures, "
+            "imports, exports, permissions and limits, and check its module against the plugbox "
+            "ABI. The module is parsed, never compiled or run. Signatures are verified when "
+            "--trusted-keys is given (and then count towards the result); otherwise they are "
+            "listed unverified. Exit 0 when every check passes, 1 when the plugin would be "
+            "refused, 2 when the input is invalid."
         ),
     )
-    inspect.add_argument("path", metavar="PATH", help="plugin directory or its plugbox.json")
+    inspect.add_argument("path", metavar="PATH", help=_PATH_HELP)
     inspect.add_argument("--json", action="store_true", help="print a machine-readable report")
     inspect.add_argument(
-        "--allow-http", metavar="PATTERN", action="append", default=[], help=allow_http_help
+        "--allow-http", metavar="PATTERN", action="append", default=[], help=_ALLOW_HTTP_HELP
     )
+    _add_trust_options(inspect, required=False)
     inspect.set_defaults(func=_cmd_inspect)
 
+
+def _add_call(sub: Any) -> None:
     call = sub.add_parser(
         "call",
         help="load a plugin and call one of its hooks",
         description=(
             "Load a plugin (after every check) and call HOOK with a payload from --json, "
             "--file or --text (empty if none). Prints the result; with --json, a "
-            "machine-readable JSON document. Put --json after HOOK."
+            "machine-readable JSON document. Put --json after HOOK. Signatures are checked "
+            "when --trusted-keys is given (mode require unless --trust-mode says otherwise); "
+            "without it this development command does not check them."
         ),
     )
-    call.add_argument("path", metavar="PATH", help="plugin directory or its plugbox.json")
+    call.add_argument("path", metavar="PATH", help=_PATH_HELP)
     call.add_argument("hook", metavar="HOOK", help="the hook to call, e.g. text.stats")
     call.add_argument(
         "--json",
@@ -628,9 +1197,127 @@ def _build_parser() -> argparse.ArgumentParser:
         "(default: $PLUGBOX_HOME, else $XDG_STATE_HOME/plugbox)",
     )
     call.add_argument(
-        "--allow-http", metavar="PATTERN", action="append", default=[], help=allow_http_help
+        "--allow-http", metavar="PATTERN", action="append", default=[], help=_ALLOW_HTTP_HELP
     )
+    call.add_argument(
+        "--allow-unrequested-imports", action="store_true",
+        help="diagnostics only: load a module that imports services its manifest does not "
+        "request (those calls are then denied)",
+    )
+    _add_trust_options(call, required=False, with_mode=True)
     call.set_defaults(func=_cmd_call)
+
+
+def _add_verify(sub: Any) -> None:
+    verify = sub.add_parser(
+        "verify",
+        help="check a plugin's integrity and signatures against trusted keys",
+        description=(
+            "Check a plugin directory, manifest or .plugbox package as Runtime.load would, "
+            "without compiling it: package safety, manifest schema, signatures by trusted keys "
+            "(threshold, revocations), compatibility, module sha256, ABI interface and "
+            "capabilities. Exit 0 when valid and trusted; 1 when invalid, tampered, untrusted "
+            "or revoked; 2 when the input or the keys cannot be read."
+        ),
+    )
+    verify.add_argument("path", metavar="PATH", help=_PATH_HELP)
+    verify.add_argument("--json", action="store_true",
+                        help="print each check and its outcome as JSON")
+    _add_trust_options(verify, required=True)
+    verify.set_defaults(func=_cmd_verify)
+
+
+def _add_keygen(sub: Any) -> None:
+    keygen = sub.add_parser(
+        "keygen",
+        help="make a signing key pair (minisign format)",
+        description=(
+            "Write plugbox.key (an unencrypted minisign secret key, mode 0600, usable with "
+            "minisign -S -s too) and plugbox.pub (the public key for hosts' trusted keys)."
+        ),
+    )
+    keygen.add_argument("--output-dir", metavar="DIR", default=".",
+                        help="where to write the key pair (default: the current directory)")
+    keygen.add_argument("--comment", metavar="C", default=None,
+                        help="label for the keys' untrusted comments")
+    keygen.add_argument("--force", action="store_true", help="overwrite an existing key pair")
+    keygen.set_defaults(func=_cmd_keygen)
+
+
+def _add_sign(sub: Any) -> None:
+    sign = sub.add_parser(
+        "sign",
+        help="sign a plugin's plugbox.json with a minisign secret key",
+        description=(
+            "Sign the exact bytes of the plugin's plugbox.json (which pins the module's sha256) "
+            "after checking that the module matches it. The first signature goes to "
+            "plugbox.json.minisig, further signers' to signatures/<keyid>.minisig."
+        ),
+    )
+    sign.add_argument("path", metavar="PATH", help="plugin directory or its plugbox.json")
+    sign.add_argument("--key", metavar="SECRET", required=True,
+                      help="unencrypted minisign secret key file (- to read it from stdin)")
+    sign.add_argument("--trusted-comment", metavar="T", default=None,
+                      help="trusted comment (default: timestamp, file and plugin name/version)")
+    sign.add_argument("--signer-file", action="store_true",
+                      help="write signatures/<keyid>.minisig even if there is no first signature")
+    sign.set_defaults(func=_cmd_sign)
+
+
+def _add_pack(sub: Any) -> None:
+    pack = sub.add_parser(
+        "pack",
+        help="pack a plugin directory into a .plugbox file",
+        description=(
+            "Write a reproducible .plugbox package (a zip archive) holding plugbox.json, the "
+            "module, the signatures, README and LICENSE. The module must match the manifest."
+        ),
+    )
+    pack.add_argument("directory", metavar="DIR", help="the plugin directory")
+    pack.add_argument("-o", "--output", metavar="FILE", required=True,
+                      help="the package to write (FILE.plugbox)")
+    pack.add_argument("--force", action="store_true", help="overwrite an existing FILE")
+    pack.set_defaults(func=_cmd_pack)
+
+
+def _add_unpack(sub: Any) -> None:
+    unpack = sub.add_parser(
+        "unpack",
+        help="unpack a .plugbox file into a directory",
+        description=(
+            "Check a .plugbox package completely (unsafe names, links, duplicates, size and "
+            "compression caps) and only then write it into DIR, which must be new or empty. "
+            "Signatures are not checked here: use plugbox verify."
+        ),
+    )
+    unpack.add_argument("package", metavar="FILE", help="the .plugbox package")
+    unpack.add_argument("-o", "--output", metavar="DIR", required=True,
+                        help="the directory to create (or an empty one)")
+    unpack.set_defaults(func=_cmd_unpack)
+
+
+#: The subcommands, in the order ``plugbox --help`` lists them.
+_COMMANDS: Final[tuple[Callable[[Any], None], ...]] = (
+    _add_inspect,
+    _add_call,
+    _add_verify,
+    _add_sign,
+    _add_keygen,
+    _add_pack,
+    _add_unpack,
+)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="plugbox",
+        description="Inspect, call, sign, verify and package plugbox WebAssembly plugins.",
+        epilog="Exit status: 0 ok; 1 the plugin was refused or failed; 2 invalid input or usage.",
+    )
+    parser.add_argument("--version", action="version", version=f"plugbox {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in _COMMANDS:
+        add(sub)
     return parser
 
 
