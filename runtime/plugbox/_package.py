@@ -284,6 +284,8 @@ def _read_members(zf: zipfile.ZipFile, data: bytes, limits: PackageLimits) -> di
     seen: dict[str, str] = {}
     for info in infos:
         name = info.filename
+        # zipfile cuts a name at its first NUL; the original shows what the archive says.
+        _check_name(info.orig_filename)
         _check_name(name)
         folded = _fold(name.rstrip("/"))
         if folded in seen:
