@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -1321,9 +1322,29 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.Handler):
+    """Shows plugbox's warnings (trust mode warn/off, unused permissions, denied calls) on the
+    stderr of the moment, prefixed like the CLI's own messages."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = _clean(record.getMessage())
+            sys.stderr.write(f"plugbox: {record.levelname.lower()}: {text}\n")
+        except Exception:  # logging must never take the command down
+            self.handleError(record)
+
+
+def _show_warnings() -> None:
+    logger = logging.getLogger("plugbox")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler(logging.WARNING)
+        logger.addHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``plugbox`` command line with ``argv`` (default ``sys.argv[1:]``); returns the
     exit status."""
+    _show_warnings()
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
