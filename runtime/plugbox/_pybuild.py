@@ -107,23 +107,29 @@ _CHECK_SCRIPT: Final = r"""
 import importlib, json, os, sys, traceback
 plugin_dir, sdk_parent, app = sys.argv[1:4]
 sys.path[:0] = [plugin_dir, sdk_parent]
-def located(exc):
-    if isinstance(exc, SyntaxError) and exc.filename:
-        return exc.filename, exc.lineno, exc.msg
+def inside(name):
+    return not name.startswith("<") and os.path.abspath(name).startswith(plugin_dir + os.sep)
+def explain(exc):
+    only = "".join(traceback.format_exception_only(exc))
+    if isinstance(exc, SyntaxError):
+        return exc.filename, exc.lineno, exc.msg, only
     frames = traceback.extract_tb(exc.__traceback__)
-    inside = [f for f in frames if os.path.abspath(f.filename).startswith(plugin_dir + os.sep)]
-    if inside:
-        return inside[-1].filename, inside[-1].lineno, None
-    return None, None, None
+    mine = [i for i, f in enumerate(frames) if inside(f.filename)]
+    if not mine:
+        return None, None, None, "".join(traceback.format_exception(exc))
+    # From the plugin's first frame on: the importlib frames above it are noise.
+    shown = "Traceback (most recent call last):\n" + "".join(
+        traceback.format_list(frames[mine[0]:])) + only
+    last = frames[mine[-1]]
+    return last.filename, last.lineno, getattr(exc, "message", None), shown
 try:
     from plugbox_sdk import _hooks
     importlib.import_module(app)
 except BaseException as exc:
-    file, line, msg = located(exc)
+    file, line, msg, shown = explain(exc)
     print(json.dumps({"ok": False, "type": type(exc).__name__,
                       "message": msg if msg is not None else str(exc),
-                      "file": file, "line": line,
-                      "traceback": "".join(traceback.format_exception(exc))}))
+                      "file": file, "line": line, "traceback": shown}))
 else:
     registry = _hooks.default_registry()
     print(json.dumps({"ok": True, "hooks": sorted(registry.handlers),
@@ -311,10 +317,7 @@ def _check_import(
         where = f"{file}:{line}" if file and line else str(plugin_dir / "app.py")
         hint = ""
         if report.get("type") == "NoHostError":
-            hint = (
-                " (host services are not available at import time: call them from a hook, or "
-                "from an @init function)"
-            )
+            hint = "; move the call into a hook or an @init function"
         raise UsageError(
             f"{where}: importing the plugin failed: {report.get('type')}: "
             f"{report.get('message')}{hint}\n{report.get('traceback', '').rstrip()}"
@@ -345,14 +348,37 @@ def _write_manifest_sha(source: Path, dest: Path, digest: str) -> None:
         os.replace(tmp, dest)
 
 
+def _componentize_error(output: str, mounts: list[Path]) -> tuple[str | None, str]:
+    """``(file:line, explanation)`` from componentize-py's error output.
+
+    A failure while it pre-initialises the app is reported as a Python traceback wrapped in a
+    Rust error; the traceback names the ``-p`` directories by their mount points ``/0``,
+    ``/1``, ... which are mapped back to the real directories here.
+    """
+    match = re.search(r"AssertionError: (.*?)(?:\n\s*\nCaused by:|\Z)", output, re.S)
+    if match:
+        detail = match.group(1).strip()
+    else:
+        detail = "\n".join(output.strip().splitlines()[-40:])
+    for index, directory in enumerate(mounts):
+        detail = detail.replace(f'"/{index}/', f'"{directory}{os.sep}')
+    plugin = str(mounts[1]) + os.sep
+    frames = re.findall(r'File "([^"]+)", line (\d+)', detail)
+    inside = [(f, n) for f, n in frames if f.startswith(plugin)]
+    return (f"{inside[-1][0]}:{inside[-1][1]}" if inside else None), detail
+
+
 def _run_componentize(
     cmd: list[str], cwd: Path, timeout: float, progress: Progress, started: float
 ) -> subprocess.CompletedProcess[str]:
     """Run componentize-py, reporting progress every few seconds while it works."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         try:
+            # No Rust backtraces: the Python traceback inside the error is what matters.
+            env = dict(os.environ, RUST_BACKTRACE="0")
             proc = subprocess.Popen(
-                cmd, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, text=True
+                cmd, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, text=True,
+                env=env,
             )
         except OSError as exc:
             raise UsageError(f"cannot run {cmd[0]}: {exc}; " + _INSTALL_HINT) from exc
@@ -480,10 +506,18 @@ def build_python_plugin(
               "component (takes several seconds)")
         proc = _run_componentize(cmd, scratch_dir, timeout, report, started)
         if proc.returncode != 0 or not built.is_file():
-            tail = "\n".join((proc.stderr + proc.stdout).strip().splitlines()[-40:])
+            where, detail = _componentize_error(
+                proc.stderr + proc.stdout, [scratch_dir, plugin_dir, sdk_dir]
+            )
+            if "ModuleNotFoundError" in detail:
+                detail += (
+                    "\n(the component's CPython is componentize-py's 3.14 build: the standard "
+                    "library without socket, ssl and the like, plus pure-Python packages on the "
+                    "build's path; a module your CPython has may be missing there)"
+                )
             raise BuildError(
-                f"componentize-py failed to build {plugin_dir} (exit {proc.returncode}):\n"
-                f"  {' '.join(cmd)}\n{tail}",
+                f"{where or plugin_dir}: componentize-py failed (exit {proc.returncode}) while "
+                f"building the component:\n{detail}\n(command: {' '.join(cmd)})",
                 plugin=manifest.name,
             )
         data = built.read_bytes()

@@ -167,7 +167,8 @@ def _call_mapped(what: str, function: Callable[[Any], Any], argument: Any) -> An
     except Exception as exc:
         # The traceback is the author's best clue; the host drops it when `log` is not granted.
         _log_traceback(what, exc)
-        raise FailureError(f"{type(exc).__name__}: {exc}") from exc
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise FailureError(text) from exc
 
 
 def _log_traceback(what: str, exc: Exception) -> None:

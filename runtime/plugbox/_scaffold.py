@@ -1,0 +1,456 @@
+"""``plugbox new``: scaffold a plugin folder that builds and answers ``plugbox call`` as generated.
+
+:func:`new_plugin` writes, for ``lang="python"``: ``app.py`` (hooks ``echo`` and ``greet``),
+``plugbox.json``, ``test_app.py`` (plugbox_sdk.testing; runs natively, or against the build
+with ``PLUGBOX_TEST_BACKEND=component``), ``README.md`` with the exact commands, and a
+``.gitignore`` for the build outputs. For ``lang="rust"``: ``Cargo.toml``, ``src/lib.rs`` (the
+same two hooks, plus a ``cargo test`` unit test of the pure part), ``plugbox.json``,
+``README.md`` and ``.gitignore``.
+
+:func:`build_rust_crate` builds such a single-crate Rust plugin for ``plugbox build``: cargo for
+``wasm32-unknown-unknown`` (toolchain found by :func:`plugbox._build.find_rust_toolchain`), the
+module copied to the manifest's ``module.path`` and its sha256 pinned in the manifest.
+
+How a Rust plugin finds the SDK: ``Cargo.toml`` gets a path dependency on the ``sdk-rust``
+directory named by ``$PLUGBOX_SDK_RUST`` when set, else the ``sdk-rust`` of the checkout this
+plugbox runs from (``<checkout>/runtime/plugbox`` -> ``<checkout>/sdk-rust``), as an absolute
+path. Without either, :func:`new_plugin` raises :class:`~plugbox.UsageError` saying so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final, Literal
+
+from ._build import WASM_TARGET, BuildError, find_rust_toolchain
+from ._errors import UsageError
+from ._manifest import MANIFEST_FILENAME, load_manifest
+from ._pybuild import _write_manifest_sha
+
+__all__ = ["LANGS", "build_rust_crate", "new_plugin", "rust_sdk_dir"]
+
+#: The languages :func:`new_plugin` scaffolds.
+LANGS: Final = ("python", "rust")
+
+_NAME: Final = re.compile(r"[a-z][a-z0-9._-]{0,63}")
+_PLACEHOLDER_SHA: Final = "0" * 64
+
+Progress = Callable[[str], None]
+
+# ------------------------------------------------------------------------------------ templates
+
+_MANIFEST: Final = """\
+{{
+  "manifest_version": 1,
+  "name": "{name}",
+  "version": "0.1.0",
+  "description": "{description}",
+  "abi": "1.0",
+  "host": ">=0.1,<1.0",
+  "module": {{
+    "path": "plugin.wasm",
+    "sha256": "{sha}"
+  }},
+  "hooks": ["echo", "greet"],
+  "permissions": {{
+    "log": true
+  }},
+  "limits": {{
+    "fuel": {fuel},
+    "memory_bytes": {memory},
+    "deadline_ms": {deadline}
+  }}
+}}
+"""
+
+_PY_APP: Final = '''\
+"""{name}: a plugbox plugin in Python.
+
+Hooks: `echo` returns its payload unchanged; `greet` takes {{"name": "Ada"}} and returns
+{{"greeting": "Hello, Ada!"}}. Import every module you need here at the top: the component
+keeps only the modules imported when it is built.
+"""
+
+from plugbox_sdk import InvalidInputError, hook, log
+
+
+@hook("echo")
+def echo(payload: bytes) -> bytes:
+    """Bytes in, the same bytes out."""
+    return payload
+
+
+@hook("greet", json=True)
+def greet(value: object) -> dict:
+    """{{"name": "Ada"}} in, {{"greeting": "Hello, Ada!"}} out."""
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        raise InvalidInputError('expected a JSON object with a string field "name"')
+    name = value["name"].strip()
+    if not name:
+        raise InvalidInputError("name must not be empty")
+    log.info(f"greeting {{name}}")
+    return {{"greeting": f"Hello, {{name}}!"}}
+'''
+
+_PY_TEST: Final = '''\
+"""Tests of {name}: natively by default (fast, no build), or against the built component with
+PLUGBOX_TEST_BACKEND=component (run `plugbox build` first)."""
+
+from pathlib import Path
+
+import pytest
+
+from plugbox_sdk import InvalidInputError, NotFoundError, testing
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def plugin():
+    harness = testing.load(HERE)
+    yield harness
+    harness.close()
+
+
+def test_echo_returns_the_payload(plugin):
+    assert plugin.call("echo", b"\\x00any bytes\\xff") == b"\\x00any bytes\\xff"
+
+
+def test_greet(plugin):
+    assert plugin.call_json("greet", {{"name": "Ada"}}) == {{"greeting": "Hello, Ada!"}}
+    assert plugin.logs[-1].message == "greeting Ada"
+
+
+def test_greet_rejects_an_empty_name(plugin):
+    with pytest.raises(InvalidInputError, match="name must not be empty"):
+        plugin.call_json("greet", {{"name": ""}})
+
+
+def test_unknown_hook_is_not_found(plugin):
+    with pytest.raises(NotFoundError):
+        plugin.call("missing")
+'''
+
+_PY_README: Final = """\
+# {name}
+
+A plugbox plugin in Python: `app.py` registers the hooks with `plugbox_sdk`, `plugbox.json`
+declares them and the permissions they need (`log`).
+
+- `echo`: returns its payload unchanged.
+- `greet`: `{{"name": "Ada"}}` in, `{{"greeting": "Hello, Ada!"}}` out; an empty name is
+  `invalid-input`.
+
+## Test, build, call
+
+Needs plugbox, plugbox-sdk and componentize-py 0.25.1 (`python3 dev.py setup` in the plugbox
+repository installs all three into its `.venv`). From the directory that holds `{name}/`:
+
+```console
+$ python -m pytest -q {name}/test_app.py
+....                                                                     [100%]
+4 passed
+$ plugbox build {name}
+checking app.py: importing it with plugbox_sdk (0.0 s)
+app.py registers: echo, greet (0.1 s)
+componentize-py 0.25.1: compiling {name} with CPython into a component (takes several seconds) (0.1 s)
+...
+$ plugbox call {name} greet --text '{{"name": "Ada"}}'
+{{"greeting":"Hello, Ada!"}}
+$ PLUGBOX_TEST_BACKEND=component python -m pytest -q {name}/test_app.py
+....                                                                     [100%]
+4 passed
+```
+
+`plugbox build` writes the component to `plugin.wasm` (about 18 MB: CPython is inside) and its
+sha256 into `plugbox.json`; it rebuilds only when a source changed. The native tests run
+`app.py` in your CPython against a fake host that enforces `plugbox.json`; the component run
+uses the real sandbox.
+
+Rules of the sandbox: import modules at the top of `app.py` (only modules imported at build
+time exist at run time); call host services (`log`, `kv`, `http`, ...) from hooks or an
+`@init` function, never at import time; there are no files, environment variables or sockets.
+"""
+
+_PY_GITIGNORE: Final = """\
+# Built by `plugbox build`.
+*.wasm
+*.wasm.tmp
+*.pybuild.json
+__pycache__/
+"""
+
+_RS_CARGO: Final = """\
+[package]
+name = "{crate}"
+version = "0.1.0"
+edition = "2021"
+publish = false
+
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+plugbox-sdk = {{ path = "{sdk}" }}
+
+[profile.release]
+opt-level = "s"
+lto = true
+codegen-units = 1
+strip = true
+panic = "abort"
+
+# A workspace of its own, so the crate also builds when created inside another workspace.
+[workspace]
+"""
+
+_RS_LIB: Final = """\
+//! {name}: a plugbox plugin in Rust.
+//!
+//! Hooks: `echo` returns its payload unchanged; `greet` takes `{{"name": "Ada"}}` and returns
+//! `{{"greeting": "Hello, Ada!"}}`.
+
+use plugbox_sdk::json::{{self, Value}};
+use plugbox_sdk::{{hooks, log, Error, Result}};
+
+/// `echo`: bytes in, the same bytes out.
+fn echo(payload: Vec<u8>) -> Result<Vec<u8>> {{
+    Ok(payload)
+}}
+
+/// The greeting for `name`: the pure part of `greet`, unit-tested natively.
+pub fn greeting(name: &str) -> Result<String> {{
+    let name = name.trim();
+    if name.is_empty() {{
+        return Err(Error::invalid_input("name must not be empty"));
+    }}
+    Ok(format!("Hello, {{}}!", name))
+}}
+
+/// `greet`: `{{"name": "Ada"}}` in, `{{"greeting": "Hello, Ada!"}}` out.
+fn greet(input: Value) -> Result<Value> {{
+    let name = input.require_str("name")?.trim().to_string();
+    let text = greeting(&name)?;
+    log::info(&format!("greeting {{}}", name));
+    Ok(Value::object([("greeting", text)]))
+}}
+
+hooks! {{
+    "echo" => echo,
+    "greet" => json::handler(greet),
+}}
+
+#[cfg(test)]
+mod tests {{
+    use super::*;
+
+    #[test]
+    fn greets_by_name() {{
+        assert_eq!(greeting(" Ada ").unwrap(), "Hello, Ada!");
+        assert_eq!(greeting("").unwrap_err().kind(), "invalid-input");
+    }}
+}}
+"""
+
+_RS_README: Final = """\
+# {name}
+
+A plugbox plugin in Rust, built on the plugbox Rust SDK (`plugbox-sdk`, a path dependency on
+`{sdk}`).
+
+- `echo`: returns its payload unchanged.
+- `greet`: `{{"name": "Ada"}}` in, `{{"greeting": "Hello, Ada!"}}` out; an empty name is
+  `invalid-input`.
+
+## Test, build, call
+
+Needs a Rust toolchain that targets `wasm32-unknown-unknown` (`python3 dev.py setup` in the
+plugbox repository finds or installs one). From the directory that holds `{name}/`:
+
+```console
+$ cargo test --offline --manifest-path {name}/Cargo.toml
+...
+test tests::greets_by_name ... ok
+$ plugbox build {name}
+cargo build --offline --release --target wasm32-unknown-unknown (0.0 s)
+...
+$ plugbox call {name} greet --text '{{"name": "Ada"}}'
+{{"greeting":"Hello, Ada!"}}
+$ plugbox call {name} echo --text 'any bytes'
+any bytes
+```
+
+`plugbox build` runs cargo, copies the module to `plugin.wasm` and writes its sha256 into
+`plugbox.json`. By hand: `cargo build --offline --release --target wasm32-unknown-unknown`,
+copy `target/wasm32-unknown-unknown/release/{lib}.wasm` to `plugin.wasm`, and put its
+`sha256sum` into `module.sha256`.
+"""
+
+_RS_GITIGNORE: Final = """\
+/target/
+*.wasm
+"""
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def rust_sdk_dir() -> Path:
+    """The ``sdk-rust`` directory a new Rust plugin depends on (see the module docstring).
+
+    Raises:
+        UsageError: neither ``$PLUGBOX_SDK_RUST`` nor a checkout's ``sdk-rust`` exists.
+    """
+    env = os.environ.get("PLUGBOX_SDK_RUST")
+    if env:
+        path = Path(env).expanduser().resolve()
+        if not (path / "Cargo.toml").is_file():
+            raise UsageError(f"PLUGBOX_SDK_RUST={env}: no Cargo.toml there")
+        return path
+    checkout = Path(__file__).resolve().parent.parent.parent / "sdk-rust"
+    if (checkout / "Cargo.toml").is_file():
+        return checkout
+    raise UsageError(
+        "cannot find the plugbox Rust SDK: set PLUGBOX_SDK_RUST to its directory (sdk-rust in "
+        "the plugbox repository)"
+    )
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise UsageError(
+            f"invalid plugin name {name!r}: 1-64 characters, lowercase letters, digits, '.', "
+            "'_' or '-', starting with a letter (e.g. hello-plugin)"
+        )
+
+
+def _write(files: dict[str, str], root: Path) -> None:
+    for rel, text in files.items():
+        dest = root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(text, encoding="utf-8")
+
+
+def new_plugin(
+    name: str, lang: Literal["python", "rust"] | str, directory: str | os.PathLike[str] = "."
+) -> Path:
+    """Create the plugin folder ``directory/name`` for ``lang``; returns its path.
+
+    Raises:
+        UsageError: a bad name or language, the folder exists and is not empty, or (Rust)
+            the Rust SDK cannot be found.
+    """
+    _check_name(name)
+    if lang not in LANGS:
+        raise UsageError(f"unknown language {lang!r}; plugbox new supports {', '.join(LANGS)}")
+    root = Path(directory) / name
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise UsageError(f"{root} already exists and is not empty; choose another name or place")
+    if lang == "python":
+        files = {
+            "app.py": _PY_APP.format(name=name),
+            MANIFEST_FILENAME: _MANIFEST.format(
+                name=name, description="Echoes bytes and greets people (Python).",
+                sha=_PLACEHOLDER_SHA, fuel=5_000_000_000, memory=128 << 20, deadline=10_000,
+            ),
+            "test_app.py": _PY_TEST.format(name=name),
+            "README.md": _PY_README.format(name=name),
+            ".gitignore": _PY_GITIGNORE,
+        }
+    else:
+        sdk = rust_sdk_dir()
+        crate = re.sub(r"[^a-z0-9_-]", "-", name)
+        files = {
+            "Cargo.toml": _RS_CARGO.format(crate=crate, sdk=sdk.as_posix()),
+            "src/lib.rs": _RS_LIB.format(name=name),
+            MANIFEST_FILENAME: _MANIFEST.format(
+                name=name, description="Echoes bytes and greets people (Rust).",
+                sha=_PLACEHOLDER_SHA, fuel=100_000_000, memory=16 << 20, deadline=2_000,
+            ),
+            "README.md": _RS_README.format(name=name, sdk=sdk.as_posix(),
+                                           lib=crate.replace("-", "_")),
+            ".gitignore": _RS_GITIGNORE,
+        }
+    root.mkdir(parents=True, exist_ok=True)
+    _write(files, root)
+    return root
+
+
+# --------------------------------------------------------------------------------- rust builds
+
+
+def build_rust_crate(
+    path: Path,
+    *,
+    progress: Progress | None = None,
+    out_dir: Path | None = None,
+    timeout: float = 1800,
+) -> Path:
+    """Build the single-crate Rust plugin in ``path`` (``Cargo.toml`` + ``plugbox.json``).
+
+    The module goes to the manifest's ``module.path`` and its sha256 into the manifest (or,
+    with ``out_dir``, both are staged there and ``path`` is left untouched). cargo's own
+    incremental build makes an unchanged crate cheap to rebuild. Returns the module's path.
+
+    Raises:
+        ManifestError: the manifest is missing or invalid.
+        UsageError: no Cargo.toml or no wasm32 toolchain.
+        BuildError: cargo failed.
+    """
+    import time
+
+    report = progress or (lambda _message: None)
+    started = time.monotonic()
+    manifest = load_manifest(Path(path))
+    crate_dir = manifest.directory
+    cargo_toml = crate_dir / "Cargo.toml"
+    if not cargo_toml.is_file():
+        raise UsageError(f"{crate_dir}: no Cargo.toml")
+    with cargo_toml.open("rb") as f:
+        cargo_doc = tomllib.load(f)
+    package = cargo_doc.get("package", {}).get("name")
+    if not isinstance(package, str):
+        raise UsageError(f"{cargo_toml}: no package.name")
+    lib = cargo_doc.get("lib", {}).get("name") or package.replace("-", "_")
+    cargo, rustc = find_rust_toolchain()
+    env = dict(os.environ, RUSTC=rustc)
+    env.pop("CARGO_BUILD_TARGET", None)
+    target_dir = Path(env.get("CARGO_TARGET_DIR") or crate_dir / "target")
+    cmd = [cargo, "build", "--offline", "--release", "--target", WASM_TARGET,
+           "--manifest-path", str(cargo_toml)]
+    report(f"cargo build --offline --release --target {WASM_TARGET} "
+           f"({time.monotonic() - started:.1f} s)")
+    try:
+        proc = subprocess.run(cmd, cwd=crate_dir, env=env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        raise BuildError(f"cargo build of {crate_dir} took longer than {timeout:g}s") from exc
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-40:])
+        raise BuildError(
+            f"cargo build of {crate_dir} failed (exit {proc.returncode}):\n  {' '.join(cmd)}\n"
+            f"{tail}",
+            plugin=manifest.name,
+        )
+    built = target_dir / WASM_TARGET / "release" / f"{lib}.wasm"
+    if not built.is_file():
+        raise BuildError(f"cargo built {crate_dir} but {built} is missing: is the crate a cdylib?")
+    data = built.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    dest_root = crate_dir if out_dir is None else Path(out_dir).resolve()
+    dest = dest_root / manifest.module_path.relative_to(crate_dir)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(data)
+    _write_manifest_sha(manifest.path, dest_root / MANIFEST_FILENAME, digest)
+    if out_dir is not None and (crate_dir / "README.md").is_file():
+        shutil.copyfile(crate_dir / "README.md", dest_root / "README.md")
+    report(f"wrote {dest} ({len(data)} bytes, sha256 {digest[:16]}...); module.sha256 updated "
+           f"({time.monotonic() - started:.1f} s)")
+    return dest
