@@ -46,8 +46,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ABI_VERSION",
-    "ERROR_KINDS",
     "DeniedError",
+    "ERROR_KINDS",
     "Error",
     "FailureError",
     "InvalidInputError",
