@@ -138,10 +138,15 @@ def _record_fields(v: Any) -> dict[str, Any]:
     return {_name(e.name): e.val for e in entries}
 
 
+def _set_vec(vec: Any, data: bytes) -> None:
+    """Fill a wasm_byte_vec_t (a string, enum case or field name) with a copy of ``data``."""
+    _wb.wasm_byte_vec_new(byref(vec), len(data),
+                          ctypes.cast(ctypes.c_char_p(data), POINTER(ctypes.c_uint8)))
+
+
 def _set_str(v: Any, text: str) -> None:
-    data = text.encode("utf-8")
     v.kind = _K_STRING
-    _wb.wasm_byte_vec_new(byref(v.of.string), len(data), ctypes.cast(data, POINTER(ctypes.c_uint8)))
+    _set_vec(v.of.string, text.encode("utf-8"))
 
 
 def _set_bytes(v: Any, data: bytes) -> None:
@@ -179,9 +184,7 @@ def _set_result(v: Any, ok: bool, fill: Callable[[Any], None] | None) -> None:
 def _set_error(v: Any, kind: str, message: str) -> None:
     def variant(x: Any) -> None:
         x.kind = _K_VARIANT
-        name = kind.encode()
-        _wb.wasm_byte_vec_new(byref(x.of.variant.discriminant), len(name),
-                              ctypes.cast(name, POINTER(ctypes.c_uint8)))
+        _set_vec(x.of.variant.discriminant, kind.encode())
         x.of.variant.val = _boxed(lambda s: _set_str(s, message))
 
     _set_result(v, False, variant)
@@ -214,8 +217,7 @@ def _set_record(v: Any, fields: list[tuple[str, Callable[[Any], None]]]) -> None
     )
     for entry, (name, fill) in zip(entries, fields):
         ctypes.memset(addressof(entry), 0, ctypes.sizeof(entry))
-        raw = name.encode()
-        _wb.wasm_byte_vec_new(byref(entry.name), len(raw), ctypes.cast(raw, POINTER(ctypes.c_uint8)))
+        _set_vec(entry.name, name.encode())
         fill(entry.val)
 
 
@@ -295,7 +297,10 @@ def _a_kv_get(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
 
 
 def _a_kv_set(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
-    _result_of(st, r, lambda: svc.kv_set(_get_str(a[0]), _get_bytes(a[1])))  # type: ignore[func-returns-value]
+    def run() -> None:
+        svc.kv_set(_get_str(a[0]), _get_bytes(a[1]))
+
+    _result_of(st, r, run)
 
 
 def _a_kv_delete(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
@@ -320,7 +325,10 @@ def _a_kv_list(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
 
 
 def _a_events_emit(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
-    _result_of(st, r, lambda: svc.events_emit(_get_str(a[0]), _get_bytes(a[1])))  # type: ignore[func-returns-value]
+    def run() -> None:
+        svc.events_emit(_get_str(a[0]), _get_bytes(a[1]))
+
+    _result_of(st, r, run)
 
 
 def _a_random(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
@@ -428,9 +436,7 @@ def _deny_socket(env: Any, ctx: Any, ty: Any, args: Any, nargs: int, results: An
     # result<_, error-code>: err(access-denied). error-code is an enum in wasi:sockets/network.
     def enum(v: Any) -> None:
         v.kind = _K_ENUM
-        name = b"access-denied"
-        _wb.wasm_byte_vec_new(byref(v.of.enumeration), len(name),
-                              ctypes.cast(name, POINTER(ctypes.c_uint8)))
+        _set_vec(v.of.enumeration, b"access-denied")
 
     try:
         _set_result(results[0], False, enum)
@@ -472,7 +478,7 @@ class ComponentTemplate:
         self._component = component
         self._callbacks: list[Any] = []
         linker = _wb.wasmtime_component_linker_new(engine.wasmtime.ptr())
-        self._linker = linker
+        self._linker: Any = linker
         try:
             _check(_wb.wasmtime_component_linker_add_wasip2(linker), "cannot add WASI", plugin)
             _wb.wasmtime_component_linker_allow_shadowing(linker, True)
@@ -528,7 +534,8 @@ class ComponentTemplate:
             self._linker = None
 
 
-_NO_FINALIZER = ctypes.cast(None, ctypes.CFUNCTYPE(None, c_void_p))  # callbacks live on the template
+# No finalizer: the callbacks live as long as the template that holds them.
+_NO_FINALIZER: Any = ctypes.cast(None, ctypes.CFUNCTYPE(None, c_void_p))  # type: ignore[arg-type]
 
 
 class ComponentInstance:

@@ -16,6 +16,7 @@ from ._errors import (
     UsageError,
 )
 from ._fastpath import CallOutcome, Instance, Template, guest_error
+from ._fastpath_component import ComponentInstance, ComponentTemplate
 
 if TYPE_CHECKING:
     from ._manifest import Manifest
@@ -56,7 +57,7 @@ class Plugin:
         self,
         runtime: Runtime,
         manifest: Manifest,
-        template: Template,
+        template: Template | ComponentTemplate,
         services: HostServices,
         *,
         permissions: Permissions,
@@ -80,7 +81,7 @@ class Plugin:
         self._fuel = limits.fuel
         self._deadline_s = limits.deadline_ms / 1000.0
         self._persistent = mode == "persistent"
-        self._idle: list[Instance] = []
+        self._idle: list[Instance | ComponentInstance] = []
         self._live = 0
         self._waiting = 0
         self._cond = threading.Condition()
@@ -103,7 +104,7 @@ class Plugin:
     # instance takes no lock. The condition guards the slow path (creating an instance up to
     # the pool size, or waiting for one) and closing.
 
-    def _new_instance(self) -> Instance:
+    def _new_instance(self) -> Instance | ComponentInstance:
         fuel = self.limits.fuel
         inst = self._template.instantiate(fuel, self._ticks)
         try:
@@ -117,7 +118,7 @@ class Plugin:
             raise guest_error(outcome, self.name, "on-init")
         return inst
 
-    def _acquire_slow(self, reuse: bool) -> Instance:
+    def _acquire_slow(self, reuse: bool) -> Instance | ComponentInstance:
         with self._cond:
             self._waiting += 1
             try:
@@ -142,7 +143,7 @@ class Plugin:
                 self._cond.notify()
             raise
 
-    def _release(self, inst: Instance, *, keep: bool, failed: bool) -> None:
+    def _release(self, inst: Instance | ComponentInstance, *, keep: bool, failed: bool) -> None:
         if keep and not failed and not self._closed:
             self._idle.append(inst)
             if self._waiting:

@@ -110,7 +110,7 @@ class Runtime:
         check_module_interface(info, manifest)
         check_capabilities(  # [trust chain] static capability check
             info, manifest, allow_unrequested_imports=allow_unrequested_imports)
-        self.policy.resolve(manifest)
+        self.policy.resolve(manifest, component=info.kind == "component")
         return manifest, wasm
 
     def load(
@@ -151,7 +151,7 @@ class Runtime:
         check_module_interface(info, manifest)
         check_capabilities(  # [trust chain] static capability check
             info, manifest, allow_unrequested_imports=allow_unrequested_imports)
-        permissions, limits = self.policy.resolve(manifest)
+        permissions, limits = self.policy.resolve(manifest, component=info.kind == "component")
         permissions = permissions.without(set(withhold))
         config = dict(config or {})
         validate_config(manifest, config)

@@ -24,6 +24,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Literal
 
 from . import _abispec
@@ -46,7 +47,9 @@ __all__ = [
 
 _log = logging.getLogger("plugbox.capabilities")
 
-ItemKind = Literal["func", "table", "memory", "global", "tag"]
+ItemKind = Literal["func", "table", "memory", "global", "tag",
+                   # component export sorts
+                   "core", "value", "type", "component", "instance"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,8 @@ class Import:
 
 @dataclass(frozen=True)
 class Export:
-    """One export of a core module. ``params``/``results`` are set for functions (and tags)."""
+    """One export. ``params``/``results`` are set for core functions (and tags); a component's
+    exports carry their sort (``func``, ``instance``, ...) only."""
 
     name: str
     kind: ItemKind
@@ -72,7 +76,8 @@ class Export:
 
 @dataclass(frozen=True)
 class ModuleInfo:
-    """What :func:`inspect_module` found. For components, ``imports``/``exports`` are empty.
+    """What :func:`inspect_module` found. For components, ``imports`` is empty and
+    ``exports`` lists the top-level exports by name and sort (no signatures).
 
     ``custom_sections`` maps a section's name to its contents; when a name occurs more than
     once, the first occurrence is kept (a duplicated ``plugbox:*`` section is refused).
@@ -559,10 +564,44 @@ def _component_imports(s: _Reader) -> list[str]:
     return names
 
 
+def _component_exports(s: _Reader) -> list[tuple[str, ItemKind]]:
+    """``(name, sort)`` of a component's top-level exports; sort is ``func``, ``instance``..."""
+    sorts: dict[int, ItemKind] = {
+        0x01: "func", 0x02: "value", 0x03: "type", 0x04: "component", 0x05: "instance"
+    }
+    out: list[tuple[str, ItemKind]] = []
+    for _ in range(s.count("component exports", 3)):
+        start = s.pos
+        prefix = s.byte("export name prefix")
+        if prefix not in (0x00, 0x01):
+            raise _Malformed(start, f"invalid export name prefix 0x{prefix:02x}")
+        name = s.name("export name")
+        sort_byte = s.byte("export sort")
+        sort: ItemKind
+        if sort_byte == 0x00:
+            s.byte("core sort")
+            sort = "core"
+        elif sort_byte in sorts:
+            sort = sorts[sort_byte]
+        else:
+            raise _Malformed(start, f"invalid export sort 0x{sort_byte:02x}")
+        s.u32("export index")
+        has_type = s.byte("export type flag")
+        if has_type == 0x01:
+            _component_externdesc(s)
+        elif has_type != 0x00:
+            raise _Malformed(start, f"invalid export type flag 0x{has_type:02x}")
+        out.append((name, sort))
+    if not s.at_end():
+        raise _Malformed(s.pos, f"export section has {s.end - s.pos} unexpected trailing bytes")
+    return out
+
+
 def _inspect_component(data: bytes) -> ModuleInfo:
     r = _Reader(data, 8)
     custom: dict[str, bytes] = {}
     imports: list[str] = []
+    exports: list[Export] = []
     while not r.at_end():
         section_start = r.pos
         sid = r.byte("section id")
@@ -590,7 +629,9 @@ def _inspect_component(data: bytes) -> ModuleInfo:
                 if name in imports:
                     raise _Malformed(section_start, f"duplicate component import {name!r}")
                 imports.append(name)
-    return ModuleInfo("component", (), (), custom, tuple(imports))
+        elif sid == 11:
+            exports.extend(Export(name, sort, (), ()) for name, sort in _component_exports(s))
+    return ModuleInfo("component", (), tuple(exports), custom, tuple(imports))
 
 
 def imported_services(info: ModuleInfo) -> set[str]:
@@ -632,6 +673,59 @@ def _parse_import_module(module: str) -> tuple[str, str] | None:
     return None if match is None else (match.group(1), match.group(2))
 
 
+_WASI_IMPORT_RE: Final = re.compile(r"wasi:[a-z][a-z0-9-]*/[a-z][a-z0-9-]*@0\.2\.[0-9]+")
+_TYPE_IMPORT_RE: Final = re.compile(r"[a-z][a-z0-9-]*")
+
+
+def _check_component_imports(
+    info: ModuleInfo,
+    manifest: Manifest,
+    abi_version: str,
+    refuse: Callable[[str], ModuleInterfaceError],
+) -> frozenset[str]:
+    """A component may import the plugbox interfaces at a runnable 1.x version, WASI 0.2
+    interfaces (the runtime serves them deny-by-default: no files, env, args or sockets), and
+    the world's type names (``error``). Anything else has no provider and is refused here,
+    before the (slow) component compile."""
+    from ._manifest import abi_compatible
+
+    services: set[str] = set()
+    for name in info.component_imports:
+        parsed = _parse_import_module(name)
+        if parsed is not None:
+            iface, version = parsed
+            if iface not in (*_abispec.SERVICES, "types"):
+                raise refuse(
+                    f"component imports {name}, which plugbox ABI {abi_version} does not "
+                    f"define; its interfaces are {', '.join(_abispec.SERVICES)} and types"
+                )
+            if not abi_compatible(version, abi_version):
+                raise IncompatibleAbiError(
+                    f"plugin {manifest.name!r}: component imports {name}, built for ABI "
+                    f"{version}, which this runtime (ABI {abi_version}) cannot run; rebuild "
+                    "the plugin against this ABI",
+                    plugin=manifest.name,
+                )
+            if iface != "types":
+                services.add(iface)
+        elif _WASI_IMPORT_RE.fullmatch(name) or _TYPE_IMPORT_RE.fullmatch(name):
+            continue
+        else:
+            raise refuse(
+                f"component imports {name!r}, which neither the plugbox ABI nor WASI 0.2 "
+                "provides; plugins may import only plugbox:plugin/* and wasi:*@0.2.x interfaces"
+            )
+    funcs = {e.name for e in info.exports if e.kind == "func"}
+    for required in ("on-init", "on-hook"):
+        if required not in funcs:
+            raise refuse(
+                f"the component exports no function {required!r}; a plugbox component must "
+                f"export the plugin world's on-init and on-hook (build it against "
+                f"abi/plugbox.wit, world plugin)"
+            )
+    return frozenset(services)
+
+
 def _sig(params: tuple[str, ...], results: tuple[str, ...]) -> str:
     return f"({', '.join(params)}) -> ({', '.join(results)})"
 
@@ -662,10 +756,7 @@ def check_module_interface(
         return ModuleInterfaceError(f"plugin {plugin!r}: {message}", plugin=plugin)
 
     if info.kind == "component":
-        raise refuse(
-            "the module is a WebAssembly component; this plugbox runs core modules only "
-            "(build the plugin as a core module for wasm32-unknown-unknown)"
-        )
+        return _check_component_imports(info, manifest, abi_version, refuse)
 
     # The declared ABI version, when the module carries one.
     declared = info.custom_sections.get(_abispec.ABI_VERSION_SECTION)

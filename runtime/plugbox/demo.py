@@ -306,7 +306,10 @@ class Demo:
             hits = rt.cache.hits
             started = time.perf_counter()
             try:
-                p = rt.load(self.plugins[name], config=config.get(name))
+                # probe deliberately imports every service while requesting none, to show
+                # denial at call time; the static capability check would refuse it at load.
+                p = rt.load(self.plugins[name], config=config.get(name),
+                            allow_unrequested_imports=name == "probe")
             except PlugboxError as exc:
                 s.check(False, f"{name} was refused: {type(exc).__name__}: {exc}")
                 self.out(Text(f"  ✗ {name}: {type(exc).__name__}: {exc}", style="red"))
