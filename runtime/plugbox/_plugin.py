@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ._permissions import Limits, Permissions
     from ._runtime import Runtime
     from ._services import HostServices
+    from ._trust import SignerInfo
 
 __all__ = ["CallRecord", "Plugin"]
 
@@ -74,6 +75,8 @@ class Plugin:
         self.limits = limits
         self.mode: Mode = mode
         self.services = services
+        #: Who signed the manifest (trusted signers only), set by Runtime.load.
+        self.signers: tuple[SignerInfo, ...] = ()
         self._template = template
         self._config_json = json.dumps(config, separators=(",", ":")).encode()
         self._hook_bytes = {hook: hook.encode() for hook in self.hooks}

@@ -182,7 +182,7 @@ class Runtime:
             plugin = Plugin(self, manifest, template, services, permissions=permissions,
                             limits=limits, config=config, mode=mode)
             # [trust chain] who vouched for it (empty when signatures are not checked).
-            setattr(plugin, "signers", signers)  # noqa: B010 - Plugin does not declare it yet
+            plugin.signers = tuple(signers)
         except BaseException:
             if template is not None:
                 template.close()
