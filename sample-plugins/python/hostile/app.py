@@ -21,8 +21,8 @@ import sys
 
 from plugbox_sdk import FailureError, hook
 
-# Imported at module level, where they exist at all: inside a component only modules imported
-# at build time are there, and CPython-on-WASI has no `socket` module (`_socket` is built in).
+# Imported at module level: inside a component only modules imported at build time exist.
+# The fallback to the built-in `_socket` is for CPython builds without the `socket` module.
 try:
     import socket as _socket_module
 except ImportError as exc:

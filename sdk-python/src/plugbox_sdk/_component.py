@@ -7,6 +7,11 @@ generates from ``abi/plugbox.wit`` while it builds the component.
 Every bindings module is imported here, at import time, on purpose: componentize-py
 pre-initialises the component at build time and keeps only the modules imported then; an
 ``import`` first reached inside a hook finds no module at run time.
+
+``plugbox build`` compiles against a world that imports only the services the manifest
+requests (so the component's imports match its permissions); the bindings of the others do not
+exist, and calling them answers exactly as the host would without the permission: ``denied``,
+a dropped log record, a zero clock.
 """
 
 from __future__ import annotations
@@ -15,22 +20,32 @@ import importlib
 from typing import Any, Final, NoReturn
 
 from . import _host
-from ._errors import Error
+from ._errors import DeniedError, Error
 from ._hooks import default_registry
 
 __all__ = ["ComponentHost", "on_hook", "on_init"]
+
+
+
+def _bindings(service: str) -> Any:
+    """The generated module of ``service``, or None when the world does not import it."""
+    try:
+        return importlib.import_module(f"wit_world.imports.{service}")
+    except ImportError:
+        return None
+
 
 # importlib instead of import statements: the bindings exist only at build time, inside
 # componentize-py, so type checkers outside the component must treat them as Any.
 _types: Any = importlib.import_module("componentize_py_types")
 _wit: Any = importlib.import_module("wit_world.imports.types")
-_log: Any = importlib.import_module("wit_world.imports.log")
-_config: Any = importlib.import_module("wit_world.imports.config")
-_kv: Any = importlib.import_module("wit_world.imports.kv")
-_events: Any = importlib.import_module("wit_world.imports.events")
-_clock: Any = importlib.import_module("wit_world.imports.clock")
-_random: Any = importlib.import_module("wit_world.imports.random")
-_http: Any = importlib.import_module("wit_world.imports.http")
+_log: Any = _bindings("log")
+_config: Any = _bindings("config")
+_kv: Any = _bindings("kv")
+_events: Any = _bindings("events")
+_clock: Any = _bindings("clock")
+_random: Any = _bindings("random")
+_http: Any = _bindings("http")
 
 _Err: Any = _types.Err
 
@@ -43,7 +58,14 @@ _KIND_OF: Final[dict[Any, str]] = {
     _wit.Error_Failure: "failure",
 }
 _CASE_OF: Final[dict[str, Any]] = {kind: case for case, kind in _KIND_OF.items()}
-_LEVELS: Final = tuple(_log.Level(i) for i in range(5))
+_LEVELS: Final = tuple(_log.Level(i) for i in range(5)) if _log is not None else ()
+
+
+def _not_granted(service: str) -> NoReturn:
+    # The host's own wording (plugbox._services), so a test sees the same message either way.
+    raise DeniedError(
+        f'{service}: permission not granted; add "{service}" to permissions in plugbox.json'
+    )
 
 
 def _host_error(exc: Any) -> NoReturn:
@@ -58,10 +80,13 @@ class ComponentHost:
 
     def log(self, level: int, message: str) -> None:
         """``log.log``."""
-        _log.log(_LEVELS[level], message)
+        if _log is not None:
+            _log.log(_LEVELS[level], message)
 
     def config_get(self, key: str) -> str | None:
         """``config.get``."""
+        if _config is None:
+            _not_granted("config")
         try:
             result: str | None = _config.get(key)
         except _Err as exc:
@@ -70,6 +95,8 @@ class ComponentHost:
 
     def config_get_all(self) -> str:
         """``config.get-all``."""
+        if _config is None:
+            _not_granted("config")
         try:
             result: str = _config.get_all()
         except _Err as exc:
@@ -78,6 +105,8 @@ class ComponentHost:
 
     def kv_get(self, key: str) -> bytes | None:
         """``kv.get``."""
+        if _kv is None:
+            _not_granted("kv")
         try:
             result: bytes | None = _kv.get(key)
         except _Err as exc:
@@ -86,6 +115,8 @@ class ComponentHost:
 
     def kv_set(self, key: str, value: bytes) -> None:
         """``kv.set``."""
+        if _kv is None:
+            _not_granted("kv")
         try:
             _kv.set(key, value)
         except _Err as exc:
@@ -93,6 +124,8 @@ class ComponentHost:
 
     def kv_delete(self, key: str) -> bool:
         """``kv.delete``."""
+        if _kv is None:
+            _not_granted("kv")
         try:
             result: bool = _kv.delete(key)
         except _Err as exc:
@@ -101,6 +134,8 @@ class ComponentHost:
 
     def kv_list_keys(self, prefix: str) -> list[str]:
         """``kv.list-keys``."""
+        if _kv is None:
+            _not_granted("kv")
         try:
             result: list[str] = _kv.list_keys(prefix)
         except _Err as exc:
@@ -109,6 +144,8 @@ class ComponentHost:
 
     def events_emit(self, topic: str, payload: bytes) -> None:
         """``events.emit``."""
+        if _events is None:
+            _not_granted("events")
         try:
             _events.emit(topic, payload)
         except _Err as exc:
@@ -116,16 +153,22 @@ class ComponentHost:
 
     def clock_now(self) -> int:
         """``clock.now``."""
+        if _clock is None:
+            return 0
         result: int = _clock.now()
         return result
 
     def clock_monotonic(self) -> int:
         """``clock.monotonic``."""
+        if _clock is None:
+            return 0
         result: int = _clock.monotonic()
         return result
 
     def random_bytes(self, n: int) -> bytes:
         """``random.bytes``."""
+        if _random is None:
+            _not_granted("random")
         try:
             result: bytes = _random.bytes(n)
         except _Err as exc:
@@ -136,6 +179,8 @@ class ComponentHost:
         self, method: str, url: str, headers: list[tuple[str, str]], body: bytes
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         """``http.fetch``."""
+        if _http is None:
+            _not_granted("http")
         try:
             resp = _http.fetch(_http.Request(method, url, headers, body))
         except _Err as exc:

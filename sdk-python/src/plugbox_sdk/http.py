@@ -7,7 +7,8 @@
     if resp.ok:
         text = resp.text()
 
-There is no socket inside a component: this host call is the only way out. Errors:
+Inside a component the sandbox refuses to create sockets: this host call, checked against
+the manifest, is the only way out. Errors:
 :class:`~plugbox_sdk.DeniedError` without the permission, or when the URL's host and port or
 the method are not among those the manifest requests;
 :class:`~plugbox_sdk.InvalidInputError` for a malformed URL, method or header;
