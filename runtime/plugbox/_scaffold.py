@@ -160,10 +160,12 @@ $ python -m pytest -q {name}/test_app.py
 $ plugbox build {name}
 checking app.py: importing it with plugbox_sdk (0.0 s)
 app.py registers: echo, greet (0.1 s)
-componentize-py 0.25.1: compiling {name} with CPython into a component (takes several seconds) (0.1 s)
-...
+componentize-py 0.25.1: compiling {name} with CPython into a component importing log ...
+wrote .../{name}/plugin.wasm (18.4 MB, sha256 ...); module.sha256 updated in plugbox.json (9.0 s)
 $ plugbox call {name} greet --text '{{"name": "Ada"}}'
-{{"greeting":"Hello, Ada!"}}
+{{
+  "greeting": "Hello, Ada!"
+}}
 $ PLUGBOX_TEST_BACKEND=component python -m pytest -q {name}/test_app.py
 ....                                                                     [100%]
 4 passed
@@ -282,7 +284,9 @@ $ plugbox build {name}
 cargo build --offline --release --target wasm32-unknown-unknown (0.0 s)
 ...
 $ plugbox call {name} greet --text '{{"name": "Ada"}}'
-{{"greeting":"Hello, Ada!"}}
+{{
+  "greeting": "Hello, Ada!"
+}}
 $ plugbox call {name} echo --text 'any bytes'
 any bytes
 ```

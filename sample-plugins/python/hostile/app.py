@@ -5,10 +5,11 @@ be tested with CPython inside (the Rust `hostile` sample does the same for core 
 |---------------|-------------------------------------------------------------------------|
 | `loop`        | spins forever (stopped by fuel or the deadline)                          |
 | `bomb`        | keeps 1 MiB chunks alive until memory cannot grow (CPython's MemoryError) |
-| `recurse`     | lifts the recursion limit, then recurses without end (stack overflow)    |
+| `recurse`     | lifts the recursion limit, then recurses without end                     |
 | `read-file`   | `open("/etc/passwd")`; returns the content if that works                 |
 | `read-env`    | returns `os.environ` as JSON (the component's environment)               |
-| `open-socket` | `import socket`, else the built-in `_socket`: connects to the payload's `host:port` (default 127.0.0.1:80); returns "connected" if that works |
+| `open-socket` | `import socket` (else `_socket`), connect to the payload's `host:port`   |
+|               | (default 127.0.0.1:80); returns "connected" if that works               |
 | `echo`        | behaves: returns its payload, so tests can show the host still serves    |
 
 A contained attack ends in an error (`failure` with the Python exception's text) or a trap;
