@@ -35,6 +35,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import _abispec
+from ._cli_authoring import add_build, add_new
 from ._errors import (
     GuestError,
     HashMismatchError,
@@ -1298,6 +1299,7 @@ def _add_unpack(sub: Any) -> None:
 
 
 #: The subcommands, in the order ``plugbox --help`` lists them.
+
 _COMMANDS: Final[tuple[Callable[[Any], None], ...]] = (
     _add_inspect,
     _add_call,
@@ -1306,6 +1308,8 @@ _COMMANDS: Final[tuple[Callable[[Any], None], ...]] = (
     _add_keygen,
     _add_pack,
     _add_unpack,
+    add_build,
+    add_new,
 )
 
 
