@@ -89,8 +89,20 @@ class Timer:
     collector is off during a repetition (as in ``timeit``).
     """
 
-    def __init__(self, fn: Callable[[], Any], rep_seconds: float, max_inner: int = 1_000_000):
+    def __init__(self, fn: Callable[[], Any], rep_seconds: float, max_inner: int = 1_000_000,
+                 *, setup: Callable[[], Any] | None = None,
+                 teardown: Callable[[], Any] | None = None):
         self.fn = fn
+        self.setup = setup or (lambda: None)
+        self.teardown = teardown or (lambda: None)
+        self.setup()
+        try:
+            self._calibrate(fn, rep_seconds, max_inner)
+        finally:
+            self.teardown()
+        self.samples: list[float] = []
+
+    def _calibrate(self, fn: Callable[[], Any], rep_seconds: float, max_inner: int) -> None:
         fn()  # warm up
         t0 = time.perf_counter()
         fn()
@@ -101,11 +113,19 @@ class Timer:
             fn()
         once = max((time.perf_counter() - t0) / probe, 1e-8)
         self.inner = max(1, min(max_inner, int(rep_seconds / once)))
-        self.samples: list[float] = []
+
+    def check(self) -> Any:
+        """One untimed call, under the same setup as the timed ones."""
+        self.setup()
+        try:
+            return self.fn()
+        finally:
+            self.teardown()
 
     def rep(self) -> None:
         fn = self.fn
         rng = range(self.inner)
+        self.setup()
         gc.collect()
         gc.disable()
         try:
@@ -115,6 +135,7 @@ class Timer:
             elapsed = time.perf_counter_ns() - t0
         finally:
             gc.enable()
+            self.teardown()
         self.samples.append(elapsed / 1e9 / self.inner)
 
     @property
@@ -335,20 +356,39 @@ class Results:
         return None
 
 
+def accelerator_switch() -> Callable[[bool], Any] | None:
+    """plugbox's switch between its C call sequence (``_speedups``) and the pure-Python one,
+    when the C one is built (internal API; None when absent)."""
+    from plugbox import _fastpath
+
+    if getattr(_fastpath, "ACCELERATED", False) and hasattr(_fastpath, "use_accelerator"):
+        return _fastpath.use_accelerator
+    return None
+
+
+PURE = "plugbox (pure Python)"
+
+
+def plugbox_timers(fn: Callable[[], Any], rep_seconds: float) -> dict[str, Timer]:
+    """plugbox as it loads by default, plus its pure-Python path when the C one is built."""
+    timers = {"plugbox": Timer(fn, rep_seconds)}
+    switch = accelerator_switch()
+    if switch is not None:
+        timers[PURE] = Timer(fn, rep_seconds, setup=lambda: switch(False),
+                             teardown=lambda: switch(True))
+    return timers
+
+
 def bench_roundtrip(res: Results, echo_plugin: plugbox.Plugin, extism_plugin: Any,
                     wt: WasmtimeEcho, reps: int, rep_seconds: float) -> None:
     for size in SIZES:
         payload = payload_of(size)
-        contenders: dict[str, Callable[[], bytes]] = {
-            "plugbox": lambda: echo_plugin.call("echo", payload),
-            "extism": lambda: extism_plugin.call("echo", payload),
-            "wasmtime-py": lambda: wt.call(b"echo", payload),
-        }
-        for name, fn in contenders.items():
-            if fn() != payload:
+        timers = plugbox_timers(lambda: echo_plugin.call("echo", payload), rep_seconds)
+        timers["extism"] = Timer(lambda: extism_plugin.call("echo", payload), rep_seconds)
+        timers["wasmtime-py"] = Timer(lambda: wt.call(b"echo", payload), rep_seconds)
+        for name, t in timers.items():
+            if t.check() != payload:
                 raise SystemExit(f"{name} echo returned the wrong bytes at {size} B")
-        # Big payloads: fewer, longer calls; never fewer than 3 per repetition.
-        timers = {name: Timer(fn, rep_seconds) for name, fn in contenders.items()}
         interleaved(timers, reps)
         for name, t in timers.items():
             res.add("roundtrip", size_label(size), name, t.samples, payload_bytes=size,
@@ -372,13 +412,11 @@ def bench_fresh(res: Results, rt: plugbox.Runtime, echo_dir: Path, extism_wasm: 
         finally:
             p.__del__()  # free now, not at the next GC
 
-    timers: dict[str, Timer] = {
-        "plugbox": Timer(lambda: fresh.call("echo", payload), rep_seconds),
-        "extism": Timer(extism_fresh, rep_seconds),
-        "wasmtime-py": Timer(lambda: wt.fresh_call(b"echo", payload), rep_seconds),
-    }
+    timers = plugbox_timers(lambda: fresh.call("echo", payload), rep_seconds)
+    timers["extism"] = Timer(extism_fresh, rep_seconds)
+    timers["wasmtime-py"] = Timer(lambda: wt.fresh_call(b"echo", payload), rep_seconds)
     for name, t in timers.items():
-        if t.fn() != payload:
+        if t.check() != payload:
             raise SystemExit(f"{name} fresh echo returned the wrong bytes")
     # Instantiation alone (plugbox internal API: Plugin._new_instance = instantiate from the
     # pre-linked template + on-init, then close). Skipped if the internals moved.
@@ -619,6 +657,8 @@ def targets(res: Results, cpus: int) -> list[dict[str, Any]]:
 def environment(echo_builder: str, quick: bool, reps: int) -> dict[str, Any]:
     import extism
 
+    from plugbox import _fastpath
+
     try:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover
@@ -646,6 +686,7 @@ def environment(echo_builder: str, quick: bool, reps: int) -> dict[str, Any]:
         "cpus_available": affinity,
         "load_average_at_start": load,
         "plugbox": plugbox.__version__,
+        "plugbox_accelerated": bool(getattr(_fastpath, "ACCELERATED", False)),
         "wasmtime_py": metadata.version("wasmtime"),
         "extism_py": metadata.version("extism"),
         "libextism": extism.extism_version(),
@@ -683,30 +724,35 @@ def build_tables(res: Results, tgts: list[dict[str, Any]]) -> list[Table]:
         wt = res.get("roundtrip", label, "wasmtime-py")
         if not (pb and ex and wt):
             continue
+        pure = res.get("roundtrip", label, PURE)
         rows.append([label, fmt_us(pb["median"]), f"±{pb['spread'] * 50:.0f}%",
                      f"{size / pb['median'] / 1e6:,.0f}",
+                     fmt_us(pure["median"]) if pure else "-",
                      fmt_us(ex["median"]), f"{ex['median'] / pb['median']:.1f}x",
                      fmt_us(wt["median"]), f"{wt['median'] / pb['median']:.1f}x"])
     tables.append(("Per-call round trip, echo hook (median per call; ratio = peer time / "
                    "plugbox time)",
-                   ["payload", "plugbox", "spread", "plugbox MB/s (payload/time)", "Extism",
-                    "ratio", "wasmtime-py generic", "ratio"], rows))
+                   ["payload", "plugbox", "spread", "plugbox MB/s (payload/time)",
+                    "plugbox, pure-Python path", "Extism", "ratio", "wasmtime-py generic",
+                    "ratio"], rows))
 
     rows = []
     pb = res.get("fresh", "fresh-instance call, 16 B", "plugbox")
     ex = res.get("fresh", "fresh-instance call, 16 B", "extism")
     wt = res.get("fresh", "fresh-instance call, 16 B", "wasmtime-py")
+    pure = res.get("fresh", "fresh-instance call, 16 B", PURE)
     if pb and ex and wt:
         rows.append(["new instance + call", fmt_us(pb["median"]), f"±{pb['spread'] * 50:.0f}%",
+                     fmt_us(pure["median"]) if pure else "-",
                      fmt_us(ex["median"]), f"{ex['median'] / pb['median']:.1f}x",
                      fmt_us(wt["median"]), f"{wt['median'] / pb['median']:.1f}x"])
     inst = res.get("fresh", "instantiate + on-init + close (no call)", "plugbox")
     if inst:
         rows.append(["instantiate + on-init + close only", fmt_us(inst["median"]),
-                     f"±{inst['spread'] * 50:.0f}%", "", "", "", ""])
+                     f"±{inst['spread'] * 50:.0f}%", "", "", "", "", ""])
     tables.append(("Fresh instance per call, 16 B (median)",
-                   ["case", "plugbox", "spread", "Extism", "ratio", "wasmtime-py generic",
-                    "ratio"], rows))
+                   ["case", "plugbox", "spread", "plugbox, pure-Python path", "Extism", "ratio",
+                    "wasmtime-py generic", "ratio"], rows))
 
     rows = []
     pb = res.get("hostcall", "guest->host call (clock.monotonic)", "plugbox")
@@ -752,7 +798,8 @@ def build_tables(res: Results, tgts: list[dict[str, Any]]) -> list[Table]:
 def env_line(env: dict[str, Any]) -> str:
     load = env.get("load_average_at_start") or []
     return (f"{env['date']}; Python {env['python']}, wasmtime-py {env['wasmtime_py']}, "
-            f"extism-py {env['extism_py']} (libextism {env['libextism']}); "
+            f"extism-py {env['extism_py']} (libextism {env['libextism']}); plugbox call path: "
+            f"{'C accelerator (_speedups)' if env['plugbox_accelerated'] else 'pure Python'}; "
             f"{env['cpus_available']} CPUs ({env['cpu_model'] or env['machine']}); load average "
             f"at start {', '.join(f'{x:.2f}' for x in load)}; medians of {env['repetitions']} "
             f"repetitions{' (--quick)' if env['quick'] else ''}")
