@@ -270,16 +270,23 @@ def test_hostile_python_is_contained(
     assert info.value.kind == "failure" and "root:" not in str(info.value)
     env = json.loads(plugin.call("read-env"))
     assert not set(env) & set(os.environ), "the host's environment leaked into the plugin"
-    with pytest.raises(plugbox.GuestError) as info:
+    sockets_before = plugin._template.sockets_denied  # type: ignore[union-attr]
+    with pytest.raises(plugbox.PermissionDenied) as denied:
         plugin.call("open-socket", b"127.0.0.1:9")
-    assert info.value.kind == "failure"
-    with pytest.raises(plugbox.LimitExceeded):
+    assert denied.value.permission == "wasi:sockets"
+    assert "PermissionError" in str(denied.value)
+    assert plugin._template.sockets_denied == sockets_before + 1  # type: ignore[union-attr]
+    with pytest.raises(plugbox.FuelExhausted):
         plugin.call("loop")
-    # Python frames live on the heap: endless recursion ends at whichever limit comes first.
-    with pytest.raises((plugbox.LimitExceeded, plugbox.GuestTrap)):
+    with pytest.raises(plugbox.StackOverflow) as stack:
         plugin.call("recurse")
-    with pytest.raises((plugbox.GuestError, plugbox.MemoryLimitExceeded, plugbox.GuestTrap)):
+    assert "RecursionError" in str(stack.value)
+    # Python frames live on the heap: with the recursion limit lifted, fuel runs out first.
+    with pytest.raises(plugbox.FuelExhausted):
+        plugin.call("recurse-unlimited")
+    with pytest.raises(plugbox.MemoryLimitExceeded) as memory:
         plugin.call("bomb")
+    assert "MemoryError" in str(memory.value) and memory.value.limit == "memory"
     assert plugin.call("echo", b"still serving") == b"still serving"
 
 

@@ -223,7 +223,13 @@ def test_other_exceptions_become_failure_with_a_logged_traceback(
     assert info.value.message == "ValueError: boom"
     record = hooks_plugin.logs[-1]
     assert record.level == "error" and "Traceback" in record.message and "boom" in record.message
-    with pytest.raises(FailureError) as info:
+
+
+def test_resource_exhaustion_and_refusals_keep_their_meaning(
+    hooks_plugin: testing.Harness,
+) -> None:
+    # The host reads these to raise MemoryLimitExceeded / StackOverflow / PermissionDenied.
+    with pytest.raises(LimitReachedError) as info:
         hooks_plugin.call("memory")
     assert info.value.message == "MemoryError"
 

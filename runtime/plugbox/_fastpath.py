@@ -1068,6 +1068,13 @@ def guest_error(outcome: CallOutcome, plugin: str, hook: str) -> PluginCallError
     """The typed exception for a guest's ``err`` result."""
     from ._errors import PermissionDenied
 
+    if outcome.kind == "denied" and outcome.denied == "wasi:sockets":
+        return PermissionDenied(
+            f"plugin {plugin!r}, hook {hook!r}: failed because it tried to open a socket, "
+            f"which plugbox never allows: {outcome.message}. Reach the network through the "
+            "http service, with the host allow-listed in plugbox.json.",
+            plugin=plugin, hook=hook, permission=outcome.denied,
+        )
     if outcome.kind == "denied" and outcome.denied is not None:
         return PermissionDenied(
             f"plugin {plugin!r}, hook {hook!r}: failed because the {outcome.denied!r} service "

@@ -443,6 +443,8 @@ def _deny_socket(env: Any, ctx: Any, ty: Any, args: Any, nargs: int, results: An
         st: _CompCallState | None = getattr(_tls, "state", None)
         if st is not None:
             st.instance.template.sockets_denied += 1
+            if st.denied is None:
+                st.denied = "wasi:sockets"
         return 0
     except BaseException:
         return ctypes.cast(_wb.wasmtime_error_new(b"socket denied"), c_void_p).value or 0
@@ -622,7 +624,28 @@ class ComponentInstance:
         ctypes.memset(addressof(params), 0, _VSIZE * 2)
         _set_str(params[0], hook)
         _set_bytes(params[1], payload)
-        return self._call(self._hook, params, 2, hook, state, fuel, ticks, want_bytes=True)
+        outcome = self._call(self._hook, params, 2, hook, state, fuel, ticks, want_bytes=True)
+        if not outcome.ok and outcome.kind == "limit-reached":
+            self._raise_guest_reported_limit(outcome.message, hook)
+        return outcome
+
+    def _raise_guest_reported_limit(self, message: str, hook: str) -> None:
+        """A component's memories and stack are hidden from the host, so a guest language
+        runtime that hit them reports it (the Python SDK sends ``limit-reached`` with the
+        exception's name first); raise the same typed errors the core fast path raises."""
+        where = f"plugin {self.plugin!r}, hook {hook!r}"
+        if message.startswith("MemoryError"):
+            raise MemoryLimitExceeded(
+                f"{where}: ran out of memory under its {self.memory_cap}-byte cap ({message}). "
+                "Raise limits.memory_bytes in plugbox.json (within the host policy) if the "
+                "plugin needs more memory.",
+                plugin=self.plugin, hook=hook, limit="memory",
+            )
+        if message.startswith("RecursionError"):
+            raise StackOverflow(
+                f"{where}: recursed too deep ({message}).",
+                plugin=self.plugin, hook=hook, limit="stack",
+            )
 
     def call_init(self, config_json: bytes, fuel: int, ticks: int, deadline_ms: int
                   ) -> CallOutcome:

@@ -5,7 +5,8 @@ be tested with CPython inside (the Rust `hostile` sample does the same for core 
 |---------------|-------------------------------------------------------------------------|
 | `loop`        | spins forever (stopped by fuel or the deadline)                          |
 | `bomb`        | keeps 1 MiB chunks alive until memory cannot grow (CPython's MemoryError) |
-| `recurse`     | lifts the recursion limit, then recurses without end                     |
+| `recurse`     | recurses without end (CPython's RecursionError)                          |
+| `recurse-unlimited` | lifts the recursion limit, then recurses without end               |
 | `read-file`   | `open("/etc/passwd")`; returns the content if that works                 |
 | `read-env`    | returns `os.environ` as JSON (the component's environment)               |
 | `open-socket` | `import socket` (else `_socket`), connect to the payload's `host:port`   |
@@ -63,7 +64,14 @@ def _down(depth: int) -> int:
 
 @hook("recurse")
 def recurse(payload: bytes) -> bytes:
-    """Unbounded recursion past any sane recursion limit."""
+    """Unbounded recursion (stopped by CPython's recursion limit: RecursionError)."""
+    return str(_down(0)).encode()
+
+
+@hook("recurse-unlimited")
+def recurse_unlimited(payload: bytes) -> bytes:
+    """Unbounded recursion after lifting the recursion limit: Python frames live on the heap,
+    so this ends at whichever of fuel, memory or stack runs out first."""
     sys.setrecursionlimit(10_000_000)
     return str(_down(0)).encode()
 
@@ -94,11 +102,9 @@ def open_socket(payload: bytes) -> bytes:
         module = _socket
     if module is None:
         raise FailureError("; ".join(steps + ["no _socket module either"]))
-    try:
-        sock = module.socket(module.AF_INET, module.SOCK_STREAM)
-    except Exception as exc:
-        steps.append(f"{module.__name__}.socket(): {type(exc).__name__}: {exc}")
-        raise FailureError("; ".join(steps)) from None
+    # Not caught: a refusal propagates as the exception CPython raises (PermissionError),
+    # which the SDK reports as `denied` and the host as PermissionDenied.
+    sock = module.socket(module.AF_INET, module.SOCK_STREAM)
     try:
         sock.settimeout(2.0)
         sock.connect(address)

@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from . import _host
-from ._errors import Error, FailureError, InvalidInputError, NotFoundError
+from ._errors import (
+    DeniedError,
+    Error,
+    FailureError,
+    InvalidInputError,
+    LimitReachedError,
+    NotFoundError,
+)
 
 __all__ = ["Handler", "Registry", "collecting", "default_registry", "hook", "init"]
 
@@ -168,6 +175,13 @@ def _call_mapped(what: str, function: Callable[[Any], Any], argument: Any) -> An
         # The traceback is the author's best clue; the host drops it when `log` is not granted.
         _log_traceback(what, exc)
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        # Resource exhaustion and sandbox refusals keep their meaning across the ABI: the
+        # host cannot see inside a component, so it reads these (text starting with the
+        # exception's name) to raise MemoryLimitExceeded, StackOverflow or PermissionDenied.
+        if isinstance(exc, (MemoryError, RecursionError)):
+            raise LimitReachedError(text) from exc
+        if isinstance(exc, PermissionError):
+            raise DeniedError(text) from exc
         raise FailureError(text) from exc
 
 
