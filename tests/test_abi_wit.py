@@ -45,7 +45,7 @@ def wasm_tools(*args: str) -> subprocess.CompletedProcess[str]:
 def dummy_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The WIT's canonical core-module lowering, as wasm-tools generates it."""
     out = tmp_path_factory.mktemp("abi") / "dummy.wasm"
-    wasm_tools("component", "embed", "--dummy-names", "legacy", str(WIT), "-o", str(out))
+    wasm_tools("component", "embed", "--world", "plugin", "--dummy-names", "legacy", str(WIT), "-o", str(out))
     return out
 
 
@@ -150,7 +150,7 @@ def test_sdk_module_declares_the_abi_version(echo_module: Path) -> None:
 def test_sdk_module_becomes_a_valid_component(echo_module: Path, tmp_path: Path) -> None:
     embedded = tmp_path / "embedded.wasm"
     component = tmp_path / "component.wasm"
-    wasm_tools("component", "embed", str(WIT), str(echo_module), "-o", str(embedded))
+    wasm_tools("component", "embed", "--world", "plugin", str(WIT), str(echo_module), "-o", str(embedded))
     wasm_tools("component", "new", str(embedded), "-o", str(component))
     wasm_tools("validate", str(component))
     text = wasm_tools("component", "wit", str(component)).stdout

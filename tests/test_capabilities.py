@@ -158,7 +158,7 @@ def component(tmp_path: Path, imports: str) -> bytes:
         pytest.skip("wasm-tools is not installed")
     core = tmp_path / "core.wasm"
     core.write_bytes(wasmtime.wat2wasm(COMPONENT_CORE.format(imports=imports)))
-    for args in (["component", "embed", str(WIT), str(core), "-o", str(tmp_path / "e.wasm")],
+    for args in (["component", "embed", "--world", "plugin", str(WIT), str(core), "-o", str(tmp_path / "e.wasm")],
                  ["component", "new", str(tmp_path / "e.wasm"), "-o", str(tmp_path / "c.wasm")]):
         proc = subprocess.run([WASM_TOOLS, *args], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr

@@ -98,7 +98,7 @@ def test_entry_module_is_valid_python_naming_the_world_class() -> None:
     source = _pybuild.entry_module_source("it's-a-name")
     tree = ast.parse(source)
     classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
-    assert classes == ["WitWorld"]
+    assert classes == ["WitWorld", "Bulk"]  # the world's exports and the bulk interface
     assert "import app" in source and "Do not edit" in source
 
 

@@ -129,3 +129,16 @@ def test_second_load_of_a_python_plugin_comes_from_the_cache(
         echo = rt.load(built_samples["py-echo"], mode="fresh")
         assert rt.cache.hits == 1 and rt.cache.misses == 0
         assert echo.call("echo", b"fresh instance") == b"fresh instance"
+
+
+def test_python_components_take_the_bulk_path_with_the_same_results(
+    built_samples: dict[str, Path], tmp_path: Path
+) -> None:
+    # plugbox build exports the bulk interface (abi/plugbox.wit, world plugin-bulk); the host
+    # prefers it, and a megabyte of every byte value round-trips unchanged.
+    with plugbox.Runtime(state_dir=tmp_path / "s", cache_dir=WORK / "artifact-cache") as rt:
+        echo = rt.load(built_samples["py-echo"])
+        assert echo._idle[0]._text is not None  # type: ignore[union-attr]
+        payload = bytes(range(256)) * 4096
+        assert echo.call("echo", payload) == payload
+        assert echo.call("echo", b"") == b""

@@ -159,7 +159,7 @@ def test_wit_dummy_module_and_its_component() -> None:
     if not WASM_TOOLS.exists():  # pragma: no cover - the dev venv ships wasm-tools
         pytest.skip("wasm-tools not installed")
     core = subprocess.run(
-        [str(WASM_TOOLS), "component", "embed", "--dummy-names", "legacy",
+        [str(WASM_TOOLS), "component", "embed", "--world", "plugin", "--dummy-names", "legacy",
          str(REPO / "abi" / "plugbox.wit")],
         check=True, capture_output=True,
     ).stdout

@@ -498,6 +498,15 @@ class ComponentTemplate:
                 component.ptr(), None, b"on-hook", 7)
             self._init_index = _wb.wasmtime_component_get_export_index(
                 component.ptr(), None, b"on-init", 7)
+            # The optional bulk interface (abi/plugbox.wit, world plugin-bulk).
+            bulk = _abispec.import_module("bulk").encode()
+            self._bulk_index = _wb.wasmtime_component_get_export_index(
+                component.ptr(), None, bulk, len(bulk))
+            self._text_index = (
+                _wb.wasmtime_component_get_export_index(
+                    component.ptr(), self._bulk_index, b"on-hook-text", 12)
+                if self._bulk_index else None
+            )
             if not self._hook_index:
                 raise AbiViolation(f"plugin {plugin!r}: component exports no 'on-hook'",
                                    plugin=plugin)
@@ -526,7 +535,7 @@ class ComponentTemplate:
 
     def close(self) -> None:
         """Free the linker and export indices."""
-        for attr in ("_hook_index", "_init_index"):
+        for attr in ("_hook_index", "_init_index", "_text_index", "_bulk_index"):
             index = getattr(self, attr, None)
             if index:
                 _wb.wasmtime_component_export_index_delete(index)
@@ -586,6 +595,13 @@ class ComponentInstance:
                 byref(self._instance), self._ctx, template._init_index, byref(init)
             ):
                 self._init = init
+        self._text: Any = None
+        if template._text_index:
+            text = _wb.wasmtime_component_func_t()
+            if _wb.wasmtime_component_instance_get_func(
+                byref(self._instance), self._ctx, template._text_index, byref(text)
+            ):
+                self._text = text
         self._params = (_V * 2)()
         self._result = _V()
 
@@ -623,8 +639,16 @@ class ComponentInstance:
         params = self._params
         ctypes.memset(addressof(params), 0, _VSIZE * 2)
         _set_str(params[0], hook)
-        _set_bytes(params[1], payload)
-        outcome = self._call(self._hook, params, 2, hook, state, fuel, ticks, want_bytes=True)
+        if self._text is not None:
+            # One buffer across the boundary instead of one value per byte (see the bulk
+            # interface in abi/plugbox.wit): the bytes travel as the code points of a string.
+            _set_str(params[1], bytes(payload).decode("latin-1"))
+            outcome = self._call(self._text, params, 2, hook, state, fuel, ticks,
+                                 want_bytes=True, text=True)
+        else:
+            _set_bytes(params[1], payload)
+            outcome = self._call(self._hook, params, 2, hook, state, fuel, ticks,
+                                 want_bytes=True)
         if not outcome.ok and outcome.kind == "limit-reached":
             self._raise_guest_reported_limit(outcome.message, hook)
         return outcome
@@ -659,7 +683,7 @@ class ComponentInstance:
         return self._call(self._init, params, 1, "on-init", state, fuel, ticks, want_bytes=False)
 
     def _call(self, func: Any, params: Any, nparams: int, hook: str, state: _CompCallState,
-              fuel: int, ticks: int, *, want_bytes: bool) -> CallOutcome:
+              fuel: int, ticks: int, *, want_bytes: bool, text: bool = False) -> CallOutcome:
         self._store.set_fuel(fuel)
         self._store.set_epoch_deadline(ticks)
         result = self._result
@@ -673,7 +697,7 @@ class ComponentInstance:
             if err:
                 raise self._failure(ctypes.cast(err, c_void_p).value or 0, hook, state)
             try:
-                outcome = self._lift(result, hook, state, want_bytes)
+                outcome = self._lift(result, hook, state, want_bytes, text)
             finally:
                 _wb.wasmtime_component_val_delete(byref(result))
             err = _wb._wasmtime_component_func_post_return(byref(func), self._ctx)
@@ -685,14 +709,19 @@ class ComponentInstance:
             self.calls += 1
             self._flush_output()
 
-    def _lift(self, result: Any, hook: str, state: _CompCallState, want_bytes: bool
-              ) -> CallOutcome:
+    def _lift(self, result: Any, hook: str, state: _CompCallState, want_bytes: bool,
+              text: bool = False) -> CallOutcome:
         try:
             if result.kind != _K_RESULT:
                 raise _BadValue(f"expected result, got kind {result.kind}")
             inner = result.of.result.val
             if result.of.result.is_ok:
-                value = _get_bytes(inner.contents) if want_bytes and inner else b""
+                if not (want_bytes and inner):
+                    value = b""
+                elif text:
+                    value = _get_str(inner.contents).encode("latin-1")
+                else:
+                    value = _get_bytes(inner.contents)
                 return CallOutcome(True, value, "", "", state.denied)
             err = inner.contents
             if err.kind != _K_VARIANT:

@@ -214,3 +214,14 @@ def on_hook(hook: str, payload: bytes) -> bytes:
         return default_registry().dispatch(hook, payload)
     except Error as exc:
         raise _abi_error(exc) from None
+
+
+def on_hook_text(hook: str, payload: str) -> str:
+    """The ``bulk`` interface's ``on-hook-text``: ``on-hook`` with the payload and result
+    carried as strings whose code points are the bytes (latin-1), which cross the component
+    boundary as one buffer instead of one value per byte."""
+    try:
+        data = payload.encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise _abi_error(Error.from_kind("invalid-input", f"on-hook-text payload: {exc}")) from None
+    return on_hook(hook, data).decode("latin-1")
