@@ -167,6 +167,75 @@ def _take_trap(trap: int) -> tuple[int | None, str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# The typed errors both fast paths raise, worded once.
+
+
+def _where(plugin: str, hook: str | None) -> str:
+    return f"plugin {plugin!r}, hook {hook!r}" if hook else f"plugin {plugin!r}"
+
+
+def host_function_error(stashed: BaseException, plugin: str, hook: str) -> PlugboxError:
+    """The error a host function stashed before trapping the guest on purpose."""
+    if isinstance(stashed, PlugboxError):
+        return stashed
+    wrapped = GuestTrap(f"{_where(plugin, hook)}: a host function failed: {stashed!r}",
+                        plugin=plugin, hook=hook)
+    wrapped.__cause__ = stashed
+    return wrapped
+
+
+def fuel_error(plugin: str, hook: str, fuel: int | None) -> FuelExhausted:
+    """The call used up ``fuel``."""
+    amount = f"{fuel:,} fuel" if fuel is not None else "its fuel"
+    return FuelExhausted(
+        f"{_where(plugin, hook)}: ran out of fuel ({amount}); the plugin ran too long or loops "
+        "forever. Raise limits.fuel in plugbox.json (within the host policy) if the work is "
+        "legitimate.",
+        plugin=plugin, hook=hook, limit="fuel",
+    )
+
+
+def deadline_error(plugin: str, hook: str, deadline_ms: int | None) -> DeadlineExceeded:
+    """The call ran past ``deadline_ms``."""
+    amount = f"{deadline_ms} ms" if deadline_ms is not None else "its deadline"
+    return DeadlineExceeded(
+        f"{_where(plugin, hook)}: exceeded its wall-clock deadline ({amount}). Raise "
+        "limits.deadline_ms in plugbox.json (within the host policy) if the work is legitimate.",
+        plugin=plugin, hook=hook, limit="deadline",
+    )
+
+
+def stack_error(plugin: str, hook: str, detail: str = "") -> StackOverflow:
+    """The guest recursed too deep (``detail``: what the guest reported, if anything)."""
+    what = f"recursed too deep ({detail})" if detail else (
+        "wasm stack overflow (usually unbounded recursion)")
+    return StackOverflow(
+        f"{_where(plugin, hook)}: {what}; the host's max_wasm_stack caps the wasm stack.",
+        plugin=plugin, hook=hook, limit="stack",
+    )
+
+
+def memory_error(plugin: str, hook: str, cap: int, detail: str) -> MemoryLimitExceeded:
+    """The guest ran out of memory under its ``cap``."""
+    return MemoryLimitExceeded(
+        f"{_where(plugin, hook)}: ran out of memory under its {cap}-byte cap ({detail}). Raise "
+        "limits.memory_bytes in plugbox.json (within the host policy) if the plugin needs more "
+        "memory.",
+        plugin=plugin, hook=hook, limit="memory",
+    )
+
+
+def instances_error(plugin: str, hook: str | None, detail: str) -> LimitExceeded:
+    """The runtime has no free instance slot."""
+    return LimitExceeded(
+        f"{_where(plugin, hook)}: no free instance slot in this runtime ({detail}). Close "
+        "unused plugins, lower limits.instances, or create the Runtime with a larger "
+        "pooled_instances.",
+        plugin=plugin, hook=hook, limit="instances",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Engine
 
 
@@ -463,12 +532,7 @@ class Instance:
             err, trap = (store, None) if status == _ST_ERROR else (None, store)
             msg = _take_error(err) if err else _take_trap(trap or 0)[1]
             if "concurrent limit" in msg:
-                raise LimitExceeded(
-                    f"plugin {self.plugin!r}: no free instance slot in this runtime ({msg}). "
-                    "Close unused plugins, lower limits.instances, or create the Runtime with "
-                    "a larger pooled_instances.",
-                    plugin=self.plugin, limit="instances",
-                )
+                raise instances_error(self.plugin, None, msg)
             raise GuestTrap(
                 f"plugin {self.plugin!r}: instantiation failed: {msg}", plugin=self.plugin
             )
@@ -681,49 +745,22 @@ class Instance:
         # A host function that trapped on purpose stashed the typed error.
         if state is not None and state.error is not None:
             stashed, state.error = state.error, None
-            if isinstance(stashed, PlugboxError):
-                return stashed
-            wrapped = GuestTrap(
-                f"plugin {self.plugin!r}, hook {hook!r}: a host function failed: {stashed!r}",
-                plugin=self.plugin,
-                hook=hook,
-            )
-            wrapped.__cause__ = stashed
-            return wrapped
-        where = f"plugin {self.plugin!r}, hook {hook!r}"
-        first = trap_summary(msg)
-        fuel = f"{state.fuel:,} fuel" if state is not None else "its fuel"
-        deadline = f"{state.deadline_ms} ms" if state is not None else "its deadline"
+            return host_function_error(stashed, self.plugin, hook)
         if code == _TRAP_OUT_OF_FUEL:
-            return FuelExhausted(
-                f"{where}: ran out of fuel ({fuel}); the plugin ran too long or "
-                "loops forever. Raise limits.fuel in plugbox.json (within the host policy) "
-                "if the work is legitimate.",
-                plugin=self.plugin, hook=hook, limit="fuel",
-            )
+            return fuel_error(self.plugin, hook, state.fuel if state is not None else None)
         if code == _TRAP_INTERRUPT:
-            return DeadlineExceeded(
-                f"{where}: exceeded its wall-clock deadline ({deadline}). Raise "
-                "limits.deadline_ms in plugbox.json (within the host policy) if the work is "
-                "legitimate.",
-                plugin=self.plugin, hook=hook, limit="deadline",
-            )
+            return deadline_error(self.plugin, hook,
+                                  state.deadline_ms if state is not None else None)
         if code == _TRAP_STACK_OVERFLOW:
-            return StackOverflow(
-                f"{where}: wasm stack overflow (usually unbounded recursion); the host's "
-                "max_wasm_stack caps it.",
-                plugin=self.plugin, hook=hook, limit="stack",
-            )
+            return stack_error(self.plugin, hook)
+        first = trap_summary(msg)
         if not self.closed and self.memory_size() * 2 > self.memory_cap:
             # wasmtime reports a refused memory.grow as -1, and Rust guests then abort; a
             # trap while memory is over half its cap is almost always that allocation failure.
-            return MemoryLimitExceeded(
-                f"{where}: trapped after its memory reached {self.memory_size()} of its "
-                f"{self.memory_cap}-byte cap ({first}). Raise limits.memory_bytes in "
-                "plugbox.json (within the host policy) if the plugin needs more memory.",
-                plugin=self.plugin, hook=hook, limit="memory",
-            )
-        return GuestTrap(f"{where}: guest trapped: {first}", plugin=self.plugin, hook=hook)
+            return memory_error(self.plugin, hook, self.memory_cap,
+                                f"trapped with {self.memory_size()} bytes in use: {first}")
+        return GuestTrap(f"{_where(self.plugin, hook)}: guest trapped: {first}",
+                         plugin=self.plugin, hook=hook)
 
     def close(self) -> None:
         """Free the store and everything in it. Safe to call twice."""

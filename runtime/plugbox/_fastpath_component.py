@@ -28,18 +28,18 @@ from wasmtime import _bindings as _wb
 from wasmtime.component import Component
 
 from . import _abispec
-from ._errors import (
-    AbiViolation,
-    DeadlineExceeded,
-    FuelExhausted,
-    GuestTrap,
-    LimitExceeded,
-    MemoryLimitExceeded,
-    PlugboxError,
-    StackOverflow,
-    UsageError,
+from ._errors import AbiViolation, GuestTrap, PlugboxError, UsageError
+from ._fastpath import (
+    CallOutcome,
+    Engine,
+    deadline_error,
+    fuel_error,
+    host_function_error,
+    instances_error,
+    memory_error,
+    stack_error,
+    trap_summary,
 )
-from ._fastpath import CallOutcome, Engine, trap_summary
 
 if TYPE_CHECKING:
     from ._services import HostServices
@@ -657,19 +657,10 @@ class ComponentInstance:
         """A component's memories and stack are hidden from the host, so a guest language
         runtime that hit them reports it (the Python SDK sends ``limit-reached`` with the
         exception's name first); raise the same typed errors the core fast path raises."""
-        where = f"plugin {self.plugin!r}, hook {hook!r}"
         if message.startswith("MemoryError"):
-            raise MemoryLimitExceeded(
-                f"{where}: ran out of memory under its {self.memory_cap}-byte cap ({message}). "
-                "Raise limits.memory_bytes in plugbox.json (within the host policy) if the "
-                "plugin needs more memory.",
-                plugin=self.plugin, hook=hook, limit="memory",
-            )
+            raise memory_error(self.plugin, hook, self.memory_cap, message)
         if message.startswith("RecursionError"):
-            raise StackOverflow(
-                f"{where}: recursed too deep ({message}).",
-                plugin=self.plugin, hook=hook, limit="stack",
-            )
+            raise stack_error(self.plugin, hook, message)
 
     def call_init(self, config_json: bytes, fuel: int, ticks: int, deadline_ms: int
                   ) -> CallOutcome:
@@ -743,38 +734,17 @@ class ComponentInstance:
         msg = _take_error(err)
         if state.error is not None:
             stashed, state.error = state.error, None
-            if isinstance(stashed, PlugboxError):
-                return stashed
-            wrapped = GuestTrap(
-                f"plugin {self.plugin!r}, hook {hook!r}: a host function failed: {stashed!r}",
-                plugin=self.plugin, hook=hook,
-            )
-            wrapped.__cause__ = stashed
-            return wrapped
+            return host_function_error(stashed, self.plugin, hook)
         where = f"plugin {self.plugin!r}, hook {hook!r}"
         low = msg.lower()
         # The component C API reports traps as errors without a trap code: classify by the
         # messages wasmtime gives its trap codes.
         if "all fuel consumed" in low or "out of fuel" in low:
-            return FuelExhausted(
-                f"{where}: ran out of fuel ({state.fuel:,} fuel); the plugin ran too long or "
-                "loops forever. Raise limits.fuel in plugbox.json (within the host policy) "
-                "if the work is legitimate.",
-                plugin=self.plugin, hook=hook, limit="fuel",
-            )
+            return fuel_error(self.plugin, hook, state.fuel)
         if "wasm trap: interrupt" in low or "epoch deadline" in low:
-            return DeadlineExceeded(
-                f"{where}: exceeded its wall-clock deadline ({state.deadline_ms} ms). Raise "
-                "limits.deadline_ms in plugbox.json (within the host policy) if the work is "
-                "legitimate.",
-                plugin=self.plugin, hook=hook, limit="deadline",
-            )
+            return deadline_error(self.plugin, hook, state.deadline_ms)
         if "call stack exhausted" in low or "stack overflow" in low:
-            return StackOverflow(
-                f"{where}: wasm stack overflow (usually unbounded recursion); the host's "
-                "max_wasm_stack caps it.",
-                plugin=self.plugin, hook=hook, limit="stack",
-            )
+            return stack_error(self.plugin, hook)
         if any(marker in low for marker in _ABI_TRAP_MARKERS):
             # wasmtime's canonical ABI found the guest's values malformed: the same violations
             # the core fast path reports itself.
@@ -783,19 +753,10 @@ class ComponentInstance:
                 plugin=self.plugin, hook=hook,
             )
         if "concurrent limit" in low:
-            return LimitExceeded(
-                f"{where}: no free instance slot in this runtime ({trap_summary(msg)}). Close "
-                "unused plugins or create the Runtime with a larger pooled_instances.",
-                plugin=self.plugin, hook=hook, limit="instances",
-            )
-        if "memory" in low and ("limit" in low or "grow" in low or "allocat" in low
-                                or "memoryerror" in low):
-            return MemoryLimitExceeded(
-                f"{where}: ran out of memory under its {self.memory_cap}-byte cap "
-                f"({trap_summary(msg)}). Raise limits.memory_bytes in plugbox.json (within the "
-                "host policy) if the plugin needs more memory.",
-                plugin=self.plugin, hook=hook, limit="memory",
-            )
+            return instances_error(self.plugin, hook, trap_summary(msg))
+        if "memory" in low and any(word in low for word in ("limit", "grow", "allocat")):
+            # e.g. a component whose memories need more than the cap at instantiation
+            return memory_error(self.plugin, hook, self.memory_cap, trap_summary(msg))
         return GuestTrap(f"{where}: guest trapped: {trap_summary(msg)}", plugin=self.plugin,
                          hook=hook)
 

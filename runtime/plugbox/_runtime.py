@@ -7,7 +7,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from . import _abispec
 from ._cache import ArtifactCache
@@ -21,10 +21,22 @@ from ._package import staged_plugin
 from ._plugin import CallRecord, Plugin
 from ._policy import Policy
 from ._services import HostServices
-from ._trust import TrustPolicy
-from ._wasmparse import check_capabilities, check_module_interface, inspect_module
+from ._permissions import Limits, Permissions
+from ._trust import SignerInfo, TrustPolicy
+from ._wasmparse import ModuleInfo, check_capabilities, check_module_interface, inspect_module
 
 __all__ = ["Runtime", "default_state_dir"]
+
+
+class _Verified(NamedTuple):
+    """What the pre-compilation checks established about a plugin."""
+
+    manifest: Manifest
+    wasm: bytes
+    info: ModuleInfo
+    signers: tuple[SignerInfo, ...]
+    permissions: Permissions
+    limits: Limits
 
 _log = logging.getLogger("plugbox.runtime")
 T = TypeVar("T")
@@ -99,19 +111,24 @@ class Runtime:
         compatibility, sha256, static module interface, capabilities and policy caps. ``path``
         may also be a ``.plugbox`` package. Returns the manifest and the verified module bytes.
         ``allow_unrequested_imports`` is as for :meth:`load`."""
-        # [trust chain] a .plugbox package is unpacked into a private temporary directory.
+        verified = self._verified(path, allow_unrequested_imports)
+        return verified.manifest, verified.wasm
+
+    def _verified(self, path: str | os.PathLike[str], allow_unrequested_imports: bool
+                  ) -> _Verified:
+        """The checks that precede compilation, in order; see :meth:`verify`."""
+        # A .plugbox package is unpacked into a private temporary directory.
         with staged_plugin(path) as plugin_path:
             manifest = load_manifest(plugin_path)
-            self.trust.check(manifest)  # [trust chain] signatures, before the hash or compile
+            signers = self.trust.check(manifest)  # signatures, before the hash or compile
             check_compatibility(manifest, runtime_version=self.version,
                                 abi_version=_abispec.ABI_VERSION)
             wasm = verify_module(manifest)
         info = inspect_module(wasm)
         check_module_interface(info, manifest)
-        check_capabilities(  # [trust chain] static capability check
-            info, manifest, allow_unrequested_imports=allow_unrequested_imports)
-        self.policy.resolve(manifest, component=info.kind == "component")
-        return manifest, wasm
+        check_capabilities(info, manifest, allow_unrequested_imports=allow_unrequested_imports)
+        permissions, limits = self.policy.resolve(manifest, component=info.kind == "component")
+        return _Verified(manifest, wasm, info, tuple(signers), permissions, limits)
 
     def load(
         self,
@@ -140,19 +157,10 @@ class Runtime:
         self._check_open()
         if mode not in ("persistent", "fresh"):
             raise UsageError(f"mode must be 'persistent' or 'fresh', not {mode!r}")
-        # [trust chain] a .plugbox package is unpacked into a private temporary directory.
-        with staged_plugin(path) as plugin_path:
-            manifest = load_manifest(plugin_path)
-            signers = self.trust.check(manifest)  # [trust chain] before the hash or compile
-            check_compatibility(manifest, runtime_version=self.version,
-                                abi_version=_abispec.ABI_VERSION)
-            wasm = verify_module(manifest)
-        info = inspect_module(wasm)
-        check_module_interface(info, manifest)
-        check_capabilities(  # [trust chain] static capability check
-            info, manifest, allow_unrequested_imports=allow_unrequested_imports)
-        permissions, limits = self.policy.resolve(manifest, component=info.kind == "component")
-        permissions = permissions.without(set(withhold))
+        verified = self._verified(path, allow_unrequested_imports)
+        manifest, wasm, info, limits = (verified.manifest, verified.wasm, verified.info,
+                                        verified.limits)
+        permissions = verified.permissions.without(set(withhold))
         config = dict(config or {})
         validate_config(manifest, config)
 
@@ -182,7 +190,7 @@ class Runtime:
             plugin = Plugin(self, manifest, template, services, permissions=permissions,
                             limits=limits, config=config, mode=mode)
             # [trust chain] who vouched for it (empty when signatures are not checked).
-            plugin.signers = tuple(signers)
+            plugin.signers = verified.signers
         except BaseException:
             if template is not None:
                 template.close()
