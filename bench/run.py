@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import gc
 import hashlib
 import json
@@ -143,7 +144,7 @@ class Timer:
         return statistics.median(self.samples)
 
 
-def interleaved(timers: dict[str, Timer], reps: int) -> None:
+def interleaved(timers: dict[Any, Timer], reps: int) -> None:
     """One repetition of each timer in turn, ``reps`` times over."""
     for _ in range(reps):
         for t in timers.values():
@@ -379,27 +380,32 @@ def plugbox_timers(fn: Callable[[], Any], rep_seconds: float) -> dict[str, Timer
     return timers
 
 
-def bench_roundtrip(res: Results, echo_plugin: plugbox.Plugin, extism_plugin: Any,
-                    wt: WasmtimeEcho, reps: int, rep_seconds: float) -> None:
+def bench_calls(res: Results, rt: plugbox.Runtime, echo_plugin: plugbox.Plugin, echo_dir: Path,
+                extism_plugin: Any, extism_wasm: bytes, wt: WasmtimeEcho, reps: int,
+                rep_seconds: float) -> None:
+    """Sections 1 and 2 (round trip at every size, fresh instances, instantiation) as one pool
+    of timers, interleaved: a repetition round visits every timer once, so a burst of
+    background load lands in a round or two of every figure instead of in all repetitions of
+    one, and the medians shrug it off."""
+    import extism
+
+    # (section, case, contender) -> timer, plus what each row records besides the samples.
+    pool: dict[tuple[str, str, str], Timer] = {}
+    extra: dict[tuple[str, str, str], dict[str, Any]] = {}
+
     for size in SIZES:
         payload = payload_of(size)
-        timers = plugbox_timers(lambda: echo_plugin.call("echo", payload), rep_seconds)
-        timers["extism"] = Timer(lambda: extism_plugin.call("echo", payload), rep_seconds)
-        timers["wasmtime-py"] = Timer(lambda: wt.call(b"echo", payload), rep_seconds)
+        case = size_label(size)
+        timers = plugbox_timers(functools.partial(echo_plugin.call, "echo", payload),
+                                rep_seconds)
+        timers["extism"] = Timer(functools.partial(extism_plugin.call, "echo", payload),
+                                 rep_seconds)
+        timers["wasmtime-py"] = Timer(functools.partial(wt.call, b"echo", payload), rep_seconds)
         for name, t in timers.items():
             if t.check() != payload:
                 raise SystemExit(f"{name} echo returned the wrong bytes at {size} B")
-        interleaved(timers, reps)
-        for name, t in timers.items():
-            res.add("roundtrip", size_label(size), name, t.samples, payload_bytes=size,
-                    calls_per_rep=t.inner)
-        log(f"  round trip {size_label(size):>7}: " + ", ".join(
-            f"{n} {t.median * 1e6:.1f} µs" for n, t in timers.items()))
-
-
-def bench_fresh(res: Results, rt: plugbox.Runtime, echo_dir: Path, extism_wasm: bytes,
-                wt: WasmtimeEcho, reps: int, rep_seconds: float) -> None:
-    import extism
+            pool[("roundtrip", case, name)] = t
+            extra[("roundtrip", case, name)] = {"payload_bytes": size}
 
     payload = payload_of(16)
     fresh = rt.load(echo_dir, mode="fresh")
@@ -412,12 +418,15 @@ def bench_fresh(res: Results, rt: plugbox.Runtime, echo_dir: Path, extism_wasm: 
         finally:
             p.__del__()  # free now, not at the next GC
 
+    case = "fresh-instance call, 16 B"
     timers = plugbox_timers(lambda: fresh.call("echo", payload), rep_seconds)
     timers["extism"] = Timer(extism_fresh, rep_seconds)
     timers["wasmtime-py"] = Timer(lambda: wt.fresh_call(b"echo", payload), rep_seconds)
     for name, t in timers.items():
         if t.check() != payload:
             raise SystemExit(f"{name} fresh echo returned the wrong bytes")
+        pool[("fresh", case, name)] = t
+        extra[("fresh", case, name)] = {}
     # Instantiation alone (plugbox internal API: Plugin._new_instance = instantiate from the
     # pre-linked template + on-init, then close). Skipped if the internals moved.
     persistent = rt.load(echo_dir)
@@ -427,18 +436,20 @@ def bench_fresh(res: Results, rt: plugbox.Runtime, echo_dir: Path, extism_wasm: 
             new_instance().close()
         try:
             inst_only()
-            timers["plugbox instantiate"] = Timer(inst_only, rep_seconds)
+            key = ("fresh", "instantiate + on-init + close (no call)", "plugbox")
+            pool[key] = Timer(inst_only, rep_seconds)
+            extra[key] = {"api": "internal: Plugin._new_instance()"}
         except Exception as exc:  # pragma: no cover - internals changed
             log(f"  (instantiate-only measurement skipped: {exc!r})")
-    interleaved(timers, reps)
-    for name, t in timers.items():
-        if name == "plugbox instantiate":
-            res.add("fresh", "instantiate + on-init + close (no call)", "plugbox", t.samples,
-                    api="internal: Plugin._new_instance()")
-        else:
-            res.add("fresh", "fresh-instance call, 16 B", name, t.samples,
-                    calls_per_rep=t.inner)
-    log("  fresh: " + ", ".join(f"{n} {t.median * 1e6:.1f} µs" for n, t in timers.items()))
+
+    interleaved(pool, reps)
+    for key, t in pool.items():
+        res.add(*key, t.samples, calls_per_rep=t.inner, **extra[key])
+    for case in [size_label(n) for n in SIZES] + ["fresh-instance call, 16 B"]:
+        section = "fresh" if case.startswith("fresh") else "roundtrip"
+        log(f"  {section} {case}: " + ", ".join(
+            f"{c} {t.median * 1e6:.1f} µs" for (s_, k, c), t in pool.items()
+            if (s_, k) == (section, case)))
     fresh.close()
     persistent.close()
 
@@ -851,8 +862,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import extism
 
-    reps = 7 if args.quick else 11
-    rep_seconds = 0.04 if args.quick else 0.15
+    reps = 9 if args.quick else 21
+    rep_seconds = 0.02 if args.quick else 0.05
     started = time.perf_counter()
 
     log("building plugins from source ...")
@@ -882,14 +893,12 @@ def main(argv: list[str] | None = None) -> int:
         wt_engine = wasmtime.Engine()
         wt = WasmtimeEcho(wt_engine, wasmtime.Module(wt_engine, echo_wasm))
 
-        log("round trip ...")
-        bench_roundtrip(res, echo, ext, wt, reps, rep_seconds)
-        log("fresh instances ...")
-        bench_fresh(res, rt, echo_dir, extism_wasm, wt, reps, rep_seconds)
+        log("round trip and fresh instances ...")
+        bench_calls(res, rt, echo, echo_dir, ext, extism_wasm, wt, reps, rep_seconds)
         log("guest->host calls ...")
         bench_hostcalls(res, hooks, wt_engine, reps, rep_seconds)
         log("threads ...")
-        bench_threads(res, hooks, wt_engine, reps, rep_seconds * 2)
+        bench_threads(res, hooks, wt_engine, reps, max(0.15, rep_seconds * 3))
         del ext
 
     env["load_average_at_end"] = os.getloadavg()
