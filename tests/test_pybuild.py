@@ -14,6 +14,7 @@ import argparse
 import ast
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -288,6 +289,31 @@ def test_hostile_python_is_contained(
         plugin.call("bomb")
     assert "MemoryError" in str(memory.value) and memory.value.limit == "memory"
     assert plugin.call("echo", b"still serving") == b"still serving"
+
+
+def test_component_stdout_and_stderr_reach_the_log_capped_per_call(
+    built_hostile: tuple[Path, list[str]], component_runtime: plugbox.Runtime,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # py-hostile requests nothing; a copy whose manifest grants `log` (the module, and so its
+    # sha256, is unchanged) shows where its output goes.
+    logged = tmp_path / "py-hostile-logged"
+    shutil.copytree(built_hostile[0].parent, logged)
+    manifest = json.loads((logged / "plugbox.json").read_text())
+    manifest["permissions"]["log"] = True
+    (logged / "plugbox.json").write_text(json.dumps(manifest))
+    with caplog.at_level(logging.INFO, logger="plugbox.plugin.py-hostile"):
+        assert component_runtime.load(logged).call("print") == b"printed"
+        silent = component_runtime.load(built_hostile[0].parent)
+        before = len(caplog.records)
+        assert silent.call("print") == b"printed"
+        assert not [r for r in caplog.records[before:] if r.name == "plugbox.plugin.py-hostile"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "plugbox.plugin.py-hostile"]
+    stdout = [line for line in lines if line.startswith("[stdout] line ")]
+    assert 600 <= len(stdout) <= 660  # 64 KiB of the 100 KB, in 100-byte lines
+    assert stdout[0] == "[stdout] line 0000 " + "x" * 90
+    assert any(line.startswith("[stdout] ... ") and "dropped" in line for line in lines)
+    assert "[stderr] to stderr" in lines
 
 
 def test_the_component_backend_runs_the_built_plugin(

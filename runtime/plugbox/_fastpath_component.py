@@ -70,7 +70,7 @@ _ABI_TRAP_MARKERS: Final = (
     "not aligned", "discriminant", "invalid utf-8", "realloc return",
 )
 
-_OUTPUT_CAP: Final = 64 * 1024  # bytes of stdout/stderr logged per instance lifetime
+_OUTPUT_CAP: Final = 64 * 1024  # bytes of stdout and of stderr logged per call
 _log = logging.getLogger("plugbox.runtime")
 
 
@@ -549,6 +549,49 @@ class ComponentTemplate:
 _NO_FINALIZER: Any = ctypes.cast(None, ctypes.CFUNCTYPE(None, c_void_p))  # type: ignore[arg-type]
 
 
+class _Output:
+    """A guest's stdout or stderr, logged line by line through the plugin's log service (info
+    for stdout, warn for stderr), at most ``_OUTPUT_CAP`` bytes per call; the rest is dropped
+    and counted in one notice. Without the log permission nothing is shown."""
+
+    __slots__ = ("services", "label", "level", "buffer", "taken", "dropped")
+
+    def __init__(self, services: HostServices, label: str) -> None:
+        self.services = services
+        self.label = label
+        self.level = 2 if label == "stdout" else 3
+        self.buffer = bytearray()
+        self.taken = 0
+        self.dropped = 0
+
+    def write(self, data: bytes) -> None:
+        room = max(0, _OUTPUT_CAP - self.taken)
+        kept = data[:room]
+        self.taken += len(kept)
+        self.dropped += len(data) - len(kept)
+        self.buffer += kept
+        while b"\n" in self.buffer:
+            line, _, rest = bytes(self.buffer).partition(b"\n")
+            self.buffer = bytearray(rest)
+            self._log(line.decode("utf-8", "replace"))
+
+    def end_call(self) -> None:
+        if self.buffer:
+            line, self.buffer = bytes(self.buffer), bytearray()
+            self._log(line.decode("utf-8", "replace"))
+        if self.dropped:
+            self._log(f"... {self.dropped} more bytes dropped (cap: {_OUTPUT_CAP} per call)")
+        self.taken = self.dropped = 0
+
+    def _log(self, text: str) -> None:
+        from ._services import HostCallError
+
+        try:
+            self.services.log(self.level, f"[{self.label}] {text}")
+        except HostCallError:  # log not granted: the output is dropped, never shown unchecked
+            pass
+
+
 class ComponentInstance:
     """One instantiated component in its own store."""
 
@@ -558,16 +601,16 @@ class ComponentInstance:
         self.memory_cap = template.memory_cap
         self.calls = 0
         self.closed = True
-        self._output = bytearray()
-        self._output_dropped = 0
+        self._stdout = _Output(template.services, "stdout")
+        self._stderr = _Output(template.services, "stderr")
         self._store = wasmtime.Store(template.engine.wasmtime)
         store_ptr = self._store.ptr()
         # memory bytes (each memory), table elements, instances, tables, memories
         _wb.wasmtime_store_limiter(store_ptr, template.memory_cap, 1_000_000, 1000, 1000, 100)
         self._ctx = self._store._context()
         wasi = wasmtime.WasiConfig()  # no preopens, env, args; empty stdin
-        wasi.stdout_custom = self._capture
-        wasi.stderr_custom = self._capture
+        wasi.stdout_custom = self._stdout.write
+        wasi.stderr_custom = self._stderr.write
         self._store.set_wasi(wasi)
         self._store.set_fuel(fuel)
         self._store.set_epoch_deadline(ticks)
@@ -607,26 +650,10 @@ class ComponentInstance:
 
     # -- output capture --------------------------------------------------------------------
 
-    def _capture(self, data: bytes) -> None:
-        room = _OUTPUT_CAP - len(self._output)
-        if room > 0:
-            self._output += data[:room]
-        self._output_dropped += max(0, len(data) - max(room, 0))
-        while b"\n" in self._output:
-            line, _, rest = bytes(self._output).partition(b"\n")
-            self._output = bytearray(rest)
-            self._emit_line(line)
-
-    def _emit_line(self, line: bytes) -> None:
-        try:
-            self.template.services.log(2, "[stdout] " + line.decode("utf-8", "replace"))
-        except Exception:  # log not granted: output is still dropped, never shown unchecked
-            pass
-
     def _flush_output(self) -> None:
-        if self._output:
-            line, self._output = bytes(self._output), bytearray()
-            self._emit_line(line)
+        """End of a call: log partial lines and what the per-call cap dropped."""
+        self._stdout.end_call()
+        self._stderr.end_call()
 
     # -- calls -----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ be tested with CPython inside (the Rust `hostile` sample does the same for core 
 | `read-env`    | returns `os.environ` as JSON (the component's environment)               |
 | `open-socket` | `import socket` (else `_socket`), connect to the payload's `host:port`   |
 |               | (default 127.0.0.1:80); returns "connected" if that works               |
+| `print`       | writes 100 KB to stdout and a line to stderr (the host logs it, capped)  |
 | `echo`        | behaves: returns its payload, so tests can show the host still serves    |
 
 A contained attack ends in an error (`failure` with the Python exception's text) or a trap;
@@ -114,6 +115,15 @@ def open_socket(payload: bytes) -> bytes:
     finally:
         sock.close()
     return b"connected"
+
+
+@hook("print")
+def print_a_lot(payload: bytes) -> bytes:
+    """Writes 100 KB to stdout and a line to stderr (captured into the log, capped per call)."""
+    for i in range(1000):
+        print(f"line {i:04d} " + "x" * 90)
+    print("to stderr", file=sys.stderr)
+    return b"printed"
 
 
 @hook("echo")
