@@ -442,6 +442,18 @@ def bench_calls(res: Results, rt: plugbox.Runtime, echo_plugin: plugbox.Plugin, 
         except Exception as exc:  # pragma: no cover - internals changed
             log(f"  (instantiate-only measurement skipped: {exc!r})")
 
+    # A machine-speed reference in the same rounds: pure Python, no wasm. When the host runs
+    # this VM slower for a while, this row slows down with the others.
+    def reference() -> int:
+        total = 0
+        for i in range(1000):
+            total += i
+        return total
+
+    key = ("reference", "pure-Python loop, 1000 additions", "python")
+    pool[key] = Timer(reference, rep_seconds)
+    extra[key] = {}
+
     interleaved(pool, reps)
     for key, t in pool.items():
         res.add(*key, t.samples, calls_per_rep=t.inner, **extra[key])
@@ -761,6 +773,11 @@ def build_tables(res: Results, tgts: list[dict[str, Any]]) -> list[Table]:
     if inst:
         rows.append(["instantiate + on-init + close only", fmt_us(inst["median"]),
                      f"±{inst['spread'] * 50:.0f}%", "", "", "", "", ""])
+    ref = res.get("reference", "pure-Python loop, 1000 additions", "python")
+    if ref:
+        rows.append(["machine-speed reference: pure-Python loop of 1000 additions "
+                     "(no wasm; same rounds)", fmt_us(ref["median"]),
+                     f"±{ref['spread'] * 50:.0f}%", "", "", "", "", ""])
     tables.append(("Fresh instance per call, 16 B (median)",
                    ["case", "plugbox", "spread", "plugbox, pure-Python path", "Extism", "ratio",
                     "wasmtime-py generic", "ratio"], rows))
