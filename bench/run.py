@@ -58,6 +58,10 @@ TARGET_CALL_16B_US = 3.0
 TARGET_MIB_GBPS = 2.0
 TARGET_FRESH_US = 20.0
 TARGET_HOSTCALL_US = 2.0
+# Python plugins (componentize-py components), issue 3:
+TARGET_PY_1K_US = 150.0
+TARGET_PY_MIB_EACH_WAY_MS = 20.0
+TARGET_PY_WARM_LOAD_MS = 250.0
 TARGET_SCALING = 1.8
 
 RUSTC = "/usr/bin/rustc"
@@ -622,6 +626,67 @@ def bench_threads(res: Results, hooks_plugin: plugbox.Plugin, engine: wasmtime.E
         ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in ratios.items())))
 
 
+# ------------------------------------------------------------------------------- python plugins
+
+_LOAD_SCRIPT = """
+import sys, time, json
+t0 = time.perf_counter()
+import plugbox
+t1 = time.perf_counter()
+with plugbox.Runtime(state_dir=sys.argv[2], cache_dir=sys.argv[3]) as rt:
+    t2 = time.perf_counter()
+    plugin = rt.load(sys.argv[1])
+    t3 = time.perf_counter()
+    assert plugin.call("echo", b"x") == b"x"
+    t4 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "runtime": t2 - t1, "load": t3 - t2,
+                  "first_call": t4 - t3, "hits": rt.cache.hits}))
+"""
+
+
+def _load_in_new_process(plugin_dir: Path, cache: Path, state: Path) -> dict[str, float]:
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, str(plugin_dir), str(state),
+                          str(cache)], capture_output=True, text=True, timeout=600, check=True)
+    figures: dict[str, float] = json.loads(out.stdout)
+    figures["process"] = time.perf_counter() - started
+    return figures
+
+
+def bench_python(res: Results, build_dir: Path, reps: int, rep_seconds: float) -> None:
+    """Section 5: the Python echo sample (a componentize-py component): cold and warm load,
+    each in a new process, and per-call round trips beside the Rust echo's."""
+    from plugbox import _pybuild
+
+    module = _pybuild.build_python_plugin(REPO / "sample-plugins" / "python" / "echo",
+                                          out_dir=build_dir / "py-echo")
+    plugin_dir = module.parent
+    with tempfile.TemporaryDirectory(prefix="plugbox-bench-py-") as tmp:
+        cache = Path(tmp) / "cache"
+        cold = _load_in_new_process(plugin_dir, cache, Path(tmp) / "s0")
+        res.add("python", "cold load (compile), new process", "plugbox", [cold["load"]],
+                unit="s", process_seconds=[cold["process"]], cache_hits=cold["hits"])
+        warm = [_load_in_new_process(plugin_dir, cache, Path(tmp) / f"s{i + 1}")
+                for i in range(max(3, reps // 3))]
+        assert all(w["hits"] == 1 for w in warm), "warm loads must come from the cache"
+        res.add("python", "warm load (cache hit), new process", "plugbox",
+                [w["load"] for w in warm], unit="s",
+                process_seconds=[w["process"] for w in warm],
+                import_seconds=[w["import"] for w in warm])
+        with plugbox.Runtime(state_dir=Path(tmp) / "s", cache_dir=cache) as rt:
+            py = rt.load(plugin_dir)
+            pool: dict[str, Timer] = {}
+            for size in SIZES:
+                payload = payload_of(size)
+                timer = Timer(functools.partial(py.call, "echo", payload), rep_seconds)
+                if timer.check() != payload:
+                    raise SystemExit(f"the Python echo returned the wrong bytes at {size} B")
+                pool[size_label(size)] = timer
+            interleaved(pool, reps)
+            for case, timer in pool.items():
+                res.add("python", f"per call, {case}", "plugbox", timer.samples)
+
+
 # ------------------------------------------------------------------------------- report
 
 
@@ -674,6 +739,23 @@ def targets(res: Results, cpus: int) -> list[dict[str, Any]]:
         if cpus < 2:
             met, note = None, "fewer than 2 CPUs available: not measurable"
         add("2-thread throughput", ratio, f"{ratio:.2f}x", f">= {TARGET_SCALING:g}x", met, note)
+    r = res.get("python", "per call, 1 KiB", "plugbox")
+    if r:
+        us = r["median"] * 1e6
+        add("Python echo, 1 KiB per call", us, f"{us:.0f} µs", f"<= {TARGET_PY_1K_US:g} µs",
+            us <= TARGET_PY_1K_US)
+    r = res.get("python", "per call, 1 MiB", "plugbox")
+    if r:
+        ms = r["median"] * 1e3 / 2
+        add("Python echo, 1 MiB each way (round trip / 2)", ms, f"{ms:.1f} ms",
+            f"<= {TARGET_PY_MIB_EACH_WAY_MS:g} ms", ms <= TARGET_PY_MIB_EACH_WAY_MS)
+    r = res.get("python", "warm load (cache hit), new process", "plugbox")
+    if r:
+        ms = r["median"] * 1e3
+        add("Python plugin, second load in a new process", ms,
+            f"{ms:.0f} ms (rt.load; whole process incl. interpreter start: "
+            f"{statistics.median(r['process_seconds']) * 1e3:.0f} ms)",
+            f"<= {TARGET_PY_WARM_LOAD_MS:g} ms", ms <= TARGET_PY_WARM_LOAD_MS)
     return out
 
 
@@ -758,6 +840,25 @@ def build_tables(res: Results, tgts: list[dict[str, Any]]) -> list[Table]:
                    ["payload", "plugbox", "spread", "plugbox MB/s (payload/time)",
                     "plugbox, pure-Python path", "Extism", "ratio", "wasmtime-py generic",
                     "ratio"], rows))
+
+    rows = []
+    for case in ("cold load (compile), new process", "warm load (cache hit), new process"):
+        r = res.get("python", case, "plugbox")
+        if r:
+            rows.append([case, f"{r['median'] * 1e3:,.0f} ms",
+                         f"{statistics.median(r['process_seconds']) * 1e3:,.0f} ms", "", ""])
+    for size in SIZES:
+        label = size_label(size)
+        r = res.get("python", f"per call, {label}", "plugbox")
+        rust = res.get("roundtrip", label, "plugbox")
+        if r:
+            rows.append([f"per call, {label}", fmt_us(r["median"]), "",
+                         fmt_us(rust["median"]) if rust else "-",
+                         f"{r['median'] / rust['median']:.0f}x" if rust else "-"])
+    if rows:
+        tables.append(("Python plugin (componentize-py echo component; median)",
+                       ["case", "Python plugin", "whole process", "Rust echo (core module)",
+                        "ratio"], rows))
 
     rows = []
     pb = res.get("fresh", "fresh-instance call, 16 B", "plugbox")
@@ -875,6 +976,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also write the tables as Markdown (for docs/benchmarks.md)")
     ap.add_argument("--build-dir", type=Path, default=BENCH / ".build",
                     help="cargo target dir and staged plugins (default bench/.build)")
+    ap.add_argument("--no-python", action="store_true",
+                    help="skip the Python-plugin rows (they need componentize-py; ~40 s)")
     args = ap.parse_args(argv)
 
     import extism
@@ -917,6 +1020,11 @@ def main(argv: list[str] | None = None) -> int:
         log("threads ...")
         bench_threads(res, hooks, wt_engine, reps, max(0.15, rep_seconds * 3))
         del ext
+    if args.no_python:
+        log("Python plugin rows skipped (--no-python)")
+    else:
+        log("Python plugin (componentize-py build, cold load compiles for ~10 s) ...")
+        bench_python(res, build_dir, reps, rep_seconds)
 
     env["load_average_at_end"] = os.getloadavg()
     env["wall_seconds"] = round(time.perf_counter() - started, 1)

@@ -26,6 +26,7 @@ import os
 import struct
 import threading
 import time
+from pathlib import Path
 from ctypes import c_bool, c_char_p, c_int64, c_size_t, c_uint8, c_uint64, c_void_p
 from typing import TYPE_CHECKING, Any, Callable, Final
 
@@ -302,9 +303,9 @@ class Engine:
         """Compile a verified core module."""
         return wasmtime.Module(self.wasmtime, wasm)
 
-    def deserialize(self, artifact: bytes) -> wasmtime.Module:
-        """Load a compiled artifact produced by ``Module.serialize`` with the same settings."""
-        return wasmtime.Module.deserialize(self.wasmtime, artifact)
+    def deserialize_file(self, path: Path) -> wasmtime.Module:
+        """Map a compiled artifact produced by ``Module.serialize`` with the same settings."""
+        return wasmtime.Module.deserialize_file(self.wasmtime, str(path))
 
     def close(self) -> None:
         """Stop the ticker thread. Safe to call twice."""

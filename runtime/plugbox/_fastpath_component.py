@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from ctypes import POINTER, addressof, byref, c_size_t, c_void_p
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Final
 
 import wasmtime
@@ -79,9 +80,9 @@ def compile_component(engine: Engine, wasm: bytes) -> Component:
     return Component(engine.wasmtime, wasm)
 
 
-def deserialize_component(engine: Engine, artifact: bytes) -> Component:
-    """Load a compiled component artifact."""
-    return Component.deserialize(engine.wasmtime, artifact)
+def deserialize_component(engine: Engine, path: Path) -> Component:
+    """Map a compiled component artifact from disk."""
+    return Component.deserialize_file(engine.wasmtime, str(path))
 
 
 # ---------------------------------------------------------------------------------------------

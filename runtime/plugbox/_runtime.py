@@ -180,8 +180,8 @@ class Runtime:
                                              services=services, memory_cap=limits.memory_bytes)
             else:
                 module = self._compiled(manifest.module_sha256, wasm,
-                                        lambda _e, blob: self.engine.deserialize(blob),
-                                        lambda _e, blob: self.engine.compile(blob))
+                                        lambda engine, path: engine.deserialize_file(path),
+                                        lambda engine, blob: engine.compile(blob))
                 template = Template(
                     self.engine, module, plugin=manifest.name, services=services,
                     imports=[(imp.module, imp.name) for imp in info.imports],
@@ -206,11 +206,11 @@ class Runtime:
         self,
         sha256: str,
         wasm: bytes,
-        deserialize: Callable[[Engine, bytes], T],
+        deserialize: Callable[[Engine, Path], T],
         compile: Callable[[Engine, bytes], T],
     ) -> T:
         """The compiled module or component, from the cache or compiled (and cached) now."""
-        cached = self.cache.get(sha256, lambda blob: deserialize(self.engine, blob))
+        cached = self.cache.get(sha256, lambda path: deserialize(self.engine, path))
         if cached is not None:
             return cached
         compiled = compile(self.engine, wasm)
