@@ -25,6 +25,7 @@ bench:
 # Type-check the runtime.
 lint:
     "{{python}}" -m mypy --strict runtime/plugbox
+    "{{python}}" -m mypy --strict sdk-python/src/plugbox_sdk
 
 # Build the sample Rust plugins into .build/plugins.
 build-samples:
