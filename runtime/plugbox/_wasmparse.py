@@ -389,24 +389,9 @@ def _inspect_core(data: bytes) -> ModuleInfo:
     last_order = -1
 
     while not r.at_end():
-        section_start = r.pos
-        sid = r.byte("section id")
-        size = r.u32("section size")
-        if size > r.end - r.pos:
-            raise _Malformed(
-                section_start,
-                f"section {sid} is {size} bytes long but only {r.end - r.pos} bytes remain",
-            )
-        s = _Reader(data, r.pos, r.pos + size)
-        r.pos += size
-
+        section_start, sid, s = _next_section(r, data)
         if sid == 0:
-            name = s.name("custom section name")
-            if name in custom:
-                if name.startswith("plugbox:"):
-                    raise _Malformed(section_start, f"custom section {name!r} appears twice")
-                continue
-            custom[name] = data[s.pos : s.end]
+            _custom_section(s, data, custom, section_start)
             continue
         if sid not in _SECTION_NAMES:
             raise _Malformed(section_start, f"unknown section id {sid}")
@@ -597,31 +582,44 @@ def _component_exports(s: _Reader) -> list[tuple[str, ItemKind]]:
     return out
 
 
+def _next_section(r: _Reader, data: bytes) -> tuple[int, int, _Reader]:
+    """Read one section header (core modules and components share the framing); returns
+    (offset, id, a reader over its contents) and moves ``r`` past it."""
+    section_start = r.pos
+    sid = r.byte("section id")
+    size = r.u32("section size")
+    if size > r.end - r.pos:
+        raise _Malformed(
+            section_start,
+            f"section {sid} is {size} bytes long but only {r.end - r.pos} bytes remain",
+        )
+    s = _Reader(data, r.pos, r.pos + size)
+    r.pos += size
+    return section_start, sid, s
+
+
+def _custom_section(s: _Reader, data: bytes, custom: dict[str, bytes], start: int) -> None:
+    """Record a custom section; the first of a name wins, and a duplicated ``plugbox:*``
+    section (which could smuggle a second ABI version) is refused."""
+    name = s.name("custom section name")
+    if name in custom:
+        if name.startswith("plugbox:"):
+            raise _Malformed(start, f"custom section {name!r} appears twice")
+        return
+    custom[name] = data[s.pos : s.end]
+
+
 def _inspect_component(data: bytes) -> ModuleInfo:
     r = _Reader(data, 8)
     custom: dict[str, bytes] = {}
     imports: list[str] = []
     exports: list[Export] = []
     while not r.at_end():
-        section_start = r.pos
-        sid = r.byte("section id")
-        size = r.u32("section size")
-        if size > r.end - r.pos:
-            raise _Malformed(
-                section_start,
-                f"section {sid} is {size} bytes long but only {r.end - r.pos} bytes remain",
-            )
+        section_start, sid, s = _next_section(r, data)
         if sid > _MAX_COMPONENT_SECTION_ID:
             raise _Malformed(section_start, f"unknown component section id {sid}")
-        s = _Reader(data, r.pos, r.pos + size)
-        r.pos += size
         if sid == 0:
-            name = s.name("custom section name")
-            if name in custom:
-                if name.startswith("plugbox:"):
-                    raise _Malformed(section_start, f"custom section {name!r} appears twice")
-                continue
-            custom[name] = data[s.pos : s.end]
+            _custom_section(s, data, custom, section_start)
         elif sid == 10:
             # Top-level imports only: nested components' imports are satisfied inside the
             # component, while these are what the host must provide.
