@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +133,60 @@ def wat_plugin(tmp_path: Path) -> Callable[..., Path]:
                             **manifest)
 
     return make
+
+
+class _LocalHandler(BaseHTTPRequestHandler):
+    """The tests' HTTP endpoint. ``/slow`` answers after 2 s, ``/missing`` is a 404,
+    ``/redirect-in`` redirects to ``/hello`` on the same server, ``/redirect-out`` to a host no
+    test allows; anything else answers JSON naming the path and two request headers."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if self.path in ("/redirect-in", "/redirect-out"):
+            self.send_response(302)
+            self.send_header("location", "/hello" if self.path == "/redirect-in"
+                             else "http://evil.example.com/")
+            self.end_headers()
+            return
+        if self.path.startswith("/slow"):
+            time.sleep(2)
+        body = json.dumps({"path": self.path, "rid": self.headers.get("x-request-id"),
+                           "ua": self.headers.get("user-agent")}).encode()
+        try:
+            self.send_response(404 if self.path == "/missing" else 200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a /slow client gave up at its deadline, as its test intends
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def http_server() -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 (port chosen by the OS) for the run; its base URL."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _LocalHandler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+#: What each hook of the Rust ``hostile`` sample must raise: (hook, call options, error).
+HOSTILE_EXPECTATIONS: list[tuple[str, dict[str, int], type[plugbox.PluginCallError]]] = [
+    ("loop", {}, plugbox.FuelExhausted),
+    ("loop", {"fuel": 10**15, "deadline_ms": 100}, plugbox.DeadlineExceeded),
+    ("bomb", {}, plugbox.MemoryLimitExceeded),
+    ("recurse", {}, plugbox.StackOverflow),
+    ("bad-result-ptr", {}, plugbox.AbiViolation),
+    ("bad-result-len", {}, plugbox.AbiViolation),
+    ("bad-tag", {}, plugbox.AbiViolation),
+    ("bad-error-utf8", {}, plugbox.AbiViolation),
+    ("bad-host-ptr", {}, plugbox.AbiViolation),
+    ("bad-host-utf8", {}, plugbox.AbiViolation),
+]
+

@@ -5,9 +5,6 @@ harness and through the real runtime as components."""
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -83,40 +80,18 @@ def test_kv_notes_without_kv_is_denied(backend: str, built_samples: dict[str, Pa
         notes.call_json("notes.put", {"title": "a", "body": "x"})
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
-        body = json.dumps({"path": self.path}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-
-
 def test_py_fetcher_reaches_a_local_server_through_the_runtime(
-    built_samples: dict[str, Path], server: str, tmp_path: Path
+    built_samples: dict[str, Path], http_server: str, tmp_path: Path
 ) -> None:
     policy = plugbox.Policy(http_hosts=("127.0.0.1:*",))
     with plugbox.Runtime(state_dir=tmp_path / "s", cache_dir=WORK / "artifact-cache",
                          policy=policy) as rt:
         fetcher = rt.load(built_samples["py-fetcher"])
-        result = fetcher.call_json("fetch", {"url": f"{server}/hi"})
-        assert result["status"] == 200 and result["json"] == {"path": "/hi"}
+        result = fetcher.call_json("fetch", {"url": f"{http_server}/hi"})
+        assert result["status"] == 200
+        assert result["json"] == {"path": "/hi", "rid": None, "ua": "plugbox"}
         with pytest.raises(plugbox.PermissionDenied) as info:
-            fetcher.call_json("fetch", {"url": server.replace("127.0.0.1", "localhost")})
+            fetcher.call_json("fetch", {"url": http_server.replace("127.0.0.1", "localhost")})
         assert info.value.permission == "http"
 
 

@@ -7,46 +7,15 @@ import json
 import logging
 import re
 import shutil
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 import plugbox
 from plugbox._policy import Policy
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        if self.path.startswith("/slow"):
-            time.sleep(2)
-        body = json.dumps({"path": self.path, "rid": self.headers.get("x-request-id")}).encode()
-        try:
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the /slow client gave up at its deadline, as the test intends
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+from tests.conftest import HOSTILE_EXPECTATIONS
 
 
 # -- echo ------------------------------------------------------------------------------------
@@ -184,11 +153,11 @@ def test_kv_quota_surfaces_as_limit_reached(runtime: plugbox.Runtime,
 
 
 def test_fetcher_reaches_an_allow_listed_local_server(
-    runtime: plugbox.Runtime, rust_plugins: dict[str, Path], server: str
+    runtime: plugbox.Runtime, rust_plugins: dict[str, Path], http_server: str
 ) -> None:
     fetcher = runtime.load(rust_plugins["fetcher"])
-    first = fetcher.call_json("fetch", {"url": f"{server}/hello"})
-    second = fetcher.call_json("fetch", {"url": f"{server}/hello"})
+    first = fetcher.call_json("fetch", {"url": f"{http_server}/hello"})
+    second = fetcher.call_json("fetch", {"url": f"{http_server}/hello"})
     assert first["status"] == 200
     body = json.loads(first["body"])
     assert body["path"] == "/hello"
@@ -198,10 +167,10 @@ def test_fetcher_reaches_an_allow_listed_local_server(
 
 
 def test_fetcher_is_denied_hosts_outside_its_allow_list(
-    runtime: plugbox.Runtime, rust_plugins: dict[str, Path], server: str
+    runtime: plugbox.Runtime, rust_plugins: dict[str, Path], http_server: str
 ) -> None:
     fetcher = runtime.load(rust_plugins["fetcher"])
-    port = server.rsplit(":", 1)[1]
+    port = http_server.rsplit(":", 1)[1]
     with pytest.raises(plugbox.PermissionDenied) as info:
         fetcher.call_json("fetch", {"url": f"http://localhost:{port}/"})
     assert info.value.permission == "http"
@@ -209,11 +178,11 @@ def test_fetcher_is_denied_hosts_outside_its_allow_list(
 
 
 def test_http_is_cut_off_by_the_call_deadline(
-    runtime: plugbox.Runtime, rust_plugins: dict[str, Path], server: str
+    runtime: plugbox.Runtime, rust_plugins: dict[str, Path], http_server: str
 ) -> None:
     fetcher = runtime.load(rust_plugins["fetcher"])
     with pytest.raises(plugbox.PluginCallError) as info:
-        fetcher.call_json("fetch", {"url": f"{server}/slow"}, deadline_ms=300)
+        fetcher.call_json("fetch", {"url": f"{http_server}/slow"}, deadline_ms=300)
     # Either the host's timeout reached the plugin as a failure, or the epoch stopped it.
     err = info.value
     assert (isinstance(err, plugbox.GuestError) and err.kind == "failure"
@@ -253,18 +222,7 @@ def test_every_service_is_denied_without_permission(runtime: plugbox.Runtime,
 
 # -- hostile guests --------------------------------------------------------------------------
 
-HOSTILE = [
-    ("loop", {}, plugbox.FuelExhausted),
-    ("loop", {"fuel": 10**15, "deadline_ms": 100}, plugbox.DeadlineExceeded),
-    ("bomb", {}, plugbox.MemoryLimitExceeded),
-    ("recurse", {}, plugbox.StackOverflow),
-    ("bad-result-ptr", {}, plugbox.AbiViolation),
-    ("bad-result-len", {}, plugbox.AbiViolation),
-    ("bad-tag", {}, plugbox.AbiViolation),
-    ("bad-error-utf8", {}, plugbox.AbiViolation),
-    ("bad-host-ptr", {}, plugbox.AbiViolation),
-    ("bad-host-utf8", {}, plugbox.AbiViolation),
-]
+HOSTILE = HOSTILE_EXPECTATIONS
 
 
 @pytest.mark.parametrize("mode", ["persistent", "fresh"])

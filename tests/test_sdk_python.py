@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import textwrap
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -620,46 +618,13 @@ def test_http_response_cap_and_responder_errors(
         services(http=down).call_json("fetch", {"url": "http://127.0.0.1/"})
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        if self.path == "/redirect-out":
-            self.send_response(302)
-            self.send_header("location", "http://evil.example.com/")
-            self.end_headers()
-            return
-        if self.path == "/redirect-in":
-            self.send_response(302)
-            self.send_header("location", "/hello")
-            self.end_headers()
-            return
-        status = 404 if self.path == "/missing" else 200
-        body = json.dumps({"path": self.path, "ua": self.headers.get("user-agent")}).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def test_http_over_the_network(services: Callable[..., testing.Harness], server: str) -> None:
+def test_http_over_the_network(services: Callable[..., testing.Harness],
+                               http_server: str) -> None:
+    server = http_server
     plugin = services()
     result = plugin.call_json("fetch", {"url": f"{server}/hello"})
     assert result["status"] == 200 and result["ct"] == "application/json"
-    assert json.loads(result["body"]) == {"path": "/hello", "ua": "plugbox"}
+    assert json.loads(result["body"]) == {"path": "/hello", "rid": None, "ua": "plugbox"}
     assert plugin.call_json("fetch", {"url": f"{server}/missing"})["status"] == 404
     assert json.loads(plugin.call_json("fetch", {"url": f"{server}/redirect-in"})["body"])[
         "path"] == "/hello"
@@ -732,10 +697,12 @@ def test_sample_kv_notes() -> None:
         notes.call_json("notes.put", {"title": "one too many"})
 
 
-def test_sample_py_fetcher(server: str) -> None:
+def test_sample_py_fetcher(http_server: str) -> None:
+    server = http_server
     fetcher = testing.load(SAMPLES / "py-fetcher")
     result = fetcher.call_json("fetch", {"url": f"{server}/data"})
-    assert result["status"] == 200 and result["json"] == {"path": "/data", "ua": "plugbox"}
+    assert result["status"] == 200
+    assert result["json"] == {"path": "/data", "rid": None, "ua": "plugbox"}
     assert result["content_type"] == "application/json" and result["bytes"] > 0
     with pytest.raises(DeniedError, match="method POST is not allowed"):
         fetcher.call_json("fetch", {"url": f"{server}/data", "method": "POST"})
