@@ -86,7 +86,6 @@ _store_limiter = _proto(
 )
 _store_delete = _proto(_pydll, "wasmtime_store_delete", None, _P)
 _set_fuel = _proto(_pydll, "wasmtime_context_set_fuel", _P, _P, c_uint64)
-_get_fuel = _proto(_pydll, "wasmtime_context_get_fuel", _P, _P, _P)
 _set_epoch_deadline = _proto(_pydll, "wasmtime_context_set_epoch_deadline", None, _P, c_uint64)
 _memory_data = _proto(_pydll, "wasmtime_memory_data", _P, _P, _P)
 _memory_size = _proto(_pydll, "wasmtime_memory_data_size", c_size_t, _P, _P)
@@ -120,7 +119,6 @@ _TRAP_OUT_OF_FUEL: Final = 11
 
 _RAW = 16  # sizeof(wasmtime_val_raw_t)
 _FUNC_SIZE = ctypes.sizeof(_wb.wasmtime_func_t)
-_EXTERN_SIZE = ctypes.sizeof(_wb.wasmtime_extern_t)
 _EXTERN_OF = _wb.wasmtime_extern_t.of.offset
 
 _callback_type = ctypes.CFUNCTYPE(_P, _P, _P, _P, c_size_t)
@@ -131,7 +129,6 @@ _RAW_I64 = struct.Struct("<q8x")
 _U32 = struct.Struct("<I")
 _U32X2 = struct.Struct("<II")
 _U32X4 = struct.Struct("<IIII")
-_RESULT_HDR = struct.Struct("<B3xII")  # tag, then two u32 words of the payload
 _ERROR_AT4 = struct.Struct("<B3xB3xII")  # result tag, error tag, message ptr, len
 _U8 = struct.Struct("<B")
 
@@ -577,15 +574,6 @@ class Instance:
     def memory_size(self) -> int:
         """Current size of the guest's linear memory in bytes."""
         return int(_memory_size(self.ctx, self._mem))
-
-    def fuel_left(self) -> int:
-        """Fuel remaining in this instance's store."""
-        out = c_uint64()
-        err = _get_fuel(self.ctx, ctypes.addressof(out))
-        if err:
-            _take_error(err)
-            return 0
-        return out.value
 
     def _refresh(self) -> memoryview:
         """The guest memory as a memoryview of its *current* size.

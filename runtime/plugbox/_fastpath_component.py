@@ -17,10 +17,9 @@ Like ``_fastpath``, this module and that one are the only places that touch raw 
 from __future__ import annotations
 
 import ctypes
-import logging
 import threading
 import time
-from ctypes import POINTER, addressof, byref, c_size_t, c_void_p
+from ctypes import POINTER, addressof, byref, c_void_p
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Final
 
@@ -72,7 +71,6 @@ _ABI_TRAP_MARKERS: Final = (
 )
 
 _OUTPUT_CAP: Final = 64 * 1024  # bytes of stdout and of stderr logged per call
-_log = logging.getLogger("plugbox.runtime")
 
 
 def compile_component(engine: Engine, wasm: bytes) -> Component:
