@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """plugbox developer entry point: sets everything up, then runs a `just` recipe.
 
-    python3 dev.py setup          # only set up (.venv, Python deps, Rust wasm32 toolchain)
+    python3 dev.py setup          # only set up (.venv, Python deps, Rust wasm32 toolchain, test tools)
     python3 dev.py demo           # set up, then `just demo`
     python3 dev.py test [ARGS]    # set up, then `just test ARGS` (ARGS go to pytest)
     python3 dev.py bench          # set up, then `just bench`
@@ -16,7 +16,9 @@ Needs only Python >= 3.11 (stdlib). What it does, printing each step:
 3. makes sure a Rust toolchain can build for wasm32-unknown-unknown: the active `rustc` if it
    has the target, else `rustup target add wasm32-unknown-unknown`, else Debian's packages
    `rustc cargo libstd-rust-dev-wasm32` (apt-get, as root or through sudo);
-4. runs the recipe with `.venv/bin` first on PATH. PLUGBOX_RUSTC / PLUGBOX_CARGO name the
+4. for `setup` and `test`: installs the programs some tests need (`minisign`) from Debian's
+   packages when they are missing; if that fails, those tests are skipped with the reason;
+5. runs the recipe with `.venv/bin` first on PATH. PLUGBOX_RUSTC / PLUGBOX_CARGO name the
    toolchain found in step 3.
 
 Set PLUGBOX_DEV_VERBOSE=1 to see pip's full output.
@@ -262,26 +264,36 @@ def ensure_rust() -> dict[str, str]:
     return save_rust_stamp(tc)
 
 
-def apt_install() -> None:
-    packages = " ".join(DEBIAN_PACKAGES)
-    hint = (
+def apt_install(packages: tuple[str, ...] = DEBIAN_PACKAGES, *, required: bool = True,
+                hint: str | None = None) -> bool:
+    """``apt-get update`` + ``apt-get install packages`` (as root, or through sudo). A failure
+    stops set-up when ``required``; otherwise it is reported and False is returned."""
+    names = " ".join(packages)
+    hint = hint or (
         f"no Rust toolchain with the {TARGET} target was found. Install one of:\n"
         f"  rustup target add {TARGET}\n"
-        f"  apt-get install {packages}        (Debian/Ubuntu, as root)\n"
+        f"  apt-get install {names}        (Debian/Ubuntu, as root)\n"
         "then run this command again."
     )
+
+    def give_up(msg: str) -> bool:
+        if required:
+            fail(msg, code=2)
+        say(f"  could not install {names}: {msg.splitlines()[0]}")
+        return False
+
     if not shutil.which("apt-get"):
-        fail(hint, code=2)
+        return give_up(hint)
     if os.geteuid() == 0:
         prefix: list[str] = []
     elif shutil.which("sudo"):
         prefix = ["sudo", "-n"] if not sys.stdin.isatty() else ["sudo"]
     else:
-        fail(hint, code=2)
+        return give_up(hint)
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     for cmd in (
         [*prefix, "apt-get", "update", "-q"],
-        [*prefix, "apt-get", "install", "-y", "-q", *DEBIAN_PACKAGES],
+        [*prefix, "apt-get", "install", "-y", "-q", *packages],
     ):
         say(" ".join(cmd))
         started = time.monotonic()
@@ -290,20 +302,38 @@ def apt_install() -> None:
             stdin=None if prefix == ["sudo"] else subprocess.DEVNULL,
         )
         if proc.returncode != 0:
-            if not VERBOSE:
+            if not VERBOSE and required:
                 sys.stderr.write((proc.stdout or "") + (proc.stderr or ""))
-            fail(f"`{' '.join(cmd)}` failed (exit {proc.returncode})\n{hint}", code=2)
+            return give_up(f"`{' '.join(cmd)}` failed (exit {proc.returncode})\n{hint}")
         say(f"  done in {time.monotonic() - started:.0f} s")
+    return True
+
+
+#: Programs some tests need, with the Debian package that provides each. Set-up installs the
+#: missing ones; tests that need one still missing are skipped with the reason.
+TEST_TOOLS: dict[str, str] = {"minisign": "minisign"}
+
+
+def ensure_test_tools() -> None:
+    missing = {prog: pkg for prog, pkg in TEST_TOOLS.items() if shutil.which(prog) is None}
+    if not missing:
+        return
+    packages = tuple(sorted(set(missing.values())))
+    say(f"installing test tools: {', '.join(sorted(missing))}")
+    apt_install(packages, required=False,
+                hint=f"apt-get install {' '.join(packages)} (tests that need them are skipped)")
 
 
 # --------------------------------------------------------------------------- entry point
 
 
-def setup() -> dict[str, str]:
+def setup(*, test_tools: bool = False) -> dict[str, str]:
     ensure_venv()
     ensure_python_deps()
     tc = ensure_rust()
     say(f"rust {TARGET} target: {describe(tc)}")
+    if test_tools:
+        ensure_test_tools()
     return tc
 
 
@@ -348,7 +378,7 @@ def main(argv: list[str]) -> None:
     if command != "setup" and command not in RECIPES:
         print(USAGE, end="", file=sys.stderr)
         fail(f"unknown command {command!r}", code=2)
-    tc = setup()
+    tc = setup(test_tools=command in ("setup", "test"))
     if command == "setup":
         say("ready: try `python3 dev.py demo` or `python3 dev.py test`")
         return
