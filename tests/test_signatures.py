@@ -19,6 +19,7 @@ from plugbox._signing import (
     PublicKey,
     SecretKey,
     Signature,
+    normalize_key_id,
     sign_bytes,
     verify_bytes,
     write_keypair,
@@ -177,9 +178,13 @@ def test_manifest_signed_by_minisign_verifies_with_plugbox(
                     "-t", "released by minisign")
     assert proc.returncode == 0, proc.stderr
     assert (plugin_dir / PRIMARY_SIGNATURE).exists()  # minisign's default name is ours
-    # The key id plugbox shows is the one minisign writes into the public key's comment.
+    # The key id plugbox shows is the one minisign writes into the public key's comment
+    # (minisign prints it with %llX, so without leading zeros; plugbox always shows 16 digits).
     pub = PublicKey.from_file(trusted / "ms.pub")
-    assert pub.comment == f"minisign public key {pub.key_id_hex}"
+    prefix, _, shown = pub.comment.rpartition(" ")
+    key_id = int.from_bytes(pub.key_id, "little")
+    assert prefix == "minisign public key" and int(shown, 16) == key_id
+    assert pub.key_id_hex == f"{key_id:016X}" == normalize_key_id(shown)
     with runtime(tmp_path, cache_dir, plugbox.TrustPolicy(trusted)) as rt:
         plugin = rt.load(plugin_dir)
         (signer,) = plugin.signers
@@ -458,3 +463,11 @@ def test_the_manifest_must_not_change_between_validation_and_signature_check(
     sign_plugin(plugin_dir, alice)
     with pytest.raises(plugbox.SignatureError, match="changed while"):
         policy.check(manifest)
+
+
+def test_key_ids_without_leading_zeros_are_accepted_as_minisign_prints_them() -> None:
+    assert normalize_key_id("e45308d1d080788") == "0E45308D1D080788"
+    assert normalize_key_id("0E45308D1D080788") == "0E45308D1D080788"
+    for bad in ("", "0E45308D1D0807880", "XYZ"):
+        with pytest.raises(ValueError):
+            normalize_key_id(bad)

@@ -128,11 +128,14 @@ def format_key_id(raw: bytes) -> str:
 
 
 def normalize_key_id(text: str) -> str:
-    """``text`` as a canonical key id (16 upper-case hex digits); raises ``ValueError``."""
+    """``text`` as a canonical key id (16 upper-case hex digits); raises ``ValueError``.
+
+    minisign prints key ids with ``%llX``, without leading zeros, so 1 to 16 digits are
+    accepted and zero-padded."""
     cleaned = text.strip().upper()
-    if len(cleaned) != 16 or any(c not in "0123456789ABCDEF" for c in cleaned):
-        raise ValueError(f"not a key id (16 hex digits, as minisign prints it): {text!r}")
-    return cleaned
+    if not 1 <= len(cleaned) <= 16 or any(c not in "0123456789ABCDEF" for c in cleaned):
+        raise ValueError(f"not a key id (up to 16 hex digits, as minisign prints it): {text!r}")
+    return cleaned.rjust(16, "0")
 
 
 # --------------------------------------------------------------------------------------------
