@@ -74,6 +74,8 @@ HTTP_HEADERS_MAX: Final = 100
 HTTP_MAX_REDIRECTS: Final = 5
 #: Characters of a guest-supplied string quoted in an error message (the rest is elided).
 SHOWN_MAX: Final = 80
+#: A log flood ends when the plugin stayed under the rate for this long (in tokens).
+_LOG_QUIET: Final = 0.05
 #: Seconds between two "denied" warnings for the same service (others are counted, not logged).
 DENIED_LOG_INTERVAL: Final = 10.0
 
@@ -450,9 +452,10 @@ class HostServices:
 
         # Token bucket in which the host's notices cost a token like any record. One token is
         # kept back (when the burst allows) so the notice that announces a flood always has
-        # one; a flood ends when tokens for its count notice, a record and the reserve piled
-        # up, i.e. when the plugin logs slower than the rate. Records that fit the rate still
-        # pass during a flood.
+        # one. Records that fit the rate still pass during a flood; it ends, with a notice
+        # giving its count, once the plugin has logged slower than the rate for a while
+        # (_LOG_QUIET seconds' worth of tokens piled up, and at least enough for the notice,
+        # the record and the reserve), so a short pause does not cost two more notices.
         with self._log_lock:
             now = time.monotonic()
             tokens = self._log_tokens + (now - self._log_last) * self._log_rate
@@ -460,6 +463,7 @@ class HostServices:
                 tokens = self._log_burst
             self._log_last = now
             reserve = 1.0 if self._log_burst >= 3 else 0.0
+            flood_over = max(2.0 + reserve, min(self._log_burst, self._log_rate * _LOG_QUIET))
             dropping = self._log_dropping
             notice = ""
             emit = True
@@ -477,7 +481,7 @@ class HostServices:
                             f"records/s (burst {int(self._log_burst)}); dropping records "
                             "until the rate falls"
                         )
-            elif tokens >= 2.0 + reserve:
+            elif tokens >= flood_over:
                 tokens -= 2.0
                 self._log_dropping = 0
                 notice = f"plugin {self.plugin!r}: {dropping} log records were dropped"
