@@ -203,10 +203,12 @@ CAPPED = [
     (CONFIG, CONFIG_KEY_MAX, "invalid-input",
      "config: key of {n} bytes is longer than the maximum of 1024 bytes"),
     (KV_GET, KV_KEY_MAX, "invalid-input", "kv: key must be 1 to 256 bytes of UTF-8, got {n} bytes"),
-    (KV_SET_KEY, KV_KEY_MAX, "invalid-input", "kv: key must be 1 to 256 bytes of UTF-8, got {n} bytes"),
+    (KV_SET_KEY, KV_KEY_MAX, "invalid-input",
+     "kv: key must be 1 to 256 bytes of UTF-8, got {n} bytes"),
     (KV_SET_VALUE, KV_VALUE_MAX, "limit-reached",
      "kv: value of {n} bytes exceeds the maximum of 1048576 bytes"),
-    (KV_DELETE, KV_KEY_MAX, "invalid-input", "kv: key must be 1 to 256 bytes of UTF-8, got {n} bytes"),
+    (KV_DELETE, KV_KEY_MAX, "invalid-input",
+     "kv: key must be 1 to 256 bytes of UTF-8, got {n} bytes"),
     (KV_LIST, KV_KEY_MAX, "invalid-input",
      "kv: prefix of {n} bytes is longer than the maximum of 256 bytes (no key is longer)"),
     # Topics are capped in characters; over 4 bytes a character, they are not even copied.
@@ -438,14 +440,13 @@ def test_a_log_flood_yields_at_most_rate_plus_burst_records_notices_included(
     hs = services()
     sent = 0
     with caplog.at_level(logging.INFO, logger="plugbox.plugin.demo"):
-        while time.monotonic() - start < 0.6:
+        while sent < 3000 or time.monotonic() - start < 0.6:  # well past the burst
             hs.log(2, "x")
             sent += 1
         elapsed = time.monotonic() - start
         time.sleep(0.2)  # the rate fell: the next record ends the flood with its count
         hs.log(2, "after")
     messages = [r.getMessage() for r in caplog.records if r.name == "plugbox.plugin.demo"]
-    assert sent > 5000
     assert len(messages) - 2 <= 1000 + 200 * elapsed  # the flood, notices included
     assert len(messages) - 2 >= 999  # the burst (less the flood notice's token) got through
     # A pause of the flooding thread (scheduling) may split the flood in two: each part is
@@ -471,7 +472,8 @@ def test_the_service_methods_check_the_same_caps(services: Callable[..., HostSer
     for call, kind in (
         (lambda: hs.kv_list_keys("é" * 129), "invalid-input"),  # 258 bytes
         (lambda: hs.config_get("k" * (CONFIG_KEY_MAX + 1)), "invalid-input"),
-        (lambda: hs.http_fetch("G" * 33, "http://127.0.0.1:9/", [], b"", timeout=1), "invalid-input"),
+        (lambda: hs.http_fetch("G" * 33, "http://127.0.0.1:9/", [], b"", timeout=1),
+         "invalid-input"),
         (lambda: hs.http_fetch("GET", "http://127.0.0.1:9/" + "a" * HTTP_URL_MAX, [], b"",
                                timeout=1), "invalid-input"),
         (lambda: hs.http_fetch("GET", "http://127.0.0.1:9/", [("a", "b")] * 101, b"",

@@ -973,7 +973,8 @@ def _read_pairs(st: _CallState, svc: HostServices, ptr: int, count: int) -> list
     out = []
     for i in range(count):
         np, nl, vp, vl = _U32X4.unpack_from(table, i * 16)
-        out.append((_s(st, svc, np, nl, HTTP_HEADER_NAME), _s(st, svc, vp, vl, HTTP_HEADER_VALUE)))
+        out.append((_s(st, svc, np, nl, HTTP_HEADER_NAME),
+                    _s(st, svc, vp, vl, HTTP_HEADER_VALUE)))
     return out
 
 

@@ -439,16 +439,20 @@ class HostServices:
         if not logger.isEnabledFor(pylevel):
             return
         # A str of <= 1024 code points is <= 4096 UTF-8 bytes: skip encoding the common case.
+        size = 0  # the message's full size in bytes, when it is over the cap
         if omitted or len(message) > LOG_MESSAGE_MAX // 4:
             size = _utf8_len(message) + omitted
             if size > LOG_MESSAGE_MAX:
-                # Cut first (escaping a huge message would be wasted work), mark at the end.
-                message = _truncate_utf8(message, LOG_MESSAGE_MAX, size)
-                omitted = size
+                # Cut before escaping (escaping a huge message would be wasted work); the
+                # marker goes on once, at the end.
+                data = message.encode("utf-8", "surrogatepass")[:LOG_MESSAGE_MAX]
+                message = data.decode("utf-8", "ignore")
+            else:
+                size = 0
         if not message.isprintable():
             message = message.translate(_LOG_ESCAPES)
-            if len(message) > LOG_MESSAGE_MAX // 4:
-                message = _truncate_utf8(message, LOG_MESSAGE_MAX, omitted or None)
+        if size or len(message) > LOG_MESSAGE_MAX // 4:
+            message = _truncate_utf8(message, LOG_MESSAGE_MAX, size or None)
 
         # Token bucket in which the host's notices cost a token like any record. One token is
         # kept back (when the burst allows) so the notice that announces a flood always has
