@@ -123,8 +123,10 @@ _EXTERN_OF = _wb.wasmtime_extern_t.of.offset
 
 _callback_type = ctypes.CFUNCTYPE(_P, _P, _P, _P, c_size_t)
 
-# Precompiled layouts of raw values (16 bytes each, value in the low bytes).
-_RAW_I32: Final = [struct.Struct("<" + "i12x" * n) for n in range(10)]
+# Precompiled layouts of raw values (16 bytes each, value in the low bytes). i32 values are
+# read and written as *unsigned*: every i32 crossing plugbox's ABI is a pointer, a length, an
+# enum or a u32 (abi/README.md 3), so offsets at or above 2 GiB stay offsets.
+_RAW_I32: Final = [struct.Struct("<" + "I12x" * n) for n in range(10)]
 _RAW_I64 = struct.Struct("<q8x")
 _U32 = struct.Struct("<I")
 _U32X2 = struct.Struct("<II")
@@ -762,9 +764,15 @@ class Instance:
 # Host functions: lifting guest arguments, lowering results into the guest's return area.
 
 
-def _denied_or_error(state: _CallState, exc: Exception) -> tuple[int, str]:
-    from ._services import HostCallError
+# Imported here rather than at the top: this region is the only user.
+from ._services import (  # noqa: E402
+    CONFIG_KEY, EVENT_PAYLOAD, EVENT_TOPIC, HTTP_BODY, HTTP_HEADER_NAME, HTTP_HEADER_VALUE,
+    HTTP_HEADERS, HTTP_METHOD, HTTP_URL, KV_KEY, KV_PREFIX, KV_VALUE, LOG_MESSAGE_MAX,
+    HostCallError, InputCap, utf8_prefix,
+)
 
+
+def _denied_or_error(state: _CallState, exc: Exception) -> tuple[int, str]:
     if isinstance(exc, HostCallError):
         if exc.kind == "denied" and state.denied is None:
             state.denied = exc.permission or "unknown"
@@ -824,7 +832,7 @@ _Adapter = Callable[["_CallState", "HostServices", tuple[int, ...]], "int | None
 
 
 def _checked_retptr(inst: Instance, retptr: int, size: int, hook: str) -> int:
-    if retptr % 4 or retptr < 0 or (
+    if retptr % 4 or (
         retptr + size > inst._view_size and retptr + size > len(inst._refresh())
     ):
         raise AbiViolation(
@@ -835,12 +843,35 @@ def _checked_retptr(inst: Instance, retptr: int, size: int, hook: str) -> int:
     return retptr
 
 
-def _s(st: _CallState, ptr: int, n: int, what: str) -> str:
-    return st.instance.read_str(ptr, n, st.hook, what)
+def _in_memory(st: _CallState, ptr: int, n: int, what: str) -> None:
+    """Raise the ABI violation ``Instance.read`` would, without copying anything."""
+    inst = st.instance
+    if ptr + n > inst._view_size and ptr + n > len(inst._refresh()):
+        raise AbiViolation(
+            f"plugin {inst.plugin!r}, hook {st.hook!r}: {what} at {ptr:#x}+{n} lies outside "
+            f"guest memory ({inst._view_size} bytes)",
+            plugin=inst.plugin, hook=st.hook,
+        )
 
 
-def _b(st: _CallState, ptr: int, n: int, what: str) -> bytes:
-    return st.instance.read(ptr, n, st.hook, what)
+def _over(st: _CallState, svc: HostServices, ptr: int, n: int, cap: InputCap,
+          limit: int | None = None) -> HostCallError:
+    """The refusal of an input over its cap; nothing is copied. A range outside memory is
+    still an ABI violation, whatever its length."""
+    _in_memory(st, ptr, n, cap.what)
+    return svc.input_error(cap, n, limit)
+
+
+def _s(st: _CallState, svc: HostServices, ptr: int, n: int, cap: InputCap) -> str:
+    if n > cap.cap:
+        raise _over(st, svc, ptr, n, cap)
+    return st.instance.read_str(ptr, n, st.hook, cap.what)
+
+
+def _b(st: _CallState, svc: HostServices, ptr: int, n: int, cap: InputCap) -> bytes:
+    if n > cap.cap:
+        raise _over(st, svc, ptr, n, cap)
+    return st.instance.read(ptr, n, st.hook, cap.what)
 
 
 def _with_result(
@@ -869,15 +900,25 @@ def _log(st: _CallState, svc: HostServices, a: tuple[int, ...]) -> None:
             "is not one of the 5 cases",
             plugin=st.instance.plugin, hook=st.hook,
         )
-    message = _s(st, ptr, n, "log message")
+    inst = st.instance
+    omitted = 0
+    if n > LOG_MESSAGE_MAX:
+        # Only the part that can be shown is copied (and checked as UTF-8); the record's
+        # truncation marker still gives the guest's full length.
+        _in_memory(st, ptr, n, "log message")
+        raw = utf8_prefix(inst.read(ptr, LOG_MESSAGE_MAX, st.hook, "log message"))
+        omitted = n - len(raw)
+        message = inst._decode(raw, st.hook, "log message")
+    else:
+        message = inst.read_str(ptr, n, st.hook, "log message")
     try:
-        svc.log(level, message)
+        svc.log(level, message, omitted=omitted)
     except Exception as exc:
         _denied_or_error(st, exc)  # log has no result: denial is counted, not returned
 
 
 def _config_get(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[int, ...]) -> None:
-    value = svc.config_get(_s(st, a[0], a[1], "config key"))
+    value = svc.config_get(_s(st, svc, a[0], a[1], CONFIG_KEY))
     if value is None:
         low.ok_words(r, 0, 0, 0)  # ok(none): option tag 0
     else:
@@ -891,7 +932,7 @@ def _config_get_all(st: _CallState, svc: HostServices, low: _Lowering, r: int, a
 
 
 def _kv_get(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[int, ...]) -> None:
-    value = svc.kv_get(_s(st, a[0], a[1], "kv key"))
+    value = svc.kv_get(_s(st, svc, a[0], a[1], KV_KEY))
     if value is None:
         low.ok_words(r, 0, 0, 0)
     else:
@@ -900,48 +941,51 @@ def _kv_get(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[
 
 
 def _kv_set(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[int, ...]) -> None:
-    svc.kv_set(_s(st, a[0], a[1], "kv key"), _b(st, a[2], a[3], "kv value"))
+    svc.kv_set(_s(st, svc, a[0], a[1], KV_KEY), _b(st, svc, a[2], a[3], KV_VALUE))
     low.ok_unit(r)
 
 
 def _kv_delete(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[int, ...]) -> None:
-    low.ok_u8(r, 1 if svc.kv_delete(_s(st, a[0], a[1], "kv key")) else 0)
+    low.ok_u8(r, 1 if svc.kv_delete(_s(st, svc, a[0], a[1], KV_KEY)) else 0)
 
 
 def _kv_list(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[int, ...]) -> None:
-    keys = svc.kv_list_keys(_s(st, a[0], a[1], "kv prefix"))
+    keys = svc.kv_list_keys(_s(st, svc, a[0], a[1], KV_PREFIX))
     low.ok_words(r, *low.str_list(keys))
 
 
 def _events_emit(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[int, ...]) -> None:
-    svc.events_emit(_s(st, a[0], a[1], "event topic"), _b(st, a[2], a[3], "event payload"))
+    topic = _s(st, svc, a[0], a[1], EVENT_TOPIC)
+    svc.events_emit(topic, _b(st, svc, a[2], a[3], EVENT_PAYLOAD))
     low.ok_unit(r)
 
 
 def _random_bytes(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[int, ...]) -> None:
-    p, n = low.bytes_(svc.random_bytes(a[0] & 0xFFFFFFFF))
+    p, n = low.bytes_(svc.random_bytes(a[0]))
     low.ok_words(r, p, n)
 
 
-def _read_pairs(st: _CallState, ptr: int, count: int) -> list[tuple[str, str]]:
-    if count > 10_000:
-        raise AbiViolation(
-            f"plugin {st.instance.plugin!r}, hook {st.hook!r}: header list of {count} entries",
-            plugin=st.instance.plugin, hook=st.hook,
-        )
-    table = _b(st, ptr, count * 16, "header list")
+def _read_pairs(st: _CallState, svc: HostServices, ptr: int, count: int) -> list[tuple[str, str]]:
+    if count > HTTP_HEADERS.cap:
+        _in_memory(st, ptr, count * 16, HTTP_HEADERS.what)  # 16 bytes per (name, value)
+        raise svc.input_error(HTTP_HEADERS, count)
+    table = st.instance.read(ptr, count * 16, st.hook, HTTP_HEADERS.what)
     out = []
     for i in range(count):
         np, nl, vp, vl = _U32X4.unpack_from(table, i * 16)
-        out.append((_s(st, np, nl, "header name"), _s(st, vp, vl, "header value")))
+        out.append((_s(st, svc, np, nl, HTTP_HEADER_NAME),
+                    _s(st, svc, vp, vl, HTTP_HEADER_VALUE)))
     return out
 
 
 def _http_fetch(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[int, ...]) -> None:
-    method = _s(st, a[0], a[1], "http method")
-    url = _s(st, a[2], a[3], "http url")
-    headers = _read_pairs(st, a[4], a[5])
-    body = _b(st, a[6], a[7], "http body")
+    method = _s(st, svc, a[0], a[1], HTTP_METHOD)
+    url = _s(st, svc, a[2], a[3], HTTP_URL)
+    headers = _read_pairs(st, svc, a[4], a[5])
+    body_max = svc.http_body_max
+    if a[7] > body_max:
+        raise _over(st, svc, a[6], a[7], HTTP_BODY, body_max)
+    body = st.instance.read(a[6], a[7], st.hook, HTTP_BODY.what)
     timeout = None if st.deadline is None else max(0.0, st.deadline - time.monotonic())
     status, rheaders, rbody = svc.http_fetch(method, url, headers, body, timeout=timeout)
     hp, hn = low.pair_list(rheaders)

@@ -95,15 +95,32 @@ def _name(vec: Any) -> str:
     return ctypes.string_at(vec.data, vec.size).decode("utf-8")
 
 
-def _get_str(v: Any) -> str:
+# The host-service input caps; imported here, next to their only users in this module.
+from ._services import (  # noqa: E402
+    CONFIG_KEY, EVENT_PAYLOAD, EVENT_TOPIC, HTTP_BODY, HTTP_HEADER_NAME, HTTP_HEADER_VALUE,
+    HTTP_HEADERS, HTTP_METHOD, HTTP_URL, KV_KEY, KV_PREFIX, KV_VALUE, LOG_MESSAGE_MAX,
+    InputCap, utf8_prefix,
+)
+
+
+def _get_str(v: Any, svc: HostServices | None = None, cap: InputCap | None = None) -> str:
+    """A lifted string; with ``cap``, one over it is refused before it is copied."""
     if v.kind != _K_STRING:
         raise _BadValue(f"expected string, got kind {v.kind}")
+    if cap is not None and svc is not None and v.of.string.size > cap.cap:
+        raise svc.input_error(cap, v.of.string.size)
     return _name(v.of.string)
 
 
-def _get_bytes(v: Any) -> bytes:
+def _get_bytes(v: Any, svc: HostServices | None = None, cap: InputCap | None = None,
+               limit: int | None = None) -> bytes:
+    """A lifted list<u8>; with ``cap`` (or ``limit``, overriding its size), one over it is
+    refused before it is converted."""
     if v.kind != _K_LIST:
         raise _BadValue(f"expected list<u8>, got kind {v.kind}")
+    if cap is not None and svc is not None:
+        if v.of.list.size > (cap.cap if limit is None else limit):
+            raise svc.input_error(cap, v.of.list.size, limit)
     if _list_u8_to_bytes is not None:
         out = _list_u8_to_bytes(addressof(v.of.list))
         if out is None:
@@ -113,18 +130,33 @@ def _get_bytes(v: Any) -> bytes:
     return bytes(item.of.u8 for item in items)
 
 
-def _get_pairs(v: Any) -> list[tuple[str, str]]:
+def _get_pairs(v: Any, svc: HostServices) -> list[tuple[str, str]]:
+    """Lifted HTTP request headers, each count and length checked against its cap first."""
     if v.kind != _K_LIST:
         raise _BadValue(f"expected list<tuple<string, string>>, got kind {v.kind}")
     count = v.of.list.size
+    if count > HTTP_HEADERS.cap:
+        raise svc.input_error(HTTP_HEADERS, count)
     items = (_V * count).from_address(ctypes.cast(v.of.list.data, c_void_p).value or 0)
     out = []
     for item in items:
         if item.kind != _K_TUPLE or item.of.tuple.size != 2:
             raise _BadValue("expected tuple<string, string>")
         pair = (_V * 2).from_address(ctypes.cast(item.of.tuple.data, c_void_p).value or 0)
-        out.append((_get_str(pair[0]), _get_str(pair[1])))
+        out.append((_get_str(pair[0], svc, HTTP_HEADER_NAME),
+                    _get_str(pair[1], svc, HTTP_HEADER_VALUE)))
     return out
+
+
+def _get_log_message(v: Any) -> tuple[str, int]:
+    """A lifted log message cut to the log cap before it is copied: (text, bytes left out)."""
+    if v.kind != _K_STRING:
+        raise _BadValue(f"expected string, got kind {v.kind}")
+    size = v.of.string.size
+    if size <= LOG_MESSAGE_MAX:
+        return _name(v.of.string), 0
+    raw = utf8_prefix(ctypes.string_at(v.of.string.data, LOG_MESSAGE_MAX))
+    return raw.decode("utf-8"), size - len(raw)
 
 
 def _record_fields(v: Any) -> dict[str, Any]:
@@ -264,8 +296,9 @@ def _a_log(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
     if a[0].kind != _K_ENUM:
         raise _BadValue("log level must be an enum")
     level = _LEVELS.index(_name(a[0].of.enumeration))
+    message, omitted = _get_log_message(a[1])
     try:
-        svc.log(level, _get_str(a[1]))
+        svc.log(level, message, omitted=omitted)
     except HostCallError as exc:
         if exc.kind == "denied" and st.denied is None:
             st.denied = exc.permission or "log"
@@ -280,7 +313,7 @@ def _opt_bytes(value: bytes | None) -> Callable[[Any], None]:
 
 
 def _a_config_get(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
-    _result_of(st, r, lambda: _opt_str(svc.config_get(_get_str(a[0]))))
+    _result_of(st, r, lambda: _opt_str(svc.config_get(_get_str(a[0], svc, CONFIG_KEY))))
 
 
 def _a_config_get_all(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
@@ -292,19 +325,19 @@ def _a_config_get_all(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> 
 
 
 def _a_kv_get(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
-    _result_of(st, r, lambda: _opt_bytes(svc.kv_get(_get_str(a[0]))))
+    _result_of(st, r, lambda: _opt_bytes(svc.kv_get(_get_str(a[0], svc, KV_KEY))))
 
 
 def _a_kv_set(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
     def run() -> None:
-        svc.kv_set(_get_str(a[0]), _get_bytes(a[1]))
+        svc.kv_set(_get_str(a[0], svc, KV_KEY), _get_bytes(a[1], svc, KV_VALUE))
 
     _result_of(st, r, run)
 
 
 def _a_kv_delete(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
     def run() -> Callable[[Any], None]:
-        existed = svc.kv_delete(_get_str(a[0]))
+        existed = svc.kv_delete(_get_str(a[0], svc, KV_KEY))
 
         def fill(v: Any) -> None:
             v.kind = _K_BOOL
@@ -317,7 +350,7 @@ def _a_kv_delete(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
 
 def _a_kv_list(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
     def run() -> Callable[[Any], None]:
-        keys = svc.kv_list_keys(_get_str(a[0]))
+        keys = svc.kv_list_keys(_get_str(a[0], svc, KV_PREFIX))
         return lambda v: _set_list(v, keys, _set_str)
 
     _result_of(st, r, run)
@@ -325,7 +358,8 @@ def _a_kv_list(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
 
 def _a_events_emit(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
     def run() -> None:
-        svc.events_emit(_get_str(a[0]), _get_bytes(a[1]))
+        topic = _get_str(a[0], svc, EVENT_TOPIC)
+        svc.events_emit(topic, _get_bytes(a[1], svc, EVENT_PAYLOAD))
 
     _result_of(st, r, run)
 
@@ -360,10 +394,11 @@ def _a_http_fetch(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None
     def run() -> Callable[[Any], None]:
         req = _record_fields(a[0])
         timeout = None if st.deadline is None else max(0.0, st.deadline - time.monotonic())
-        status, headers, body = svc.http_fetch(
-            _get_str(req["method"]), _get_str(req["url"]), _get_pairs(req["headers"]),
-            _get_bytes(req["body"]), timeout=timeout,
-        )
+        method = _get_str(req["method"], svc, HTTP_METHOD)
+        url = _get_str(req["url"], svc, HTTP_URL)
+        req_headers = _get_pairs(req["headers"], svc)
+        body = _get_bytes(req["body"], svc, HTTP_BODY, svc.http_body_max)
+        status, headers, body = svc.http_fetch(method, url, req_headers, body, timeout=timeout)
 
         def set_status(v: Any) -> None:
             v.kind = _K_U16

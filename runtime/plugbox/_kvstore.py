@@ -81,16 +81,16 @@ def _prefix_upper_bound(prefix: str) -> str | None:
     U+10FFFF gives an exclusive upper bound that lets SQLite answer a prefix query with a range
     scan on the primary key (``LIKE``/``GLOB`` would need escaping and, for LIKE, case folding).
     """
-    chars = list(prefix)
-    while chars:
-        code = ord(chars[-1]) + 1
-        if code == 0xD800:  # surrogates cannot be encoded; the next encodable code point
-            code = 0xE000
-        if code <= 0x10FFFF:
-            chars[-1] = chr(code)
-            return "".join(chars)
-        chars.pop()
-    return None
+    # U+10FFFF cannot be bumped: drop trailing ones and bump the code point before them.
+    # String operations only, so the cost is one copy of ``prefix`` (a list of its characters
+    # would cost 8 bytes per character).
+    stem = prefix.rstrip("\U0010ffff")
+    if not stem:
+        return None
+    code = ord(stem[-1]) + 1
+    if code == 0xD800:  # surrogates cannot be encoded; the next encodable code point
+        code = 0xE000
+    return stem[:-1] + chr(code)
 
 
 class KvStore:

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import httpx
 
@@ -36,14 +36,24 @@ from ._events import Event, EventBus
 from ._kvstore import KvQuotaError, KvStore
 from ._permissions import HttpPermission, Permissions
 
-__all__ = ["HostCallError", "HostServices"]
+__all__ = ["HostCallError", "HostServices", "InputCap"]
 
-#: Largest log message forwarded, in UTF-8 bytes (longer ones are truncated with a marker).
+# Caps on what a guest passes in. The wasm glue checks each length against its cap *before*
+# copying guest memory (abi/README.md lists them per function), so what a call costs the host
+# is bounded by the cap, never by the length the guest claims; the methods below check the
+# same caps again for values handed to them directly.
+
+#: Largest log message forwarded, in UTF-8 bytes: only this much of a longer one is copied out
+#: of the guest, and the record ends with a marker giving the message's full size.
 LOG_MESSAGE_MAX: Final = 4096
-#: Default sustained log rate (records/s) and burst per plugin.
+#: Default sustained log rate (records/s) and burst per plugin, the host's own notices about
+#: dropped records included.
 LOG_RATE: Final = 200.0
 LOG_BURST: Final = 1000
-#: kv keys are 1..KV_KEY_MAX UTF-8 bytes; values at most KV_VALUE_MAX bytes.
+#: config keys are at most CONFIG_KEY_MAX UTF-8 bytes (the host's own keys too).
+CONFIG_KEY_MAX: Final = 1024
+#: kv keys are 1..KV_KEY_MAX UTF-8 bytes, list-keys prefixes at most KV_KEY_MAX; values at most
+#: KV_VALUE_MAX bytes.
 KV_KEY_MAX: Final = 256
 KV_VALUE_MAX: Final = 1 << 20
 #: list-keys returns at most this many keys (the first ones in byte order).
@@ -53,8 +63,19 @@ EVENT_TOPIC_MAX: Final = 256
 EVENT_PAYLOAD_MAX: Final = 1 << 20
 #: random.bytes returns at most this many bytes per call.
 RANDOM_MAX: Final = 1 << 20
+#: http.fetch request limits, in UTF-8 bytes (headers: entries); the body's cap is the plugin's
+#: permissions.http.max_request_bytes.
+HTTP_METHOD_MAX: Final = 32
+HTTP_URL_MAX: Final = 8192
+HTTP_HEADER_NAME_MAX: Final = 256
+HTTP_HEADER_VALUE_MAX: Final = 8192
+HTTP_HEADERS_MAX: Final = 100
 #: Redirects http.fetch follows before giving up with limit-reached.
 HTTP_MAX_REDIRECTS: Final = 5
+#: Characters of a guest-supplied string quoted in an error message (the rest is elided).
+SHOWN_MAX: Final = 80
+#: A log flood ends when the plugin stayed under the rate for this long (in tokens).
+_LOG_QUIET: Final = 0.05
 #: Seconds between two "denied" warnings for the same service (others are counted, not logged).
 DENIED_LOG_INTERVAL: Final = 10.0
 
@@ -138,15 +159,114 @@ def _not_granted(service: str) -> str:
 _NOT_GRANTED: Final = {
     s: _not_granted(s) for s in ("log", "config", "kv", "events", "clock", "random", "http")
 }
-_KV_BAD_KEY: Final = f"kv: key must be 1 to {KV_KEY_MAX} bytes of UTF-8"
 
 
-def _truncate_utf8(message: str, limit: int) -> str:
-    """``message`` cut to at most ``limit`` UTF-8 bytes, marker included."""
+class InputCap(NamedTuple):
+    """The cap on one guest-supplied input: at most ``cap`` bytes (entries, for a list).
+
+    Over the cap, the call fails with ``kind`` and ``message`` (formatted with ``n``, the
+    length passed, and ``cap``); ``what`` names the input in ABI-violation messages.
+    """
+
+    service: str
+    what: str
+    cap: int
+    kind: str
+    message: str
+
+
+CONFIG_KEY: Final = InputCap(
+    "config", "config key", CONFIG_KEY_MAX, "invalid-input",
+    "config: key of {n} bytes is longer than the maximum of {cap} bytes",
+)
+KV_KEY: Final = InputCap(
+    "kv", "kv key", KV_KEY_MAX, "invalid-input",
+    "kv: key must be 1 to {cap} bytes of UTF-8, got {n} bytes",
+)
+KV_PREFIX: Final = InputCap(
+    "kv", "kv prefix", KV_KEY_MAX, "invalid-input",
+    "kv: prefix of {n} bytes is longer than the maximum of {cap} bytes (no key is longer)",
+)
+KV_VALUE: Final = InputCap(
+    "kv", "kv value", KV_VALUE_MAX, "limit-reached",
+    "kv: value of {n} bytes exceeds the maximum of {cap} bytes",
+)
+# Topics are capped in characters; no string of more than 4 bytes per character fits.
+EVENT_TOPIC: Final = InputCap(
+    "events", "event topic", 4 * EVENT_TOPIC_MAX, "invalid-input",
+    f"events: topic must be 1 to {EVENT_TOPIC_MAX} characters, got {{n}} bytes",
+)
+EVENT_PAYLOAD: Final = InputCap(
+    "events", "event payload", EVENT_PAYLOAD_MAX, "limit-reached",
+    "events: payload of {n} bytes exceeds the maximum of {cap} bytes",
+)
+HTTP_METHOD: Final = InputCap(
+    "http", "http method", HTTP_METHOD_MAX, "invalid-input",
+    "http: method of {n} bytes is longer than the maximum of {cap} bytes",
+)
+HTTP_URL: Final = InputCap(
+    "http", "http url", HTTP_URL_MAX, "invalid-input",
+    "http: URL of {n} bytes is longer than the maximum of {cap} bytes",
+)
+HTTP_HEADERS: Final = InputCap(
+    "http", "header list", HTTP_HEADERS_MAX, "limit-reached",
+    "http: {n} request headers, more than the maximum of {cap}",
+)
+HTTP_HEADER_NAME: Final = InputCap(
+    "http", "header name", HTTP_HEADER_NAME_MAX, "invalid-input",
+    "http: header name of {n} bytes is longer than the maximum of {cap} bytes",
+)
+HTTP_HEADER_VALUE: Final = InputCap(
+    "http", "header value", HTTP_HEADER_VALUE_MAX, "invalid-input",
+    "http: header value of {n} bytes is longer than the maximum of {cap} bytes",
+)
+#: Its cap is each plugin's permissions.http.max_request_bytes (see HostServices.http_body_max).
+HTTP_BODY: Final = InputCap(
+    "http", "http body", 0, "limit-reached",
+    "http: request body of {n} bytes exceeds max_request_bytes ({cap}); raise "
+    f"permissions.http.max_request_bytes in {_MANIFEST}",
+)
+
+
+def _utf8_len(text: str) -> int:
+    # isascii() is O(1) in CPython: most strings are measured without encoding them.
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def utf8_prefix(data: bytes) -> bytes:
+    """``data`` without a trailing, incomplete UTF-8 sequence (what a cut at a byte cap left)."""
+    end = len(data)
+    # Walk back over at most three continuation bytes to the lead byte of the last character.
+    start = end - 1
+    while start >= 0 and end - start <= 3 and data[start] & 0xC0 == 0x80:
+        start -= 1
+    if start < 0:
+        return data
+    lead = data[start]
+    need = 1 if lead < 0x80 else 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4
+    return data if end - start >= need else data[:start]
+
+
+def _shown(text: str) -> str:
+    """``repr(text)`` for an error message, cut to :data:`SHOWN_MAX` characters."""
+    if len(text) <= SHOWN_MAX:
+        return repr(text)
+    return f"{text[:SHOWN_MAX]!r}... ({len(text)} characters)"
+
+
+def _cut(text: object) -> str:
+    """``str(text)`` (a URL, an exception quoting one) cut to :data:`SHOWN_MAX` characters."""
+    shown = str(text)
+    return shown if len(shown) <= SHOWN_MAX else f"{shown[:SHOWN_MAX]}... ({len(shown)} characters)"
+
+
+def _truncate_utf8(message: str, limit: int, total: int | None = None) -> str:
+    """``message`` cut to at most ``limit`` UTF-8 bytes, marker included. ``total`` is the
+    size to report when ``message`` is already a cut of a longer one."""
     data = message.encode("utf-8", "surrogatepass")
-    if len(data) <= limit:
+    if len(data) <= limit and total is None:
         return message
-    marker = f"... [truncated, {len(data)} bytes]"
+    marker = f"... [truncated, {total if total is not None else len(data)} bytes]"
     # errors="ignore" drops a code point split by the cut instead of emitting U+FFFD.
     return data[: limit - len(marker)].decode("utf-8", "ignore") + marker
 
@@ -222,6 +342,11 @@ class HostServices:
         for key in config:
             if not isinstance(key, str):
                 raise UsageError(f"plugin config keys must be strings, got {key!r}")
+            if _utf8_len(key) > CONFIG_KEY_MAX:
+                raise UsageError(
+                    f"plugin config key {_shown(key)} is longer than {CONFIG_KEY_MAX} bytes, "
+                    "so the plugin could never read it; use a shorter key"
+                )
         self._config_json: dict[str, str] = {k: _json_text(v, repr(k)) for k, v in config.items()}
         self._config_all = _json_text(dict(config), "object")
 
@@ -268,14 +393,41 @@ class HostServices:
         )
         return HostCallError("denied", message, permission=service)
 
+    # -- input caps --------------------------------------------------------------------------
+
+    def input_error(self, cap: InputCap, n: int, limit: int | None = None) -> HostCallError:
+        """The error for a guest input of ``n`` bytes (entries) over ``cap``.
+
+        The wasm glue calls this *instead of* copying an over-long input; the denial comes
+        first, as it would from the service method. ``limit`` overrides ``cap.cap`` (for the
+        per-plugin HTTP body cap).
+        """
+        granted = {
+            "log": self._log_ok, "config": self._config_ok, "kv": self._kv_ok,
+            "events": self._events_ok, "http": self._http is not None,
+        }.get(cap.service, True)
+        if not granted:
+            return self._deny(cap.service, _NOT_GRANTED[cap.service])
+        return HostCallError(
+            cap.kind, cap.message.format(n=n, cap=cap.cap if limit is None else limit)
+        )
+
+    @property
+    def http_body_max(self) -> int:
+        """The largest HTTP request body this plugin may send (0 without the http grant)."""
+        return self._http.max_request_bytes if self._http is not None else 0
+
     # -- log ---------------------------------------------------------------------------------
 
-    def log(self, level: int, message: str) -> None:
+    def log(self, level: int, message: str, *, omitted: int = 0) -> None:
         """Write one record to the plugin's logger.
 
-        Over-long messages are truncated to :data:`LOG_MESSAGE_MAX` bytes; control characters
-        are escaped so a plugin cannot forge log lines; records over the rate limit are dropped
-        and counted in :attr:`log_dropped` (one WARNING announces each flood).
+        Over-long messages are truncated to :data:`LOG_MESSAGE_MAX` bytes (``omitted``: bytes
+        of the guest's message the caller did not copy, counted in the marker); control
+        characters are escaped so a plugin cannot forge log lines; records over the rate limit
+        are dropped and counted in :attr:`log_dropped`. One WARNING announces a flood and one
+        gives its count when it ends; both count against the rate limit, so the logger never
+        gets more than ``log_burst + log_rate * t`` records in ``t`` seconds.
         """
         if not self._log_ok:
             raise self._deny("log", _NOT_GRANTED["log"])
@@ -287,43 +439,67 @@ class HostServices:
         if not logger.isEnabledFor(pylevel):
             return
         # A str of <= 1024 code points is <= 4096 UTF-8 bytes: skip encoding the common case.
-        if len(message) > LOG_MESSAGE_MAX // 4:
-            message = _truncate_utf8(message, LOG_MESSAGE_MAX)
+        size = 0  # the message's full size in bytes, when it is over the cap
+        if omitted or len(message) > LOG_MESSAGE_MAX // 4:
+            size = _utf8_len(message) + omitted
+            if size > LOG_MESSAGE_MAX:
+                # Cut before escaping (escaping a huge message would be wasted work); the
+                # marker goes on once, at the end.
+                data = message.encode("utf-8", "surrogatepass")[:LOG_MESSAGE_MAX]
+                message = data.decode("utf-8", "ignore")
+            else:
+                size = 0
         if not message.isprintable():
             message = message.translate(_LOG_ESCAPES)
-            if len(message) > LOG_MESSAGE_MAX // 4:
-                message = _truncate_utf8(message, LOG_MESSAGE_MAX)
+        if size or len(message) > LOG_MESSAGE_MAX // 4:
+            message = _truncate_utf8(message, LOG_MESSAGE_MAX, size or None)
 
+        # Token bucket in which the host's notices cost a token like any record. One token is
+        # kept back (when the burst allows) so the notice that announces a flood always has
+        # one. Records that fit the rate still pass during a flood; it ends, with a notice
+        # giving its count, once the plugin has logged slower than the rate for a while
+        # (_LOG_QUIET seconds' worth of tokens piled up, and at least enough for the notice,
+        # the record and the reserve), so a short pause does not cost two more notices.
         with self._log_lock:
             now = time.monotonic()
             tokens = self._log_tokens + (now - self._log_last) * self._log_rate
             if tokens > self._log_burst:
                 tokens = self._log_burst
             self._log_last = now
-            if tokens < 1.0:
-                self._log_tokens = tokens
-                self.log_dropped += 1
-                self._log_dropping += 1
-                if self._log_dropping != 1:
-                    return
-                notice = True
-                resumed = 0
-            else:
-                self._log_tokens = tokens - 1.0
-                notice = False
-                resumed = self._log_dropping
+            reserve = 1.0 if self._log_burst >= 3 else 0.0
+            flood_over = max(2.0 + reserve, min(self._log_burst, self._log_rate * _LOG_QUIET))
+            dropping = self._log_dropping
+            notice = ""
+            emit = True
+            if not dropping:
+                if tokens >= 1.0 + reserve:
+                    tokens -= 1.0
+                else:
+                    emit = False
+                    self.log_dropped += 1
+                    self._log_dropping = 1
+                    if tokens >= 1.0:
+                        tokens -= 1.0
+                        notice = (
+                            f"plugin {self.plugin!r} logs faster than {self._log_rate:g} "
+                            f"records/s (burst {int(self._log_burst)}); dropping records "
+                            "until the rate falls"
+                        )
+            elif tokens >= flood_over:
+                tokens -= 2.0
                 self._log_dropping = 0
+                notice = f"plugin {self.plugin!r}: {dropping} log records were dropped"
+            elif tokens >= 1.0:
+                tokens -= 1.0
+            else:
+                emit = False
+                self.log_dropped += 1
+                self._log_dropping = dropping + 1
+            self._log_tokens = tokens
         if notice:
-            logger.warning(
-                "plugin %r logs faster than %g records/s (burst %d); dropping records "
-                "until the rate falls",
-                self.plugin,
-                self._log_rate,
-                int(self._log_burst),
-            )
+            logger.warning("%s", notice)
+        if not emit:
             return
-        if resumed:
-            logger.warning("plugin %r: %d log records were dropped", self.plugin, resumed)
         # makeRecord + handle instead of logger.log(): skips findCaller(), a stack walk that
         # would only point at this file anyway. args=() so '%' in the message is never
         # interpreted.
@@ -339,6 +515,8 @@ class HostServices:
         """The JSON text of ``config[key]``, or None when the key is absent."""
         if not self._config_ok:
             raise self._deny("config", _NOT_GRANTED["config"])
+        if len(key) > CONFIG_KEY_MAX // 4 and _utf8_len(key) > CONFIG_KEY_MAX:
+            raise self.input_error(CONFIG_KEY, _utf8_len(key))
         return self._config_json.get(key)
 
     def config_get_all(self) -> str:
@@ -349,14 +527,11 @@ class HostServices:
 
     # -- kv ----------------------------------------------------------------------------------
 
-    @staticmethod
-    def _check_key(key: str) -> None:
+    def _check_key(self, key: str) -> None:
         # <= 64 code points is <= 256 bytes; only longer keys need encoding to measure.
         n = len(key)
-        if n == 0 or (
-            n > KV_KEY_MAX // 4 and len(key.encode("utf-8", "surrogatepass")) > KV_KEY_MAX
-        ):
-            raise HostCallError("invalid-input", _KV_BAD_KEY)
+        if n == 0 or (n > KV_KEY_MAX // 4 and _utf8_len(key) > KV_KEY_MAX):
+            raise self.input_error(KV_KEY, _utf8_len(key))
 
     @staticmethod
     def _kv_failure(exc: Exception) -> HostCallError:
@@ -380,10 +555,7 @@ class HostServices:
             raise self._deny("kv", _NOT_GRANTED["kv"])
         self._check_key(key)
         if len(value) > KV_VALUE_MAX:
-            raise HostCallError(
-                "limit-reached",
-                f"kv: value of {len(value)} bytes exceeds the maximum of {KV_VALUE_MAX} bytes",
-            )
+            raise self.input_error(KV_VALUE, len(value))
         try:
             self._kv.set(
                 self.plugin,
@@ -416,6 +588,8 @@ class HostServices:
         """Keys starting with ``prefix`` in byte order; the first :data:`KV_LIST_MAX` only."""
         if not self._kv_ok:
             raise self._deny("kv", _NOT_GRANTED["kv"])
+        if len(prefix) > KV_KEY_MAX // 4 and _utf8_len(prefix) > KV_KEY_MAX:
+            raise self.input_error(KV_PREFIX, _utf8_len(prefix))
         try:
             return self._kv.list_keys(self.plugin, prefix, KV_LIST_MAX)
         except (sqlite3.Error, UnicodeEncodeError) as exc:
@@ -428,21 +602,15 @@ class HostServices:
         if not self._events_ok:
             raise self._deny("events", _NOT_GRANTED["events"])
         if not 0 < len(topic) <= EVENT_TOPIC_MAX:
-            raise HostCallError(
-                "invalid-input", f"events: topic must be 1 to {EVENT_TOPIC_MAX} characters"
-            )
+            raise self.input_error(EVENT_TOPIC, _utf8_len(topic))
         if self._topic_match is None or self._topic_match.match(topic) is None:
             raise self._deny(
                 "events",
-                f"events: topic {topic!r} is not allowed; add it (or a pattern matching it) "
-                f"to permissions.events.topics in {_MANIFEST}",
+                f"events: topic {_shown(topic)} is not allowed; add it (or a pattern matching "
+                f"it) to permissions.events.topics in {_MANIFEST}",
             )
         if len(payload) > EVENT_PAYLOAD_MAX:
-            raise HostCallError(
-                "limit-reached",
-                f"events: payload of {len(payload)} bytes exceeds the maximum of "
-                f"{EVENT_PAYLOAD_MAX} bytes",
-            )
+            raise self.input_error(EVENT_PAYLOAD, len(payload))
         if not self._events.has_subscribers():
             return
         if type(payload) is not bytes:  # an Event must not alias guest-owned memory
@@ -506,27 +674,28 @@ class HostServices:
         self, perm: HttpPermission, url: httpx.URL, method: str, origin: str | None
     ) -> None:
         """Raise unless ``method url`` is allowed; ``origin`` is the redirecting URL, if any."""
-        via = "" if origin is None else f" (redirected from {origin})"
+        via = "" if origin is None else f" (redirected from {_cut(origin)})"
         scheme = url.scheme
         if scheme not in _DEFAULT_PORTS:
             if origin is None:
                 raise HostCallError(
-                    "invalid-input", f"http: unsupported URL scheme {scheme!r}; use http or https"
+                    "invalid-input",
+                    f"http: unsupported URL scheme {_shown(scheme)}; use http or https",
                 )
-            raise self._deny("http", f"http: redirect to a non-HTTP URL {url}{via}")
+            raise self._deny("http", f"http: redirect to a non-HTTP URL {_cut(url)}{via}")
         host = url.host
         if not host:
-            raise HostCallError("invalid-input", f"http: URL has no host: {url}")
+            raise HostCallError("invalid-input", f"http: URL has no host: {_cut(url)}")
         default_port = _DEFAULT_PORTS[scheme]
         port = url.port or default_port
         raw_host = url.raw_host.decode("ascii", "replace")
         if not perm.allows_host(host, port, default_port) and not (
             raw_host != host and perm.allows_host(raw_host, port, default_port)
         ):
-            shown = host if port == default_port else f"{host}:{port}"
+            shown = _shown(host if port == default_port else f"{host}:{port}")
             raise self._deny(
                 "http",
-                f"http: host {shown!r} is not allowed{via}; add {shown!r} to "
+                f"http: host {shown} is not allowed{via}; add {shown} to "
                 f"permissions.http.hosts in {_MANIFEST}",
             )
         if method not in self._http_methods:
@@ -557,24 +726,27 @@ class HostServices:
         perm = self._http
         if perm is None:
             raise self._deny("http", _NOT_GRANTED["http"])
+        for text, cap in ((method, HTTP_METHOD), (url, HTTP_URL)):
+            if len(text) > cap.cap // 4 and _utf8_len(text) > cap.cap:
+                raise self.input_error(cap, _utf8_len(text))
+        if len(headers) > HTTP_HEADERS_MAX:
+            raise self.input_error(HTTP_HEADERS, len(headers))
         if not _HTTP_TOKEN.fullmatch(method):
-            raise HostCallError("invalid-input", f"http: invalid method {method!r}")
+            raise HostCallError("invalid-input", f"http: invalid method {_shown(method)}")
         method = method.upper()
         if len(body) > perm.max_request_bytes:
-            raise HostCallError(
-                "limit-reached",
-                f"http: request body of {len(body)} bytes exceeds max_request_bytes "
-                f"({perm.max_request_bytes}); raise permissions.http.max_request_bytes "
-                f"in {_MANIFEST}",
-            )
+            raise self.input_error(HTTP_BODY, len(body), perm.max_request_bytes)
         req_headers: list[tuple[str, str]] = []
         for name, value in headers:
+            for text, cap in ((name, HTTP_HEADER_NAME), (value, HTTP_HEADER_VALUE)):
+                if len(text) > cap.cap // 4 and _utf8_len(text) > cap.cap:
+                    raise self.input_error(cap, _utf8_len(text))
             if not _HTTP_TOKEN.fullmatch(name):
-                raise HostCallError("invalid-input", f"http: invalid header name {name!r}")
+                raise HostCallError("invalid-input", f"http: invalid header name {_shown(name)}")
             if _HTTP_BAD_VALUE.search(value) or not value.isascii():
                 raise HostCallError(
                     "invalid-input",
-                    f"http: header {name!r} must be ASCII without CR, LF or NUL "
+                    f"http: header {_shown(name)} must be ASCII without CR, LF or NUL "
                     "(percent- or base64-encode other data)",
                 )
             lname = name.lower()
@@ -597,7 +769,9 @@ class HostServices:
         try:
             current = httpx.URL(url)
         except (httpx.InvalidURL, ValueError) as exc:
-            raise HostCallError("invalid-input", f"http: invalid URL {url!r}: {exc}") from None
+            raise HostCallError(
+                "invalid-input", f"http: invalid URL {_shown(url)}: {_cut(exc)}"
+            ) from None
         self._check_url(perm, current, method, None)
         client = self._client()
         payload: bytes = body
@@ -605,7 +779,7 @@ class HostServices:
         def timed_out() -> HostCallError:
             return HostCallError(
                 "failure",
-                f"http: timeout: {method} {current} did not complete within {budget:g} s "
+                f"http: timeout: {method} {_cut(current)} did not complete within {budget:g} s "
                 f"(limited by {budget_from})",
             )
 
@@ -622,10 +796,13 @@ class HostServices:
                 raise timed_out() from None
             except httpx.HTTPError as exc:
                 raise HostCallError(
-                    "failure", f"http: {method} {current} failed: {type(exc).__name__}: {exc}"
+                    "failure",
+                    f"http: {method} {_cut(current)} failed: {type(exc).__name__}: {_cut(exc)}",
                 ) from None
             except (httpx.InvalidURL, ValueError) as exc:
-                raise HostCallError("invalid-input", f"http: invalid request: {exc}") from None
+                raise HostCallError(
+                    "invalid-input", f"http: invalid request: {_cut(exc)}"
+                ) from None
             try:
                 location = response.headers.get("location")
                 if response.status_code not in _REDIRECT_STATUSES or location is None:
@@ -634,13 +811,14 @@ class HostServices:
                     raise HostCallError(
                         "limit-reached",
                         f"http: too many redirects (more than {HTTP_MAX_REDIRECTS}) "
-                        f"starting from {url}",
+                        f"starting from {_cut(url)}",
                     )
                 try:
                     target = current.join(location)
                 except (httpx.InvalidURL, ValueError) as exc:
                     raise HostCallError(
-                        "failure", f"http: invalid redirect Location {location!r}: {exc}"
+                        "failure",
+                        f"http: invalid redirect Location {_shown(location)}: {_cut(exc)}",
                     ) from None
                 # Method rewriting as browsers and httpx do it.
                 status = response.status_code
@@ -697,7 +875,7 @@ class HostServices:
             raise timed_out() from None
         except httpx.HTTPError as exc:
             raise HostCallError(
-                "failure", f"http: reading the response failed: {type(exc).__name__}: {exc}"
+                "failure", f"http: reading the response failed: {type(exc).__name__}: {_cut(exc)}"
             ) from None
         return response.status_code, response.headers.multi_items(), b"".join(chunks)
 
