@@ -98,6 +98,31 @@ def test_error_tree_mirrors_the_abi() -> None:
         Error.from_kind("nope", "m")
 
 
+def test_fake_host_refuses_over_cap_inputs_like_the_runtime() -> None:
+    spec = _spec.PluginSpec(
+        name="caps", directory=Path("."), hooks=("run",), module_path=Path("x.wasm"),
+        config=True, kv=_spec.KvSpec(), http=_spec.HttpSpec(hosts=("127.0.0.1:*",)),
+    )
+    host = _fakehost.FakeHost(spec, http=lambda request: Response(200))
+    cases: list[tuple[Callable[[], object], type[Exception], str]] = [
+        (lambda: host.config_get("k" * 1025), plugbox_sdk.InvalidInputError, "1024"),
+        (lambda: host.kv_list_keys("p" * 257), plugbox_sdk.InvalidInputError, "256"),
+        (lambda: host.http_fetch("G" * 33, "http://127.0.0.1/", [], b""),
+         plugbox_sdk.InvalidInputError, "32"),
+        (lambda: host.http_fetch("GET", "http://127.0.0.1/" + "a" * 8192, [], b""),
+         plugbox_sdk.InvalidInputError, "8192"),
+        (lambda: host.http_fetch("GET", "http://127.0.0.1/", [("x", "y")] * 101, b""),
+         plugbox_sdk.LimitReachedError, "100"),
+        (lambda: host.http_fetch("GET", "http://127.0.0.1/", [("x", "y" * 8193)], b""),
+         plugbox_sdk.InvalidInputError, "8192"),
+    ]
+    for call, error, cap in cases:
+        with pytest.raises(error, match=cap):
+            call()
+    assert host.config_get("k" * 1024) is None and host.kv_list_keys("p" * 256) == []
+    assert host.http_fetch("GET", "http://127.0.0.1/", [("x", "y")] * 100, b"")[0] == 200
+
+
 def test_fake_host_limits_match_the_runtime() -> None:
     # The harness is only useful if it enforces what the runtime enforces.
     assert _fakehost.KV_KEY_MAX == _services.KV_KEY_MAX
@@ -107,6 +132,9 @@ def test_fake_host_limits_match_the_runtime() -> None:
     assert _fakehost.EVENT_PAYLOAD_MAX == _services.EVENT_PAYLOAD_MAX
     assert _fakehost.RANDOM_MAX == _services.RANDOM_MAX
     assert _fakehost.HTTP_MAX_REDIRECTS == _services.HTTP_MAX_REDIRECTS
+    for cap in ("CONFIG_KEY_MAX", "HTTP_METHOD_MAX", "HTTP_URL_MAX", "HTTP_HEADER_NAME_MAX",
+                "HTTP_HEADER_VALUE_MAX", "HTTP_HEADERS_MAX"):
+        assert getattr(_fakehost, cap) == getattr(_services, cap), cap
     assert _fakehost.FORBIDDEN_REQUEST_HEADERS == _services.FORBIDDEN_REQUEST_HEADERS
     kv, http = _permissions.KvPermission(), _permissions.HttpPermission()
     assert (_spec.KV_QUOTA_BYTES, _spec.KV_QUOTA_KEYS) == (kv.quota_bytes, kv.quota_keys)

@@ -46,6 +46,13 @@ EVENT_TOPIC_MAX: Final = 256
 EVENT_PAYLOAD_MAX: Final = 1 << 20
 RANDOM_MAX: Final = 1 << 20
 HTTP_MAX_REDIRECTS: Final = 5
+# Input caps the runtime checks before it copies a guest's argument (abi/README.md §5).
+CONFIG_KEY_MAX: Final = 1024
+HTTP_METHOD_MAX: Final = 32
+HTTP_URL_MAX: Final = 8192
+HTTP_HEADER_NAME_MAX: Final = 256
+HTTP_HEADER_VALUE_MAX: Final = 8192
+HTTP_HEADERS_MAX: Final = 100
 FORBIDDEN_REQUEST_HEADERS: Final = frozenset(
     {
         "host",
@@ -158,6 +165,11 @@ class FakeHost:
         """The JSON text of one configuration key."""
         if not self.granted("config"):
             raise self._deny("config")
+        if len(key.encode("utf-8")) > CONFIG_KEY_MAX:
+            raise InvalidInputError(
+                f"config: key of {len(key.encode('utf-8'))} bytes is longer than the maximum "
+                f"of {CONFIG_KEY_MAX} bytes"
+            )
         return self._config_json.get(key)
 
     def config_get_all(self) -> str:
@@ -223,6 +235,11 @@ class FakeHost:
         """``kv.list-keys``: in UTF-8 byte order (code point order), at most 10 000."""
         if not self.granted("kv"):
             raise self._deny("kv")
+        if len(prefix.encode("utf-8")) > KV_KEY_MAX:
+            raise InvalidInputError(
+                f"kv: prefix of {len(prefix.encode('utf-8'))} bytes is longer than the maximum "
+                f"of {KV_KEY_MAX} bytes (no key is longer)"
+            )
         return sorted(k for k in self.kv if k.startswith(prefix))[:KV_LIST_MAX]
 
     # -- events, clock, random ---------------------------------------------------------------
@@ -311,6 +328,17 @@ class FakeHost:
         perm = self.spec.http
         if perm is None or not self.granted("http"):
             raise self._deny("http")
+        for what, text, cap in (("method", method, HTTP_METHOD_MAX), ("URL", url, HTTP_URL_MAX)):
+            if len(text.encode("utf-8")) > cap:
+                raise InvalidInputError(
+                    f"http: {what} of {len(text.encode('utf-8'))} bytes is longer than the "
+                    f"maximum of {cap} bytes"
+                )
+        if len(headers) > HTTP_HEADERS_MAX:
+            raise LimitReachedError(
+                f"http: {len(headers)} request headers, more than the maximum of "
+                f"{HTTP_HEADERS_MAX}"
+            )
         if not _HTTP_TOKEN.fullmatch(method):
             raise InvalidInputError(f"http: invalid method {method!r}")
         method = method.upper()
@@ -322,6 +350,11 @@ class FakeHost:
             )
         clean: list[tuple[str, str]] = []
         for name, value in headers:
+            if len(name) > HTTP_HEADER_NAME_MAX or len(value) > HTTP_HEADER_VALUE_MAX:
+                raise InvalidInputError(
+                    f"http: a header name is at most {HTTP_HEADER_NAME_MAX} bytes and a value "
+                    f"at most {HTTP_HEADER_VALUE_MAX} bytes"
+                )
             if not _HTTP_TOKEN.fullmatch(name):
                 raise InvalidInputError(f"http: invalid header name {name!r}")
             if _HTTP_BAD_VALUE.search(value) or not value.isascii():
