@@ -1483,7 +1483,8 @@ def compile_refusal(plugin: str, message: str) -> ModuleInterfaceError | PolicyV
     wasmtime's error): what the static checks cannot tell, such as invalid function bodies,
     proposals the engine does not enable, or an instance larger than the engine's slots."""
     cause = _cause(message)
-    if "does not fit in pooling allocator" in message or "exceeds the configured maximum" in message:
+    if any(marker in message for marker in ("does not fit in pooling allocator",
+                                            "exceeds the configured maximum")):
         return PolicyViolationError(
             f"plugin {plugin!r}: the module needs more than this runtime's instance slots hold "
             f"({cause}); rebuild it to need less", plugin=plugin, limit="instance_size")
