@@ -173,6 +173,27 @@ def test_memories_and_tables_per_component_are_capped(
     assert info.value.limit == "max_component_tables"
 
 
+def test_component_start_up_failures_have_their_real_class(
+    echo_wat: str, tmp_path: Path
+) -> None:
+    spin = component(echo_wat, "  (core module $spin (func $s (loop (br 0))) (start $s))\n"
+                     + instances("$spin", 1))
+    trap = component(echo_wat, "  (core module $trap (func $s unreachable) (start $s))\n"
+                     + instances("$trap", 1))
+    with plugbox.Runtime(state_dir=tmp_path / "s", cache_dir=tmp_path / "cache") as rt:
+        with pytest.raises(plugbox.FuelExhausted, match="3,000,000 fuel"):
+            rt.load(write_plugin(tmp_path / "fuel", spin, limits={"fuel": 3_000_000}))
+        with pytest.raises(plugbox.DeadlineExceeded, match="150 ms"):
+            rt.load(write_plugin(tmp_path / "deadline", spin,
+                                 limits={"fuel": 10**10, "deadline_ms": 150}))
+        with pytest.raises(plugbox.GuestTrap) as info:
+            rt.load(write_plugin(tmp_path / "trap", trap))
+    message = str(info.value)
+    assert "unreachable" in message
+    assert "\x00" not in message and "backtrace" not in message and "Caused by" not in message
+    assert not list((tmp_path / "cache").glob("*.cwasm"))
+
+
 def test_a_component_whose_instances_cannot_be_counted_is_refused(
     rt: plugbox.Runtime, echo_wat: str, tmp_path: Path
 ) -> None:

@@ -11,7 +11,7 @@ import pytest
 import wasmtime
 
 import plugbox
-from plugbox._fastpath import Engine, Template, instantiation_error
+from plugbox._fastpath import Engine, Template, instantiation_error, trap_summary
 from plugbox._policy import Policy
 from plugbox._wasmparse import compile_refusal, inspect_module
 from tests.conftest import COUNTER_BODY, ECHO_BODY, WAT_TEMPLATE, wat_module, write_plugin
@@ -202,6 +202,14 @@ def test_a_memory_minimum_above_the_cap_at_instantiation_is_memory_limit_exceede
         engine.close()
 
 
+def test_trap_summary_names_the_trap_not_a_frame_or_the_header() -> None:
+    frames = "error while executing at wasm backtrace:\n    0:    0x21f - trap!short\n\n"
+    assert trap_summary(frames + "Caused by:\n    wasm trap: wasm `unreachable` instruction "
+                        "executed\n") == "wasm trap: wasm `unreachable` instruction executed"
+    assert trap_summary(frames + "Caused by:\n    0: one\n    1: two\n") == "one: two"
+    assert trap_summary("plugbox host function failed: boom") == "plugbox host function failed: boom"
+
+
 @pytest.mark.parametrize(
     ("code", "message", "error"),
     [
@@ -260,6 +268,15 @@ def test_the_compile_budget_is_checked_before_compiling(
             rt.load(directory)
     assert info.value.limit == limit
     assert compiled == []
+
+
+@pytest.mark.parametrize("field", ["max_module_bytes", "max_component_bytes", "max_functions",
+                                   "max_function_body_bytes", "max_code_bytes",
+                                   "max_component_core_instances", "max_component_memories",
+                                   "max_component_tables"])
+def test_budget_fields_must_be_positive(field: str) -> None:
+    with pytest.raises(plugbox.UsageError, match=f"Policy\\({field}="):
+        Policy(**{field: 0})  # type: ignore[arg-type]
 
 
 def test_the_module_shape_is_read_without_compiling() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import struct
 import threading
 import time
@@ -134,15 +135,24 @@ _ERROR_AT4 = struct.Struct("<B3xB3xII")  # result tag, error tag, message ptr, l
 _U8 = struct.Struct("<B")
 
 
+_NUMBERED = re.compile(r"^\d+:\s*")  # backtrace frames ("0:  0x21f - f") and causes ("1: x")
+_FRAME = re.compile(r"^\d+:\s+0x[0-9a-f]+ ")
+
+
 def trap_summary(message: str) -> str:
-    """The informative line of a wasmtime error: the trap itself, not the backtrace header."""
+    """The informative part of a wasmtime error on one line: the trap itself (``wasm trap:
+    ...``) or else its chain of causes, never the backtrace header or frames (whose function
+    names could read like a trap)."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     for line in lines:
-        if "trap" in line.lower() and not line.lower().startswith("error while executing"):
+        if line.lower().startswith("wasm trap:"):
             return line
-    tail = [line for line in lines if not line.lower().startswith("error while executing")
-            and not line[:1].isdigit() and line != "Caused by:"]
-    return tail[-1] if tail else "trap"
+    if "Caused by:" in lines:
+        causes = lines[lines.index("Caused by:") + 1:]
+        return ": ".join(_NUMBERED.sub("", line) for line in causes) or "trap"
+    rest = [line for line in lines if not line.lower().startswith("error while executing")
+            and not _FRAME.match(line)]
+    return rest[0] if rest else "trap"
 
 
 def _take_error(err: int) -> str:

@@ -300,6 +300,10 @@ class _Reader:
         raise _Malformed(start, f"malformed LEB128 {what}: longer than {(bits + 6) // 7} bytes")
 
     def u32(self, what: str) -> int:
+        pos = self.pos
+        if pos < self.end and self.data[pos] < 0x80:  # one-byte values: most of them
+            self.pos = pos + 1
+            return self.data[pos]
         return self.unsigned(32, what)
 
     def name(self, what: str) -> str:
@@ -646,7 +650,8 @@ def _inspect_core(data: bytes, start: int = 0, end: int | None = None) -> Module
             for _ in range(bodies):  # only their sizes matter (the compile budget)
                 size = s.u32("function body size")
                 s.skip(size, "function body")
-                largest_body = max(largest_body, size)
+                if size > largest_body:
+                    largest_body = size
         else:
             continue  # start, element, data count, data: not needed
         if not s.at_end():
