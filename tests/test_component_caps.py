@@ -10,9 +10,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import wasmtime
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import plugbox
 from plugbox._policy import Policy
@@ -255,6 +258,62 @@ def test_the_python_sample_components_fit_the_default_caps() -> None:
         caps = store_limits(info.shape, limits.memory_bytes)
         assert caps.instances == info.shape.core_instances <= policy.max_component_core_instances
         assert caps.memories == 1 and caps.memory_bytes == limits.memory_bytes
+
+
+def _only_plugbox_errors(data: bytes) -> None:
+    from types import SimpleNamespace
+
+    manifest: Any = SimpleNamespace(name="p", path="plugbox.json")
+    try:
+        info = inspect_module(data)
+        check_module_shape(info, manifest, limits=plugbox.Limits(), policy=Policy())
+        store_limits(info.shape, 1 << 20)
+    except plugbox.PlugboxError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def nested(echo_wat: str) -> bytes:
+    """A component using every construct the counting reader follows: nested components and
+    their instances, outer aliases, core modules with memories and tables, exports."""
+    return component(echo_wat, hog() + instances("$hog", 1) + """
+  (component $outer
+    (core module $inner (table 1 funcref))
+    (component $deeper
+      (alias outer $outer $inner (core module $again))
+      (core instance (instantiate $again)))
+    (instance (instantiate $deeper))
+    (export "deeper" (component $deeper)))
+  (instance (instantiate $outer))
+""")
+
+
+def test_the_counting_reader_follows_nesting_and_aliases(
+    nested: bytes, rt: plugbox.Runtime, tmp_path: Path
+) -> None:
+    shape = inspect_module(nested).shape
+    assert shape.exact
+    assert shape.core_instances == 3  # main, the hog, and $inner through $deeper
+    assert (shape.memory_count, shape.table_count) == (2, 1)
+    # wasmtime counts the same: its store allows exactly these, and the component starts.
+    assert rt.load(write_plugin(tmp_path / "p", nested)).call("run", b"n") == b"n"
+
+
+def test_every_truncation_of_a_nested_component_is_refused_cleanly(nested: bytes) -> None:
+    for end in range(len(nested)):
+        _only_plugbox_errors(nested[:end])
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flips=st.lists(st.tuples(st.integers(min_value=8), st.integers(0, 255)), max_size=4))
+def test_mutated_components_only_raise_plugbox_errors(
+    nested: bytes, flips: list[tuple[int, int]]
+) -> None:
+    data = bytearray(nested)
+    for index, value in flips:
+        data[index % len(data)] = value
+    _only_plugbox_errors(bytes(data))
 
 
 def test_a_core_plugin_is_unaffected(rt: plugbox.Runtime, tmp_path: Path) -> None:

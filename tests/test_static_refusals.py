@@ -207,7 +207,8 @@ def test_trap_summary_names_the_trap_not_a_frame_or_the_header() -> None:
     assert trap_summary(frames + "Caused by:\n    wasm trap: wasm `unreachable` instruction "
                         "executed\n") == "wasm trap: wasm `unreachable` instruction executed"
     assert trap_summary(frames + "Caused by:\n    0: one\n    1: two\n") == "one: two"
-    assert trap_summary("plugbox host function failed: boom") == "plugbox host function failed: boom"
+    host = "plugbox host function failed: boom"
+    assert trap_summary(host) == host
 
 
 @pytest.mark.parametrize(
