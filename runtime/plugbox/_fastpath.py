@@ -48,7 +48,6 @@ from ._errors import (
     PlugboxError,
     PluginCallError,
     StackOverflow,
-    UsageError,
 )
 
 if TYPE_CHECKING:

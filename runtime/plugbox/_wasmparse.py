@@ -1,19 +1,23 @@
 """A small, strict WebAssembly binary reader for checks made before anything is compiled.
 
-plugbox refuses a plugin whose module imports anything outside the ABI *before* handing it to
-wasmtime, so a hostile module never reaches the compiler unless its interface is right. This
-reader therefore parses only what that check needs (the type, import, function and export
-sections, the item counts of the others, and custom sections) and skips code and data. It is
-strict about structure: sections out of order or duplicated, lengths that overrun, LEB128
-integers that are over-long or out of range, names that are not UTF-8, indices out of range.
-Every malformation is reported as :class:`~plugbox.ModuleInterfaceError`, never as a Python
-``IndexError`` or the like.
+plugbox refuses a plugin whose module imports anything outside the ABI, or that wasmtime could
+not run within the host's budget, *before* handing it to wasmtime, so a hostile module never
+reaches the compiler unless its interface and its shape are right. This reader therefore parses
+only what those checks need (the type, import, function and export sections, the memory and
+table types, the item counts of the others, the sizes of function bodies, and custom sections)
+and skips the code and data themselves. It is strict about structure: sections out of order or
+duplicated, lengths that overrun, LEB128 integers that are over-long or out of range, names
+that are not UTF-8, indices out of range. Every malformation is reported as
+:class:`~plugbox.ModuleInterfaceError`, never as a Python ``IndexError`` or the like.
 
 Components (the component-model binary, layer 1) are recognised; their top-level custom
-sections and the names of their top-level imports (``plugbox:plugin/kv@1.0.0``, ...) are read,
-which is what the capability check needs. Their exports are not parsed yet.
+sections, imports and exports (names and sorts) are read, which is what the capability check
+needs, and their core modules, core instances and nested components are followed to count what
+one instantiation creates (:class:`ModuleShape`).
 
-:func:`check_capabilities` is the static capability check: every plugbox service the module
+:func:`check_module_interface` is the ABI check, :func:`check_module_shape` the compile and
+instantiation budget (:func:`compile_refusal` types what only compiling can tell), and
+:func:`check_capabilities` the static capability check: every plugbox service the module
 imports must be requested by the manifest, and requested services that are never imported are
 reported (least privilege).
 """
@@ -162,7 +166,9 @@ class ModuleShape:
 
     @property
     def memories(self) -> tuple[MemoryType, ...]:
-        """Every memory one instantiation creates (a module's once per instance of it)."""
+        """Every memory one instantiation creates (a module's once per instance of it). Cap
+        :attr:`core_instances` first: nested instantiations multiply, so a small hostile
+        component can claim astronomically many."""
         return tuple(m for i, times in self.instantiated
                      for _ in range(times) for m in self.modules[i].memories)
 
@@ -180,11 +186,6 @@ class ModuleShape:
     def functions(self) -> int:
         """Functions defined over all core modules (each compiled once, however instantiated)."""
         return sum(m.functions for m in self.modules)
-
-    @property
-    def largest_body(self) -> int:
-        """The largest function body of any core module, in bytes."""
-        return max((m.largest_body for m in self.modules), default=0)
 
 
 @dataclass(frozen=True)
