@@ -7,6 +7,7 @@ this table matches it exactly, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 __all__ = [
@@ -18,7 +19,9 @@ __all__ = [
     "OPTIONAL_EXPORTS",
     "SERVICE_OF_MODULE",
     "SERVICES",
+    "canonical_import",
     "import_module",
+    "parse_import_module",
 ]
 
 #: The ABI version this runtime implements. Plugins with the same major and a minor <= ours run.
@@ -75,3 +78,25 @@ OPTIONAL_EXPORTS: Final[dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]]]
     "cabi_post_on-hook": ("func", (_I,), ()),
     "_initialize": ("func", (), ()),
 }
+
+
+_IMPORT_MODULE_RE: Final = re.compile(r"plugbox:plugin/([a-z][a-z0-9-]*)@([0-9]+\.[0-9]+\.[0-9]+)")
+
+
+def parse_import_module(module: str) -> tuple[str, str] | None:
+    """``(interface, version)`` of ``plugbox:plugin/<interface>@<x.y.z>``, else ``None``."""
+    match = _IMPORT_MODULE_RE.fullmatch(module)
+    return None if match is None else (match.group(1), match.group(2))
+
+
+def canonical_import(module: str, name: str) -> tuple[str, str] | None:
+    """The :data:`IMPORTS` key that an import of ``name`` from ``module`` links to, whatever
+    version ``module`` names (``plugbox:plugin/log@1.0.1`` -> ``plugbox:plugin/log@1.0.0``);
+    ``None`` when it is not a function of a service interface. Whether the version is one this
+    runtime can run is the interface check's business, not this lookup's."""
+    parsed = parse_import_module(module)
+    if parsed is None or parsed[0] not in SERVICES:
+        return None
+    key = (import_module(parsed[0]), name)
+    return key if key in IMPORTS else None
+

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import struct
 import threading
 import time
@@ -43,10 +44,10 @@ from ._errors import (
     GuestTrap,
     LimitExceeded,
     MemoryLimitExceeded,
+    ModuleInterfaceError,
     PlugboxError,
     PluginCallError,
     StackOverflow,
-    UsageError,
 )
 
 if TYPE_CHECKING:
@@ -135,21 +136,30 @@ _ERROR_AT4 = struct.Struct("<B3xB3xII")  # result tag, error tag, message ptr, l
 _U8 = struct.Struct("<B")
 
 
+_NUMBERED = re.compile(r"^\d+:\s*")  # backtrace frames ("0:  0x21f - f") and causes ("1: x")
+_FRAME = re.compile(r"^\d+:\s+0x[0-9a-f]+ ")
+
+
 def trap_summary(message: str) -> str:
-    """The informative line of a wasmtime error: the trap itself, not the backtrace header."""
+    """The informative part of a wasmtime error on one line: the trap itself (``wasm trap:
+    ...``) or else its chain of causes, never the backtrace header or frames (whose function
+    names could read like a trap)."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     for line in lines:
-        if "trap" in line.lower() and not line.lower().startswith("error while executing"):
+        if line.lower().startswith("wasm trap:"):
             return line
-    tail = [line for line in lines if not line.lower().startswith("error while executing")
-            and not line[:1].isdigit() and line != "Caused by:"]
-    return tail[-1] if tail else "trap"
+    if "Caused by:" in lines:
+        causes = lines[lines.index("Caused by:") + 1:]
+        return ": ".join(_NUMBERED.sub("", line) for line in causes) or "trap"
+    rest = [line for line in lines if not line.lower().startswith("error while executing")
+            and not _FRAME.match(line)]
+    return rest[0] if rest else "trap"
 
 
 def _take_error(err: int) -> str:
     vec = _wb.wasm_byte_vec_t()
     _error_message(err, ctypes.addressof(vec))
-    msg = ctypes.string_at(vec.data, vec.size).decode("utf-8", "replace")
+    msg = ctypes.string_at(vec.data, vec.size).decode("utf-8", "replace").rstrip("\0")
     _byte_vec_delete(ctypes.addressof(vec))
     _error_delete(err)
     return msg
@@ -160,7 +170,8 @@ def _take_trap(trap: int) -> tuple[int | None, str]:
     has_code = _trap_code(trap, ctypes.addressof(code))
     vec = _wb.wasm_byte_vec_t()
     _trap_message(trap, ctypes.addressof(vec))
-    msg = ctypes.string_at(vec.data, vec.size).decode("utf-8", "replace")
+    # wasm_trap_message's vector includes the C string's terminating NUL.
+    msg = ctypes.string_at(vec.data, vec.size).decode("utf-8", "replace").rstrip("\0")
     _byte_vec_delete(ctypes.addressof(vec))
     _trap_delete(trap)
     return (code.value if has_code else None), msg
@@ -235,6 +246,35 @@ def instances_error(plugin: str, hook: str | None, detail: str) -> LimitExceeded
     )
 
 
+def instantiation_error(plugin: str, code: int | None, message: str, *, fuel: int,
+                        deadline_ms: int | None, memory_cap: int) -> PlugboxError:
+    """The typed error for an instantiation that failed: ``code`` is the trap code when start-up
+    code trapped (``None`` for an error, or for a component, whose API reports none), and
+    ``message`` wasmtime's text; ``fuel``, ``deadline_ms`` and ``memory_cap`` are the limits
+    start-up ran under, for the message."""
+    hook = "instantiate"
+    low = message.lower()
+    if code == _TRAP_OUT_OF_FUEL or (code is None and "all fuel consumed" in low):
+        return fuel_error(plugin, hook, fuel)
+    if code == _TRAP_INTERRUPT or (code is None and "wasm trap: interrupt" in low):
+        return deadline_error(plugin, hook, deadline_ms)
+    if code == _TRAP_STACK_OVERFLOW or (code is None and "call stack exhausted" in low):
+        return stack_error(plugin, hook)
+    summary = trap_summary(message)
+    if "concurrent" in low and "limit" in low:
+        return instances_error(plugin, hook, summary)
+    if "memory minimum size" in low or ("memory" in low and "exceeds" in low):
+        return memory_error(plugin, hook, memory_cap, summary)
+    if "resource limit exceeded" in low:
+        return LimitExceeded(
+            f"{_where(plugin, hook)}: instantiating it creates more than its store allows "
+            f"({summary}); the module's static shape and what it instantiates disagree",
+            plugin=plugin, hook=hook, limit="instances",
+        )
+    return GuestTrap(f"{_where(plugin, hook)}: instantiation failed: {summary}",
+                     plugin=plugin, hook=hook)
+
+
 # ---------------------------------------------------------------------------------------------
 # Engine
 
@@ -297,6 +337,10 @@ class Engine:
     def deadline_ticks(self, deadline_ms: int) -> int:
         """Epoch ticks covering ``deadline_ms`` (rounded up, plus one for the partial tick)."""
         return int(deadline_ms / 1000.0 / self.tick_s) + 2
+
+    def ticks_ms(self, ticks: int) -> int:
+        """The deadline in ms that :meth:`deadline_ticks` turned into ``ticks`` (for messages)."""
+        return max(0, round((ticks - 2) * self.tick_s * 1000.0))
 
     def compile(self, wasm: bytes) -> wasmtime.Module:
         """Compile a verified core module."""
@@ -529,12 +573,10 @@ class Instance:
             _EXPORT_NAMES_B, exports, ctypes.addressof(self._instance),
         )
         if status != _ST_OK:
-            err, trap = (store, None) if status == _ST_ERROR else (None, store)
-            msg = _take_error(err) if err else _take_trap(trap or 0)[1]
-            if "concurrent limit" in msg:
-                raise instances_error(self.plugin, None, msg)
-            raise GuestTrap(
-                f"plugin {self.plugin!r}: instantiation failed: {msg}", plugin=self.plugin
+            code, msg = (None, _take_error(store)) if status == _ST_ERROR else _take_trap(store)
+            raise instantiation_error(
+                self.plugin, code, msg, fuel=fuel, memory_cap=template.memory_cap,
+                deadline_ms=template.engine.ticks_ms(ticks),
             )
         self.closed = False
         self._store: int = store
@@ -1092,7 +1134,12 @@ class Template:
         self.linker = _linker_new(engine.ptr)
         self.pre = 0
         try:
-            for key in imports:
+            for module_name, field in dict.fromkeys(imports):  # each name is defined once
+                key = _abispec.canonical_import(module_name, field)
+                if key is None:  # the interface check refuses these before compiling
+                    raise ModuleInterfaceError(
+                        f"plugin {plugin!r}: the module imports {module_name}.{field}, which "
+                        "is not a function of the plugbox ABI", plugin=plugin)
                 params, results = _abispec.IMPORTS[key]
                 ft = wasmtime.FuncType(
                     [wasmtime.ValType.i32() if p == "i32" else wasmtime.ValType.i64() for p in params],
@@ -1101,19 +1148,25 @@ class Template:
                 cb = _make_callback(key, services)
                 self._callbacks.append(cb)
                 self._functypes.append(ft)
-                mod, name = key[0].encode(), key[1].encode()
+                # Defined under the name the module imports (a patch-level ABI version such as
+                # plugbox:plugin/log@1.0.1 links to this runtime's function).
+                mod, name = module_name.encode(), field.encode()
                 err = _linker_define_unchecked(
                     self.linker, mod, len(mod), name, len(name),
                     ctypes.cast(ft.ptr(), c_void_p).value, ctypes.cast(cb, c_void_p).value,
                     None, None,
                 )
                 if err:
-                    raise UsageError(f"plugin {plugin!r}: cannot link {key}: {_take_error(err)}")
+                    raise ModuleInterfaceError(
+                        f"plugin {plugin!r}: cannot link {module_name}.{field}: "
+                        f"{trap_summary(_take_error(err))}", plugin=plugin)
             pre = c_void_p()
             mod_ptr = ctypes.cast(module.ptr(), c_void_p).value
             err = _linker_instantiate_pre(self.linker, mod_ptr, ctypes.addressof(pre))
             if err:
-                raise UsageError(f"plugin {plugin!r}: cannot link module: {_take_error(err)}")
+                raise ModuleInterfaceError(
+                    f"plugin {plugin!r}: cannot link the module: {trap_summary(_take_error(err))}",
+                    plugin=plugin)
             self.pre = pre.value or 0
         except BaseException:
             self.close()

@@ -28,7 +28,7 @@ from wasmtime import _bindings as _wb
 from wasmtime.component import Component
 
 from . import _abispec
-from ._errors import AbiViolation, GuestTrap, PlugboxError, UsageError
+from ._errors import AbiViolation, GuestTrap, ModuleInterfaceError, PlugboxError, UsageError
 from ._fastpath import (
     CallOutcome,
     Engine,
@@ -36,6 +36,7 @@ from ._fastpath import (
     fuel_error,
     host_function_error,
     instances_error,
+    instantiation_error,
     memory_error,
     stack_error,
     trap_summary,
@@ -43,6 +44,7 @@ from ._fastpath import (
 
 if TYPE_CHECKING:
     from ._services import HostServices
+    from ._wasmparse import StoreLimits
 
 __all__ = ["ComponentInstance", "ComponentTemplate", "compile_component"]
 
@@ -494,6 +496,80 @@ def _check(err: Any, what: str, plugin: str) -> None:
         raise UsageError(f"plugin {plugin!r}: {what}: {_take_error(ctypes.cast(err, c_void_p).value or 0)}")
 
 
+#: The ABI's error variant as _type_text writes it, which it then abbreviates to "error".
+_ERROR_TYPE: Final = "variant<" + ", ".join(f"{case}(string)" for case in _ERROR_CASES) + ">"
+
+#: The WIT types of the world's exports (abi/plugbox.wit), as _type_text writes them:
+#: export path -> (parameter types, result type). Parameter names are not compared.
+_EXPORT_TYPES: Final = {
+    ("on-init",): (("string",), "result<_, error>"),
+    ("on-hook",): (("string", "list<u8>"), "result<list<u8>, error>"),
+    (_abispec.import_module("bulk"), "on-hook-text"): (("string", "string"),
+                                                       "result<string, error>"),
+}
+
+
+def _type_text(ty: Any) -> str:
+    """A component value type as WIT-like text, enough to compare it with the world's."""
+    from wasmtime.component import _types as t
+
+    if isinstance(ty, t.ListType):
+        return f"list<{_type_text(ty.element)}>"
+    if isinstance(ty, t.ResultType):
+        ok, err = ty.ok, ty.err
+        return (f"result<{'_' if ok is None else _type_text(ok)}, "
+                f"{'_' if err is None else _type_text(err)}>")
+    if isinstance(ty, t.VariantType):
+        text = "variant<" + ", ".join(
+            name if payload is None else f"{name}({_type_text(payload)})"
+            for name, payload in ty.cases) + ">"
+        return "error" if text == _ERROR_TYPE else text
+    if isinstance(ty, t.OptionType):
+        return f"option<{_type_text(ty.payload)}>"
+    if isinstance(ty, t.EnumType):
+        return "enum<" + ", ".join(ty.names) + ">"
+    if isinstance(ty, t.RecordType):
+        return "record<" + ", ".join(f"{n}: {_type_text(v)}" for n, v in ty.fields) + ">"
+    if isinstance(ty, t.TupleType):
+        return "tuple<" + ", ".join(_type_text(v) for v in ty.elements) + ">"
+    return type(ty).__name__.removesuffix("Type").lower()  # String -> string, U8 -> u8, ...
+
+
+def _check_export_types(engine: Engine, component: Component, plugin: str) -> None:
+    """Refuse a component whose world exports have other types than abi/plugbox.wit gives them
+    (the names alone say nothing: ``on-hook`` returning ``result<_, error>`` would read as an
+    empty payload), with ModuleInterfaceError."""
+    from wasmtime.component import _types as t
+
+    exports = component.type.exports(engine.wasmtime)
+    for path, (params, result) in _EXPORT_TYPES.items():
+        item: Any = exports.get(path[0])
+        for name in path[1:]:
+            if item is None:
+                break
+            inner = item.ty
+            item = (inner.exports(engine.wasmtime).get(name)
+                    if isinstance(inner, t.ComponentInstanceType) else None)
+        if item is None:
+            continue  # absence of an optional export; on-hook's was checked before compiling
+        ty = item.ty
+        where = "#".join(path)
+        wanted = f"func({', '.join(params)}) -> {result}"
+        if not isinstance(ty, t.FuncType):
+            raise ModuleInterfaceError(
+                f"plugin {plugin!r}: the component exports {where!r} as a "
+                f"{type(ty).__name__}, but abi/plugbox.wit defines it as {wanted}; build it "
+                "against abi/plugbox.wit", plugin=plugin)
+        got_params = tuple(_type_text(p) for _, p in ty.params)
+        got_result = "_" if ty.result is None else _type_text(ty.result)
+        if (got_params, got_result) != (params, result):
+            raise ModuleInterfaceError(
+                f"plugin {plugin!r}: the component exports {where!r} with type "
+                f"func({', '.join(got_params)}) -> {got_result}, but abi/plugbox.wit defines "
+                f"it as {wanted}; build it against abi/plugbox.wit (world plugin)",
+                plugin=plugin)
+
+
 class ComponentTemplate:
     """A component linked with one plugin's host functions and deny-by-default WASI."""
 
@@ -505,10 +581,14 @@ class ComponentTemplate:
         plugin: str,
         services: HostServices,
         memory_cap: int,
+        store_limits: StoreLimits,
     ) -> None:
         self.engine = engine
         self.plugin = plugin
         self.memory_cap = memory_cap
+        #: What each instance's store may create: exactly what the static count of the
+        #: component found, with memories sharing memory_cap (see _wasmparse.store_limits).
+        self.store_limits = store_limits
         self.services = services
         self.sockets_denied = 0
         self._component = component
@@ -544,6 +624,7 @@ class ComponentTemplate:
             if not self._hook_index:
                 raise AbiViolation(f"plugin {plugin!r}: component exports no 'on-hook'",
                                    plugin=plugin)
+            _check_export_types(engine, component, plugin)
         except BaseException:
             self.close()
             raise
@@ -639,8 +720,8 @@ class ComponentInstance:
         self._stderr = _Output(template.services, "stderr")
         self._store = wasmtime.Store(template.engine.wasmtime)
         store_ptr = self._store.ptr()
-        # memory bytes (each memory), table elements, instances, tables, memories
-        _wb.wasmtime_store_limiter(store_ptr, template.memory_cap, 1_000_000, 1000, 1000, 100)
+        # memory bytes (each memory), table elements (each table), instances, tables, memories
+        _wb.wasmtime_store_limiter(store_ptr, *template.store_limits)
         self._ctx = self._store._context()
         wasi = wasmtime.WasiConfig()  # no preopens, env, args; empty stdin
         wasi.stdout_custom = self._stdout.write
@@ -657,7 +738,16 @@ class ComponentInstance:
         finally:
             _tls.state = None
         if err:
-            raise self._failure(ctypes.cast(err, c_void_p).value or 0, "instantiate", state)
+            from ._fastpath import _take_error
+
+            msg = _take_error(ctypes.cast(err, c_void_p).value or 0)
+            self.close()
+            if state.error is not None:
+                raise host_function_error(state.error, self.plugin, "instantiate")
+            raise instantiation_error(
+                self.plugin, None, msg, fuel=fuel, memory_cap=template.memory_cap,
+                deadline_ms=template.engine.ticks_ms(ticks),
+            )
         self.closed = False
         self._hook = _wb.wasmtime_component_func_t()
         if not _wb.wasmtime_component_instance_get_func(

@@ -19,7 +19,7 @@ from ._permissions import Limits, Permissions
 if TYPE_CHECKING:
     from ._manifest import Manifest
 
-__all__ = ["DEFAULT_MAX_LIMITS", "Policy"]
+__all__ = ["DEFAULT_MAX_LIMITS", "MIN_MEMORY_BYTES", "Policy", "budget_violation"]
 
 #: The default caps: generous enough for real plugins, small enough that a runaway one cannot
 #: take the host down.
@@ -37,6 +37,11 @@ DEFAULT_COMPONENT_LIMITS = Limits(
     deadline_ms=10_000,
     instances=4,
 )
+
+
+#: One WebAssembly page: a memory limit below it leaves no room for the ABI's result area, so
+#: no module can run under it (refused at load rather than trapping at the first call).
+MIN_MEMORY_BYTES = 65536
 
 
 def _split_host_pattern(pattern: str) -> tuple[str, str | None]:
@@ -72,6 +77,30 @@ def _host_pattern_covered(requested: str, allowed: str) -> bool:
     return req_port == allow_port or fnmatch.fnmatchcase(req_port, allow_port)
 
 
+_BUDGET_FIELDS = (
+    "max_module_bytes",
+    "max_component_bytes",
+    "max_code_bytes",
+    "max_functions",
+    "max_function_body_bytes",
+    "max_component_core_instances",
+    "max_component_memories",
+    "max_component_tables",
+)
+
+
+def budget_violation(manifest: Manifest, what: str, cap_name: str, needed: int
+                     ) -> PolicyViolationError:
+    """A plugin refused for needing more than the policy's ``cap_name`` allows: ``what`` it
+    needs, and the setting (``needed``) with which the host could allow it."""
+    return PolicyViolationError(
+        f"plugin {manifest.name!r} ({manifest.path}) {what}; rebuild it smaller, or have the "
+        f"host allow it: Policy({cap_name}={needed})",
+        plugin=manifest.name,
+        limit=cap_name,
+    )
+
+
 @dataclass(frozen=True)
 class Policy:
     """Caps the host puts on what plugins may request.
@@ -85,6 +114,16 @@ class Policy:
     ``default_component_limits`` replaces ``default_limits`` for components: a Python plugin
     carries a whole CPython, whose start-up and calls need far more fuel and memory than a
     Rust core module.
+
+    The compile budget, checked on the module's bytes before anything is compiled (compiling
+    costs time and memory roughly in proportion to the code): ``max_module_bytes`` caps a core
+    module's file and ``max_component_bytes`` a component's (a componentize-py Python plugin
+    is about 18 MiB, most of it the Python standard library as data); ``max_code_bytes`` caps
+    the function bodies of all core modules together, ``max_functions`` their number and
+    ``max_function_body_bytes`` the largest one. ``max_component_core_instances``,
+    ``max_component_memories`` and ``max_component_tables`` cap what one instance of a
+    component may create (a Python plugin creates 14 core instances, 1 memory and 2 tables),
+    so that no component can take the runtime's shared instance slots from the others.
     """
 
     max_limits: Limits = DEFAULT_MAX_LIMITS
@@ -97,6 +136,14 @@ class Policy:
     max_http_timeout_ms: int = 60_000
     max_http_request_bytes: int = 32 << 20
     max_http_response_bytes: int = 32 << 20
+    max_module_bytes: int = 4 << 20
+    max_component_bytes: int = 64 << 20
+    max_code_bytes: int = 16 << 20
+    max_functions: int = 50_000
+    max_function_body_bytes: int = 1 << 20
+    max_component_core_instances: int = 32
+    max_component_memories: int = 4
+    max_component_tables: int = 16
 
     def __post_init__(self) -> None:
         # Accept any iterable for the collection fields (a set, a list) but store immutables,
@@ -138,10 +185,22 @@ class Policy:
             "max_http_timeout_ms",
             "max_http_request_bytes",
             "max_http_response_bytes",
+            *_BUDGET_FIELDS,
         ):
             value = getattr(self, cap)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"Policy({cap}=...) must be a positive integer, not {value!r}")
+
+    def check_module_size(self, manifest: Manifest, size: int, *, component: bool) -> None:
+        """Refuse a module file larger than ``max_module_bytes`` (``max_component_bytes`` for
+        a component) with :class:`~plugbox.PolicyViolationError`, before it is parsed."""
+        cap_name = "max_component_bytes" if component else "max_module_bytes"
+        cap = getattr(self, cap_name)
+        if size > cap:
+            kind = "component" if component else "module"
+            raise budget_violation(
+                manifest, f"has a {size}-byte {kind}, above the host's cap of {cap} bytes "
+                f"(compiling costs time and memory in proportion)", cap_name, size)
 
     def effective_defaults(self, *, component: bool = False) -> Limits:
         """The limits a plugin gets for what its manifest leaves out."""
@@ -236,4 +295,17 @@ class Policy:
                     limit=name,
                 )
 
-        return perms, manifest.limits.fill(self.effective_defaults(component=component))
+        limits = manifest.limits.fill(self.effective_defaults(component=component))
+        if limits.memory_bytes < MIN_MEMORY_BYTES:
+            requested = "memory_bytes" in manifest.limits.requested()
+            raise PolicyViolationError(
+                f"plugin {plugin!r} ({manifest.path}) would run with a memory limit of "
+                f"{limits.memory_bytes} bytes, below one WebAssembly page ({MIN_MEMORY_BYTES} "
+                "bytes), under which no module can run; "
+                + ("raise limits.memory_bytes in the manifest" if requested else
+                   "raise the host's Policy(max_limits=Limits(memory_bytes=...)) or its "
+                   "default limits"),
+                plugin=plugin,
+                limit="memory_bytes",
+            )
+        return perms, limits

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
 
+import wasmtime
+
 from . import _abispec
 from ._cache import ArtifactCache
 from ._errors import UsageError
@@ -23,7 +25,16 @@ from ._policy import Policy
 from ._services import HostServices
 from ._permissions import Limits, Permissions
 from ._trust import SignerInfo, TrustPolicy
-from ._wasmparse import ModuleInfo, check_capabilities, check_module_interface, inspect_module
+from ._wasmparse import (
+    ModuleInfo,
+    check_capabilities,
+    check_module_interface,
+    check_module_shape,
+    compile_refusal,
+    inspect_module,
+    is_component,
+    store_limits,
+)
 
 __all__ = ["Runtime", "default_state_dir"]
 
@@ -124,10 +135,20 @@ class Runtime:
             check_compatibility(manifest, runtime_version=self.version,
                                 abi_version=_abispec.ABI_VERSION)
             wasm = verify_module(manifest)
+        # The compile budget starts with the file's size, before it is even parsed.
+        self.policy.check_module_size(manifest, len(wasm), component=is_component(wasm))
         info = inspect_module(wasm)
         check_module_interface(info, manifest)
         check_capabilities(info, manifest, allow_unrequested_imports=allow_unrequested_imports)
         permissions, limits = self.policy.resolve(manifest, component=info.kind == "component")
+        check_module_shape(info, manifest, limits=limits, policy=self.policy)
+        if info.kind == "core":
+            # Validation without compiling (linear, milliseconds): invalid function bodies are
+            # refused here, so verify and load agree.
+            try:
+                wasmtime.Module.validate(self.engine.wasmtime, wasm)
+            except wasmtime.WasmtimeError as exc:
+                raise compile_refusal(manifest.name, str(exc)) from None
         return _Verified(manifest, wasm, info, tuple(signers), permissions, limits)
 
     def load(
@@ -174,14 +195,16 @@ class Runtime:
         template: Template | ComponentTemplate | None = None
         try:
             if info.kind == "component":
-                component = self._compiled(manifest.module_sha256, wasm, deserialize_component,
-                                           compile_component)
-                template = ComponentTemplate(self.engine, component, plugin=manifest.name,
-                                             services=services, memory_cap=limits.memory_bytes)
+                component, cache = self._compiled(manifest, wasm, deserialize_component,
+                                                  compile_component)
+                template = ComponentTemplate(
+                    self.engine, component, plugin=manifest.name, services=services,
+                    memory_cap=limits.memory_bytes,
+                    store_limits=store_limits(info.shape, limits.memory_bytes))
             else:
-                module = self._compiled(manifest.module_sha256, wasm,
-                                        lambda engine, path: engine.deserialize_file(path),
-                                        lambda engine, blob: engine.compile(blob))
+                module, cache = self._compiled(manifest, wasm,
+                                               lambda engine, path: engine.deserialize_file(path),
+                                               lambda engine, blob: engine.compile(blob))
                 template = Template(
                     self.engine, module, plugin=manifest.name, services=services,
                     imports=[(imp.module, imp.name) for imp in info.imports],
@@ -189,6 +212,7 @@ class Runtime:
                 )
             plugin = Plugin(self, manifest, template, services, permissions=permissions,
                             limits=limits, config=config, mode=mode)
+            cache()  # it started: worth keeping compiled
             # [trust chain] who vouched for it (empty when signatures are not checked).
             plugin.signers = verified.signers
         except BaseException:
@@ -204,18 +228,28 @@ class Runtime:
 
     def _compiled(
         self,
-        sha256: str,
+        manifest: Manifest,
         wasm: bytes,
         deserialize: Callable[[Engine, Path], T],
         compile: Callable[[Engine, bytes], T],
-    ) -> T:
-        """The compiled module or component, from the cache or compiled (and cached) now."""
+    ) -> tuple[T, Callable[[], None]]:
+        """The compiled module or component, from the cache or compiled now, and the function
+        that caches it: called once the plugin has started, so nothing is cached for a module
+        that then fails to instantiate. wasmtime's refusals are typed here, the one compile
+        boundary (:func:`plugbox._wasmparse.compile_refusal`)."""
+        sha256 = manifest.module_sha256
         cached = self.cache.get(sha256, lambda path: deserialize(self.engine, path))
         if cached is not None:
-            return cached
-        compiled = compile(self.engine, wasm)
-        self.cache.put(sha256, bytes(compiled.serialize()))  # type: ignore[attr-defined]
-        return compiled
+            return cached, lambda: None
+        try:
+            compiled = compile(self.engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise compile_refusal(manifest.name, str(exc)) from None
+
+        def store() -> None:
+            self.cache.put(sha256, bytes(compiled.serialize()))  # type: ignore[attr-defined]
+
+        return compiled, store
 
     # -- monitoring ------------------------------------------------------------------------
 

@@ -1,19 +1,23 @@
 """A small, strict WebAssembly binary reader for checks made before anything is compiled.
 
-plugbox refuses a plugin whose module imports anything outside the ABI *before* handing it to
-wasmtime, so a hostile module never reaches the compiler unless its interface is right. This
-reader therefore parses only what that check needs (the type, import, function and export
-sections, the item counts of the others, and custom sections) and skips code and data. It is
-strict about structure: sections out of order or duplicated, lengths that overrun, LEB128
-integers that are over-long or out of range, names that are not UTF-8, indices out of range.
-Every malformation is reported as :class:`~plugbox.ModuleInterfaceError`, never as a Python
-``IndexError`` or the like.
+plugbox refuses a plugin whose module imports anything outside the ABI, or that wasmtime could
+not run within the host's budget, *before* handing it to wasmtime, so a hostile module never
+reaches the compiler unless its interface and its shape are right. This reader therefore parses
+only what those checks need (the type, import, function and export sections, the memory and
+table types, the item counts of the others, the sizes of function bodies, and custom sections)
+and skips the code and data themselves. It is strict about structure: sections out of order or
+duplicated, lengths that overrun, LEB128 integers that are over-long or out of range, names
+that are not UTF-8, indices out of range. Every malformation is reported as
+:class:`~plugbox.ModuleInterfaceError`, never as a Python ``IndexError`` or the like.
 
 Components (the component-model binary, layer 1) are recognised; their top-level custom
-sections and the names of their top-level imports (``plugbox:plugin/kv@1.0.0``, ...) are read,
-which is what the capability check needs. Their exports are not parsed yet.
+sections, imports and exports (names and sorts) are read, which is what the capability check
+needs, and their core modules, core instances and nested components are followed to count what
+one instantiation creates (:class:`ModuleShape`).
 
-:func:`check_capabilities` is the static capability check: every plugbox service the module
+:func:`check_module_interface` is the ABI check, :func:`check_module_shape` the compile and
+instantiation budget (:func:`compile_refusal` types what only compiling can tell), and
+:func:`check_capabilities` the static capability check: every plugbox service the module
 imports must be requested by the manifest, and requested services that are never imported are
 reported (least privilege).
 """
@@ -25,24 +29,45 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from . import _abispec
-from ._errors import CapabilityError, IncompatibleAbiError, ModuleInterfaceError
+from ._errors import (
+    CapabilityError,
+    IncompatibleAbiError,
+    ModuleInterfaceError,
+    PolicyViolationError,
+)
 
 if TYPE_CHECKING:
     from ._manifest import Manifest
+    from ._permissions import Limits
+    from ._policy import Policy
 
 __all__ = [
+    "MAX_GLOBALS",
+    "MAX_MEMORIES_PER_MODULE",
+    "MAX_MEMORY_PAGES",
+    "MAX_TABLES_PER_MODULE",
+    "MAX_TABLE_ELEMENTS",
     "CapabilityReport",
+    "CoreShape",
     "Export",
     "Import",
+    "MemoryType",
     "ModuleInfo",
+    "ModuleShape",
+    "StoreLimits",
+    "TableType",
     "capability_report",
     "check_capabilities",
     "check_module_interface",
+    "check_module_shape",
+    "compile_refusal",
     "imported_services",
     "inspect_module",
+    "is_component",
+    "store_limits",
 ]
 
 _log = logging.getLogger("plugbox.capabilities")
@@ -75,6 +100,95 @@ class Export:
 
 
 @dataclass(frozen=True)
+class MemoryType:
+    """A linear memory a core module defines: sizes in pages of ``page_size`` bytes
+    (``maximum`` is ``None`` when the module declares none)."""
+
+    minimum: int
+    maximum: int | None = None
+    shared: bool = False
+    memory64: bool = False
+    page_size: int = 65536
+
+    @property
+    def minimum_bytes(self) -> int:
+        """The bytes the memory has when instantiated."""
+        return self.minimum * self.page_size
+
+    @property
+    def maximum_bytes(self) -> int | None:
+        """The most bytes the memory may grow to by its own declaration, if it declares it."""
+        return None if self.maximum is None else self.maximum * self.page_size
+
+
+@dataclass(frozen=True)
+class TableType:
+    """A table a core module defines: sizes in elements (``maximum`` ``None`` when absent)."""
+
+    minimum: int
+    maximum: int | None = None
+    table64: bool = False
+
+
+@dataclass(frozen=True)
+class CoreShape:
+    """What one core module defines, which decides what instantiating and compiling it cost:
+    its memories and tables, how many globals and functions, the size of its largest function
+    body and of all its code."""
+
+    memories: tuple[MemoryType, ...] = ()
+    tables: tuple[TableType, ...] = ()
+    globals: int = 0
+    functions: int = 0
+    largest_body: int = 0
+    code_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class ModuleShape:
+    """The resources a module or component needs, read without compiling it.
+
+    ``modules`` holds every core module defined (in a component: at any nesting depth, in
+    order); ``instantiated`` pairs a module's index in ``modules`` with how many core instances
+    of it one instantiation of the whole creates (a core module: ``((0, 1),)``). ``exact`` is
+    False when a component instantiates a module or component the reader cannot attribute (one
+    it imports or takes from an instance's exports), so the counts are a lower bound.
+    """
+
+    modules: tuple[CoreShape, ...] = ()
+    instantiated: tuple[tuple[int, int], ...] = ()
+    exact: bool = True
+
+    @property
+    def core_instances(self) -> int:
+        """Core instances one instantiation creates."""
+        return sum(times for _, times in self.instantiated)
+
+    @property
+    def memories(self) -> tuple[MemoryType, ...]:
+        """Every memory one instantiation creates (a module's once per instance of it). Cap
+        :attr:`core_instances` first: nested instantiations multiply, so a small hostile
+        component can claim astronomically many."""
+        return tuple(m for i, times in self.instantiated
+                     for _ in range(times) for m in self.modules[i].memories)
+
+    @property
+    def memory_count(self) -> int:
+        """``len(memories)``, without building the tuple."""
+        return sum(times * len(self.modules[i].memories) for i, times in self.instantiated)
+
+    @property
+    def table_count(self) -> int:
+        """Tables one instantiation creates."""
+        return sum(times * len(self.modules[i].tables) for i, times in self.instantiated)
+
+    @property
+    def functions(self) -> int:
+        """Functions defined over all core modules (each compiled once, however instantiated)."""
+        return sum(m.functions for m in self.modules)
+
+
+@dataclass(frozen=True)
 class ModuleInfo:
     """What :func:`inspect_module` found. For components, ``imports`` is empty and
     ``exports`` lists the top-level exports by name and sort (no signatures).
@@ -82,7 +196,8 @@ class ModuleInfo:
     ``custom_sections`` maps a section's name to its contents; when a name occurs more than
     once, the first occurrence is kept (a duplicated ``plugbox:*`` section is refused).
     ``component_imports`` holds a component's top-level import names in order (interface
-    names such as ``plugbox:plugin/kv@1.0.0``); it is empty for core modules.
+    names such as ``plugbox:plugin/kv@1.0.0``); it is empty for core modules. ``shape`` is
+    what instantiating and compiling it costs (see :class:`ModuleShape`).
     """
 
     kind: Literal["core", "component"]
@@ -90,6 +205,7 @@ class ModuleInfo:
     exports: tuple[Export, ...]
     custom_sections: Mapping[str, bytes] = field(hash=False)
     component_imports: tuple[str, ...] = ()
+    shape: ModuleShape = field(default_factory=ModuleShape, hash=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,6 +253,13 @@ class _Reader:
         self.pos += size
         return chunk
 
+    def skip(self, size: int, what: str) -> None:
+        if size > self.end - self.pos:
+            raise self.fail(
+                f"{what} is {size} bytes long but only {self.end - self.pos} bytes remain"
+            )
+        self.pos += size
+
     def unsigned(self, bits: int, what: str) -> int:
         """An unsigned LEB128 integer of at most ``bits`` bits.
 
@@ -178,6 +301,10 @@ class _Reader:
         raise _Malformed(start, f"malformed LEB128 {what}: longer than {(bits + 6) // 7} bytes")
 
     def u32(self, what: str) -> int:
+        pos = self.pos
+        if pos < self.end and self.data[pos] < 0x80:  # one-byte values: most of them
+            self.pos = pos + 1
+            return self.data[pos]
         return self.unsigned(32, what)
 
     def name(self, what: str) -> str:
@@ -294,18 +421,40 @@ def _reftype(r: _Reader) -> str:
     return kind
 
 
-def _limits(r: _Reader) -> None:
+def _limits(r: _Reader) -> tuple[int, int, int | None, int | None]:
+    """``(flags, minimum, maximum, page size log2)`` of a memory or table type."""
     start = r.pos
     flags = r.byte("limits flags")
     # bit 0: has max; bit 1: shared; bit 2: 64-bit; bit 3: custom page size.
     if flags & ~0x0F:
         raise _Malformed(start, f"invalid limits flags 0x{flags:02x}")
     bits = 64 if flags & 0x04 else 32
-    r.unsigned(bits, "limits minimum")
-    if flags & 0x01:
-        r.unsigned(bits, "limits maximum")
-    if flags & 0x08:
-        r.u32("page size")
+    minimum = r.unsigned(bits, "limits minimum")
+    maximum = r.unsigned(bits, "limits maximum") if flags & 0x01 else None
+    page_log2 = r.u32("page size") if flags & 0x08 else None
+    return flags, minimum, maximum, page_log2
+
+
+def _memtype(r: _Reader) -> MemoryType:
+    start = r.pos
+    flags, minimum, maximum, page_log2 = _limits(r)
+    if page_log2 is not None and page_log2 > 16:
+        raise _Malformed(start, f"memory page size 2**{page_log2} is larger than 64 KiB")
+    page = 1 << (16 if page_log2 is None else page_log2)
+    return MemoryType(minimum, maximum, bool(flags & 0x02), bool(flags & 0x04), page)
+
+
+def _tabletype(r: _Reader) -> TableType:
+    start = r.pos
+    if r.pos < r.end and r.data[r.pos] == 0x40:
+        # 0x40 0x00: a table with an initialiser expression (function-references proposal).
+        raise _Malformed(start, "the module defines a table with an initialiser expression "
+                                "(function-references proposal), which plugbox does not support")
+    _reftype(r)
+    flags, minimum, maximum, page_log2 = _limits(r)
+    if flags & 0x0A:
+        raise _Malformed(start, f"invalid table limits flags 0x{flags:02x}")
+    return TableType(minimum, maximum, bool(flags & 0x04))
 
 
 def _functype(r: _Reader) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -376,8 +525,17 @@ def inspect_module(data: bytes) -> ModuleInfo:
         ) from None
 
 
-def _inspect_core(data: bytes) -> ModuleInfo:
-    r = _Reader(data, 8)
+def is_component(data: bytes) -> bool:
+    """Whether ``data`` starts like a component (rather than a core module)."""
+    return data[:8] == b"\x00asm" + _COMPONENT_VERSION
+
+
+def _inspect_core(data: bytes, start: int = 0, end: int | None = None) -> ModuleInfo:
+    """Read the core module in ``data[start:end]`` (magic and version already checked)."""
+    r = _Reader(data, start + 8, end)
+    memories: list[MemoryType] = []
+    tables: list[TableType] = []
+    largest_body = code_bytes = 0
     types: list[tuple[tuple[str, ...], tuple[str, ...]] | None] = []
     imports: list[Import] = []
     func_sigs: list[tuple[tuple[str, ...], tuple[str, ...]]] = []  # imported, then defined
@@ -418,10 +576,9 @@ def _inspect_core(data: bytes) -> ModuleInfo:
                     imports.append(Import(module, field_name, "func", params, results))
                     continue
                 if kind == "table":
-                    _reftype(s)
-                    _limits(s)
+                    _tabletype(s)
                 elif kind == "memory":
-                    _limits(s)
+                    _memtype(s)
                 elif kind == "global":
                     _valtype(s)
                     mutability = s.byte("global mutability")
@@ -443,9 +600,17 @@ def _inspect_core(data: bytes) -> ModuleInfo:
             defined_funcs = s.count("functions")
             for _ in range(defined_funcs):
                 func_sigs.append(_func_type_at(types, s, s.pos))
-        elif sid in (4, 5, 6, 13):
+        elif sid == 4:
+            n = s.count("tables", 3)
+            tables.extend(_tabletype(s) for _ in range(n))
+            counts["table"] += n
+        elif sid == 5:
+            n = s.count("memories", 2)
+            memories.extend(_memtype(s) for _ in range(n))
+            counts["memory"] += n
+        elif sid in (6, 13):
             # Only the item counts matter (to range-check export indices); skip the bodies.
-            kind_name = {4: "table", 5: "memory", 6: "global", 13: "tag"}[sid]
+            kind_name = {6: "global", 13: "tag"}[sid]
             counts[kind_name] += s.count(f"{kind_name}s")
             continue
         elif sid == 7:
@@ -482,7 +647,12 @@ def _inspect_core(data: bytes) -> ModuleInfo:
                     start,
                     f"the code section has {bodies} bodies for {defined_funcs} declared functions",
                 )
-            continue  # function bodies are not needed for the interface check
+            code_bytes = s.end - s.pos
+            for _ in range(bodies):  # only their sizes matter (the compile budget)
+                size = s.u32("function body size")
+                s.skip(size, "function body")
+                if size > largest_body:
+                    largest_body = size
         else:
             continue  # start, element, data count, data: not needed
         if not s.at_end():
@@ -492,12 +662,16 @@ def _inspect_core(data: bytes) -> ModuleInfo:
             )
 
     if defined_funcs and not code_seen:
-        raise _Malformed(len(data), f"{defined_funcs} functions are declared but there is no code")
-    return ModuleInfo("core", tuple(imports), tuple(exports), custom)
+        raise _Malformed(r.end, f"{defined_funcs} functions are declared but there is no code")
+    shape = CoreShape(tuple(memories), tuple(tables), counts["global"] - sum(
+        1 for imp in imports if imp.kind == "global"), defined_funcs, largest_body, code_bytes)
+    return ModuleInfo("core", tuple(imports), tuple(exports), custom,
+                      shape=ModuleShape((shape,), ((0, 1),)))
 
 
-def _component_externdesc(r: _Reader) -> None:
-    """Skip one component ``externdesc`` (only the import names are kept)."""
+def _component_externdesc(r: _Reader) -> int:
+    """Skip one component ``externdesc``; returns its tag (0x00 core module, 0x04 component,
+    ...), which says what index space an import adds to."""
     start = r.pos
     tag = r.byte("extern descriptor")
     if tag == 0x00:  # core module: 0x11 typeidx
@@ -523,10 +697,13 @@ def _component_externdesc(r: _Reader) -> None:
             raise _Malformed(start, f"invalid type bound 0x{bound:02x}")
     else:
         raise _Malformed(start, f"unknown extern descriptor 0x{tag:02x}")
+    return tag
 
 
-def _component_imports(s: _Reader) -> list[str]:
-    names: list[str] = []
+def _component_imports(s: _Reader) -> list[tuple[str, int]]:
+    """``(name, extern descriptor tag)`` of each import in a component's import section."""
+    names: list[tuple[str, int]] = []
+    seen: set[str] = set()
     for _ in range(s.count("component imports", 3)):
         start = s.pos
         prefix = s.byte("import name prefix")
@@ -540,43 +717,55 @@ def _component_imports(s: _Reader) -> list[str]:
                 if opt not in (0x00, 0x01):
                     raise _Malformed(opt_start, f"invalid import name option 0x{opt:02x}")
                 s.name("import name option")
-        _component_externdesc(s)
-        if name in names:
+        tag = _component_externdesc(s)
+        if name in seen:
             raise _Malformed(start, f"duplicate component import {name!r}")
-        names.append(name)
+        seen.add(name)
+        names.append((name, tag))
     if not s.at_end():
         raise _Malformed(s.pos, f"import section has {s.end - s.pos} unexpected trailing bytes")
     return names
 
 
-def _component_exports(s: _Reader) -> list[tuple[str, ItemKind]]:
-    """``(name, sort)`` of a component's top-level exports; sort is ``func``, ``instance``..."""
-    sorts: dict[int, ItemKind] = {
-        0x01: "func", 0x02: "value", 0x03: "type", 0x04: "component", 0x05: "instance"
-    }
-    out: list[tuple[str, ItemKind]] = []
+_COMPONENT_SORTS: Final[dict[int, ItemKind]] = {
+    0x01: "func", 0x02: "value", 0x03: "type", 0x04: "component", 0x05: "instance"
+}
+_CORE_SORTS: Final = frozenset({0x00, 0x01, 0x02, 0x03, 0x04, 0x10, 0x11, 0x12})
+_CORE_MODULE_SORT: Final = 0x11
+
+
+def _sort(s: _Reader, start: int) -> tuple[int, int | None]:
+    """A component ``sort``: ``(sort byte, core sort byte or None)``."""
+    sort = s.byte("sort")
+    if sort == 0x00:
+        core = s.byte("core sort")
+        if core not in _CORE_SORTS:
+            raise _Malformed(start, f"invalid core sort 0x{core:02x}")
+        return sort, core
+    if sort not in _COMPONENT_SORTS:
+        raise _Malformed(start, f"invalid sort 0x{sort:02x}")
+    return sort, None
+
+
+def _component_exports(s: _Reader) -> list[tuple[str, ItemKind, int | None, int]]:
+    """``(name, sort, core sort, index)`` of a component's exports; sort is ``func``,
+    ``instance``, ... or ``core`` (then the core sort byte says which)."""
+    out: list[tuple[str, ItemKind, int | None, int]] = []
     for _ in range(s.count("component exports", 3)):
         start = s.pos
         prefix = s.byte("export name prefix")
         if prefix not in (0x00, 0x01):
             raise _Malformed(start, f"invalid export name prefix 0x{prefix:02x}")
         name = s.name("export name")
-        sort_byte = s.byte("export sort")
-        sort: ItemKind
-        if sort_byte == 0x00:
-            s.byte("core sort")
-            sort = "core"
-        elif sort_byte in sorts:
-            sort = sorts[sort_byte]
-        else:
-            raise _Malformed(start, f"invalid export sort 0x{sort_byte:02x}")
-        s.u32("export index")
+        sort_byte, core = _sort(s, start)
+        sort: ItemKind = "core" if core is not None else _COMPONENT_SORTS[sort_byte]
+        index = s.u32("export index")
         has_type = s.byte("export type flag")
         if has_type == 0x01:
             _component_externdesc(s)
         elif has_type != 0x00:
             raise _Malformed(start, f"invalid export type flag 0x{has_type:02x}")
-        out.append((name, sort))
+        out.append((name, sort, core, index))
     if not s.at_end():
         raise _Malformed(s.pos, f"export section has {s.end - s.pos} unexpected trailing bytes")
     return out
@@ -609,27 +798,199 @@ def _custom_section(s: _Reader, data: bytes, custom: dict[str, bytes], start: in
     custom[name] = data[s.pos : s.end]
 
 
-def _inspect_component(data: bytes) -> ModuleInfo:
-    r = _Reader(data, 8)
-    custom: dict[str, bytes] = {}
-    imports: list[str] = []
-    exports: list[Export] = []
+#: Components nested deeper than this are refused (no toolchain nests more than a few levels,
+#: and the reader recurses once per level).
+MAX_COMPONENT_NESTING: Final = 32
+
+
+class _Cost:
+    """What instantiating one component creates: core instances per module (indices into the
+    list of every core module read), and whether that is all of it."""
+
+    __slots__ = ("instances", "exact")
+
+    def __init__(self, exact: bool = True) -> None:
+        self.instances: dict[int, int] = {}
+        self.exact = exact
+
+    def add(self, other: _Cost) -> None:
+        for module, times in other.instances.items():
+            self.instances[module] = self.instances.get(module, 0) + times
+        self.exact = self.exact and other.exact
+
+
+_UNKNOWN: Final = _Cost(exact=False)
+
+
+class _Scope:
+    """One component's core-module and component index spaces, as far as they matter for what
+    instantiating it costs: a module index maps to its entry in the list of modules read (None:
+    imported or aliased from an instance, so unknown); a component index to its cost."""
+
+    __slots__ = ("modules", "components")
+
+    def __init__(self) -> None:
+        self.modules: list[int | None] = []
+        self.components: list[_Cost] = []
+
+
+def _nested_header(s: _Reader, version: bytes, what: str) -> None:
+    start = s.pos
+    header = s.take(8, f"{what} header")
+    if header != b"\x00asm" + version:
+        raise _Malformed(start, f"{what} does not start with the expected magic and version")
+
+
+def _index(space: list[Any], r: _Reader, start: int, what: str) -> Any:
+    index = r.u32(f"{what} index")
+    if index >= len(space):
+        raise _Malformed(start, f"{what} index {index} out of range ({len(space)} defined)")
+    return space[index]
+
+
+def _read_component(
+    data: bytes, r: _Reader, scopes: list[_Scope], modules: list[CoreShape],
+    top: tuple[dict[str, bytes], list[str], list[Export]] | None,
+) -> _Cost:
+    """Walk one component (``r`` positioned after its header) and return what instantiating
+    it creates; nested modules are appended to ``modules``. ``top`` collects the custom
+    sections, import names and exports of the outermost component."""
+    if len(scopes) > MAX_COMPONENT_NESTING:
+        raise _Malformed(r.pos, f"components are nested more than {MAX_COMPONENT_NESTING} deep")
+    scope = _Scope()
+    scopes.append(scope)
+    cost = _Cost()
     while not r.at_end():
         section_start, sid, s = _next_section(r, data)
         if sid > _MAX_COMPONENT_SECTION_ID:
             raise _Malformed(section_start, f"unknown component section id {sid}")
         if sid == 0:
-            _custom_section(s, data, custom, section_start)
+            if top is not None:
+                _custom_section(s, data, top[0], section_start)
+            continue
+        if sid == 1:  # a core module
+            _nested_header(s, _CORE_VERSION, "nested core module")
+            modules.append(_inspect_core(data, s.pos - 8, s.end).shape.modules[0])
+            scope.modules.append(len(modules) - 1)
+            continue
+        if sid == 4:  # a nested component: costs nothing until instantiated
+            _nested_header(s, _COMPONENT_VERSION, "nested component")
+            scope.components.append(_read_component(data, s, scopes, modules, None))
+            continue
+        if sid == 2:  # core instances
+            for _ in range(s.count("core instances", 2)):
+                start = s.pos
+                form = s.byte("core instance form")
+                if form == 0x00:
+                    module = _index(scope.modules, s, start, "core module")
+                    if module is None:
+                        cost.exact = False
+                    else:
+                        cost.instances[module] = cost.instances.get(module, 0) + 1
+                    for _ in range(s.count("instantiation arguments", 3)):
+                        s.name("argument name")
+                        if s.byte("argument sort") != 0x12:
+                            raise _Malformed(start, "a core instantiation argument must be an "
+                                                    "instance")
+                        s.u32("instance index")
+                elif form == 0x01:
+                    for _ in range(s.count("inline exports", 3)):
+                        s.name("export name")
+                        if s.byte("core sort") not in _CORE_SORTS:
+                            raise _Malformed(start, "invalid core sort in an inline export")
+                        s.u32("index")
+                else:
+                    raise _Malformed(start, f"invalid core instance form 0x{form:02x}")
+        elif sid == 5:  # component instances
+            for _ in range(s.count("instances", 2)):
+                start = s.pos
+                form = s.byte("instance form")
+                if form == 0x00:
+                    cost.add(_index(scope.components, s, start, "component"))
+                    for _ in range(s.count("instantiation arguments", 3)):
+                        s.name("argument name")
+                        _sort(s, start)
+                        s.u32("index")
+                elif form == 0x01:
+                    for _ in range(s.count("inline exports", 3)):
+                        if s.byte("export name prefix") not in (0x00, 0x01):
+                            raise _Malformed(start, "invalid inline export name prefix")
+                        s.name("export name")
+                        _sort(s, start)
+                        s.u32("index")
+                else:
+                    raise _Malformed(start, f"invalid instance form 0x{form:02x}")
+        elif sid == 6:  # aliases: only modules and components matter here
+            for _ in range(s.count("aliases", 3)):
+                start = s.pos
+                sort, core = _sort(s, start)
+                target = s.byte("alias target")
+                if target == 0x02:  # outer: count of enclosing components, index
+                    depth = s.u32("outer alias count")
+                    if depth >= len(scopes):
+                        raise _Malformed(start, f"outer alias reaches {depth} components out, "
+                                                f"but only {len(scopes) - 1} enclose it")
+                    outer = scopes[-1 - depth]
+                    if core == _CORE_MODULE_SORT:
+                        scope.modules.append(_index(outer.modules, s, start, "core module"))
+                    elif sort == 0x04:
+                        scope.components.append(_index(outer.components, s, start, "component"))
+                    else:
+                        s.u32("index")
+                    continue
+                if target not in (0x00, 0x01):
+                    raise _Malformed(start, f"invalid alias target 0x{target:02x}")
+                s.u32("instance index")
+                s.name("export name")
+                # A module or component taken from an instance's exports: not attributable.
+                if core == _CORE_MODULE_SORT:
+                    scope.modules.append(None)
+                elif sort == 0x04:
+                    scope.components.append(_UNKNOWN)
         elif sid == 10:
-            # Top-level imports only: nested components' imports are satisfied inside the
-            # component, while these are what the host must provide.
-            for name in _component_imports(s):
-                if name in imports:
-                    raise _Malformed(section_start, f"duplicate component import {name!r}")
-                imports.append(name)
+            for name, tag in _component_imports(s):
+                if tag == 0x00:
+                    scope.modules.append(None)
+                elif tag == 0x04:
+                    scope.components.append(_UNKNOWN)
+                if top is not None:
+                    # Top-level imports only: nested components' imports are satisfied inside
+                    # the component, while these are what the host must provide.
+                    if name in top[1]:
+                        raise _Malformed(section_start, f"duplicate component import {name!r}")
+                    top[1].append(name)
         elif sid == 11:
-            exports.extend(Export(name, sort, (), ()) for name, sort in _component_exports(s))
-    return ModuleInfo("component", (), tuple(exports), custom, tuple(imports))
+            for name, kind, core, index in _component_exports(s):
+                # An export is also a new index in its sort's index space.
+                if core == _CORE_MODULE_SORT:
+                    if index >= len(scope.modules):
+                        raise _Malformed(section_start, f"export {name!r} refers to core module "
+                                                        f"{index}, which is not defined")
+                    scope.modules.append(scope.modules[index])
+                elif kind == "component":
+                    if index >= len(scope.components):
+                        raise _Malformed(section_start, f"export {name!r} refers to component "
+                                                        f"{index}, which is not defined")
+                    scope.components.append(scope.components[index])
+                if top is not None:
+                    top[2].append(Export(name, kind, (), ()))
+        else:
+            continue  # core types, types, canonical functions, start, values: no cost
+        if not s.at_end():
+            raise _Malformed(s.pos, f"component section {sid} has {s.end - s.pos} unexpected "
+                                    f"trailing bytes")
+    scopes.pop()
+    return cost
+
+
+def _inspect_component(data: bytes) -> ModuleInfo:
+    custom: dict[str, bytes] = {}
+    imports: list[str] = []
+    exports: list[Export] = []
+    modules: list[CoreShape] = []
+    cost = _read_component(data, _Reader(data, 8), [], modules, (custom, imports, exports))
+    shape = ModuleShape(tuple(modules), tuple(sorted(cost.instances.items())), cost.exact)
+    return ModuleInfo("component", (), tuple(exports), custom, tuple(imports), shape)
 
 
 def imported_services(info: ModuleInfo) -> set[str]:
@@ -650,25 +1011,14 @@ def _service_imports(info: ModuleInfo) -> list[tuple[str, str]]:
     """
     found: list[tuple[str, str]] = []
     for imp in info.imports:
-        parsed = _parse_import_module(imp.module)
+        parsed = _abispec.parse_import_module(imp.module)
         if parsed is not None and parsed[0] in _abispec.SERVICES:
             found.append((f"{imp.module}#{imp.name}", parsed[0]))
     for name in info.component_imports:
-        parsed = _parse_import_module(name)
+        parsed = _abispec.parse_import_module(name)
         if parsed is not None and parsed[0] in _abispec.SERVICES:
             found.append((name, parsed[0]))
     return found
-
-
-_IMPORT_MODULE_RE: Final = re.compile(
-    r"plugbox:plugin/([a-z][a-z0-9-]*)@([0-9]+\.[0-9]+\.[0-9]+)"
-)
-
-
-def _parse_import_module(module: str) -> tuple[str, str] | None:
-    """``(service, version)`` of ``plugbox:plugin/<service>@<version>``, else ``None``."""
-    match = _IMPORT_MODULE_RE.fullmatch(module)
-    return None if match is None else (match.group(1), match.group(2))
 
 
 _WASI_IMPORT_RE: Final = re.compile(r"wasi:[a-z][a-z0-9-]*/[a-z][a-z0-9-]*@0\.2\.[0-9]+")
@@ -689,7 +1039,7 @@ def _check_component_imports(
 
     services: set[str] = set()
     for name in info.component_imports:
-        parsed = _parse_import_module(name)
+        parsed = _abispec.parse_import_module(name)
         if parsed is not None:
             iface, version = parsed
             if iface not in (*_abispec.SERVICES, "types"):
@@ -785,14 +1135,21 @@ def check_module_interface(
                 plugin=plugin,
             )
 
+    seen: set[tuple[str, str]] = set()
     for imp in info.imports:
         where = f"{imp.module}.{imp.name}"
+        if (imp.module, imp.name) in seen:
+            raise refuse(
+                f"the module imports {where} more than once; import each ABI function once "
+                "(the linker cannot bind one name to two imports)"
+            )
+        seen.add((imp.module, imp.name))
         if imp.kind != "func":
             raise refuse(
                 f"the module imports a {imp.kind} ({where}); plugins must define and export "
                 f"their own memory and may import only plugbox:plugin/* functions"
             )
-        parsed = _parse_import_module(imp.module)
+        parsed = _abispec.parse_import_module(imp.module)
         if parsed is None or parsed[0] not in _abispec.SERVICES:
             hint = ""
             if imp.module.startswith("wasi"):
@@ -820,7 +1177,8 @@ def check_module_interface(
                 plugin=plugin,
             )
         # Within a compatible major.minor, the signatures are those of this runtime's ABI.
-        expected = _abispec.IMPORTS.get((_abispec.import_module(service), imp.name))
+        key = _abispec.canonical_import(imp.module, imp.name)
+        expected = None if key is None else _abispec.IMPORTS[key]
         if expected is None:
             raise refuse(
                 f"module imports {where}, which is not part of the plugbox ABI {abi}: the "
@@ -944,3 +1302,199 @@ def check_capabilities(
         )
     return report
 
+
+# --------------------------------------------------------------------------------------------
+# The compile and instantiation budget
+
+
+#: Fixed caps on what one core instance may define. plugbox's engine reserves instance slots of
+#: this shape (wasmtime's pooling-allocator defaults), so a module beyond them could never be
+#: instantiated; it is refused before compiling instead.
+MAX_MEMORIES_PER_MODULE: Final = 1
+MAX_TABLES_PER_MODULE: Final = 1
+MAX_TABLE_ELEMENTS: Final = 20_000
+#: Globals live in the instance's fixed-size slot (1 MiB, 16 bytes each).
+MAX_GLOBALS: Final = 10_000
+#: A 32-bit memory addresses at most 4 GiB: 65,536 pages of 64 KiB.
+MAX_MEMORY_PAGES: Final = 65_536
+
+
+class StoreLimits(NamedTuple):
+    """The store limiter's settings for one instance (``wasmtime_store_limiter``):
+    ``memory_bytes`` applies to each memory, ``table_elements`` to each table; ``instances``,
+    ``tables`` and ``memories`` count what the whole store may create."""
+
+    memory_bytes: int
+    table_elements: int
+    instances: int
+    tables: int
+    memories: int
+
+
+def _memory_share(memories: tuple[MemoryType, ...], cap: int) -> int:
+    """The per-memory limit L under which ``memories`` together can never hold more than
+    ``cap`` bytes: each memory stays within ``min(its maximum, L)``; the largest such L."""
+    bounds = sorted(cap if m.maximum_bytes is None else min(m.maximum_bytes, cap)
+                    for m in memories)
+    remaining = cap
+    for i, bound in enumerate(bounds):
+        left = len(bounds) - i
+        if bound * left > remaining:
+            return remaining // left
+        remaining -= bound
+    return cap
+
+
+def store_limits(shape: ModuleShape, memory_cap: int) -> StoreLimits:
+    """The limiter settings that hold an instance of a module of ``shape`` to what
+    :func:`check_module_shape` accepted: exactly the instances, memories and tables it counted,
+    and memories that together stay within ``memory_cap``."""
+    return StoreLimits(
+        memory_bytes=_memory_share(shape.memories, memory_cap),
+        table_elements=MAX_TABLE_ELEMENTS,
+        instances=shape.core_instances,
+        tables=shape.table_count,
+        memories=shape.memory_count,
+    )
+
+
+def check_module_shape(info: ModuleInfo, manifest: Manifest, *, limits: Limits,
+                       policy: Policy) -> None:
+    """The compile and instantiation budget, checked on the parsed module before compiling.
+
+    Refuses with :class:`~plugbox.ModuleInterfaceError` what plugbox cannot run at all (more
+    than one memory or table in a core module, shared or 64-bit memories, custom page sizes, a
+    memory above 4 GiB, a component whose core instances cannot be counted), and with
+    :class:`~plugbox.PolicyViolationError` what is over a cap: the policy's compile budget
+    (``max_functions``, ``max_function_body_bytes``, ``max_code_bytes``), its caps per
+    component (``max_component_core_instances``, ``_memories``, ``_tables``), the fixed caps
+    above, and memories whose initial size does not fit ``limits.memory_bytes``.
+    """
+    from ._policy import budget_violation
+
+    plugin = manifest.name
+    shape = info.shape
+    component = info.kind == "component"
+
+    def refuse(message: str) -> ModuleInterfaceError:
+        return ModuleInterfaceError(f"plugin {plugin!r}: {message}", plugin=plugin)
+
+    def over(what: str, cap_name: str, needed: int) -> PolicyViolationError:
+        return budget_violation(manifest, what, cap_name, needed)
+
+    def fixed(what: str, limit: str) -> PolicyViolationError:
+        return PolicyViolationError(
+            f"plugin {plugin!r}: {what}, more than plugbox's instance slots hold; rebuild the "
+            "plugin to need less", plugin=plugin, limit=limit)
+
+    for index, module in enumerate(shape.modules):
+        where = f"core module {index} of the component" if component else "the module"
+        if len(module.memories) > MAX_MEMORIES_PER_MODULE:
+            raise refuse(f"{where} defines {len(module.memories)} memories; plugbox runs core "
+                         f"modules with at most {MAX_MEMORIES_PER_MODULE} (the multi-memory "
+                         "proposal is not supported): keep one memory, exported as 'memory'")
+        for memory in module.memories:
+            if memory.shared:
+                raise refuse(f"{where} defines a shared memory (the threads proposal), which "
+                             "plugbox does not support; build without threads and atomics")
+            if memory.memory64:
+                raise refuse(f"{where} defines a 64-bit memory (the memory64 proposal), which "
+                             "plugbox does not support; build for a 32-bit target "
+                             "(wasm32-unknown-unknown)")
+            if memory.page_size != 65536:
+                raise refuse(f"{where} uses {memory.page_size}-byte memory pages (the "
+                             "custom-page-sizes proposal), which plugbox does not support")
+            if memory.minimum > MAX_MEMORY_PAGES:
+                raise refuse(f"{where} declares a memory of {memory.minimum} pages initially, "
+                             f"more than a 32-bit memory can address ({MAX_MEMORY_PAGES} pages, "
+                             "4 GiB)")
+        if len(module.tables) > MAX_TABLES_PER_MODULE:
+            raise refuse(f"{where} defines {len(module.tables)} tables; plugbox runs core "
+                         f"modules with at most {MAX_TABLES_PER_MODULE}")
+        for table in module.tables:
+            if table.table64:
+                raise refuse(f"{where} defines a 64-bit table (the memory64 proposal), which "
+                             "plugbox does not support")
+            if table.minimum > MAX_TABLE_ELEMENTS:
+                raise fixed(f"{where} declares a table of {table.minimum} elements initially "
+                            f"(the cap is {MAX_TABLE_ELEMENTS})", "table_elements")
+        if module.globals > MAX_GLOBALS:
+            raise fixed(f"{where} defines {module.globals} globals (the cap is {MAX_GLOBALS})",
+                        "globals")
+        if module.largest_body > policy.max_function_body_bytes:
+            raise over(f"has a function body of {module.largest_body} bytes in {where}, above "
+                       f"the host's cap of {policy.max_function_body_bytes} bytes (compiling "
+                       "one huge function costs far more than many small ones)",
+                       "max_function_body_bytes", module.largest_body)
+
+    if shape.functions > policy.max_functions:
+        raise over(f"defines {shape.functions} functions, above the host's cap of "
+                   f"{policy.max_functions}", "max_functions", shape.functions)
+    code = sum(m.code_bytes for m in shape.modules)
+    if code > policy.max_code_bytes:
+        raise over(f"has {code} bytes of code, above the host's cap of {policy.max_code_bytes} "
+                   "bytes (compiling costs time and memory in proportion)", "max_code_bytes", code)
+
+    if component:
+        if not shape.exact:
+            raise refuse("the component instantiates a core module or component it imports or "
+                         "takes from another instance's exports, so plugbox cannot count what "
+                         "it creates; build it with wit-component (componentize-py, "
+                         "cargo-component, wasm-tools component new)")
+        for count, noun, cap_name in (
+            (shape.core_instances, "core instances", "max_component_core_instances"),
+            (shape.memory_count, "memories", "max_component_memories"),
+            (shape.table_count, "tables", "max_component_tables"),
+        ):
+            cap = getattr(policy, cap_name)
+            if count > cap:
+                raise over(f"creates {count} {noun} per instance of its component, above the "
+                           f"host's cap of {cap}", cap_name, count)
+
+    cap = limits.memory_bytes
+    memories = shape.memories
+    initial = sum(m.minimum_bytes for m in memories)
+    largest = max((m.minimum_bytes for m in memories), default=0)
+    if initial > cap or largest > _memory_share(memories, cap):
+        needed = initial if initial > cap else _memory_needed(memories, largest)
+        raise PolicyViolationError(
+            f"plugin {plugin!r} ({manifest.path}): its memories need {needed} bytes from the "
+            f"start (their declared initial sizes), above its memory limit of {cap} bytes; "
+            f"raise limits.memory_bytes in plugbox.json to at least {needed} (within the host "
+            "policy), or rebuild the plugin with a smaller initial memory",
+            plugin=plugin, limit="memory_bytes",
+        )
+
+
+def _memory_needed(memories: tuple[MemoryType, ...], share: int) -> int:
+    """The cap under which every memory gets at least ``share`` bytes (see _memory_share)."""
+    return sum(share if m.maximum_bytes is None else min(m.maximum_bytes, share)
+               for m in memories)
+
+
+def _cause(message: str) -> str:
+    """wasmtime's error chain on one line: the lines of ``message`` without the ``Caused by:``
+    header and the ``0:`` numbering, joined by ``: `` and bounded."""
+    parts = []
+    for line in message.splitlines():
+        line = re.sub(r"^\s*\d+:\s*", "", line).strip()
+        if line and line != "Caused by:":
+            parts.append(line.rstrip(":"))
+    text = ": ".join(parts) or "no reason given"
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def compile_refusal(plugin: str, message: str) -> ModuleInterfaceError | PolicyViolationError:
+    """The typed refusal for a module or component wasmtime would not compile (``message`` is
+    wasmtime's error): what the static checks cannot tell, such as invalid function bodies,
+    proposals the engine does not enable, or an instance larger than the engine's slots."""
+    cause = _cause(message)
+    if any(marker in message for marker in ("does not fit in pooling allocator",
+                                            "exceeds the configured maximum")):
+        return PolicyViolationError(
+            f"plugin {plugin!r}: the module needs more than this runtime's instance slots hold "
+            f"({cause}); rebuild it to need less", plugin=plugin, limit="instance_size")
+    return ModuleInterfaceError(
+        f"plugin {plugin!r}: the module is not valid WebAssembly that plugbox can run, so it "
+        f"cannot be compiled ({cause}); rebuild it with a supported toolchain",
+        plugin=plugin)
