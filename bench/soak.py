@@ -279,7 +279,7 @@ def scenario_calls(work: Path, plugins: dict[str, Path], scale: int, checks: Che
 
 def scenario_load_close(work: Path, plugins: dict[str, Path], scale: int,
                         checks: Checks) -> None:
-    # The pooling allocator keeps the pages of slots it has used resident: RSS climbs ~50 MiB
+    # The pooling allocator keeps the pages of slots it has used resident: RSS climbs ~60 MiB
     # over the first ~100 loads, then stays flat. Growth is measured after that warm-up.
     cycles, runtimes = max(300, 5000 // scale), max(10, 200 // scale)
     warm_at = max(150, cycles // 10)
