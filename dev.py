@@ -5,6 +5,7 @@
     python3 dev.py demo           # set up, then `just demo`
     python3 dev.py test [ARGS]    # set up, then `just test ARGS` (ARGS go to pytest)
     python3 dev.py bench          # set up, then `just bench`
+    python3 dev.py soak [ARGS]    # set up, then `just soak ARGS` (soak and fault figures)
     python3 dev.py lint           # set up, then `just lint` (mypy --strict)
 
 Needs only Python >= 3.11 (stdlib). What it does, printing each step:
@@ -48,7 +49,7 @@ DEB_RUSTC, DEB_CARGO = "/usr/bin/rustc", "/usr/bin/cargo"
 DEBIAN_PACKAGES = ("rustc", "cargo", "libstd-rust-dev-wasm32")
 # Bump when the install logic changes, so existing venvs get re-installed once.
 SETUP_VERSION = 1
-RECIPES = ("demo", "test", "bench", "lint", "build-samples", "clean")
+RECIPES = ("demo", "test", "bench", "soak", "lint", "build-samples", "clean")
 VERBOSE = os.environ.get("PLUGBOX_DEV_VERBOSE", "") not in ("", "0")
 
 

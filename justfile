@@ -22,6 +22,10 @@ test *ARGS:
 bench:
     "{{python}}" bench/run.py
 
+# Soak and fault scenarios with pass/fail bounds (see docs/reliability.md); --quick, --json.
+soak *ARGS:
+    "{{python}}" bench/soak.py "$@"
+
 # Type-check the runtime.
 lint:
     "{{python}}" -m mypy --strict runtime/plugbox
