@@ -621,3 +621,52 @@ def test_reader_never_compiles(monkeypatch: pytest.MonkeyPatch, manifest: Manife
     monkeypatch.setattr(wasmtime.Module, "__init__", boom)
     monkeypatch.setattr(wasmtime.Module, "validate", boom)
     check(VALID, manifest)
+
+
+def _core_module(*sections: tuple[int, bytes]) -> bytes:
+    def leb(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            out.append(byte | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+
+    return b"\0asm\1\0\0\0" + b"".join(bytes([sid]) + leb(len(body)) + body
+                                      for sid, body in sections)
+
+
+def test_function_and_code_sections_are_read_with_multibyte_sizes() -> None:
+    # Two functions of type 0; bodies of 2 and 300 bytes (a two-byte size) read as such.
+    types = (1, b"\x01\x60\x00\x00")
+    funcs = (3, bytes([0x02, 0x00, 0x00]))
+    body_small, body_big = b"\x00\x0b", b"\x00" + b"\x01" * 298 + b"\x0b"
+    code = (10, b"\x02" + b"\x02" + body_small + b"\xac\x02" + body_big)
+    info = inspect_module(_core_module(types, funcs, code))
+    assert info.shape is not None
+    (core,) = info.shape.modules
+    assert core.largest_body == 300 and core.functions == 2
+
+
+@pytest.mark.parametrize(
+    ("sections", "phrase"),
+    [
+        ([(1, b"\x01\x60\x00\x00"), (3, b"\x01\x05")], "type index 5 out of range"),
+        ([(1, b"\x01\x60\x00\x00"), (3, b"\x01\x00"), (10, b"\x01\x7f\x00")],
+         "function body size says 127 bytes but only 1 bytes remain"),
+        ([(1, b"\x01\x60\x00\x00"), (3, b"\x01\x00"), (10, b"\x01\xff\xff\xff\xff\x7f\x00")],
+         "out of range for u32"),
+        ([(1, b"\x01\x60\x00\x00"), (3, b"\x01\x00"), (10, b"\x01\xff\xff\xff\xff\xff\x00")],
+         "longer than 5 bytes"),
+    ],
+)
+def test_malformed_function_and_code_sections_are_refused(
+        sections: list[tuple[int, bytes]], phrase: str) -> None:
+    with pytest.raises(_Malformed, match=phrase):
+        _inspect_core_only(_core_module(*sections))
+
+
+def _inspect_core_only(data: bytes) -> None:
+    from plugbox._wasmparse import _inspect_core
+
+    _inspect_core(data)
