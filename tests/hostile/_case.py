@@ -31,7 +31,7 @@ class Case:
     section: str
     run: Callable[[Env], object]
     expect: tuple[type[BaseException] | str, ...]
-    timeout: float = 20.0
+    timeout: float = 10.0
     rss_mib: int = 200
     rust: bool = False
     check: Callable[[BaseException], None] | None = None
@@ -44,7 +44,7 @@ def case(
     id: str,
     section: str,
     *expect: type[BaseException] | str,
-    timeout: float = 20.0,
+    timeout: float = 10.0,
     rss_mib: int = 200,
     rust: bool = False,
     check: Callable[[BaseException], None] | None = None,

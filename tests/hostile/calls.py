@@ -47,7 +47,7 @@ def _call(env: Env, wat: str, *, hook_payload: bytes = PAYLOAD, call: dict[str, 
 
 def _calls(name: str, section: str, wat: Callable[[], str], *expect: Any,
            check: Callable[[BaseException], None] | None = None, rss_mib: int = 200,
-           timeout: float = 20.0, twin: bool = False, **kw: Any) -> None:
+           timeout: float = 10.0, twin: bool = False, **kw: Any) -> None:
     """Register a load-then-call case; ``twin`` adds a ``-py`` copy run on the pure-ctypes
     call path instead of the C accelerator."""
 
@@ -184,8 +184,8 @@ for _kib in (256, 320, 512):
              (StackOverflow,)))
 add(Case("small-stack-256k-big-frames", S1, _small_stack(_BIG_FRAMES, 256 << 10),
          (StackOverflow,)))
-add(Case("small-stack-1m-host-max-stack-4m", S1,
-         _small_stack(_RECURSE, 1 << 20, rt_kw={"max_wasm_stack": 4 << 20}), (StackOverflow,)))
+add(Case("small-stack-384k-host-max-stack-1m", S1,
+         _small_stack(_RECURSE, 384 << 10, rt_kw={"max_wasm_stack": 1 << 20}), (StackOverflow,)))
 add(Case("small-stack-256k-realloc-reentry", S1,
          _small_stack(_reentrant(*REENTRY["random"][:4]), 256 << 10, perms={"random": True}),
          (StackOverflow, AbiViolation)))

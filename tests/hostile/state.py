@@ -29,7 +29,7 @@ PAYLOAD = b"state case \x00\xff"
 
 
 def _case(name: str, section: str, run: Callable[[Env], object], *expect: Any,
-          timeout: float = 20.0, rss_mib: int = 200) -> None:
+          timeout: float = 10.0, rss_mib: int = 200) -> None:
     add(Case(name, section, run, tuple(expect) or (OK,), timeout, rss_mib))
 
 
@@ -275,6 +275,8 @@ def _absurd_stack(env: Env) -> None:
 
 _case("runtime-pooled-instances-1e9", S7, _absurd_pool, OK, PlugboxError, timeout=20)
 _case("runtime-max-wasm-stack-1tib", S7, _absurd_stack, OK, PlugboxError)
+_case("runtime-max-wasm-stack-4mib", S7,
+      lambda env: _echo_on(env, env.new_runtime(max_wasm_stack=4 << 20)), OK, PlugboxError)
 
 
 # -- section 8: a plugin's identity is what the host controls ---------------------------------

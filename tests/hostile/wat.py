@@ -45,7 +45,7 @@ def _load_and_call(env: Env, wasm: bytes | str, *, expect_echo: bool = True,
 
 
 def _loads(name: str, wasm: Callable[[], bytes | str], *expect: Any, expect_echo: bool = False,
-           timeout: float = 20.0, rss_mib: int = 200, section: str = S3,
+           timeout: float = 10.0, rss_mib: int = 200, section: str = S3,
            check: Callable[[BaseException], None] | None = None, **manifest: Any) -> None:
     add(Case(name, section,
              lambda env: _load_and_call(env, wasm(), expect_echo=expect_echo, **manifest),
