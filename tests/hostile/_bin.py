@@ -3,6 +3,8 @@ ABI-conforming module (memory, cabi_realloc, on-hook returning ok(empty)) plus b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 def leb(n: int) -> bytes:
     """Unsigned LEB128."""
@@ -29,7 +31,7 @@ def _name(s: str) -> bytes:
     return leb(len(s)) + s.encode()
 
 
-def abi_module(*, bodies: list[bytes] = (), globals_: int = 0) -> bytes:  # type: ignore[assignment]
+def abi_module(*, bodies: Sequence[bytes] = (), globals_: int = 0) -> bytes:
     """The minimal module plus one ``() -> ()`` function per entry of ``bodies`` (raw
     instruction bytes, ``end`` appended) and ``globals_`` immutable i32 globals."""
     i32 = 0x7F

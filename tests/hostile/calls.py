@@ -608,9 +608,10 @@ HOST_ARGS = {
                                  " (i32.const 0) (i32.const 256))", _HTTP),
 }
 for _id, (_svc, _fn, _expr, _perms) in HOST_ARGS.items():
+    # A log level is a value, not an offset: only offsets must print unsigned.
     _calls(_id, S5, lambda s=_svc, f=_fn, e=_expr: module(
         imports=imp(s, f), extra=data(512, b"k") + _HTTP_DATA, body=e + OK_EMPTY),
-        AbiViolation, check=unsigned_offsets, permissions=_perms)
+        AbiViolation, check=None if "level" in _id else unsigned_offsets, permissions=_perms)
 
 for _id, _ret in (("realloc-returns-minus-1", "(i32.const -1)"),
                   ("realloc-returns-2gib", "(i32.const -2147483648)"),
