@@ -10,8 +10,9 @@ into a valid module under one of four profiles (seed % 4):
 * ``abi-invalid``: the ABI shape with invalid function bodies allowed;
 * ``free``: anything smith generates (arbitrary imports and exports).
 
-Every module goes through ``Runtime.verify``, then (when verified) ``Runtime.load`` and one
-call. Every outcome must be success or a :class:`plugbox.PlugboxError`. A raw exception is
+Every module goes through ``Runtime.verify`` and ``Runtime.load`` (which must refuse what
+verify refused), then one call. Every outcome must be success or a
+:class:`plugbox.PlugboxError`. A raw exception is
 reported by the worker; a crash or hang is caught by the parent (:func:`run`), which names the
 seed, writes the module to the failures directory and restarts the worker after it.
 
@@ -113,6 +114,10 @@ MANIFEST_PERMISSIONS = {
 }
 
 
+class _Disagree(Exception):
+    """``Runtime.verify`` refused a module that ``Runtime.load`` then accepted."""
+
+
 def _worker(start: int, count: int, stride: int, failures: Path) -> None:
     """Worker entry: one line ``B seed`` before each module, ``E seed outcome`` after; the
     module of a seed that ends in a raw exception is written to ``failures``."""
@@ -149,10 +154,18 @@ def _worker(start: int, count: int, stride: int, failures: Path) -> None:
             "limits": {"fuel": 2_000_000, "deadline_ms": 2000, "instances": 1},
         }))
         stage = "verify"
+        refused: plugbox.PlugboxError | None = None
         try:
-            rt.verify(plugin_dir)
+            try:
+                rt.verify(plugin_dir)
+            except plugbox.PlugboxError as exc:
+                refused = exc  # load must refuse it too: one verdict (issue 7 section 9)
             stage = "load"
             plugin = rt.load(plugin_dir)
+            if refused is not None:
+                plugin.close()
+                raise _Disagree(f"verify refused it ({type(refused).__name__}: {refused}) "
+                                "but load accepted it")
             stage = "call"
             try:
                 plugin.call("run", b"fuzz payload")
@@ -160,7 +173,8 @@ def _worker(start: int, count: int, stride: int, failures: Path) -> None:
                 plugin.close()
             outcome = "ok"
         except plugbox.PlugboxError as exc:
-            outcome = f"{stage}:{type(exc).__name__}"
+            outcome = (f"verify:{type(refused).__name__}" if refused is not None
+                       else f"{stage}:{type(exc).__name__}")
         except BaseException as exc:  # noqa: BLE001 - the finding
             text = f"{type(exc).__module__}.{type(exc).__name__}: {exc}"
             outcome = "RAW " + stage + " " + text.replace("\n", " ")[:300]
