@@ -87,6 +87,9 @@ _store_limiter = _proto(
     _pydll, "wasmtime_store_limiter", None, _P, c_int64, c_int64, c_int64, c_int64, c_int64
 )
 _store_delete = _proto(_pydll, "wasmtime_store_delete", None, _P)
+_store_epoch_callback = _proto(_pydll, "wasmtime_store_epoch_deadline_callback", None,
+                               _P, _P, _P, _P)
+_error_new = _proto(_pydll, "wasmtime_error_new", _P, c_char_p)
 _set_fuel = _proto(_pydll, "wasmtime_context_set_fuel", _P, _P, c_uint64)
 _set_epoch_deadline = _proto(_pydll, "wasmtime_context_set_epoch_deadline", None, _P, c_uint64)
 _memory_data = _proto(_pydll, "wasmtime_memory_data", _P, _P, _P)
@@ -319,8 +322,13 @@ class Engine:
         return wasmtime.Module.deserialize_file(self.wasmtime, str(path))
 
     def close(self) -> None:
-        """Stop the epoch ticker. Safe to call twice."""
+        """Stop the epoch ticker. Safe to call twice. Calls still running get CHECK_TICKS
+        ticks at once first, so their stores' epoch callbacks see an interrupt (Plugin.close)
+        now rather than never."""
         self.closing = True
+        if self._stop_ticker.alive:
+            for _ in range(CHECK_TICKS + 1):
+                _increment_epoch(self.ptr)
         self._stop_ticker()
 
 
@@ -483,7 +491,68 @@ def _py_guest_call(ctx: int, func: int, args: Any, n: int) -> tuple[int, int]:
 #: Guest error messages are copied out up to this many UTF-8 bytes (like log messages); the
 #: rest is counted and reported as dropped, never copied. Same number as in _speedups.c.
 GUEST_ERROR_MAX: Final = 4096
-_CTL_PHASE, _CTL_INTERRUPTED = 0, 1  # the instance's control words, see _speedups.c
+# The instance's control words (int64[4], see _speedups.c): phase, interrupted, clock deadline
+# (CLOCK_MONOTONIC ns, 0: by ticks only), tick (ns).
+_CTL_PHASE, _CTL_INTERRUPTED, _CTL_DEADLINE, _CTL_TICK = 0, 1, 2, 3
+#: With a clock deadline, a running guest checks in every CHECK_TICKS epoch ticks (the latency
+#: of an interrupt; same number as in _speedups.c).
+CHECK_TICKS: Final = 8
+MSG_INTERRUPTED: Final = "plugbox: interrupted: closed while the call ran"
+MSG_DEADLINE: Final = "plugbox: wall-clock deadline passed"
+_MSG_INTERRUPTED_B, _MSG_DEADLINE_B = MSG_INTERRUPTED.encode(), MSG_DEADLINE.encode()
+_epoch_cb_type = ctypes.CFUNCTYPE(c_size_t, _P, _P, _P, _P)
+
+
+def new_ctl(engine: Engine) -> Any:
+    """A fresh instance's control words."""
+    ctl = (c_int64 * 4)()
+    ctl[_CTL_TICK] = max(1, int(engine.tick_s * 1e9))
+    return ctl
+
+
+def first_check(ctl: Any, ticks: int) -> int:
+    """The epoch deadline a call starts with (twin of ``first_check`` in _speedups.c)."""
+    if ctl[_CTL_INTERRUPTED]:
+        return 0
+    return CHECK_TICKS if ctl[_CTL_DEADLINE] and ticks > CHECK_TICKS else ticks
+
+
+def _py_epoch_callback(ctx: int, data: int, delta: int, kind: int) -> int:
+    """Pure-Python twin of ``epoch_callback`` in _speedups.c (it needs the GIL, once every
+    CHECK_TICKS ticks of a running call)."""
+    try:
+        ctl = (c_int64 * 4).from_address(data)
+        if ctl[_CTL_INTERRUPTED]:
+            return _error_new(_MSG_INTERRUPTED_B) or 0
+        left = ctl[_CTL_DEADLINE] - time.monotonic_ns()
+        if not ctl[_CTL_DEADLINE] or left <= 0:
+            return _error_new(_MSG_DEADLINE_B) or 0
+        c_uint64.from_address(delta).value = min(CHECK_TICKS, left // max(1, ctl[_CTL_TICK]) + 1)
+        c_uint8.from_address(kind).value = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE
+        return 0
+    except BaseException:
+        return _error_new(_MSG_DEADLINE_B) or 0
+
+
+_py_epoch_cb = _epoch_cb_type(_py_epoch_callback)
+
+
+def install_epoch_callback(store: int, ctl: Any) -> None:
+    """Give ``store`` the epoch-deadline callback (C when the accelerator is in use) with the
+    control words ``ctl`` (which must outlive the store)."""
+    cb = trampolines[2] if trampolines is not None else ctypes.cast(_py_epoch_cb, c_void_p).value
+    _store_epoch_callback(store, cb, ctypes.addressof(ctl), None)
+
+
+def set_clock_deadline(ctl: Any, deadline_at: float | None, deadline_ms: int) -> None:
+    """Arm the clock deadline of the call about to start (``deadline_at``: monotonic seconds;
+    else ``deadline_ms`` from now; else ticks only)."""
+    if deadline_at is not None:
+        ctl[_CTL_DEADLINE] = int(deadline_at * 1e9)
+    elif deadline_ms > 0:
+        ctl[_CTL_DEADLINE] = time.monotonic_ns() + deadline_ms * 1_000_000
+    else:
+        ctl[_CTL_DEADLINE] = 0
 #: What the C trampoline traps with when a host function could not even start.
 _TRAMPOLINE_NESTED: Final = "plugbox: host call nested too deep"
 
@@ -510,13 +579,11 @@ def _py_call_entry(
     first: bytes | None, second: bytes, fuel: int, ticks: int, ctl_addr: int,
 ) -> tuple[Any, ...]:
     """Pure-Python twin of ``_speedups.call_entry`` (same arguments, same status tuples)."""
-    ctl = (ctypes.c_int32 * 2).from_address(ctl_addr)
+    ctl = (c_int64 * 4).from_address(ctl_addr)
     err = _set_fuel(ctx, fuel)
     if err:
         return (_ST_ERROR, err, 0)
-    _set_epoch_deadline(ctx, ticks)
-    if ctl[_CTL_INTERRUPTED]:
-        _set_epoch_deadline(ctx, 0)
+    _set_epoch_deadline(ctx, first_check(ctl, ticks))
     try:
         ctl[_CTL_PHASE] = 1
         return _py_call_steps(ctx, mem, base, realloc, func, post, first, second, ctl)
@@ -585,7 +652,7 @@ def _py_call_steps(
 
 def _py_instantiate(
     engine: int, pre: int, cap: int, fuel: int, ticks: int, names: tuple[bytes, ...],
-    out: int, instance: int,
+    out: int, instance: int, ctl: int,
 ) -> tuple[int, int, int, int]:
     """Pure-Python twin of ``_speedups.instantiate``."""
     store = _store_new(engine, None, None)
@@ -603,6 +670,8 @@ def _py_instantiate(
     if err or trap.value:
         _store_delete(store)
         return (_ST_ERROR, err, 0, 0) if err else (_ST_TRAP, trap.value or 0, 0, 0)
+    # Installed after instantiation, so start-up code still ends in a plain interrupt trap.
+    _store_epoch_callback(store, ctypes.cast(_py_epoch_cb, c_void_p).value, ctl, None)
     mask = 0
     for i, name in enumerate(names):
         ctypes.memset(out + 32 * i, 0, 32)
@@ -626,12 +695,15 @@ try:
         "wasmtime_instance_pre_instantiate", "wasmtime_instance_export_get",
         "wasmtime_error_delete", "wasmtime_component_vallist_new_uninit",
         "wasmtime_engine_increment_epoch", "wasmtime_trap_new", "wasmtime_error_new",
+        "wasmtime_store_epoch_deadline_callback",
     )))
     assert _speedups.GUEST_ERROR_MAX == GUEST_ERROR_MAX
+    assert _speedups.CHECK_TICKS == CHECK_TICKS
     _call_entry: Callable[..., tuple[Any, ...]] = _speedups.call_entry
     _instantiate: Callable[..., tuple[int, int, int, int]] = _speedups.instantiate
-    #: Addresses of the C host-function trampolines (core, component), or None.
-    trampolines: tuple[int, int] | None = _speedups.trampolines()
+    #: Addresses of the C trampolines (core host function, component host function, store
+    #: epoch-deadline callback), or None on the pure-ctypes path.
+    trampolines: tuple[int, int, int] | None = _speedups.trampolines()
     _stack_room: Callable[[], int] = _speedups.stack_room
     ACCELERATED = True
 except ImportError:  # no C compiler at install time: same behaviour, slower
@@ -761,9 +833,11 @@ class Instance:
         self._exports = (ctypes.c_uint8 * (32 * len(EXPORT_NAMES)))()
         exports = ctypes.addressof(self._exports)
         self._instance = _wb.wasmtime_instance_t()
+        self._ctl = new_ctl(template.engine)  # the store's epoch-callback data: outlives it
+        self._ctl_addr = ctypes.addressof(self._ctl)
         status, store, ctx, mask = _instantiate(
             template.engine.ptr, template.pre, template.memory_cap, fuel, ticks,
-            _EXPORT_NAMES_B, exports, ctypes.addressof(self._instance),
+            _EXPORT_NAMES_B, exports, ctypes.addressof(self._instance), self._ctl_addr,
         )
         if status != _ST_OK:
             err, trap = (store, None) if status == _ST_ERROR else (None, store)
@@ -800,8 +874,6 @@ class Instance:
         self._args_addr = ctypes.addressof(self._args)
         self._trap = c_void_p()
         self._trap_addr = ctypes.addressof(self._trap)
-        self._ctl = (ctypes.c_int32 * 2)()  # phase, interrupted: see _speedups.c
-        self._ctl_addr = ctypes.addressof(self._ctl)
         self._view_size = -1
         self._view: memoryview = memoryview(b"")
         self._refresh()
@@ -907,6 +979,8 @@ class Instance:
         """
         state = _CallState(self, hook, deadline_at, fuel, deadline_ms)
         outer = enter_call(state)
+        ctl = self._ctl
+        ctl[_CTL_DEADLINE] = int(deadline_at * 1e9) if deadline_at is not None else 0
         try:
             res = _call_entry(self.ctx, self._mem, self.base, self._realloc, self._on_hook,
                               self._post_hook, hook_bytes, payload, fuel, ticks, self._ctl_addr)
@@ -923,13 +997,14 @@ class Instance:
         """Run ``_initialize`` (if exported) then ``on-init`` (if exported)."""
         state = _CallState(self, "on-init", None, fuel, deadline_ms)
         outer = enter_call(state)
+        set_clock_deadline(self._ctl, None, deadline_ms)
         try:
             init = self._funcs.get("_initialize")
             if init is not None:
                 err = _set_fuel(self.ctx, fuel)
                 if err:
                     raise self._failure(err, None, "on-init")
-                _set_epoch_deadline(self.ctx, ticks)
+                _set_epoch_deadline(self.ctx, first_check(self._ctl, ticks))
                 self._invoke(init, 0, "on-init")
             on_init = self._funcs.get("on-init")
             if on_init is None:
@@ -966,15 +1041,10 @@ class Instance:
         return self._decode(raw, hook, "error message") + dropped_note(dropped)
 
     def interrupt(self) -> None:
-        """End the call running in this instance (from another thread) at its next epoch
-        check: its deadline becomes now. Plugin.close uses it; the call ends in ClosedError.
-
-        The deadline is one aligned 64-bit word in the store, read by compiled code at each
-        check; the C call sequence re-reads the interrupted flag after setting the call's own
-        deadline, so an interrupt racing with the start of a call is not lost."""
+        """End the call running in this instance (callable from any thread) within
+        CHECK_TICKS epoch ticks, when its store's epoch callback next runs; a call that has not
+        started yet ends at its first instruction. The call raises ClosedError."""
         self._ctl[_CTL_INTERRUPTED] = 1
-        if not self.closed:
-            _set_epoch_deadline(self.ctx, 0)
 
     def _violation(self, status: int, a: int, b: int, hook: str) -> AbiViolation:
         where = f"plugin {self.plugin!r}, hook {hook!r}"
@@ -999,7 +1069,7 @@ class Instance:
             code = None
         else:
             code, msg = _take_trap(trap or 0)
-        if code == _TRAP_INTERRUPT and self._ctl[_CTL_INTERRUPTED]:
+        if MSG_INTERRUPTED in msg or (code == _TRAP_INTERRUPT and self._ctl[_CTL_INTERRUPTED]):
             return closed_error(self.plugin, hook, self.template.engine.closing)
         # A host function that trapped on purpose stashed the typed error.
         if state is not None and state.error is not None:
@@ -1010,7 +1080,7 @@ class Instance:
                                "Python stack ran out")
         if code == _TRAP_OUT_OF_FUEL:
             return fuel_error(self.plugin, hook, state.fuel if state is not None else None)
-        if code == _TRAP_INTERRUPT:
+        if code == _TRAP_INTERRUPT or MSG_DEADLINE in msg:
             return deadline_error(self.plugin, hook,
                                   state.deadline_ms if state is not None else None)
         if code == _TRAP_STACK_OVERFLOW:

@@ -29,10 +29,16 @@ from wasmtime.component import Component
 from . import _abispec
 from ._errors import AbiViolation, GuestTrap, PlugboxError, UsageError
 from ._fastpath import (
+    MSG_DEADLINE,
+    MSG_INTERRUPTED,
     CallOutcome,
     Engine,
     _CallState,
     _tls,
+    install_epoch_callback,
+    first_check,
+    new_ctl,
+    set_clock_deadline,
     cap_message,
     closed_error,
     deadline_error,
@@ -629,11 +635,12 @@ class ComponentInstance:
         self.memory_cap = template.memory_cap
         self.calls = 0
         self.closed = True
-        self._interrupted = False
         self._stdout = _Output(template.services, "stdout")
         self._stderr = _Output(template.services, "stderr")
         self._store = wasmtime.Store(template.engine.wasmtime)
         store_ptr = self._store.ptr()
+        self._ctl = new_ctl(template.engine)  # epoch-callback data (see _fastpath): outlives it
+        self._armed = False  # epoch callback installed (at the first call, after start-up)
         # memory bytes (each memory), table elements, instances, tables, memories
         _wb.wasmtime_store_limiter(store_ptr, template.memory_cap, 1_000_000, 1000, 1000, 100)
         self._ctx = self._store._context()
@@ -732,9 +739,12 @@ class ComponentInstance:
     def _call(self, func: Any, params: Any, nparams: int, hook: str, state: _CompCallState,
               fuel: int, ticks: int, *, want_bytes: bool, text: bool = False) -> CallOutcome:
         self._store.set_fuel(fuel)
-        self._store.set_epoch_deadline(ticks)
-        if self._interrupted:  # after setting the deadline: see _fastpath.Instance.interrupt
-            self._store.set_epoch_deadline(0)
+        if not self._armed:
+            self._armed = True
+            install_epoch_callback(ctypes.cast(self._store.ptr(), c_void_p).value or 0,
+                                   self._ctl)
+        set_clock_deadline(self._ctl, state.deadline, state.deadline_ms)
+        self._store.set_epoch_deadline(first_check(self._ctl, ticks))
         result = self._result
         ctypes.memset(addressof(result), 0, _VSIZE)
         outer = enter_call(state)
@@ -791,7 +801,7 @@ class ComponentInstance:
 
         msg = _take_error(err)
         low = msg.lower()
-        if self._interrupted and ("wasm trap: interrupt" in low or "epoch deadline" in low):
+        if MSG_INTERRUPTED in msg:
             return closed_error(self.plugin, hook, self.template.engine.closing)
         if state.error is not None:
             stashed, state.error = state.error, None
@@ -804,7 +814,7 @@ class ComponentInstance:
         # messages wasmtime gives its trap codes.
         if "all fuel consumed" in low or "out of fuel" in low:
             return fuel_error(self.plugin, hook, state.fuel)
-        if "wasm trap: interrupt" in low or "epoch deadline" in low:
+        if "wasm trap: interrupt" in low or "epoch deadline" in low or MSG_DEADLINE in msg:
             return deadline_error(self.plugin, hook, state.deadline_ms)
         if "call stack exhausted" in low or "stack overflow" in low:
             return stack_error(self.plugin, hook)
@@ -824,12 +834,9 @@ class ComponentInstance:
                          hook=hook)
 
     def interrupt(self) -> None:
-        """End the call running in this instance at its next epoch check (see
-        ``_fastpath.Instance.interrupt``); it ends in ClosedError."""
-        self._interrupted = True
-        store = getattr(self, "_store", None)
-        if store is not None and not self.closed:
-            store.set_epoch_deadline(0)
+        """End the call running in this instance soon (see ``_fastpath.Instance.interrupt``);
+        it ends in ClosedError."""
+        self._ctl[1] = 1
 
     def close(self) -> None:
         """Free the store. Safe to call twice."""

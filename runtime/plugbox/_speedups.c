@@ -56,6 +56,8 @@ typedef void (*vallist_new_uninit_fn)(void *out, size_t size);
 typedef void (*increment_epoch_fn)(void *engine);
 typedef void *(*trap_new_fn)(const char *msg, size_t len);
 typedef void *(*error_new_fn)(const char *msg);
+typedef void *(*epoch_cb_fn)(void *ctx, void *data, uint64_t *delta, uint8_t *kind);
+typedef void (*set_epoch_cb_fn)(void *store, epoch_cb_fn cb, void *data, void *finalizer);
 
 static func_call_fn p_func_call;
 static set_fuel_fn p_set_fuel;
@@ -72,19 +74,30 @@ static vallist_new_uninit_fn p_vallist_new_uninit;
 static increment_epoch_fn p_increment_epoch;
 static trap_new_fn p_trap_new;
 static error_new_fn p_error_new;
+static set_epoch_cb_fn p_set_epoch_cb;
 static int bound = 0;
 
-#define N_BOUND 15
+#define N_BOUND 16
 
 /* Guest error messages are copied out up to this many bytes (the rest is counted, not copied);
  * _fastpath.GUEST_ERROR_MAX is the same number. */
 #define GUEST_ERROR_MAX 4096
 
-/* Per-instance control words shared with Python (an int32[2] owned by the Instance):
- * [0] phase: 1 while the host runs cabi_realloc or cabi_post_* (imports are refused then),
- * [1] interrupted: set by Plugin.close / Runtime.close; the call's epoch deadline becomes now. */
+/* Per-instance control words shared with Python (an int64[4] owned by the instance, and the
+ * data of its store's epoch-deadline callback):
+ * [0] phase: 1 while the host runs cabi_realloc or cabi_post_* (imports are refused then);
+ * [1] interrupted: set by Plugin.close / Runtime.close from any thread;
+ * [2] deadline: CLOCK_MONOTONIC ns when the current call must end, 0 = by epoch ticks only;
+ * [3] tick: the engine's epoch tick in ns. */
 #define CTL_PHASE 0
 #define CTL_INTERRUPTED 1
+#define CTL_DEADLINE 2
+#define CTL_TICK 3
+/* With a clock deadline, the guest checks in with epoch_callback every CHECK_TICKS ticks: the
+ * latency of an interrupt, and the granularity of the clock deadline. */
+#define CHECK_TICKS 8
+#define MSG_INTERRUPTED "plugbox: interrupted: closed while the call ran"
+#define MSG_DEADLINE "plugbox: wall-clock deadline passed"
 
 /* Status codes returned to Python (see _fastpath._ACCEL_*). */
 enum {
@@ -138,6 +151,7 @@ static PyObject *speedups_bind(PyObject *self, PyObject *args) {
     p_increment_epoch = (increment_epoch_fn)f[12];
     p_trap_new = (trap_new_fn)f[13];
     p_error_new = (error_new_fn)f[14];
+    p_set_epoch_cb = (set_epoch_cb_fn)f[15];
     bound = 1;
     Py_RETURN_NONE;
 }
@@ -176,6 +190,37 @@ static int lower(void *ctx, const void *mem, uint8_t *base, const void *realloc_
     return ST_OK;
 }
 
+static int64_t monotonic_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
+}
+
+/* The store's epoch-deadline callback (data: the instance's control words). Runs on the guest's
+ * thread without the GIL whenever the epoch reaches the store's deadline: ends the call when it
+ * was interrupted or its clock deadline passed, else lets it run CHECK_TICKS more ticks (or
+ * until the deadline, if sooner). */
+static void *epoch_callback(void *ctx, void *data, uint64_t *delta, uint8_t *kind) {
+    (void)ctx;
+    int64_t *ctl = (int64_t *)data;
+    if (__atomic_load_n(&ctl[CTL_INTERRUPTED], __ATOMIC_SEQ_CST)) return p_error_new(MSG_INTERRUPTED);
+    int64_t deadline = ctl[CTL_DEADLINE], tick = ctl[CTL_TICK] > 0 ? ctl[CTL_TICK] : 1;
+    if (!deadline) return p_error_new(MSG_DEADLINE);
+    int64_t left = deadline - monotonic_ns();
+    if (left <= 0) return p_error_new(MSG_DEADLINE);
+    int64_t ticks = left / tick + 1;
+    *delta = (uint64_t)(ticks < CHECK_TICKS ? ticks : CHECK_TICKS);
+    *kind = 0; /* WASMTIME_UPDATE_DEADLINE_CONTINUE */
+    return NULL;
+}
+
+/* The epoch deadline a call starts with: the first check-in, or ``ticks`` when no clock
+ * deadline is set (instantiation). */
+static uint64_t first_check(const int64_t *ctl, uint64_t ticks) {
+    if (ctl[CTL_DEADLINE] && ticks > CHECK_TICKS) return CHECK_TICKS;
+    return ticks;
+}
+
 static PyObject *status2(int st, uint64_t a, uint64_t b) {
     return Py_BuildValue("(iKK)", st, (unsigned long long)a, (unsigned long long)b);
 }
@@ -195,7 +240,7 @@ static PyObject *speedups_call_entry(PyObject *self, PyObject *const *args, Py_s
         as_ptr(args[3], &realloc_fn) < 0 || as_ptr(args[4], &func) < 0 || as_ptr(args[5], &post) < 0 ||
         as_ptr(args[10], &ctl_v) < 0)
         return NULL;
-    int32_t *ctl = (int32_t *)ctl_v;
+    int64_t *ctl = (int64_t *)ctl_v;
     uint8_t *base = (uint8_t *)base_v;
     unsigned long long fuel = PyLong_AsUnsignedLongLong(args[8]);
     if (fuel == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
@@ -216,10 +261,9 @@ static PyObject *speedups_call_entry(PyObject *self, PyObject *const *args, Py_s
 
     void *fuel_err = p_set_fuel(ctx, fuel);
     if (fuel_err) { result = status2(ST_ERROR, (uint64_t)(uintptr_t)fuel_err, 0); goto done; }
-    p_set_epoch(ctx, ticks);
-    /* Plugin.close sets the flag, then the deadline of every busy store: whichever of the two
-     * writes comes last, the call sees a deadline of now. */
-    if (__atomic_load_n(&ctl[CTL_INTERRUPTED], __ATOMIC_SEQ_CST)) p_set_epoch(ctx, 0);
+    /* An interrupt that came before the call began ends it at its first instruction. */
+    p_set_epoch(ctx, __atomic_load_n(&ctl[CTL_INTERRUPTED], __ATOMIC_SEQ_CST) ? 0
+                                                                           : first_check(ctl, ticks));
 
     raw_val a[4];
     size_t n;
@@ -298,18 +342,18 @@ done:
 }
 
 /*
- * instantiate(engine, pre, memory_cap, fuel, ticks, names, out, instance_out)
+ * instantiate(engine, pre, memory_cap, fuel, ticks, names, out, instance_out, ctl)
  *   names: tuple of bytes export names; out: address of len(names) * 32 writable bytes that
  *   receive each export's wasmtime_extern_t (zeroed when absent); instance_out: address of
- *   a wasmtime_instance_t.
+ *   a wasmtime_instance_t; ctl: the instance's control words (epoch-callback data).
  * Returns (0, store, ctx, found_mask) or (2|3, fault, 0) with the store already freed.
  */
 static PyObject *speedups_instantiate(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (!bound) { PyErr_SetString(PyExc_RuntimeError, "_speedups not bound"); return NULL; }
-    if (nargs != 8) { PyErr_SetString(PyExc_TypeError, "instantiate() takes 8 arguments"); return NULL; }
-    void *engine, *pre, *out, *instance;
+    if (nargs != 9) { PyErr_SetString(PyExc_TypeError, "instantiate() takes 9 arguments"); return NULL; }
+    void *engine, *pre, *out, *instance, *ctl;
     if (as_ptr(args[0], &engine) < 0 || as_ptr(args[1], &pre) < 0 ||
-        as_ptr(args[6], &out) < 0 || as_ptr(args[7], &instance) < 0)
+        as_ptr(args[6], &out) < 0 || as_ptr(args[7], &instance) < 0 || as_ptr(args[8], &ctl) < 0)
         return NULL;
     long long cap = PyLong_AsLongLong(args[2]);
     if (cap == -1 && PyErr_Occurred()) return NULL;
@@ -340,6 +384,8 @@ static PyObject *speedups_instantiate(PyObject *self, PyObject *const *args, Py_
         return Py_BuildValue("(iKii)", err ? ST_ERROR : ST_TRAP,
                              (unsigned long long)(uintptr_t)(err ? err : trap), 0, 0);
     }
+    /* Installed after instantiation, so start-up code still ends in a plain interrupt trap. */
+    p_set_epoch_cb(store, epoch_callback, ctl, NULL);
     unsigned long long mask = 0;
     Py_ssize_t count = PyTuple_GET_SIZE(names);
     for (Py_ssize_t i = 0; i < count && i < 64; i++) {
@@ -420,8 +466,9 @@ static void *component_trampoline(void *env, void *ctx, const void *ty, void *ar
 
 static PyObject *speedups_trampolines(PyObject *self, PyObject *unused) {
     if (!bound) { PyErr_SetString(PyExc_RuntimeError, "_speedups not bound"); return NULL; }
-    return Py_BuildValue("(KK)", (unsigned long long)(uintptr_t)core_trampoline,
-                         (unsigned long long)(uintptr_t)component_trampoline);
+    return Py_BuildValue("(KKK)", (unsigned long long)(uintptr_t)core_trampoline,
+                         (unsigned long long)(uintptr_t)component_trampoline,
+                         (unsigned long long)(uintptr_t)epoch_callback);
 }
 
 /*
@@ -604,7 +651,7 @@ static PyMethodDef methods[] = {
     {"instantiate", (PyCFunction)(void (*)(void))speedups_instantiate, METH_FASTCALL,
      "Create a store and instantiate an InstancePre into it, looking up exports."},
     {"trampolines", speedups_trampolines, METH_NOARGS,
-     "Addresses of the core and component host-function trampolines."},
+     "Addresses of the core and component host-function trampolines and the epoch callback."},
     {"ticker_start", speedups_ticker_start, METH_VARARGS,
      "Start a native epoch ticker for an engine; returns a handle."},
     {"ticker_stop", speedups_ticker_stop, METH_O, "Stop and free a native epoch ticker."},
@@ -620,7 +667,8 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__speedups(void) {
     PyObject *m = PyModule_Create(&module);
-    if (m && PyModule_AddIntConstant(m, "GUEST_ERROR_MAX", GUEST_ERROR_MAX) < 0) {
+    if (m && (PyModule_AddIntConstant(m, "GUEST_ERROR_MAX", GUEST_ERROR_MAX) < 0 ||
+              PyModule_AddIntConstant(m, "CHECK_TICKS", CHECK_TICKS) < 0)) {
         Py_DECREF(m);
         return NULL;
     }
