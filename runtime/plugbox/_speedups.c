@@ -156,19 +156,26 @@ static PyObject *speedups_bind(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* Run one guest function with the GIL released. Returns a status (ST_OK, ST_TRAP, ST_ERROR);
- * *fault receives the trap or error pointer. */
-static int guest_call(void *ctx, const void *func, raw_val *args, size_t n, void **fault) {
+/* Run one guest function; the caller has released the GIL. Returns a status (ST_OK, ST_TRAP,
+ * ST_ERROR); *fault receives the trap or error pointer. */
+static int guest_call_nogil(void *ctx, const void *func, raw_val *args, size_t n, void **fault) {
     void *trap = NULL, *err;
-    Py_BEGIN_ALLOW_THREADS
     err = p_func_call(ctx, func, args, n, &trap);
-    Py_END_ALLOW_THREADS
     if (err) { *fault = err; return ST_ERROR; }
     if (trap) { *fault = trap; return ST_TRAP; }
     return ST_OK;
 }
 
-/* cabi_realloc(0, 0, align, size) and copy data in. */
+/* Run one guest function with the GIL released. */
+static int guest_call(void *ctx, const void *func, raw_val *args, size_t n, void **fault) {
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = guest_call_nogil(ctx, func, args, n, fault);
+    Py_END_ALLOW_THREADS
+    return st;
+}
+
+/* cabi_realloc(0, 0, align, size) and copy data in; the caller has released the GIL. */
 static int lower(void *ctx, const void *mem, uint8_t *base, const void *realloc_fn,
                  const uint8_t *data, size_t size, uint32_t align, uint32_t *out_ptr,
                  void **fault, uint64_t *bad_a, uint64_t *bad_b) {
@@ -177,7 +184,7 @@ static int lower(void *ctx, const void *mem, uint8_t *base, const void *realloc_
     memset(a, 0, sizeof a);
     a[2].i32 = (int32_t)align;
     a[3].i32 = (int32_t)size;
-    int st = guest_call(ctx, realloc_fn, a, 4, fault);
+    int st = guest_call_nogil(ctx, realloc_fn, a, 4, fault);
     if (st != ST_OK) return st;
     uint32_t p = (uint32_t)a[0].i32;
     size_t msize = p_mem_size(ctx, mem);
@@ -266,26 +273,33 @@ static PyObject *speedups_call_entry(PyObject *self, PyObject *const *args, Py_s
                                                                            : first_check(ctl, ticks));
 
     raw_val a[4];
-    size_t n;
     uint32_t p1 = 0, p2 = 0;
     ctl[CTL_PHASE] = 1;
-    if (have_first) {
+    /* Argument allocation, copies and the export run in one stretch without the GIL: each
+     * reacquisition can cost a switch interval (5 ms) when Python threads are busy, and a
+     * deadline is only as good as the wait for the GIL after it. The buffers stay exported
+     * (pinned) meanwhile. */
+    Py_BEGIN_ALLOW_THREADS
+    st = ST_OK;
+    if (have_first)
         st = lower(ctx, mem, base, realloc_fn, first.buf, (size_t)first.len, 1, &p1, &fault, &bad_a, &bad_b);
-        if (st != ST_OK) goto fail;
+    if (st == ST_OK)
+        st = lower(ctx, mem, base, realloc_fn, second.buf, (size_t)second.len, 1, &p2, &fault, &bad_a, &bad_b);
+    if (st == ST_OK) {
+        size_t n;
+        memset(a, 0, sizeof a);
+        if (have_first) {
+            a[0].i32 = (int32_t)p1; a[1].i32 = (int32_t)first.len;
+            a[2].i32 = (int32_t)p2; a[3].i32 = (int32_t)second.len;
+            n = 4;
+        } else {
+            a[0].i32 = (int32_t)p2; a[1].i32 = (int32_t)second.len;
+            n = 2;
+        }
+        ctl[CTL_PHASE] = 0;
+        st = guest_call_nogil(ctx, func, a, n, &fault);
     }
-    st = lower(ctx, mem, base, realloc_fn, second.buf, (size_t)second.len, 1, &p2, &fault, &bad_a, &bad_b);
-    if (st != ST_OK) goto fail;
-    memset(a, 0, sizeof a);
-    if (have_first) {
-        a[0].i32 = (int32_t)p1; a[1].i32 = (int32_t)first.len;
-        a[2].i32 = (int32_t)p2; a[3].i32 = (int32_t)second.len;
-        n = 4;
-    } else {
-        a[0].i32 = (int32_t)p2; a[1].i32 = (int32_t)second.len;
-        n = 2;
-    }
-    ctl[CTL_PHASE] = 0;
-    st = guest_call(ctx, func, a, n, &fault);
+    Py_END_ALLOW_THREADS
     if (st != ST_OK) goto fail;
 
     uint32_t ret = (uint32_t)a[0].i32;
