@@ -468,6 +468,12 @@ class CallOutcome:
 
 _ST_OK, _ST_GUEST_ERR, _ST_TRAP, _ST_ERROR = 0, 1, 2, 3
 _ST_BAD_ALLOC, _ST_BAD_RETPTR, _ST_BAD_TAG, _ST_BAD_ERRTAG, _ST_BAD_RANGE = 4, 5, 6, 7, 8
+_ST_SMALL_STACK = 9
+
+
+class NeedStack(Exception):
+    """Internal: this thread's stack cannot hold the call (nothing ran); the caller reruns it
+    through :func:`run_on_enough_stack`."""
 
 #: Exports an instance looks up, in this order (bit i of the found-mask is EXPORT_NAMES[i]).
 EXPORT_NAMES: Final = (
@@ -491,9 +497,10 @@ def _py_guest_call(ctx: int, func: int, args: Any, n: int) -> tuple[int, int]:
 #: Guest error messages are copied out up to this many UTF-8 bytes (like log messages); the
 #: rest is counted and reported as dropped, never copied. Same number as in _speedups.c.
 GUEST_ERROR_MAX: Final = 4096
-# The instance's control words (int64[4], see _speedups.c): phase, interrupted, clock deadline
-# (CLOCK_MONOTONIC ns, 0: by ticks only), tick (ns).
-_CTL_PHASE, _CTL_INTERRUPTED, _CTL_DEADLINE, _CTL_TICK = 0, 1, 2, 3
+# The instance's control words (int64[5], see _speedups.c): phase, interrupted, clock deadline
+# (CLOCK_MONOTONIC ns, 0: by ticks only), tick (ns), native stack a call needs.
+_CTL_PHASE, _CTL_INTERRUPTED, _CTL_DEADLINE, _CTL_TICK, _CTL_STACK = 0, 1, 2, 3, 4
+_Ctl = c_int64 * 5
 #: With a clock deadline, a running guest checks in every CHECK_TICKS epoch ticks (the latency
 #: of an interrupt; same number as in _speedups.c).
 CHECK_TICKS: Final = 8
@@ -505,8 +512,9 @@ _epoch_cb_type = ctypes.CFUNCTYPE(c_size_t, _P, _P, _P, _P)
 
 def new_ctl(engine: Engine) -> Any:
     """A fresh instance's control words."""
-    ctl = (c_int64 * 4)()
+    ctl = _Ctl()
     ctl[_CTL_TICK] = max(1, int(engine.tick_s * 1e9))
+    ctl[_CTL_STACK] = engine.stack_need
     return ctl
 
 
@@ -521,7 +529,7 @@ def _py_epoch_callback(ctx: int, data: int, delta: int, kind: int) -> int:
     """Pure-Python twin of ``epoch_callback`` in _speedups.c (it needs the GIL, once every
     CHECK_TICKS ticks of a running call)."""
     try:
-        ctl = (c_int64 * 4).from_address(data)
+        ctl = _Ctl.from_address(data)
         if ctl[_CTL_INTERRUPTED]:
             return _error_new(_MSG_INTERRUPTED_B) or 0
         left = ctl[_CTL_DEADLINE] - time.monotonic_ns()
@@ -577,9 +585,14 @@ def cap_message(text: str) -> str:
 def _py_call_entry(
     ctx: int, mem: int, base: int, realloc: int, func: int, post: int,
     first: bytes | None, second: bytes, fuel: int, ticks: int, ctl_addr: int,
+    deadline_at: float | None,
 ) -> tuple[Any, ...]:
     """Pure-Python twin of ``_speedups.call_entry`` (same arguments, same status tuples)."""
-    ctl = (c_int64 * 4).from_address(ctl_addr)
+    ctl = _Ctl.from_address(ctl_addr)
+    room = _py_stack_room(skip=1)  # this call's own state is already pushed
+    if 0 <= room < ctl[_CTL_STACK]:
+        return (_ST_SMALL_STACK, room, ctl[_CTL_STACK])
+    ctl[_CTL_DEADLINE] = int(deadline_at * 1e9) if deadline_at else 0
     err = _set_fuel(ctx, fuel)
     if err:
         return (_ST_ERROR, err, 0)
@@ -730,10 +743,10 @@ def use_accelerator(enabled: bool) -> bool:
 _libc: Any = None
 
 
-def _py_stack_room() -> int:
+def _py_stack_room(skip: int = 0) -> int:
     """Pure-Python twin of ``_speedups.stack_room``: Python cannot see the stack pointer, so it
     counts this thread's stack size minus 128 KiB for the host's frames and the need of every
-    call already running on the thread. -1 when unknown."""
+    call running on the thread but the innermost ``skip``. -1 when unknown."""
     global _libc
     size: int | None = getattr(_tls, "stack_size", None)
     if size is None:
@@ -759,6 +772,8 @@ def _py_stack_room() -> int:
         return -1
     used = 128 * 1024
     st = current_call()
+    for _ in range(skip):
+        st = st.outer if st is not None else None
     while st is not None:
         used += st.instance.template.engine.stack_need
         st = st.outer
@@ -784,7 +799,8 @@ def run_on_enough_stack(engine: Engine, fn: Callable[..., Any], *args: Any) -> A
     (``threading.stack_size(256 KiB)``) would overrun it before wasmtime's ``max_wasm_stack``
     check fires: SIGSEGV instead of StackOverflow."""
     room = _stack_room()
-    if room < 0 or room >= engine.stack_need:
+    # 64 KiB of slack: the calls made under ``fn`` check again, a few frames deeper.
+    if room < 0 or room >= engine.stack_need + 64 * 1024:
         return fn(*args)
     outer = current_call()
     if outer is not None:
@@ -978,12 +994,15 @@ class Instance:
         Raises typed errors for traps and ABI violations.
         """
         state = _CallState(self, hook, deadline_at, fuel, deadline_ms)
-        outer = enter_call(state)
-        ctl = self._ctl
-        ctl[_CTL_DEADLINE] = int(deadline_at * 1e9) if deadline_at is not None else 0
+        outer: _CallState | None = getattr(_tls, "state", None)
+        if outer is not None:
+            enter_call(state)
+        else:
+            _tls.state = state  # the common case, inline: no nesting to check
         try:
             res = _call_entry(self.ctx, self._mem, self.base, self._realloc, self._on_hook,
-                              self._post_hook, hook_bytes, payload, fuel, ticks, self._ctl_addr)
+                              self._post_hook, hook_bytes, payload, fuel, ticks, self._ctl_addr,
+                              deadline_at)
             if res[0] == _ST_OK:
                 return CallOutcome(True, res[1], "", "", state.denied)
             return self._outcome(res, hook, state)
@@ -997,7 +1016,8 @@ class Instance:
         """Run ``_initialize`` (if exported) then ``on-init`` (if exported)."""
         state = _CallState(self, "on-init", None, fuel, deadline_ms)
         outer = enter_call(state)
-        set_clock_deadline(self._ctl, None, deadline_ms)
+        deadline_at = time.monotonic() + deadline_ms / 1000 if deadline_ms > 0 else None
+        set_clock_deadline(self._ctl, deadline_at, 0)
         try:
             init = self._funcs.get("_initialize")
             if init is not None:
@@ -1011,7 +1031,7 @@ class Instance:
                 return CallOutcome(True, b"", "", "", None)
             res = _call_entry(self.ctx, self._mem, self.base, self._realloc, on_init,
                               self._funcs.get("cabi_post_on-init", 0), None, config_json,
-                              fuel, ticks, self._ctl_addr)
+                              fuel, ticks, self._ctl_addr, deadline_at)
             if res[0] == _ST_OK:
                 return CallOutcome(True, b"", "", "", state.denied)
             return self._outcome(res, "on-init", state)
@@ -1020,6 +1040,8 @@ class Instance:
 
     def _outcome(self, res: tuple[Any, ...], hook: str, state: _CallState) -> CallOutcome:
         status = res[0]
+        if status == _ST_SMALL_STACK:
+            raise NeedStack
         if status == _ST_GUEST_ERR:
             message = self._error_message(res[2], res[3], hook)
             return CallOutcome(False, b"", _abispec.ERROR_KINDS[res[1]], message, state.denied)

@@ -33,6 +33,7 @@ from ._fastpath import (
     MSG_INTERRUPTED,
     CallOutcome,
     Engine,
+    NeedStack,
     _CallState,
     _tls,
     install_epoch_callback,
@@ -49,6 +50,7 @@ from ._fastpath import (
     instances_error,
     memory_error,
     stack_error,
+    stack_room,
     trap_summary,
 )
 
@@ -698,6 +700,8 @@ class ComponentInstance:
         deadline_at: float | None, deadline_ms: int,
     ) -> CallOutcome:
         """Run ``on-hook(hook, payload)``."""
+        if 0 <= stack_room() < self.template.engine.stack_need:
+            raise NeedStack
         state = _CompCallState(self, hook, deadline_at, fuel, deadline_ms)
         params = self._params
         ctypes.memset(addressof(params), 0, _VSIZE * 2)

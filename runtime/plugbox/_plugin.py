@@ -21,7 +21,14 @@ from ._errors import (
     UnknownHookError,
     UsageError,
 )
-from ._fastpath import CallOutcome, Instance, Template, guest_error, run_on_enough_stack
+from ._fastpath import (
+    CallOutcome,
+    Instance,
+    NeedStack,
+    Template,
+    guest_error,
+    run_on_enough_stack,
+)
 from ._fastpath_component import ComponentInstance, ComponentTemplate
 
 if TYPE_CHECKING:
@@ -110,7 +117,7 @@ class Plugin:
         self._idle: list[_Inst] = []
         self._live = 0
         self._waiters: deque[_Waiter] = deque()
-        self._busy: set[_Inst] = set()  # instances running a call, for close() to interrupt
+        self._instances: set[_Inst] = set()  # every live instance, for close() to interrupt
         self._cond = threading.Lock()
         self._closed = False
         self._freed = False
@@ -140,13 +147,16 @@ class Plugin:
     def _new_instance(self) -> Instance | ComponentInstance:
         fuel = self.limits.fuel
         inst = self._template.instantiate(fuel, self._ticks)
+        self._instances.add(inst)
         try:
             outcome = inst.call_init(self._config_json, fuel, self._ticks,
                                      self.limits.deadline_ms)
         except BaseException:
+            self._instances.discard(inst)
             inst.close()
             raise
         if not outcome.ok:
+            self._instances.discard(inst)
             inst.close()
             raise guest_error(outcome, self.name, "on-init")
         return inst
@@ -243,6 +253,7 @@ class Plugin:
                 self._drain()
             return
         with self._cond:
+            self._instances.discard(inst)
             inst.close()
             self._live -= 1
             if failed:
@@ -259,6 +270,7 @@ class Plugin:
             last = self._live == 0 and not self._freed
             self._freed = self._freed or last
         for inst in idle:
+            self._instances.discard(inst)
             inst.close()
         if last:
             self._template.close()
@@ -312,11 +324,6 @@ class Plugin:
                                            self.runtime.policy.max_limits.deadline_ms, hook)
             ticks = self._template.engine.deadline_ticks(deadline_ms)
             seconds = deadline_ms / 1000.0
-        engine = self._template.engine
-        if 0 <= _fastpath._stack_room() < engine.stack_need:
-            result: bytes = run_on_enough_stack(engine, self._dispatch, hook, hook_bytes,
-                                                payload, fuel, ticks, seconds)
-            return result
         if self.runtime._monitors:
             return self._monitored(hook, hook_bytes, payload, fuel, ticks, seconds)
         return self._call(hook, hook_bytes, payload, fuel, ticks, _monotonic() + seconds,
@@ -332,12 +339,6 @@ class Plugin:
             )
         return min(value, cap)
 
-    def _dispatch(self, hook: str, hook_bytes: bytes, payload: bytes, fuel: int, ticks: int,
-                  seconds: float) -> bytes:
-        if self.runtime._monitors:
-            return self._monitored(hook, hook_bytes, payload, fuel, ticks, seconds)
-        return self._call(hook, hook_bytes, payload, fuel, ticks, _monotonic() + seconds,
-                          int(seconds * 1000))
 
     def _monitored(
         self, hook: str, hook_bytes: bytes, payload: bytes, fuel: int, ticks: int,
@@ -373,21 +374,23 @@ class Plugin:
             inst = self._idle.pop()
         except IndexError:
             try:
-                inst = self._acquire_slow(persistent, hook, deadline_at, deadline_ms)
+                inst = run_on_enough_stack(self._template.engine, self._acquire_slow,
+                                           persistent, hook, deadline_at, deadline_ms)
             except PlugboxError:
                 self.failures += 1
                 raise
             # The wait counted against the deadline: what is left is the call's.
             ticks = min(ticks, self._template.engine.deadline_ticks(
                 max(0.0, deadline_at - _monotonic()) * 1000))
-        busy = self._busy
-        busy.add(inst)
-        if self._closed:  # close() ran since: it may have missed this instance in busy
+        if self._closed:  # close() ran since it was taken: the interrupt may have missed it
             inst.interrupt()
         failed = True
+        outcome: CallOutcome | None = None
         try:
-            outcome: CallOutcome = inst.call_hook(hook, hook_bytes, payload, fuel, ticks,
-                                                  deadline_at, deadline_ms)
+            outcome = inst.call_hook(hook, hook_bytes, payload, fuel, ticks, deadline_at,
+                                     deadline_ms)
+            failed = False
+        except NeedStack:  # nothing ran: the call moves to a thread with a known stack
             failed = False
         except PlugboxError as exc:
             self.failures += 1
@@ -395,9 +398,14 @@ class Plugin:
             exc.hook = exc.hook or hook
             raise
         finally:
-            busy.discard(inst)
             # A trapped instance may hold half-updated state: it is never reused.
             self._release(inst, keep=persistent, failed=failed)
+        if outcome is None:
+            self.calls -= 1
+            result: bytes = run_on_enough_stack(self._template.engine, self._call, hook,
+                                                hook_bytes, payload, fuel, ticks, deadline_at,
+                                                deadline_ms)
+            return result
         late = _monotonic() - deadline_at
         if late > OVERRUN_GRACE_S:
             self._overrun(hook, deadline_ms, late)
@@ -455,7 +463,7 @@ class Plugin:
         for waiter in waiters:
             waiter.grant = False
             waiter.event.set()
-        for inst in list(self._busy):
+        for inst in list(self._instances):  # the idle ones are closed next, unused
             inst.interrupt()
         self._drain()
         self.runtime._forget(self)

@@ -83,16 +83,18 @@ static int bound = 0;
  * _fastpath.GUEST_ERROR_MAX is the same number. */
 #define GUEST_ERROR_MAX 4096
 
-/* Per-instance control words shared with Python (an int64[4] owned by the instance, and the
+/* Per-instance control words shared with Python (an int64[5] owned by the instance, and the
  * data of its store's epoch-deadline callback):
  * [0] phase: 1 while the host runs cabi_realloc or cabi_post_* (imports are refused then);
  * [1] interrupted: set by Plugin.close / Runtime.close from any thread;
  * [2] deadline: CLOCK_MONOTONIC ns when the current call must end, 0 = by epoch ticks only;
- * [3] tick: the engine's epoch tick in ns. */
+ * [3] tick: the engine's epoch tick in ns;
+ * [4] stack: native stack a call needs (max_wasm_stack + host frames), checked first. */
 #define CTL_PHASE 0
 #define CTL_INTERRUPTED 1
 #define CTL_DEADLINE 2
 #define CTL_TICK 3
+#define CTL_STACK 4
 /* With a clock deadline, the guest checks in with epoch_callback every CHECK_TICKS ticks: the
  * latency of an interrupt, and the granularity of the clock deadline. */
 #define CHECK_TICKS 8
@@ -110,6 +112,7 @@ enum {
     ST_BAD_TAG = 6,     /* (6, tag) result discriminant */
     ST_BAD_ERRTAG = 7,  /* (7, tag) error discriminant */
     ST_BAD_RANGE = 8,   /* (8, ptr, len): result payload or message outside memory */
+    ST_SMALL_STACK = 9, /* (9, room, need): this thread's stack cannot hold the call; nothing ran */
 };
 
 #define N_ERROR_KINDS 5
@@ -228,31 +231,59 @@ static uint64_t first_check(const int64_t *ctl, uint64_t ticks) {
     return ticks;
 }
 
+/* Bytes left below this point on the calling thread's stack, or -1 when unknown. */
+static __thread uintptr_t t_stack_low = 0;
+
+static long long stack_room_c(void) {
+    if (!t_stack_low) {
+        pthread_attr_t attr;
+        void *addr = NULL;
+        size_t size = 0;
+        if (pthread_getattr_np(pthread_self(), &attr) != 0) return -1;
+        pthread_attr_getstack(&attr, &addr, &size);
+        pthread_attr_destroy(&attr);
+        if (!addr) return -1;
+        t_stack_low = (uintptr_t)addr;
+    }
+    volatile char here = 0;
+    uintptr_t sp = (uintptr_t)&here;
+    return sp > t_stack_low ? (long long)(sp - t_stack_low) : 0;
+}
+
 static PyObject *status2(int st, uint64_t a, uint64_t b) {
     return Py_BuildValue("(iKK)", st, (unsigned long long)a, (unsigned long long)b);
 }
 
 /*
- * call_entry(ctx, mem, base, realloc, func, post, first, second, fuel, ticks, ctl)
+ * call_entry(ctx, mem, base, realloc, func, post, first, second, fuel, ticks, ctl, deadline)
  *   first: bytes or None (None: the export takes one string argument, e.g. on-init)
  *   second: bytes-like payload
- *   ctl: address of the instance's int32[2] control words (CTL_*)
+ *   ctl: address of the instance's int64[5] control words (CTL_*)
+ *   deadline: time.monotonic() seconds when the call must end (stored in ctl), or None
  * Returns (0, payload) | (1, kind, message, bytes dropped) | (status, a, b) for failures.
  */
 static PyObject *speedups_call_entry(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (!bound) { PyErr_SetString(PyExc_RuntimeError, "_speedups not bound"); return NULL; }
-    if (nargs != 11) { PyErr_SetString(PyExc_TypeError, "call_entry() takes 11 arguments"); return NULL; }
+    if (nargs != 12) { PyErr_SetString(PyExc_TypeError, "call_entry() takes 12 arguments"); return NULL; }
     void *ctx, *mem, *base_v, *realloc_fn, *func, *post, *ctl_v;
     if (as_ptr(args[0], &ctx) < 0 || as_ptr(args[1], &mem) < 0 || as_ptr(args[2], &base_v) < 0 ||
         as_ptr(args[3], &realloc_fn) < 0 || as_ptr(args[4], &func) < 0 || as_ptr(args[5], &post) < 0 ||
         as_ptr(args[10], &ctl_v) < 0)
         return NULL;
     int64_t *ctl = (int64_t *)ctl_v;
+    long long room = stack_room_c();
+    if (room >= 0 && room < ctl[CTL_STACK]) return status2(ST_SMALL_STACK, (uint64_t)room, (uint64_t)ctl[CTL_STACK]);
     uint8_t *base = (uint8_t *)base_v;
     unsigned long long fuel = PyLong_AsUnsignedLongLong(args[8]);
     if (fuel == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
     unsigned long long ticks = PyLong_AsUnsignedLongLong(args[9]);
     if (ticks == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    double deadline = 0.0;
+    if (args[11] != Py_None) {
+        deadline = PyFloat_AsDouble(args[11]);
+        if (deadline == -1.0 && PyErr_Occurred()) return NULL;
+    }
+    ctl[CTL_DEADLINE] = deadline > 0 ? (int64_t)(deadline * 1e9) : 0;
 
     Py_buffer first = {0}, second = {0};
     int have_first = args[6] != Py_None;
@@ -581,22 +612,8 @@ static PyObject *speedups_ticker_stop(PyObject *self, PyObject *arg) {
 }
 
 /* stack_room() -> bytes left below this point on the calling thread's stack, or -1 unknown. */
-static __thread uintptr_t t_stack_low = 0;
-
 static PyObject *speedups_stack_room(PyObject *self, PyObject *unused) {
-    if (!t_stack_low) {
-        pthread_attr_t attr;
-        void *addr = NULL;
-        size_t size = 0;
-        if (pthread_getattr_np(pthread_self(), &attr) != 0) return PyLong_FromLong(-1);
-        pthread_attr_getstack(&attr, &addr, &size);
-        pthread_attr_destroy(&attr);
-        if (!addr) return PyLong_FromLong(-1);
-        t_stack_low = (uintptr_t)addr;
-    }
-    volatile char here = 0;
-    uintptr_t sp = (uintptr_t)&here;
-    return PyLong_FromLongLong(sp > t_stack_low ? (long long)(sp - t_stack_low) : 0);
+    return PyLong_FromLongLong(stack_room_c());
 }
 
 /*
