@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -259,3 +261,38 @@ def test_plugin_close_interrupts_a_component_call_in_flight(
     worker.join(30)
     assert time.monotonic() - started < 5
     assert isinstance(errors[0], plugbox.ClosedError), errors
+
+
+def test_a_call_returning_after_its_deadline_is_logged_as_an_overrun(
+    runtime: plugbox.Runtime, wat_plugin: Callable[..., Path], caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from plugbox import _plugin
+
+    plugin = runtime.load(wat_plugin(COUNTER_BODY))
+    plugin.call("run")
+    clock = time.monotonic
+    # The call itself is quick; the host's clock jumps 10 s between its start and its end (as
+    # when the host is too busy to take the result in time).
+    offsets = iter([0.0])
+    monkeypatch.setattr(_plugin, "_monotonic", lambda: clock() + next(offsets, 10.0))
+    with caplog.at_level("WARNING", logger="plugbox.plugin"):
+        assert plugin.call("run", deadline_ms=1000) == (2).to_bytes(4, "little")
+    assert plugin.overruns == 1
+    assert "after its 1000 ms deadline" in caplog.text
+
+
+def test_the_python_ticker_stops_when_its_engine_is_collected() -> None:
+    script = (
+        "import gc, threading, weakref\n"
+        "from plugbox import _fastpath\n"
+        "assert not _fastpath.ACCELERATED\n"
+        "before = threading.active_count()\n"
+        "e = _fastpath.Engine(max_wasm_stack=512 * 1024, max_memory_bytes=1 << 20)\n"
+        "assert threading.active_count() == before + 1\n"
+        "ref = weakref.ref(e); del e; gc.collect()\n"
+        "assert ref() is None and threading.active_count() == before\n"
+        "print('OK')\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, PLUGBOX_NO_SPEEDUPS="1"))
+    assert proc.stdout.strip() == "OK", proc.stderr[-2000:]
