@@ -414,8 +414,9 @@ def current_call() -> _CallState | None:
 
 
 def enter_call(state: _CallState) -> _CallState | None:
-    """Make ``state`` this thread's innermost call; returns the outer one for :func:`leave_call`.
-    Raises StackOverflow past MAX_NESTED_CALLS."""
+    """Make ``state`` this thread's innermost call; returns the outer one, which the caller
+    restores (``_tls.state = outer``) when the call ends. Raises StackOverflow past
+    MAX_NESTED_CALLS."""
     outer: _CallState | None = getattr(_tls, "state", None)
     if outer is not None:
         if outer.depth >= MAX_NESTED_CALLS:
@@ -430,11 +431,6 @@ def enter_call(state: _CallState) -> _CallState | None:
         state.depth = outer.depth + 1
     _tls.state = state
     return outer
-
-
-def leave_call(outer: _CallState | None) -> None:
-    """Restore the call that was innermost before :func:`enter_call`."""
-    _tls.state = outer
 
 
 def closed_error(plugin: str, hook: str | None, runtime: bool) -> ClosedError:

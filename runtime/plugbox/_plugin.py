@@ -180,15 +180,15 @@ class Plugin:
             waiter.grant = grant
             waiter.event.set()
 
-    def _holds_instance(self) -> bool:
-        """Whether a call of this plugin is running on this thread (so waiting here for one of
-        its instances could wait for ourselves)."""
+    def _held_here(self) -> int:
+        """How many of this plugin's instances calls running on this thread hold (waiting for
+        one while this thread holds them all would wait for itself)."""
+        held = 0
         st = _fastpath.current_call()
         while st is not None:
-            if st.instance.template is self._template:
-                return True
+            held += st.instance.template is self._template
             st = st.outer
-        return False
+        return held
 
     def _acquire_slow(self, reuse: bool, hook: str, deadline_at: float, deadline_ms: int
                       ) -> _Inst:
@@ -201,11 +201,11 @@ class Plugin:
                 return self._idle.pop()
             if not self._waiters and self._live < self.limits.instances:
                 self._live += 1
-            elif self._holds_instance():
+            elif self._held_here() >= self.limits.instances:
                 raise LimitExceeded(
                     f"plugin {self.name!r}, hook {hook!r}: called again from a host function "
-                    f"while this thread's call holds one of its {self.limits.instances} "
-                    "instances and none is free; waiting could wait for itself. Raise "
+                    f"while calls on this thread hold all its {self.limits.instances} "
+                    "instances; waiting would wait for itself. Raise "
                     "limits.instances in plugbox.json, or make the call outside the host "
                     "function.",
                     plugin=self.name, hook=hook, limit="instances",
@@ -339,7 +339,6 @@ class Plugin:
             )
         return min(value, cap)
 
-
     def _monitored(
         self, hook: str, hook_bytes: bytes, payload: bytes, fuel: int, ticks: int,
         seconds: float,
@@ -459,10 +458,10 @@ class Plugin:
             if self._closed:
                 return
             self._closed = True
-            waiters, self._waiters = self._waiters, deque()
-        for waiter in waiters:
-            waiter.grant = False
-            waiter.event.set()
+            for waiter in self._waiters:
+                waiter.grant = False
+                waiter.event.set()
+            self._waiters.clear()
         for inst in list(self._instances):  # the idle ones are closed next, unused
             inst.interrupt()
         self._drain()
