@@ -12,7 +12,9 @@ measures:
    call on the same Rust echo module;
 2. fresh-instance calls (plugbox mode="fresh", and the peers' equivalents) and instantiation;
 3. the cost of one guest->host call (a hook making N clock.monotonic calls);
-4. throughput of a CPU-bound hook on 1 vs 2 threads sharing one plugin.
+4. throughput of a CPU-bound hook on 1 vs 2 threads sharing one plugin;
+5. deadlines under load (a 20 ms deadline while 4 Python threads spin, and while 8 threads
+   hammer host calls) and pool fairness (call latency with 16 threads on a pool of 4).
 
 Every figure is the median over several repetitions; contenders are interleaved repetition by
 repetition so that background load hits them alike. Prints tables with ratios and the issue's
@@ -63,6 +65,10 @@ TARGET_PY_1K_US = 150.0
 TARGET_PY_MIB_EACH_WAY_MS = 20.0
 TARGET_PY_WARM_LOAD_MS = 250.0
 TARGET_SCALING = 1.8
+# Deadlines under load, issue 7: a 20 ms deadline ends within these (ms).
+DEADLINE_MS = 20
+TARGET_DEADLINE_MEDIAN_MS = 40.0
+TARGET_DEADLINE_WORST_MS = 120.0
 
 RUSTC = "/usr/bin/rustc"
 CARGO = "/usr/bin/cargo"
@@ -626,6 +632,121 @@ def bench_threads(res: Results, hooks_plugin: plugbox.Plugin, engine: wasmtime.E
         ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in ratios.items())))
 
 
+# ------------------------------------------------------------------------------- deadlines
+
+_WAT_SHELL = """
+(module
+  {imports}
+  (memory (export "memory") 1)
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) (i32.const 1024))
+  (func (export "on-hook") (param i32 i32 i32 i32) (result i32)
+    (local $i i32)
+    {body}
+    (i32.store8 (i32.const 16) (i32.const 0))
+    (i32.store (i32.const 20) (i32.const 0))
+    (i32.store (i32.const 24) (i32.const 0))
+    (i32.const 16))
+)
+"""
+_MONOTONIC = '(import "plugbox:plugin/clock@1.0.0" "monotonic" (func $mono (result i64)))'
+_LOOP = "(loop $l (br $l))"
+_HAMMER = ("(loop $l (drop (call $mono)) (local.set $i (i32.add (local.get $i) (i32.const 1)))"
+           " (br_if $l (i32.lt_u (local.get $i) (i32.const 1000))))")
+
+
+def _wat_plugin(out: Path, name: str, body: str, imports: str = "", **manifest: Any) -> Path:
+    module = wasmtime.wat2wasm(_WAT_SHELL.format(imports=imports, body=body))
+    return stage(out / name, module, name=name, hooks=["run"], **manifest)
+
+
+def _deadline_overshoot(loop: plugbox.Plugin, calls: int) -> list[float]:
+    """Wall seconds of ``calls`` calls that loop until their DEADLINE_MS deadline."""
+    took = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        try:
+            loop.call("run", fuel=10**15, deadline_ms=DEADLINE_MS)
+        except plugbox.DeadlineExceeded:
+            pass
+        took.append(time.perf_counter() - t0)
+    return took
+
+
+def _under_load(work: Callable[[threading.Event], None], threads: int,
+                measure: Callable[[], list[float]]) -> list[float]:
+    stop = threading.Event()
+    pool = [threading.Thread(target=work, args=(stop,), daemon=True) for _ in range(threads)]
+    for th in pool:
+        th.start()
+    try:
+        time.sleep(0.05)
+        return measure()
+    finally:
+        stop.set()
+        for th in pool:
+            th.join()
+
+
+def bench_deadlines(res: Results, rt: plugbox.Runtime, out: Path, quick: bool) -> None:
+    """A guest looping until a 20 ms deadline, timed while 4 pure-Python threads spin and while
+    8 threads call a plugin making 1000 host calls per call; then 16 threads calling a ~µs hook
+    on a pool of 4 instances, whose call latencies are (almost all) the wait for an instance.
+    A few seconds in all."""
+    loop = rt.load(_wat_plugin(out, "deadline-loop", _LOOP))
+    hammer = rt.load(_wat_plugin(out, "host-hammer", _HAMMER, _MONOTONIC,
+                                 permissions={"clock": True}, limits={"instances": 8}))
+    calls = 10 if quick else 25
+
+    def spin(stop: threading.Event) -> None:
+        while not stop.is_set():
+            pass
+
+    def hammer_calls(stop: threading.Event) -> None:
+        while not stop.is_set():
+            hammer.call("run")
+
+    for case, work, threads in (("4 Python threads spinning", spin, 4),
+                                ("8 threads hammering host calls", hammer_calls, 8)):
+        took = _under_load(work, threads, lambda: _deadline_overshoot(loop, calls))
+        res.add("deadlines", f"{DEADLINE_MS} ms deadline, {case}", "plugbox", took, unit="s",
+                p99=_percentile(took, 99))
+        log(f"  {DEADLINE_MS} ms deadline, {case}: median {statistics.median(took) * 1e3:.1f} "
+            f"ms, worst {max(took) * 1e3:.1f} ms")
+
+    quick_hook = rt.load(_wat_plugin(out, "pool-of-4", "", limits={"instances": 4}))
+    seconds = 0.5 if quick else 1.5
+    latencies: list[list[float]] = [[] for _ in range(16)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(16)
+
+    def caller(mine: list[float]) -> None:
+        start.wait()
+        end = time.perf_counter() + seconds
+        try:
+            while (t0 := time.perf_counter()) < end:
+                quick_hook.call("run", deadline_ms=1000)
+                mine.append(time.perf_counter() - t0)
+        except plugbox.PlugboxError as exc:
+            errors.append(exc)
+
+    pool = [threading.Thread(target=caller, args=(mine,)) for mine in latencies]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
+    flat = [x for mine in latencies for x in mine]
+    res.add("deadlines", "call latency (pool wait), 16 threads on a pool of 4", "plugbox", flat,
+            unit="s", p99=_percentile(flat, 99), calls=len(flat),
+            deadline_errors=len(errors), slowest_thread_calls=min(map(len, latencies)))
+    log(f"  pool of 4, 16 threads: {len(flat)} calls, p99 {_percentile(flat, 99) * 1e3:.2f} ms, "
+        f"max {max(flat) * 1e3:.2f} ms, {len(errors)} deadline errors")
+
+
+def _percentile(samples: list[float], pct: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
+
+
 # ------------------------------------------------------------------------------- python plugins
 
 _LOAD_SCRIPT = """
@@ -739,6 +860,15 @@ def targets(res: Results, cpus: int) -> list[dict[str, Any]]:
         if cpus < 2:
             met, note = None, "fewer than 2 CPUs available: not measurable"
         add("2-thread throughput", ratio, f"{ratio:.2f}x", f">= {TARGET_SCALING:g}x", met, note)
+    for case in ("4 Python threads spinning", "8 threads hammering host calls"):
+        r = res.get("deadlines", f"{DEADLINE_MS} ms deadline, {case}", "plugbox")
+        if r:
+            med, worst = r["median"] * 1e3, r["max"] * 1e3
+            add(f"{DEADLINE_MS} ms deadline, {case}", med,
+                f"{med:.1f} ms median, {worst:.1f} ms worst",
+                f"<= {TARGET_DEADLINE_MEDIAN_MS:g} ms median, <= {TARGET_DEADLINE_WORST_MS:g} ms "
+                "worst",
+                med <= TARGET_DEADLINE_MEDIAN_MS and worst <= TARGET_DEADLINE_WORST_MS)
     r = res.get("python", "per call, 1 KiB", "plugbox")
     if r:
         us = r["median"] * 1e6
@@ -916,6 +1046,22 @@ def build_tables(res: Results, tgts: list[dict[str, Any]]) -> list[Table]:
                    ["what", "case", "median", "spread"], rows))
 
     rows = []
+    for case in ("4 Python threads spinning", "8 threads hammering host calls"):
+        r = res.get("deadlines", f"{DEADLINE_MS} ms deadline, {case}", "plugbox")
+        if r:
+            rows.append([f"{DEADLINE_MS} ms deadline, {case}", f"{r['median'] * 1e3:.1f} ms",
+                         f"{r['p99'] * 1e3:.1f} ms", f"{r['max'] * 1e3:.1f} ms", ""])
+    r = res.get("deadlines", "call latency (pool wait), 16 threads on a pool of 4", "plugbox")
+    if r:
+        rows.append(["call latency (pool wait), 16 threads on a pool of 4",
+                     f"{r['median'] * 1e3:.3f} ms", f"{r['p99'] * 1e3:.2f} ms",
+                     f"{r['max'] * 1e3:.2f} ms",
+                     f"{r['calls']:,} calls, {r['deadline_errors']} deadline errors"])
+    if rows:
+        tables.append(("Deadlines under load and pool fairness (wall time per call)",
+                       ["case", "median", "p99", "max", "note"], rows))
+
+    rows = []
     for tg in tgts:
         met = "met" if tg["met"] else "NOT met" if tg["met"] is not None else "n/a"
         rows.append([tg["target"], tg["shown"], tg["goal"],
@@ -1019,6 +1165,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_hostcalls(res, hooks, wt_engine, reps, rep_seconds)
         log("threads ...")
         bench_threads(res, hooks, wt_engine, reps, max(0.15, rep_seconds * 3))
+        log("deadlines under load, pool fairness ...")
+        bench_deadlines(res, rt, staged, args.quick)
         del ext
     if args.no_python:
         log("Python plugin rows skipped (--no-python)")

@@ -7,8 +7,8 @@ import inspect
 import plugbox
 
 PUBLIC = [
-    "AbiViolation", "CallRecord", "CapabilityError", "DeadlineExceeded", "Event", "EventBus",
-    "EventsPermission", "FuelExhausted", "GuestError", "GuestTrap", "HashMismatchError",
+    "AbiViolation", "CallRecord", "CapabilityError", "ClosedError", "DeadlineExceeded", "Event",
+    "EventBus", "EventsPermission", "FuelExhausted", "GuestError", "GuestTrap", "HashMismatchError",
     "HttpPermission", "IncompatibleAbiError", "IncompatibleHostError", "KeyFileError",
     "KvPermission", "LimitExceeded", "Limits", "Manifest", "ManifestError",
     "MemoryLimitExceeded", "ModuleInterfaceError", "PackageError", "PermissionDenied",

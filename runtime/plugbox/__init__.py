@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._errors import (
     AbiViolation,
     CapabilityError,
+    ClosedError,
     DeadlineExceeded,
     FuelExhausted,
     GuestError,
@@ -45,6 +46,7 @@ __all__ = [
     "AbiViolation",
     "CallRecord",
     "CapabilityError",
+    "ClosedError",
     "DeadlineExceeded",
     "Event",
     "EventBus",

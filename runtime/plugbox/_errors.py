@@ -4,6 +4,7 @@ Every error plugbox raises derives from :class:`PlugboxError`::
 
     PlugboxError
     ├── UsageError                 the host called the API wrongly (closed object, bad argument)
+    │   ├── ClosedError            the plugin or runtime is closed (also: closed during the call)
     │   └── KeyFileError           a minisign public or secret key file is unreadable or malformed
     ├── ManifestError              plugbox.json is unreadable or fails the schema
     ├── VerificationError          refused before anything is compiled
@@ -38,6 +39,7 @@ from __future__ import annotations
 __all__ = [
     "AbiViolation",
     "CapabilityError",
+    "ClosedError",
     "DeadlineExceeded",
     "FuelExhausted",
     "GuestError",
@@ -92,6 +94,11 @@ class PlugboxError(Exception):
 
 class UsageError(PlugboxError):
     """The host used the API wrongly: a closed object, an invalid argument or setting."""
+
+
+class ClosedError(UsageError):
+    """The plugin or runtime is closed: a call after ``close()``, or a call in flight that
+    ``Plugin.close()`` or ``Runtime.close()`` interrupted (not the plugin's fault)."""
 
 
 class ManifestError(PlugboxError):

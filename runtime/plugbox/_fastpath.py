@@ -27,6 +27,7 @@ import re
 import struct
 import threading
 import time
+import weakref
 from pathlib import Path
 from ctypes import c_bool, c_char_p, c_int64, c_size_t, c_uint8, c_uint64, c_void_p
 from typing import TYPE_CHECKING, Any, Callable, Final
@@ -38,6 +39,7 @@ from wasmtime import _bindings as _wb
 from . import _abispec
 from ._errors import (
     AbiViolation,
+    ClosedError,
     DeadlineExceeded,
     FuelExhausted,
     GuestError,
@@ -86,6 +88,9 @@ _store_limiter = _proto(
     _pydll, "wasmtime_store_limiter", None, _P, c_int64, c_int64, c_int64, c_int64, c_int64
 )
 _store_delete = _proto(_pydll, "wasmtime_store_delete", None, _P)
+_store_epoch_callback = _proto(_pydll, "wasmtime_store_epoch_deadline_callback", None,
+                               _P, _P, _P, _P)
+_error_new = _proto(_pydll, "wasmtime_error_new", _P, c_char_p)
 _set_fuel = _proto(_pydll, "wasmtime_context_set_fuel", _P, _P, c_uint64)
 _set_epoch_deadline = _proto(_pydll, "wasmtime_context_set_epoch_deadline", None, _P, c_uint64)
 _memory_data = _proto(_pydll, "wasmtime_memory_data", _P, _P, _P)
@@ -206,11 +211,13 @@ def fuel_error(plugin: str, hook: str, fuel: int | None) -> FuelExhausted:
     )
 
 
-def deadline_error(plugin: str, hook: str, deadline_ms: int | None) -> DeadlineExceeded:
-    """The call ran past ``deadline_ms``."""
+def deadline_error(
+    plugin: str, hook: str, deadline_ms: int | None, detail: str = ""
+) -> DeadlineExceeded:
+    """The call ran past ``deadline_ms`` (``detail``: where the time went, if known)."""
     amount = f"{deadline_ms} ms" if deadline_ms is not None else "its deadline"
     return DeadlineExceeded(
-        f"{_where(plugin, hook)}: exceeded its wall-clock deadline ({amount}). Raise "
+        f"{_where(plugin, hook)}: exceeded its wall-clock deadline ({amount}){detail}. Raise "
         "limits.deadline_ms in plugbox.json (within the host policy) if the work is legitimate.",
         plugin=plugin, hook=hook, limit="deadline",
     )
@@ -325,16 +332,26 @@ class Engine:
         self.wasmtime = wasmtime.Engine(config)
         self.ptr: int = ctypes.cast(self.wasmtime.ptr(), c_void_p).value or 0
         self.tick_s = epoch_tick_ms / 1000.0
-        self._stop = threading.Event()
-        self._ticker = threading.Thread(target=self._tick, name="plugbox-epoch", daemon=True)
-        self._ticker.start()
+        #: Native stack one entry into wasm may need: its wasm stack plus the host frames of the
+        #: host functions it calls (see ``stack_room``).
+        self.stack_need: int = max_wasm_stack + HOST_STACK_MARGIN
+        #: Set by :meth:`mark_closing` (Runtime.close): interrupted calls then say so.
+        self.closing = False
+        # The ticker holds the wasmtime engine, never this object, so an Engine nobody holds is
+        # collected; the finalizer (run by close(), collection or interpreter exit) stops it.
+        self._stop_ticker = weakref.finalize(self, *_start_ticker(self.wasmtime, self.ptr,
+                                                                  self.tick_s))
 
-    def _tick(self) -> None:
-        ptr, wait, tick = self.ptr, self._stop.wait, self.tick_s
-        while not wait(tick):
-            _increment_epoch(ptr)
+    @property
+    def ticking(self) -> bool:
+        """True until :meth:`close` (or collection) stopped the epoch ticker."""
+        return self._stop_ticker.alive
 
-    def deadline_ticks(self, deadline_ms: int) -> int:
+    def mark_closing(self) -> None:
+        """The runtime is closing: calls interrupted from now on report that, not their plugin."""
+        self.closing = True
+
+    def deadline_ticks(self, deadline_ms: float) -> int:
         """Epoch ticks covering ``deadline_ms`` (rounded up, plus one for the partial tick)."""
         return int(deadline_ms / 1000.0 / self.tick_s) + 2
 
@@ -351,10 +368,49 @@ class Engine:
         return wasmtime.Module.deserialize_file(self.wasmtime, str(path))
 
     def close(self) -> None:
-        """Stop the ticker thread. Safe to call twice."""
-        self._stop.set()
-        if self._ticker.is_alive() and self._ticker is not threading.current_thread():
-            self._ticker.join()
+        """Stop the epoch ticker. Safe to call twice. Calls still running get CHECK_TICKS
+        ticks at once first, so their stores' epoch callbacks see an interrupt (Plugin.close)
+        now rather than never."""
+        self.closing = True
+        if self._stop_ticker.alive:
+            for _ in range(CHECK_TICKS + 1):
+                _increment_epoch(self.ptr)
+        self._stop_ticker()
+
+
+#: Native stack reserved beyond max_wasm_stack for the host frames (Python, ctypes, services)
+#: between nested entries into wasm.
+HOST_STACK_MARGIN: Final = 256 * 1024
+
+
+def _py_tick(engine: wasmtime.Engine, ptr: int, stop: threading.Event, tick: float) -> None:
+    # ``engine`` is held so the pointer stays valid until the ticker ends.
+    while not stop.wait(tick):
+        _increment_epoch(ptr)
+
+
+def _py_stop_ticker(stop: threading.Event, thread: threading.Thread) -> None:
+    stop.set()
+    if thread is not threading.current_thread():
+        thread.join()
+
+
+def _native_stop_ticker(handle: int, engine: wasmtime.Engine) -> None:
+    _speedups.ticker_stop(handle)  # ``engine`` is held until the native thread has stopped
+
+
+def _start_ticker(engine: wasmtime.Engine, ptr: int, tick: float) -> tuple[Any, ...]:
+    """Start the epoch ticker; returns (stop function, *its arguments) for weakref.finalize.
+
+    The native ticker (a pthread in ``_speedups``) needs no GIL, so deadlines hold while Python
+    threads keep the interpreter busy; the pure-Python thread is the fallback."""
+    if ACCELERATED:
+        return (_native_stop_ticker, _speedups.ticker_start(ptr, tick), engine)
+    stop = threading.Event()
+    thread = threading.Thread(target=_py_tick, args=(engine, ptr, stop, tick),
+                              name="plugbox-epoch", daemon=True)
+    thread.start()
+    return (_py_stop_ticker, stop, thread)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,21 +426,67 @@ class _Trap(Exception):
 
 
 class _CallState:
-    __slots__ = ("instance", "hook", "deadline", "error", "denied", "fuel", "deadline_ms")
+    """One call in progress on this thread. Calls nest (a host function may call a plugin):
+    ``outer`` is the call this one runs inside, restored when it ends."""
+
+    __slots__ = ("instance", "hook", "deadline", "error", "denied", "fuel", "deadline_ms",
+                 "outer", "depth")
 
     def __init__(
-        self, instance: Instance, hook: str, deadline: float | None, fuel: int, deadline_ms: int
+        self, instance: Any, hook: str, deadline: float | None, fuel: int, deadline_ms: int
     ) -> None:
-        self.instance = instance
+        self.instance: Instance = instance  # a ComponentInstance in _CompCallState
         self.hook = hook
         self.deadline = deadline
         self.fuel = fuel  # the limits in force for this call, for error messages
         self.deadline_ms = deadline_ms
         self.error: PlugboxError | BaseException | None = None
         self.denied: str | None = None
+        self.outer: _CallState | None = None
+        self.depth = 1
 
 
+#: Per-thread innermost call (``_tls.state``), shared by both fast paths.
 _tls = threading.local()
+
+#: Plugin calls may nest this deep on one thread (a host function calling a plugin whose host
+#: function calls a plugin...); deeper is a StackOverflow.
+MAX_NESTED_CALLS: Final = 8
+
+
+def current_call() -> _CallState | None:
+    """The innermost plugin call running on this thread, if any."""
+    return getattr(_tls, "state", None)
+
+
+def enter_call(state: _CallState) -> _CallState | None:
+    """Make ``state`` this thread's innermost call; returns the outer one, which the caller
+    restores (``_tls.state = outer``) when the call ends. Raises StackOverflow past
+    MAX_NESTED_CALLS."""
+    outer: _CallState | None = getattr(_tls, "state", None)
+    if outer is not None:
+        if outer.depth >= MAX_NESTED_CALLS:
+            plugin = state.instance.plugin
+            raise StackOverflow(
+                f"{_where(plugin, state.hook)}: plugin calls nested {MAX_NESTED_CALLS} deep on "
+                "this thread (host functions calling plugins that call host functions ...); "
+                "break the cycle, for example by handling the event outside the host function.",
+                plugin=plugin, hook=state.hook, limit="stack",
+            )
+        state.outer = outer
+        state.depth = outer.depth + 1
+    _tls.state = state
+    return outer
+
+
+def closed_error(plugin: str, hook: str | None, runtime: bool) -> ClosedError:
+    """A call interrupted (or refused) because its plugin or runtime was closed."""
+    what = "the plugbox Runtime was closed" if runtime else f"plugin {plugin!r} was closed"
+    return ClosedError(
+        f"{_where(plugin, hook)}: interrupted because {what} while the call ran; the plugin "
+        "did nothing wrong. Close plugins and runtimes only after their calls have ended.",
+        plugin=plugin, hook=hook,
+    )
 
 
 class CallOutcome:
@@ -408,6 +510,12 @@ class CallOutcome:
 
 _ST_OK, _ST_GUEST_ERR, _ST_TRAP, _ST_ERROR = 0, 1, 2, 3
 _ST_BAD_ALLOC, _ST_BAD_RETPTR, _ST_BAD_TAG, _ST_BAD_ERRTAG, _ST_BAD_RANGE = 4, 5, 6, 7, 8
+_ST_SMALL_STACK = 9
+
+
+class NeedStack(Exception):
+    """Internal: this thread's stack cannot hold the call (nothing ran); the caller reruns it
+    through :func:`run_on_enough_stack`."""
 
 #: Exports an instance looks up, in this order (bit i of the found-mask is EXPORT_NAMES[i]).
 EXPORT_NAMES: Final = (
@@ -428,15 +536,120 @@ def _py_guest_call(ctx: int, func: int, args: Any, n: int) -> tuple[int, int]:
     return _ST_OK, 0
 
 
+#: Guest error messages are copied out up to this many UTF-8 bytes (like log messages); the
+#: rest is counted and reported as dropped, never copied. Same number as in _speedups.c.
+GUEST_ERROR_MAX: Final = 4096
+# The instance's control words (int64[5], see _speedups.c): phase, interrupted, clock deadline
+# (CLOCK_MONOTONIC ns, 0: by ticks only), tick (ns), native stack a call needs.
+_CTL_PHASE, _CTL_INTERRUPTED, _CTL_DEADLINE, _CTL_TICK, _CTL_STACK = 0, 1, 2, 3, 4
+_Ctl = c_int64 * 5
+#: With a clock deadline, a running guest checks in every CHECK_TICKS epoch ticks (the latency
+#: of an interrupt; same number as in _speedups.c).
+CHECK_TICKS: Final = 8
+MSG_INTERRUPTED: Final = "plugbox: interrupted: closed while the call ran"
+MSG_DEADLINE: Final = "plugbox: wall-clock deadline passed"
+_MSG_INTERRUPTED_B, _MSG_DEADLINE_B = MSG_INTERRUPTED.encode(), MSG_DEADLINE.encode()
+_epoch_cb_type = ctypes.CFUNCTYPE(c_size_t, _P, _P, _P, _P)
+
+
+def new_ctl(engine: Engine) -> Any:
+    """A fresh instance's control words."""
+    ctl = _Ctl()
+    ctl[_CTL_TICK] = max(1, int(engine.tick_s * 1e9))
+    ctl[_CTL_STACK] = engine.stack_need
+    return ctl
+
+
+def first_check(ctl: Any, ticks: int) -> int:
+    """The epoch deadline a call starts with (twin of ``first_check`` in _speedups.c)."""
+    if ctl[_CTL_INTERRUPTED]:
+        return 0
+    return CHECK_TICKS if ctl[_CTL_DEADLINE] and ticks > CHECK_TICKS else ticks
+
+
+def _py_epoch_callback(ctx: int, data: int, delta: int, kind: int) -> int:
+    """Pure-Python twin of ``epoch_callback`` in _speedups.c (it needs the GIL, once every
+    CHECK_TICKS ticks of a running call)."""
+    try:
+        ctl = _Ctl.from_address(data)
+        if ctl[_CTL_INTERRUPTED]:
+            return _error_new(_MSG_INTERRUPTED_B) or 0
+        left = ctl[_CTL_DEADLINE] - time.monotonic_ns()
+        if not ctl[_CTL_DEADLINE] or left <= 0:
+            return _error_new(_MSG_DEADLINE_B) or 0
+        c_uint64.from_address(delta).value = min(CHECK_TICKS, left // max(1, ctl[_CTL_TICK]) + 1)
+        c_uint8.from_address(kind).value = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE
+        return 0
+    except BaseException:
+        return _error_new(_MSG_DEADLINE_B) or 0
+
+
+_py_epoch_cb = _epoch_cb_type(_py_epoch_callback)
+
+
+def install_epoch_callback(store: int, ctl: Any) -> None:
+    """Give ``store`` the epoch-deadline callback (C when the accelerator is in use) with the
+    control words ``ctl`` (which must outlive the store)."""
+    cb = trampolines[2] if trampolines is not None else ctypes.cast(_py_epoch_cb, c_void_p).value
+    _store_epoch_callback(store, cb, ctypes.addressof(ctl), None)
+
+
+def set_clock_deadline(ctl: Any, deadline_at: float | None, deadline_ms: int) -> None:
+    """Arm the clock deadline of the call about to start (``deadline_at``: monotonic seconds;
+    else ``deadline_ms`` from now; else ticks only)."""
+    if deadline_at is not None:
+        ctl[_CTL_DEADLINE] = int(deadline_at * 1e9)
+    elif deadline_ms > 0:
+        ctl[_CTL_DEADLINE] = time.monotonic_ns() + deadline_ms * 1_000_000
+    else:
+        ctl[_CTL_DEADLINE] = 0
+#: What the C trampoline traps with when a host function could not even start.
+_TRAMPOLINE_NESTED: Final = "plugbox: host call nested too deep"
+
+
+def dropped_note(dropped: int) -> str:
+    """The marker appended to a guest error message cut at GUEST_ERROR_MAX."""
+    return (f" [... {dropped} more bytes dropped: guest error messages are capped at "
+            f"{GUEST_ERROR_MAX} bytes]") if dropped else ""
+
+
+def cap_message(text: str) -> str:
+    """``text`` cut to GUEST_ERROR_MAX UTF-8 bytes, with the dropped-bytes marker."""
+    if len(text) <= GUEST_ERROR_MAX // 4:
+        return text
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= GUEST_ERROR_MAX:
+        return text
+    kept = raw[:GUEST_ERROR_MAX].decode("utf-8", "ignore")
+    return kept + dropped_note(len(raw) - len(kept.encode("utf-8")))
+
+
 def _py_call_entry(
     ctx: int, mem: int, base: int, realloc: int, func: int, post: int,
-    first: bytes | None, second: bytes, fuel: int, ticks: int,
+    first: bytes | None, second: bytes, fuel: int, ticks: int, ctl_addr: int,
+    deadline_at: float | None,
 ) -> tuple[Any, ...]:
     """Pure-Python twin of ``_speedups.call_entry`` (same arguments, same status tuples)."""
+    ctl = _Ctl.from_address(ctl_addr)
+    room = _py_stack_room(skip=1)  # this call's own state is already pushed
+    if 0 <= room < ctl[_CTL_STACK]:
+        return (_ST_SMALL_STACK, room, ctl[_CTL_STACK])
+    ctl[_CTL_DEADLINE] = int(deadline_at * 1e9) if deadline_at else 0
     err = _set_fuel(ctx, fuel)
     if err:
         return (_ST_ERROR, err, 0)
-    _set_epoch_deadline(ctx, ticks)
+    _set_epoch_deadline(ctx, first_check(ctl, ticks))
+    try:
+        ctl[_CTL_PHASE] = 1
+        return _py_call_steps(ctx, mem, base, realloc, func, post, first, second, ctl)
+    finally:
+        ctl[_CTL_PHASE] = 0
+
+
+def _py_call_steps(
+    ctx: int, mem: int, base: int, realloc: int, func: int, post: int,
+    first: bytes | None, second: bytes, ctl: Any,
+) -> tuple[Any, ...]:
     args = (ctypes.c_uint8 * (_RAW * 4))()
     ptrs = []
     for data in ((first, second) if first is not None else (second,)):
@@ -452,6 +665,7 @@ def _py_call_entry(
             return (_ST_BAD_ALLOC, ptr, len(data))
         _memmove(base + ptr, data, len(data))
         ptrs.append(ptr)
+    ctl[_CTL_PHASE] = 0
     if first is not None:
         _RAW_I32[4].pack_into(args, 0, ptrs[0], len(first), ptrs[1], len(second))
         st, fault = _py_guest_call(ctx, func, args, 4)
@@ -478,11 +692,13 @@ def _py_call_entry(
             return (_ST_BAD_ERRTAG, etag, 0)
         if w1 + w2 > msize:
             return (_ST_BAD_RANGE, w1, w2)
-        result = (_ST_GUEST_ERR, etag, _string_at(base + w1, w2))
+        kept = min(w2, GUEST_ERROR_MAX)
+        result = (_ST_GUEST_ERR, etag, _string_at(base + w1, kept), w2 - kept)
     else:
         return (_ST_BAD_TAG, tag, 0)
     if post:
         _RAW_I32[1].pack_into(args, 0, ret)
+        ctl[_CTL_PHASE] = 1
         st, fault = _py_guest_call(ctx, post, args, 1)
         if st:
             return (st, fault, 0)
@@ -491,7 +707,7 @@ def _py_call_entry(
 
 def _py_instantiate(
     engine: int, pre: int, cap: int, fuel: int, ticks: int, names: tuple[bytes, ...],
-    out: int, instance: int,
+    out: int, instance: int, ctl: int,
 ) -> tuple[int, int, int, int]:
     """Pure-Python twin of ``_speedups.instantiate``."""
     store = _store_new(engine, None, None)
@@ -509,6 +725,8 @@ def _py_instantiate(
     if err or trap.value:
         _store_delete(store)
         return (_ST_ERROR, err, 0, 0) if err else (_ST_TRAP, trap.value or 0, 0, 0)
+    # Installed after instantiation, so start-up code still ends in a plain interrupt trap.
+    _store_epoch_callback(store, ctypes.cast(_py_epoch_cb, c_void_p).value, ctl, None)
     mask = 0
     for i, name in enumerate(names):
         ctypes.memset(out + 32 * i, 0, 32)
@@ -531,25 +749,130 @@ try:
         "wasmtime_store_context", "wasmtime_store_limiter", "wasmtime_store_delete",
         "wasmtime_instance_pre_instantiate", "wasmtime_instance_export_get",
         "wasmtime_error_delete", "wasmtime_component_vallist_new_uninit",
+        "wasmtime_engine_increment_epoch", "wasmtime_trap_new", "wasmtime_error_new",
+        "wasmtime_store_epoch_deadline_callback",
     )))
+    assert _speedups.GUEST_ERROR_MAX == GUEST_ERROR_MAX
+    assert _speedups.CHECK_TICKS == CHECK_TICKS
     _call_entry: Callable[..., tuple[Any, ...]] = _speedups.call_entry
     _instantiate: Callable[..., tuple[int, int, int, int]] = _speedups.instantiate
+    #: Addresses of the C trampolines (core host function, component host function, store
+    #: epoch-deadline callback), or None on the pure-ctypes path.
+    trampolines: tuple[int, int, int] | None = _speedups.trampolines()
+    _stack_room: Callable[[], int] = _speedups.stack_room
     ACCELERATED = True
 except ImportError:  # no C compiler at install time: same behaviour, slower
     _call_entry = _py_call_entry
     _instantiate = _py_instantiate
+    trampolines = None
     ACCELERATED = False
 
 
 def use_accelerator(enabled: bool) -> bool:
     """Switch between the C and the pure-Python call sequence (tests run both). Returns whether
-    the accelerator is now in use (False when it is not built)."""
-    global _call_entry, _instantiate
+    the accelerator is now in use (False when it is not built). Host functions linked from then
+    on use the C trampolines or the ctypes callbacks to match; the epoch ticker stays native."""
+    global _call_entry, _instantiate, trampolines, _stack_room
     if enabled and ACCELERATED:
         _call_entry, _instantiate = _speedups.call_entry, _speedups.instantiate
+        trampolines, _stack_room = _speedups.trampolines(), _speedups.stack_room
         return True
     _call_entry, _instantiate = _py_call_entry, _py_instantiate
+    trampolines, _stack_room = None, _py_stack_room
     return False
+
+
+_libc: Any = None
+
+
+def _py_stack_room(skip: int = 0) -> int:
+    """Pure-Python twin of ``_speedups.stack_room``: Python cannot see the stack pointer, so it
+    counts this thread's stack size minus 128 KiB for the host's frames and the need of every
+    call running on the thread but the innermost ``skip``. -1 when unknown."""
+    global _libc
+    size: int | None = getattr(_tls, "stack_size", None)
+    if size is None:
+        size = -1
+        try:
+            if _libc is None:
+                _libc = ctypes.CDLL(None)
+                _libc.pthread_self.restype = ctypes.c_ulong
+                _libc.pthread_getattr_np.argtypes = (ctypes.c_ulong, c_void_p)
+                _libc.pthread_attr_getstack.argtypes = (c_void_p, c_void_p, c_void_p)
+                _libc.pthread_attr_destroy.argtypes = (c_void_p,)
+            attr = (ctypes.c_uint8 * 256)()
+            if _libc.pthread_getattr_np(_libc.pthread_self(), ctypes.addressof(attr)) == 0:
+                addr, length = c_void_p(), c_size_t()
+                _libc.pthread_attr_getstack(ctypes.addressof(attr), ctypes.addressof(addr),
+                                            ctypes.addressof(length))
+                _libc.pthread_attr_destroy(ctypes.addressof(attr))
+                size = length.value
+        except (AttributeError, OSError):
+            pass
+        _tls.stack_size = size
+    if size < 0:
+        return -1
+    used = 128 * 1024
+    st = current_call()
+    for _ in range(skip):
+        st = st.outer if st is not None else None
+    while st is not None:
+        used += st.instance.template.engine.stack_need
+        st = st.outer
+    return max(0, size - used)
+
+
+if not ACCELERATED:
+    _stack_room = _py_stack_room
+
+
+def stack_room() -> int:
+    """Bytes left on the calling thread's native stack (-1 when unknown)."""
+    return _stack_room()
+
+
+_big_stack_lock = threading.Lock()
+
+
+def run_on_enough_stack(engine: Engine, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, on this thread when its stack has room for ``engine.stack_need``, else on a
+    new thread with a stack of known size (an outermost call only: a nested call cannot move,
+    and is a StackOverflow). Without this, a guest recursing on a thread with a small stack
+    (``threading.stack_size(256 KiB)``) would overrun it before wasmtime's ``max_wasm_stack``
+    check fires: SIGSEGV instead of StackOverflow."""
+    room = _stack_room()
+    # 64 KiB of slack: the calls made under ``fn`` check again, a few frames deeper.
+    if room < 0 or room >= engine.stack_need + 64 * 1024:
+        return fn(*args)
+    outer = current_call()
+    if outer is not None:
+        plugin = outer.instance.plugin
+        raise StackOverflow(
+            f"{_where(plugin, outer.hook)}: a nested plugin call needs {engine.stack_need} bytes "
+            f"of native stack and this thread has {room} left; call plugins from host functions "
+            "less deeply, or from a thread with a larger stack.",
+            plugin=plugin, hook=outer.hook, limit="stack",
+        )
+    box: list[tuple[bool, Any]] = []
+
+    def target() -> None:
+        try:
+            box.append((True, fn(*args)))
+        except BaseException as exc:  # handed to the calling thread
+            box.append((False, exc))
+
+    with _big_stack_lock:  # threading.stack_size is process-wide
+        previous = threading.stack_size(max(8 << 20, 4 * engine.stack_need))
+        try:
+            thread = threading.Thread(target=target, name="plugbox-stack", daemon=True)
+            thread.start()
+        finally:
+            threading.stack_size(previous)
+    thread.join()
+    ok, value = box[0]
+    if ok:
+        return value
+    raise value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -568,9 +891,11 @@ class Instance:
         self._exports = (ctypes.c_uint8 * (32 * len(EXPORT_NAMES)))()
         exports = ctypes.addressof(self._exports)
         self._instance = _wb.wasmtime_instance_t()
+        self._ctl = new_ctl(template.engine)  # the store's epoch-callback data: outlives it
+        self._ctl_addr = ctypes.addressof(self._ctl)
         status, store, ctx, mask = _instantiate(
             template.engine.ptr, template.pre, template.memory_cap, fuel, ticks,
-            _EXPORT_NAMES_B, exports, ctypes.addressof(self._instance),
+            _EXPORT_NAMES_B, exports, ctypes.addressof(self._instance), self._ctl_addr,
         )
         if status != _ST_OK:
             code, msg = (None, _take_error(store)) if status == _ST_ERROR else _take_trap(store)
@@ -678,7 +1003,12 @@ class Instance:
         if size == 0:
             return align  # the canonical ABI lets a zero-length list point anywhere aligned
         _RAW_I32[4].pack_into(self._args, 0, 0, 0, align, size)
-        self._invoke(self._realloc, 4, hook)
+        ctl = self._ctl
+        phase, ctl[_CTL_PHASE] = ctl[_CTL_PHASE], 1  # imports are refused inside cabi_realloc
+        try:
+            self._invoke(self._realloc, 4, hook)
+        finally:
+            ctl[_CTL_PHASE] = phase
         ptr: int = _U32.unpack_from(self._args, 0)[0]
         # Memory never shrinks, so the cached view is a safe bound; refresh only past it.
         if ptr % align or (ptr + size > self._view_size and ptr + size > len(self._refresh())):
@@ -704,15 +1034,20 @@ class Instance:
         Raises typed errors for traps and ABI violations.
         """
         state = _CallState(self, hook, deadline_at, fuel, deadline_ms)
-        _tls.state = state
+        outer: _CallState | None = getattr(_tls, "state", None)
+        if outer is not None:
+            enter_call(state)
+        else:
+            _tls.state = state  # the common case, inline: no nesting to check
         try:
             res = _call_entry(self.ctx, self._mem, self.base, self._realloc, self._on_hook,
-                              self._post_hook, hook_bytes, payload, fuel, ticks)
+                              self._post_hook, hook_bytes, payload, fuel, ticks, self._ctl_addr,
+                              deadline_at)
             if res[0] == _ST_OK:
                 return CallOutcome(True, res[1], "", "", state.denied)
             return self._outcome(res, hook, state)
         finally:
-            _tls.state = None
+            _tls.state = outer
             self.calls += 1
 
     def call_init(
@@ -720,37 +1055,58 @@ class Instance:
     ) -> CallOutcome:
         """Run ``_initialize`` (if exported) then ``on-init`` (if exported)."""
         state = _CallState(self, "on-init", None, fuel, deadline_ms)
-        _tls.state = state
+        outer = enter_call(state)
+        deadline_at = time.monotonic() + deadline_ms / 1000 if deadline_ms > 0 else None
+        set_clock_deadline(self._ctl, deadline_at, 0)
         try:
             init = self._funcs.get("_initialize")
             if init is not None:
                 err = _set_fuel(self.ctx, fuel)
                 if err:
                     raise self._failure(err, None, "on-init")
-                _set_epoch_deadline(self.ctx, ticks)
+                _set_epoch_deadline(self.ctx, first_check(self._ctl, ticks))
                 self._invoke(init, 0, "on-init")
             on_init = self._funcs.get("on-init")
             if on_init is None:
                 return CallOutcome(True, b"", "", "", None)
             res = _call_entry(self.ctx, self._mem, self.base, self._realloc, on_init,
                               self._funcs.get("cabi_post_on-init", 0), None, config_json,
-                              fuel, ticks)
+                              fuel, ticks, self._ctl_addr, deadline_at)
             if res[0] == _ST_OK:
                 return CallOutcome(True, b"", "", "", state.denied)
             return self._outcome(res, "on-init", state)
         finally:
-            _tls.state = None
+            _tls.state = outer
 
     def _outcome(self, res: tuple[Any, ...], hook: str, state: _CallState) -> CallOutcome:
         status = res[0]
+        if status == _ST_SMALL_STACK:
+            raise NeedStack
         if status == _ST_GUEST_ERR:
-            message = self._decode(res[2], hook, "error message")
+            message = self._error_message(res[2], res[3], hook)
             return CallOutcome(False, b"", _abispec.ERROR_KINDS[res[1]], message, state.denied)
         if status == _ST_TRAP:
             raise self._failure(None, res[1], hook)
         if status == _ST_ERROR:
             raise self._failure(res[1], None, hook)
         raise self._violation(status, res[1], res[2], hook)
+
+    def _error_message(self, raw: bytes, dropped: int, hook: str) -> str:
+        """The guest's error message, of which ``dropped`` bytes past the cap were not copied."""
+        if dropped:
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                if exc.start >= len(raw) - 3 and exc.reason == "unexpected end of data":
+                    dropped += len(raw) - exc.start  # the cap cut a character in two
+                    raw = raw[:exc.start]
+        return self._decode(raw, hook, "error message") + dropped_note(dropped)
+
+    def interrupt(self) -> None:
+        """End the call running in this instance (callable from any thread) within
+        CHECK_TICKS epoch ticks, when its store's epoch callback next runs; a call that has not
+        started yet ends at its first instruction. The call raises ClosedError."""
+        self._ctl[_CTL_INTERRUPTED] = 1
 
     def _violation(self, status: int, a: int, b: int, hook: str) -> AbiViolation:
         where = f"plugin {self.plugin!r}, hook {hook!r}"
@@ -775,13 +1131,18 @@ class Instance:
             code = None
         else:
             code, msg = _take_trap(trap or 0)
+        if MSG_INTERRUPTED in msg or (code == _TRAP_INTERRUPT and self._ctl[_CTL_INTERRUPTED]):
+            return closed_error(self.plugin, hook, self.template.engine.closing)
         # A host function that trapped on purpose stashed the typed error.
         if state is not None and state.error is not None:
             stashed, state.error = state.error, None
             return host_function_error(stashed, self.plugin, hook)
+        if _TRAMPOLINE_NESTED in msg:
+            return stack_error(self.plugin, hook, "host functions nested until the host's "
+                               "Python stack ran out")
         if code == _TRAP_OUT_OF_FUEL:
             return fuel_error(self.plugin, hook, state.fuel if state is not None else None)
-        if code == _TRAP_INTERRUPT:
+        if code == _TRAP_INTERRUPT or MSG_DEADLINE in msg:
             return deadline_error(self.plugin, hook,
                                   state.deadline_ms if state is not None else None)
         if code == _TRAP_STACK_OVERFLOW:
@@ -1064,42 +1425,81 @@ _ADAPTERS: Final[dict[tuple[str, str], tuple[int, Any]]] = {
 _CLOCKS: Final = {(_M("clock"), "now"): _clock("now"), (_M("clock"), "monotonic"): _clock("monotonic")}
 
 
-def _make_callback(key: tuple[str, str], services: HostServices) -> Any:
-    """A C callback for one import, bound to one plugin's services."""
-    if key in _CLOCKS:
-        clock = _CLOCKS[key]
+_OUTSIDE: Final = b"plugbox: host call outside a plugbox call"
+_FAILED: Final = b"plugbox: host function failed"  # the typed error is in the call state
+_monotonic = time.monotonic
 
-        def clock_cb(env: int, caller: int, args: int, nargs: int) -> int | None:
-            st: _CallState | None = getattr(_tls, "state", None)
-            if st is None:
-                return _trap_new(b"host call outside a plugbox call", 32)  # type: ignore[no-any-return]
-            try:
-                _RAW_I64.pack_into((ctypes.c_uint8 * _RAW).from_address(args), 0,
-                                   clock(st, services, 0))
-                return None
-            except BaseException as exc:  # never let an exception cross the C boundary
-                st.error = exc
-                return _trap_new(b"host clock failed", 17)  # type: ignore[no-any-return]
 
-        return _callback_type(clock_cb)
+def refused_in_helper(st: _CallState, what: str) -> AbiViolation:
+    """A guest called an import from inside cabi_realloc or cabi_post_* (abi/README.md 3.4)."""
+    plugin = st.instance.plugin
+    return AbiViolation(
+        f"{_where(plugin, st.hook)}: called {what} from inside cabi_realloc or a cabi_post_* "
+        "function; the ABI refuses host calls there (abi/README.md, section 3.4). Allocate "
+        "without calling the host.",
+        plugin=plugin, hook=st.hook,
+    )
 
-    nparams, adapter = _ADAPTERS[key]
+
+def late_error(st: _CallState, what: str) -> DeadlineExceeded:
+    """A host service returned after the call's deadline had passed."""
+    late_ms = (_monotonic() - (st.deadline or 0.0)) * 1000
+    return deadline_error(st.instance.plugin, st.hook, st.deadline_ms,
+                          f": {what} returned {late_ms:.0f} ms after it")
+
+
+def _host_body(key: tuple[str, str], services: HostServices) -> Callable[[int], bytes | None]:
+    """The Python side of one import, bound to one plugin's services: ``body(args address)``
+    returns None (results written) or the message of a trap whose typed error it stashed in
+    the call state. It catches everything it can; the trampoline that calls it catches the
+    rest (see ``_speedups.c``)."""
+    what = f"{key[0]}#{key[1]}"
+    clock = _CLOCKS.get(key)
+    write = _RAW_I64.pack_into
+    nparams, adapter = _ADAPTERS[key] if clock is None else (0, None)
     unpack = _RAW_I32[nparams].unpack_from
     width = _RAW * nparams
 
-    def callback(env: int, caller: int, args: int, nargs: int) -> int | None:
-        st: _CallState | None = getattr(_tls, "state", None)
-        if st is None:
-            return _trap_new(b"host call outside a plugbox call", 32)  # type: ignore[no-any-return]
+    def body(args: int) -> bytes | None:
+        st: _CallState | None = None
         try:
-            adapter(st, services, unpack(_string_at(args, width)))
+            st = _tls.state
+            if st is None:
+                return _OUTSIDE
+            if st.instance._ctl[_CTL_PHASE]:
+                st.error = refused_in_helper(st, what)
+                return _FAILED
+            if clock is not None:
+                write((ctypes.c_uint8 * _RAW).from_address(args), 0, clock(st, services, 0))
+            elif adapter is not None:
+                adapter(st, services, unpack(_string_at(args, width)))
+            if st.deadline is not None and _monotonic() > st.deadline:
+                st.error = late_error(st, what)
+                return _FAILED
             return None
         except _Trap as trap:
-            st.error = trap.error
+            if st is not None:
+                st.error = trap.error
         except BaseException as exc:  # typed errors and host bugs alike trap the guest
-            st.error = exc
-        msg = str(st.error).encode("utf-8", "replace")[:512]
-        return _trap_new(msg, len(msg))  # type: ignore[no-any-return]
+            if st is not None:
+                st.error = exc
+        return _FAILED
+
+    return body
+
+
+def _ctypes_callback(body: Callable[[int], bytes | None]) -> Any:
+    """The pure-ctypes twin of ``_speedups``' core trampoline. Python cannot guarantee what C
+    can (a callback entered at the interpreter's recursion limit fails before its first line);
+    the nesting bounds (MAX_NESTED_CALLS, refused imports in cabi_realloc) keep guests from
+    driving the host there."""
+
+    def callback(env: int, caller: int, args: int, nargs: int) -> int | None:
+        try:
+            msg = body(args)
+            return None if msg is None else _trap_new(msg, len(msg))
+        except BaseException:
+            return _trap_new(_FAILED, len(_FAILED))  # type: ignore[no-any-return]
 
     return _callback_type(callback)
 
@@ -1145,16 +1545,23 @@ class Template:
                     [wasmtime.ValType.i32() if p == "i32" else wasmtime.ValType.i64() for p in params],
                     [wasmtime.ValType.i32() if r == "i32" else wasmtime.ValType.i64() for r in results],
                 )
-                cb = _make_callback(key, services)
-                self._callbacks.append(cb)
+                body = _host_body(key, services)
                 self._functypes.append(ft)
+                cb_addr: int | None
+                if trampolines is not None:
+                    # env is the body itself; self._callbacks keeps it alive
+                    self._callbacks.append(body)
+                    cb_addr, env = trampolines[0], id(body)
+                else:
+                    cb = _ctypes_callback(body)
+                    self._callbacks.append(cb)
+                    cb_addr, env = ctypes.cast(cb, c_void_p).value, None
                 # Defined under the name the module imports (a patch-level ABI version such as
                 # plugbox:plugin/log@1.0.1 links to this runtime's function).
                 mod, name = module_name.encode(), field.encode()
                 err = _linker_define_unchecked(
                     self.linker, mod, len(mod), name, len(name),
-                    ctypes.cast(ft.ptr(), c_void_p).value, ctypes.cast(cb, c_void_p).value,
-                    None, None,
+                    ctypes.cast(ft.ptr(), c_void_p).value, cb_addr, env, None,
                 )
                 if err:
                     raise ModuleInterfaceError(

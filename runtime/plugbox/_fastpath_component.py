@@ -17,7 +17,6 @@ Like ``_fastpath``, this module and that one are the only places that touch raw 
 from __future__ import annotations
 
 import ctypes
-import threading
 import time
 from ctypes import POINTER, addressof, byref, c_void_p
 from pathlib import Path
@@ -30,15 +29,29 @@ from wasmtime.component import Component
 from . import _abispec
 from ._errors import AbiViolation, GuestTrap, ModuleInterfaceError, PlugboxError, UsageError
 from ._fastpath import (
+    MSG_DEADLINE,
+    MSG_INTERRUPTED,
     CallOutcome,
     Engine,
+    NeedStack,
+    _CallState,
+    _tls,
+    install_epoch_callback,
+    first_check,
+    new_ctl,
+    set_clock_deadline,
+    cap_message,
+    closed_error,
     deadline_error,
+    enter_call,
+    late_error,
     fuel_error,
     host_function_error,
     instances_error,
     instantiation_error,
     memory_error,
     stack_error,
+    stack_room,
     trap_summary,
 )
 
@@ -258,21 +271,13 @@ def _set_record(v: Any, fields: list[tuple[str, Callable[[Any], None]]]) -> None
 # Host functions
 
 
-class _CompCallState:
-    __slots__ = ("instance", "hook", "deadline", "error", "denied", "fuel", "deadline_ms")
+class _CompCallState(_CallState):
+    """A component call's state: the core one (both live in ``_fastpath._tls``, so the chain
+    of nested calls on a thread spans both forms), holding a ComponentInstance."""
 
-    def __init__(self, instance: ComponentInstance, hook: str, deadline: float | None,
-                 fuel: int, deadline_ms: int) -> None:
-        self.instance = instance
-        self.hook = hook
-        self.deadline = deadline
-        self.fuel = fuel
-        self.deadline_ms = deadline_ms
-        self.error: BaseException | None = None
-        self.denied: str | None = None
-
-
-_tls = threading.local()
+    __slots__ = ()
+    if TYPE_CHECKING:
+        instance: ComponentInstance  # type: ignore[assignment]
 
 # service function -> (WIT function name, adapter(state, services, args) filling results[0])
 _Adapter = Callable[[_CompCallState, "HostServices", Any, Any], None]
@@ -430,17 +435,28 @@ _HOST_FUNCS: Final[dict[str, dict[str, _Adapter]]] = {
 _callback_type = _wb.wasmtime_component_func_callback_t
 
 
-def _make_callback(adapter: _Adapter, services: HostServices) -> Any:
-    def callback(env: Any, ctx: Any, ty: Any, args: Any, nargs: int, results: Any,
-                 nresults: int) -> int:
-        st: _CompCallState | None = getattr(_tls, "state", None)
+_Body = Callable[[int, int, int, int], "bytes | None"]
+_FAILED: Final = b"plugbox host function failed"  # the typed error is in the call state
+
+
+def _host_body(adapter: _Adapter, services: HostServices, what: str) -> _Body:
+    """The Python side of one host function: ``body(args, nargs, results, nresults)``
+    (addresses and counts) returns None, or the message of an error whose typed exception it
+    stashed in the call state. It catches what it can; the trampoline the rest."""
+
+    def body(args: int, nargs: int, results: int, nresults: int) -> bytes | None:
+        st: _CompCallState | None = None
         try:
+            st = _tls.state
             if st is None:
-                raise UsageError("host function called outside a plugbox call")
-            argv = (_V * nargs).from_address(ctypes.cast(args, c_void_p).value or 0)
-            out = results[0] if nresults else None
+                return b"plugbox: host function called outside a plugbox call"
+            argv = (_V * nargs).from_address(args)
+            out = _V.from_address(results) if nresults else None
             adapter(st, services, argv, out)
-            return 0
+            if st.deadline is not None and time.monotonic() > st.deadline:
+                st.error = late_error(st, what)
+                return _FAILED
+            return None
         except BaseException as exc:  # never let an exception cross the C boundary
             if st is not None:
                 if isinstance(exc, (_BadValue, UnicodeDecodeError)):
@@ -451,11 +467,35 @@ def _make_callback(adapter: _Adapter, services: HostServices) -> Any:
                     )
                 else:
                     st.error = exc
-            msg = f"plugbox host function failed: {exc}".encode()[:512]
-            err = _wb.wasmtime_error_new(msg)
-            return ctypes.cast(err, c_void_p).value or 0
+        return _FAILED
 
-    return _callback_type(callback)
+    return body
+
+
+def _linked(body: _Body, keep: list[Any]) -> tuple[Any, Any]:
+    """(callback, data) for wasmtime_component_linker_instance_add_func: the C trampoline with
+    the body as its data when the accelerator is in use, else a ctypes callback. ``keep``
+    holds what must live as long as the linker."""
+    from . import _fastpath
+
+    keep.append(body)
+    if _fastpath.trampolines is not None:
+        return _callback_type(_fastpath.trampolines[1]), id(body)
+
+    def callback(env: Any, ctx: Any, ty: Any, args: Any, nargs: int, results: Any,
+                 nresults: int) -> int:
+        try:
+            msg = body(ctypes.cast(args, c_void_p).value or 0, nargs,
+                       ctypes.cast(results, c_void_p).value or 0, nresults)
+            if msg is None:
+                return 0
+            return ctypes.cast(_wb.wasmtime_error_new(msg), c_void_p).value or 0
+        except BaseException:
+            return ctypes.cast(_wb.wasmtime_error_new(_FAILED), c_void_p).value or 0
+
+    cb = _callback_type(callback)
+    keep.append(cb)
+    return cb, None
 
 
 # Socket creation and name lookup are redefined to deny, whatever wasmtime's WASI would do.
@@ -467,26 +507,22 @@ _SOCKET_DENIALS: Final = (
 )
 
 
-def _deny_socket(env: Any, ctx: Any, ty: Any, args: Any, nargs: int, results: Any,
-                 nresults: int) -> int:
+def _deny_socket(args: int, nargs: int, results: int, nresults: int) -> bytes | None:
     # result<_, error-code>: err(access-denied). error-code is an enum in wasi:sockets/network.
     def enum(v: Any) -> None:
         v.kind = _K_ENUM
         _set_vec(v.of.enumeration, b"access-denied")
 
     try:
-        _set_result(results[0], False, enum)
+        _set_result(_V.from_address(results), False, enum)
         st: _CompCallState | None = getattr(_tls, "state", None)
         if st is not None:
             st.instance.template.sockets_denied += 1
             if st.denied is None:
                 st.denied = "wasi:sockets"
-        return 0
+        return None
     except BaseException:
-        return ctypes.cast(_wb.wasmtime_error_new(b"socket denied"), c_void_p).value or 0
-
-
-_deny_socket_cb = _callback_type(_deny_socket)
+        return b"socket denied"
 
 
 def _check(err: Any, what: str, plugin: str) -> None:
@@ -602,10 +638,11 @@ class ComponentTemplate:
             try:
                 for iface, funcs in _HOST_FUNCS.items():
                     self._add_instance(root, iface, {
-                        name: _make_callback(adapter, services) for name, adapter in funcs.items()
+                        name: _host_body(adapter, services, f"{iface}#{name}")
+                        for name, adapter in funcs.items()
                     })
                 for iface, func in _SOCKET_DENIALS:
-                    self._add_instance(root, f"{iface}@{_WASI_VERSION}", {func: _deny_socket_cb})
+                    self._add_instance(root, f"{iface}@{_WASI_VERSION}", {func: _deny_socket})
             finally:
                 _wb.wasmtime_component_linker_instance_delete(root)
             self._hook_index = _wb.wasmtime_component_get_export_index(
@@ -629,17 +666,17 @@ class ComponentTemplate:
             self.close()
             raise
 
-    def _add_instance(self, root: Any, name: str, funcs: dict[str, Any]) -> None:
+    def _add_instance(self, root: Any, name: str, funcs: dict[str, _Body]) -> None:
         inst = POINTER(_wb.wasmtime_component_linker_instance_t)()
         raw = name.encode()
         _check(_wb.wasmtime_component_linker_instance_add_instance(root, raw, len(raw), byref(inst)),
                f"cannot define {name}", self.plugin)
         try:
-            for fname, cb in funcs.items():
-                self._callbacks.append(cb)
+            for fname, body in funcs.items():
+                cb, data = _linked(body, self._callbacks)
                 fraw = fname.encode()
                 _check(_wb.wasmtime_component_linker_instance_add_func(
-                    inst, fraw, len(fraw), cb, None, _NO_FINALIZER),
+                    inst, fraw, len(fraw), cb, data, _NO_FINALIZER),
                     f"cannot define {name}#{fname}", self.plugin)
         finally:
             _wb.wasmtime_component_linker_instance_delete(inst)
@@ -720,6 +757,8 @@ class ComponentInstance:
         self._stderr = _Output(template.services, "stderr")
         self._store = wasmtime.Store(template.engine.wasmtime)
         store_ptr = self._store.ptr()
+        self._ctl = new_ctl(template.engine)  # epoch-callback data (see _fastpath): outlives it
+        self._armed = False  # epoch callback installed (at the first call, after start-up)
         # memory bytes (each memory), table elements (each table), instances, tables, memories
         _wb.wasmtime_store_limiter(store_ptr, *template.store_limits)
         self._ctx = self._store._context()
@@ -731,12 +770,12 @@ class ComponentInstance:
         self._store.set_epoch_deadline(ticks)
         self._instance = _wb.wasmtime_component_instance_t()
         state = _CompCallState(self, "instantiate", None, fuel, 0)
-        _tls.state = state
+        outer = enter_call(state)
         try:
             err = _wb.wasmtime_component_linker_instantiate(
                 template._linker, self._ctx, template._component.ptr(), byref(self._instance))
         finally:
-            _tls.state = None
+            _tls.state = outer
         if err:
             from ._fastpath import _take_error
 
@@ -786,6 +825,8 @@ class ComponentInstance:
         deadline_at: float | None, deadline_ms: int,
     ) -> CallOutcome:
         """Run ``on-hook(hook, payload)``."""
+        if 0 <= stack_room() < self.template.engine.stack_need:
+            raise NeedStack
         state = _CompCallState(self, hook, deadline_at, fuel, deadline_ms)
         params = self._params
         ctypes.memset(addressof(params), 0, _VSIZE * 2)
@@ -827,10 +868,15 @@ class ComponentInstance:
     def _call(self, func: Any, params: Any, nparams: int, hook: str, state: _CompCallState,
               fuel: int, ticks: int, *, want_bytes: bool, text: bool = False) -> CallOutcome:
         self._store.set_fuel(fuel)
-        self._store.set_epoch_deadline(ticks)
+        if not self._armed:
+            self._armed = True
+            install_epoch_callback(ctypes.cast(self._store.ptr(), c_void_p).value or 0,
+                                   self._ctl)
+        set_clock_deadline(self._ctl, state.deadline, state.deadline_ms)
+        self._store.set_epoch_deadline(first_check(self._ctl, ticks))
         result = self._result
         ctypes.memset(addressof(result), 0, _VSIZE)
-        _tls.state = state
+        outer = enter_call(state)
         try:
             err = _wb._wasmtime_component_func_call(
                 byref(func), self._ctx, params, nparams, byref(result), 1)
@@ -847,7 +893,7 @@ class ComponentInstance:
                 raise self._failure(ctypes.cast(err, c_void_p).value or 0, hook, state)
             return outcome
         finally:
-            _tls.state = None
+            _tls.state = outer
             self.calls += 1
             self._flush_output()
 
@@ -872,7 +918,7 @@ class ComponentInstance:
             if kind not in _ERROR_CASES:
                 raise _BadValue(f"unknown error case {kind!r}")
             message = _get_str(err.of.variant.val.contents) if err.of.variant.val else ""
-            return CallOutcome(False, b"", kind, message, state.denied)
+            return CallOutcome(False, b"", kind, cap_message(message), state.denied)
         except (_BadValue, UnicodeDecodeError, ValueError) as exc:
             raise AbiViolation(
                 f"plugin {self.plugin!r}, hook {hook!r}: malformed result: {exc}",
@@ -883,16 +929,21 @@ class ComponentInstance:
         from ._fastpath import _take_error
 
         msg = _take_error(err)
+        low = msg.lower()
+        if MSG_INTERRUPTED in msg:
+            return closed_error(self.plugin, hook, self.template.engine.closing)
         if state.error is not None:
             stashed, state.error = state.error, None
             return host_function_error(stashed, self.plugin, hook)
+        if "plugbox: host call nested too deep" in low:
+            return stack_error(self.plugin, hook, "host functions nested until the host's "
+                               "Python stack ran out")
         where = f"plugin {self.plugin!r}, hook {hook!r}"
-        low = msg.lower()
         # The component C API reports traps as errors without a trap code: classify by the
         # messages wasmtime gives its trap codes.
         if "all fuel consumed" in low or "out of fuel" in low:
             return fuel_error(self.plugin, hook, state.fuel)
-        if "wasm trap: interrupt" in low or "epoch deadline" in low:
+        if "wasm trap: interrupt" in low or "epoch deadline" in low or MSG_DEADLINE in msg:
             return deadline_error(self.plugin, hook, state.deadline_ms)
         if "call stack exhausted" in low or "stack overflow" in low:
             return stack_error(self.plugin, hook)
@@ -910,6 +961,11 @@ class ComponentInstance:
             return memory_error(self.plugin, hook, self.memory_cap, trap_summary(msg))
         return GuestTrap(f"{where}: guest trapped: {trap_summary(msg)}", plugin=self.plugin,
                          hook=hook)
+
+    def interrupt(self) -> None:
+        """End the call running in this instance soon (see ``_fastpath.Instance.interrupt``);
+        it ends in ClosedError."""
+        self._ctl[1] = 1
 
     def close(self) -> None:
         """Free the store. Safe to call twice."""

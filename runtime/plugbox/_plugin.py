@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
+from collections import deque
 from time import monotonic as _monotonic
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
+from . import _fastpath
 from ._errors import (
     AbiViolation,
+    ClosedError,
+    DeadlineExceeded,
+    LimitExceeded,
     PlugboxError,
     PluginCallError,
     UnknownHookError,
     UsageError,
 )
-from ._fastpath import CallOutcome, Instance, Template, guest_error
+from ._fastpath import (
+    CallOutcome,
+    Instance,
+    NeedStack,
+    Template,
+    guest_error,
+    run_on_enough_stack,
+)
 from ._fastpath_component import ComponentInstance, ComponentTemplate
 
 if TYPE_CHECKING:
@@ -28,6 +41,23 @@ if TYPE_CHECKING:
 __all__ = ["CallRecord", "Plugin"]
 
 Mode = Literal["persistent", "fresh"]
+_Inst: TypeAlias = "Instance | ComponentInstance"
+_logger = logging.getLogger("plugbox.plugin")
+
+#: A call that returns this long after its deadline is logged as an overrun (the epoch deadline
+#: itself is a couple of 2 ms ticks coarse).
+OVERRUN_GRACE_S = 0.010
+
+
+class _Waiter:
+    """One caller queued for an instance: served in arrival order (FIFO)."""
+
+    __slots__ = ("event", "grant")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        # None: not served yet; an instance: take it; True: create one; False: plugin closed
+        self.grant: _Inst | bool | None = None
 
 
 class CallRecord:
@@ -84,17 +114,21 @@ class Plugin:
         self._fuel = limits.fuel
         self._deadline_s = limits.deadline_ms / 1000.0
         self._persistent = mode == "persistent"
-        self._idle: list[Instance | ComponentInstance] = []
+        self._idle: list[_Inst] = []
         self._live = 0
-        self._waiting = 0
-        self._cond = threading.Condition()
+        self._waiters: deque[_Waiter] = deque()
+        self._instances: set[_Inst] = set()  # every live instance, for close() to interrupt
+        self._cond = threading.Lock()
         self._closed = False
         self._freed = False
         self.calls = 0
         self.failures = 0
         self.instances_discarded = 0
+        #: Calls that returned more than OVERRUN_GRACE_S after their deadline (logged).
+        self.overruns = 0
+        self._overrun_logged = 0.0
         # Prove the plugin starts (and its on-init accepts the config) before handing it out.
-        first = self._new_instance()
+        first = run_on_enough_stack(template.engine, self._new_instance)
         if mode == "persistent":
             self._idle.append(first)
             self._live = 1
@@ -104,63 +138,127 @@ class Plugin:
     # -- pool ------------------------------------------------------------------------------
     #
     # Idle instances sit in a list: list.pop/append are atomic, so a call that finds an idle
-    # instance takes no lock. The condition guards the slow path (creating an instance up to
-    # the pool size, or waiting for one) and closing.
+    # instance takes no lock. The lock guards the slow path: creating an instance up to the
+    # pool size, or queueing. Queued callers are served in arrival order: while anyone waits,
+    # a released instance (or a free slot) goes to the head of the queue, not back to the idle
+    # list. A waiter enqueues itself before looking at the idle list and a releaser appends to
+    # it before looking at the queue, so one of the two always sees the other.
 
     def _new_instance(self) -> Instance | ComponentInstance:
         fuel = self.limits.fuel
         inst = self._template.instantiate(fuel, self._ticks)
+        self._instances.add(inst)
         try:
             outcome = inst.call_init(self._config_json, fuel, self._ticks,
                                      self.limits.deadline_ms)
         except BaseException:
+            self._instances.discard(inst)
             inst.close()
             raise
         if not outcome.ok:
+            self._instances.discard(inst)
             inst.close()
             raise guest_error(outcome, self.name, "on-init")
         return inst
 
-    def _acquire_slow(self, reuse: bool) -> Instance | ComponentInstance:
+    def _closed_error(self) -> ClosedError:
+        return ClosedError(f"plugin {self.name!r} is closed; load it again to call it",
+                           plugin=self.name)
+
+    def _serve(self) -> None:
+        """Hand idle instances or free slots to queued callers, oldest first (lock held)."""
+        while self._waiters:
+            grant: _Inst | bool
+            if self._idle:
+                grant = self._idle.pop()
+            elif self._live < self.limits.instances:
+                self._live += 1
+                grant = True
+            else:
+                return
+            waiter = self._waiters.popleft()
+            waiter.grant = grant
+            waiter.event.set()
+
+    def _held_here(self) -> int:
+        """How many of this plugin's instances calls running on this thread hold (waiting for
+        one while this thread holds them all would wait for itself)."""
+        held = 0
+        st = _fastpath.current_call()
+        while st is not None:
+            held += st.instance.template is self._template
+            st = st.outer
+        return held
+
+    def _acquire_slow(self, reuse: bool, hook: str, deadline_at: float, deadline_ms: int
+                      ) -> _Inst:
+        started = _monotonic()
+        waiter = None
         with self._cond:
-            self._waiting += 1
-            try:
-                while True:
-                    if self._closed:
-                        raise UsageError(
-                            f"plugin {self.name!r} is closed; load it again to call it"
-                        )
-                    if reuse and self._idle:
-                        return self._idle.pop()
-                    if self._live < self.limits.instances:
-                        self._live += 1
-                        break
-                    self._cond.wait(0.1)
-            finally:
-                self._waiting -= 1
+            if self._closed:
+                raise self._closed_error()
+            if not self._waiters and reuse and self._idle:
+                return self._idle.pop()
+            if not self._waiters and self._live < self.limits.instances:
+                self._live += 1
+            elif self._held_here() >= self.limits.instances:
+                raise LimitExceeded(
+                    f"plugin {self.name!r}, hook {hook!r}: called again from a host function "
+                    f"while calls on this thread hold all its {self.limits.instances} "
+                    "instances; waiting would wait for itself. Raise "
+                    "limits.instances in plugbox.json, or make the call outside the host "
+                    "function.",
+                    plugin=self.name, hook=hook, limit="instances",
+                )
+            else:
+                waiter = _Waiter()
+                self._waiters.append(waiter)
+                self._serve()
+        if waiter is not None:
+            waiter.event.wait(max(0.0, deadline_at - _monotonic()))
+            with self._cond:
+                grant = waiter.grant
+                if grant is None:
+                    self._waiters.remove(waiter)
+            if grant is None:
+                if self._closed:
+                    raise self._closed_error()
+                waited = (_monotonic() - started) * 1000
+                raise DeadlineExceeded(
+                    f"plugin {self.name!r}, hook {hook!r}: waited {waited:.0f} ms for a free "
+                    f"instance (all {self.limits.instances} busy) and passed its deadline "
+                    f"({deadline_ms} ms) before it could start. Raise limits.instances in "
+                    "plugbox.json, or call the plugin less concurrently.",
+                    plugin=self.name, hook=hook, limit="deadline",
+                )
+            if grant is False:
+                raise self._closed_error()
+            if grant is not True:
+                return grant
         try:
             return self._new_instance()
         except BaseException:
             with self._cond:
                 self._live -= 1
-                self._cond.notify()
+                self._serve()
             raise
 
-    def _release(self, inst: Instance | ComponentInstance, *, keep: bool, failed: bool) -> None:
+    def _release(self, inst: _Inst, *, keep: bool, failed: bool) -> None:
         if keep and not failed and not self._closed:
             self._idle.append(inst)
-            if self._waiting:
+            if self._waiters:
                 with self._cond:
-                    self._cond.notify()
+                    self._serve()
             if self._closed:  # close() ran meanwhile: it may have missed this instance
                 self._drain()
             return
         with self._cond:
+            self._instances.discard(inst)
             inst.close()
             self._live -= 1
             if failed:
                 self.instances_discarded += 1
-            self._cond.notify()
+            self._serve()
             last = self._closed and self._live == 0
         if last:
             self._free()
@@ -172,6 +270,7 @@ class Plugin:
             last = self._live == 0 and not self._freed
             self._freed = self._freed or last
         for inst in idle:
+            self._instances.discard(inst)
             inst.close()
         if last:
             self._template.close()
@@ -219,15 +318,26 @@ class Plugin:
         if fuel is None:
             fuel = self._fuel
         else:
-            fuel = min(fuel, self.runtime.policy.max_limits.fuel)
+            fuel = self._call_limit("fuel", fuel, self.runtime.policy.max_limits.fuel, hook)
         if deadline_ms is not None:
-            deadline_ms = min(deadline_ms, self.runtime.policy.max_limits.deadline_ms)
+            deadline_ms = self._call_limit("deadline_ms", deadline_ms,
+                                           self.runtime.policy.max_limits.deadline_ms, hook)
             ticks = self._template.engine.deadline_ticks(deadline_ms)
             seconds = deadline_ms / 1000.0
         if self.runtime._monitors:
             return self._monitored(hook, hook_bytes, payload, fuel, ticks, seconds)
         return self._call(hook, hook_bytes, payload, fuel, ticks, _monotonic() + seconds,
                           int(seconds * 1000))
+
+    def _call_limit(self, name: str, value: object, cap: int, hook: str) -> int:
+        """A per-call limit override: a positive int, capped by the host policy."""
+        if type(value) is not int or value < 1:
+            raise UsageError(
+                f"plugin {self.name!r}, hook {hook!r}: {name} must be a positive integer, not "
+                f"{value!r}; omit it to use the plugin's limit",
+                plugin=self.name, hook=hook, limit=name,
+            )
+        return min(value, cap)
 
     def _monitored(
         self, hook: str, hook_bytes: bytes, payload: bytes, fuel: int, ticks: int,
@@ -262,11 +372,24 @@ class Plugin:
                 raise IndexError
             inst = self._idle.pop()
         except IndexError:
-            inst = self._acquire_slow(persistent)
+            try:
+                inst = run_on_enough_stack(self._template.engine, self._acquire_slow,
+                                           persistent, hook, deadline_at, deadline_ms)
+            except PlugboxError:
+                self.failures += 1
+                raise
+            # The wait counted against the deadline: what is left is the call's.
+            ticks = min(ticks, self._template.engine.deadline_ticks(
+                max(0.0, deadline_at - _monotonic()) * 1000))
+        if self._closed:  # close() ran since it was taken: the interrupt may have missed it
+            inst.interrupt()
         failed = True
+        outcome: CallOutcome | None = None
         try:
-            outcome: CallOutcome = inst.call_hook(hook, hook_bytes, payload, fuel, ticks,
-                                                  deadline_at, deadline_ms)
+            outcome = inst.call_hook(hook, hook_bytes, payload, fuel, ticks, deadline_at,
+                                     deadline_ms)
+            failed = False
+        except NeedStack:  # nothing ran: the call moves to a thread with a known stack
             failed = False
         except PlugboxError as exc:
             self.failures += 1
@@ -276,10 +399,30 @@ class Plugin:
         finally:
             # A trapped instance may hold half-updated state: it is never reused.
             self._release(inst, keep=persistent, failed=failed)
+        if outcome is None:
+            self.calls -= 1
+            result: bytes = run_on_enough_stack(self._template.engine, self._call, hook,
+                                                hook_bytes, payload, fuel, ticks, deadline_at,
+                                                deadline_ms)
+            return result
+        late = _monotonic() - deadline_at
+        if late > OVERRUN_GRACE_S:
+            self._overrun(hook, deadline_ms, late)
         if outcome.ok:
             return outcome.value
         self.failures += 1
         raise guest_error(outcome, self.name, hook)
+
+    def _overrun(self, hook: str, deadline_ms: int, late: float) -> None:
+        """A call returned after its deadline (the guest was not in wasm to be interrupted, or
+        the host was too busy to take the result): counted, and logged at most once a second."""
+        self.overruns += 1
+        now = _monotonic()
+        if now - self._overrun_logged >= 1.0:
+            self._overrun_logged = now
+            _logger.warning(
+                "plugin %r, hook %r: call returned %.0f ms after its %d ms deadline (%d such "
+                "overruns so far)", self.name, hook, late * 1000, deadline_ms, self.overruns)
 
     def call_json(self, hook: str, value: Any = None, **options: Any) -> Any:
         """Call ``hook`` with ``value`` encoded as JSON and decode the JSON result.
@@ -307,13 +450,20 @@ class Plugin:
         return self._closed
 
     def close(self) -> None:
-        """Free every instance. Calls in progress finish; later calls raise UsageError.
-        Safe to call twice."""
+        """Free every instance. Calls in progress are interrupted at their next epoch check
+        and raise :class:`plugbox.ClosedError` (a call blocked in a host service ends when the
+        service returns); later calls raise ClosedError too. An instance's store is freed only
+        once its call has ended. Safe to call twice."""
         with self._cond:
             if self._closed:
                 return
             self._closed = True
-            self._cond.notify_all()
+            for waiter in self._waiters:
+                waiter.grant = False
+                waiter.event.set()
+            self._waiters.clear()
+        for inst in list(self._instances):  # the idle ones are closed next, unused
+            inst.interrupt()
         self._drain()
         self.runtime._forget(self)
 

@@ -290,6 +290,7 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        self.engine.mark_closing()  # calls interrupted below say the runtime was closed
         for plugin in self.plugins:
             plugin.close()
         self.engine.close()

@@ -13,14 +13,26 @@
  * result goes back to Python as a status tuple, and _fastpath turns it into a typed error.
  *
  * Every guest pointer is checked against the memory's current size before it is touched.
- * Guest code always runs with the GIL released, so other Python threads (the epoch ticker
- * among them) keep running; host functions reacquire it through ctypes.
+ * Guest code always runs with the GIL released, so other Python threads keep running; host
+ * functions reacquire it in the trampolines below.
+ *
+ * Besides the call sequence it holds the three pieces that must not depend on Python behaving:
+ *   - the host-function trampolines (core and component): whatever the Python body does,
+ *     including failing to start at all (RecursionError, MemoryError), wasmtime gets back NULL
+ *     or a trap/error made here, never an uninitialised pointer;
+ *   - the epoch ticker, a pthread that increments the engine's epoch without the GIL, so
+ *     deadlines hold however busy the interpreter is;
+ *   - stack_room(), the bytes left on the calling thread's stack (max_wasm_stack must fit).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef union {
     int32_t i32;
@@ -41,6 +53,11 @@ typedef bool (*export_get_fn)(void *ctx, const void *instance, const char *name,
                               void *out);
 typedef void (*error_delete_fn)(void *error);
 typedef void (*vallist_new_uninit_fn)(void *out, size_t size);
+typedef void (*increment_epoch_fn)(void *engine);
+typedef void *(*trap_new_fn)(const char *msg, size_t len);
+typedef void *(*error_new_fn)(const char *msg);
+typedef void *(*epoch_cb_fn)(void *ctx, void *data, uint64_t *delta, uint8_t *kind);
+typedef void (*set_epoch_cb_fn)(void *store, epoch_cb_fn cb, void *data, void *finalizer);
 
 static func_call_fn p_func_call;
 static set_fuel_fn p_set_fuel;
@@ -54,7 +71,35 @@ static pre_instantiate_fn p_pre_instantiate;
 static export_get_fn p_export_get;
 static error_delete_fn p_error_delete;
 static vallist_new_uninit_fn p_vallist_new_uninit;
+static increment_epoch_fn p_increment_epoch;
+static trap_new_fn p_trap_new;
+static error_new_fn p_error_new;
+static set_epoch_cb_fn p_set_epoch_cb;
 static int bound = 0;
+
+#define N_BOUND 16
+
+/* Guest error messages are copied out up to this many bytes (the rest is counted, not copied);
+ * _fastpath.GUEST_ERROR_MAX is the same number. */
+#define GUEST_ERROR_MAX 4096
+
+/* Per-instance control words shared with Python (an int64[5] owned by the instance, and the
+ * data of its store's epoch-deadline callback):
+ * [0] phase: 1 while the host runs cabi_realloc or cabi_post_* (imports are refused then);
+ * [1] interrupted: set by Plugin.close / Runtime.close from any thread;
+ * [2] deadline: CLOCK_MONOTONIC ns when the current call must end, 0 = by epoch ticks only;
+ * [3] tick: the engine's epoch tick in ns;
+ * [4] stack: native stack a call needs (max_wasm_stack + host frames), checked first. */
+#define CTL_PHASE 0
+#define CTL_INTERRUPTED 1
+#define CTL_DEADLINE 2
+#define CTL_TICK 3
+#define CTL_STACK 4
+/* With a clock deadline, the guest checks in with epoch_callback every CHECK_TICKS ticks: the
+ * latency of an interrupt, and the granularity of the clock deadline. */
+#define CHECK_TICKS 8
+#define MSG_INTERRUPTED "plugbox: interrupted: closed while the call ran"
+#define MSG_DEADLINE "plugbox: wall-clock deadline passed"
 
 /* Status codes returned to Python (see _fastpath._ACCEL_*). */
 enum {
@@ -67,6 +112,7 @@ enum {
     ST_BAD_TAG = 6,     /* (6, tag) result discriminant */
     ST_BAD_ERRTAG = 7,  /* (7, tag) error discriminant */
     ST_BAD_RANGE = 8,   /* (8, ptr, len): result payload or message outside memory */
+    ST_SMALL_STACK = 9, /* (9, room, need): this thread's stack cannot hold the call; nothing ran */
 };
 
 #define N_ERROR_KINDS 5
@@ -81,12 +127,12 @@ static int as_ptr(PyObject *o, void **out) {
 static PyObject *speedups_bind(PyObject *self, PyObject *args) {
     PyObject *t;
     if (!PyArg_ParseTuple(args, "O!", &PyTuple_Type, &t)) return NULL;
-    if (PyTuple_GET_SIZE(t) != 12) {
-        PyErr_SetString(PyExc_ValueError, "bind() expects 12 function addresses");
+    if (PyTuple_GET_SIZE(t) != N_BOUND) {
+        PyErr_SetString(PyExc_ValueError, "bind() expects 15 function addresses");
         return NULL;
     }
-    void *f[12];
-    for (int i = 0; i < 12; i++) {
+    void *f[N_BOUND];
+    for (int i = 0; i < N_BOUND; i++) {
         if (as_ptr(PyTuple_GET_ITEM(t, i), &f[i]) < 0) return NULL;
         if (!f[i]) {
             PyErr_SetString(PyExc_ValueError, "bind(): null function address");
@@ -105,23 +151,34 @@ static PyObject *speedups_bind(PyObject *self, PyObject *args) {
     p_export_get = (export_get_fn)f[9];
     p_error_delete = (error_delete_fn)f[10];
     p_vallist_new_uninit = (vallist_new_uninit_fn)f[11];
+    p_increment_epoch = (increment_epoch_fn)f[12];
+    p_trap_new = (trap_new_fn)f[13];
+    p_error_new = (error_new_fn)f[14];
+    p_set_epoch_cb = (set_epoch_cb_fn)f[15];
     bound = 1;
     Py_RETURN_NONE;
 }
 
-/* Run one guest function with the GIL released. Returns a status (ST_OK, ST_TRAP, ST_ERROR);
- * *fault receives the trap or error pointer. */
-static int guest_call(void *ctx, const void *func, raw_val *args, size_t n, void **fault) {
+/* Run one guest function; the caller has released the GIL. Returns a status (ST_OK, ST_TRAP,
+ * ST_ERROR); *fault receives the trap or error pointer. */
+static int guest_call_nogil(void *ctx, const void *func, raw_val *args, size_t n, void **fault) {
     void *trap = NULL, *err;
-    Py_BEGIN_ALLOW_THREADS
     err = p_func_call(ctx, func, args, n, &trap);
-    Py_END_ALLOW_THREADS
     if (err) { *fault = err; return ST_ERROR; }
     if (trap) { *fault = trap; return ST_TRAP; }
     return ST_OK;
 }
 
-/* cabi_realloc(0, 0, align, size) and copy data in. */
+/* Run one guest function with the GIL released. */
+static int guest_call(void *ctx, const void *func, raw_val *args, size_t n, void **fault) {
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = guest_call_nogil(ctx, func, args, n, fault);
+    Py_END_ALLOW_THREADS
+    return st;
+}
+
+/* cabi_realloc(0, 0, align, size) and copy data in; the caller has released the GIL. */
 static int lower(void *ctx, const void *mem, uint8_t *base, const void *realloc_fn,
                  const uint8_t *data, size_t size, uint32_t align, uint32_t *out_ptr,
                  void **fault, uint64_t *bad_a, uint64_t *bad_b) {
@@ -130,7 +187,7 @@ static int lower(void *ctx, const void *mem, uint8_t *base, const void *realloc_
     memset(a, 0, sizeof a);
     a[2].i32 = (int32_t)align;
     a[3].i32 = (int32_t)size;
-    int st = guest_call(ctx, realloc_fn, a, 4, fault);
+    int st = guest_call_nogil(ctx, realloc_fn, a, 4, fault);
     if (st != ST_OK) return st;
     uint32_t p = (uint32_t)a[0].i32;
     size_t msize = p_mem_size(ctx, mem);
@@ -143,28 +200,90 @@ static int lower(void *ctx, const void *mem, uint8_t *base, const void *realloc_
     return ST_OK;
 }
 
+static int64_t monotonic_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
+}
+
+/* The store's epoch-deadline callback (data: the instance's control words). Runs on the guest's
+ * thread without the GIL whenever the epoch reaches the store's deadline: ends the call when it
+ * was interrupted or its clock deadline passed, else lets it run CHECK_TICKS more ticks (or
+ * until the deadline, if sooner). */
+static void *epoch_callback(void *ctx, void *data, uint64_t *delta, uint8_t *kind) {
+    (void)ctx;
+    int64_t *ctl = (int64_t *)data;
+    if (__atomic_load_n(&ctl[CTL_INTERRUPTED], __ATOMIC_SEQ_CST)) return p_error_new(MSG_INTERRUPTED);
+    int64_t deadline = ctl[CTL_DEADLINE], tick = ctl[CTL_TICK] > 0 ? ctl[CTL_TICK] : 1;
+    if (!deadline) return p_error_new(MSG_DEADLINE);
+    int64_t left = deadline - monotonic_ns();
+    if (left <= 0) return p_error_new(MSG_DEADLINE);
+    int64_t ticks = left / tick + 1;
+    *delta = (uint64_t)(ticks < CHECK_TICKS ? ticks : CHECK_TICKS);
+    *kind = 0; /* WASMTIME_UPDATE_DEADLINE_CONTINUE */
+    return NULL;
+}
+
+/* The epoch deadline a call starts with: the first check-in, or ``ticks`` when no clock
+ * deadline is set (instantiation). */
+static uint64_t first_check(const int64_t *ctl, uint64_t ticks) {
+    if (ctl[CTL_DEADLINE] && ticks > CHECK_TICKS) return CHECK_TICKS;
+    return ticks;
+}
+
+/* Bytes left below this point on the calling thread's stack, or -1 when unknown. */
+static __thread uintptr_t t_stack_low = 0;
+
+static long long stack_room_c(void) {
+    if (!t_stack_low) {
+        pthread_attr_t attr;
+        void *addr = NULL;
+        size_t size = 0;
+        if (pthread_getattr_np(pthread_self(), &attr) != 0) return -1;
+        pthread_attr_getstack(&attr, &addr, &size);
+        pthread_attr_destroy(&attr);
+        if (!addr) return -1;
+        t_stack_low = (uintptr_t)addr;
+    }
+    volatile char here = 0;
+    uintptr_t sp = (uintptr_t)&here;
+    return sp > t_stack_low ? (long long)(sp - t_stack_low) : 0;
+}
+
 static PyObject *status2(int st, uint64_t a, uint64_t b) {
     return Py_BuildValue("(iKK)", st, (unsigned long long)a, (unsigned long long)b);
 }
 
 /*
- * call_entry(ctx, mem, base, realloc, func, post, first, second, fuel, ticks)
+ * call_entry(ctx, mem, base, realloc, func, post, first, second, fuel, ticks, ctl, deadline)
  *   first: bytes or None (None: the export takes one string argument, e.g. on-init)
  *   second: bytes-like payload
- * Returns (0, payload) | (1, kind, message) | (status, a, b) for failures.
+ *   ctl: address of the instance's int64[5] control words (CTL_*)
+ *   deadline: time.monotonic() seconds when the call must end (stored in ctl), or None
+ * Returns (0, payload) | (1, kind, message, bytes dropped) | (status, a, b) for failures.
  */
 static PyObject *speedups_call_entry(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (!bound) { PyErr_SetString(PyExc_RuntimeError, "_speedups not bound"); return NULL; }
-    if (nargs != 10) { PyErr_SetString(PyExc_TypeError, "call_entry() takes 10 arguments"); return NULL; }
-    void *ctx, *mem, *base_v, *realloc_fn, *func, *post;
+    if (nargs != 12) { PyErr_SetString(PyExc_TypeError, "call_entry() takes 12 arguments"); return NULL; }
+    void *ctx, *mem, *base_v, *realloc_fn, *func, *post, *ctl_v;
     if (as_ptr(args[0], &ctx) < 0 || as_ptr(args[1], &mem) < 0 || as_ptr(args[2], &base_v) < 0 ||
-        as_ptr(args[3], &realloc_fn) < 0 || as_ptr(args[4], &func) < 0 || as_ptr(args[5], &post) < 0)
+        as_ptr(args[3], &realloc_fn) < 0 || as_ptr(args[4], &func) < 0 || as_ptr(args[5], &post) < 0 ||
+        as_ptr(args[10], &ctl_v) < 0)
         return NULL;
+    int64_t *ctl = (int64_t *)ctl_v;
+    long long room = stack_room_c();
+    if (room >= 0 && room < ctl[CTL_STACK]) return status2(ST_SMALL_STACK, (uint64_t)room, (uint64_t)ctl[CTL_STACK]);
     uint8_t *base = (uint8_t *)base_v;
     unsigned long long fuel = PyLong_AsUnsignedLongLong(args[8]);
     if (fuel == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
     unsigned long long ticks = PyLong_AsUnsignedLongLong(args[9]);
     if (ticks == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    double deadline = 0.0;
+    if (args[11] != Py_None) {
+        deadline = PyFloat_AsDouble(args[11]);
+        if (deadline == -1.0 && PyErr_Occurred()) return NULL;
+    }
+    ctl[CTL_DEADLINE] = deadline > 0 ? (int64_t)(deadline * 1e9) : 0;
 
     Py_buffer first = {0}, second = {0};
     int have_first = args[6] != Py_None;
@@ -180,27 +299,38 @@ static PyObject *speedups_call_entry(PyObject *self, PyObject *const *args, Py_s
 
     void *fuel_err = p_set_fuel(ctx, fuel);
     if (fuel_err) { result = status2(ST_ERROR, (uint64_t)(uintptr_t)fuel_err, 0); goto done; }
-    p_set_epoch(ctx, ticks);
+    /* An interrupt that came before the call began ends it at its first instruction. */
+    p_set_epoch(ctx, __atomic_load_n(&ctl[CTL_INTERRUPTED], __ATOMIC_SEQ_CST) ? 0
+                                                                           : first_check(ctl, ticks));
 
     raw_val a[4];
-    size_t n;
     uint32_t p1 = 0, p2 = 0;
-    if (have_first) {
+    ctl[CTL_PHASE] = 1;
+    /* Argument allocation, copies and the export run in one stretch without the GIL: each
+     * reacquisition can cost a switch interval (5 ms) when Python threads are busy, and a
+     * deadline is only as good as the wait for the GIL after it. The buffers stay exported
+     * (pinned) meanwhile. */
+    Py_BEGIN_ALLOW_THREADS
+    st = ST_OK;
+    if (have_first)
         st = lower(ctx, mem, base, realloc_fn, first.buf, (size_t)first.len, 1, &p1, &fault, &bad_a, &bad_b);
-        if (st != ST_OK) goto fail;
+    if (st == ST_OK)
+        st = lower(ctx, mem, base, realloc_fn, second.buf, (size_t)second.len, 1, &p2, &fault, &bad_a, &bad_b);
+    if (st == ST_OK) {
+        size_t n;
+        memset(a, 0, sizeof a);
+        if (have_first) {
+            a[0].i32 = (int32_t)p1; a[1].i32 = (int32_t)first.len;
+            a[2].i32 = (int32_t)p2; a[3].i32 = (int32_t)second.len;
+            n = 4;
+        } else {
+            a[0].i32 = (int32_t)p2; a[1].i32 = (int32_t)second.len;
+            n = 2;
+        }
+        ctl[CTL_PHASE] = 0;
+        st = guest_call_nogil(ctx, func, a, n, &fault);
     }
-    st = lower(ctx, mem, base, realloc_fn, second.buf, (size_t)second.len, 1, &p2, &fault, &bad_a, &bad_b);
-    if (st != ST_OK) goto fail;
-    memset(a, 0, sizeof a);
-    if (have_first) {
-        a[0].i32 = (int32_t)p1; a[1].i32 = (int32_t)first.len;
-        a[2].i32 = (int32_t)p2; a[3].i32 = (int32_t)second.len;
-        n = 4;
-    } else {
-        a[0].i32 = (int32_t)p2; a[1].i32 = (int32_t)second.len;
-        n = 2;
-    }
-    st = guest_call(ctx, func, a, n, &fault);
+    Py_END_ALLOW_THREADS
     if (st != ST_OK) goto fail;
 
     uint32_t ret = (uint32_t)a[0].i32;
@@ -226,7 +356,9 @@ static PyObject *speedups_call_entry(PyObject *self, PyObject *const *args, Py_s
         memcpy(&mlen, base + ret + 12, 4);
         if (kind >= N_ERROR_KINDS) { st = ST_BAD_ERRTAG; bad_a = kind; goto fail; }
         if ((uint64_t)mptr + mlen > msize) { st = ST_BAD_RANGE; bad_a = mptr; bad_b = mlen; goto fail; }
-        result = Py_BuildValue("(iiy#)", ST_GUEST_ERR, (int)kind, (const char *)(base + mptr), (Py_ssize_t)mlen);
+        uint32_t kept = mlen > GUEST_ERROR_MAX ? GUEST_ERROR_MAX : mlen;
+        result = Py_BuildValue("(iiy#K)", ST_GUEST_ERR, (int)kind, (const char *)(base + mptr),
+                               (Py_ssize_t)kept, (unsigned long long)(mlen - kept));
     } else {
         st = ST_BAD_TAG; bad_a = tag;
         goto fail;
@@ -235,6 +367,7 @@ static PyObject *speedups_call_entry(PyObject *self, PyObject *const *args, Py_s
     if (post) {
         memset(a, 0, sizeof a);
         a[0].i32 = (int32_t)ret;
+        ctl[CTL_PHASE] = 1;
         st = guest_call(ctx, post, a, 1, &fault);
         if (st != ST_OK) {
             Py_DECREF(result);
@@ -247,24 +380,25 @@ fail:
     if (st == ST_TRAP || st == ST_ERROR) result = status2(st, (uint64_t)(uintptr_t)fault, 0);
     else result = status2(st, bad_a, bad_b);
 done:
+    ctl[CTL_PHASE] = 0;
     if (have_first) PyBuffer_Release(&first);
     PyBuffer_Release(&second);
     return result;
 }
 
 /*
- * instantiate(engine, pre, memory_cap, fuel, ticks, names, out, instance_out)
+ * instantiate(engine, pre, memory_cap, fuel, ticks, names, out, instance_out, ctl)
  *   names: tuple of bytes export names; out: address of len(names) * 32 writable bytes that
  *   receive each export's wasmtime_extern_t (zeroed when absent); instance_out: address of
- *   a wasmtime_instance_t.
+ *   a wasmtime_instance_t; ctl: the instance's control words (epoch-callback data).
  * Returns (0, store, ctx, found_mask) or (2|3, fault, 0) with the store already freed.
  */
 static PyObject *speedups_instantiate(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (!bound) { PyErr_SetString(PyExc_RuntimeError, "_speedups not bound"); return NULL; }
-    if (nargs != 8) { PyErr_SetString(PyExc_TypeError, "instantiate() takes 8 arguments"); return NULL; }
-    void *engine, *pre, *out, *instance;
+    if (nargs != 9) { PyErr_SetString(PyExc_TypeError, "instantiate() takes 9 arguments"); return NULL; }
+    void *engine, *pre, *out, *instance, *ctl;
     if (as_ptr(args[0], &engine) < 0 || as_ptr(args[1], &pre) < 0 ||
-        as_ptr(args[6], &out) < 0 || as_ptr(args[7], &instance) < 0)
+        as_ptr(args[6], &out) < 0 || as_ptr(args[7], &instance) < 0 || as_ptr(args[8], &ctl) < 0)
         return NULL;
     long long cap = PyLong_AsLongLong(args[2]);
     if (cap == -1 && PyErr_Occurred()) return NULL;
@@ -295,6 +429,8 @@ static PyObject *speedups_instantiate(PyObject *self, PyObject *const *args, Py_
         return Py_BuildValue("(iKii)", err ? ST_ERROR : ST_TRAP,
                              (unsigned long long)(uintptr_t)(err ? err : trap), 0, 0);
     }
+    /* Installed after instantiation, so start-up code still ends in a plain interrupt trap. */
+    p_set_epoch_cb(store, epoch_callback, ctl, NULL);
     unsigned long long mask = 0;
     Py_ssize_t count = PyTuple_GET_SIZE(names);
     for (Py_ssize_t i = 0; i < count && i < 64; i++) {
@@ -309,6 +445,175 @@ static PyObject *speedups_instantiate(PyObject *self, PyObject *const *args, Py_
     }
     return Py_BuildValue("(iKKK)", ST_OK, (unsigned long long)(uintptr_t)store,
                          (unsigned long long)(uintptr_t)ctx, mask);
+}
+
+
+/*
+ * Host-function trampolines. wasmtime calls them with env = the Python body (kept alive by the
+ * template that linked it). The body returns None (success) or bytes (trap with that message);
+ * anything else, including an exception raised before the body's own handler could run, becomes
+ * a trap made here. Nothing can leave these functions but NULL or a valid trap/error.
+ */
+static const char FAIL_NESTED[] = "plugbox: host call nested too deep (host stack exhausted)";
+static const char FAIL_OTHER[] = "plugbox: host function could not run";
+
+static const char *failure_message(void) {
+    const char *msg = PyErr_ExceptionMatches(PyExc_RecursionError) ? FAIL_NESTED : FAIL_OTHER;
+    PyErr_Clear();
+    return msg;
+}
+
+/* wasmtime_func_unchecked_callback_t */
+static void *core_trampoline(void *env, void *caller, raw_val *args, size_t nargs) {
+    (void)caller; (void)nargs;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    void *trap = NULL;
+    PyObject *addr = PyLong_FromVoidPtr(args);
+    PyObject *r = addr ? PyObject_CallOneArg((PyObject *)env, addr) : NULL;
+    Py_XDECREF(addr);
+    if (r == NULL) {
+        const char *msg = failure_message();
+        trap = p_trap_new(msg, strlen(msg));
+    } else if (r != Py_None) {
+        char *msg; Py_ssize_t len;
+        if (PyBytes_Check(r) && PyBytes_AsStringAndSize(r, &msg, &len) == 0) {
+            trap = p_trap_new(msg, (size_t)len);
+        } else {
+            PyErr_Clear();
+            trap = p_trap_new(FAIL_OTHER, sizeof FAIL_OTHER - 1);
+        }
+    }
+    Py_XDECREF(r);
+    PyGILState_Release(gil);
+    return trap;
+}
+
+/* wasmtime_component_func_callback_t: the body gets (args, nargs, results, nresults). */
+static void *component_trampoline(void *env, void *ctx, const void *ty, void *args, size_t nargs,
+                                  void *results, size_t nresults) {
+    (void)ctx; (void)ty;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    void *err = NULL;
+    PyObject *r = PyObject_CallFunction((PyObject *)env, "KnKn",
+                                        (unsigned long long)(uintptr_t)args, (Py_ssize_t)nargs,
+                                        (unsigned long long)(uintptr_t)results,
+                                        (Py_ssize_t)nresults);
+    if (r == NULL) {
+        err = p_error_new(failure_message());
+    } else if (r != Py_None) {
+        /* PyBytes are NUL-terminated, as wasmtime_error_new wants */
+        err = p_error_new(PyBytes_Check(r) ? PyBytes_AS_STRING(r) : FAIL_OTHER);
+    }
+    Py_XDECREF(r);
+    PyGILState_Release(gil);
+    return err;
+}
+
+static PyObject *speedups_trampolines(PyObject *self, PyObject *unused) {
+    if (!bound) { PyErr_SetString(PyExc_RuntimeError, "_speedups not bound"); return NULL; }
+    return Py_BuildValue("(KKK)", (unsigned long long)(uintptr_t)core_trampoline,
+                         (unsigned long long)(uintptr_t)component_trampoline,
+                         (unsigned long long)(uintptr_t)epoch_callback);
+}
+
+/*
+ * The epoch ticker: one pthread per engine, ticking on an absolute CLOCK_MONOTONIC schedule.
+ * It never touches Python objects, so it needs no GIL; it holds only the engine pointer, whose
+ * engine plugbox._fastpath.Engine keeps alive until ticker_stop has returned.
+ */
+typedef struct {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    void *engine;
+    long long tick_ns;
+    int stop;
+} ticker_t;
+
+static void add_ns(struct timespec *t, long long ns) {
+    long long total = (long long)t->tv_nsec + ns;
+    t->tv_sec += (time_t)(total / 1000000000LL);
+    t->tv_nsec = (long)(total % 1000000000LL);
+}
+
+static void *ticker_main(void *arg) {
+    ticker_t *t = (ticker_t *)arg;
+    struct timespec next, now;
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    pthread_mutex_lock(&t->mu);
+    while (!t->stop) {
+        add_ns(&next, t->tick_ns);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        /* Far behind (the machine was suspended): resume from now instead of a burst. */
+        if ((now.tv_sec - next.tv_sec) * 1000000000LL + (now.tv_nsec - next.tv_nsec) >
+            100 * t->tick_ns)
+            next = now;
+        int rc = 0;
+        while (!t->stop && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&t->cv, &t->mu, &next);
+        if (t->stop) break;
+        pthread_mutex_unlock(&t->mu);
+        p_increment_epoch(t->engine);
+        pthread_mutex_lock(&t->mu);
+    }
+    pthread_mutex_unlock(&t->mu);
+    return NULL;
+}
+
+/* ticker_start(engine address, tick seconds) -> handle for ticker_stop */
+static PyObject *speedups_ticker_start(PyObject *self, PyObject *args) {
+    unsigned long long engine;
+    double tick;
+    if (!PyArg_ParseTuple(args, "Kd", &engine, &tick)) return NULL;
+    if (!bound) { PyErr_SetString(PyExc_RuntimeError, "_speedups not bound"); return NULL; }
+    if (!engine || !(tick > 0)) { PyErr_SetString(PyExc_ValueError, "ticker_start: bad arguments"); return NULL; }
+    ticker_t *t = calloc(1, sizeof *t);
+    if (!t) return PyErr_NoMemory();
+    t->engine = (void *)(uintptr_t)engine;
+    t->tick_ns = (long long)(tick * 1e9);
+    if (t->tick_ns < 1000) t->tick_ns = 1000;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&t->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&t->mu, NULL);
+    pthread_attr_t ta;
+    pthread_attr_init(&ta);
+    pthread_attr_setstacksize(&ta, 64 * 1024);
+    int rc = pthread_create(&t->thread, &ta, ticker_main, t);
+    pthread_attr_destroy(&ta);
+    if (rc != 0) {
+        pthread_cond_destroy(&t->cv);
+        pthread_mutex_destroy(&t->mu);
+        free(t);
+        errno = rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromVoidPtr(t);
+}
+
+/* ticker_stop(handle): stop and join the thread, free the handle. Call once per handle. */
+static PyObject *speedups_ticker_stop(PyObject *self, PyObject *arg) {
+    void *h;
+    if (as_ptr(arg, &h) < 0) return NULL;
+    ticker_t *t = (ticker_t *)h;
+    if (!t) Py_RETURN_NONE;
+    pthread_mutex_lock(&t->mu);
+    t->stop = 1;
+    pthread_cond_signal(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+    Py_BEGIN_ALLOW_THREADS
+    pthread_join(t->thread, NULL);
+    Py_END_ALLOW_THREADS
+    pthread_cond_destroy(&t->cv);
+    pthread_mutex_destroy(&t->mu);
+    free(t);
+    Py_RETURN_NONE;
+}
+
+/* stack_room() -> bytes left below this point on the calling thread's stack, or -1 unknown. */
+static PyObject *speedups_stack_room(PyObject *self, PyObject *unused) {
+    return PyLong_FromLongLong(stack_room_c());
 }
 
 /*
@@ -376,6 +681,13 @@ static PyMethodDef methods[] = {
      "Call a plugin entry point with canonical-ABI lowering and lifting."},
     {"instantiate", (PyCFunction)(void (*)(void))speedups_instantiate, METH_FASTCALL,
      "Create a store and instantiate an InstancePre into it, looking up exports."},
+    {"trampolines", speedups_trampolines, METH_NOARGS,
+     "Addresses of the core and component host-function trampolines and the epoch callback."},
+    {"ticker_start", speedups_ticker_start, METH_VARARGS,
+     "Start a native epoch ticker for an engine; returns a handle."},
+    {"ticker_stop", speedups_ticker_stop, METH_O, "Stop and free a native epoch ticker."},
+    {"stack_room", speedups_stack_room, METH_NOARGS,
+     "Bytes left on the calling thread's stack (-1 when unknown)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -384,4 +696,12 @@ static struct PyModuleDef module = {
     "C hot loop for plugbox._fastpath (see the comment at the top of _speedups.c).", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__speedups(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m && (PyModule_AddIntConstant(m, "GUEST_ERROR_MAX", GUEST_ERROR_MAX) < 0 ||
+              PyModule_AddIntConstant(m, "CHECK_TICKS", CHECK_TICKS) < 0)) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
