@@ -40,7 +40,13 @@ from pathlib import Path
 from typing import Final
 
 from ._errors import ManifestError, PackageError, UsageError
-from ._manifest import MANIFEST_FILENAME, MAX_MANIFEST_BYTES
+from ._manifest import (
+    MANIFEST_FILENAME,
+    MAX_MANIFEST_BYTES,
+    MAX_MODULE_BYTES,
+    PluginFileRefused,
+    read_plugin_file,
+)
 from ._trust import MAX_SIGNATURES, PRIMARY_SIGNATURE, SIGNATURES_DIR
 
 __all__ = [
@@ -80,7 +86,7 @@ class PackageLimits:
     """
 
     max_package_bytes: int = 128 << 20
-    max_module_bytes: int = 64 << 20
+    max_module_bytes: int = MAX_MODULE_BYTES
     max_doc_bytes: int = 1 << 20
     max_total_bytes: int = 128 << 20
     max_ratio: int = 100
@@ -256,13 +262,16 @@ def read_package(path: str | os.PathLike[str] | bytes,
     else:
         file = Path(path)
         try:
-            with file.open("rb") as stream:
-                data = stream.read(limits.max_package_bytes + 1)
-        except OSError as exc:
-            raise UsageError(f"{file}: cannot read the package: {exc.strerror or exc}") from exc
-        if len(data) > limits.max_package_bytes:
-            raise PackageError(f"{file}: the package is larger than "
-                               f"{limits.max_package_bytes} bytes")
+            # A regular file, size-checked before it is read, opened without blocking.
+            real = file.resolve(strict=True)
+            data = read_plugin_file(real.parent, real.name, limits.max_package_bytes)
+        except (OSError, RuntimeError) as exc:
+            raise UsageError(f"{file}: cannot read the package: {exc}") from exc
+        except PluginFileRefused as exc:
+            if exc.kind == "too-large":
+                raise PackageError(f"{file}: the package is larger than "
+                                   f"{limits.max_package_bytes} bytes") from exc
+            raise UsageError(f"{file}: cannot read the package: it {exc.reason}") from exc
     if not data.startswith(_ZIP_MAGIC):
         raise PackageError("not a .plugbox package: it does not start with a zip member "
                            "header (a .plugbox is a zip archive; make one with plugbox pack)")
@@ -419,7 +428,7 @@ def package_members(directory: str | os.PathLike[str]) -> dict[str, Path]:
     if not manifest.is_file():
         raise ManifestError(f"{root}: no {MANIFEST_FILENAME} in this directory")
     try:
-        module = _module_path(manifest.read_bytes())
+        module = _module_path(_read_plugin_member(root, MANIFEST_FILENAME, MAX_MANIFEST_BYTES))
     except PackageError as exc:
         raise ManifestError(f"{manifest}: {exc.message}") from exc
     members: dict[str, Path] = {MANIFEST_FILENAME: manifest, module: root / module}
@@ -437,6 +446,14 @@ def package_members(directory: str | os.PathLike[str]) -> dict[str, Path]:
     return members
 
 
+def _read_plugin_member(root: Path, name: str, cap: int) -> bytes:
+    """A plugin file to pack, read as the loader reads it (inside ``root``, regular, capped)."""
+    try:
+        return read_plugin_file(root, name, cap)
+    except PluginFileRefused as exc:
+        raise UsageError(f"cannot pack {root / name}: the file {exc.reason}") from exc
+
+
 def write_package(directory: str | os.PathLike[str], output: str | os.PathLike[str], *,
                   force: bool = False) -> list[str]:
     """Pack the plugin in ``directory`` into the package ``output``; returns the member names.
@@ -449,18 +466,19 @@ def write_package(directory: str | os.PathLike[str], output: str | os.PathLike[s
     if (out.exists() or out.is_symlink()) and not force:
         raise UsageError(f"{out} already exists (use --force to overwrite it)")
     members = package_members(directory)
+    root = Path(directory)
+    module = next(n for n in members if n != MANIFEST_FILENAME and not _signature_member(n)
+                  and n not in _DOC_NAMES and n != PRIMARY_SIGNATURE)
     order = [MANIFEST_FILENAME, *sorted(n for n in members if n != MANIFEST_FILENAME)]
     buffer = io.BytesIO()
-    try:
-        with zipfile.ZipFile(buffer, "w") as zf:
-            for name in order:
-                info = zipfile.ZipInfo(name, date_time=_EPOCH)
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.create_system = 3  # Unix, so external_attr holds a mode
-                info.external_attr = (stat.S_IFREG | 0o644) << 16
-                zf.writestr(info, members[name].read_bytes())
-    except OSError as exc:
-        raise UsageError(f"cannot read {exc.filename}: {exc.strerror or exc}") from exc
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name in order:
+            info = zipfile.ZipInfo(name, date_time=_EPOCH)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.create_system = 3  # Unix, so external_attr holds a mode
+            info.external_attr = (stat.S_IFREG | 0o644) << 16
+            cap = _member_cap(name, module, PackageLimits())
+            zf.writestr(info, _read_plugin_member(root, name, cap))
     # Check the result with the reader: a package plugbox cannot read back is never written.
     read_package(buffer.getvalue())
     try:
