@@ -59,10 +59,10 @@ __all__ = [
     "MANIFEST_FILENAME",
     "MAX_ARRAY_ITEMS",
     "MAX_CONFIG_BYTES",
-    "MAX_CONFIG_STEPS",
     "MAX_JSON_DEPTH",
     "MAX_MANIFEST_BYTES",
     "MAX_MODULE_BYTES",
+    "MAX_SCHEMA_STEPS",
     "Manifest",
     "ManifestSource",
     "PluginFileRefused",
@@ -104,11 +104,13 @@ MAX_ARRAY_ITEMS: Final = 10_000
 
 #: A host-supplied configuration whose JSON text is larger than this is refused.
 MAX_CONFIG_BYTES: Final = 1 << 20
-#: At most this many schema keyword evaluations are spent validating one configuration against
-#: a plugin's ``config_schema`` (jsonschema spends 10-50 us on each: well under a second on an
-#: idle machine). A real configuration needs a few per value; a schema that needs more, such as
-#: ``$ref`` or ``allOf`` chains that double at each level, is refused as the plugin's fault.
-MAX_CONFIG_STEPS: Final = 50_000
+#: At most this many JSON Schema keyword evaluations are spent on one check of plugin-supplied
+#: schema material: the ``config_schema`` against its metaschema (at load), and a configuration
+#: against the ``config_schema``. jsonschema spends 5-30 us on each on an idle machine, so this
+#: is about a second at worst. A real ``config_schema`` needs a few dozen per subschema (2020-12,
+#: fewer for older drafts), a real configuration a few per value; more, such as ``$ref`` or
+#: ``allOf`` chains that double at each level, is refused as the plugin's fault.
+MAX_SCHEMA_STEPS: Final = 50_000
 
 _LIMIT_FIELDS: Final = ("fuel", "memory_bytes", "deadline_ms", "instances")
 
@@ -795,13 +797,41 @@ _REPLACED: Final[Mapping[str, Callable[..., Any]]] = {
 }
 
 
+# id(schema) -> (schema, the copy without "$schema"); the schema is kept so its id stays unique.
+_STRIPPED: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+
+def _without_schema_key(schema: Mapping[str, Any]) -> dict[str, Any]:
+    hit = _STRIPPED.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    if len(_STRIPPED) > 4096:
+        _STRIPPED.clear()
+    stripped = {k: v for k, v in schema.items() if k != "$schema"}
+    _STRIPPED[id(schema)] = (schema, stripped)
+    return stripped
+
+
 @functools.cache
 def _bounded(cls: Any) -> Any:
     """``cls`` (a jsonschema validator class) with plugin-supplied regexes run by RE2, a linear
     uniqueItems, and every keyword evaluation counted against :data:`_STEPS`."""
     keywords = {name: _counted(_REPLACED.get(name, fn)) for name, fn in cls.VALIDATORS.items()}
-    return jsonschema.validators.extend(  # type: ignore[no-untyped-call, unused-ignore]
+    bounded: Any = jsonschema.validators.extend(  # type: ignore[no-untyped-call, unused-ignore]
         cls, keywords)
+    switching = bounded.evolve
+
+    def evolve(self: Any, **changes: Any) -> Any:
+        # jsonschema switches to its stock class for a subschema (or a referenced resource, the
+        # metaschemas' vocabularies included) that declares "$schema", which would escape these
+        # keywords; without the key, the subschema is evaluated by this class.
+        schema = changes.get("schema", self.schema)
+        if isinstance(schema, Mapping) and "$schema" in schema:
+            changes["schema"] = _without_schema_key(schema)
+        return switching(self, **changes)
+
+    bounded.evolve = evolve
+    return bounded
 
 
 def _regex_format() -> Any:
@@ -839,6 +869,7 @@ def _check_config_schema(config_schema: Any, file: Path, plugin: str) -> None:
             plugin=plugin, json_path=json_path,
         )
 
+    token = _STEPS.set([MAX_SCHEMA_STEPS])
     try:
         cls = jsonschema.validators.validator_for(
             config_schema, default=jsonschema.Draft202012Validator
@@ -846,11 +877,17 @@ def _check_config_schema(config_schema: Any, file: Path, plugin: str) -> None:
         meta = _bounded(jsonschema.validators.validator_for(cls.META_SCHEMA, default=cls))
         checker = meta(cls.META_SCHEMA, format_checker=_regex_format())
         error = next(iter(checker.iter_errors(config_schema)), None)
+    except _OverBudget as exc:
+        raise refuse("$.config_schema", f"checking config_schema against its metaschema takes "
+                     f"more than {MAX_SCHEMA_STEPS} schema evaluations: it is far larger than "
+                     f"any configuration needs", "make config_schema smaller") from exc
     except RecursionError as exc:
         raise refuse("$.config_schema", "nested too deeply",
                      "flatten config_schema") from exc
     except _UnsafePattern as exc:  # a regex in a place the metaschema does not mark
         raise refuse("$.config_schema", _unsafe_pattern(exc), _PATTERN_FIX) from exc
+    finally:
+        _STEPS.reset(token)
     if error is not None:
         json_path = "$.config_schema" + _format_json_path(error.absolute_path)[1:]
         if isinstance(error.cause, _UnsafePattern):
@@ -1069,7 +1106,7 @@ def validate_config(manifest: Manifest, config: Mapping[str, Any]) -> None:
     Raises :class:`~plugbox.UsageError` (the host supplied it) naming the plugin and the JSON
     path of the offending value, or when the configuration's JSON text exceeds
     :data:`MAX_CONFIG_BYTES`. A manifest without ``config_schema`` accepts any object. The
-    schema's regexes run on RE2, and a schema that needs more than :data:`MAX_CONFIG_STEPS`
+    schema's regexes run on RE2, and a schema that needs more than :data:`MAX_SCHEMA_STEPS`
     keyword evaluations is refused (:class:`~plugbox.ManifestError`: the plugin's fault).
     """
     plugin = manifest.name
@@ -1098,7 +1135,7 @@ def validate_config(manifest: Manifest, config: Mapping[str, Any]) -> None:
     ))
     validator = cls(manifest.config_schema)
     where = f"{manifest.path}: invalid manifest at $.config_schema"
-    token = _STEPS.set([MAX_CONFIG_STEPS])
+    token = _STEPS.set([MAX_SCHEMA_STEPS])
     try:
         error = jsonschema.exceptions.best_match(
             itertools.islice(validator.iter_errors(config), _MAX_ERRORS))
@@ -1113,7 +1150,7 @@ def validate_config(manifest: Manifest, config: Mapping[str, Any]) -> None:
     except _OverBudget as exc:
         raise ManifestError(
             f"{where}: validating a configuration against it takes more than "
-            f"{MAX_CONFIG_STEPS} schema evaluations (e.g. $ref or allOf/anyOf chains that "
+            f"{MAX_SCHEMA_STEPS} schema evaluations (e.g. $ref or allOf/anyOf chains that "
             f"multiply at every level); simplify the schema",
             plugin=plugin,
             json_path="$.config_schema",
