@@ -198,15 +198,16 @@ def test_a_manifest_that_is_a_fifo_or_a_device_is_refused_without_hanging(
     (zero_dir / "plugbox.json").symlink_to("/dev/zero")
     out = in_child(f"""
 import plugbox
-for path in ({str(fifo_dir)!r}, {str(zero_dir)!r}):
+for path in ({str(fifo_dir)!r}, {str(zero_dir / "plugbox.json")!r}, {str(zero_dir)!r}):
     try:
         plugbox.load_manifest(path)
     except plugbox.ManifestError as exc:
         print(exc.message)
 """)
-    fifo, zero = out.strip().splitlines()
+    fifo, zero, zero_dir_link = out.strip().splitlines()
     assert "is a FIFO, not a regular file" in fifo
     assert "is a device, not a regular file" in zero
+    assert "outside the plugin directory" in zero_dir_link
 
 
 def test_signature_files_are_read_as_safely(tmp_path: Path, plugin_dir: Path) -> None:
@@ -461,3 +462,15 @@ def test_checking_a_huge_config_schema_is_bounded(plugin_dir: Path) -> None:
     rewrite(plugin_dir, config_schema={"properties": {
         f"p{i}": {"type": "string", "maxLength": 10} for i in range(200)}})
     load_manifest(plugin_dir)
+
+
+def test_a_plugin_directory_whose_manifest_links_out_of_it_is_refused(
+        tmp_path: Path, plugin_dir: Path) -> None:
+    elsewhere = write_plugin(tmp_path / "elsewhere", MODULE, name="elsewhere")
+    (plugin_dir / "plugbox.json").unlink()
+    (plugin_dir / "plugbox.json").symlink_to(elsewhere / "plugbox.json")
+    with pytest.raises(plugbox.ManifestError, match="outside the plugin directory"):
+        load_manifest(plugin_dir)
+    # Named explicitly, the manifest is loaded where it really is.
+    manifest = load_manifest(plugin_dir / "plugbox.json")
+    assert manifest.directory == elsewhere.resolve()

@@ -388,9 +388,16 @@ def read_manifest(path: str | os.PathLike[str]) -> ManifestSource:
             f"{MANIFEST_FILENAME}, or the path of a {MANIFEST_FILENAME} file"
         )
     try:
-        file = file.resolve(strict=True)
+        real = file.resolve(strict=True)
     except (OSError, RuntimeError) as exc:
         raise ManifestError(f"{file}: cannot read the manifest: {_reason(exc)}") from exc
+    if given.is_dir() and not real.is_relative_to(given.resolve()):
+        # Given a plugin directory, its manifest is one of its files; given the manifest file
+        # itself, the plugin directory is where the real file is.
+        raise ManifestError(f"{file}: cannot read the manifest: it leads outside the plugin "
+                            f"directory {given} (through a symbolic link); pass the manifest "
+                            f"file itself to load the plugin where it really is")
+    file = real
     try:
         data = read_plugin_file(file.parent, file.name, MAX_MANIFEST_BYTES)
     except PluginFileRefused as exc:
@@ -557,15 +564,18 @@ _IDENT_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _format_json_path(parts: Any) -> str:
-    """``$.a.b[0]``; keys that are not identifiers are written ``$['a b']``."""
+    """``$.a.b[0]``; keys that are not identifiers are written ``$['a b']``; keys longer than
+    64 characters are cut (a hostile manifest's keys must not make messages huge)."""
     out = "$"
     for part in parts:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif _IDENT_RE.fullmatch(part):
-            out += f".{part}"
+            continue
+        key = part if len(part) <= 64 else part[:61] + "..."
+        if _IDENT_RE.fullmatch(key):
+            out += f".{key}"
         else:
-            out += f"[{json.dumps(part)}]"
+            out += f"[{json.dumps(key)}]"
     return out
 
 
