@@ -423,7 +423,11 @@ def staged_plugin(path: str | os.PathLike[str]) -> Iterator[Path]:
 def package_members(directory: str | os.PathLike[str]) -> dict[str, Path]:
     """The files of the plugin in ``directory`` that go into its package: member name ->
     file. The manifest must parse far enough to name its module."""
-    root = Path(directory)
+    return _plugin_members(Path(directory))[1]
+
+
+def _plugin_members(root: Path) -> tuple[str, dict[str, Path]]:
+    """(the module's member name, :func:`package_members`)."""
     manifest = root / MANIFEST_FILENAME
     if not manifest.is_file():
         raise ManifestError(f"{root}: no {MANIFEST_FILENAME} in this directory")
@@ -443,7 +447,7 @@ def package_members(directory: str | os.PathLike[str]) -> dict[str, Path]:
     for doc in sorted(_DOC_NAMES):
         if (root / doc).is_file():
             members[doc] = root / doc
-    return members
+    return module, members
 
 
 def _read_plugin_member(root: Path, name: str, cap: int) -> bytes:
@@ -465,10 +469,8 @@ def write_package(directory: str | os.PathLike[str], output: str | os.PathLike[s
     out = Path(output)
     if (out.exists() or out.is_symlink()) and not force:
         raise UsageError(f"{out} already exists (use --force to overwrite it)")
-    members = package_members(directory)
     root = Path(directory)
-    module = next(n for n in members if n != MANIFEST_FILENAME and not _signature_member(n)
-                  and n not in _DOC_NAMES and n != PRIMARY_SIGNATURE)
+    module, members = _plugin_members(root)
     order = [MANIFEST_FILENAME, *sorted(n for n in members if n != MANIFEST_FILENAME)]
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
