@@ -474,3 +474,15 @@ def test_a_plugin_directory_whose_manifest_links_out_of_it_is_refused(
     # Named explicitly, the manifest is loaded where it really is.
     manifest = load_manifest(plugin_dir / "plugbox.json")
     assert manifest.directory == elsewhere.resolve()
+
+
+def test_a_signatures_directory_with_too_many_entries_is_not_listed(plugin_dir: Path) -> None:
+    sigs = plugin_dir / "signatures"
+    sigs.mkdir()
+    for i in range(1_100):
+        (sigs / f"junk-{i}.txt").touch()
+    key = SecretKey.generate()
+    report = plugbox.TrustPolicy([key.public_key()]).evaluate(
+        plugin_dir, (plugin_dir / "plugbox.json").read_bytes(), plugin="bounded")
+    assert isinstance(report.error, plugbox.SignatureError)
+    assert "more than 1024 entries" in report.error.message
