@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +91,6 @@ def load_in_child(path: Path, state: Path) -> tuple[str, int]:
     out = in_child(LOAD_IN_CHILD.format(path=str(path), state=str(state)))
     outcome, _, rss = out.strip().rpartition("\n")
     return outcome, int(rss.split()[1])
-
-
-def elapsed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 # -- module.path: inside the directory, a regular file, capped ----------------------------------
@@ -224,18 +217,19 @@ def test_signature_files_are_read_as_safely(tmp_path: Path, plugin_dir: Path) ->
     start = time.perf_counter()
     with pytest.raises(PluginFileRefused, match="is a FIFO"):
         read_plugin_file(plugin_dir, "trap.minisig", 16384)
-    assert time.perf_counter() - start < 2
+    assert time.perf_counter() - start < 5
 
 
 # -- validation is bounded ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("count", [1_500, 8_000])
-def test_unique_items_over_many_objects_is_fast(plugin_dir: Path, count: int) -> None:
+def test_unique_items_over_many_objects_is_fast(plugin_dir: Path) -> None:
     # 8,000 objects took 113 s with jsonschema's pairwise uniqueItems.
-    rewrite(plugin_dir, hooks=[{"n": i} for i in range(count)])
+    rewrite(plugin_dir, hooks=[{"n": i} for i in range(8_000)])
+    start = time.perf_counter()
     with pytest.raises(plugbox.ManifestError, match=r"\$\.hooks"):
-        assert elapsed(lambda: load_manifest(plugin_dir)) < 2
+        load_manifest(plugin_dir)
+    assert time.perf_counter() - start < 10
 
 
 def test_hook_arrays_are_capped_and_a_duplicate_is_named_in_linear_time(
@@ -253,16 +247,21 @@ def test_hook_arrays_are_capped_and_a_duplicate_is_named_in_linear_time(
     start = time.perf_counter()
     with pytest.raises(plugbox.ManifestError, match=f"more than the {MAX_ARRAY_ITEMS}"):
         load_manifest(plugin_dir)
-    assert time.perf_counter() - start < 2
+    assert time.perf_counter() - start < 5
 
 
-def test_a_config_schema_with_many_duplicate_objects_is_fast(plugin_dir: Path) -> None:
-    # The metaschema's uniqueItems on "required" ran pairwise over objects.
-    rewrite(plugin_dir, config_schema={"required": [{"k": i % 10} for i in range(9_000)]})
+def test_a_config_schema_with_many_objects_under_unique_items_is_fast(plugin_dir: Path) -> None:
+    # Draft 4's metaschema requires enum values to be unique: jsonschema compared 9,000
+    # objects pairwise (40 million comparisons).
+    rewrite(plugin_dir, config_schema={"$schema": "http://json-schema.org/draft-04/schema#",
+                                       "enum": [{"k": i} for i in range(9_000)]})
     start = time.perf_counter()
-    with pytest.raises(plugbox.ManifestError, match=r"\$\.config_schema"):
+    load_manifest(plugin_dir)
+    rewrite(plugin_dir, config_schema={"$schema": "http://json-schema.org/draft-04/schema#",
+                                       "enum": [{"k": i % 4_500} for i in range(9_000)]})
+    with pytest.raises(plugbox.ManifestError, match=r"\$\.config_schema\.enum"):
         load_manifest(plugin_dir)
-    assert time.perf_counter() - start < 2
+    assert time.perf_counter() - start < 10
 
 
 def test_deep_nesting_is_refused_by_the_structural_check(plugin_dir: Path) -> None:
@@ -289,7 +288,7 @@ def test_an_unsigned_hostile_manifest_is_refused_by_signature_first_and_fast(
         start = time.perf_counter()
         with pytest.raises(plugbox.UntrustedSignerError, match="is not signed"):
             runtime.load(plugin_dir)
-        assert time.perf_counter() - start < 1
+        assert time.perf_counter() - start < 5  # milliseconds on an idle machine
     assert calls == []  # the schema was never applied
 
 
@@ -337,7 +336,7 @@ def test_a_catastrophic_pattern_runs_in_linear_time(plugin_dir: Path) -> None:
     start = time.perf_counter()
     with pytest.raises(plugbox.UsageError, match=r"invalid at \$\.a"):
         validate_config(manifest, {"a": "a" * 60 + "!"})
-    assert time.perf_counter() - start < 1
+    assert time.perf_counter() - start < 5
 
 
 @pytest.mark.parametrize("schema", [
@@ -353,7 +352,7 @@ def test_plugin_patterns_in_property_keywords_run_in_linear_time(
         validate_config(manifest, {"a" * 60 + "!": 1})
     except plugbox.UsageError:
         pass
-    assert time.perf_counter() - start < 1
+    assert time.perf_counter() - start < 5
 
 
 def test_patterns_keep_their_meaning_under_re2(plugin_dir: Path) -> None:
@@ -406,7 +405,7 @@ def test_unique_items_in_a_config_is_linear(plugin_dir: Path) -> None:
     validate_config(manifest, {"xs": [{"n": i} for i in range(20_000)]})
     with pytest.raises(plugbox.UsageError, match="more than once"):
         validate_config(manifest, {"xs": [{"n": i} for i in range(20_000)] + [{"n": 5}]})
-    assert time.perf_counter() - start < 2
+    assert time.perf_counter() - start < 15  # pairwise: 200 million comparisons
     # JSON equality: 1 and 1.0 are the same value, true and 1 are not.
     with pytest.raises(plugbox.UsageError):
         validate_config(manifest, {"xs": [1, 1.0]})
@@ -446,7 +445,7 @@ def test_a_nested_schema_key_does_not_switch_back_to_backtracking_regexes(
     start = time.perf_counter()
     with pytest.raises(plugbox.UsageError, match=r"invalid at \$\.a"):
         validate_config(manifest, {"a": "a" * 60 + "!"})
-    assert time.perf_counter() - start < 1
+    assert time.perf_counter() - start < 5
 
 
 def test_checking_a_huge_config_schema_is_bounded(plugin_dir: Path) -> None:

@@ -102,8 +102,13 @@ def is_package(path: str | os.PathLike[str]) -> bool:
     if file.name.endswith(PACKAGE_SUFFIX):
         return True
     try:
-        with file.open("rb") as stream:
-            return stream.read(4) == _ZIP_MAGIC
+        # Non-blocking and checked on the descriptor: a FIFO swapped in is never waited on.
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(file, flags)
+        try:
+            return stat.S_ISREG(os.fstat(fd).st_mode) and os.read(fd, 4) == _ZIP_MAGIC
+        finally:
+            os.close(fd)
     except OSError:
         return False
 
