@@ -65,7 +65,7 @@ from ._manifest import (
 )
 from ._package import extract_package, is_package, read_package, write_package
 from ._policy import DEFAULT_MAX_LIMITS, Policy
-from ._signing import SecretKey, Signature, sign_bytes, write_keypair
+from ._signing import SecretKey, sign_bytes, write_keypair
 from ._trust import (
     PRIMARY_SIGNATURE,
     SIGNATURES_DIR,
@@ -74,6 +74,7 @@ from ._trust import (
     TrustPolicy,
     TrustReport,
     inspect_signatures,
+    read_signature_file,
 )
 from ._wasmparse import (
     CapabilityReport,
@@ -1027,7 +1028,7 @@ def _signature_destination(directory: Path, key_id: str, signer_file: bool) -> P
     if not primary.exists():
         return primary
     try:
-        if Signature.from_file(primary).key_id_hex == key_id:
+        if read_signature_file(primary, directory).key_id_hex == key_id:
             return primary
     except SignatureError:
         pass  # an unreadable first signature is left for the user to look at

@@ -50,6 +50,7 @@ __all__ = [
     "TrustPolicy",
     "TrustReport",
     "inspect_signatures",
+    "read_signature_file",
     "signature_files",
 ]
 
@@ -178,9 +179,10 @@ def signature_files(directory: Path) -> list[Path]:
     return files
 
 
-def _read_signature(file: Path, directory: Path) -> Signature:
+def read_signature_file(file: Path, directory: Path) -> Signature:
     """Parse the signature ``file`` of the plugin in ``directory``, read like every plugin
-    file (inside the directory, a regular file, capped); raises SignatureError."""
+    file (inside the directory, a regular file, capped, never blocking); raises
+    :class:`~plugbox.SignatureError`."""
     try:
         data = read_plugin_file(directory, _relative(file, directory), MAX_SIGNATURE_FILE_BYTES)
     except PluginFileRefused as exc:
@@ -207,7 +209,7 @@ def inspect_signatures(directory: Path) -> tuple[SignatureCheck, ...]:
     for file in files[: MAX_SIGNATURES + 1]:
         name = _relative(file, directory)
         try:
-            sig = _read_signature(file, directory)
+            sig = read_signature_file(file, directory)
         except SignatureError as exc:
             checks.append(SignatureCheck(name, "malformed", exc.message))
             continue
@@ -390,7 +392,7 @@ class TrustPolicy:
         for file in files:
             name = _relative(file, directory)
             try:
-                sig = _read_signature(file, directory)
+                sig = read_signature_file(file, directory)
             except SignatureError as exc:
                 checks.append(SignatureCheck(name, "malformed", exc.message))
                 tampered = tampered or SignatureError(
