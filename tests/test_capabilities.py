@@ -114,8 +114,10 @@ def test_inspect_and_verify_list_capabilities(make: Make, tmp_path: Path,
     from plugbox._signing import write_keypair
 
     directory = make(KV_GET, permissions={"random": True})
-    assert main(["inspect", str(directory), "--json"]) == 0  # inspect describes; load refuses
+    # Load refuses it, so inspect does too (exit 1), and describes why.
+    assert main(["inspect", str(directory), "--json"]) == 1
     caps = json.loads(capsys.readouterr().out)["capabilities"]
+    assert caps.pop("error")["type"] == "CapabilityError"
     assert caps == {
         "ok": False,
         "detail": "imports kv without requesting the permission: Runtime.load refuses it "

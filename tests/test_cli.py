@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import wasmtime
 
+import plugbox
 from plugbox import __version__
 from plugbox._cli import main
 
@@ -138,7 +139,7 @@ KV_IMPORT = '(import "plugbox:plugin/kv@1.0.0" "get" (func (param i32 i32 i32)))
 
 def test_inspect_good_plugin(plugin: Callable[..., Path],
                              capsys: pytest.CaptureFixture[str]) -> None:
-    directory = plugin(imports=LOG_IMPORT + KV_IMPORT, permissions={"log": True},
+    directory = plugin(imports=LOG_IMPORT + KV_IMPORT, permissions={"log": True, "kv": {}},
                        limits={"fuel": 12345}, license="MIT")
     code, out, _ = run(capsys, "inspect", str(directory))
     assert code == 0
@@ -146,8 +147,38 @@ def test_inspect_good_plugin(plugin: Callable[..., Path],
                  "plugbox:plugin/kv@1.0.0.get", "(i32, i32, i32) -> ()", "on-hook", "12345",
                  "OK: the plugin passes every check"):
         assert text in out, text
-    # kv is imported but not requested: calls to it will be denied, which inspect points out.
+    assert "without requesting" not in out
+
+
+def test_inspect_and_verify_agree_with_load_on_an_unrequested_import(
+        plugin: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # kv is imported but not requested: Runtime.load refuses it, so inspect must not say OK.
+    directory = plugin(imports=LOG_IMPORT + KV_IMPORT, permissions={"log": True})
+    code, out, _ = run(capsys, "inspect", str(directory))
+    assert code == 1
+    assert "OK: the plugin passes" not in out
+    assert "REFUSED" in out and "capabilities" in out
     assert "imports kv without requesting the permission" in out
+    code, report = run_json(capsys, "inspect", str(directory), "--json")
+    assert code == 1 and report["ok"] is False
+    assert report["capabilities"]["ok"] is False
+    assert report["capabilities"]["error"]["type"] == "CapabilityError"
+    assert report["capabilities"]["error"]["permission"] == "kv"
+
+    keys = tmp_path / "keys"
+    assert main(["keygen", "--output-dir", str(keys)]) == 0
+    assert main(["sign", str(directory), "--key", str(keys / "plugbox.key")]) == 0
+    capsys.readouterr()
+    code, doc = run_json(capsys, "verify", str(directory), "--trusted-keys",
+                         str(keys / "plugbox.pub"), "--json")
+    assert code == 1 and doc["ok"] is False
+    assert doc["checks"]["capabilities"]["ok"] is False
+    # Both commands report the refusal Runtime.load makes, word for word.
+    assert doc["checks"]["capabilities"]["error"] == report["capabilities"]["error"]
+    with plugbox.Runtime(state_dir=tmp_path / "state", pooled_instances=0) as runtime:
+        with pytest.raises(plugbox.CapabilityError) as refused:
+            runtime.load(directory)
+    assert refused.value.message == report["capabilities"]["error"]["message"]
 
 
 def test_inspect_json_report(plugin: Callable[..., Path],

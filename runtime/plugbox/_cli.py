@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import unicodedata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,6 +37,7 @@ from rich.text import Text
 from . import _abispec
 from ._cli_authoring import add_build, add_new
 from ._errors import (
+    CapabilityError,
     GuestError,
     HashMismatchError,
     IncompatibleAbiError,
@@ -53,15 +54,18 @@ from ._errors import (
 )
 from ._manifest import (
     MANIFEST_FILENAME,
-    MAX_MANIFEST_BYTES,
     Manifest,
     check_compatibility,
+    check_module_hash,
     load_manifest,
+    read_manifest,
+    read_module,
+    validate_manifest,
     verify_module,
 )
 from ._package import extract_package, is_package, read_package, write_package
 from ._policy import DEFAULT_MAX_LIMITS, Policy
-from ._signing import SecretKey, Signature, sign_bytes, write_keypair
+from ._signing import SecretKey, sign_bytes, write_keypair
 from ._trust import (
     PRIMARY_SIGNATURE,
     SIGNATURES_DIR,
@@ -70,11 +74,13 @@ from ._trust import (
     TrustPolicy,
     TrustReport,
     inspect_signatures,
+    read_signature_file,
 )
 from ._wasmparse import (
     CapabilityReport,
     ModuleInfo,
     capability_report,
+    check_capabilities,
     check_module_interface,
     imported_services,
     inspect_module,
@@ -191,7 +197,7 @@ def _signatures_report(manifest: Manifest, trust: TrustPolicy | None) -> dict[st
             "signatures": [c.to_json() for c in checks],
             "signers": [],
         }
-    report = trust.evaluate(manifest.directory, _manifest_bytes(manifest), plugin=manifest.name)
+    report = trust.evaluate(manifest.directory, manifest.data, plugin=manifest.name)
     return {
         "verified": True,
         "ok": report.ok,
@@ -209,12 +215,27 @@ def _trust_detail(report: TrustReport) -> str:
 
 
 def _capabilities_report(info: ModuleInfo | None, manifest: Manifest) -> dict[str, Any]:
+    """The capability check as ``Runtime.load`` makes it (:func:`check_capabilities`, whose
+    CapabilityError refuses the plugin), with the report's details."""
     if info is None:
         return {"ok": None, "detail": "not checked (the module could not be read)",
-                "imported": [], "requested": sorted(manifest.permissions.services()),
+                "error": None, "imported": [], "requested": sorted(manifest.permissions.services()),
                 "unrequested": [], "unused": []}
-    caps = capability_report(info, manifest)
-    return _capabilities_json(caps)
+    doc = _capabilities_json(capability_report(info, manifest))
+    try:
+        check_capabilities(info, manifest)
+        doc["error"] = None
+    except CapabilityError as exc:
+        doc["ok"] = False
+        doc["error"] = _error_json(exc)
+    return doc
+
+
+def _passes(checks: Mapping[str, Mapping[str, Any]]) -> bool:
+    """The one verdict both ``inspect`` and ``verify`` report: no check failed (``None`` is a
+    check that was skipped, or does not apply). ``Runtime.load`` refuses exactly the plugins
+    for which a check it makes fails, so this agrees with it."""
+    return all(check["ok"] is not False for check in checks.values())
 
 
 def _capabilities_json(caps: CapabilityReport) -> dict[str, Any]:
@@ -237,32 +258,25 @@ def _capabilities_json(caps: CapabilityReport) -> dict[str, Any]:
     }
 
 
-def _manifest_bytes(manifest: Manifest) -> bytes:
-    try:
-        with manifest.path.open("rb") as stream:
-            return stream.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as exc:
-        raise ManifestError(f"{manifest.path}: cannot read the manifest: "
-                            f"{exc.strerror or exc}") from exc
-
-
 def _inspect_report(manifest: Manifest, policy: Policy,
                     trust: TrustPolicy | None = None) -> dict[str, Any]:
     """Every pre-compilation check on the plugin, as a JSON-ready dict. Raises ManifestError
     for problems that make the input itself invalid (missing module, bad host specifier).
 
-    Signatures count towards ``ok`` only when ``trust`` is given; capabilities are reported
-    (with the refusal ``Runtime.load`` would make) but do not decide ``ok``."""
+    Signatures count towards ``ok`` only when ``trust`` is given; the capability check counts
+    as ``Runtime.load`` makes it (an unrequested import refuses the plugin), and ``ok`` is
+    decided by :func:`_passes`, as for ``verify``."""
     checks: dict[str, dict[str, Any]] = {}
     signatures = _signatures_report(manifest, trust)
+    # Read once, inside the plugin directory and capped; a mismatch is still inspected: knowing
+    # what the module is helps decide whether to re-pin it.
+    data = read_module(manifest)
+    actual_sha256 = hashlib.sha256(data).hexdigest()
     try:
-        data = verify_module(manifest)
+        check_module_hash(manifest, actual_sha256)
         checks["sha256"] = _check(True, f"matches {manifest.module_sha256}")
     except HashMismatchError as exc:
-        # Inspect the module anyway: knowing what it is helps decide whether to re-pin it.
-        data = manifest.module_path.read_bytes()
         checks["sha256"] = _check(False, "the module does not match the pinned sha256", exc)
-    actual_sha256 = hashlib.sha256(data).hexdigest()
 
     runtime_version = _version()
     try:
@@ -315,9 +329,9 @@ def _inspect_report(manifest: Manifest, policy: Policy,
 
     services = sorted(imported_services(info)) if info is not None else []
     requested = manifest.permissions.services()
+    capabilities = _capabilities_report(info, manifest)
     return {
-        "ok": all(check["ok"] is not False for check in checks.values())
-        and signatures["ok"] is not False,
+        "ok": _passes({**checks, "signatures": signatures, "capabilities": capabilities}),
         "manifest": str(manifest.path),
         "plugin": {
             "name": manifest.name,
@@ -342,7 +356,7 @@ def _inspect_report(manifest: Manifest, policy: Policy,
         # (as it stands for this command line) but does not decide "ok" or the exit code.
         "policy": policy_check,
         "signatures": signatures,
-        "capabilities": _capabilities_report(info, manifest),
+        "capabilities": capabilities,
         "imports": [
             {
                 "module": imp.module,
@@ -527,6 +541,8 @@ def _print_inspect(report: dict[str, Any]) -> None:
         failed = [_CHECK_LABELS[k] for k, c in report["checks"].items() if c["ok"] is False]
         if report["signatures"]["ok"] is False:
             failed.append("signature")
+        if report["capabilities"]["ok"] is False:
+            failed.append("capabilities")
         console.print(
             Text(f"REFUSED: the plugin fails the {', '.join(failed)} check(s)", style="bold red")
         )
@@ -814,21 +830,16 @@ def _verify_report(path: Path, trust: TrustPolicy, package: bool) -> dict[str, A
 
     def finish() -> dict[str, Any]:
         skip("schema", "signatures", "compat", "hash", "interface", "capabilities", "policy")
-        doc["ok"] = all(c["ok"] is True or (c["ok"] is None and name == "package")
-                        for name, c in checks.items())
+        doc["ok"] = _passes(checks)
         return doc
 
+    # Read once with the cheap checks, then signatures, then the schema: as Runtime.load does.
     try:
-        manifest = load_manifest(path)
+        source = read_manifest(path)
     except ManifestError as exc:
         checks["schema"] = _verify_check(False, "plugbox.json is invalid", exc)
         return finish()
-    doc["plugin"] = {"name": manifest.name, "version": manifest.version,
-                     "manifest": str(manifest.path), "module_sha256": manifest.module_sha256}
-    checks["schema"] = _verify_check(True, "plugbox.json matches the manifest schema")
-
-    # Signatures first, before the module is even read: as Runtime.load does.
-    report = trust.evaluate(manifest.directory, _manifest_bytes(manifest), plugin=manifest.name)
+    report = trust.evaluate(source.directory, source.data, plugin=source.name)
     tampered = isinstance(report.error, SignatureError)
     checks["signatures"] = _verify_check(
         not tampered,
@@ -844,6 +855,14 @@ def _verify_report(path: Path, trust: TrustPolicy, package: bool) -> dict[str, A
                        "file": None if k.path is None else str(k.path)} for k in trust.keys],
         signers=[s.to_json() for s in report.signers],
     )
+    try:
+        manifest = validate_manifest(source)
+    except ManifestError as exc:
+        checks["schema"] = _verify_check(False, "plugbox.json is invalid", exc)
+        return finish()
+    doc["plugin"] = {"name": manifest.name, "version": manifest.version,
+                     "manifest": str(manifest.path), "module_sha256": manifest.module_sha256}
+    checks["schema"] = _verify_check(True, "plugbox.json matches the manifest schema")
 
     try:
         check_compatibility(manifest, runtime_version=_version(),
@@ -871,19 +890,11 @@ def _verify_report(path: Path, trust: TrustPolicy, package: bool) -> dict[str, A
         checks["interface"] = _verify_check(False, "the module does not fit the plugbox ABI", exc)
         return finish()
 
-    caps = _capabilities_json(capability_report(info, manifest))
-    first = caps["unrequested"][0] if caps["unrequested"] else None
-    error = None
-    if first is not None:
-        from ._errors import CapabilityError
-
-        error = CapabilityError(
-            f"plugin {manifest.name!r}: module imports {first['import']} but plugbox.json does "
-            f"not request the \"{first['permission']}\" permission",
-            plugin=manifest.name, permission=first["permission"], import_name=first["import"])
+    caps = _capabilities_report(info, manifest)
     checks["capabilities"] = _verify_check(
-        caps["ok"], caps["detail"], error,
+        caps["ok"], caps["detail"], None,
         **{k: caps[k] for k in ("imported", "requested", "unrequested", "unused")})
+    checks["capabilities"]["error"] = caps["error"]
     return finish()
 
 
@@ -1017,7 +1028,7 @@ def _signature_destination(directory: Path, key_id: str, signer_file: bool) -> P
     if not primary.exists():
         return primary
     try:
-        if Signature.from_file(primary).key_id_hex == key_id:
+        if read_signature_file(primary, directory).key_id_hex == key_id:
             return primary
     except SignatureError:
         pass  # an unreadable first signature is left for the user to look at
@@ -1057,7 +1068,7 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     except ManifestError as exc:
         return _report_error(exc, as_json=False, code=EXIT_USAGE)
     try:
-        data = _manifest_bytes(manifest)
+        data = manifest.data
         comment = args.trusted_comment
         if comment is None:
             comment = (f"timestamp:{int(time.time())}\tfile:{MANIFEST_FILENAME}\t"

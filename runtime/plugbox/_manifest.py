@@ -1,9 +1,16 @@
 """Reading and checking ``plugbox.json``, the plugin manifest.
 
-:func:`load_manifest` parses the manifest and validates it against
-``schemas/manifest-v1.schema.json``; :func:`verify_module` checks the module's sha256;
-:func:`check_compatibility` checks the ABI and host-version requirements; :func:`validate_config`
-checks a host-supplied configuration against the plugin's ``config_schema``.
+Loading is two steps, so that the cheap checks and the signature check come before anything
+expensive: :func:`read_manifest` reads the file once (a regular file, at most
+:data:`MAX_MANIFEST_BYTES`), parses it and applies the cheap structural bounds (nesting depth,
+array lengths), giving a :class:`ManifestSource` that holds the exact bytes (what signatures
+cover); :func:`validate_manifest` then checks it against ``schemas/manifest-v1.schema.json``
+and the plugin's ``config_schema`` against its metaschema. :func:`load_manifest` does both.
+:func:`verify_module` reads the module (:func:`read_plugin_file`: inside the plugin directory,
+a regular file, size-capped) and checks its sha256; :func:`check_compatibility` checks the ABI
+and host-version requirements; :func:`validate_config` checks a host-supplied configuration
+against the plugin's ``config_schema``, with plugin-supplied regular expressions evaluated by
+RE2 (linear time) and a bounded amount of work.
 
 Limits a manifest does not request are represented as ``None`` in :class:`RequestedLimits`
 (meaning "the host's default"), never as a guessed number: only the host's
@@ -13,14 +20,18 @@ Limits a manifest does not request are represented as ``None`` in :class:`Reques
 
 from __future__ import annotations
 
+import contextvars
 import difflib
+import errno
 import functools
 import hashlib
+import itertools
 import json
 import os
 import re
 import reprlib
-from collections.abc import Mapping
+import stat
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -30,6 +41,7 @@ from typing import Any, Final
 import jsonschema  # type: ignore[import-untyped, unused-ignore]
 import jsonschema.exceptions  # type: ignore[import-untyped, unused-ignore]
 import jsonschema.validators  # type: ignore[import-untyped, unused-ignore]
+import re2  # type: ignore[import-untyped, unused-ignore]
 import referencing.exceptions
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
@@ -45,15 +57,27 @@ from ._permissions import EventsPermission, HttpPermission, KvPermission, Limits
 
 __all__ = [
     "MANIFEST_FILENAME",
+    "MAX_ARRAY_ITEMS",
+    "MAX_CONFIG_BYTES",
+    "MAX_JSON_DEPTH",
     "MAX_MANIFEST_BYTES",
+    "MAX_MODULE_BYTES",
+    "MAX_SCHEMA_STEPS",
     "Manifest",
+    "ManifestSource",
+    "PluginFileRefused",
     "RequestedLimits",
     "abi_compatible",
     "check_compatibility",
+    "check_module_hash",
     "load_manifest",
     "manifest_schema",
     "parse_abi_version",
+    "read_manifest",
+    "read_module",
+    "read_plugin_file",
     "validate_config",
+    "validate_manifest",
     "verify_module",
 ]
 
@@ -63,6 +87,30 @@ MANIFEST_FILENAME: Final = "plugbox.json"
 #: Manifests larger than this are refused unread: a manifest is a few kilobytes, and parsing an
 #: arbitrarily large file from an untrusted plugin would let it exhaust host memory.
 MAX_MANIFEST_BYTES: Final = 1 << 20
+
+#: A hard ceiling on a module file, whatever the host's policy: larger files are refused before
+#: a byte is read. The same as a package's module cap, so a plugin directory and its package
+#: accept the same modules; a host's :class:`plugbox.Policy` may cap lower.
+MAX_MODULE_BYTES: Final = 64 << 20
+
+#: Structural bounds checked right after parsing, before signatures or the schema: JSON nested
+#: deeper than this (anywhere, ``config_schema`` included) is refused; real manifests nest a
+#: handful of levels, real ``config_schema`` documents a dozen or two.
+MAX_JSON_DEPTH: Final = 64
+#: No array anywhere in a manifest may have more elements than this. The schema caps the
+#: arrays it knows far lower (``hooks`` 1024; ``authors``, ``topics``, ``hosts`` 256); this bound
+#: keeps every array, ``config_schema``'s included, cheap to validate.
+MAX_ARRAY_ITEMS: Final = 10_000
+
+#: A host-supplied configuration whose JSON text is larger than this is refused.
+MAX_CONFIG_BYTES: Final = 1 << 20
+#: At most this many JSON Schema keyword evaluations are spent on one check of plugin-supplied
+#: schema material: the ``config_schema`` against its metaschema (at load), and a configuration
+#: against the ``config_schema``. jsonschema spends 5-30 us on each on an idle machine, so this
+#: is about a second at worst. A real ``config_schema`` needs a few dozen per subschema (2020-12,
+#: fewer for older drafts), a real configuration a few per value; more, such as ``$ref`` or
+#: ``allOf`` chains that double at each level, is refused as the plugin's fault.
+MAX_SCHEMA_STEPS: Final = 50_000
 
 _LIMIT_FIELDS: Final = ("fuel", "memory_bytes", "deadline_ms", "instances")
 
@@ -108,6 +156,8 @@ class Manifest:
     ``raw`` is the parsed JSON as read, and like ``config_schema`` must not be mutated.
     ``path`` is the manifest file with symlinks resolved, and ``directory`` its parent, so a
     symlinked ``plugbox.json`` still finds the module that sits next to the real file.
+    ``data`` is the exact bytes the manifest was parsed from, read once: what its signatures
+    are checked against.
     """
 
     name: str
@@ -127,6 +177,7 @@ class Manifest:
     path: Path
     directory: Path
     raw: Mapping[str, Any] = field(hash=False, repr=False)
+    data: bytes = field(repr=False, compare=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,58 +224,227 @@ def manifest_schema() -> Mapping[str, Any]:
 
 @functools.cache
 def _schema_validator() -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(manifest_schema())
+    # The shipped schema's own patterns are trusted (and use Python-only lookaheads), so only
+    # uniqueItems is replaced: jsonschema's falls back to comparing every pair.
+    cls: Any = jsonschema.validators.extend(  # type: ignore[no-untyped-call, unused-ignore]
+        jsonschema.Draft202012Validator, {"uniqueItems": _unique_items}
+    )
+    validator: jsonschema.Draft202012Validator = cls(manifest_schema())
+    return validator
 
 
-def load_manifest(path: str | os.PathLike[str]) -> Manifest:
-    """Read and validate a manifest.
+# --------------------------------------------------------------------------------------------
+# Plugin files
+
+
+class PluginFileRefused(Exception):
+    """A file of a plugin directory that is not read, and why: ``reason`` completes "the file
+    ...", ``kind`` is ``missing``, ``too-large``, ``unsafe`` (outside the directory, or not a
+    regular file) or ``unreadable``. Callers turn it into their own typed error."""
+
+    def __init__(self, reason: str, kind: str = "unsafe") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind
+
+
+_O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
+_DIR_FLAGS: Final = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_NOFOLLOW | _O_CLOEXEC
+# O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOCTTY: a terminal is never adopted.
+_FILE_FLAGS: Final = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+                      | _O_NOFOLLOW | _O_CLOEXEC | getattr(os, "O_BINARY", 0))
+
+
+def _kind(mode: int) -> str:
+    kinds = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a device",
+             stat.S_IFBLK: "a device", stat.S_IFSOCK: "a socket", stat.S_IFLNK: "a symbolic link"}
+    return kinds.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def _open_beneath(root: Path, parts: tuple[str, ...]) -> int:
+    """Open ``root/parts...`` for reading, refusing a symbolic link or non-regular file at any
+    step. The path was resolved just before, so a link met here is a swap: refused."""
+    if os.open not in os.supports_dir_fd or not _O_NOFOLLOW:  # pragma: no cover - not POSIX
+        fd = os.open(root.joinpath(*parts), _FILE_FLAGS)
+        return fd
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        # Look before opening: opening a device can have effects of its own.
+        mode = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False).st_mode
+        if not stat.S_ISREG(mode):
+            raise PluginFileRefused(f"is {_kind(mode)}, not a regular file")
+        return os.open(parts[-1], _FILE_FLAGS, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def read_plugin_file(root: Path, relative: str, cap: int) -> bytes:
+    """The bytes of the file ``relative`` (``/``-separated) in the plugin directory ``root``.
+
+    The path is resolved and must stay inside ``root`` (a symbolic link may point elsewhere in
+    the directory, never out of it); the file must be a regular file of at most ``cap`` bytes.
+    The checks are made on the opened descriptor (``fstat``), which was opened without
+    following links and without blocking, so swapping the file for a link, a FIFO or a device
+    between the check and the read cannot fool them. Raises :class:`PluginFileRefused`.
+    """
+    root = root.resolve()
+    try:
+        real = root.joinpath(*relative.split("/")).resolve(strict=True)
+    except FileNotFoundError as exc:
+        raise PluginFileRefused("does not exist", "missing") from exc
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise PluginFileRefused(f"cannot be resolved ({_reason(exc)})", "unreadable") from exc
+    if not real.is_relative_to(root) or real == root:
+        raise PluginFileRefused("leads outside the plugin directory (through a symbolic link); "
+                                "plugin files must lie inside the plugin directory")
+    try:
+        fd = _open_beneath(root, real.relative_to(root).parts)
+    except FileNotFoundError as exc:
+        raise PluginFileRefused("does not exist", "missing") from exc
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+            raise PluginFileRefused("changed into a symbolic link while it was being "
+                                    "read") from exc
+        raise PluginFileRefused(f"cannot be read ({_reason(exc)})", "unreadable") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise PluginFileRefused(f"is {_kind(info.st_mode)}, not a regular file")
+        if info.st_size > cap:
+            raise PluginFileRefused(f"is {info.st_size} bytes, more than the cap of {cap} bytes",
+                                    "too-large")
+        chunks: list[bytes] = []
+        size = 0
+        # Read one byte past the cap: a file that grew after fstat is still bounded.
+        while size <= cap:
+            chunk = os.read(fd, min(cap + 1 - size, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > cap:
+            raise PluginFileRefused(f"grew past the cap of {cap} bytes while it was being read",
+                                    "too-large")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise PluginFileRefused(f"cannot be read ({_reason(exc)})", "unreadable") from exc
+    finally:
+        os.close(fd)
+
+
+def _reason(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) or \
+        type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the manifest: once, and cheaply bounded
+
+
+@dataclass(frozen=True)
+class ManifestSource:
+    """A manifest read once and parsed, with the cheap structural bounds checked, but not yet
+    validated against the schema (:func:`validate_manifest` does that).
+
+    ``data`` is exactly the bytes read: what signatures cover, and what ``raw`` was parsed
+    from. ``name`` is the plugin name the manifest claims when it is a string of at most 128
+    characters, else ``None`` (for messages only: nothing is validated yet).
+    """
+
+    path: Path
+    directory: Path
+    data: bytes = field(repr=False)
+    raw: Any = field(repr=False, compare=False)
+    name: str | None
+
+
+def read_manifest(path: str | os.PathLike[str]) -> ManifestSource:
+    """Read and parse a manifest, checking only what is cheap: that it is a regular file of at
+    most :data:`MAX_MANIFEST_BYTES`, UTF-8 JSON without duplicate keys, nested at most
+    :data:`MAX_JSON_DEPTH` deep, with no array longer than :data:`MAX_ARRAY_ITEMS`.
 
     ``path`` is a plugin directory (containing ``plugbox.json``) or the manifest file itself.
-    Raises :class:`~plugbox.ManifestError` when the file is missing or unreadable, is not valid
-    JSON, or does not match the manifest schema; the message names the file, the JSON path of
-    the problem and what was expected, and ``json_path`` is set where one applies.
+    Raises :class:`~plugbox.ManifestError`. Linear in the file's size, so a signature check
+    can follow before the expensive schema validation (:func:`validate_manifest`).
     """
     given = Path(path)
     if given.is_dir():
         file = given / MANIFEST_FILENAME
-        if not file.is_file():
+        if not (file.exists() or file.is_symlink()):
             raise ManifestError(
                 f"{given}: no {MANIFEST_FILENAME} in this directory; a plugin directory must "
                 f"contain a {MANIFEST_FILENAME} manifest next to its .wasm module"
             )
-    elif given.exists():
+    elif given.exists() or given.is_symlink():
         file = given
     else:
         raise ManifestError(
             f"{given}: no such file or directory; expected a plugin directory containing "
             f"{MANIFEST_FILENAME}, or the path of a {MANIFEST_FILENAME} file"
         )
-    file = file.resolve()
-    raw = _read_json(file)
-
+    try:
+        real = file.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:
+        raise ManifestError(f"{file}: cannot read the manifest: {_reason(exc)}") from exc
+    if given.is_dir() and not real.is_relative_to(given.resolve()):
+        # Given a plugin directory, its manifest is one of its files; given the manifest file
+        # itself, the plugin directory is where the real file is.
+        raise ManifestError(f"{file}: cannot read the manifest: it leads outside the plugin "
+                            f"directory {given} (through a symbolic link); pass the manifest "
+                            f"file itself to load the plugin where it really is")
+    file = real
+    try:
+        data = read_plugin_file(file.parent, file.name, MAX_MANIFEST_BYTES)
+    except PluginFileRefused as exc:
+        if exc.kind == "too-large":
+            raise ManifestError(
+                f"{file}: the manifest is larger than {MAX_MANIFEST_BYTES} bytes; a manifest "
+                f"holds metadata only, so this is almost certainly the wrong file"
+            ) from exc
+        raise ManifestError(f"{file}: cannot read the manifest: it {exc.reason}") from exc
+    raw = _parse_json(data, file)
     name = raw.get("name") if isinstance(raw, dict) else None
-    plugin = name if isinstance(name, str) else None
+    plugin = name if isinstance(name, str) and len(name) <= 128 else None
+    _check_structure(raw, file, plugin)
+    return ManifestSource(path=file, directory=file.parent, data=data, raw=raw, name=plugin)
+
+
+def validate_manifest(source: ManifestSource) -> Manifest:
+    """Validate a :func:`read_manifest` result against the manifest schema and its
+    ``config_schema`` against that schema's metaschema; the :class:`Manifest`.
+
+    Raises :class:`~plugbox.ManifestError` naming the file, the JSON path of the problem and
+    what was expected (``json_path`` is set where one applies). Plugin-supplied regular
+    expressions that RE2 cannot run (lookaround, backreferences) are refused here.
+    """
+    raw, file, plugin = source.raw, source.path, source.name
     _validate_against_schema(raw, file, plugin)
     assert isinstance(raw, dict)  # the schema requires an object at the top level
-    assert plugin is not None  # and a string name
+    assert source.name is not None  # and a short string name
     config_schema = raw.get("config_schema")
     if config_schema is not None:
-        _check_config_schema(config_schema, file, plugin)
-    return _build(raw, file)
+        _check_config_schema(config_schema, file, source.name)
+    return _build(raw, source)
 
 
-def _read_json(file: Path) -> Any:
-    try:
-        with file.open("rb") as stream:
-            # Read one byte past the cap so an over-long file is detected without reading it all.
-            data = stream.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as exc:
-        raise ManifestError(f"{file}: cannot read the manifest: {exc.strerror or exc}") from exc
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestError(
-            f"{file}: the manifest is larger than {MAX_MANIFEST_BYTES} bytes; a manifest holds "
-            f"metadata only, so this is almost certainly the wrong file"
-        )
+def load_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Read and validate a manifest: :func:`read_manifest`, then :func:`validate_manifest`.
+
+    ``path`` is a plugin directory (containing ``plugbox.json``) or the manifest file itself.
+    Raises :class:`~plugbox.ManifestError` when the file is missing, unreadable or not a
+    regular file, is not valid JSON, exceeds a structural bound, or does not match the manifest
+    schema; the message names the file, the JSON path of the problem and what was expected,
+    and ``json_path`` is set where one applies.
+    """
+    return validate_manifest(read_manifest(path))
+
+
+def _parse_json(data: bytes, file: Path) -> Any:
     try:
         # utf-8-sig: tolerate the byte-order mark some Windows editors write.
         text = data.decode("utf-8-sig")
@@ -244,13 +464,54 @@ def _read_json(file: Path) -> Any:
         ) from exc
     except _DuplicateKey as exc:
         raise ManifestError(
-            f"{file}: invalid manifest: the key {exc.key!r} appears twice in one object; "
+            f"{file}: invalid manifest: the key {_short(exc.key)} appears twice in one object; "
             f"JSON readers disagree on which one wins, so remove one of them"
         ) from exc
     except RecursionError as exc:
-        raise ManifestError(f"{file}: invalid JSON: nested too deeply") from exc
+        raise ManifestError(f"{file}: invalid JSON: nested too deeply (more than "
+                            f"{MAX_JSON_DEPTH} levels)") from exc
     except ValueError as exc:  # e.g. NaN/Infinity, or an integer literal with too many digits
         raise ManifestError(f"{file}: invalid JSON: {exc}") from exc
+
+
+def _check_structure(raw: Any, file: Path, plugin: str | None) -> None:
+    """Refuse JSON nested deeper than MAX_JSON_DEPTH or with an array longer than
+    MAX_ARRAY_ITEMS: one pass, before anything whose cost grows faster than the input."""
+    # Entries: (value, depth, link) where link = (parent link, key) rebuilds a path on error.
+    stack: list[tuple[Any, int, Any]] = [(raw, 0, None)]
+    while stack:
+        value, depth, link = stack.pop()
+        if isinstance(value, dict):
+            items: Any = value.items()
+        elif isinstance(value, list):
+            if len(value) > MAX_ARRAY_ITEMS:
+                path = _format_json_path(_unlink(link))
+                raise ManifestError(
+                    f"{file}: invalid manifest at {path}: the array has {len(value)} elements, "
+                    f"more than the {MAX_ARRAY_ITEMS} any manifest array may have. To fix: "
+                    f"shorten it",
+                    plugin=plugin, json_path=path,
+                )
+            items = enumerate(value)
+        else:
+            continue
+        if depth >= MAX_JSON_DEPTH:
+            path = _format_json_path(_unlink(link))
+            raise ManifestError(
+                f"{file}: invalid manifest at {path}: nested more than {MAX_JSON_DEPTH} levels "
+                f"deep. To fix: flatten the structure",
+                plugin=plugin, json_path=path,
+            )
+        stack.extend((child, depth + 1, (link, key)) for key, child in items
+                     if isinstance(child, (dict, list)))
+
+
+def _unlink(link: Any) -> list[Any]:
+    parts: list[Any] = []
+    while link is not None:
+        link, key = link
+        parts.append(key)
+    return parts[::-1]
 
 
 class _DuplicateKey(Exception):
@@ -273,9 +534,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+#: Schema errors collected for one message; the first ones are enough to pick the best.
+_MAX_ERRORS: Final = 64
+
+
 def _validate_against_schema(raw: Any, file: Path, plugin: str | None) -> None:
     try:
-        errors = list(_schema_validator().iter_errors(raw))
+        errors = list(itertools.islice(_schema_validator().iter_errors(raw), _MAX_ERRORS + 1))
     except RecursionError as exc:
         raise ManifestError(f"{file}: invalid manifest: nested too deeply", plugin=plugin) from exc
     if not errors:
@@ -285,7 +550,8 @@ def _validate_against_schema(raw: Any, file: Path, plugin: str | None) -> None:
     json_path, problem, expected, fix = _explain(best)
     more = len(errors) - 1
     plural = "s" if more != 1 else ""
-    tail = f" ({more} more problem{plural} found besides this one)" if more else ""
+    count = f"at least {_MAX_ERRORS}" if more >= _MAX_ERRORS else str(more)
+    tail = f" ({count} more problem{plural} found besides this one)" if more else ""
     raise ManifestError(
         f"{file}: invalid manifest at {json_path}: {problem}; expected {expected}. "
         f"To fix: {fix}.{tail}",
@@ -298,15 +564,18 @@ _IDENT_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _format_json_path(parts: Any) -> str:
-    """``$.a.b[0]``; keys that are not identifiers are written ``$['a b']``."""
+    """``$.a.b[0]``; keys that are not identifiers are written ``$['a b']``; keys longer than
+    64 characters are cut (a hostile manifest's keys must not make messages huge)."""
     out = "$"
     for part in parts:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif _IDENT_RE.fullmatch(part):
-            out += f".{part}"
+            continue
+        key = part if len(part) <= 64 else part[:61] + "..."
+        if _IDENT_RE.fullmatch(key):
+            out += f".{key}"
         else:
-            out += f"[{json.dumps(part)}]"
+            out += f"[{json.dumps(key)}]"
     return out
 
 
@@ -391,14 +660,7 @@ def _explain(error: jsonschema.exceptions.ValidationError) -> tuple[str, str, st
     elif keyword == "minItems":
         problem = "the list is empty" if not instance else "the list is too short"
     elif keyword == "uniqueItems" and isinstance(instance, list):
-        seen: list[Any] = []
-        dup: Any = None
-        for item in instance:
-            if item in seen:
-                dup = item
-                break
-            seen.append(item)
-        problem = f"{_short(dup)} is listed more than once"
+        problem = f"{_short(_first_duplicate(instance))} is listed more than once"
         fix = f"remove the duplicate from {path}"
     elif keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         problem = f"{_short(instance)} is out of range"
@@ -407,37 +669,277 @@ def _explain(error: jsonschema.exceptions.ValidationError) -> tuple[str, str, st
     return path, problem, expected, fix
 
 
+# --------------------------------------------------------------------------------------------
+# Bounded JSON Schema evaluation
+#
+# jsonschema's own keywords have three costs a hostile schema or document can blow up:
+# uniqueItems compares every pair of unhashable items (O(n^2)); pattern, patternProperties and
+# additionalProperties run plugin-supplied regexes with Python's backtracking engine
+# (exponential); and $ref chains can make the work grow exponentially with the schema's size.
+# The replacements below are linear (uniqueItems by hashing), use RE2 (linear time, no
+# lookaround or backreferences), and count every keyword evaluation against a budget.
+
+
+def _freeze(value: Any) -> Any:
+    """A hashable key equal for JSON-equal values (1 == 1.0, true != 1), as jsonschema
+    compares them."""
+    if isinstance(value, bool):
+        return ("b", value)
+    if isinstance(value, (int, float)):
+        return ("n", value)
+    if isinstance(value, str):
+        return ("s", value)
+    if value is None:
+        return ("z",)
+    if isinstance(value, Mapping):
+        return ("o", frozenset((key, _freeze(item)) for key, item in value.items()))
+    if isinstance(value, (list, tuple)):
+        return ("a", tuple(_freeze(item) for item in value))
+    return ("?", repr(value))
+
+
+def _first_duplicate(items: list[Any]) -> Any:
+    seen: set[Any] = set()
+    for item in items:
+        key = _freeze(item)
+        if key in seen:
+            return item
+        seen.add(key)
+    return None
+
+
+def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    if unique and validator.is_type(instance, "array"):
+        seen: set[Any] = set()
+        for item in instance:
+            key = _freeze(item)
+            if key in seen:
+                yield jsonschema.exceptions.ValidationError(
+                    f"{_short(item)} is listed more than once (the items must be unique)")
+                return
+            seen.add(key)
+
+
+class _UnsafePattern(Exception):
+    def __init__(self, pattern: str, detail: str) -> None:
+        super().__init__(pattern)
+        self.pattern = pattern
+        self.detail = detail
+
+
+_RE2_OPTIONS: Final = re2.Options()
+_RE2_OPTIONS.log_errors = False  # RE2 would otherwise print every refused pattern to stderr
+
+
+@functools.lru_cache(maxsize=512)
+def _re2(pattern: str) -> Any:
+    try:
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as exc:
+        detail = exc.args[0] if exc.args else exc
+        if isinstance(detail, bytes):
+            detail = detail.decode("utf-8", "replace")
+        raise _UnsafePattern(pattern, str(detail)) from None
+
+
+def _pattern(validator: Any, pattern: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    if validator.is_type(instance, "string") and _re2(pattern).search(instance) is None:
+        yield jsonschema.exceptions.ValidationError(
+            f"{_short(instance)} does not match {_short(pattern)}")
+
+
+def _pattern_properties(validator: Any, patterns: Any, instance: Any,
+                        schema: Any) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        regex = _re2(pattern)
+        for key, value in instance.items():
+            if regex.search(key) is not None:
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _additional_properties(validator: Any, additional: Any, instance: Any,
+                           schema: Any) -> Iterator[Any]:
+    # jsonschema's version joins the patternProperties into one Python regex.
+    if not validator.is_type(instance, "object"):
+        return
+    properties = schema.get("properties", {})
+    regexes = [_re2(p) for p in schema.get("patternProperties", {})]
+    extras = [key for key in instance if key not in properties
+              and not any(r.search(key) is not None for r in regexes)]
+    if validator.is_type(additional, "object"):
+        for key in extras:
+            yield from validator.descend(instance[key], additional, path=key)
+    elif not additional and extras:
+        shown = ", ".join(_short(key) for key in extras[:8])
+        more = f" and {len(extras) - 8} more" if len(extras) > 8 else ""
+        yield jsonschema.exceptions.ValidationError(
+            f"additional properties are not allowed ({shown}{more} unexpected)")
+
+
+class _OverBudget(Exception):
+    pass
+
+
+# The keyword evaluations left for the validation in progress (None: unbounded).
+_STEPS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "plugbox_schema_steps", default=None)
+
+
+def _counted(keyword: Callable[..., Any]) -> Callable[..., Any]:
+    def run(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+        steps = _STEPS.get()
+        if steps is not None:
+            steps[0] -= 1
+            if steps[0] < 0:
+                raise _OverBudget
+        return keyword(validator, value, instance, schema)
+
+    return run
+
+
+_REPLACED: Final[Mapping[str, Callable[..., Any]]] = {
+    "uniqueItems": _unique_items,
+    "pattern": _pattern,
+    "patternProperties": _pattern_properties,
+    "additionalProperties": _additional_properties,
+}
+
+
+# id(schema) -> (schema, the copy without "$schema"); the schema is kept so its id stays unique.
+_STRIPPED: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+
+def _without_schema_key(schema: Mapping[str, Any]) -> dict[str, Any]:
+    hit = _STRIPPED.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    if len(_STRIPPED) > 4096:
+        _STRIPPED.clear()
+    stripped = {k: v for k, v in schema.items() if k != "$schema"}
+    _STRIPPED[id(schema)] = (schema, stripped)
+    return stripped
+
+
+@functools.cache
+def _bounded(cls: Any) -> Any:
+    """``cls`` (a jsonschema validator class) with plugin-supplied regexes run by RE2, a linear
+    uniqueItems, and every keyword evaluation counted against :data:`_STEPS`."""
+    keywords = {name: _counted(_REPLACED.get(name, fn)) for name, fn in cls.VALIDATORS.items()}
+    bounded: Any = jsonschema.validators.extend(  # type: ignore[no-untyped-call, unused-ignore]
+        cls, keywords)
+    switching = bounded.evolve
+
+    def evolve(self: Any, **changes: Any) -> Any:
+        # jsonschema switches to its stock class for a subschema (or a referenced resource, the
+        # metaschemas' vocabularies included) that declares "$schema", which would escape these
+        # keywords; without the key, the subschema is evaluated by this class.
+        schema = changes.get("schema", self.schema)
+        if isinstance(schema, Mapping) and "$schema" in schema:
+            changes["schema"] = _without_schema_key(schema)
+        return switching(self, **changes)
+
+    bounded.evolve = evolve
+    return bounded
+
+
+def _regex_format() -> Any:
+    """A format checker whose ``regex`` format accepts only what RE2 compiles (metaschemas mark
+    ``pattern`` and, since draft 6, ``patternProperties`` keys with it)."""
+    checker = jsonschema.FormatChecker(())
+
+    @checker.checks("regex", raises=_UnsafePattern)
+    def is_re2(instance: object) -> bool:
+        if isinstance(instance, str):
+            _re2(instance)
+        return True
+
+    return checker
+
+
+def _walk_schema(schema: Any) -> Iterator[tuple[list[Any], str, Any]]:
+    """(path, key, value) for every object member in ``schema`` (depth already bounded)."""
+    stack: list[tuple[Any, list[Any]]] = [(schema, [])]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield path, key, value
+                stack.append((value, [*path, key]))
+        elif isinstance(node, list):
+            stack.extend((value, [*path, index]) for index, value in enumerate(node))
+
+
 def _check_config_schema(config_schema: Any, file: Path, plugin: str) -> None:
+    """config_schema must be a valid schema for its draft, with regexes RE2 can run."""
+    def refuse(json_path: str, problem: str, fix: str) -> ManifestError:
+        return ManifestError(
+            f"{file}: invalid manifest at {json_path}: {problem}. To fix: {fix}.",
+            plugin=plugin, json_path=json_path,
+        )
+
+    token = _STEPS.set([MAX_SCHEMA_STEPS])
     try:
         cls = jsonschema.validators.validator_for(
             config_schema, default=jsonschema.Draft202012Validator
         )
-        cls.check_schema(config_schema)
-    except jsonschema.exceptions.SchemaError as exc:
-        json_path = "$.config_schema" + _format_json_path(exc.absolute_path)[1:]
-        raise ManifestError(
-            f"{file}: invalid manifest at {json_path}: config_schema is not a valid JSON "
-            f"Schema: {_truncate(exc.message)}. To fix: correct the schema at {json_path}.",
-            plugin=plugin,
-            json_path=json_path,
-        ) from exc
+        meta = _bounded(jsonschema.validators.validator_for(cls.META_SCHEMA, default=cls))
+        checker = meta(cls.META_SCHEMA, format_checker=_regex_format())
+        error = next(iter(checker.iter_errors(config_schema)), None)
+    except _OverBudget as exc:
+        raise refuse("$.config_schema", f"checking config_schema against its metaschema takes "
+                     f"more than {MAX_SCHEMA_STEPS} schema evaluations: it is far larger than "
+                     f"any configuration needs", "make config_schema smaller") from exc
     except RecursionError as exc:
-        raise ManifestError(
-            f"{file}: invalid manifest at $.config_schema: nested too deeply",
-            plugin=plugin,
-            json_path="$.config_schema",
-        ) from exc
+        raise refuse("$.config_schema", "nested too deeply",
+                     "flatten config_schema") from exc
+    except _UnsafePattern as exc:  # a regex in a place the metaschema does not mark
+        raise refuse("$.config_schema", _unsafe_pattern(exc), _PATTERN_FIX) from exc
+    finally:
+        _STEPS.reset(token)
+    if error is not None:
+        json_path = "$.config_schema" + _format_json_path(error.absolute_path)[1:]
+        if isinstance(error.cause, _UnsafePattern):
+            raise refuse(json_path, _unsafe_pattern(error.cause), _PATTERN_FIX) from error.cause
+        raise refuse(json_path, f"config_schema is not a valid JSON Schema: "
+                     f"{_truncate(error.message)}", f"correct the schema at {json_path}")
+    # jsonschema evaluates unevaluatedProperties with Python's re over the patternProperties
+    # it meets; rather than reimplementing that keyword, the combination is refused.
+    keys = {key for _, key, _ in _walk_schema(config_schema)}
+    if "unevaluatedProperties" in keys and "patternProperties" in keys:
+        raise refuse("$.config_schema", "config_schema combines unevaluatedProperties with "
+                     "patternProperties, which plugbox does not evaluate (their regexes would "
+                     "run on a backtracking engine)", "use additionalProperties instead of "
+                     "unevaluatedProperties, or list the properties explicitly")
+
+
+_PATTERN_FIX: Final = (
+    "rewrite the pattern without lookaround ((?=, (?!, (?<=, (?<!), backreferences (\\1) "
+    "and atomic or possessive groups; plugbox runs plugin-supplied patterns with RE2, whose "
+    "matching time is linear in the input"
+)
+
+
+def _unsafe_pattern(exc: _UnsafePattern) -> str:
+    try:
+        re.compile(exc.pattern)  # compiling is cheap; only matching can backtrack
+    except (re.error, RecursionError, OverflowError, ValueError):
+        return (f"config_schema is not a valid JSON Schema: {_short(exc.pattern)} is not a "
+                f"valid regular expression ({exc.detail})")
+    return (f"the regular expression {_short(exc.pattern)} is not supported by RE2, the "
+            f"linear-time engine plugbox evaluates plugin-supplied patterns with ({exc.detail})")
 
 
 def _truncate(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _build(raw: dict[str, Any], file: Path) -> Manifest:
+def _build(raw: dict[str, Any], source: ManifestSource) -> Manifest:
     module = raw["module"]
     perms = raw.get("permissions", {})
     limits = raw.get("limits", {})
-    directory = file.parent
+    file, directory = source.path, source.directory
     config_schema = raw.get("config_schema")
     return Manifest(
         name=raw["name"],
@@ -457,6 +959,7 @@ def _build(raw: dict[str, Any], file: Path) -> Manifest:
         path=file,
         directory=directory,
         raw=raw,
+        data=source.data,
     )
 
 
@@ -500,31 +1003,46 @@ def _build_http(http: Mapping[str, Any]) -> HttpPermission:
 # Checks
 
 
+def read_module(manifest: Manifest) -> bytes:
+    """The bytes of the plugin's module, read safely (:func:`read_plugin_file`): inside the
+    plugin directory, a regular file of at most :data:`MAX_MODULE_BYTES`. Not hash-checked
+    (:func:`verify_module` is). Raises :class:`~plugbox.ManifestError` naming
+    ``$.module.path``."""
+    rel = str(manifest.raw.get("module", {}).get("path", manifest.module_path.name))
+    try:
+        return read_plugin_file(manifest.directory, rel, MAX_MODULE_BYTES)
+    except PluginFileRefused as exc:
+        if exc.kind == "missing":
+            message = (f"plugin {manifest.name!r}: the module {rel!r} named at $.module.path "
+                       f"in {manifest.path} does not exist (looked for {manifest.module_path}); "
+                       f"build the plugin or correct $.module.path")
+        else:
+            fix = {
+                "too-large": "a module this large is not accepted from any plugin",
+                "unsafe": "make $.module.path name a regular file inside the plugin directory",
+            }.get(exc.kind, "check the file and its permissions")
+            message = (f"plugin {manifest.name!r}: the module {rel!r} named at $.module.path "
+                       f"in {manifest.path} {exc.reason}; {fix}")
+        raise ManifestError(message, plugin=manifest.name, json_path="$.module.path") from exc
+
+
 def verify_module(manifest: Manifest) -> bytes:
-    """Read the plugin's module and check it against the manifest's sha256.
+    """Read the plugin's module (:func:`read_module`) and check it against the manifest's
+    sha256.
 
     Returns the module's bytes. Raises :class:`~plugbox.HashMismatchError` when they differ
-    from the pinned digest, and :class:`~plugbox.ManifestError` when the module cannot be read.
+    from the pinned digest, and :class:`~plugbox.ManifestError` when the module cannot be read
+    or is refused unread (outside the plugin directory, not a regular file, over the cap), so
+    the digest printed is only ever that of a file inside the plugin directory.
     """
-    rel = manifest.raw.get("module", {}).get("path", manifest.module_path.name)
-    try:
-        data = manifest.module_path.read_bytes()
-    except FileNotFoundError as exc:
-        raise ManifestError(
-            f"plugin {manifest.name!r}: the module {rel!r} named at $.module.path in "
-            f"{manifest.path} does not exist (looked for {manifest.module_path}); build the "
-            f"plugin or correct $.module.path",
-            plugin=manifest.name,
-            json_path="$.module.path",
-        ) from exc
-    except OSError as exc:
-        raise ManifestError(
-            f"plugin {manifest.name!r}: cannot read the module {manifest.module_path} named at "
-            f"$.module.path in {manifest.path}: {exc.strerror or exc}",
-            plugin=manifest.name,
-            json_path="$.module.path",
-        ) from exc
-    actual = hashlib.sha256(data).hexdigest()
+    data = read_module(manifest)
+    check_module_hash(manifest, hashlib.sha256(data).hexdigest())
+    return data
+
+
+def check_module_hash(manifest: Manifest, actual: str) -> None:
+    """Raise :class:`~plugbox.HashMismatchError` when ``actual`` (the sha256 of the module as
+    :func:`read_module` read it) is not the digest ``manifest`` pins."""
     if actual != manifest.module_sha256:
         raise HashMismatchError(
             f"plugin {manifest.name!r}: the module {manifest.module_path} has sha256 {actual}, "
@@ -533,7 +1051,6 @@ def verify_module(manifest: Manifest) -> bytes:
             f"file was modified or corrupted: rebuild it from source or restore the original",
             plugin=manifest.name,
         )
-    return data
 
 
 def check_compatibility(manifest: Manifest, *, runtime_version: str, abi_version: str) -> None:
@@ -597,36 +1114,68 @@ def validate_config(manifest: Manifest, config: Mapping[str, Any]) -> None:
     """Check a host-supplied configuration against the plugin's ``config_schema``.
 
     Raises :class:`~plugbox.UsageError` (the host supplied it) naming the plugin and the JSON
-    path of the offending value. A manifest without ``config_schema`` accepts any object.
+    path of the offending value, or when the configuration's JSON text exceeds
+    :data:`MAX_CONFIG_BYTES`. A manifest without ``config_schema`` accepts any object. The
+    schema's regexes run on RE2, and a schema that needs more than :data:`MAX_SCHEMA_STEPS`
+    keyword evaluations is refused (:class:`~plugbox.ManifestError`: the plugin's fault).
     """
+    plugin = manifest.name
     if not isinstance(config, Mapping):
         raise UsageError(
-            f"plugin {manifest.name!r}: the configuration must be a JSON object (a dict), "
+            f"plugin {plugin!r}: the configuration must be a JSON object (a dict), "
             f"not {type(config).__name__}",
-            plugin=manifest.name,
+            plugin=plugin,
         )
+    try:
+        size = len(json.dumps(config, ensure_ascii=False).encode("utf-8"))
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"plugin {plugin!r}: the configuration is not JSON-serialisable: "
+                         f"{_truncate(str(exc))}", plugin=plugin) from exc
+    except RecursionError as exc:
+        raise UsageError(f"plugin {plugin!r}: the configuration is nested too deeply",
+                         plugin=plugin) from exc
+    if size > MAX_CONFIG_BYTES:
+        raise UsageError(f"plugin {plugin!r}: the configuration is {size} bytes as JSON, more "
+                         f"than the {MAX_CONFIG_BYTES} allowed; pass large data another way",
+                         plugin=plugin, limit="config_bytes")
     if manifest.config_schema is None:
         return
-    cls = jsonschema.validators.validator_for(
+    cls = _bounded(jsonschema.validators.validator_for(
         manifest.config_schema, default=jsonschema.Draft202012Validator
-    )
+    ))
     validator = cls(manifest.config_schema)
+    where = f"{manifest.path}: invalid manifest at $.config_schema"
+    token = _STEPS.set([MAX_SCHEMA_STEPS])
     try:
-        error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+        error = jsonschema.exceptions.best_match(
+            itertools.islice(validator.iter_errors(config), _MAX_ERRORS))
     except referencing.exceptions.Unresolvable as exc:
         # A $ref the schema cannot resolve is the plugin's fault, not the host's.
         raise ManifestError(
-            f"{manifest.path}: invalid manifest at $.config_schema: it refers to {exc} which "
-            f"cannot be resolved (plugbox never fetches schemas over the network); make the "
-            f"schema self-contained",
-            plugin=manifest.name,
+            f"{where}: it refers to {exc} which cannot be resolved (plugbox never fetches "
+            f"schemas over the network); make the schema self-contained",
+            plugin=plugin,
             json_path="$.config_schema",
         ) from exc
+    except _OverBudget as exc:
+        raise ManifestError(
+            f"{where}: validating a configuration against it takes more than "
+            f"{MAX_SCHEMA_STEPS} schema evaluations (e.g. $ref or allOf/anyOf chains that "
+            f"multiply at every level); simplify the schema",
+            plugin=plugin,
+            json_path="$.config_schema",
+        ) from exc
+    except _UnsafePattern as exc:
+        raise ManifestError(f"{where}: {_unsafe_pattern(exc)}; {_PATTERN_FIX}", plugin=plugin,
+                            json_path="$.config_schema") from exc
     except RecursionError as exc:
         raise UsageError(
-            f"plugin {manifest.name!r}: the configuration is nested too deeply",
-            plugin=manifest.name,
+            f"plugin {plugin!r}: the configuration is nested too deeply (or the plugin's "
+            f"config_schema refers to itself without end)",
+            plugin=plugin,
         ) from exc
+    finally:
+        _STEPS.reset(token)
     if error is None:
         return
     path = _format_json_path(error.absolute_path)

@@ -40,7 +40,13 @@ from pathlib import Path
 from typing import Final
 
 from ._errors import ManifestError, PackageError, UsageError
-from ._manifest import MANIFEST_FILENAME, MAX_MANIFEST_BYTES
+from ._manifest import (
+    MANIFEST_FILENAME,
+    MAX_MANIFEST_BYTES,
+    MAX_MODULE_BYTES,
+    PluginFileRefused,
+    read_plugin_file,
+)
 from ._trust import MAX_SIGNATURES, PRIMARY_SIGNATURE, SIGNATURES_DIR
 
 __all__ = [
@@ -80,7 +86,7 @@ class PackageLimits:
     """
 
     max_package_bytes: int = 128 << 20
-    max_module_bytes: int = 64 << 20
+    max_module_bytes: int = MAX_MODULE_BYTES
     max_doc_bytes: int = 1 << 20
     max_total_bytes: int = 128 << 20
     max_ratio: int = 100
@@ -96,8 +102,13 @@ def is_package(path: str | os.PathLike[str]) -> bool:
     if file.name.endswith(PACKAGE_SUFFIX):
         return True
     try:
-        with file.open("rb") as stream:
-            return stream.read(4) == _ZIP_MAGIC
+        # Non-blocking and checked on the descriptor: a FIFO swapped in is never waited on.
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(file, flags)
+        try:
+            return stat.S_ISREG(os.fstat(fd).st_mode) and os.read(fd, 4) == _ZIP_MAGIC
+        finally:
+            os.close(fd)
     except OSError:
         return False
 
@@ -256,13 +267,16 @@ def read_package(path: str | os.PathLike[str] | bytes,
     else:
         file = Path(path)
         try:
-            with file.open("rb") as stream:
-                data = stream.read(limits.max_package_bytes + 1)
-        except OSError as exc:
-            raise UsageError(f"{file}: cannot read the package: {exc.strerror or exc}") from exc
-        if len(data) > limits.max_package_bytes:
-            raise PackageError(f"{file}: the package is larger than "
-                               f"{limits.max_package_bytes} bytes")
+            # A regular file, size-checked before it is read, opened without blocking.
+            real = file.resolve(strict=True)
+            data = read_plugin_file(real.parent, real.name, limits.max_package_bytes)
+        except (OSError, RuntimeError) as exc:
+            raise UsageError(f"{file}: cannot read the package: {exc}") from exc
+        except PluginFileRefused as exc:
+            if exc.kind == "too-large":
+                raise PackageError(f"{file}: the package is larger than "
+                                   f"{limits.max_package_bytes} bytes") from exc
+            raise UsageError(f"{file}: cannot read the package: it {exc.reason}") from exc
     if not data.startswith(_ZIP_MAGIC):
         raise PackageError("not a .plugbox package: it does not start with a zip member "
                            "header (a .plugbox is a zip archive; make one with plugbox pack)")
@@ -414,12 +428,16 @@ def staged_plugin(path: str | os.PathLike[str]) -> Iterator[Path]:
 def package_members(directory: str | os.PathLike[str]) -> dict[str, Path]:
     """The files of the plugin in ``directory`` that go into its package: member name ->
     file. The manifest must parse far enough to name its module."""
-    root = Path(directory)
+    return _plugin_members(Path(directory))[1]
+
+
+def _plugin_members(root: Path) -> tuple[str, dict[str, Path]]:
+    """(the module's member name, :func:`package_members`)."""
     manifest = root / MANIFEST_FILENAME
     if not manifest.is_file():
         raise ManifestError(f"{root}: no {MANIFEST_FILENAME} in this directory")
     try:
-        module = _module_path(manifest.read_bytes())
+        module = _module_path(_read_plugin_member(root, MANIFEST_FILENAME, MAX_MANIFEST_BYTES))
     except PackageError as exc:
         raise ManifestError(f"{manifest}: {exc.message}") from exc
     members: dict[str, Path] = {MANIFEST_FILENAME: manifest, module: root / module}
@@ -434,7 +452,15 @@ def package_members(directory: str | os.PathLike[str]) -> dict[str, Path]:
     for doc in sorted(_DOC_NAMES):
         if (root / doc).is_file():
             members[doc] = root / doc
-    return members
+    return module, members
+
+
+def _read_plugin_member(root: Path, name: str, cap: int) -> bytes:
+    """A plugin file to pack, read as the loader reads it (inside ``root``, regular, capped)."""
+    try:
+        return read_plugin_file(root, name, cap)
+    except PluginFileRefused as exc:
+        raise UsageError(f"cannot pack {root / name}: the file {exc.reason}") from exc
 
 
 def write_package(directory: str | os.PathLike[str], output: str | os.PathLike[str], *,
@@ -448,19 +474,18 @@ def write_package(directory: str | os.PathLike[str], output: str | os.PathLike[s
     out = Path(output)
     if (out.exists() or out.is_symlink()) and not force:
         raise UsageError(f"{out} already exists (use --force to overwrite it)")
-    members = package_members(directory)
+    root = Path(directory)
+    module, members = _plugin_members(root)
     order = [MANIFEST_FILENAME, *sorted(n for n in members if n != MANIFEST_FILENAME)]
     buffer = io.BytesIO()
-    try:
-        with zipfile.ZipFile(buffer, "w") as zf:
-            for name in order:
-                info = zipfile.ZipInfo(name, date_time=_EPOCH)
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.create_system = 3  # Unix, so external_attr holds a mode
-                info.external_attr = (stat.S_IFREG | 0o644) << 16
-                zf.writestr(info, members[name].read_bytes())
-    except OSError as exc:
-        raise UsageError(f"cannot read {exc.filename}: {exc.strerror or exc}") from exc
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name in order:
+            info = zipfile.ZipInfo(name, date_time=_EPOCH)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.create_system = 3  # Unix, so external_attr holds a mode
+            info.external_attr = (stat.S_IFREG | 0o644) << 16
+            cap = _member_cap(name, module, PackageLimits())
+            zf.writestr(info, _read_plugin_member(root, name, cap))
     # Check the result with the reader: a package plugbox cannot read back is never written.
     read_package(buffer.getvalue())
     try:

@@ -18,7 +18,8 @@ from ._events import EventBus
 from ._fastpath import Engine, Template
 from ._fastpath_component import ComponentTemplate, compile_component, deserialize_component
 from ._kvstore import KvStore
-from ._manifest import Manifest, check_compatibility, load_manifest, validate_config, verify_module
+from ._manifest import (Manifest, check_compatibility, read_manifest, validate_config,
+                        validate_manifest, verify_module)
 from ._package import staged_plugin
 from ._plugin import CallRecord, Plugin
 from ._policy import Policy
@@ -130,8 +131,10 @@ class Runtime:
         """The checks that precede compilation, in order; see :meth:`verify`."""
         # A .plugbox package is unpacked into a private temporary directory.
         with staged_plugin(path) as plugin_path:
-            manifest = load_manifest(plugin_path)
-            signers = self.trust.check(manifest)  # signatures, before the hash or compile
+            # Read once, cheap bounds only; signatures before the schema, hash or compile.
+            source = read_manifest(plugin_path)
+            signers = self.trust.check(source)
+            manifest = validate_manifest(source)
             check_compatibility(manifest, runtime_version=self.version,
                                 abi_version=_abispec.ABI_VERSION)
             wasm = verify_module(manifest)

@@ -4,13 +4,15 @@ A plugin directory carries detached minisign signatures of the exact bytes of it
 ``plugbox.json`` (which pins the module's sha256): the first as ``plugbox.json.minisig``,
 further ones as ``signatures/*.minisig``. :class:`TrustPolicy` decides, from a set of trusted
 public keys, a ``threshold`` of distinct trusted signers and a list of revoked key ids, whether
-a plugin may be loaded. ``Runtime.load`` asks it right after reading the manifest, before the
-module is hashed or compiled. See docs/trust.md.
+a plugin may be loaded. ``Runtime.load`` asks it right after reading the manifest (once: the
+bytes checked are the bytes parsed) and its cheap structural checks, before the schema is
+applied and before the module is hashed or compiled. Signature files are read like every other
+plugin file: regular files inside the plugin directory, size-capped, never blocking
+(:func:`plugbox._manifest.read_plugin_file`). See docs/trust.md.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -26,7 +28,9 @@ from ._errors import (
     UsageError,
     VerificationError,
 )
+from ._manifest import PluginFileRefused, read_plugin_file
 from ._signing import (
+    MAX_SIGNATURE_FILE_BYTES,
     PublicKey,
     Signature,
     normalize_key_id,
@@ -34,7 +38,7 @@ from ._signing import (
 )
 
 if TYPE_CHECKING:
-    from ._manifest import Manifest
+    from ._manifest import Manifest, ManifestSource
 
 __all__ = [
     "MAX_SIGNATURES",
@@ -46,6 +50,7 @@ __all__ = [
     "TrustPolicy",
     "TrustReport",
     "inspect_signatures",
+    "read_signature_file",
     "signature_files",
 ]
 
@@ -61,6 +66,8 @@ SIGNATURES_DIR: Final = "signatures"
 #: More signature files than this are refused: checking each costs two Ed25519 verifications,
 #: and no real plugin needs dozens of signers.
 MAX_SIGNATURES: Final = 32
+# Entries of signatures/ looked at: listing a directory of millions of files is work too.
+_MAX_SIGNATURE_DIR_ENTRIES: Final = 1024
 
 SignatureStatus = Literal["valid", "duplicate", "invalid", "malformed", "unknown-key", "revoked",
                           "unverified"]
@@ -147,19 +154,41 @@ class TrustReport:
 
 def signature_files(directory: Path) -> list[Path]:
     """The signature files of the plugin in ``directory``: ``plugbox.json.minisig`` first (if
-    present), then ``signatures/*.minisig`` sorted by name."""
+    present), then ``signatures/*.minisig`` sorted by name. Raises
+    :class:`~plugbox.SignatureError` when ``signatures/`` has more than 1024 entries (it is not
+    listed further)."""
     files: list[Path] = []
     primary = directory / PRIMARY_SIGNATURE
     if primary.is_file():
         files.append(primary)
     extra = directory / SIGNATURES_DIR
     if extra.is_dir():
+        entries: list[Path] = []
         try:
-            entries = sorted(extra.iterdir())
+            with os.scandir(extra) as scan:
+                for entry in scan:
+                    if len(entries) >= _MAX_SIGNATURE_DIR_ENTRIES:
+                        raise SignatureError(
+                            f"{extra} has more than {_MAX_SIGNATURE_DIR_ENTRIES} entries; a "
+                            f"plugin carries at most {MAX_SIGNATURES} signatures",
+                            path=str(extra))
+                    entries.append(Path(entry.path))
         except OSError:
             entries = []
-        files.extend(p for p in entries if p.name.endswith(".minisig") and p.is_file())
+        files.extend(p for p in sorted(entries) if p.name.endswith(".minisig") and p.is_file())
     return files
+
+
+def read_signature_file(file: Path, directory: Path) -> Signature:
+    """Parse the signature ``file`` of the plugin in ``directory``, read like every plugin
+    file (inside the directory, a regular file, capped, never blocking); raises
+    :class:`~plugbox.SignatureError`."""
+    try:
+        data = read_plugin_file(directory, _relative(file, directory), MAX_SIGNATURE_FILE_BYTES)
+    except PluginFileRefused as exc:
+        raise SignatureError(f"{file}: the signature file {exc.reason}",
+                             path=str(file)) from exc
+    return Signature.parse(data, path=file)
 
 
 def _relative(file: Path, directory: Path) -> str:
@@ -173,10 +202,14 @@ def inspect_signatures(directory: Path) -> tuple[SignatureCheck, ...]:
     """Parse (without verifying) every signature of the plugin in ``directory``: who claims to
     have signed it. Trusted comments shown this way are *unverified*."""
     checks: list[SignatureCheck] = []
-    for file in signature_files(directory)[: MAX_SIGNATURES + 1]:
+    try:
+        files = signature_files(directory)
+    except SignatureError as exc:
+        return (SignatureCheck(SIGNATURES_DIR, "malformed", exc.message),)
+    for file in files[: MAX_SIGNATURES + 1]:
         name = _relative(file, directory)
         try:
-            sig = Signature.from_file(file)
+            sig = read_signature_file(file, directory)
         except SignatureError as exc:
             checks.append(SignatureCheck(name, "malformed", exc.message))
             continue
@@ -337,7 +370,11 @@ class TrustPolicy:
         policy's requirements are met. Never raises for a problem with the plugin: the error
         that would refuse it is in :attr:`TrustReport.error`."""
         label = f"plugin {plugin!r}" if plugin else str(directory)
-        files = signature_files(directory)
+        try:
+            files = signature_files(directory)
+        except SignatureError as exc:
+            return TrustReport(self.mode, self.threshold, (), (), SignatureError(
+                f"{label}: {exc.message}", plugin=plugin, path=exc.path))
         checks: list[SignatureCheck] = []
         signers: list[SignerInfo] = []
         counted: set[str] = set()
@@ -355,7 +392,7 @@ class TrustPolicy:
         for file in files:
             name = _relative(file, directory)
             try:
-                sig = Signature.from_file(file)
+                sig = read_signature_file(file, directory)
             except SignatureError as exc:
                 checks.append(SignatureCheck(name, "malformed", exc.message))
                 tampered = tampered or SignatureError(
@@ -441,13 +478,15 @@ class TrustPolicy:
         return cls(f"{label} is not signed by {need} ({'; '.join(parts)}); {hint}",
                    plugin=plugin, key_ids=found)
 
-    def check(self, manifest: Manifest) -> tuple[SignerInfo, ...]:
-        """Apply this policy to the plugin whose validated ``manifest`` was just read.
+    def check(self, manifest: Manifest | ManifestSource) -> tuple[SignerInfo, ...]:
+        """Apply this policy to the plugin whose manifest was just read.
 
+        ``manifest`` is a validated :class:`~plugbox.Manifest` or, so that signatures are
+        checked before the (more expensive) schema validation, a
+        :func:`~plugbox._manifest.read_manifest` result. The signatures are checked against the
+        bytes it was parsed from (``manifest.data``), never a second read of the file.
         Returns the trusted signers (empty in mode ``off``). In mode ``require`` raises what
-        :meth:`evaluate` found; in mode ``warn`` logs it as a WARNING instead. The manifest file
-        is read again and must still hold what ``manifest`` was parsed from, so that the bytes
-        whose signature was checked are the bytes that were validated.
+        :meth:`evaluate` found; in mode ``warn`` logs it as a WARNING instead.
         """
         plugin = manifest.name
         if self.mode == "off":
@@ -455,35 +494,10 @@ class TrustPolicy:
             _log.log(level, "SIGNATURE CHECKS ARE OFF: loading plugin %r (%s) without checking "
                      "who signed it; use this for development only", plugin, manifest.path)
             return ()
-        data = _manifest_bytes(manifest)
-        report = self.evaluate(manifest.directory, data, plugin=plugin)
+        report = self.evaluate(manifest.directory, manifest.data, plugin=plugin)
         if report.error is not None:
             if self.mode == "require":
                 raise report.error
             _log.warning("plugin %r loads although its signatures fail the trust policy "
                          "(mode 'warn'): %s", plugin, report.error.message)
         return report.signers
-
-
-def _manifest_bytes(manifest: Manifest) -> bytes:
-    """The manifest file's bytes, checked to be the ones ``manifest`` was parsed from."""
-    from ._manifest import MAX_MANIFEST_BYTES
-
-    try:
-        with manifest.path.open("rb") as stream:
-            data = stream.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as exc:
-        raise SignatureError(f"plugin {manifest.name!r}: cannot re-read {manifest.path} to "
-                             f"check its signatures: {exc.strerror or exc}",
-                             plugin=manifest.name) from exc
-    try:
-        same = json.loads(data.decode("utf-8-sig")) == manifest.raw
-    except (ValueError, RecursionError):
-        same = False
-    if not same:
-        raise SignatureError(
-            f"plugin {manifest.name!r}: {manifest.path} changed while it was being verified; "
-            f"refusing to check signatures over different bytes than were validated",
-            plugin=manifest.name,
-        )
-    return data
