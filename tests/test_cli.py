@@ -181,6 +181,41 @@ def test_inspect_and_verify_agree_with_load_on_an_unrequested_import(
     assert refused.value.message == report["capabilities"]["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("variant", "error", "phrase"),
+    [
+        ({"limits": {"memory_bytes": 1}}, "PolicyViolationError", "below one WebAssembly page"),
+        ({"memory_pages": 40, "limits": {"memory_bytes": 1 << 20}}, "PolicyViolationError",
+         "memory"),
+        ({"body": "(i64.const 1)"}, "ModuleInterfaceError", ""),
+    ],
+    ids=["memory-bytes-1", "memory-min-above-limit", "invalid-body"],
+)
+def test_inspect_and_verify_agree_with_load_on_what_cannot_run(
+        plugin: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        variant: dict[str, Any], error: str, phrase: str) -> None:
+    fields = dict(variant)
+    pages = fields.pop("memory_pages", 1)
+    wat = TEMPLATE.format(body=fields.pop("body", ECHO), imports="")
+    wat = wat.replace('(memory (export "memory") 1)', f'(memory (export "memory") {pages})')
+    directory = plugin(wasm=bytes(wasmtime.wat2wasm(wat)), **fields)
+    with plugbox.Runtime(state_dir=tmp_path / "state", pooled_instances=0) as runtime:
+        with pytest.raises(plugbox.VerificationError) as refused:
+            runtime.verify(directory)
+    assert type(refused.value).__name__ == error and phrase in refused.value.message
+    code, report = run_json(capsys, "inspect", str(directory), "--json")
+    assert code == 1 and report["ok"] is False
+    assert report["checks"]["runnable"]["error"]["message"] == refused.value.message
+    keys = tmp_path / "keys"
+    assert main(["keygen", "--output-dir", str(keys)]) == 0
+    assert main(["sign", str(directory), "--key", str(keys / "plugbox.key")]) == 0
+    capsys.readouterr()
+    code, doc = run_json(capsys, "verify", str(directory), "--trusted-keys",
+                         str(keys / "plugbox.pub"), "--json")
+    assert code == 1 and doc["checks"]["runnable"]["ok"] is False
+    assert doc["checks"]["runnable"]["error"]["message"] == refused.value.message
+
+
 def test_inspect_json_report(plugin: Callable[..., Path],
                              capsys: pytest.CaptureFixture[str]) -> None:
     directory = plugin(imports=LOG_IMPORT, permissions={"log": True, "kv": {}},
@@ -196,7 +231,8 @@ def test_inspect_json_report(plugin: Callable[..., Path],
     assert report["module"]["kind"] == "core"
     assert report["module"]["sha256"] == report["module"]["actual_sha256"]
     assert {name: check["ok"] for name, check in report["checks"].items()} == {
-        "sha256": True, "abi": True, "host": True, "module": True, "interface": True}
+        "sha256": True, "abi": True, "host": True, "module": True, "interface": True,
+        "runnable": True}
     assert report["imports"] == [{
         "module": "plugbox:plugin/log@1.0.0", "name": "log", "kind": "func",
         "params": ["i32", "i32", "i32"], "results": [], "service": "log"}]
@@ -315,10 +351,15 @@ def test_inspect_never_compiles(plugin: Callable[..., Path], monkeypatch: pytest
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("inspect compiled the module")
 
+    validated: list[bytes] = []
+    real_validate = wasmtime.Module.validate
     monkeypatch.setattr(wasmtime.Module, "__init__", refuse)
-    monkeypatch.setattr(wasmtime.Module, "validate", refuse)
     monkeypatch.setattr(wasmtime.Module, "deserialize", refuse)
+    # Validation (linear, no code generated) is the one step inspect shares with load.
+    monkeypatch.setattr(wasmtime.Module, "validate",
+                        staticmethod(lambda e, w: (validated.append(w), real_validate(e, w))))
     assert run(capsys, "inspect", str(plugin()))[0] == 0
+    assert len(validated) == 1
 
 
 def test_inspect_escapes_control_characters(plugin: Callable[..., Path],

@@ -77,13 +77,16 @@ def in_child(code: str, timeout: float = 60) -> str:
 
 
 LOAD_IN_CHILD = """
-import plugbox, resource, sys
+import plugbox, sys
 try:
     plugbox.Runtime(state_dir={state!r}, pooled_instances=0).load({path!r})
     print("loaded")
 except plugbox.PlugboxError as exc:
     print(type(exc).__name__, exc.message)
-print("maxrss_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM, not ru_maxrss: the latter survives exec, so it would report the parent's peak.
+with open("/proc/self/status") as status:
+    hwm = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+print("maxrss_kib", hwm)
 """
 
 

@@ -144,7 +144,8 @@ def test_verify_a_signed_plugin_lists_every_check(plugin: Path, keys: Keys,
     code, doc = run_json(capsys, "verify", str(plugin), "--trusted-keys", str(keys.trusted))
     assert code == 0 and doc["ok"] is True
     assert statuses(doc) == {"schema": True, "signatures": True, "policy": True, "compat": True,
-                             "hash": True, "interface": True, "capabilities": True}
+                             "hash": True, "interface": True, "capabilities": True,
+                             "runnable": True}
     (sig,) = doc["checks"]["signatures"]["signatures"]
     assert (sig["status"], sig["key_id"], sig["key_name"], sig["trusted_comment"]) == (
         "valid", key_id, "alice", "release 1")

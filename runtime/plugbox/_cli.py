@@ -64,6 +64,7 @@ from ._manifest import (
     verify_module,
 )
 from ._package import extract_package, is_package, read_package, write_package
+from ._permissions import Limits
 from ._policy import DEFAULT_MAX_LIMITS, Policy
 from ._signing import SecretKey, sign_bytes, write_keypair
 from ._trust import (
@@ -231,6 +232,28 @@ def _capabilities_report(info: ModuleInfo | None, manifest: Manifest) -> dict[st
     return doc
 
 
+_VALIDATOR: list[Any] = []  # one wasmtime engine for validation, made on first use
+
+
+def _runnable_check(manifest: Manifest, wasm: bytes, info: ModuleInfo | None,
+                    limits: Limits, policy: Policy) -> dict[str, Any]:
+    """:func:`plugbox._runtime.check_runnable` (what ``Runtime.load`` checks before compiling:
+    limits, compile budget, module shape, validation) as a report entry."""
+    import wasmtime
+
+    from ._runtime import check_runnable
+
+    if info is None:
+        return _check(None, "not checked (the module could not be read)")
+    if not _VALIDATOR:
+        _VALIDATOR.append(wasmtime.Engine())
+    try:
+        check_runnable(manifest, wasm, info, limits, policy, _VALIDATOR[0])
+    except (ModuleInterfaceError, PolicyViolationError) as exc:
+        return _check(False, "Runtime.load would refuse to compile or start it", exc)
+    return _check(True, "validates; fits its limits and the compile budget")
+
+
 def _passes(checks: Mapping[str, Mapping[str, Any]]) -> bool:
     """The one verdict both ``inspect`` and ``verify`` report: no check failed (``None`` is a
     check that was skipped, or does not apply). ``Runtime.load`` refuses exactly the plugins
@@ -319,13 +342,15 @@ def _inspect_report(manifest: Manifest, policy: Policy,
         except (ModuleInterfaceError, IncompatibleAbiError) as exc:
             checks["interface"] = _check(False, "the module does not fit the plugbox ABI", exc)
 
+    component = info is not None and info.kind == "component"
     try:
-        _, effective = policy.resolve(manifest)
+        _, effective = policy.resolve(manifest, component=component)
         policy_check = _check(True, "within the host policy's caps")
     except PolicyViolationError as exc:
-        effective = manifest.limits.fill(policy.effective_defaults())
+        effective = manifest.limits.fill(policy.effective_defaults(component=component))
         policy_check = _check(False, "refused by the host policy", exc)
     policy_check["http_hosts"] = list(policy.http_hosts)
+    checks["runnable"] = _runnable_check(manifest, data, info, effective, policy)
 
     services = sorted(imported_services(info)) if info is not None else []
     requested = manifest.permissions.services()
@@ -390,6 +415,7 @@ _CHECK_LABELS: Final = {
     "host": "host",
     "module": "module",
     "interface": "interface",
+    "runnable": "runnable",
 }
 
 
@@ -829,7 +855,8 @@ def _verify_report(path: Path, trust: TrustPolicy, package: bool) -> dict[str, A
             checks.setdefault(name, _verify_check(None, "not checked (an earlier check failed)"))
 
     def finish() -> dict[str, Any]:
-        skip("schema", "signatures", "compat", "hash", "interface", "capabilities", "policy")
+        skip("schema", "signatures", "compat", "hash", "interface", "capabilities", "runnable",
+             "policy")
         doc["ok"] = _passes(checks)
         return doc
 
@@ -895,6 +922,11 @@ def _verify_report(path: Path, trust: TrustPolicy, package: bool) -> dict[str, A
         caps["ok"], caps["detail"], None,
         **{k: caps[k] for k in ("imported", "requested", "unrequested", "unused")})
     checks["capabilities"]["error"] = caps["error"]
+    # The default policy's budget: a host may raise it, which this command cannot know.
+    policy = Policy()
+    defaults = policy.effective_defaults(component=info.kind == "component")
+    checks["runnable"] = _runnable_check(manifest, wasm, info, manifest.limits.fill(defaults),
+                                         policy)
     return finish()
 
 
@@ -906,6 +938,7 @@ _VERIFY_LABELS: Final = {
     "hash": "hash",
     "interface": "interface",
     "capabilities": "capabilities",
+    "runnable": "runnable",
     "policy": "trust policy",
 }
 
@@ -1228,8 +1261,9 @@ def _add_verify(sub: Any) -> None:
         description=(
             "Check a plugin directory, manifest or .plugbox package as Runtime.load would, "
             "without compiling it: package safety, manifest schema, signatures by trusted keys "
-            "(threshold, revocations), compatibility, module sha256, ABI interface and "
-            "capabilities. Exit 0 when valid and trusted; 1 when invalid, tampered, untrusted "
+            "(threshold, revocations), compatibility, module sha256, ABI interface, "
+            "capabilities, and whether it can run (limits, compile budget, module shape, "
+            "validation). Exit 0 when valid and trusted; 1 when invalid, tampered, untrusted "
             "or revoked; 2 when the input or the keys cannot be read."
         ),
     )

@@ -19,7 +19,10 @@ from ._permissions import Limits, Permissions
 if TYPE_CHECKING:
     from ._manifest import Manifest
 
-__all__ = ["DEFAULT_MAX_LIMITS", "MIN_MEMORY_BYTES", "Policy", "budget_violation"]
+__all__ = [
+    "DEFAULT_MAX_LIMITS", "MIN_MEMORY_BYTES", "Policy", "budget_violation",
+    "check_runnable_limits",
+]
 
 #: The default caps: generous enough for real plugins, small enough that a runaway one cannot
 #: take the host down.
@@ -87,6 +90,23 @@ _BUDGET_FIELDS = (
     "max_component_memories",
     "max_component_tables",
 )
+
+
+def check_runnable_limits(manifest: Manifest, limits: Limits) -> None:
+    """Refuse limits under which no module can run (a memory cap below one page) with
+    :class:`~plugbox.PolicyViolationError`: at load, not as a trap at the first call."""
+    if limits.memory_bytes < MIN_MEMORY_BYTES:
+        requested = "memory_bytes" in manifest.limits.requested()
+        raise PolicyViolationError(
+            f"plugin {manifest.name!r} ({manifest.path}) would run with a memory limit of "
+            f"{limits.memory_bytes} bytes, below one WebAssembly page ({MIN_MEMORY_BYTES} "
+            "bytes), under which no module can run; "
+            + ("raise limits.memory_bytes in the manifest" if requested else
+               "raise the host's Policy(max_limits=Limits(memory_bytes=...)) or its "
+               "default limits"),
+            plugin=manifest.name,
+            limit="memory_bytes",
+        )
 
 
 def budget_violation(manifest: Manifest, what: str, cap_name: str, needed: int
@@ -296,16 +316,5 @@ class Policy:
                 )
 
         limits = manifest.limits.fill(self.effective_defaults(component=component))
-        if limits.memory_bytes < MIN_MEMORY_BYTES:
-            requested = "memory_bytes" in manifest.limits.requested()
-            raise PolicyViolationError(
-                f"plugin {plugin!r} ({manifest.path}) would run with a memory limit of "
-                f"{limits.memory_bytes} bytes, below one WebAssembly page ({MIN_MEMORY_BYTES} "
-                "bytes), under which no module can run; "
-                + ("raise limits.memory_bytes in the manifest" if requested else
-                   "raise the host's Policy(max_limits=Limits(memory_bytes=...)) or its "
-                   "default limits"),
-                plugin=plugin,
-                limit="memory_bytes",
-            )
+        check_runnable_limits(manifest, limits)
         return perms, limits

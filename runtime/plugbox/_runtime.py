@@ -22,7 +22,7 @@ from ._manifest import (Manifest, check_compatibility, read_manifest, validate_c
                         validate_manifest, verify_module)
 from ._package import staged_plugin
 from ._plugin import CallRecord, Plugin
-from ._policy import Policy
+from ._policy import Policy, check_runnable_limits
 from ._services import HostServices
 from ._permissions import Limits, Permissions
 from ._trust import SignerInfo, TrustPolicy
@@ -37,7 +37,7 @@ from ._wasmparse import (
     store_limits,
 )
 
-__all__ = ["Runtime", "default_state_dir"]
+__all__ = ["Runtime", "check_runnable", "default_state_dir"]
 
 
 class _Verified(NamedTuple):
@@ -60,6 +60,26 @@ def default_state_dir() -> Path:
         return Path(os.environ["PLUGBOX_HOME"])
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "plugbox"
+
+
+def check_runnable(manifest: Manifest, wasm: bytes, info: ModuleInfo, limits: Limits,
+                   policy: Policy, engine: wasmtime.Engine) -> None:
+    """What must hold for the module to compile and run under ``limits``, checked without
+    compiling: limits some module can run under, the compile budget (size, functions, bodies),
+    the module's shape (memories, tables, globals, component instances) and, for core modules,
+    validation (linear, milliseconds), so invalid function bodies are refused before the
+    compiler sees them. Raises ModuleInterfaceError or PolicyViolationError.
+
+    ``Runtime.verify``/``load`` and ``plugbox inspect``/``verify`` all decide with this one
+    function, so the commands cannot pass a plugin that ``load`` refuses."""
+    check_runnable_limits(manifest, limits)
+    policy.check_module_size(manifest, len(wasm), component=info.kind == "component")
+    check_module_shape(info, manifest, limits=limits, policy=policy)
+    if info.kind == "core":
+        try:
+            wasmtime.Module.validate(engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise compile_refusal(manifest.name, str(exc)) from None
 
 
 class Runtime:
@@ -144,14 +164,7 @@ class Runtime:
         check_module_interface(info, manifest)
         check_capabilities(info, manifest, allow_unrequested_imports=allow_unrequested_imports)
         permissions, limits = self.policy.resolve(manifest, component=info.kind == "component")
-        check_module_shape(info, manifest, limits=limits, policy=self.policy)
-        if info.kind == "core":
-            # Validation without compiling (linear, milliseconds): invalid function bodies are
-            # refused here, so verify and load agree.
-            try:
-                wasmtime.Module.validate(self.engine.wasmtime, wasm)
-            except wasmtime.WasmtimeError as exc:
-                raise compile_refusal(manifest.name, str(exc)) from None
+        check_runnable(manifest, wasm, info, limits, self.policy, self.engine.wasmtime)
         return _Verified(manifest, wasm, info, tuple(signers), permissions, limits)
 
     def load(
