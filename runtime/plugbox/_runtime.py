@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import gc
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
@@ -12,12 +14,14 @@ from typing import Any, Literal, NamedTuple, TypeVar
 import wasmtime
 
 from . import _abispec
+from ._addrspace import admitted, pool_bytes
 from ._cache import ArtifactCache
-from ._errors import UsageError
+from ._errors import IdentityConflictError, StateError, UsageError, state_error
 from ._events import EventBus
-from ._fastpath import Engine, Template
-from ._fastpath_component import ComponentTemplate, compile_component, deserialize_component
-from ._kvstore import KvStore
+from ._fastpath import Engine, Instance, Template
+from ._fastpath_component import (ComponentInstance, ComponentTemplate, compile_component,
+                                  deserialize_component)
+from ._kvstore import IN_USE, KvStore
 from ._manifest import Manifest, check_compatibility, load_manifest, validate_config, verify_module
 from ._package import staged_plugin
 from ._plugin import CallRecord, Plugin
@@ -70,7 +74,17 @@ class Runtime:
     artifacts. ``max_wasm_stack`` bounds guest recursion for every plugin.
     ``pooled_instances`` reserves that many instance slots up front (wasmtime's pooling
     allocator: fast instantiation, a hard cap on live instances across all plugins); 0 maps
-    memory on demand instead.
+    memory on demand instead. Each slot reserves 4 GiB + 32 MiB of virtual address space (not
+    memory), so guest memory accesses need no bounds checks: the default 500 slots take about
+    2 TiB, and some 60 such Runtimes fit in a process's 128 TiB. A Runtime that would not fit
+    (too many Runtimes, a large pool, ``ulimit -v``) is refused with a
+    :class:`plugbox.UsageError` (``limit="address-space"``) rather than letting wasmtime abort
+    the process; see docs/architecture.md, "The runtime's own resources".
+
+    State failures (a ``state_dir`` that is a file, unwritable, read-only or full; a database
+    that is corrupt, not a database, or held by another process) raise
+    :class:`plugbox.StateError` naming the path and the fix. A Runtime dropped without
+    :meth:`close` stops its ticker and closes its database when it is garbage-collected.
 
     ``trust`` decides which signatures a plugin needs (see :class:`plugbox.TrustPolicy`); the
     default, :meth:`TrustPolicy.development`, does not check them, so pass
@@ -85,33 +99,52 @@ class Runtime:
         policy: Policy | None = None,
         max_wasm_stack: int = 512 * 1024,
         epoch_tick_ms: float = 2.0,
-        pooled_instances: int = 1000,
+        pooled_instances: int = 500,
         trust: TrustPolicy | None = None,
     ) -> None:
         from . import __version__
 
+        if not isinstance(pooled_instances, int) or pooled_instances < 0:
+            raise UsageError(f"pooled_instances must be an int >= 0, not {pooled_instances!r}")
         self.version = __version__
         self.policy = policy if policy is not None else Policy()
         # [trust chain] None: the development policy (signatures unchecked, logged at DEBUG).
         self.trust = trust if trust is not None else TrustPolicy.development()
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.engine = Engine(
-            max_wasm_stack=max_wasm_stack,
-            max_memory_bytes=self.policy.max_limits.memory_bytes,
-            epoch_tick_ms=epoch_tick_ms,
-            pooling=pooled_instances,
-        )
-        self.cache = ArtifactCache(
-            Path(cache_dir) if cache_dir is not None else self.state_dir / "cache",
-            salt=self.engine.settings,
-        )
-        self.kv = KvStore(self.state_dir / "plugbox.sqlite3")
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise state_error(self.state_dir, exc, "creating the state directory") from None
+        # Cheapest first, and everything made so far released if a later step fails: the
+        # engine's reservation and ticker would otherwise outlive a refused constructor.
+        self.kv = _open_kv(self.state_dir / "plugbox.sqlite3")
+        engine: Engine | None = None
+        release: Callable[[], None] = _nothing
+        try:
+            with admitted(pool_bytes(pooled_instances, self.policy.max_limits.memory_bytes),
+                          pooled_instances) as release:
+                engine = Engine(
+                    max_wasm_stack=max_wasm_stack,
+                    max_memory_bytes=self.policy.max_limits.memory_bytes,
+                    epoch_tick_ms=epoch_tick_ms,
+                    pooling=pooled_instances,
+                )
+            self.engine = engine
+            self.cache = ArtifactCache(
+                Path(cache_dir) if cache_dir is not None else self.state_dir / "cache",
+                salt=self.engine.settings,
+            )
+        except BaseException:
+            _release(engine, self.kv, release)
+            raise
         self.events = EventBus()
         self._plugins: list[Plugin] = []
         self._lock = threading.Lock()
         self._monitors: list[tuple[Callable[[CallRecord], None], Callable[[CallRecord], None]]] = []
         self._closed = False
+        # A Runtime dropped without close() still stops its ticker, closes its database and
+        # gives its address space back. The finalizer holds no reference to the Runtime.
+        self._finalizer = weakref.finalize(self, _release, engine, self.kv, release)
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -220,6 +253,10 @@ class Runtime:
                 template.close()
             services.close()
             raise
+        # A plugin collected without close() (with its Runtime: they refer to each other)
+        # frees its native instances and template, which would otherwise keep the engine and
+        # its address-space reservation alive. plugin._idle is replaced only by close().
+        weakref.finalize(plugin, _free_plugin, plugin._idle, template, services)
         with self._lock:
             self._plugins.append(plugin)
         _log.info("loaded plugin %s %s (%s, %s)", manifest.name, manifest.version, mode,
@@ -286,15 +323,17 @@ class Runtime:
             raise UsageError("this plugbox Runtime is closed; create a new one")
 
     def close(self) -> None:
-        """Close every plugin, stop the epoch ticker and close the stores. Safe to call twice."""
+        """Close every plugin, stop the epoch ticker and close the stores. Safe to call twice.
+
+        The pool's address space is unmapped once the Runtime and the plugins it loaded are no
+        longer referenced (wasmtime frees an engine with its last module)."""
         if self._closed:
             return
         self._closed = True
         self.engine.mark_closing()  # calls interrupted below say the runtime was closed
         for plugin in self.plugins:
             plugin.close()
-        self.engine.close()
-        self.kv.close()
+        self._finalizer()
 
     def __enter__(self) -> Runtime:
         return self
@@ -304,3 +343,56 @@ class Runtime:
 
     def __repr__(self) -> str:
         return f"<plugbox.Runtime {len(self._plugins)} plugins, state {self.state_dir}>"
+
+
+#: The state databases this process has open, by resolved path.
+_open_stores: weakref.WeakValueDictionary[Path, KvStore] = weakref.WeakValueDictionary()
+_open_stores_lock = threading.Lock()
+
+
+def _open_kv(path: Path) -> KvStore:
+    """The state database at ``path``. One held by a Runtime of this process is refused at
+    once (SQLite would wait for it in vain), unless that Runtime was dropped without close()
+    and only awaits garbage collection (a Runtime and its plugins refer to each other)."""
+    key = path.resolve()
+    with _open_stores_lock:
+        for attempt in (0, 1):
+            holder = _open_stores.get(key)
+            if holder is None or holder.closed:
+                break
+            if attempt == 0:
+                del holder
+                gc.collect()
+        else:
+            raise StateError(
+                f"kv store {path} {IN_USE} (another plugbox Runtime of this process has the "
+                "same state directory): close that Runtime, or give this one its own "
+                "state_dir.", path=str(path))
+        store = KvStore(path)
+        _open_stores[key] = store
+    return store
+
+
+def _free_plugin(idle: list[Instance | ComponentInstance], template: Template | ComponentTemplate,
+                 services: HostServices) -> None:
+    """Free what a plugin collected without close() holds natively; instances first, since they
+    point into the template's linker."""
+    for inst in idle:
+        inst.close()
+    template.close()
+    services.close()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _release(engine: Engine | None, kv: KvStore, release: Callable[[], None]) -> None:
+    """What a Runtime gives back on close, on garbage collection or when its constructor
+    fails: the ticker, the database lock, the address-space admission."""
+    try:
+        if engine is not None:
+            engine.close()
+    finally:
+        kv.close()
+        release()
