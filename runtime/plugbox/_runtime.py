@@ -217,6 +217,7 @@ class Runtime:
         permissions = verified.permissions.without(set(withhold))
         config = dict(config or {})
         validate_config(manifest, config)
+        key_ids = self._identity(manifest.name, verified.signers)
 
         services = HostServices(
             plugin=manifest.name,
@@ -253,6 +254,13 @@ class Runtime:
                 template.close()
             services.close()
             raise
+        if key_ids is not None:
+            try:
+                self._check_identity(manifest.name, key_ids,
+                                     self.kv.bind_signers(manifest.name, key_ids))
+            except BaseException:
+                plugin.close()
+                raise
         # A plugin collected without close() (with its Runtime: they refer to each other)
         # frees its native instances and template, which would otherwise keep the engine and
         # its address-space reservation alive. plugin._idle is replaced only by close().
@@ -262,6 +270,35 @@ class Runtime:
         _log.info("loaded plugin %s %s (%s, %s)", manifest.name, manifest.version, mode,
                   ", ".join(sorted(permissions.services())) or "no services")
         return plugin
+
+    def _identity(self, name: str, signers: tuple[SignerInfo, ...]) -> tuple[str, ...] | None:
+        """The key ids ``name`` is claimed with, once checked against the plugins loaded and the
+        name's binding in the state database; None when signatures are not required, where
+        a plugin's identity is its name (docs/trust.md, "Plugin identity")."""
+        if self.trust.mode != "require":
+            return None
+        key_ids = tuple(sorted({signer.key_id for signer in signers}))
+        for plugin in self.plugins:
+            if plugin.name == name and plugin.signers:
+                self._check_identity(name, key_ids,
+                                     tuple(sorted({s.key_id for s in plugin.signers})))
+        bound = self.kv.bound_signers(name)
+        if bound is not None:
+            self._check_identity(name, key_ids, bound)
+        return key_ids
+
+    def _check_identity(self, name: str, key_ids: tuple[str, ...],
+                        bound: tuple[str, ...]) -> None:
+        if set(key_ids) & set(bound):
+            return
+        raise IdentityConflictError(
+            f"plugin {name!r} is signed by {', '.join(key_ids)}, but in this state directory "
+            f"({self.state_dir}) the name {name!r} belongs to {', '.join(bound)} (the signers "
+            f"of the first {name!r} loaded with signatures required), whose kv data, events and "
+            "logs it would take over. Rename the plugin, or, if its publisher changed keys, "
+            f"have it signed by one of {', '.join(bound)} as well.",
+            plugin=name, key_ids=key_ids, bound_key_ids=bound,
+        )
 
     def _compiled(
         self,
