@@ -313,3 +313,121 @@ def test_a_read_only_state_dir_is_a_state_error(small_tmpfs: Callable[[str], Pat
         with pytest.raises(plugbox.StateError, match="read-only") as info:
             plugbox.Runtime(state_dir=state_dir)
         assert info.value.path == str(path)
+
+
+# -- the compiled cache: leftovers swept, entries keyed by a private secret ------------------------
+
+
+def _age(path: Path, seconds: float) -> None:
+    import time
+
+    old = time.time() - seconds
+    os.utime(path, (old, old))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="writers lock temporary files with flock")
+def test_temporary_files_of_dead_writers_are_swept_and_live_ones_kept(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    # A writer SIGKILLed in the middle of writing an artifact, a minute and more ago.
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, os, sys, tempfile
+        fd, name = tempfile.mkstemp(dir={str(cache)!r}, prefix=".tmp-", suffix=".cwasm")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"half an artifact" * 4096)
+        print(name, flush=True)
+        sys.stdin.read()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert writer.stdout is not None
+    killed = Path(writer.stdout.readline().strip())
+    writer.kill()
+    writer.wait(timeout=30)
+    _age(killed, 120)
+    # A writer that is alive and holds its file (an older one in another process), and one
+    # that has only just created its file (not locked yet).
+    live = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, os, sys
+        fd = os.open({str(cache / '.tmp-live.cwasm')!r}, os.O_WRONLY | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        print("held", flush=True)
+        sys.stdin.read()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert live.stdout is not None and live.stdout.readline().strip() == "held"
+        _age(cache / ".tmp-live.cwasm", 120)
+        (cache / ".tmp-new.cwasm").write_bytes(b"just created")
+        (cache / ".tmp-ancient.cwasm").write_bytes(b"from a crash days ago")
+        _age(cache / ".tmp-ancient.cwasm", 3 * 24 * 3600)
+        with plugbox.Runtime(state_dir=tmp_path / "s", cache_dir=cache) as rt:
+            assert rt.cache.swept == 2
+        assert sorted(p.name for p in cache.glob(".tmp-*")) == [".tmp-live.cwasm",
+                                                                 ".tmp-new.cwasm"]
+        assert not killed.exists()
+    finally:
+        live.communicate("", timeout=30)
+
+
+def test_the_cache_key_is_private_and_a_replaced_key_is_refused(tmp_path: Path) -> None:
+    with plugbox.Runtime(state_dir=tmp_path / "s"):
+        pass
+    key = tmp_path / "s" / "cache.key"
+    assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
+    key.chmod(0o644)
+    with pytest.raises(plugbox.StateError, match="readable or writable by others") as info:
+        plugbox.Runtime(state_dir=tmp_path / "s")
+    assert info.value.path == str(key)
+    key.unlink()
+    (tmp_path / "planted").write_bytes(b"k" * 32)
+    key.symlink_to(tmp_path / "planted")
+    with pytest.raises(plugbox.StateError, match="symbolic link"):
+        plugbox.Runtime(state_dir=tmp_path / "s")
+    key.unlink()  # the documented fix: a new key, and everything is recompiled
+    with plugbox.Runtime(state_dir=tmp_path / "s"):
+        pass
+
+
+def test_entries_made_under_another_key_or_for_another_module_are_not_loaded(
+    tmp_path: Path, wat_plugin: Callable[..., Path]
+) -> None:
+    from .conftest import COUNTER_BODY, ECHO_BODY
+
+    counter, echo = wat_plugin(COUNTER_BODY), wat_plugin(ECHO_BODY)
+    cache = tmp_path / "a" / "cache"
+    with plugbox.Runtime(state_dir=tmp_path / "a", cache_dir=cache) as rt:
+        rt.load(counter)
+        rt.load(echo)
+        assert rt.cache.misses == 2
+    # Swap the two entries (artifact and HMAC): each now sits under the other module's name.
+    names = sorted({p.name.split(".")[0] for p in cache.glob("*.cwasm")})
+    for suffix in (".cwasm", ".cwasm.hmac"):
+        a, b = (cache / (n + suffix) for n in names)
+        a.rename(tmp_path / "swap")
+        b.rename(a)
+        (tmp_path / "swap").rename(b)
+    with plugbox.Runtime(state_dir=tmp_path / "a", cache_dir=cache) as rt:
+        assert rt.load(counter).call("run") == b"\x01\0\0\0"
+        assert rt.load(echo).call("run", b"echo") == b"echo"
+        assert (rt.cache.hits, rt.cache.misses) == (0, 2)
+    # The same files under another key (a copied cache, a different state dir): rebuilt.
+    other = tmp_path / "b" / "cache"
+    shutil.copytree(cache, other)
+    with plugbox.Runtime(state_dir=tmp_path / "b", cache_dir=other) as rt:
+        rt.load(counter)
+        assert (rt.cache.hits, rt.cache.misses) == (0, 1)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_planted_in_the_cache_neither_hangs_nor_loads(
+    tmp_path: Path, wat_plugin: Callable[..., Path]
+) -> None:
+    from .conftest import COUNTER_BODY
+
+    counter = wat_plugin(COUNTER_BODY)
+    with plugbox.Runtime(state_dir=tmp_path / "s") as rt:
+        entry = rt.cache.path_for(rt.load(counter).manifest.module_sha256)
+    for planted in (entry, entry.with_name(entry.name + ".hmac")):
+        planted.unlink()
+        os.mkfifo(planted)
+        with plugbox.Runtime(state_dir=tmp_path / "s") as rt:
+            assert rt.load(counter).call("run") == b"\x01\0\0\0"
+            assert (rt.cache.hits, rt.cache.misses) == (0, 1)
