@@ -245,6 +245,42 @@ def test_a_database_held_by_another_process_is_a_state_error(tmp_path: Path) -> 
         holder.communicate("", timeout=30)
 
 
+def test_a_state_dir_this_user_cannot_write_is_a_state_error(tmp_path: Path) -> None:
+    (tmp_path / "locked-down" / "existing").mkdir(parents=True)
+    cases = [(tmp_path / "locked-down" / "new", tmp_path / "locked-down" / "new"),
+             (tmp_path / "locked-down" / "existing",
+              tmp_path / "locked-down" / "existing" / "plugbox.sqlite3")]
+    if os.geteuid() != 0:
+        for directory in (tmp_path / "locked-down", tmp_path / "locked-down" / "existing"):
+            directory.chmod(0o555)
+        try:
+            for state_dir, path in cases:
+                with pytest.raises(plugbox.StateError, match="not writable") as info:
+                    plugbox.Runtime(state_dir=state_dir)
+                assert info.value.path == str(path)
+        finally:
+            for directory in (tmp_path / "locked-down", tmp_path / "locked-down" / "existing"):
+                directory.chmod(0o755)
+        return
+    # root ignores permission bits: ask a child process running as nobody, in a directory
+    # tree nobody can traverse but not write.
+    out = run_child("""
+        import plugbox._runtime
+        (work / "locked-down" / "existing").mkdir(parents=True)
+        for d in (work, work / "locked-down", work / "locked-down" / "existing"):
+            d.chmod(0o755)
+        os.setgid(65534)
+        os.setuid(65534)
+        for name in ("new", "existing"):
+            try:
+                plugbox.Runtime(state_dir=work / "locked-down" / name)
+            except plugbox.StateError as exc:
+                print("refused", Path(exc.path).relative_to(work), "not writable" in str(exc))
+    """)
+    assert out.splitlines() == ["refused locked-down/new True",
+                                "refused locked-down/existing/plugbox.sqlite3 True"]
+
+
 @pytest.fixture
 def small_tmpfs() -> Iterator[Callable[[str], Path]]:
     """``mount(size)``: a fresh tmpfs of that size (skips when mounting is not permitted)."""

@@ -22,6 +22,12 @@ Design choices (measured with a 100-byte value, 1000 keys, 2-core machine; media
 * **Cached per-plugin usage**: ``(bytes, keys)`` is summed from the table once per plugin (on
   first use) and then maintained by ``set``/``delete``/``clear``, so a quota check is O(1).
   The check and the write happen under the same lock, so concurrent writers cannot overshoot.
+* **Checked on open**: ``PRAGMA quick_check`` runs once per open (linear in the file's size), so
+  a damaged database is a :class:`~plugbox.StateError` at start, not missing keys later. Every
+  failure to open (locked, read-only, full, corrupt, not a database) is a ``StateError``
+  naming the file and the fix; the connection is closed first, so a retry can succeed.
+* The same file holds the plugin-identity bindings (``identities``: name -> signer key ids,
+  see docs/trust.md).
 * ``WITHOUT ROWID`` table keyed on ``(plugin, key)``: one B-tree lookup per read instead of an
   index lookup plus a table lookup. Keys are TEXT with the default BINARY collation, which
   compares UTF-8 bytes, hence ``list_keys`` returns keys in byte order.
@@ -123,10 +129,21 @@ def _open_error(path: Path, exc: Exception) -> StateError:
         code = 11
     else:
         code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
-    if code == 10 and not os.access(path.parent, os.W_OK):  # IOERR on a read-only mount
-        code = 8
     what, fix = _SQLITE_FIXES.get(code, (f"cannot be used ({exc})", "check the file, or "
                                          "move it aside to start with an empty store"))
+    if code in (8, 10, 14):  # read-only, I/O error, cannot open: say which, if it is that
+        try:
+            read_only = bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+        except (OSError, AttributeError):
+            read_only = False
+        if read_only:
+            what, fix = ("is on a read-only filesystem",
+                         "remount it read-write or pick another state_dir")
+        elif not os.access(path.parent, os.W_OK) or (path.exists()
+                                                      and not os.access(path, os.W_OK)):
+            what, fix = ("is not writable by this user",
+                         "fix the permissions of it and its directory, or pick another "
+                         "state_dir")
     return StateError(f"kv store {path} {what}: {fix}. ({exc})", path=str(path))
 
 
