@@ -136,6 +136,7 @@ class ArtifactCache:
             self._write(path, artifact)
             self._write(path.with_name(path.name + ".hmac"),
                         self._mac(path.name, artifact).encode("ascii"))
+            _unlink(path.with_name(path.name + ".sha256"))  # the digest of plugbox <= 0.1
         except OSError as exc:
             _log.warning("compiled cache: cannot write %s (%s)", path, exc)
 

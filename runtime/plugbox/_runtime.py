@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
-import gc
 import threading
 import weakref
 from collections.abc import Callable
