@@ -379,8 +379,8 @@ def test_temporary_files_of_dead_writers_are_swept_and_live_ones_kept(tmp_path: 
     writer.kill()
     writer.wait(timeout=30)
     _age(killed, 120)
-    # A writer that is alive and holds its file (an older one in another process), and one
-    # that has only just created its file (not locked yet).
+    # A writer that is alive and holds its file (in another process), and one whose writer
+    # died a moment ago: no lock, so swept at once.
     live = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import fcntl, os, sys
         fd = os.open({str(cache / '.tmp-live.cwasm')!r}, os.O_WRONLY | os.O_CREAT)
@@ -391,13 +391,12 @@ def test_temporary_files_of_dead_writers_are_swept_and_live_ones_kept(tmp_path: 
     try:
         assert live.stdout is not None and live.stdout.readline().strip() == "held"
         _age(cache / ".tmp-live.cwasm", 120)
-        (cache / ".tmp-new.cwasm").write_bytes(b"just created")
+        (cache / ".tmp-new.cwasm").write_bytes(b"written by a process that died just now")
         (cache / ".tmp-ancient.cwasm").write_bytes(b"from a crash days ago")
         _age(cache / ".tmp-ancient.cwasm", 3 * 24 * 3600)
         with plugbox.Runtime(state_dir=tmp_path / "s", cache_dir=cache) as rt:
-            assert rt.cache.swept == 2
-        assert sorted(p.name for p in cache.glob(".tmp-*")) == [".tmp-live.cwasm",
-                                                                 ".tmp-new.cwasm"]
+            assert rt.cache.swept == 3
+        assert [p.name for p in cache.glob(".tmp-*")] == [".tmp-live.cwasm"]
         assert not killed.exists()
     finally:
         live.communicate("", timeout=30)

@@ -19,8 +19,9 @@ open file (``/proc/self/fd/N``), so the bytes checked are the bytes loaded.
 Writes go to temporary files (``.tmp-*``) in the same directory, locked while written and
 renamed into place artifact first, so a reader either sees an HMAC that matches or treats the
 entry as missing. Temporary files left by a writer that died (a SIGKILL during a compile leaves
-up to ~100 MB) are removed when a Runtime starts: those no writer holds locked, and older than
-a minute so a writer that has only just created its file is left alone.
+up to ~100 MB) are removed when a Runtime starts: those no writer holds locked (a dead process
+holds no locks). A writer in another process that has created its file but not yet locked it
+may lose that one write; that costs a recompile later, never a wrong entry.
 """
 
 from __future__ import annotations
@@ -55,9 +56,8 @@ T = TypeVar("T")
 
 _KEY_BYTES = 32
 _TMP_PREFIX = ".tmp-"
-#: A temporary file no writer holds is swept once this old (seconds) ...
-_TMP_UNHELD_AGE = 60.0
-#: ... and one that is still locked (or cannot be tested) once this old.
+#: A temporary file that is still locked (or where locks cannot be tested) is swept once this
+#: old (seconds); one that no writer holds, at once.
 _TMP_ANY_AGE = 24 * 3600.0
 
 
@@ -235,7 +235,7 @@ def _sweep(directory: Path) -> int:
     for entry in candidates:
         try:
             age = now - entry.stat(follow_symlinks=False).st_mtime
-            if age < _TMP_UNHELD_AGE or (age < _TMP_ANY_AGE and _held(entry.path)):
+            if age < _TMP_ANY_AGE and _held(entry.path):
                 continue
             os.unlink(entry.path)
             swept += 1
