@@ -171,6 +171,21 @@ def test_runtimes_dropped_without_close_give_back_threads_address_space_and_the_
     assert int(threads) <= 0 and float(mapped) < 0.01, out
 
 
+@pytest.mark.parametrize("settings", [
+    {"max_wasm_stack": -1}, {"max_wasm_stack": 4 << 20}, {"max_wasm_stack": 1 << 40},
+    {"epoch_tick_ms": 0}, {"epoch_tick_ms": -1}, {"epoch_tick_ms": 1e9},
+    {"epoch_tick_ms": float("nan")}, {"pooled_instances": -1}, {"pooled_instances": 2.5},
+])
+def test_settings_wasmtime_would_abort_on_are_usage_errors(tmp_path: Path,
+                                                           settings: dict[str, float]) -> None:
+    # Before, each of the first three aborted the process, and a zero tick raised ValueError.
+    name = next(iter(settings))
+    with pytest.raises(plugbox.UsageError, match=name):
+        plugbox.Runtime(state_dir=tmp_path / "s", **settings)  # type: ignore[arg-type]
+    with plugbox.Runtime(state_dir=tmp_path / "s") as rt:  # nothing was left holding the state
+        assert rt.kv.usage("p") == (0, 0)
+
+
 # -- state failures are StateError, with the path and the fix -----------------------------------
 
 

@@ -71,7 +71,8 @@ class Runtime:
 
     ``policy`` caps what manifests may request (see :class:`plugbox.Policy`). ``state_dir``
     holds the key-value database; ``cache_dir`` (default ``state_dir/cache``) the compiled
-    artifacts. ``max_wasm_stack`` bounds guest recursion for every plugin.
+    artifacts. ``max_wasm_stack`` (16 KiB to 2 MiB) bounds guest recursion for every plugin;
+    ``epoch_tick_ms`` (0.1 to 1000) is the deadline granularity.
     ``pooled_instances`` reserves that many instance slots up front (wasmtime's pooling
     allocator: fast instantiation, a hard cap on live instances across all plugins); 0 maps
     memory on demand instead. Each slot reserves 4 GiB + 32 MiB of virtual address space (not
@@ -104,8 +105,7 @@ class Runtime:
     ) -> None:
         from . import __version__
 
-        if not isinstance(pooled_instances, int) or pooled_instances < 0:
-            raise UsageError(f"pooled_instances must be an int >= 0, not {pooled_instances!r}")
+        _check_settings(pooled_instances, max_wasm_stack, epoch_tick_ms)
         self.version = __version__
         self.policy = policy if policy is not None else Policy()
         # [trust chain] None: the development policy (signatures unchecked, logged at DEBUG).
@@ -380,6 +380,24 @@ class Runtime:
 
     def __repr__(self) -> str:
         return f"<plugbox.Runtime {len(self._plugins)} plugins, state {self.state_dir}>"
+
+
+#: wasmtime refuses (by aborting the process) a max_wasm_stack above its async_stack_size,
+#: 2 MiB by default, even for synchronous calls.
+MAX_WASM_STACK_LIMIT = 2 << 20
+
+
+def _check_settings(pooled_instances: int, max_wasm_stack: int, epoch_tick_ms: float) -> None:
+    """Refuse Runtime settings wasmtime would abort on, or that would void deadlines."""
+    if type(pooled_instances) is not int or pooled_instances < 0:
+        raise UsageError(f"pooled_instances must be an int >= 0, not {pooled_instances!r}")
+    if type(max_wasm_stack) is not int or not 16 << 10 <= max_wasm_stack <= MAX_WASM_STACK_LIMIT:
+        raise UsageError(f"max_wasm_stack must be an int from {16 << 10} (16 KiB) to "
+                         f"{MAX_WASM_STACK_LIMIT} (2 MiB) bytes, not {max_wasm_stack!r}")
+    if (not isinstance(epoch_tick_ms, (int, float)) or isinstance(epoch_tick_ms, bool)
+            or not 0.1 <= epoch_tick_ms <= 1000):
+        raise UsageError(f"epoch_tick_ms must be a number from 0.1 to 1000 (deadlines are "
+                         f"enforced to about one tick), not {epoch_tick_ms!r}")
 
 
 #: The state databases this process has open, by resolved path.
