@@ -41,6 +41,7 @@ import datetime as _dt
 import errno
 import gc
 import hashlib
+import hmac
 import json
 import multiprocessing
 import os
@@ -612,9 +613,11 @@ def _cache_entries(cache: Path) -> tuple[int, int, list[str]]:
     tmp = [p for p in cache.glob(".tmp-*")] if cache.is_dir() else []
     torn = []
     for art in cache.glob("[!.]*.cwasm") if cache.is_dir() else []:
-        digest = art.with_name(art.name + ".sha256")
+        digest = art.with_name(art.name + ".hmac")  # keyed by <cache>.key (plugbox._cache)
         try:
-            if digest.read_text().strip() != hashlib.sha256(art.read_bytes()).hexdigest():
+            mac = hmac.new(cache.with_name(cache.name + ".key").read_bytes(),
+                           art.name.encode() + b"\0" + art.read_bytes(), hashlib.sha256)
+            if digest.read_text().strip() != mac.hexdigest():
                 torn.append(art.name)
         except FileNotFoundError:
             torn.append(art.name)

@@ -8,14 +8,15 @@ import plugbox
 
 PUBLIC = [
     "AbiViolation", "CallRecord", "CapabilityError", "ClosedError", "DeadlineExceeded", "Event",
-    "EventBus", "EventsPermission", "FuelExhausted", "GuestError", "GuestTrap", "HashMismatchError",
-    "HttpPermission", "IncompatibleAbiError", "IncompatibleHostError", "KeyFileError",
-    "KvPermission", "LimitExceeded", "Limits", "Manifest", "ManifestError",
-    "MemoryLimitExceeded", "ModuleInterfaceError", "PackageError", "PermissionDenied",
-    "Permissions", "PlugboxError", "Plugin", "PluginCallError", "Policy",
+    "EventBus", "EventsPermission", "FuelExhausted", "GuestError", "GuestTrap",
+    "HashMismatchError", "HttpPermission", "IdentityConflictError", "IncompatibleAbiError",
+    "IncompatibleHostError", "KeyFileError", "KvPermission", "LimitExceeded", "Limits",
+    "Manifest", "ManifestError", "MemoryLimitExceeded", "ModuleInterfaceError", "PackageError",
+    "PermissionDenied", "Permissions", "PlugboxError", "Plugin", "PluginCallError", "Policy",
     "PolicyViolationError", "PublicKey", "RevokedKeyError", "Runtime", "SecretKey",
-    "SignatureError", "SignerInfo", "StackOverflow", "TrustPolicy", "UnknownHookError",
-    "UntrustedSignerError", "UsageError", "VerificationError", "__version__", "load_manifest",
+    "SignatureError", "SignerInfo", "StackOverflow", "StateError", "TrustPolicy",
+    "UnknownHookError", "UntrustedSignerError", "UsageError", "VerificationError", "__version__",
+    "load_manifest",
 ]
 
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plugbox._errors import UsageError
+from plugbox._errors import StateError
 from plugbox._kvstore import KvQuotaError, KvStore, _prefix_upper_bound
 
 BIG = 1 << 40
@@ -39,7 +39,7 @@ def test_wal_mode_and_exclusive_lock(tmp_path: Path) -> None:
     path = tmp_path / "kv.sqlite3"
     with KvStore(path):
         # A second store (or any other connection) cannot open the file while it is held.
-        with pytest.raises(UsageError, match="in use by another process"):
+        with pytest.raises(StateError, match="in use by another process"):
             KvStore(path, lock_timeout=0.05)
     conn = sqlite3.connect(path)
     try:

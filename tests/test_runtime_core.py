@@ -4,6 +4,7 @@ limits, ABI violations and lifetimes. (Rust-built samples are exercised in test_
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import struct
 import threading
@@ -201,18 +202,31 @@ def test_compiled_cache_is_reused_and_corrupt_entries_are_rebuilt(
     with plugbox.Runtime(state_dir=tmp_path / "s4", cache_dir=cache) as rt:
         assert _count(rt.load(directory).call("run")) == 1
         assert rt.cache.misses == 1
-    # A foreign entry whose digest matches: wasmtime itself refuses it, and it is rebuilt.
-    digest = entry.with_name(entry.name + ".sha256")
+    # A foreign entry whose HMAC matches (made with the cache's own key, which only this user
+    # can read): wasmtime itself refuses it, and it is rebuilt.
+    key = (tmp_path / "cache.key").read_bytes()
+
+    def mac(data: bytes) -> str:
+        return hmac.new(key, entry.name.encode() + b"\0" + data, hashlib.sha256).hexdigest()
+
+    digest = entry.with_name(entry.name + ".hmac")
     entry.write_bytes(b"\x7fELF not a wasmtime artifact")
-    digest.write_text(hashlib.sha256(entry.read_bytes()).hexdigest())
+    digest.write_text(mac(entry.read_bytes()))
     with plugbox.Runtime(state_dir=tmp_path / "s5", cache_dir=cache) as rt:
         assert _count(rt.load(directory).call("run")) == 1
         assert (rt.cache.hits, rt.cache.misses) == (0, 1)
-    digest.unlink()  # an entry without its digest is incomplete: rebuilt
+    digest.unlink()  # an entry without its HMAC is incomplete: rebuilt
     with plugbox.Runtime(state_dir=tmp_path / "s6", cache_dir=cache) as rt:
         rt.load(directory)
         assert (rt.cache.hits, rt.cache.misses) == (0, 1)
-    assert digest.read_text() == hashlib.sha256(entry.read_bytes()).hexdigest()
+    assert digest.read_text() == mac(entry.read_bytes())
+    # A plain sha256 beside a swapped artifact, as anyone who can write the directory could
+    # make, is not enough.
+    entry.write_bytes(b"\x7fELF not a wasmtime artifact")
+    digest.write_text(hashlib.sha256(entry.read_bytes()).hexdigest())
+    with plugbox.Runtime(state_dir=tmp_path / "s7", cache_dir=cache) as rt:
+        assert _count(rt.load(directory).call("run")) == 1
+        assert (rt.cache.hits, rt.cache.misses) == (0, 1)
 
 
 def test_nothing_is_compiled_when_the_hash_does_not_match(tmp_path: Path) -> None:

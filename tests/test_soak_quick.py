@@ -20,18 +20,7 @@ MAY_SKIP = {"full-fs", "readonly-fs"}
 # Checks that fail until other parts of issue 7 land (section 7: .tmp-* swept on start; every
 # state failure a PlugboxError). They are reported as xfail while they fail, and the test
 # fails once they pass, so that this table is emptied: scenario -> {check: what fixes it}.
-PENDING: dict[str, dict[str, str]] = {
-    "cache-kill": {
-        ".tmp-* left once a new Runtime started": "issue 7 s.7: sweep .tmp-* on start",
-    },
-    "full-fs": {
-        "Runtime() on a new state dir there": "issue 7 s.7: typed state errors (disk full)",
-    },
-    "readonly-fs": {
-        "Runtime() on the existing state": "issue 7 s.7: typed state errors (read-only)",
-        "Runtime() on a new state dir there": "issue 7 s.7: typed state errors (read-only)",
-    },
-}
+PENDING: dict[str, dict[str, str]] = {}
 
 
 @pytest.fixture(scope="module")

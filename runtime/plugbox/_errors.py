@@ -6,6 +6,7 @@ Every error plugbox raises derives from :class:`PlugboxError`::
     ├── UsageError                 the host called the API wrongly (closed object, bad argument)
     │   ├── ClosedError            the plugin or runtime is closed (also: closed during the call)
     │   └── KeyFileError           a minisign public or secret key file is unreadable or malformed
+    ├── StateError                 the state directory, its database or cache is unusable (.path)
     ├── ManifestError              plugbox.json is unreadable or fails the schema
     ├── VerificationError          refused before anything is compiled
     │   ├── HashMismatchError      module bytes differ from the manifest's sha256
@@ -17,6 +18,7 @@ Every error plugbox raises derives from :class:`PlugboxError`::
     │   ├── SignatureError         a signature is malformed or does not verify (tampering)
     │   ├── UntrustedSignerError   not signed by enough trusted keys (unsigned, unknown key)
     │   │   └── RevokedKeyError    ... and a signature is by a revoked key
+    │   ├── IdentityConflictError  the plugin's name is bound to other signers in this state dir
     │   └── PackageError           a .plugbox package is malformed or unsafe to unpack
     └── PluginCallError            a call into a loaded plugin failed (carries .plugin, .hook)
         ├── LimitExceeded          a resource limit stopped the call (carries .limit)
@@ -45,6 +47,7 @@ __all__ = [
     "GuestError",
     "GuestTrap",
     "HashMismatchError",
+    "IdentityConflictError",
     "IncompatibleAbiError",
     "IncompatibleHostError",
     "KeyFileError",
@@ -60,6 +63,7 @@ __all__ = [
     "RevokedKeyError",
     "SignatureError",
     "StackOverflow",
+    "StateError",
     "UnknownHookError",
     "UntrustedSignerError",
     "UsageError",
@@ -99,6 +103,19 @@ class UsageError(PlugboxError):
 class ClosedError(UsageError):
     """The plugin or runtime is closed: a call after ``close()``, or a call in flight that
     ``Plugin.close()`` or ``Runtime.close()`` interrupted (not the plugin's fault)."""
+
+
+class StateError(PlugboxError):
+    """The runtime's own state cannot be used: the state directory is missing, a file,
+    unwritable, read-only or full; the key-value database is corrupt, not a database, or held
+    by another process; the compiled cache's key is unsafe.
+
+    ``path`` names the file or directory at fault; the message says how to fix it.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class ManifestError(PlugboxError):
@@ -268,6 +285,28 @@ class RevokedKeyError(UntrustedSignerError):
     """Too few trusted signatures, and at least one signature is by a revoked key id."""
 
 
+class IdentityConflictError(VerificationError):
+    """A plugin claims a name that, in this state directory, belongs to other signers.
+
+    Under ``TrustPolicy(mode="require")`` a plugin's identity is its name plus the key ids that
+    signed it; the first such load binds the name to those signers (persisted in the state
+    database) and every later plugin of that name must be signed by one of them.
+    ``key_ids`` are the newcomer's signers, ``bound_key_ids`` the ones the name belongs to.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        plugin: str,
+        key_ids: tuple[str, ...],
+        bound_key_ids: tuple[str, ...],
+    ) -> None:
+        super().__init__(message, plugin=plugin)
+        self.key_ids = key_ids
+        self.bound_key_ids = bound_key_ids
+
+
 class PackageError(VerificationError):
     """A ``.plugbox`` package is malformed or unsafe: not a zip archive, an entry with an
     unsafe or unknown name, a link, a duplicate, an oversized or over-compressed entry.
@@ -280,3 +319,29 @@ class PackageError(VerificationError):
     ) -> None:
         super().__init__(message, plugin=plugin)
         self.entry = entry
+
+
+# --------------------------------------------------------------------------------------------
+# Mapping the operating system's view of the state directory to StateError, in one place.
+
+_OS_FIXES = {
+    "EEXIST": ("is not a directory", "remove that file or pick another state_dir"),
+    "ENOTDIR": ("is not a directory (or lies under a file)",
+                "remove that file or pick another state_dir"),
+    "EACCES": ("is not writable by this user", "fix its permissions or pick another state_dir"),
+    "EPERM": ("is not writable by this user", "fix its permissions or pick another state_dir"),
+    "EROFS": ("is on a read-only filesystem", "remount it read-write or pick another state_dir"),
+    "ENOSPC": ("is on a full filesystem", "free space there or pick another state_dir"),
+    "EDQUOT": ("is over its disk quota", "free space there or pick another state_dir"),
+}
+
+
+def state_error(path: object, exc: OSError, doing: str) -> StateError:
+    """The :class:`StateError` for an ``OSError`` raised while ``doing`` something to ``path``
+    (a part of the runtime's state): what is wrong with it and how to fix it."""
+    import errno
+
+    name = errno.errorcode.get(exc.errno or 0, "")
+    what, fix = _OS_FIXES.get(name, (f"cannot be used ({exc.strerror or exc})",
+                                     "check the path, or pick another state_dir"))
+    return StateError(f"plugbox state {path} {what} (while {doing}): {fix}.", path=str(path))

@@ -37,6 +37,7 @@ from wasmtime import _ffi as _wasmtime_ffi
 from wasmtime import _bindings as _wb
 
 from . import _abispec
+from ._addrspace import SLOT_GUARD, SLOT_RESERVATION
 from ._errors import (
     AbiViolation,
     ClosedError,
@@ -312,6 +313,10 @@ class Engine:
         if pooling:
             # Pre-reserved instance slots: instantiation reuses memory instead of mapping it,
             # and up to keep_resident bytes are reset with memset instead of being decommitted.
+            # The slot size is pinned (wasmtime's 64-bit defaults) because _addrspace admits
+            # a Runtime by it before wasmtime reserves pooling * slot of address space.
+            _wb.wasmtime_config_memory_reservation_set(config.ptr(), SLOT_RESERVATION)
+            _wb.wasmtime_config_memory_guard_size_set(config.ptr(), SLOT_GUARD)
             pool = _wb.wasmtime_pooling_allocation_config_new()
             _wb.wasmtime_pooling_allocation_config_total_core_instances_set(pool, pooling)
             _wb.wasmtime_pooling_allocation_config_total_memories_set(pool, pooling)
@@ -321,6 +326,10 @@ class Engine:
                 pool, keep_resident
             )
             _wb.wasmtime_pooling_allocation_config_table_keep_resident_set(pool, 1 << 16)
+            # Fiber stacks serve async calls only, which plugbox does not make; wasmtime's
+            # default of 1000 costs two memory mappings each, which would cap a process at
+            # ~32 Runtimes by vm.max_map_count (65530) long before address space runs out.
+            _wb.wasmtime_pooling_allocation_config_total_stacks_set(pool, 0)
             _wb.wasmtime_pooling_allocation_strategy_set(config.ptr(), pool)
             _wb.wasmtime_pooling_allocation_config_delete(pool)
         from importlib.metadata import version

@@ -22,6 +22,12 @@ Design choices (measured with a 100-byte value, 1000 keys, 2-core machine; media
 * **Cached per-plugin usage**: ``(bytes, keys)`` is summed from the table once per plugin (on
   first use) and then maintained by ``set``/``delete``/``clear``, so a quota check is O(1).
   The check and the write happen under the same lock, so concurrent writers cannot overshoot.
+* **Checked on open**: ``PRAGMA quick_check`` runs once per open (linear in the file's size), so
+  a damaged database is a :class:`~plugbox.StateError` at start, not missing keys later. Every
+  failure to open (locked, read-only, full, corrupt, not a database) is a ``StateError``
+  naming the file and the fix; the connection is closed first, so a retry can succeed.
+* The same file holds the plugin-identity bindings (``identities``: name -> signer key ids,
+  see docs/trust.md).
 * ``WITHOUT ROWID`` table keyed on ``(plugin, key)``: one B-tree lookup per read instead of an
   index lookup plus a table lookup. Keys are TEXT with the default BINARY collation, which
   compares UTF-8 bytes, hence ``list_keys`` returns keys in byte order.
@@ -29,17 +35,36 @@ Design choices (measured with a 100-byte value, 1000 keys, 2-core machine; media
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import threading
 from pathlib import Path
 from typing import Final
 
-from ._errors import UsageError
+from ._errors import StateError, state_error
 
 __all__ = ["KvQuotaError", "KvStore"]
 
+_log = logging.getLogger("plugbox.kv")
+
 _SCHEMA_VERSION: Final = 1
 
+_SQL_CREATE_KV: Final = (
+    "CREATE TABLE IF NOT EXISTS kv ("
+    " plugin TEXT NOT NULL,"
+    " key TEXT NOT NULL,"
+    " value BLOB NOT NULL,"
+    " PRIMARY KEY (plugin, key)"
+    ") WITHOUT ROWID"
+)
+# Plugin identity (see docs/trust.md): a name bound to the key ids that first signed it.
+_SQL_CREATE_IDENTITIES: Final = (
+    "CREATE TABLE IF NOT EXISTS identities ("
+    " name TEXT PRIMARY KEY,"
+    " key_ids TEXT NOT NULL"
+    ") WITHOUT ROWID"
+)
 _SQL_GET: Final = "SELECT value FROM kv WHERE plugin = ? AND key = ?"
 _SQL_SIZE: Final = "SELECT length(value) FROM kv WHERE plugin = ? AND key = ?"
 _SQL_UPSERT: Final = (
@@ -74,6 +99,54 @@ class KvQuotaError(Exception):
         self.needed = needed
 
 
+class _Corrupt(Exception):
+    """PRAGMA quick_check found problems (its report is the message)."""
+
+
+#: The phrase a StateError for a database held by another store contains.
+IN_USE: Final = "is in use by another process"
+
+# SQLite's primary result codes (the low byte of sqlite_errorcode) -> what is wrong, the fix.
+_SQLITE_FIXES: Final = {
+    5: (f"{IN_USE} (another plugbox runtime with the same state directory?)",
+        "close that runtime, or give this one its own state_dir"),
+    6: (f"{IN_USE} (another plugbox runtime with the same state directory?)",
+        "close that runtime, or give this one its own state_dir"),
+    8: ("is read-only", "make it and its directory writable, or pick another state_dir"),
+    11: ("is corrupt", "restore it from a backup, or move it aside to start with an empty "
+         "store"),
+    13: ("cannot be written: the filesystem is full", "free space there or pick another "
+         "state_dir"),
+    14: ("cannot be opened", "check that its directory exists and is writable"),
+    26: ("is not an SQLite database", "move it aside (plugbox creates a new one) or pick "
+         "another state_dir"),
+}
+
+
+def _open_error(path: Path, exc: Exception) -> StateError:
+    """The StateError for a failure while opening the database at ``path``."""
+    if isinstance(exc, _Corrupt):
+        code = 11
+    else:
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    what, fix = _SQLITE_FIXES.get(code, (f"cannot be used ({exc})", "check the file, or "
+                                         "move it aside to start with an empty store"))
+    if code in (8, 10, 14):  # read-only, I/O error, cannot open: say which, if it is that
+        try:
+            read_only = bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+        except (OSError, AttributeError):
+            read_only = False
+        if read_only:
+            what, fix = ("is on a read-only filesystem",
+                         "remount it read-write or pick another state_dir")
+        elif not os.access(path.parent, os.W_OK) or (path.exists()
+                                                      and not os.access(path, os.W_OK)):
+            what, fix = ("is not writable by this user",
+                         "fix the permissions of it and its directory, or pick another "
+                         "state_dir")
+    return StateError(f"kv store {path} {what}: {fix}. ({exc})", path=str(path))
+
+
 def _prefix_upper_bound(prefix: str) -> str | None:
     """The smallest string greater than every string starting with ``prefix``, or None.
 
@@ -101,7 +174,7 @@ class KvStore:
     the last commits before the WAL was synced (``synchronous=NORMAL``).
 
     With ``exclusive`` (the default) the store holds the file lock until :meth:`close`; opening
-    a file that another store holds raises :class:`~plugbox.UsageError` after waiting
+    a file that another store holds raises :class:`~plugbox.StateError` after waiting
     ``lock_timeout`` seconds.
     """
 
@@ -109,44 +182,47 @@ class KvStore:
         self, path: Path | str, *, exclusive: bool = True, lock_timeout: float = 1.0
     ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise state_error(self.path.parent, exc, "creating the state directory") from None
         self._lock = threading.Lock()
         self._usage: dict[str, list[int]] = {}
-        # isolation_level=None: autocommit, every statement is its own transaction, so no
-        # transaction is ever left open between calls. check_same_thread=False because the
-        # connection is shared by all threads, serialised by self._lock.
-        conn = sqlite3.connect(
-            self.path,
-            isolation_level=None,
-            check_same_thread=False,
-            # Only another process can make SQLite wait (in-process access is serialised);
-            # an exclusive holder never lets go, so waiting long is pointless.
-            timeout=lock_timeout,
-        )
+        conn: sqlite3.Connection | None = None
         try:
+            # isolation_level=None: autocommit, every statement is its own transaction, so no
+            # transaction is ever left open between calls. check_same_thread=False because the
+            # connection is shared by all threads, serialised by self._lock.
+            conn = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                # Only another process can make SQLite wait (in-process access is serialised);
+                # an exclusive holder never lets go, so waiting long is pointless.
+                timeout=lock_timeout,
+            )
             if exclusive:
                 # Must precede the first access so the WAL index is kept in heap memory.
                 conn.execute("PRAGMA locking_mode = EXCLUSIVE")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS kv ("
-                " plugin TEXT NOT NULL,"
-                " key TEXT NOT NULL,"
-                " value BLOB NOT NULL,"
-                " PRIMARY KEY (plugin, key)"
-                ") WITHOUT ROWID"
-            )
+            # A damaged page that opening does not touch would otherwise surface later, in a
+            # plugin's call, or read as missing keys. O(size of the database), once per open.
+            problems = conn.execute("PRAGMA quick_check(5)").fetchall()
+            if problems != [("ok",)]:
+                raise _Corrupt("; ".join(str(row[0]) for row in problems))
+            conn.execute(_SQL_CREATE_KV)
+            conn.execute(_SQL_CREATE_IDENTITIES)
             # A write: in exclusive mode this takes the file lock now rather than later.
             conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-        except sqlite3.OperationalError as exc:
-            conn.close()
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise UsageError(
-                    f"kv store {self.path} is in use by another process (another plugbox "
-                    f"runtime with the same state directory?)"
-                ) from exc
-            raise
+        except (sqlite3.Error, _Corrupt) as exc:
+            if conn is not None:
+                conn.close()  # releases the file lock, so a retry can succeed
+            raise _open_error(self.path, exc) from None
+        except OSError as exc:
+            if conn is not None:
+                conn.close()
+            raise state_error(self.path, exc, "opening the key-value database") from None
         self._conn: sqlite3.Connection | None = conn
 
     def _usage_of(self, conn: sqlite3.Connection, plugin: str) -> list[int]:
@@ -252,13 +328,54 @@ class KvStore:
             conn.execute(_SQL_CLEAR, (plugin,))
             self._usage[plugin] = [0, 0]
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._conn is None
+
+    # -- plugin identity ---------------------------------------------------------------------
+
+    def bound_signers(self, name: str) -> tuple[str, ...] | None:
+        """The key ids the plugin name ``name`` is bound to, or None when it is unbound."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise self._closed()
+            try:
+                row = conn.execute("SELECT key_ids FROM identities WHERE name = ?",
+                                   (name,)).fetchone()
+            except sqlite3.Error as exc:
+                raise _open_error(self.path, exc) from None
+        return None if row is None else tuple(row[0].split(","))
+
+    def bind_signers(self, name: str, key_ids: tuple[str, ...]) -> tuple[str, ...]:
+        """Bind ``name`` to ``key_ids`` unless it is bound already; returns the binding in
+        force (the first one wins, atomically, even against another process)."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise self._closed()
+            try:
+                conn.execute("INSERT INTO identities (name, key_ids) VALUES (?, ?) "
+                             "ON CONFLICT (name) DO NOTHING", (name, ",".join(key_ids)))
+                row = conn.execute("SELECT key_ids FROM identities WHERE name = ?",
+                                   (name,)).fetchone()
+            except sqlite3.Error as exc:
+                raise _open_error(self.path, exc) from None
+        return tuple(row[0].split(","))
+
     def close(self) -> None:
         """Close the database (releasing its lock); later calls raise
-        ``sqlite3.ProgrammingError``. Idempotent."""
+        ``sqlite3.ProgrammingError``. Idempotent. A failure to checkpoint (a full disk) loses
+        nothing, the WAL keeps the data, so it is logged, not raised."""
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None:
-            conn.close()
+            try:
+                conn.close()
+            except sqlite3.Error as exc:
+                _log.warning("kv store %s: closing failed (%s); the next open recovers from "
+                             "its write-ahead log", self.path, exc)
 
     def __enter__(self) -> KvStore:
         return self

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
@@ -12,12 +14,14 @@ from typing import Any, Literal, NamedTuple, TypeVar
 import wasmtime
 
 from . import _abispec
+from ._addrspace import admitted, pool_bytes
 from ._cache import ArtifactCache
-from ._errors import UsageError
+from ._errors import IdentityConflictError, StateError, UsageError, state_error
 from ._events import EventBus
-from ._fastpath import Engine, Template
-from ._fastpath_component import ComponentTemplate, compile_component, deserialize_component
-from ._kvstore import KvStore
+from ._fastpath import Engine, Instance, Template
+from ._fastpath_component import (ComponentInstance, ComponentTemplate, compile_component,
+                                  deserialize_component)
+from ._kvstore import IN_USE, KvStore
 from ._manifest import (Manifest, check_compatibility, read_manifest, validate_config,
                         validate_manifest, verify_module)
 from ._package import staged_plugin
@@ -88,10 +92,21 @@ class Runtime:
 
     ``policy`` caps what manifests may request (see :class:`plugbox.Policy`). ``state_dir``
     holds the key-value database; ``cache_dir`` (default ``state_dir/cache``) the compiled
-    artifacts. ``max_wasm_stack`` bounds guest recursion for every plugin.
+    artifacts. ``max_wasm_stack`` (16 KiB to 2 MiB) bounds guest recursion for every plugin;
+    ``epoch_tick_ms`` (0.1 to 1000) is the deadline granularity.
     ``pooled_instances`` reserves that many instance slots up front (wasmtime's pooling
     allocator: fast instantiation, a hard cap on live instances across all plugins); 0 maps
-    memory on demand instead.
+    memory on demand instead. Each slot reserves 4 GiB + 32 MiB of virtual address space (not
+    memory), so guest memory accesses need no bounds checks: the default 500 slots take about
+    2 TiB, and some 60 such Runtimes fit in a process's 128 TiB. A Runtime that would not fit
+    (too many Runtimes, a large pool, ``ulimit -v``) is refused with a
+    :class:`plugbox.UsageError` (``limit="address-space"``) rather than letting wasmtime abort
+    the process; see docs/architecture.md, "The runtime's own resources".
+
+    State failures (a ``state_dir`` that is a file, unwritable, read-only or full; a database
+    that is corrupt, not a database, or held by another process) raise
+    :class:`plugbox.StateError` naming the path and the fix. A Runtime dropped without
+    :meth:`close` stops its ticker and closes its database when it is garbage-collected.
 
     ``trust`` decides which signatures a plugin needs (see :class:`plugbox.TrustPolicy`); the
     default, :meth:`TrustPolicy.development`, does not check them, so pass
@@ -106,33 +121,51 @@ class Runtime:
         policy: Policy | None = None,
         max_wasm_stack: int = 512 * 1024,
         epoch_tick_ms: float = 2.0,
-        pooled_instances: int = 1000,
+        pooled_instances: int = 500,
         trust: TrustPolicy | None = None,
     ) -> None:
         from . import __version__
 
+        _check_settings(pooled_instances, max_wasm_stack, epoch_tick_ms)
         self.version = __version__
         self.policy = policy if policy is not None else Policy()
         # [trust chain] None: the development policy (signatures unchecked, logged at DEBUG).
         self.trust = trust if trust is not None else TrustPolicy.development()
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.engine = Engine(
-            max_wasm_stack=max_wasm_stack,
-            max_memory_bytes=self.policy.max_limits.memory_bytes,
-            epoch_tick_ms=epoch_tick_ms,
-            pooling=pooled_instances,
-        )
-        self.cache = ArtifactCache(
-            Path(cache_dir) if cache_dir is not None else self.state_dir / "cache",
-            salt=self.engine.settings,
-        )
-        self.kv = KvStore(self.state_dir / "plugbox.sqlite3")
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise state_error(self.state_dir, exc, "creating the state directory") from None
+        # Cheapest first, and everything made so far released if a later step fails: the
+        # engine's reservation and ticker would otherwise outlive a refused constructor.
+        self.kv = _open_kv(self.state_dir / "plugbox.sqlite3")
+        engine: Engine | None = None
+        release: Callable[[], None] = _nothing
+        try:
+            with admitted(pool_bytes(pooled_instances, self.policy.max_limits.memory_bytes),
+                          pooled_instances) as release:
+                engine = Engine(
+                    max_wasm_stack=max_wasm_stack,
+                    max_memory_bytes=self.policy.max_limits.memory_bytes,
+                    epoch_tick_ms=epoch_tick_ms,
+                    pooling=pooled_instances,
+                )
+            self.engine = engine
+            self.cache = ArtifactCache(
+                Path(cache_dir) if cache_dir is not None else self.state_dir / "cache",
+                salt=self.engine.settings,
+            )
+        except BaseException:
+            _release(engine, self.kv, release)
+            raise
         self.events = EventBus()
         self._plugins: list[Plugin] = []
         self._lock = threading.Lock()
         self._monitors: list[tuple[Callable[[CallRecord], None], Callable[[CallRecord], None]]] = []
         self._closed = False
+        # A Runtime dropped without close() still stops its ticker, closes its database and
+        # gives its address space back. The finalizer holds no reference to the Runtime.
+        self._finalizer = weakref.finalize(self, _release, engine, self.kv, release)
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -200,6 +233,7 @@ class Runtime:
         permissions = verified.permissions.without(set(withhold))
         config = dict(config or {})
         validate_config(manifest, config)
+        key_ids = self._identity(manifest.name, verified.signers)
 
         services = HostServices(
             plugin=manifest.name,
@@ -236,11 +270,51 @@ class Runtime:
                 template.close()
             services.close()
             raise
+        if key_ids is not None:
+            try:
+                self._check_identity(manifest.name, key_ids,
+                                     self.kv.bind_signers(manifest.name, key_ids))
+            except BaseException:
+                plugin.close()
+                raise
+        # A plugin collected without close() (with its Runtime: they refer to each other)
+        # frees its native instances and template, which would otherwise keep the engine and
+        # its address-space reservation alive. plugin._idle is replaced only by close().
+        weakref.finalize(plugin, _free_plugin, plugin._idle, template, services)
         with self._lock:
             self._plugins.append(plugin)
         _log.info("loaded plugin %s %s (%s, %s)", manifest.name, manifest.version, mode,
                   ", ".join(sorted(permissions.services())) or "no services")
         return plugin
+
+    def _identity(self, name: str, signers: tuple[SignerInfo, ...]) -> tuple[str, ...] | None:
+        """The key ids ``name`` is claimed with, once checked against the plugins loaded and the
+        name's binding in the state database; None when signatures are not required, where
+        a plugin's identity is its name (docs/trust.md, "Plugin identity")."""
+        if self.trust.mode != "require":
+            return None
+        key_ids = tuple(sorted({signer.key_id for signer in signers}))
+        for plugin in self.plugins:
+            if plugin.name == name and plugin.signers:
+                self._check_identity(name, key_ids,
+                                     tuple(sorted({s.key_id for s in plugin.signers})))
+        bound = self.kv.bound_signers(name)
+        if bound is not None:
+            self._check_identity(name, key_ids, bound)
+        return key_ids
+
+    def _check_identity(self, name: str, key_ids: tuple[str, ...],
+                        bound: tuple[str, ...]) -> None:
+        if set(key_ids) & set(bound):
+            return
+        raise IdentityConflictError(
+            f"plugin {name!r} is signed by {', '.join(key_ids)}, but in this state directory "
+            f"({self.state_dir}) the name {name!r} belongs to {', '.join(bound)} (the signers "
+            f"of the first {name!r} loaded with signatures required), whose kv data, events and "
+            "logs it would take over. Rename the plugin, or, if its publisher changed keys, "
+            f"have it signed by one of {', '.join(bound)} as well.",
+            plugin=name, key_ids=key_ids, bound_key_ids=bound,
+        )
 
     def _compiled(
         self,
@@ -302,15 +376,17 @@ class Runtime:
             raise UsageError("this plugbox Runtime is closed; create a new one")
 
     def close(self) -> None:
-        """Close every plugin, stop the epoch ticker and close the stores. Safe to call twice."""
+        """Close every plugin, stop the epoch ticker and close the stores. Safe to call twice.
+
+        The pool's address space is unmapped once the Runtime and the plugins it loaded are no
+        longer referenced (wasmtime frees an engine with its last module)."""
         if self._closed:
             return
         self._closed = True
         self.engine.mark_closing()  # calls interrupted below say the runtime was closed
         for plugin in self.plugins:
             plugin.close()
-        self.engine.close()
-        self.kv.close()
+        self._finalizer()
 
     def __enter__(self) -> Runtime:
         return self
@@ -320,3 +396,74 @@ class Runtime:
 
     def __repr__(self) -> str:
         return f"<plugbox.Runtime {len(self._plugins)} plugins, state {self.state_dir}>"
+
+
+#: wasmtime refuses (by aborting the process) a max_wasm_stack above its async_stack_size,
+#: 2 MiB by default, even for synchronous calls.
+MAX_WASM_STACK_LIMIT = 2 << 20
+
+
+def _check_settings(pooled_instances: int, max_wasm_stack: int, epoch_tick_ms: float) -> None:
+    """Refuse Runtime settings wasmtime would abort on, or that would void deadlines."""
+    if type(pooled_instances) is not int or pooled_instances < 0:
+        raise UsageError(f"pooled_instances must be an int >= 0, not {pooled_instances!r}")
+    if type(max_wasm_stack) is not int or not 16 << 10 <= max_wasm_stack <= MAX_WASM_STACK_LIMIT:
+        raise UsageError(f"max_wasm_stack must be an int from {16 << 10} (16 KiB) to "
+                         f"{MAX_WASM_STACK_LIMIT} (2 MiB) bytes, not {max_wasm_stack!r}")
+    if (not isinstance(epoch_tick_ms, (int, float)) or isinstance(epoch_tick_ms, bool)
+            or not 0.1 <= epoch_tick_ms <= 1000):
+        raise UsageError(f"epoch_tick_ms must be a number from 0.1 to 1000 (deadlines are "
+                         f"enforced to about one tick), not {epoch_tick_ms!r}")
+
+
+#: The state databases this process has open, by resolved path.
+_open_stores: weakref.WeakValueDictionary[Path, KvStore] = weakref.WeakValueDictionary()
+_open_stores_lock = threading.Lock()
+
+
+def _open_kv(path: Path) -> KvStore:
+    """The state database at ``path``. One held by a Runtime of this process is refused at
+    once (SQLite would wait for it in vain), unless that Runtime was dropped without close()
+    and only awaits garbage collection (a Runtime and its plugins refer to each other)."""
+    key = path.resolve()
+    with _open_stores_lock:
+        for attempt in (0, 1):
+            holder = _open_stores.get(key)
+            if holder is None or holder.closed:
+                break
+            if attempt == 0:
+                del holder
+                gc.collect()
+        else:
+            raise StateError(
+                f"kv store {path} {IN_USE} (another plugbox Runtime of this process has the "
+                "same state directory): close that Runtime, or give this one its own "
+                "state_dir.", path=str(path))
+        store = KvStore(path)
+        _open_stores[key] = store
+    return store
+
+
+def _free_plugin(idle: list[Instance | ComponentInstance], template: Template | ComponentTemplate,
+                 services: HostServices) -> None:
+    """Free what a plugin collected without close() holds natively; instances first, since they
+    point into the template's linker."""
+    for inst in idle:
+        inst.close()
+    template.close()
+    services.close()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _release(engine: Engine | None, kv: KvStore, release: Callable[[], None]) -> None:
+    """What a Runtime gives back on close, on garbage collection or when its constructor
+    fails: the ticker, the database lock, the address-space admission."""
+    try:
+        if engine is not None:
+            engine.close()
+    finally:
+        kv.close()
+        release()
