@@ -272,7 +272,11 @@ for _id, (_schema, _config) in REDOS.items():
         plugin_dir = env.plugin(_wasm(), config_schema={"type": "object", **schema})
         timed(2.0, lambda: env.runtime().load(plugin_dir, config=config))
 
-    _case(f"config-schema-{_id}", _run, PlugboxError, timeout=8)
+    # A key the pattern does not match is unconstrained, so that config is valid: what matters
+    # is that deciding so is fast (timed above); elsewhere the value fails its pattern.
+    _case(f"config-schema-{_id}", _run,
+          *((OK, PlugboxError) if _id == "redos-pattern-properties" else (PlugboxError,)),
+          timeout=8)
 
 
 def _schema_case(schema: dict[str, Any], config: dict[str, Any], *,
