@@ -73,16 +73,12 @@ def write_plugin(
     return directory
 
 
-# A minimal ABI-conforming module: a bump allocator reset by post-return, and hooks chosen by
-# the length of the hook name so the WAT stays short. ``{body}`` computes the on-hook result.
-WAT_TEMPLATE = """
-(module
-  {imports}
-  (memory (export "memory") 1)
-  (global $heap (mut i32) (i32.const 4096))
-  (global $count (mut i32) (i32.const 0))
+#: ``cabi_realloc`` over a bump heap at ``$heap`` (a global the module defines), growing memory
+#: as needed; ``{prologue}`` runs first. Shared by the WAT modules of the tests.
+BUMP_REALLOC = """
   (func $alloc (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
     (local $p i32) (local $need i32)
+    {prologue}
     (local.set $p (i32.and (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
                            (i32.sub (i32.const 0) (local.get 2))))
     (global.set $heap (i32.add (local.get $p) (local.get 3)))
@@ -92,7 +88,17 @@ WAT_TEMPLATE = """
                                               (i32.const 1))) (i32.const -1))
               (then unreachable))))
     (local.get $p))
-  (func (export "on-hook") (param $hp i32) (param $hl i32) (param $pp i32) (param $pl i32)
+"""
+
+# A minimal ABI-conforming module: a bump allocator reset by post-return, and hooks chosen by
+# the length of the hook name so the WAT stays short. ``{body}`` computes the on-hook result.
+WAT_TEMPLATE = """
+(module
+  {imports}
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (global $count (mut i32) (i32.const 0))
+""" + BUMP_REALLOC.format(prologue="") + """  (func (export "on-hook") (param $hp i32) (param $hl i32) (param $pp i32) (param $pl i32)
         (result i32)
     {body})
   (func (export "cabi_post_on-hook") (param i32)

@@ -46,7 +46,7 @@ from plugbox._services import (
     HostServices,
     utf8_prefix,
 )
-from tests.conftest import REPO, write_plugin
+from tests.conftest import BUMP_REALLOC, REPO, write_plugin
 
 # -- the hostile guest -------------------------------------------------------------------------
 
@@ -60,7 +60,7 @@ BODY_MAX = 4096  # the plugin's permissions.http.max_request_bytes
 # after these 12". It returns the call's 16-byte return area as its own result, so an error the
 # host wrote there comes back as the hook's error. (sel 15 also takes its retptr from the
 # pointer; sel 16 logs `length` times.)
-GUEST = """
+GUEST = ("""
 (module
   (import "plugbox:plugin/log@1.0.0" "log" (func $log (param i32 i32 i32)))
   (import "plugbox:plugin/config@1.0.0" "get" (func $config_get (param i32 i32 i32)))
@@ -78,17 +78,7 @@ GUEST = """
   (data (i32.const 2080) "http://127.0.0.1:9/")
   (data (i32.const 2112) "x-a")
   (global $heap (mut i32) (i32.const 8192))
-  (func $alloc (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
-    (local $p i32) (local $need i32)
-    (local.set $p (i32.and (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
-                           (i32.sub (i32.const 0) (local.get 2))))
-    (global.set $heap (i32.add (local.get $p) (local.get 3)))
-    (local.set $need (i32.sub (global.get $heap) (i32.mul (memory.size) (i32.const 65536))))
-    (if (i32.gt_s (local.get $need) (i32.const 0))
-      (then (if (i32.eq (memory.grow (i32.add (i32.shr_u (local.get $need) (i32.const 16))
-                                              (i32.const 1))) (i32.const -1))
-              (then unreachable))))
-    (local.get $p))
+""" + BUMP_REALLOC.format(prologue="") + """
   (func (export "on-init") (param i32 i32) (result i32)
     (i64.store (i32.const 32) (i64.const 0)) (i64.store (i32.const 40) (i64.const 0))
     (i32.const 32))
@@ -154,7 +144,7 @@ GUEST = """
   (func (export "cabi_post_on-hook") (param i32)
     (global.set $heap (i32.const 8192)))
 )
-""".replace("PAGES", str(PAGES))
+""").replace("PAGES", str(PAGES))
 
 (LOG, CONFIG, KV_GET, KV_SET_KEY, KV_SET_VALUE, KV_DELETE, KV_LIST, EMIT_TOPIC, EMIT_PAYLOAD,
  HTTP_METHOD, HTTP_URL, HTTP_HEADERS, HTTP_HEADER_VALUE, HTTP_HEADER_NAME, HTTP_BODY,

@@ -7,6 +7,8 @@ Scratch layout of the modules built here: the export result area at 16, import r
 
 from __future__ import annotations
 
+from tests.conftest import BUMP_REALLOC
+
 VERSION = "1.0.0"
 
 #: (interface, function) -> core signature, as abi/README.md section 5 lowers them.
@@ -34,20 +36,7 @@ def imp(service: str, func: str, *, version: str = VERSION, sig: str | None = No
             f'(func ${name or f"{service}.{func}"} {signature}))')
 
 
-REALLOC = """
-  (func $alloc (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
-    (local $p i32) (local $need i32)
-    {realloc_prologue}
-    (local.set $p (i32.and (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
-                           (i32.sub (i32.const 0) (local.get 2))))
-    (global.set $heap (i32.add (local.get $p) (local.get 3)))
-    (local.set $need (i32.sub (global.get $heap) (i32.mul (memory.size) (i32.const 65536))))
-    (if (i32.gt_s (local.get $need) (i32.const 0))
-      (then (if (i32.eq (memory.grow (i32.add (i32.shr_u (local.get $need) (i32.const 16))
-                                              (i32.const 1))) (i32.const -1))
-              (then unreachable))))
-    (local.get $p))
-"""
+REALLOC = BUMP_REALLOC
 
 POST = """
   (func (export "cabi_post_on-hook") (param i32)
@@ -125,7 +114,7 @@ def module(body: str = ECHO, *, imports: str = "", extra: str = "",
     """A whole module in WAT: the conforming template with the named parts replaced."""
     return TEMPLATE.format(
         imports=imports, memory=memory, body=body, extra=extra,
-        realloc=(REALLOC.format(realloc_prologue=realloc_prologue) if realloc is None
+        realloc=(REALLOC.format(prologue=realloc_prologue) if realloc is None
                  else realloc),
         post=POST.format(post_body=post_body) if post is None else post,
     )
