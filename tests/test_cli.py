@@ -103,6 +103,16 @@ def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
     return code, json.loads(out)
 
 
+def verify_signed(capsys: pytest.CaptureFixture[str], directory: Path,
+                  keys: Path) -> tuple[int, Any]:
+    """Sign ``directory`` with a new key in ``keys``, then ``plugbox verify --json`` it."""
+    assert main(["keygen", "--output-dir", str(keys)]) == 0
+    assert main(["sign", str(directory), "--key", str(keys / "plugbox.key")]) == 0
+    capsys.readouterr()
+    return run_json(capsys, "verify", str(directory), "--trusted-keys",
+                    str(keys / "plugbox.pub"), "--json")
+
+
 # -- usage ---------------------------------------------------------------------------------------
 
 
@@ -165,12 +175,7 @@ def test_inspect_and_verify_agree_with_load_on_an_unrequested_import(
     assert report["capabilities"]["error"]["type"] == "CapabilityError"
     assert report["capabilities"]["error"]["permission"] == "kv"
 
-    keys = tmp_path / "keys"
-    assert main(["keygen", "--output-dir", str(keys)]) == 0
-    assert main(["sign", str(directory), "--key", str(keys / "plugbox.key")]) == 0
-    capsys.readouterr()
-    code, doc = run_json(capsys, "verify", str(directory), "--trusted-keys",
-                         str(keys / "plugbox.pub"), "--json")
+    code, doc = verify_signed(capsys, directory, tmp_path / "keys")
     assert code == 1 and doc["ok"] is False
     assert doc["checks"]["capabilities"]["ok"] is False
     # Both commands report the refusal Runtime.load makes, word for word.
@@ -206,12 +211,7 @@ def test_inspect_and_verify_agree_with_load_on_what_cannot_run(
     code, report = run_json(capsys, "inspect", str(directory), "--json")
     assert code == 1 and report["ok"] is False
     assert report["checks"]["runnable"]["error"]["message"] == refused.value.message
-    keys = tmp_path / "keys"
-    assert main(["keygen", "--output-dir", str(keys)]) == 0
-    assert main(["sign", str(directory), "--key", str(keys / "plugbox.key")]) == 0
-    capsys.readouterr()
-    code, doc = run_json(capsys, "verify", str(directory), "--trusted-keys",
-                         str(keys / "plugbox.pub"), "--json")
+    code, doc = verify_signed(capsys, directory, tmp_path / "keys")
     assert code == 1 and doc["checks"]["runnable"]["ok"] is False
     assert doc["checks"]["runnable"]["error"]["message"] == refused.value.message
 
