@@ -31,6 +31,26 @@ def rust_plugins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return build_rust_plugins(REPO / "sample-plugins" / "rust", out)
 
 
+#: The Python samples the tests build (staged name -> folder under sample-plugins/python).
+PYTHON_SAMPLES = {"py-echo": "echo", "text-tools": "text-tools", "kv-notes": "kv-notes",
+                  "py-fetcher": "py-fetcher"}
+
+
+@pytest.fixture(scope="session")
+def built_samples() -> dict[str, Path]:
+    """The Python samples built from source with ``plugbox build`` (componentize-py), once per
+    run and cached under .build/pytest-pybuild while their sources are unchanged.
+    name -> staged plugin directory."""
+    from plugbox import _pybuild
+
+    out = {}
+    for name, folder in PYTHON_SAMPLES.items():
+        module = _pybuild.build_python_plugin(REPO / "sample-plugins" / "python" / folder,
+                                              out_dir=REPO / ".build" / "pytest-pybuild" / name)
+        out[name] = module.parent
+    return out
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A compiled-artifact cache shared by the run's runtimes (compiling is the slow part)."""

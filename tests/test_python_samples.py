@@ -10,25 +10,13 @@ from pathlib import Path
 import pytest
 
 import plugbox
-from plugbox import _pybuild
 from plugbox_sdk import DeniedError, InvalidInputError, LimitReachedError, testing
 
-from .conftest import REPO
+from .conftest import PYTHON_SAMPLES, REPO
 
 SAMPLES = REPO / "sample-plugins" / "python"
 WORK = REPO / ".build" / "pytest-pybuild"
-BUILT = {"py-echo": "echo", "text-tools": "text-tools", "kv-notes": "kv-notes",
-         "py-fetcher": "py-fetcher"}
-
-
-@pytest.fixture(scope="session")
-def built_samples() -> dict[str, Path]:
-    """name -> staged directory of the built component (a cache hit when nothing changed)."""
-    out = {}
-    for name, folder in BUILT.items():
-        module = _pybuild.build_python_plugin(SAMPLES / folder, out_dir=WORK / name)
-        out[name] = module.parent
-    return out
+BUILT = PYTHON_SAMPLES
 
 
 @pytest.fixture(params=["native", "component"])
