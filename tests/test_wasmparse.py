@@ -670,3 +670,13 @@ def _inspect_core_only(data: bytes) -> None:
     from plugbox._wasmparse import _inspect_core
 
     _inspect_core(data)
+
+
+def test_a_start_function_is_recorded_for_the_instantiation_path() -> None:
+    # Only modules with a start function run guest code while instantiating, so only their
+    # instantiation releases the GIL (it keeps the deadline honest under Python-thread load).
+    without = inspect_module(wasmtime.wat2wasm("(module (func))"))
+    with_start = inspect_module(wasmtime.wat2wasm("(module (func $s) (start $s))"))
+    assert without.shape is not None and with_start.shape is not None
+    assert [m.start for m in without.shape.modules] == [False]
+    assert [m.start for m in with_start.shape.modules] == [True]

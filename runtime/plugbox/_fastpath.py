@@ -81,6 +81,7 @@ def _proto(lib: ctypes.CDLL, name: str, restype: Any, *argtypes: Any) -> Any:
 
 _func_call = _proto(_cdll, "wasmtime_func_call_unchecked", _P, _P, _P, _P, c_size_t, _P)
 _pre_instantiate = _proto(_cdll, "wasmtime_instance_pre_instantiate", _P, _P, _P, _P, _P)
+_pre_instantiate_gil = _proto(_pydll, "wasmtime_instance_pre_instantiate", _P, _P, _P, _P, _P)
 _increment_epoch = _proto(_cdll, "wasmtime_engine_increment_epoch", None, _P)
 
 _store_new = _proto(_pydll, "wasmtime_store_new", _P, _P, _P, _P)
@@ -716,7 +717,7 @@ def _py_call_steps(
 
 def _py_instantiate(
     engine: int, pre: int, cap: int, fuel: int, ticks: int, names: tuple[bytes, ...],
-    out: int, instance: int, ctl: int,
+    out: int, instance: int, ctl: int, start: bool,
 ) -> tuple[int, int, int, int]:
     """Pure-Python twin of ``_speedups.instantiate``."""
     store = _store_new(engine, None, None)
@@ -730,7 +731,9 @@ def _py_instantiate(
         return (_ST_ERROR, err, 0, 0)
     _set_epoch_deadline(ctx, ticks)
     trap = c_void_p()
-    err = _pre_instantiate(pre, ctx, instance, ctypes.addressof(trap))
+    # Only a start function runs guest code here; without one, keep the GIL (see _speedups.c).
+    instantiate = _pre_instantiate if start else _pre_instantiate_gil
+    err = instantiate(pre, ctx, instance, ctypes.addressof(trap))
     if err or trap.value:
         _store_delete(store)
         return (_ST_ERROR, err, 0, 0) if err else (_ST_TRAP, trap.value or 0, 0, 0)
@@ -905,6 +908,7 @@ class Instance:
         status, store, ctx, mask = _instantiate(
             template.engine.ptr, template.pre, template.memory_cap, fuel, ticks,
             _EXPORT_NAMES_B, exports, ctypes.addressof(self._instance), self._ctl_addr,
+            template.start,
         )
         if status != _ST_OK:
             code, msg = (None, _take_error(store)) if status == _ST_ERROR else _take_trap(store)
@@ -1533,10 +1537,13 @@ class Template:
         services: HostServices,
         imports: list[tuple[str, str]],
         memory_cap: int,
+        start: bool = True,
     ) -> None:
         self.engine = engine
         self.plugin = plugin
         self.memory_cap = memory_cap
+        #: The module has a start function (guest code runs while instantiating).
+        self.start = start
         self._module = module  # keeps the wasmtime-py Module (and its pointer) alive
         self._callbacks: list[Any] = []
         self._functypes: list[Any] = []

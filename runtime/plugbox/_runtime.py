@@ -259,6 +259,7 @@ class Runtime:
                     self.engine, module, plugin=manifest.name, services=services,
                     imports=[(imp.module, imp.name) for imp in info.imports],
                     memory_cap=limits.memory_bytes,
+                    start=info.shape is None or any(m.start for m in info.shape.modules),
                 )
             plugin = Plugin(self, manifest, template, services, permissions=permissions,
                             limits=limits, config=config, mode=mode)

@@ -387,15 +387,16 @@ done:
 }
 
 /*
- * instantiate(engine, pre, memory_cap, fuel, ticks, names, out, instance_out, ctl)
+ * instantiate(engine, pre, memory_cap, fuel, ticks, names, out, instance_out, ctl, start)
  *   names: tuple of bytes export names; out: address of len(names) * 32 writable bytes that
  *   receive each export's wasmtime_extern_t (zeroed when absent); instance_out: address of
- *   a wasmtime_instance_t; ctl: the instance's control words (epoch-callback data).
+ *   a wasmtime_instance_t; ctl: the instance's control words (epoch-callback data); start:
+ *   true when the module has a start function (the GIL is released only then).
  * Returns (0, store, ctx, found_mask) or (2|3, fault, 0) with the store already freed.
  */
 static PyObject *speedups_instantiate(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (!bound) { PyErr_SetString(PyExc_RuntimeError, "_speedups not bound"); return NULL; }
-    if (nargs != 9) { PyErr_SetString(PyExc_TypeError, "instantiate() takes 9 arguments"); return NULL; }
+    if (nargs != 10) { PyErr_SetString(PyExc_TypeError, "instantiate() takes 10 arguments"); return NULL; }
     void *engine, *pre, *out, *instance, *ctl;
     if (as_ptr(args[0], &engine) < 0 || as_ptr(args[1], &pre) < 0 ||
         as_ptr(args[6], &out) < 0 || as_ptr(args[7], &instance) < 0 || as_ptr(args[8], &ctl) < 0)
@@ -421,9 +422,16 @@ static PyObject *speedups_instantiate(PyObject *self, PyObject *const *args, Py_
     }
     p_set_epoch(ctx, ticks);
     void *trap = NULL, *err;
-    Py_BEGIN_ALLOW_THREADS
-    err = p_pre_instantiate(pre, ctx, instance, &trap);
-    Py_END_ALLOW_THREADS
+    /* Only a start function runs guest code while instantiating. Without one, instantiation
+     * takes microseconds, and releasing the GIL for it would cost the caller a wait to get it
+     * back, which under load (busy Python threads) is several switch intervals. */
+    if (PyObject_IsTrue(args[9])) {
+        Py_BEGIN_ALLOW_THREADS
+        err = p_pre_instantiate(pre, ctx, instance, &trap);
+        Py_END_ALLOW_THREADS
+    } else {
+        err = p_pre_instantiate(pre, ctx, instance, &trap);
+    }
     if (err || trap) {
         p_store_delete(store);
         return Py_BuildValue("(iKii)", err ? ST_ERROR : ST_TRAP,

@@ -142,6 +142,8 @@ class CoreShape:
     functions: int = 0
     largest_body: int = 0
     code_bytes: int = 0
+    #: Whether a start function runs guest code while the module is instantiated.
+    start: bool = False
 
 
 @dataclass(frozen=True)
@@ -582,6 +584,7 @@ def _inspect_core(data: bytes, start: int = 0, end: int | None = None) -> Module
     custom: dict[str, bytes] = {}
     defined_funcs = 0
     code_seen = False
+    has_start = False
     last_order = -1
 
     while not r.at_end():
@@ -693,8 +696,11 @@ def _inspect_core(data: bytes, start: int = 0, end: int | None = None) -> Module
             code_bytes = s.end - s.pos
             # Only their sizes matter (the compile budget).
             largest_body = max(s.u32s(bodies, "function body size", skip=True), default=0)
+        elif sid == 8:
+            has_start = True
+            continue  # which function does not matter here; wasmtime validates it
         else:
-            continue  # start, element, data count, data: not needed
+            continue  # element, data count, data: not needed
         if not s.at_end():
             raise _Malformed(
                 s.pos,
@@ -704,7 +710,8 @@ def _inspect_core(data: bytes, start: int = 0, end: int | None = None) -> Module
     if defined_funcs and not code_seen:
         raise _Malformed(r.end, f"{defined_funcs} functions are declared but there is no code")
     shape = CoreShape(tuple(memories), tuple(tables), counts["global"] - sum(
-        1 for imp in imports if imp.kind == "global"), defined_funcs, largest_body, code_bytes)
+        1 for imp in imports if imp.kind == "global"), defined_funcs, largest_body, code_bytes,
+        has_start)
     return ModuleInfo("core", tuple(imports), tuple(exports), custom,
                       shape=ModuleShape((shape,), ((0, 1),)))
 
