@@ -456,9 +456,13 @@ def kv_value(i: int) -> bytes:
     return f"{i:010d}".encode() * 12
 
 
+#: soak-big's 8 MiB data segment is over the default compile budget (Policy.max_module_bytes).
+BIG_POLICY = plugbox.Policy(max_module_bytes=16 * MiB)
+
+
 def cache_compiler(state: str, plugins: list[str], conn: Any) -> None:
     """Child: forever, remove the cache's entries and load every plugin (compile + store)."""
-    with plugbox.Runtime(state_dir=state) as rt:
+    with plugbox.Runtime(state_dir=state, policy=BIG_POLICY) as rt:
         conn.send("ready")
         while True:
             for entry in rt.cache.directory.glob("*.cwasm*"):
@@ -494,6 +498,15 @@ def wait_for_tmp(directory: Path, nth: int, timeout: float) -> bool:
         os.close(fd)
 
 
+def _kill(pid: int) -> None:
+    """SIGKILL ``pid``; one already gone is fine (a forkserver child is reaped by the forkserver,
+    so it can vanish between ``is_alive()`` and the kill)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def kill_child(ctx: Any, target: Callable[..., None], args: tuple[Any, ...], *,
                delay: float | None, watch: tuple[Path, int] | None = None,
                timeout: float = 60.0) -> tuple[list[Any], str]:
@@ -519,7 +532,7 @@ def kill_child(ctx: Any, target: Callable[..., None], args: tuple[Any, ...], *,
             try:
                 how = ("at a .tmp-* file" if wait_for_tmp(*watch, timeout=timeout)
                        else "no .tmp-* seen")
-                os.kill(proc.pid, signal.SIGKILL)
+                _kill(proc.pid)
             finally:
                 os.sched_setaffinity(0, cpus)
         else:
@@ -527,11 +540,11 @@ def kill_child(ctx: Any, target: Callable[..., None], args: tuple[Any, ...], *,
             while (left := end - time.monotonic()) > 0:
                 if parent_conn.poll(min(left, 0.05)):
                     got.append(parent_conn.recv())
-            os.kill(proc.pid, signal.SIGKILL)
+            _kill(proc.pid)
             how = "random"
     finally:
         if proc.is_alive():
-            os.kill(proc.pid, signal.SIGKILL)
+            _kill(proc.pid)
         proc.join(10)
         while True:
             try:
@@ -655,7 +668,7 @@ def scenario_cache_kill(work: Path, plugins: dict[str, Path], scale: int,
         tmp_max, tmp_bytes_max = max(tmp_max, n_tmp), max(tmp_bytes_max, tmp_bytes)
 
         def reload() -> int:
-            with plugbox.Runtime(state_dir=state) as rt:
+            with plugbox.Runtime(state_dir=state, policy=BIG_POLICY) as rt:
                 left = _cache_entries(cache)[0]
                 checks_ = [
                     rt.load(plugins["echo"]).call("echo", b"after kill") == b"after kill",
