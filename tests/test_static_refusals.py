@@ -15,6 +15,7 @@ from plugbox._fastpath import Engine, Template, instantiation_error, trap_summar
 from plugbox._policy import Policy
 from plugbox._wasmparse import compile_refusal, inspect_module
 from tests.conftest import COUNTER_BODY, ECHO_BODY, WAT_TEMPLATE, wat_module, write_plugin
+from tests.hostile._bin import leb
 
 MEMORY = '(memory (export "memory") 1)'
 LOG_IMPORT = '(import "plugbox:plugin/log@1.0.0" "log" (func $log (param i32 i32 i32)))'
@@ -42,13 +43,7 @@ def custom_section(name: str, payload: bytes) -> bytes:
     return b"\x00" + leb128(len(body)) + body
 
 
-def leb128(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
+leb128 = leb  # unsigned LEB128, from the hostile corpus's binary writer
 
 
 # (case, module, manifest limits, error class, phrase in the message)

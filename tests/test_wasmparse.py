@@ -624,13 +624,7 @@ def test_reader_never_compiles(monkeypatch: pytest.MonkeyPatch, manifest: Manife
 
 
 def _core_module(*sections: tuple[int, bytes]) -> bytes:
-    def leb(n: int) -> bytes:
-        out = bytearray()
-        while True:
-            byte, n = n & 0x7F, n >> 7
-            out.append(byte | (0x80 if n else 0))
-            if not n:
-                return bytes(out)
+    from tests.hostile._bin import leb
 
     return b"\0asm\1\0\0\0" + b"".join(bytes([sid]) + leb(len(body)) + body
                                       for sid, body in sections)
