@@ -51,6 +51,20 @@ def built_samples() -> dict[str, Path]:
     return out
 
 
+@pytest.fixture(params=[True, False], ids=["c", "ctypes"])
+def accel(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Run the test on the C accelerator's call path and on the pure-ctypes twin."""
+    from plugbox import _fastpath
+
+    if request.param and not _fastpath.ACCELERATED:
+        pytest.skip("accelerator not built (no C compiler at install time)")
+    _fastpath.use_accelerator(request.param)
+    try:
+        yield request.param
+    finally:
+        _fastpath.use_accelerator(True)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A compiled-artifact cache shared by the run's runtimes (compiling is the slow part)."""

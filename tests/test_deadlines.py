@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,17 +34,6 @@ EMIT_BODY = """
     (i32.const 16)
 """
 EVENTS = {"events": {"topics": ["t"]}}
-
-
-@pytest.fixture(params=[True, False], ids=["c", "ctypes"])
-def accel(request: pytest.FixtureRequest) -> Iterator[bool]:
-    if request.param and not _fastpath.ACCELERATED:
-        pytest.skip("accelerator not built")
-    _fastpath.use_accelerator(request.param)
-    try:
-        yield request.param
-    finally:
-        _fastpath.use_accelerator(True)
 
 
 def _threads() -> int:

@@ -14,7 +14,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -90,17 +90,6 @@ def _hostile(tmp_path: Path, when: int, post: str = "") -> Path:
     module = wasmtime.wat2wasm(HOSTILE.format(imports=RANDOM + LOG, when=when, post=post))
     return write_plugin(tmp_path / f"hostile{when}{len(post)}", module,
                         permissions={"random": True, "log": True})
-
-
-@pytest.fixture(params=[True, False], ids=["c", "ctypes"])
-def accel(request: pytest.FixtureRequest) -> Iterator[bool]:
-    if request.param and not _fastpath.ACCELERATED:
-        pytest.skip("accelerator not built")
-    _fastpath.use_accelerator(request.param)
-    try:
-        yield request.param
-    finally:
-        _fastpath.use_accelerator(True)
 
 
 @pytest.mark.parametrize("when", [1, 2], ids=["argument-allocation", "result-allocation"])

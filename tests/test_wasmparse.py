@@ -32,6 +32,8 @@ from plugbox._wasmparse import (
     inspect_module,
 )
 
+from tests.hostile._bin import leb
+
 REPO = Path(__file__).resolve().parent.parent
 WASM_TOOLS = Path(sys.executable).parent / "wasm-tools"
 
@@ -417,16 +419,7 @@ def test_import_module_versions(
 # -- malformed binaries ------------------------------------------------------------------------
 
 
-def _leb(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+_leb = leb  # unsigned LEB128
 
 
 HEADER = b"\x00asm\x01\x00\x00\x00"
@@ -624,8 +617,6 @@ def test_reader_never_compiles(monkeypatch: pytest.MonkeyPatch, manifest: Manife
 
 
 def _core_module(*sections: tuple[int, bytes]) -> bytes:
-    from tests.hostile._bin import leb
-
     return b"\0asm\1\0\0\0" + b"".join(bytes([sid]) + leb(len(body)) + body
                                       for sid, body in sections)
 
