@@ -81,11 +81,9 @@ def test_the_ticker_stops_when_its_engine_is_collected(tmp_path: Path) -> None:
     assert _threads() == before
 
 
-def test_an_interrupted_call_does_not_run_on_after_runtime_close(
-    tmp_path: Path, wat_plugin: Callable[..., Path], accel: bool
-) -> None:
-    rt = plugbox.Runtime(state_dir=tmp_path / "s")
-    plugin = rt.load(wat_plugin(LOOP_BODY, limits={"deadline_ms": 10_000}))
+def closed_mid_call(plugin: plugbox.Plugin, close: Callable[[], None]) -> list[BaseException]:
+    """Start a call looping on 10**12 fuel and a 10 s deadline in a thread, ``close()`` while
+    it runs; the call must end within 5 s with a ClosedError. Returns what it raised."""
     errors: list[BaseException] = []
 
     def call() -> None:
@@ -98,11 +96,20 @@ def test_an_interrupted_call_does_not_run_on_after_runtime_close(
     worker.start()
     time.sleep(0.2)
     started = time.monotonic()
-    rt.close()
+    close()
     worker.join(30)
     assert not worker.is_alive()
     assert time.monotonic() - started < 5  # not the 10 s deadline, not 10**12 fuel
     assert isinstance(errors[0], plugbox.ClosedError), errors
+    return errors
+
+
+def test_an_interrupted_call_does_not_run_on_after_runtime_close(
+    tmp_path: Path, wat_plugin: Callable[..., Path], accel: bool
+) -> None:
+    rt = plugbox.Runtime(state_dir=tmp_path / "s")
+    plugin = rt.load(wat_plugin(LOOP_BODY, limits={"deadline_ms": 10_000}))
+    errors = closed_mid_call(plugin, rt.close)
     assert "Runtime was closed" in str(errors[0])
     assert not rt.engine.ticking
 
@@ -112,22 +119,7 @@ def test_plugin_close_interrupts_a_call_in_flight(
 ) -> None:
     plugin = runtime.load(wat_plugin(LOOP_BODY, limits={"deadline_ms": 10_000}))
     other = runtime.load(wat_plugin(COUNTER_BODY, name="other"))
-    errors: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            plugin.call("run", fuel=10**12)
-        except plugbox.PlugboxError as exc:
-            errors.append(exc)
-
-    worker = threading.Thread(target=call)
-    worker.start()
-    time.sleep(0.2)
-    started = time.monotonic()
-    plugin.close()
-    worker.join(30)
-    assert time.monotonic() - started < 5
-    assert isinstance(errors[0], plugbox.ClosedError), errors
+    errors = closed_mid_call(plugin, plugin.close)
     assert "plugin 'wat-plugin' was closed" in str(errors[0])
     assert other.call("run") == (1).to_bytes(4, "little")  # the others keep serving
     with pytest.raises(plugbox.ClosedError):
