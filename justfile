@@ -33,7 +33,7 @@ lint:
 
 # Build the sample Rust plugins into .build/plugins.
 build-samples:
-    "{{python}}" -c "from pathlib import Path; from plugbox._build import build_rust_plugins; build_rust_plugins(Path('sample-plugins/rust'), Path('.build/plugins'))"
+    "{{python}}" -c "from pathlib import Path; from plugbox.authoring._build import build_rust_plugins; build_rust_plugins(Path('sample-plugins/rust'), Path('.build/plugins'))"
 
 # Remove build outputs and caches (keeps .venv).
 clean:

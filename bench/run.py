@@ -199,15 +199,15 @@ def stage(directory: Path, module: bytes, *, name: str, hooks: list[str],
 
 
 def build_echo_sample(out: Path, target_dir: Path) -> tuple[Path, str]:
-    """The Rust echo sample, staged. Uses plugbox._build when it exists."""
+    """The Rust echo sample, staged. Uses plugbox.authoring._build when it exists."""
     try:
-        from plugbox import _build
+        from plugbox.authoring import _build
     except ImportError:
         _build = None  # type: ignore[assignment]
     if _build is not None:
         staged = _build.build_rust_plugins(REPO / "sample-plugins" / "rust", out / "samples",
                                            ["echo"], target_dir=target_dir)
-        return Path(staged["echo"]), "plugbox._build.build_rust_plugins"
+        return Path(staged["echo"]), "plugbox.authoring._build.build_rust_plugins"
     ws = REPO / "sample-plugins" / "rust"
     _cargo_build(ws, target_dir, "echo")
     wasm = (target_dir / "wasm32-unknown-unknown" / "release" / "echo.wasm").read_bytes()
@@ -370,7 +370,7 @@ class Results:
 def accelerator_switch() -> Callable[[bool], Any] | None:
     """plugbox's switch between its C call sequence (``_speedups``) and the pure-Python one,
     when the C one is built (internal API; None when absent)."""
-    from plugbox import _fastpath
+    from plugbox.engine import _fastpath
 
     if getattr(_fastpath, "ACCELERATED", False) and hasattr(_fastpath, "use_accelerator"):
         return _fastpath.use_accelerator
@@ -777,7 +777,7 @@ def _load_in_new_process(plugin_dir: Path, cache: Path, state: Path) -> dict[str
 def bench_python(res: Results, build_dir: Path, reps: int, rep_seconds: float) -> None:
     """Section 5: the Python echo sample (a componentize-py component): cold and warm load,
     each in a new process, and per-call round trips beside the Rust echo's."""
-    from plugbox import _pybuild
+    from plugbox.authoring import _pybuild
 
     module = _pybuild.build_python_plugin(REPO / "sample-plugins" / "python" / "echo",
                                           out_dir=build_dir / "py-echo")
@@ -892,7 +892,7 @@ def targets(res: Results, cpus: int) -> list[dict[str, Any]]:
 def environment(echo_builder: str, quick: bool, reps: int) -> dict[str, Any]:
     import extism
 
-    from plugbox import _fastpath
+    from plugbox.engine import _fastpath
 
     try:
         affinity = len(os.sched_getaffinity(0))

@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/soak.py [--quick] [--json] [--only NAME ...] [--keep]
 
-Builds the Rust samples it needs (echo, counter, hostile) with plugbox._build and stages two
+Builds the Rust samples it needs (echo, counter, hostile) with plugbox.authoring._build and stages two
 hand-written WAT plugins, then runs each scenario in its own child process (so one that crashes
 the interpreter is reported as a failure, and RSS figures do not mix):
 
@@ -165,7 +165,7 @@ def kv_payload(key: str, value: bytes = b"") -> bytes:
 def build_plugins(out: Path, scale: int = 1) -> dict[str, Path]:
     """name -> staged plugin directory: echo, counter, hostile (Rust), kv, big (WAT; at
     ``scale`` > 1 a tenth as big, so the quick run stays quick)."""
-    from plugbox._build import build_rust_plugins
+    from plugbox.authoring._build import build_rust_plugins
 
     plugins = dict(build_rust_plugins(REPO / "sample-plugins" / "rust", out,
                                       ["echo", "counter", "hostile"]))
@@ -626,7 +626,7 @@ def _cache_entries(cache: Path) -> tuple[int, int, list[str]]:
     tmp = [p for p in cache.glob(".tmp-*")] if cache.is_dir() else []
     torn = []
     for art in cache.glob("[!.]*.cwasm") if cache.is_dir() else []:
-        digest = art.with_name(art.name + ".hmac")  # keyed by <cache>.key (plugbox._cache)
+        digest = art.with_name(art.name + ".hmac")  # keyed by <cache>.key (plugbox.engine._cache)
         try:
             mac = hmac.new(cache.with_name(cache.name + ".key").read_bytes(),
                            art.name.encode() + b"\0" + art.read_bytes(), hashlib.sha256)

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 def rust_plugins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every sample in sample-plugins/rust, built from source with cargo and staged (module +
     manifest with its real sha256) in a temp dir. name -> plugin directory."""
-    from plugbox._build import build_rust_plugins
+    from plugbox.authoring._build import build_rust_plugins
 
     out = tmp_path_factory.mktemp("rust-plugins")
     return build_rust_plugins(REPO / "sample-plugins" / "rust", out)
@@ -41,7 +41,7 @@ def built_samples() -> dict[str, Path]:
     """The Python samples built from source with ``plugbox build`` (componentize-py), once per
     run and cached under .build/pytest-pybuild while their sources are unchanged.
     name -> staged plugin directory."""
-    from plugbox import _pybuild
+    from plugbox.authoring import _pybuild
 
     out = {}
     for name, folder in PYTHON_SAMPLES.items():
@@ -54,7 +54,7 @@ def built_samples() -> dict[str, Path]:
 @pytest.fixture(params=[True, False], ids=["c", "ctypes"])
 def accel(request: pytest.FixtureRequest) -> Iterator[bool]:
     """Run the test on the C accelerator's call path and on the pure-ctypes twin."""
-    from plugbox import _fastpath
+    from plugbox.engine import _fastpath
 
     if request.param and not _fastpath.ACCELERATED:
         pytest.skip("accelerator not built (no C compiler at install time)")

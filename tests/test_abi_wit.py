@@ -2,7 +2,7 @@
 
 (a) the WIT parses and names the package ``plugbox:plugin@1.0.0``;
 (b) its core-module lowering (``wasm-tools component embed --dummy-names legacy``) has exactly
-    the imports and exports, with exactly the function types, that ``plugbox._abispec`` lists;
+    the imports and exports, with exactly the function types, that ``plugbox.engine._abispec`` lists;
 (c) a module built with the Rust SDK declares the ABI version in its ``plugbox:abi-version``
     custom section, and ``wasm-tools component new`` turns it into a valid component of the
     ``plugin`` world (so the SDK's hand-written lowering matches the canonical one).
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from plugbox import UsageError, _abispec
-from plugbox._build import (
+from plugbox import UsageError
+from plugbox.engine import _abispec
+from plugbox.authoring._build import (
     Signature,
     build_rust_plugins,
     custom_sections,

@@ -15,8 +15,8 @@ import pytest
 import wasmtime
 
 import plugbox
-from plugbox._cli import main
-from plugbox._wasmparse import capability_report, check_capabilities, inspect_module
+from plugbox.cli._main import main
+from plugbox.engine._wasmparse import capability_report, check_capabilities, inspect_module
 from tests.conftest import ECHO_BODY, wat_module, write_plugin
 
 KV_GET = '(import "plugbox:plugin/kv@1.0.0" "get" (func $kv_get (param i32 i32 i32)))'
@@ -111,7 +111,7 @@ def test_capability_report_lists_both_directions(make: Make) -> None:
 
 def test_inspect_and_verify_list_capabilities(make: Make, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    from plugbox._signing import write_keypair
+    from plugbox.trust._signing import write_keypair
 
     directory = make(KV_GET, permissions={"random": True})
     # Load refuses it, so inspect does too (exit 1), and describes why.

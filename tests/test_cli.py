@@ -17,7 +17,7 @@ import wasmtime
 
 import plugbox
 from plugbox import __version__
-from plugbox._cli import main
+from plugbox.cli._main import main
 
 # A minimal plugin module: a bump allocator and an on-hook whose body is spliced in. The result
 # area is at 16: tag (0 ok, 1 err) at 16, then list ptr/len at 20/24, or for err the error case

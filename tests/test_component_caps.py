@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import plugbox
 from plugbox._policy import Policy
-from plugbox._wasmparse import check_module_shape, inspect_module, store_limits
+from plugbox.engine._wasmparse import check_module_shape, inspect_module, store_limits
 from tests.conftest import ECHO_BODY, WAT_TEMPLATE, wat_module, write_plugin
 
 REPO = Path(__file__).resolve().parent.parent

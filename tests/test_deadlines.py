@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import plugbox
-from plugbox import _fastpath
+from plugbox.engine import _fastpath
 from tests.conftest import COUNTER_BODY
 
 LOOP_BODY = "(loop $l (br $l)) (i32.const 16)"
@@ -223,7 +223,7 @@ def test_negative_or_absurd_per_call_limits_are_a_usage_error(
 def test_plugin_close_interrupts_a_component_call_in_flight(
     runtime: plugbox.Runtime, rust_plugins: dict[str, Path], tmp_path: Path, accel: bool
 ) -> None:
-    from plugbox._build import wrap_component
+    from plugbox.authoring._build import wrap_component
 
     plugin = runtime.load(wrap_component(rust_plugins["hostile"], tmp_path))
     errors: list[BaseException] = []
@@ -266,7 +266,7 @@ def test_a_call_returning_after_its_deadline_is_logged_as_an_overrun(
 def test_the_python_ticker_stops_when_its_engine_is_collected() -> None:
     script = (
         "import gc, threading, weakref\n"
-        "from plugbox import _fastpath\n"
+        "from plugbox.engine import _fastpath\n"
         "assert not _fastpath.ACCELERATED\n"
         "before = threading.active_count()\n"
         "e = _fastpath.Engine(max_wasm_stack=512 * 1024, max_memory_bytes=1 << 20)\n"

@@ -1,5 +1,5 @@
 """The demo (``python -m plugbox.demo``) end to end: it builds the sample plugins from source
-through plugbox._build and every section behaves as the README promises."""
+through plugbox.authoring._build and every section behaves as the README promises."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from plugbox._events import Event, EventBus
+from plugbox.services._events import Event, EventBus
 
 
 def ev(topic: str, payload: bytes = b"{}") -> Event:

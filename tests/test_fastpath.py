@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import plugbox
-from plugbox import _fastpath
+from plugbox.engine import _fastpath
 from tests.conftest import COUNTER_BODY, REPO
 
 LOOP_BODY = "(loop $l (br $l)) (i32.const 16)"

@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import plugbox
-from plugbox._package import PackageLimits, read_package
-from plugbox._signing import PublicKey, SecretKey, Signature, sign_bytes, verify_bytes
-from plugbox._trust import TrustPolicy
+from plugbox.trust._package import PackageLimits, read_package
+from plugbox.trust._signing import PublicKey, SecretKey, Signature, sign_bytes, verify_bytes
+from plugbox.trust._trust import TrustPolicy
 
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow],
                 max_examples=1500)

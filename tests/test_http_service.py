@@ -14,10 +14,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from plugbox._events import EventBus
-from plugbox._kvstore import KvStore
+from plugbox.services._events import EventBus
+from plugbox.services._kvstore import KvStore
 from plugbox._permissions import HttpPermission, Permissions
-from plugbox._services import FORBIDDEN_REQUEST_HEADERS, HostCallError, HostServices
+from plugbox.services._services import FORBIDDEN_REQUEST_HEADERS, HostCallError, HostServices
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import plugbox
-from plugbox._signing import SecretKey
+from plugbox.trust._signing import SecretKey
 from tests.conftest import COUNTER_BODY, ECHO_BODY, wat_module, write_plugin
 from tests.test_signatures import make_key, sign_plugin
 

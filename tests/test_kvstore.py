@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plugbox._errors import StateError
-from plugbox._kvstore import KvQuotaError, KvStore, _prefix_upper_bound
+from plugbox.services._kvstore import KvQuotaError, KvStore, _prefix_upper_bound
 
 BIG = 1 << 40
 

@@ -34,7 +34,7 @@ from plugbox._manifest import (
     validate_config,
     verify_module,
 )
-from plugbox._signing import SecretKey, sign_bytes
+from plugbox.trust._signing import SecretKey, sign_bytes
 
 from .conftest import ECHO_BODY, wat_module, write_plugin
 
@@ -428,7 +428,7 @@ def test_packing_and_reading_packages_never_wait_on_a_fifo(tmp_path: Path,
     os.mkfifo(tmp_path / "fifo.plugbox")
     out = in_child(f"""
 import plugbox
-from plugbox._package import read_package, write_package
+from plugbox.trust._package import read_package, write_package
 for attempt in (lambda: write_package({str(plugin_dir)!r}, {str(tmp_path / "out.plugbox")!r}),
                 lambda: read_package({str(tmp_path / "fifo.plugbox")!r})):
     try:

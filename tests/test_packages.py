@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import plugbox
-from plugbox._package import (
+from plugbox.trust._package import (
     PackageLimits,
     extract_package,
     is_package,
@@ -23,7 +23,7 @@ from plugbox._package import (
     staged_plugin,
     write_package,
 )
-from plugbox._signing import SecretKey, sign_bytes
+from plugbox.trust._signing import SecretKey, sign_bytes
 from tests.conftest import COUNTER_BODY, wat_module, write_plugin
 
 MODULE = wat_module(COUNTER_BODY)

@@ -1,5 +1,5 @@
-"""Building Python plugins (plugbox._pybuild), scaffolding (plugbox._scaffold) and the
-authoring commands (plugbox._cli_authoring).
+"""Building Python plugins (plugbox.authoring._pybuild), scaffolding (plugbox.authoring._scaffold) and the
+authoring commands (plugbox.cli._authoring).
 
 componentize-py takes seconds per build, so this file runs at most two per test run: the
 ``py-hostile`` sample and a scaffolded plugin, each built into ``.build/pytest-pybuild/`` and
@@ -26,9 +26,10 @@ from typing import Any
 import pytest
 
 import plugbox
-from plugbox import _pybuild, _scaffold, _wit
-from plugbox._build import BuildError, find_wasm_tools
-from plugbox._cli_authoring import add_authoring_commands
+from plugbox.authoring import _pybuild, _scaffold
+from plugbox.engine import _wit
+from plugbox.authoring._build import BuildError, find_wasm_tools
+from plugbox.cli._authoring import add_authoring_commands
 from plugbox._policy import Policy
 
 REPO = Path(__file__).resolve().parent.parent

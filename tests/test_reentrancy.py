@@ -21,7 +21,7 @@ import pytest
 import wasmtime
 
 import plugbox
-from plugbox import _fastpath
+from plugbox.engine import _fastpath
 from tests.conftest import REPO, write_plugin
 
 RANDOM = '(import "plugbox:plugin/random@1.0.0" "bytes" (func $random (param i32 i32)))'
@@ -61,7 +61,7 @@ SCRIPT = """
 import sys, threading
 sys.path.insert(0, {repo!r})
 import plugbox
-from plugbox import _fastpath
+from plugbox.engine import _fastpath
 _fastpath.use_accelerator({accel})
 with plugbox.Runtime(state_dir={state!r}) as rt:
     plugin = rt.load({plugin!r})

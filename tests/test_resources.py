@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import plugbox
-from plugbox._addrspace import SLOT_RESERVATION, pool_bytes
+from plugbox.engine._addrspace import SLOT_RESERVATION, pool_bytes
 
 from .conftest import REPO
 
@@ -200,7 +200,7 @@ def test_a_state_dir_that_is_a_file_is_a_state_error(tmp_path: Path) -> None:
 
 
 def _write_store(path: Path, keys: int) -> None:
-    from plugbox._kvstore import KvStore
+    from plugbox.services._kvstore import KvStore
 
     with KvStore(path) as store:
         for i in range(keys):

@@ -18,8 +18,9 @@ from typing import Any
 import jsonschema
 import pytest
 
-from plugbox import UsageError, _abispec
-from plugbox._build import (
+from plugbox import UsageError
+from plugbox.engine import _abispec
+from plugbox.authoring._build import (
     BuildError,
     ModuleInterface,
     build_rust_plugins,
@@ -199,7 +200,7 @@ def test_source_manifests_are_pinned_to_the_reference_build(
 ) -> None:
     """The committed sha256 digests are those of the reference toolchain's build (Debian's
     rustc 1.63). After changing the SDK or a sample, re-pin with
-    `python -m plugbox._build --pin`."""
+    `python -m plugbox.authoring._build --pin`."""
     version = subprocess.run(
         [toolchain[1], "--version"], capture_output=True, text=True, check=True
     ).stdout
@@ -211,7 +212,7 @@ def test_source_manifests_are_pinned_to_the_reference_build(
         if _load(WORKSPACE / name / "plugbox.json")["module"]["sha256"]
         != _load(staged[name] / "plugbox.json")["module"]["sha256"]
     }
-    assert not stale, f"stale sha256 in sample manifests: {sorted(stale)}; run `python -m plugbox._build --pin`"
+    assert not stale, f"stale sha256 in sample manifests: {sorted(stale)}; run `python -m plugbox.authoring._build --pin`"
 
 
 def test_build_reuses_the_target_dir_and_is_reproducible(

@@ -16,7 +16,8 @@ import pytest
 
 import plugbox
 import plugbox_sdk
-from plugbox import _permissions, _services
+from plugbox import _permissions
+from plugbox.services import _services
 from plugbox_sdk import (
     DeniedError,
     Error,
@@ -84,9 +85,9 @@ def test_public_names() -> None:
 
 
 def test_error_tree_mirrors_the_abi() -> None:
-    assert plugbox_sdk.ERROR_KINDS == plugbox._abispec.ERROR_KINDS
+    assert plugbox_sdk.ERROR_KINDS == plugbox.engine._abispec.ERROR_KINDS
     classes = [DeniedError, NotFoundError, InvalidInputError, LimitReachedError, FailureError]
-    assert [c.kind for c in classes] == list(plugbox._abispec.ERROR_KINDS)
+    assert [c.kind for c in classes] == list(plugbox.engine._abispec.ERROR_KINDS)
     for cls in classes:
         error = Error.from_kind(cls.kind, "m")
         assert type(error) is cls and isinstance(error, Error)

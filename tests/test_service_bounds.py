@@ -23,12 +23,12 @@ import pytest
 import wasmtime
 
 import plugbox
-from plugbox import _fastpath
-from plugbox._events import EventBus
-from plugbox._kvstore import KvStore
+from plugbox.engine import _fastpath
+from plugbox.services._events import EventBus
+from plugbox.services._kvstore import KvStore
 from plugbox._permissions import EventsPermission, HttpPermission, KvPermission, Permissions
 from plugbox._policy import Policy
-from plugbox._services import (
+from plugbox.services._services import (
     CONFIG_KEY_MAX,
     EVENT_PAYLOAD_MAX,
     EVENT_TOPIC_MAX,

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from plugbox._abispec import ERROR_KINDS, SERVICES
+from plugbox.engine._abispec import ERROR_KINDS, SERVICES
 from plugbox._errors import UsageError
-from plugbox._events import Event, EventBus
-from plugbox._kvstore import KvStore
+from plugbox.services._events import Event, EventBus
+from plugbox.services._kvstore import KvStore
 from plugbox._permissions import EventsPermission, HttpPermission, KvPermission, Permissions
-from plugbox._services import (
+from plugbox.services._services import (
     LOG_MESSAGE_MAX,
     TRACE,
     HostCallError,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import plugbox
-from plugbox._signing import (
+from plugbox.trust._signing import (
     PublicKey,
     SecretKey,
     Signature,
@@ -24,7 +24,7 @@ from plugbox._signing import (
     verify_bytes,
     write_keypair,
 )
-from plugbox._trust import PRIMARY_SIGNATURE, SIGNATURES_DIR
+from plugbox.trust._trust import PRIMARY_SIGNATURE, SIGNATURES_DIR
 from tests.conftest import COUNTER_BODY, ECHO_BODY, wat_module, write_plugin
 
 MINISIGN = shutil.which("minisign")

@@ -11,9 +11,9 @@ import pytest
 import wasmtime
 
 import plugbox
-from plugbox._fastpath import Engine, Template, instantiation_error, trap_summary
+from plugbox.engine._fastpath import Engine, Template, instantiation_error, trap_summary
 from plugbox._policy import Policy
-from plugbox._wasmparse import compile_refusal, inspect_module
+from plugbox.engine._wasmparse import compile_refusal, inspect_module
 from tests.conftest import COUNTER_BODY, ECHO_BODY, WAT_TEMPLATE, wat_module, write_plugin
 from tests.hostile._bin import leb
 
@@ -179,7 +179,7 @@ def test_a_memory_minimum_above_the_cap_at_instantiation_is_memory_limit_exceede
 ) -> None:
     # The static check refuses this at load; a template built with a smaller cap than the
     # module's minimum shows what instantiation itself reports.
-    from plugbox._services import HostServices
+    from plugbox.services._services import HostServices
 
     engine = Engine(max_wasm_stack=512 << 10, max_memory_bytes=64 << 20)
     try:
@@ -335,7 +335,7 @@ def test_a_patch_level_abi_import_links(tmp_path: Path,
 
 def test_template_links_each_import_name_once(tmp_path: Path) -> None:
     # Defensive: the interface check refuses duplicates, the linker would not either way.
-    from plugbox._services import HostServices
+    from plugbox.services._services import HostServices
 
     engine = Engine(max_wasm_stack=512 << 10, max_memory_bytes=64 << 20)
     try:

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from plugbox._cli import main
-from plugbox._signing import PublicKey, Signature
+from plugbox.cli._main import main
+from plugbox.trust._signing import PublicKey, Signature
 from tests.conftest import COUNTER_BODY, ECHO_BODY, wat_module, write_plugin
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import plugbox
-from plugbox._build import wrap_component
-from plugbox._wasmparse import inspect_module
+from plugbox.authoring._build import wrap_component
+from plugbox.engine._wasmparse import inspect_module
 from tests.conftest import HOSTILE_EXPECTATIONS
 
 WRAPPED = ("echo", "counter", "word-stats", "hostile")

@@ -20,9 +20,9 @@ from plugbox import (
     ModuleInterfaceError,
     PlugboxError,
 )
-from plugbox._abispec import ABI_VERSION_SECTION, EXPORTS, IMPORTS, SERVICES
+from plugbox.engine._abispec import ABI_VERSION_SECTION, EXPORTS, IMPORTS, SERVICES
 from plugbox._manifest import Manifest, load_manifest
-from plugbox._wasmparse import (
+from plugbox.engine._wasmparse import (
     Export,
     Import,
     _Malformed,
@@ -652,7 +652,7 @@ def test_malformed_function_and_code_sections_are_refused(
 
 
 def _inspect_core_only(data: bytes) -> None:
-    from plugbox._wasmparse import _inspect_core
+    from plugbox.engine._wasmparse import _inspect_core
 
     _inspect_core(data)
 

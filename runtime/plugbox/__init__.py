@@ -33,16 +33,16 @@ from ._errors import (
     UsageError,
     VerificationError,
 )
-from ._events import Event, EventBus
+from .services._events import Event, EventBus
 from ._manifest import Manifest, load_manifest
 from ._permissions import EventsPermission, HttpPermission, KvPermission, Limits, Permissions
 from ._plugin import CallRecord, Plugin
 from ._policy import Policy
 from ._runtime import Runtime
-from ._signing import PublicKey, SecretKey
-from ._trust import SignerInfo, TrustPolicy
+from .trust._signing import PublicKey, SecretKey
+from .trust._trust import SignerInfo, TrustPolicy
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "AbiViolation",

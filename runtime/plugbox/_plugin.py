@@ -8,9 +8,9 @@ import threading
 from collections import deque
 from time import monotonic as _monotonic
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
-from . import _fastpath
+from .engine import _fastpath
 from ._errors import (
     AbiViolation,
     ClosedError,
@@ -21,7 +21,7 @@ from ._errors import (
     UnknownHookError,
     UsageError,
 )
-from ._fastpath import (
+from .engine._fastpath import (
     CallOutcome,
     Instance,
     NeedStack,
@@ -29,14 +29,14 @@ from ._fastpath import (
     guest_error,
     run_on_enough_stack,
 )
-from ._fastpath_component import ComponentInstance, ComponentTemplate
+from .engine._fastpath_component import ComponentInstance, ComponentTemplate
 
 if TYPE_CHECKING:
     from ._manifest import Manifest
     from ._permissions import Limits, Permissions
-    from ._runtime import Runtime
-    from ._services import HostServices
-    from ._trust import SignerInfo
+    from ._policy import Policy
+    from .services._services import HostServices
+    from .trust._trust import SignerInfo
 
 __all__ = ["CallRecord", "Plugin"]
 
@@ -47,6 +47,19 @@ _logger = logging.getLogger("plugbox.plugin")
 #: A call that returns this long after its deadline is logged as an overrun (the epoch deadline
 #: itself is a couple of 2 ms ticks coarse).
 OVERRUN_GRACE_S = 0.010
+
+
+Monitor: TypeAlias = "tuple[Callable[[CallRecord], None], Callable[[CallRecord], None]]"
+
+
+class PluginOwner(Protocol):
+    """What a Plugin needs of the Runtime that loaded it (kept narrow so the plugin layer does
+    not import the runtime: the Runtime imports Plugin, never the other way)."""
+
+    policy: Policy
+    _monitors: list[Monitor]
+
+    def _forget(self, plugin: Plugin) -> None: ...
 
 
 class _Waiter:
@@ -86,7 +99,7 @@ class Plugin:
 
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: PluginOwner,
         manifest: Manifest,
         template: Template | ComponentTemplate,
         services: HostServices,

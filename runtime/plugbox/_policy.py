@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from . import _abispec
+from .engine import _abispec
 from ._errors import PolicyViolationError, UsageError
 from ._permissions import Limits, Permissions
 

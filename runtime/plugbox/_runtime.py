@@ -13,24 +13,24 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 import wasmtime
 
-from . import _abispec
-from ._addrspace import admitted, pool_bytes
-from ._cache import ArtifactCache
+from .engine import _abispec
+from .engine._addrspace import admitted, pool_bytes
+from .engine._cache import ArtifactCache
 from ._errors import IdentityConflictError, StateError, UsageError, state_error
-from ._events import EventBus
-from ._fastpath import Engine, Instance, Template
-from ._fastpath_component import (ComponentInstance, ComponentTemplate, compile_component,
+from .services._events import EventBus
+from .engine._fastpath import Engine, Instance, Template
+from .engine._fastpath_component import (ComponentInstance, ComponentTemplate, compile_component,
                                   deserialize_component)
-from ._kvstore import IN_USE, KvStore
+from .services._kvstore import IN_USE, KvStore
 from ._manifest import (Manifest, check_compatibility, read_manifest, validate_config,
                         validate_manifest, verify_module)
-from ._package import staged_plugin
+from .trust._package import staged_plugin
 from ._plugin import CallRecord, Plugin
 from ._policy import Policy, check_runnable_limits
-from ._services import HostServices
+from .services._services import HostServices
 from ._permissions import Limits, Permissions
-from ._trust import SignerInfo, TrustPolicy
-from ._wasmparse import (
+from .trust._trust import SignerInfo, TrustPolicy
+from .engine._wasmparse import (
     ModuleInfo,
     check_capabilities,
     check_module_interface,
@@ -124,7 +124,7 @@ class Runtime:
         pooled_instances: int = 500,
         trust: TrustPolicy | None = None,
     ) -> None:
-        from . import __version__
+        from ._version import __version__
 
         _check_settings(pooled_instances, max_wasm_stack, epoch_tick_ms)
         self.version = __version__
@@ -327,7 +327,7 @@ class Runtime:
         """The compiled module or component, from the cache or compiled now, and the function
         that caches it: called once the plugin has started, so nothing is cached for a module
         that then fails to instantiate. wasmtime's refusals are typed here, the one compile
-        boundary (:func:`plugbox._wasmparse.compile_refusal`)."""
+        boundary (:func:`plugbox.engine._wasmparse.compile_refusal`)."""
         sha256 = manifest.module_sha256
         cached = self.cache.get(sha256, lambda path: deserialize(self.engine, path))
         if cached is not None:

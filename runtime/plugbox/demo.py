@@ -655,7 +655,7 @@ class Demo:
 
 
 def _build(console: Console, out_dir: Path) -> tuple[dict[str, Path], float]:
-    from ._build import build_rust_plugins
+    from .authoring._build import build_rust_plugins
 
     started = time.perf_counter()
     with console.status("building sample plugins with cargo...", spinner="dots"):

@@ -22,7 +22,7 @@ from plugbox import (
     StackOverflow,
     UsageError,
 )
-from plugbox._fastpath import use_accelerator
+from plugbox.engine._fastpath import use_accelerator
 
 from ._case import OK, Case, Env, add, timed
 from ._wat import ECHO, FORWARD_ERR, OK_EMPTY, data, grow_to, imp, module, ret_err, ret_ok

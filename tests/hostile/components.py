@@ -17,7 +17,7 @@ from plugbox import (
     MemoryLimitExceeded,
     ModuleInterfaceError,
 )
-from plugbox._build import find_wasm_tools, wrap_component
+from plugbox.authoring._build import find_wasm_tools, wrap_component
 
 from ._case import OK, Case, Env, add
 from ._wat import module

@@ -15,7 +15,7 @@ import wasmtime
 
 import plugbox
 from plugbox import ManifestError, PlugboxError, UntrustedSignerError, VerificationError
-from plugbox._signing import SecretKey
+from plugbox.trust._signing import SecretKey
 
 from ._case import OK, Case, Env, add, timed
 from ._wat import module

@@ -7,8 +7,8 @@ import shutil
 from collections.abc import Callable
 
 from plugbox import PlugboxError, StackOverflow
-from plugbox._signing import SecretKey, sign_bytes
-from plugbox._trust import PRIMARY_SIGNATURE
+from plugbox.trust._signing import SecretKey, sign_bytes
+from plugbox.trust._trust import PRIMARY_SIGNATURE
 from tests.conftest import HOSTILE_EXPECTATIONS
 
 from ._case import Case, Env, add

@@ -15,9 +15,9 @@ from typing import Any
 
 import plugbox
 from plugbox import CapabilityError, DeadlineExceeded, PlugboxError, UsageError
-from plugbox._cli import main as cli_main
-from plugbox._signing import SecretKey, sign_bytes
-from plugbox._trust import PRIMARY_SIGNATURE
+from plugbox.cli._main import main as cli_main
+from plugbox.trust._signing import SecretKey, sign_bytes
+from plugbox.trust._trust import PRIMARY_SIGNATURE
 
 from ._case import OK, Case, Env, add, test_policy, timed
 from ._wat import ECHO, OK_EMPTY, data, imp, module, ret_ok

@@ -62,7 +62,7 @@ _LEVELS: Final = tuple(_log.Level(i) for i in range(5)) if _log is not None else
 
 
 def _not_granted(service: str) -> NoReturn:
-    # The host's own wording (plugbox._services), so a test sees the same message either way.
+    # The host's own wording (plugbox.services._services), so a test sees the same message either way.
     raise DeniedError(
         f'{service}: permission not granted; add "{service}" to permissions in plugbox.json'
     )

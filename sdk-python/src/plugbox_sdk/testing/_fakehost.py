@@ -1,7 +1,7 @@
 """A host in plain Python that enforces a manifest's permissions like the plugbox runtime does.
 
 :class:`FakeHost` implements every host service of ``abi/plugbox.wit`` with the runtime's
-semantics (``plugbox._services.HostServices``): the same permission checks, the same error
+semantics (``plugbox.services._services.HostServices``): the same permission checks, the same error
 kinds, quotas and size caps, with messages that name the manifest field to change. State is
 in memory: :attr:`FakeHost.kv` (a dict), :attr:`FakeHost.events`, :attr:`FakeHost.logs`.
 
@@ -38,7 +38,7 @@ from ._spec import HttpSpec, PluginSpec
 
 __all__ = ["Event", "FakeHost", "LogRecord", "Responder", "static_responder"]
 
-#: Limits of the runtime's host services (plugbox._services), pinned equal by the tests.
+#: Limits of the runtime's host services (plugbox.services._services), pinned equal by the tests.
 KV_KEY_MAX: Final = 256
 KV_VALUE_MAX: Final = 1 << 20
 KV_LIST_MAX: Final = 10_000

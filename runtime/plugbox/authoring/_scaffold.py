@@ -8,7 +8,7 @@ same two hooks, plus a ``cargo test`` unit test of the pure part), ``plugbox.jso
 ``README.md`` and ``.gitignore``.
 
 :func:`build_rust_crate` builds such a single-crate Rust plugin for ``plugbox build``: cargo for
-``wasm32-unknown-unknown`` (toolchain found by :func:`plugbox._build.find_rust_toolchain`), the
+``wasm32-unknown-unknown`` (toolchain found by :func:`plugbox.authoring._build.find_rust_toolchain`), the
 module copied to the manifest's ``module.path`` and its sha256 pinned in the manifest.
 
 How a Rust plugin finds the SDK: ``Cargo.toml`` gets a path dependency on the ``sdk-rust``
@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Final, Literal
 
 from ._build import WASM_TARGET, BuildError, find_rust_toolchain
-from ._errors import UsageError
-from ._manifest import MANIFEST_FILENAME, load_manifest
+from .._errors import UsageError
+from .._manifest import MANIFEST_FILENAME, load_manifest
 from ._pybuild import _write_manifest_sha
 
 __all__ = ["LANGS", "build_rust_crate", "new_plugin", "rust_sdk_dir"]

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from . import _abispec
-from ._errors import (
+from .._errors import (
     CapabilityError,
     IncompatibleAbiError,
     ModuleInterfaceError,
@@ -40,9 +40,9 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
-    from ._manifest import Manifest
-    from ._permissions import Limits
-    from ._policy import Policy
+    from .._manifest import Manifest
+    from .._permissions import Limits
+    from .._policy import Policy
 
 __all__ = [
     "MAX_GLOBALS",
@@ -1082,7 +1082,7 @@ def _check_component_imports(
     interfaces (the runtime serves them deny-by-default: no files, env, args or sockets), and
     the world's type names (``error``). Anything else has no provider and is refused here,
     before the (slow) component compile."""
-    from ._manifest import abi_compatible
+    from .._manifest import abi_compatible
 
     services: set[str] = set()
     for name in info.component_imports:
@@ -1140,7 +1140,7 @@ def check_module_interface(
     Returns the services the module imports. Raises :class:`~plugbox.ModuleInterfaceError`
     or :class:`~plugbox.IncompatibleAbiError`.
     """
-    from ._manifest import abi_compatible, parse_abi_version
+    from .._manifest import abi_compatible, parse_abi_version
 
     plugin = manifest.name
     runtime_major, runtime_minor = parse_abi_version(abi_version)
@@ -1417,7 +1417,7 @@ def check_module_shape(info: ModuleInfo, manifest: Manifest, *, limits: Limits,
     component (``max_component_core_instances``, ``_memories``, ``_tables``), the fixed caps
     above, and memories whose initial size does not fit ``limits.memory_bytes``.
     """
-    from ._policy import budget_violation
+    from .._policy import budget_violation
 
     plugin = manifest.name
     shape = info.shape

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Final
 
-from ._errors import UsageError
+from .._errors import UsageError
 
 __all__ = ["SLOT_GUARD", "SLOT_RESERVATION", "admitted", "pool_bytes"]
 

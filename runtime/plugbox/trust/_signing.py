@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
-from ._errors import KeyFileError, SignatureError, UsageError
+from .._errors import KeyFileError, SignatureError, UsageError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ed25519

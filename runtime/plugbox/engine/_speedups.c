@@ -1,5 +1,5 @@
 /*
- * plugbox._speedups: the hot loop of plugbox._fastpath in C.
+ * plugbox.engine._speedups: the hot loop of plugbox.engine._fastpath in C.
  *
  * A call into a plugin is a fixed sequence of wasmtime C API calls (set fuel, set the epoch
  * deadline, cabi_realloc per argument, copy the arguments in, call the export, read the
@@ -7,7 +7,7 @@
  * call costing ~0.5 us; here the whole sequence is one call. Instantiation (store, limiter,
  * InstancePre, export lookups) likewise.
  *
- * This module never links against wasmtime: plugbox._fastpath hands it the addresses of the
+ * This module never links against wasmtime: plugbox.engine._fastpath hands it the addresses of the
  * C API functions (resolved by ctypes from wasmtime-py's library) through bind(). It keeps no
  * state besides those pointers, and it never decides policy: every outcome other than a clean
  * result goes back to Python as a status tuple, and _fastpath turns it into a typed error.
@@ -527,7 +527,7 @@ static PyObject *speedups_trampolines(PyObject *self, PyObject *unused) {
 /*
  * The epoch ticker: one pthread per engine, ticking on an absolute CLOCK_MONOTONIC schedule.
  * It never touches Python objects, so it needs no GIL; it holds only the engine pointer, whose
- * engine plugbox._fastpath.Engine keeps alive until ticker_stop has returned.
+ * engine plugbox.engine._fastpath.Engine keeps alive until ticker_stop has returned.
  */
 typedef struct {
     pthread_t thread;
@@ -700,8 +700,8 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "plugbox._speedups",
-    "C hot loop for plugbox._fastpath (see the comment at the top of _speedups.c).", -1, methods,
+    PyModuleDef_HEAD_INIT, "plugbox.engine._speedups",
+    "C hot loop for plugbox.engine._fastpath (see the comment at the top of _speedups.c).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__speedups(void) {

@@ -3,11 +3,11 @@
 Used by the tests, the demo and ``just build-samples``::
 
     from pathlib import Path
-    from plugbox._build import build_rust_plugins
+    from plugbox.authoring._build import build_rust_plugins
     staged = build_rust_plugins(Path("sample-plugins/rust"), Path(".build/plugins"))
     staged["echo"]  # -> .build/plugins/echo, holding plugbox.json, plugin.wasm, README.md
 
-or from the shell: ``python -m plugbox._build [--pin] [WORKSPACE] [OUT_DIR] [NAME ...]``.
+or from the shell: ``python -m plugbox.authoring._build [--pin] [WORKSPACE] [OUT_DIR] [NAME ...]``.
 
 A build is one ``cargo build --offline --release --target wasm32-unknown-unknown`` of the whole
 cargo workspace. Each workspace member that has a ``plugbox.json`` is a plugin: its module is
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
-from ._errors import PlugboxError, UsageError
+from .._errors import PlugboxError, UsageError
 
 __all__ = [
     "WASM_TARGET",
@@ -363,7 +363,7 @@ def wrap_component(plugin_dir: Path, out_dir: Path, *, wit: Path | None = None) 
     The result is the ABI's second binary form of the very same code, which the runtime must
     run with identical results.
     """
-    from ._manifest import load_manifest
+    from .._manifest import load_manifest
 
     manifest = load_manifest(plugin_dir)
     wit_path = wit or _abi_dir()
@@ -585,7 +585,7 @@ _SHA_FIELD: Final = re.compile(r'("sha256"\s*:\s*")([0-9a-fA-F]*)(")')
 def pin_source_manifests(workspace: Path, staged: dict[str, Path]) -> list[str]:
     """Writes the staged modules' sha256 into the source manifests of ``workspace``.
 
-    A maintainer's step (``python -m plugbox._build --pin``), run after changing the SDK or a
+    A maintainer's step (``python -m plugbox.authoring._build --pin``), run after changing the SDK or a
     plugin with the reference toolchain, so the committed manifests pin the modules they
     describe. Only the digest text is replaced; the files are otherwise left as written.
 
@@ -608,7 +608,7 @@ def pin_source_manifests(workspace: Path, staged: dict[str, Path]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m plugbox._build [--pin] [WORKSPACE] [OUT_DIR] [NAME ...]``: build and stage.
+    """``python -m plugbox.authoring._build [--pin] [WORKSPACE] [OUT_DIR] [NAME ...]``: build and stage.
 
     WORKSPACE defaults to ``sample-plugins/rust``, OUT_DIR to ``.build/plugins``. With
     ``--pin``, also write the built modules' sha256 into the source manifests (maintainers,

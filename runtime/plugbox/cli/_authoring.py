@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
-from ._errors import ManifestError, PlugboxError, UsageError
+from .._errors import ManifestError, PlugboxError, UsageError
 
 __all__ = ["add_authoring_commands", "add_build", "add_new", "cmd_build", "cmd_new"]
 
@@ -46,8 +46,8 @@ def _plugin_language(path: Path) -> str:
 
 def cmd_build(args: argparse.Namespace) -> int:
     """``plugbox build PATH [--out DIR] [--force] [--quiet]``."""
-    from ._pybuild import build_python_plugin
-    from ._scaffold import build_rust_crate
+    from ..authoring._pybuild import build_python_plugin
+    from ..authoring._scaffold import build_rust_crate
 
     path = Path(args.path)
     progress = None if args.quiet else _progress
@@ -67,7 +67,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_new(args: argparse.Namespace) -> int:
     """``plugbox new NAME [--lang python|rust] [--dir DIR]``."""
-    from ._scaffold import new_plugin
+    from ..authoring._scaffold import new_plugin
 
     try:
         root = new_plugin(args.name, args.lang, args.dir)

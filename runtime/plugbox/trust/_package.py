@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from ._errors import ManifestError, PackageError, UsageError
-from ._manifest import (
+from .._errors import ManifestError, PackageError, UsageError
+from .._manifest import (
     MANIFEST_FILENAME,
     MAX_MANIFEST_BYTES,
     MAX_MODULE_BYTES,

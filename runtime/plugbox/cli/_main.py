@@ -34,9 +34,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from . import _abispec
-from ._cli_authoring import add_build, add_new
-from ._errors import (
+from ..engine import _abispec
+from ._authoring import add_build, add_new
+from .._errors import (
     CapabilityError,
     GuestError,
     HashMismatchError,
@@ -52,7 +52,7 @@ from ._errors import (
     UsageError,
     VerificationError,
 )
-from ._manifest import (
+from .._manifest import (
     MANIFEST_FILENAME,
     Manifest,
     check_compatibility,
@@ -63,11 +63,11 @@ from ._manifest import (
     validate_manifest,
     verify_module,
 )
-from ._package import extract_package, is_package, read_package, write_package
-from ._permissions import Limits
-from ._policy import DEFAULT_MAX_LIMITS, Policy
-from ._signing import SecretKey, sign_bytes, write_keypair
-from ._trust import (
+from ..trust._package import extract_package, is_package, read_package, write_package
+from .._permissions import Limits
+from .._policy import DEFAULT_MAX_LIMITS, Policy
+from ..trust._signing import SecretKey, sign_bytes, write_keypair
+from ..trust._trust import (
     PRIMARY_SIGNATURE,
     SIGNATURES_DIR,
     SignatureCheck,
@@ -77,7 +77,7 @@ from ._trust import (
     inspect_signatures,
     read_signature_file,
 )
-from ._wasmparse import (
+from ..engine._wasmparse import (
     CapabilityReport,
     ModuleInfo,
     capability_report,
@@ -98,7 +98,7 @@ _BARE_JSON: Final = object()
 
 
 def _version() -> str:
-    from . import __version__
+    from .._version import __version__
 
     return __version__
 
@@ -241,7 +241,7 @@ def _runnable_check(manifest: Manifest, wasm: bytes, info: ModuleInfo | None,
     limits, compile budget, module shape, validation) as a report entry."""
     import wasmtime
 
-    from ._runtime import check_runnable
+    from .._runtime import check_runnable
 
     if info is None:
         return _check(None, "not checked (the module could not be read)")
@@ -758,7 +758,7 @@ def _cmd_call(args: argparse.Namespace) -> int:
     except PackageError as exc:
         return _report_error(exc, as_json=as_json, code=EXIT_REFUSED, hook=hook)
 
-    from ._runtime import Runtime
+    from .._runtime import Runtime
 
     plugin_name = manifest.name
     try:
@@ -790,7 +790,7 @@ def _cmd_call(args: argparse.Namespace) -> int:
 def _staged(path: str) -> Iterator[Path]:
     """``path`` as a plugin directory or manifest: a ``.plugbox`` package is checked and
     unpacked into a private temporary directory for the duration."""
-    from ._package import staged_plugin
+    from ..trust._package import staged_plugin
 
     with staged_plugin(path) as staged:
         yield staged

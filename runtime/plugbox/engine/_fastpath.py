@@ -38,7 +38,7 @@ from wasmtime import _bindings as _wb
 
 from . import _abispec
 from ._addrspace import SLOT_GUARD, SLOT_RESERVATION
-from ._errors import (
+from .._errors import (
     AbiViolation,
     ClosedError,
     DeadlineExceeded,
@@ -54,7 +54,7 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
-    from ._services import HostServices
+    from ..services._services import HostServices
 
 __all__ = [
     "CallOutcome",
@@ -515,7 +515,7 @@ class CallOutcome:
 
 
 # ---------------------------------------------------------------------------------------------
-# The call sequence, twice: in C (plugbox._speedups, when built) and in Python over ctypes.
+# The call sequence, twice: in C (plugbox.engine._speedups, when built) and in Python over ctypes.
 # Both return the same status tuples, interpreted in one place (Instance._outcome).
 
 _ST_OK, _ST_GUEST_ERR, _ST_TRAP, _ST_ERROR = 0, 1, 2, 3
@@ -1181,7 +1181,7 @@ class Instance:
 
 
 # Imported here rather than at the top: this region is the only user.
-from ._services import (  # noqa: E402
+from ..services._services import (  # noqa: E402
     CONFIG_KEY, EVENT_PAYLOAD, EVENT_TOPIC, HTTP_BODY, HTTP_HEADER_NAME, HTTP_HEADER_VALUE,
     HTTP_HEADERS, HTTP_METHOD, HTTP_URL, KV_KEY, KV_PREFIX, KV_VALUE, LOG_MESSAGE_MAX,
     HostCallError, InputCap, utf8_prefix,
@@ -1612,7 +1612,7 @@ class Template:
 
 def guest_error(outcome: CallOutcome, plugin: str, hook: str) -> PluginCallError:
     """The typed exception for a guest's ``err`` result."""
-    from ._errors import PermissionDenied
+    from .._errors import PermissionDenied
 
     if outcome.kind == "denied" and outcome.denied == "wasi:sockets":
         return PermissionDenied(

@@ -30,11 +30,11 @@ from typing import Any, Final, NamedTuple
 
 import httpx
 
-from ._abispec import ERROR_KINDS
-from ._errors import UsageError
+from ..engine._abispec import ERROR_KINDS
+from .._errors import UsageError
 from ._events import Event, EventBus
 from ._kvstore import KvQuotaError, KvStore
-from ._permissions import HttpPermission, Permissions
+from .._permissions import HttpPermission, Permissions
 
 __all__ = ["HostCallError", "HostServices", "InputCap"]
 

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TypeVar
 
-from ._errors import StateError, state_error
+from .._errors import StateError, state_error
 
 try:
     import fcntl

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from ._errors import (
+from .._errors import (
     KeyFileError,
     RevokedKeyError,
     SignatureError,
@@ -28,7 +28,7 @@ from ._errors import (
     UsageError,
     VerificationError,
 )
-from ._manifest import PluginFileRefused, read_plugin_file
+from .._manifest import PluginFileRefused, read_plugin_file
 from ._signing import (
     MAX_SIGNATURE_FILE_BYTES,
     PublicKey,
@@ -38,7 +38,7 @@ from ._signing import (
 )
 
 if TYPE_CHECKING:
-    from ._manifest import Manifest, ManifestSource
+    from .._manifest import Manifest, ManifestSource
 
 __all__ = [
     "MAX_SIGNATURES",
@@ -262,7 +262,7 @@ class TrustPolicy:
     """Which signatures a runtime requires before it loads a plugin.
 
     ``trusted_keys``: a directory of minisign public keys (every ``*.pub`` in it), a key file,
-    a :class:`~plugbox._signing.PublicKey`, or a list of these. ``mode``:
+    a :class:`~plugbox.trust._signing.PublicKey`, or a list of these. ``mode``:
 
     * ``"require"`` (the default, and what any install path should use): the plugin must carry
       valid signatures by at least ``threshold`` distinct trusted, non-revoked keys, and every

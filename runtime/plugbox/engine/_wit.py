@@ -17,7 +17,7 @@ WIT_FILENAME: Final = "plugbox.wit"
 #: The world a plugin implements.
 WIT_WORLD: Final = "plugin"
 
-_PACKAGE: Final = Path(__file__).resolve().parent
+_PACKAGE: Final = Path(__file__).resolve().parent.parent  # plugbox/, not plugbox/engine/
 
 
 def wit_dir() -> Path:

@@ -4,7 +4,7 @@ A component of the plugbox world (what componentize-py produces, or a core plugi
 ``wasm-tools component new``) is run through wasmtime's component C API. wasmtime-py's generic
 component wrappers convert ``list<u8>`` one element at a time through ctypes (~2 µs per byte,
 measured); here values are built and read by a marshaller that knows exactly the types of
-``abi/plugbox.wit``, and ``list<u8>`` crosses in C (``plugbox._speedups``).
+``abi/plugbox.wit``, and ``list<u8>`` crosses in C (``plugbox.engine._speedups``).
 
 WASI is deny-by-default: the store gets a WASI context with no preopened directories, no
 environment, no arguments and an empty stdin; stdout and stderr are captured into the plugin's
@@ -27,7 +27,7 @@ from wasmtime import _bindings as _wb
 from wasmtime.component import Component
 
 from . import _abispec
-from ._errors import AbiViolation, GuestTrap, ModuleInterfaceError, PlugboxError, UsageError
+from .._errors import AbiViolation, GuestTrap, ModuleInterfaceError, PlugboxError, UsageError
 from ._fastpath import (
     MSG_DEADLINE,
     MSG_INTERRUPTED,
@@ -56,7 +56,7 @@ from ._fastpath import (
 )
 
 if TYPE_CHECKING:
-    from ._services import HostServices
+    from ..services._services import HostServices
     from ._wasmparse import StoreLimits
 
 __all__ = ["ComponentInstance", "ComponentTemplate", "compile_component"]
@@ -111,7 +111,7 @@ def _name(vec: Any) -> str:
 
 
 # The host-service input caps; imported here, next to their only users in this module.
-from ._services import (  # noqa: E402
+from ..services._services import (  # noqa: E402
     CONFIG_KEY, EVENT_PAYLOAD, EVENT_TOPIC, HTTP_BODY, HTTP_HEADER_NAME, HTTP_HEADER_VALUE,
     HTTP_HEADERS, HTTP_METHOD, HTTP_URL, KV_KEY, KV_PREFIX, KV_VALUE, LOG_MESSAGE_MAX,
     InputCap, utf8_prefix,
@@ -285,7 +285,7 @@ _Adapter = Callable[[_CompCallState, "HostServices", Any, Any], None]
 
 def _result_of(st: _CompCallState, out: Any, run: Callable[[], Callable[[Any], None] | None]) -> None:
     """Run a service call and store result<T, error> in ``out``."""
-    from ._services import HostCallError
+    from ..services._services import HostCallError
 
     try:
         fill = run()
@@ -298,7 +298,7 @@ def _result_of(st: _CompCallState, out: Any, run: Callable[[], Callable[[Any], N
 
 
 def _a_log(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
-    from ._services import HostCallError
+    from ..services._services import HostCallError
 
     if a[0].kind != _K_ENUM:
         raise _BadValue("log level must be an enum")
@@ -383,7 +383,7 @@ def _a_random(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
 
 def _a_clock(which: str) -> _Adapter:
     def adapter(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
-        from ._services import HostCallError
+        from ..services._services import HostCallError
 
         try:
             value = svc.clock_now() if which == "now" else svc.clock_monotonic()
@@ -736,7 +736,7 @@ class _Output:
         self.taken = self.dropped = 0
 
     def _log(self, text: str) -> None:
-        from ._services import HostCallError
+        from ..services._services import HostCallError
 
         try:
             self.services.log(self.level, f"[{self.label}] {text}")

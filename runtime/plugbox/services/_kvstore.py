@@ -42,7 +42,7 @@ import threading
 from pathlib import Path
 from typing import Final
 
-from ._errors import StateError, state_error
+from .._errors import StateError, state_error
 
 __all__ = ["KvQuotaError", "KvStore"]
 

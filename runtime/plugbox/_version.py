@@ -1,0 +1,3 @@
+"""The plugbox version (one place; ``plugbox.__version__`` re-exports it)."""
+
+__version__ = "0.1.0"

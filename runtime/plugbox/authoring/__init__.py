@@ -1,0 +1,1 @@
+"""Building and scaffolding plugins (Rust and Python)."""

@@ -1,0 +1,1 @@
+"""Signing, trust policy and packages: what is checked before anything compiles."""
