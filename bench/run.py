@@ -706,8 +706,19 @@ def bench_deadlines(res: Results, rt: plugbox.Runtime, out: Path, quick: bool) -
             hammer.call("run")
 
     for case, work, threads in (("4 Python threads spinning", spin, 4),
-                                ("8 threads hammering host calls", hammer_calls, 8)):
-        took = _under_load(work, threads, lambda: _deadline_overshoot(loop, calls))
+                                ("8 threads hammering host calls", hammer_calls, 8),
+                                ("4 Python threads spinning, switch_interval_ms=1", spin, 4)):
+        if "switch_interval_ms" in case:
+            # The opt-in Runtime(switch_interval_ms=1): a second Runtime applies it
+            # process-wide; restored afterwards so later sections see CPython's default.
+            saved = sys.getswitchinterval()
+            with plugbox.Runtime(state_dir=out / "switch-state", switch_interval_ms=1,
+                                 pooled_instances=4) as rt1:
+                loop1 = rt1.load(_wat_plugin(out, "deadline-loop-1ms", _LOOP))
+                took = _under_load(work, threads, lambda: _deadline_overshoot(loop1, calls))
+            sys.setswitchinterval(saved)
+        else:
+            took = _under_load(work, threads, lambda: _deadline_overshoot(loop, calls))
         res.add("deadlines", f"{DEADLINE_MS} ms deadline, {case}", "plugbox", took, unit="s",
                 p99=_percentile(took, 99))
         log(f"  {DEADLINE_MS} ms deadline, {case}: median {statistics.median(took) * 1e3:.1f} "

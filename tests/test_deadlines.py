@@ -70,6 +70,23 @@ def test_a_deadline_holds_while_python_threads_spin(
     assert min(took) < 0.3, took  # generous: the bench holds the real target
 
 
+def test_switch_interval_ms_is_opt_in_and_applied_only_by_a_runtime_that_starts(
+    tmp_path: Path,
+) -> None:
+    # The GIL handover after a deadline (docs/benchmarks.md, "deadlines"): opt-in, process-wide.
+    before = sys.getswitchinterval()
+    try:
+        with plugbox.Runtime(state_dir=tmp_path / "a"):
+            assert sys.getswitchinterval() == before  # default: CPython's own setting
+        with pytest.raises(plugbox.UsageError, match="pooled_instances"):
+            plugbox.Runtime(state_dir=tmp_path / "b", switch_interval_ms=1, pooled_instances=-1)
+        assert sys.getswitchinterval() == before  # a refused Runtime changed nothing
+        with plugbox.Runtime(state_dir=tmp_path / "c", switch_interval_ms=1):
+            assert sys.getswitchinterval() == pytest.approx(0.001)
+    finally:
+        sys.setswitchinterval(before)
+
+
 def test_the_ticker_stops_when_its_engine_is_collected(tmp_path: Path) -> None:
     before = _threads()
     engine = _fastpath.Engine(max_wasm_stack=512 * 1024, max_memory_bytes=1 << 20)

@@ -175,6 +175,7 @@ def test_runtimes_dropped_without_close_give_back_threads_address_space_and_the_
     {"max_wasm_stack": -1}, {"max_wasm_stack": 4 << 20}, {"max_wasm_stack": 1 << 40},
     {"epoch_tick_ms": 0}, {"epoch_tick_ms": -1}, {"epoch_tick_ms": 1e9},
     {"epoch_tick_ms": float("nan")}, {"pooled_instances": -1}, {"pooled_instances": 2.5},
+    {"switch_interval_ms": 0}, {"switch_interval_ms": 1e4}, {"switch_interval_ms": "1"},
 ])
 def test_settings_wasmtime_would_abort_on_are_usage_errors(tmp_path: Path,
                                                            settings: dict[str, float]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -111,6 +112,15 @@ class Runtime:
     ``trust`` decides which signatures a plugin needs (see :class:`plugbox.TrustPolicy`); the
     default, :meth:`TrustPolicy.development`, does not check them, so pass
     ``TrustPolicy(trusted_keys=..., mode="require")`` wherever plugins come from elsewhere.
+
+    ``switch_interval_ms`` (opt-in, 0.1 to 100; default: leave CPython's 5 ms alone) sets
+    the interpreter's GIL switch interval (``sys.setswitchinterval``; process-wide, and not
+    restored on close). The engine ends a guest at its deadline without the GIL, but the
+    calling thread must then get the GIL back; with other CPU-bound Python threads running,
+    CPython hands it over once per interval to one waiting thread at random, so a 20 ms
+    deadline can return tens of milliseconds late. ``switch_interval_ms=1`` keeps a 20 ms
+    deadline under 40 ms median and 120 ms worst with 4 Python threads spinning
+    (docs/benchmarks.md, "deadlines"), at the price of more frequent thread switches.
     """
 
     def __init__(
@@ -123,10 +133,11 @@ class Runtime:
         epoch_tick_ms: float = 2.0,
         pooled_instances: int = 500,
         trust: TrustPolicy | None = None,
+        switch_interval_ms: float | None = None,
     ) -> None:
         from ._version import __version__
 
-        _check_settings(pooled_instances, max_wasm_stack, epoch_tick_ms)
+        _check_settings(pooled_instances, max_wasm_stack, epoch_tick_ms, switch_interval_ms)
         self.version = __version__
         self.policy = policy if policy is not None else Policy()
         # [trust chain] None: the development policy (signatures unchecked, logged at DEBUG).
@@ -166,6 +177,8 @@ class Runtime:
         # A Runtime dropped without close() still stops its ticker, closes its database and
         # gives its address space back. The finalizer holds no reference to the Runtime.
         self._finalizer = weakref.finalize(self, _release, engine, self.kv, release)
+        if switch_interval_ms is not None:  # last: a refused constructor changes nothing
+            sys.setswitchinterval(switch_interval_ms / 1000.0)
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -404,8 +417,14 @@ class Runtime:
 MAX_WASM_STACK_LIMIT = 2 << 20
 
 
-def _check_settings(pooled_instances: int, max_wasm_stack: int, epoch_tick_ms: float) -> None:
+def _check_settings(pooled_instances: int, max_wasm_stack: int, epoch_tick_ms: float,
+                    switch_interval_ms: float | None) -> None:
     """Refuse Runtime settings wasmtime would abort on, or that would void deadlines."""
+    if switch_interval_ms is not None and (
+            not isinstance(switch_interval_ms, (int, float)) or isinstance(switch_interval_ms, bool)
+            or not 0.1 <= switch_interval_ms <= 100):
+        raise UsageError(f"switch_interval_ms must be a number from 0.1 to 100 (milliseconds "
+                         f"between GIL handovers), or None, not {switch_interval_ms!r}")
     if type(pooled_instances) is not int or pooled_instances < 0:
         raise UsageError(f"pooled_instances must be an int >= 0, not {pooled_instances!r}")
     if type(max_wasm_stack) is not int or not 16 << 10 <= max_wasm_stack <= MAX_WASM_STACK_LIMIT:

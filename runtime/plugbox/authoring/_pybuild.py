@@ -217,7 +217,7 @@ def sdk_location() -> Path:
     spec = importlib.util.find_spec("plugbox_sdk")
     if spec is not None and spec.origin:
         return Path(spec.origin).resolve().parent.parent
-    checkout = Path(__file__).resolve().parent.parent.parent / "sdk-python" / "src"
+    checkout = Path(__file__).resolve().parents[3] / "sdk-python" / "src"  # runtime/plugbox/authoring/
     if (checkout / "plugbox_sdk" / "__init__.py").is_file():
         return checkout
     raise UsageError(

@@ -318,7 +318,7 @@ def rust_sdk_dir() -> Path:
         if not (path / "Cargo.toml").is_file():
             raise UsageError(f"PLUGBOX_SDK_RUST={env}: no Cargo.toml there")
         return path
-    checkout = Path(__file__).resolve().parent.parent.parent / "sdk-rust"
+    checkout = Path(__file__).resolve().parents[3] / "sdk-rust"  # runtime/plugbox/authoring/
     if (checkout / "Cargo.toml").is_file():
         return checkout
     raise UsageError(
