@@ -434,3 +434,29 @@ def test_cli_inspect_agrees_with_the_runtime_on_1_1_plugins(
     assert "host" in capsys.readouterr().out
     bare = stage(tmp_path / "bare", CALLER, "core", hooks=["x"])
     assert main(["inspect", str(bare)]) != 0  # imports host without requesting it
+
+
+@needs_wasm_tools
+def test_1_0_components_keep_the_bulk_path(rt: plugbox.Runtime, tmp_path: Path) -> None:
+    """A 1.0 component exports plugbox:plugin/bulk@1.0.0 (world plugin-bulk); the 1.1 host
+    still finds it and calls it instead of on-hook."""
+    text_export = """
+  (data (i32.const 200) "bulk")
+  (func (export "plugbox:plugin/bulk@1.0.0#on-hook-text")
+        (param i32 i32 i32 i32) (result i32)
+    (i32.store8 (i32.const 16) (i32.const 0))
+    (i32.store (i32.const 20) (i32.const 200))
+    (i32.store (i32.const 24) (i32.const 4))
+    (i32.const 16))
+"""
+    text = WAT_TEMPLATE.format(body=ECHO_BODY, imports="").rstrip().removesuffix(")")
+    module = bytes(wasmtime.wat2wasm(text + ON_INIT + text_export + ")"))
+    tmp = tmp_path / "wrap"
+    tmp.mkdir()
+    (tmp / "core.wasm").write_bytes(module)
+    for args in (["component", "embed", str(ABI10), "--world", "plugin-bulk",
+                  str(tmp / "core.wasm"), "-o", str(tmp / "embedded.wasm")],
+                 ["component", "new", str(tmp / "embedded.wasm"), "-o", str(tmp / "c.wasm")]):
+        subprocess.run([str(WASM_TOOLS), *args], check=True, capture_output=True, timeout=120)
+    plugin = rt.load(write_plugin(tmp_path / "p", (tmp / "c.wasm").read_bytes()))
+    assert plugin.call("run", b"ignored") == b"bulk"
