@@ -53,8 +53,8 @@ __all__ = [
     "LogRecord",
     "PluginSpec",
     "Responder",
-    "load",
     "dispatch_result",
+    "load",
     "read_spec",
     "static_responder",
 ]
