@@ -460,3 +460,47 @@ def test_1_0_components_keep_the_bulk_path(rt: plugbox.Runtime, tmp_path: Path) 
         subprocess.run([str(WASM_TOOLS), *args], check=True, capture_output=True, timeout=120)
     plugin = rt.load(write_plugin(tmp_path / "p", (tmp / "c.wasm").read_bytes()))
     assert plugin.call("run", b"ignored") == b"bulk"
+
+
+def test_a_router_may_call_plugins_nested_inside_the_calling_one(tmp_path: Path) -> None:
+    """What PluginHost does for host.dispatch: the router calls other plugins (and the calling
+    one) on the calling thread, nested in the plugin's call."""
+    plugins: dict[str, plugbox.Plugin] = {}
+
+    class Nesting(FakeRouter):
+        def dispatch(self, plugin: str, point: str, payload: bytes) -> bytes:
+            echoed = plugins["echo"].call("run", payload)
+            return json.dumps({"point": point, "mode": "each", "value": None, "failures": [],
+                               "results": [{"plugin": "echo", "value": echoed.decode()}]}).encode()
+
+        def call_function(self, plugin: str, name: str, payload: bytes) -> bytes:
+            if name == "again" and payload:  # re-enter the calling plugin, one level deep
+                return plugins["caller"].call("again", b"")
+            return b"inner"
+
+    with plugbox.Runtime(state_dir=tmp_path / "s", router=Nesting()) as runtime:
+        plugins["echo"] = runtime.load(write_plugin(tmp_path / "echo", core(), name="echo"))
+        plugins["caller"] = runtime.load(stage(tmp_path / "c", CALLER, "core", hooks=["again"],
+                                               permissions={"functions": ["*"]}))
+        dispatcher = runtime.load(stage(tmp_path / "d", DISPATCHER, "core", name="dispatcher",
+                                        hooks=["report.section"],
+                                        permissions={"dispatch": ["*"]}))
+        result = json.loads(dispatcher.call("report.section", b"hello"))
+        assert result["results"] == [{"plugin": "echo", "value": "hello"}]
+        assert plugins["caller"].call("again", b"x") == b"inner"
+
+
+def test_time_the_router_takes_counts_against_the_calling_hook(tmp_path: Path) -> None:
+    import time
+
+    class Slow(FakeRouter):
+        def call_function(self, plugin: str, name: str, payload: bytes) -> bytes:
+            time.sleep(0.5)
+            return b"late"
+
+    with plugbox.Runtime(state_dir=tmp_path / "s", router=Slow()) as runtime:
+        plugin = runtime.load(stage(tmp_path, CALLER, "core", hooks=["slow"],
+                                    permissions={"functions": ["*"]},
+                                    limits={"deadline_ms": 100}))
+        with pytest.raises(plugbox.DeadlineExceeded):
+            plugin.call("slow", b"")
