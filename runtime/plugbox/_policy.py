@@ -130,7 +130,8 @@ class Policy:
     also lowers the default); ``allowed_services``: the services a manifest may request at all
     (default: all eight, ``host`` included); ``http_hosts``: ``host``/``host:port`` patterns
     the host permits plugins to request (default none, so a plugin asking for HTTP is refused
-    until the host lists patterns); the ``max_*`` fields cap the parameters of the kv and http permissions.
+    until the host lists patterns); the ``max_*`` fields cap the parameters of the kv and http
+    permissions.
     ``host_functions`` and ``dispatch_points`` (``fnmatch`` patterns, default ``("*",)``) are
     the host functions and extension points plugins may request in ``permissions.functions``
     and ``permissions.dispatch`` (ABI 1.1): by default the host decides per function when it
