@@ -452,15 +452,31 @@ def test_1_0_components_keep_the_bulk_path(rt: plugbox.Runtime, tmp_path: Path) 
 """
     text = WAT_TEMPLATE.format(body=ECHO_BODY, imports="").rstrip().removesuffix(")")
     module = bytes(wasmtime.wat2wasm(text + ON_INIT + text_export + ")"))
-    tmp = tmp_path / "wrap"
-    tmp.mkdir()
-    (tmp / "core.wasm").write_bytes(module)
-    for args in (["component", "embed", str(ABI10), "--world", "plugin-bulk",
-                  str(tmp / "core.wasm"), "-o", str(tmp / "embedded.wasm")],
-                 ["component", "new", str(tmp / "embedded.wasm"), "-o", str(tmp / "c.wasm")]):
-        subprocess.run([str(WASM_TOOLS), *args], check=True, capture_output=True, timeout=120)
-    plugin = rt.load(write_plugin(tmp_path / "p", (tmp / "c.wasm").read_bytes()))
+
+    def bulk_component(wit: Path, name: str) -> Path:
+        tmp = tmp_path / name
+        tmp.mkdir()
+        (tmp / "core.wasm").write_bytes(module)
+        for args in (["component", "embed", str(wit), "--world", "plugin-bulk",
+                      str(tmp / "core.wasm"), "-o", str(tmp / "embedded.wasm")],
+                     ["component", "new", str(tmp / "embedded.wasm"), "-o",
+                      str(tmp / "c.wasm")]):
+            subprocess.run([str(WASM_TOOLS), *args], check=True, capture_output=True,
+                           timeout=120)
+        return write_plugin(tmp_path / f"{name}-plugin", (tmp / "c.wasm").read_bytes())
+
+    plugin = rt.load(bulk_component(ABI10, "good"))
     assert plugin.call("run", b"ignored") == b"bulk"
+    # Its type is checked like a 1.1 bulk export's: on-hook-text answering result<_, error>
+    # (the same core signature) is refused.
+    wrong = tmp_path / "wrong-wit"
+    wrong.mkdir()
+    (wrong / "plugbox.wit").write_text((ABI10 / "plugbox.wit").read_text().replace(
+        "on-hook-text: func(hook: string, payload: string) -> result<string, error>;",
+        "on-hook-text: func(hook: string, payload: string) -> result<_, error>;"))
+    with pytest.raises(plugbox.ModuleInterfaceError) as info:
+        rt.load(bulk_component(wrong, "wrong"))
+    assert "on-hook-text" in str(info.value)
 
 
 def test_a_router_may_call_plugins_nested_inside_the_calling_one(tmp_path: Path) -> None:
