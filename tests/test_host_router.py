@@ -36,7 +36,7 @@ def const(tmp_path: Path) -> Callable[..., Path]:
 
 
 def call(host: plugbox.PluginHost, name: str, value: Any, plugin: str = "guest") -> Any:
-    return json.loads(host._router.call_function(plugin, name, json.dumps(value).encode()))
+    return json.loads(host.router.call_function(plugin, name, json.dumps(value).encode()))
 
 
 def failing(fn: Callable[[], object]) -> HostCallError:
@@ -68,7 +68,7 @@ def test_bad_input_is_invalid_input_with_the_json_path(host: plugbox.PluginHost)
         "type": "object", "properties": {"limit": {"type": "integer", "maximum": 100}}})
     error = failing(lambda: call(host, "battles.query", {"limit": 1000}))
     assert error.kind == "invalid-input" and "$.limit" in error.message
-    error = failing(lambda: host._router.call_function("g", "battles.query", b"{oops"))
+    error = failing(lambda: host.router.call_function("g", "battles.query", b"{oops"))
     assert error.kind == "invalid-input" and "not JSON" in error.message
 
 
@@ -110,10 +110,10 @@ def test_a_result_failing_the_output_schema_is_a_failure(host: plugbox.PluginHos
 
 def test_bytes_functions_and_unknown_functions(host: plugbox.PluginHost) -> None:
     host.function("blob.reverse", lambda data: data[::-1], payload="bytes")
-    assert host._router.call_function("g", "blob.reverse", b"\x00\x01\x02") == b"\x02\x01\x00"
+    assert host.router.call_function("g", "blob.reverse", b"\x00\x01\x02") == b"\x02\x01\x00"
     host.function("blob.bad", lambda data: "text", payload="bytes")
-    assert failing(lambda: host._router.call_function("g", "blob.bad", b"")).kind == "failure"
-    error = failing(lambda: host._router.call_function("g", "nope", b""))
+    assert failing(lambda: host.router.call_function("g", "blob.bad", b"")).kind == "failure"
+    error = failing(lambda: host.router.call_function("g", "nope", b""))
     assert error.kind == "not-found" and "'nope'" in error.message
 
 
@@ -145,7 +145,7 @@ def test_a_plugins_points_are_registered_and_implemented_by_others(
     host.add(const("casualties", '{"title": "Casualties"}',
                    implements={"report.section": {"hook": "run", "versions": ">=1,<2"}}))
     host.add(const("broken", '{"no": "title"}', implements={"report.section": {"hook": "run"}}))
-    out = json.loads(host._router.dispatch("report", "report.section", b'{"battle": 3}'))
+    out = json.loads(host.router.dispatch("report", "report.section", b'{"battle": 3}'))
     assert out["point"] == "report.section" and out["mode"] == "each"
     assert out["results"] == [{"plugin": "casualties", "value": {"title": "Casualties"}}]
     assert [(f["plugin"], f["kind"]) for f in out["failures"]] == [
@@ -158,11 +158,11 @@ def test_a_plugins_points_are_registered_and_implemented_by_others(
 def test_guest_dispatch_payload_errors(host: plugbox.PluginHost,
                                        const: Callable[..., Path]) -> None:
     host.add(const("report", "null", extension_points={"report.section": REPORT}))
-    error = failing(lambda: host._router.dispatch("report", "report.section", b'{"battle": "x"}'))
+    error = failing(lambda: host.router.dispatch("report", "report.section", b'{"battle": "x"}'))
     assert error.kind == "invalid-input" and "$.battle" in error.message
-    error = failing(lambda: host._router.dispatch("report", "report.section", b"{nope"))
+    error = failing(lambda: host.router.dispatch("report", "report.section", b"{nope"))
     assert error.kind == "invalid-input" and "not JSON" in error.message
-    error = failing(lambda: host._router.dispatch("report", "report.missing", b"{}"))
+    error = failing(lambda: host.router.dispatch("report", "report.missing", b"{}"))
     assert error.kind == "not-found"
 
 
@@ -171,7 +171,7 @@ def test_guest_dispatch_under_propagate_is_a_failure(host: plugbox.PluginHost,
     host.add(const("report", "null", extension_points={
         "report.section": {**REPORT, "failure": "propagate"}}))
     host.add(const("broken", "[]", implements={"report.section": {"hook": "run"}}))
-    error = failing(lambda: host._router.dispatch("report", "report.section", b'{"battle": 1}'))
+    error = failing(lambda: host.router.dispatch("report", "report.section", b'{"battle": 1}'))
     assert error.kind == "failure" and "broken" in error.message
 
 
@@ -221,7 +221,7 @@ def test_a_costly_plugin_schema_refuses_the_payload_within_the_budget(
     schema = {"$defs": defs, "$ref": "#/$defs/d0"}
     host.add(const("report", "null", extension_points={
         "costly": {"version": "1.0.0", "input_schema": schema}}))
-    error = failing(lambda: host._router.dispatch("report", "costly", b"1"))
+    error = failing(lambda: host.router.dispatch("report", "costly", b"1"))
     assert error.kind == "invalid-input" and "schema evaluations" in error.message
 
 

@@ -204,7 +204,8 @@ class PluginHost:
         self._tables = _Tables(points={}, functions={}, plugins=(), orders={})
         self._added = 0
         self._workers = ThreadPoolExecutor(max_workers=max_workers,
-                                           thread_name_prefix="plugbox-host")
+                                           thread_name_prefix="plugbox-host",
+                                           initializer=_mark_worker)
         self._pending = threading.BoundedSemaphore(MAX_BACKGROUND_PENDING)
         self._background_failures: deque[DispatchResult] = deque(
             maxlen=BACKGROUND_FAILURES_KEPT)
@@ -242,7 +243,9 @@ class PluginHost:
         implementation's limits for calls of this point, ``memory_bytes`` caps the memory of
         plugins implementing it (applied when they are added). ``concurrent=True`` (``each``,
         ``notify``) runs the implementations of one dispatch at the same time on the host's
-        worker threads. Raises :class:`plugbox.UsageError` on a bad argument or a name
+        worker threads (results still in dispatch order; under ``propagate`` all of them run
+        and the first failure in order is raised; nested in a worker thread, they run one by
+        one). Raises :class:`plugbox.UsageError` on a bad argument or a name
         already declared.
         """
         point = ExtensionPoint.declare(
@@ -586,6 +589,12 @@ class PluginHost:
             self._background_failures.append(result)
 
     @property
+    def router(self) -> HostRouter:
+        """The router the runtime sends the plugins' ``host.call`` and ``host.dispatch`` to
+        (``Runtime(router=...)``); call it directly to act as a guest would."""
+        return self._router
+
+    @property
     def background_failures(self) -> tuple[DispatchResult, ...]:
         """The latest background ``notify`` dispatches that had failures (at most
         :data:`BACKGROUND_FAILURES_KEPT`, oldest first); each failure is also logged."""
@@ -620,8 +629,7 @@ class PluginHost:
                          entry.name, exc)
             failures.append(Failure(entry.name, exc))
 
-        if spec.concurrent and len(entries) > 1 and len(_POINTS.get()) <= 1 \
-                and not _in_worker():
+        if spec.concurrent and len(entries) > 1 and not getattr(_WORKER, "active", False):
             futures: list[Future[tuple[bool, Any]]] = [
                 self._workers.submit(contextvars.copy_context().run, attempt, entry, data)
                 for entry in entries]
@@ -711,9 +719,13 @@ def _declared_by(point: ExtensionPoint) -> str:
     return "by the host" if point.owner is None else f"by plugin {point.owner!r}"
 
 
-def _in_worker() -> bool:
-    # A worker waiting on its own pool could wait for ever: nested concurrency runs inline.
-    return threading.current_thread().name.startswith("plugbox-host")
+# Set on the host's worker threads: a worker waiting for tasks of its own pool could wait for
+# ever, so a concurrent dispatch nested in one runs its implementations one by one instead.
+_WORKER = threading.local()
+
+
+def _mark_worker() -> None:
+    _WORKER.active = True
 
 
 @contextmanager
