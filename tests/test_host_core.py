@@ -496,3 +496,21 @@ def test_closed_host_refuses_calls(tmp_path: Path, make: Callable[..., Path],
         host.call("text.echo", 1)
     with pytest.raises(plugbox.UsageError, match="closed"):
         host.extension_point("x.y", version="1.0.0")
+
+
+def test_a_point_memory_cap_no_module_can_run_under_is_refused_at_add(
+        host: plugbox.PluginHost, make: Callable[..., Path]) -> None:
+    host.extension_point("mem.tiny", version="1.0.0", memory_bytes=32768)  # under one page
+    with pytest.raises(plugbox.PolicyViolationError) as info:
+        host.add(make("echo", "echo", point="mem.tiny"))
+    assert "'mem.tiny'" in "".join(getattr(info.value, "__notes__", []))
+    assert host.plugins == ()
+
+
+def test_host_settings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(plugbox.UsageError, match="pass it to PluginHost itself"):
+        plugbox.PluginHost(state_dir=tmp_path, runtime_options={"policy": None})
+    with pytest.raises(plugbox.UsageError, match="the host is the router"):
+        plugbox.PluginHost(state_dir=tmp_path, runtime_options={"router": None})
+    with pytest.raises(plugbox.UsageError, match="max_workers"):
+        plugbox.PluginHost(state_dir=tmp_path, max_workers=0)
