@@ -138,7 +138,8 @@ def test_host_call_reaches_the_router_and_returns_its_bytes(
     with pytest.raises(plugbox.GuestError) as info:
         plugin.call("fail", b"")
     assert info.value.kind == "failure"
-    assert "'fail'" in info.value.detail and "RuntimeError: the database is down" in info.value.detail
+    assert "'fail'" in info.value.detail
+    assert "RuntimeError: the database is down" in info.value.detail
     # A typed refusal keeps its kind.
     with pytest.raises(plugbox.GuestError) as info:
         plugin.call("refuse", b"")
@@ -434,3 +435,89 @@ def test_cli_inspect_agrees_with_the_runtime_on_1_1_plugins(
     assert "host" in capsys.readouterr().out
     bare = stage(tmp_path / "bare", CALLER, "core", hooks=["x"])
     assert main(["inspect", str(bare)]) != 0  # imports host without requesting it
+
+
+@needs_wasm_tools
+def test_1_0_components_keep_the_bulk_path(rt: plugbox.Runtime, tmp_path: Path) -> None:
+    """A 1.0 component exports plugbox:plugin/bulk@1.0.0 (world plugin-bulk); the 1.1 host
+    still finds it and calls it instead of on-hook."""
+    text_export = """
+  (data (i32.const 200) "bulk")
+  (func (export "plugbox:plugin/bulk@1.0.0#on-hook-text")
+        (param i32 i32 i32 i32) (result i32)
+    (i32.store8 (i32.const 16) (i32.const 0))
+    (i32.store (i32.const 20) (i32.const 200))
+    (i32.store (i32.const 24) (i32.const 4))
+    (i32.const 16))
+"""
+    text = WAT_TEMPLATE.format(body=ECHO_BODY, imports="").rstrip().removesuffix(")")
+    module = bytes(wasmtime.wat2wasm(text + ON_INIT + text_export + ")"))
+
+    def bulk_component(wit: Path, name: str) -> Path:
+        tmp = tmp_path / name
+        tmp.mkdir()
+        (tmp / "core.wasm").write_bytes(module)
+        for args in (["component", "embed", str(wit), "--world", "plugin-bulk",
+                      str(tmp / "core.wasm"), "-o", str(tmp / "embedded.wasm")],
+                     ["component", "new", str(tmp / "embedded.wasm"), "-o",
+                      str(tmp / "c.wasm")]):
+            subprocess.run([str(WASM_TOOLS), *args], check=True, capture_output=True,
+                           timeout=120)
+        return write_plugin(tmp_path / f"{name}-plugin", (tmp / "c.wasm").read_bytes())
+
+    plugin = rt.load(bulk_component(ABI10, "good"))
+    assert plugin.call("run", b"ignored") == b"bulk"
+    # Its type is checked like a 1.1 bulk export's: on-hook-text answering result<_, error>
+    # (the same core signature) is refused.
+    wrong = tmp_path / "wrong-wit"
+    wrong.mkdir()
+    (wrong / "plugbox.wit").write_text((ABI10 / "plugbox.wit").read_text().replace(
+        "on-hook-text: func(hook: string, payload: string) -> result<string, error>;",
+        "on-hook-text: func(hook: string, payload: string) -> result<_, error>;"))
+    with pytest.raises(plugbox.ModuleInterfaceError) as info:
+        rt.load(bulk_component(wrong, "wrong"))
+    assert "on-hook-text" in str(info.value)
+
+
+def test_a_router_may_call_plugins_nested_inside_the_calling_one(tmp_path: Path) -> None:
+    """What PluginHost does for host.dispatch: the router calls other plugins (and the calling
+    one) on the calling thread, nested in the plugin's call."""
+    plugins: dict[str, plugbox.Plugin] = {}
+
+    class Nesting(FakeRouter):
+        def dispatch(self, plugin: str, point: str, payload: bytes) -> bytes:
+            echoed = plugins["echo"].call("run", payload)
+            return json.dumps({"point": point, "mode": "each", "value": None, "failures": [],
+                               "results": [{"plugin": "echo", "value": echoed.decode()}]}).encode()
+
+        def call_function(self, plugin: str, name: str, payload: bytes) -> bytes:
+            if name == "again" and payload:  # re-enter the calling plugin, one level deep
+                return plugins["caller"].call("again", b"")
+            return b"inner"
+
+    with plugbox.Runtime(state_dir=tmp_path / "s", router=Nesting()) as runtime:
+        plugins["echo"] = runtime.load(write_plugin(tmp_path / "echo", core(), name="echo"))
+        plugins["caller"] = runtime.load(stage(tmp_path / "c", CALLER, "core", hooks=["again"],
+                                               permissions={"functions": ["*"]}))
+        dispatcher = runtime.load(stage(tmp_path / "d", DISPATCHER, "core", name="dispatcher",
+                                        hooks=["report.section"],
+                                        permissions={"dispatch": ["*"]}))
+        result = json.loads(dispatcher.call("report.section", b"hello"))
+        assert result["results"] == [{"plugin": "echo", "value": "hello"}]
+        assert plugins["caller"].call("again", b"x") == b"inner"
+
+
+def test_time_the_router_takes_counts_against_the_calling_hook(tmp_path: Path) -> None:
+    import time
+
+    class Slow(FakeRouter):
+        def call_function(self, plugin: str, name: str, payload: bytes) -> bytes:
+            time.sleep(0.5)
+            return b"late"
+
+    with plugbox.Runtime(state_dir=tmp_path / "s", router=Slow()) as runtime:
+        plugin = runtime.load(stage(tmp_path, CALLER, "core", hooks=["slow"],
+                                    permissions={"functions": ["*"]},
+                                    limits={"deadline_ms": 100}))
+        with pytest.raises(plugbox.DeadlineExceeded):
+            plugin.call("slow", b"")

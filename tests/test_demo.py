@@ -52,7 +52,8 @@ def test_verification(summary: dict[str, Any]) -> None:
     plugins = {p["name"]: p for p in section["plugins"]}
     assert set(plugins) == set(demo.PLUGINS)
     for p in plugins.values():
-        assert len(p["sha256"]) == 64 and p["abi"] == "1.0"
+        # counter uses kv.increment (ABI 1.1); the others are 1.0 plugins.
+        assert len(p["sha256"]) == 64 and p["abi"] == ("1.1" if p["name"] == "counter" else "1.0")
     assert plugins["probe"]["permissions"] == []
     assert any(perm.startswith("http") for perm in plugins["fetcher"]["permissions"])
 

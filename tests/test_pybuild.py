@@ -472,7 +472,7 @@ def bindings(tmp_path: Path) -> Iterator[Callable[[list[str]], dict[str, object]
 
 def test_world_imports_only_the_requested_services() -> None:
     wit = _pybuild.world_wit(["kv", "log"])
-    assert "import plugbox:plugin/log@1.0.0;\n    import plugbox:plugin/kv@1.0.0;" in wit
+    assert "import plugbox:plugin/log@1.1.0;\n    import plugbox:plugin/kv@1.1.0;" in wit
     assert "plugbox:plugin/config" not in wit and "export on-hook" in wit
     with pytest.raises(ValueError, match="unknown services: files"):
         _pybuild.world_wit(["files"])

@@ -74,7 +74,7 @@ def test_public_names() -> None:
     assert set(plugbox_sdk.__all__) == {
         "ABI_VERSION", "ERROR_KINDS", "DeniedError", "Error", "FailureError",
         "InvalidInputError", "LimitReachedError", "NotFoundError", "__version__", "clock",
-        "config", "events", "hook", "http", "init", "kv", "log", "random",
+        "config", "events", "hook", "host", "http", "init", "kv", "log", "random",
     }
     assert testing.__all__ == sorted(testing.__all__)
     for name in plugbox_sdk.__all__ + [f"testing.{n}" for n in testing.__all__]:

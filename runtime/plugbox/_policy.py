@@ -128,9 +128,10 @@ class Policy:
     ``max_limits``: the highest limits a manifest may request; ``default_limits``: the limits
     for whatever a manifest does not request (each capped by ``max_limits``, so lowering a cap
     also lowers the default); ``allowed_services``: the services a manifest may request at all
-    (default: all seven); ``http_hosts``: ``host``/``host:port`` patterns the host permits
-    plugins to request (default none, so a plugin asking for HTTP is refused until the host
-    lists patterns); the ``max_*`` fields cap the parameters of the kv and http permissions.
+    (default: all eight, ``host`` included); ``http_hosts``: ``host``/``host:port`` patterns
+    the host permits plugins to request (default none, so a plugin asking for HTTP is refused
+    until the host lists patterns); the ``max_*`` fields cap the parameters of the kv and http
+    permissions.
     ``host_functions`` and ``dispatch_points`` (``fnmatch`` patterns, default ``("*",)``) are
     the host functions and extension points plugins may request in ``permissions.functions``
     and ``permissions.dispatch`` (ABI 1.1): by default the host decides per function when it

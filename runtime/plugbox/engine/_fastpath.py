@@ -1510,12 +1510,14 @@ def late_error(st: _CallState, what: str) -> DeadlineExceeded:
                           f": {what} returned {late_ms:.0f} ms after it")
 
 
-def _host_body(key: tuple[str, str], services: HostServices) -> Callable[[int], bytes | None]:
+def _host_body(key: tuple[str, str], services: HostServices,
+               what: str | None = None) -> Callable[[int], bytes | None]:
     """The Python side of one import, bound to one plugin's services: ``body(args address)``
     returns None (results written) or the message of a trap whose typed error it stashed in
     the call state. It catches everything it can; the trampoline that calls it catches the
-    rest (see ``_speedups.c``)."""
-    what = f"{key[0]}#{key[1]}"
+    rest (see ``_speedups.c``). ``what`` names the import in messages as the module imported
+    it (``plugbox:plugin/log@1.0.0#log``; default: the table's name)."""
+    what = what or f"{key[0]}#{key[1]}"
     clock = _CLOCKS.get(key)
     write = _RAW_I64.pack_into
     nparams, adapter = _ADAPTERS[key] if clock is None else (0, None)
@@ -1610,7 +1612,7 @@ class Template:
                     [wasmtime.ValType.i32() if p == "i32" else wasmtime.ValType.i64() for p in params],
                     [wasmtime.ValType.i32() if r == "i32" else wasmtime.ValType.i64() for r in results],
                 )
-                body = _host_body(key, services)
+                body = _host_body(key, services, f"{module_name}#{field}")
                 self._functypes.append(ft)
                 cb_addr: int | None
                 if trampolines is not None:

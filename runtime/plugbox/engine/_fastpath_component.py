@@ -605,11 +605,15 @@ _ERROR_TYPE: Final = "variant<" + ", ".join(f"{case}(string)" for case in _ERROR
 
 #: The WIT types of the world's exports (abi/plugbox.wit), as _type_text writes them:
 #: export path -> (parameter types, result type). Parameter names are not compared.
-_EXPORT_TYPES: Final = {
+#: The bulk interface's export name at every ABI version, newest first: a 1.0 component exports
+#: plugbox:plugin/bulk@1.0.0, whose type is checked like the 1.1 one.
+_BULK_EXPORTS: Final = tuple(_abispec.import_module("bulk", v)
+                             for v in reversed(_abispec.ABI_VERSIONS))
+_EXPORT_TYPES: Final[dict[tuple[str, ...], tuple[tuple[str, ...], str]]] = {
     ("on-init",): (("string",), "result<_, error>"),
     ("on-hook",): (("string", "list<u8>"), "result<list<u8>, error>"),
-    (_abispec.import_module("bulk"), "on-hook-text"): (("string", "string"),
-                                                       "result<string, error>"),
+    **{(bulk, "on-hook-text"): (("string", "string"), "result<string, error>")
+       for bulk in _BULK_EXPORTS},
 }
 
 
@@ -721,7 +725,8 @@ class ComponentTemplate:
                 component.ptr(), None, b"on-hook", 7)
             self._init_index = _wb.wasmtime_component_get_export_index(
                 component.ptr(), None, b"on-init", 7)
-            # The optional bulk interface (abi/plugbox.wit, world plugin-bulk).
+            # The optional bulk interface (abi/plugbox.wit, world plugin-bulk). wasmtime finds
+            # a 1.0 component's bulk@1.0.0 under the 1.1.0 name too (semver).
             bulk = _abispec.import_module("bulk").encode()
             self._bulk_index = _wb.wasmtime_component_get_export_index(
                 component.ptr(), None, bulk, len(bulk))

@@ -4,7 +4,8 @@ A plugbox plugin handles *hooks*: the host calls a hook by name with a byte payl
 JSON) and gets bytes back, or one of the ABI's errors. Register handlers with :func:`hook`; call
 host services through the modules :mod:`~plugbox_sdk.log`, :mod:`~plugbox_sdk.config`,
 :mod:`~plugbox_sdk.kv`, :mod:`~plugbox_sdk.events`, :mod:`~plugbox_sdk.clock`,
-:mod:`~plugbox_sdk.random` and :mod:`~plugbox_sdk.http`::
+:mod:`~plugbox_sdk.random` and :mod:`~plugbox_sdk.http`, and the host application through
+:mod:`~plugbox_sdk.host` (ABI 1.1)::
 
     from plugbox_sdk import hook, log, InvalidInputError
 
@@ -27,7 +28,7 @@ host that enforces the manifest's permissions.
 
 from __future__ import annotations
 
-from . import clock, config, events, http, kv, log, random
+from . import clock, config, events, host, http, kv, log, random
 from ._errors import (
     ERROR_KINDS,
     DeniedError,
@@ -40,7 +41,7 @@ from ._errors import (
 from ._hooks import hook, init
 
 #: The plugbox ABI version this SDK implements.
-ABI_VERSION = "1.0.0"
+ABI_VERSION = "1.1.0"
 
 __version__ = "0.1.0"
 
@@ -58,6 +59,7 @@ __all__ = [
     "config",
     "events",
     "hook",
+    "host",
     "http",
     "init",
     "kv",

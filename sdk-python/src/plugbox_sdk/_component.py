@@ -46,6 +46,7 @@ _events: Any = _bindings("events")
 _clock: Any = _bindings("clock")
 _random: Any = _bindings("random")
 _http: Any = _bindings("http")
+_host_iface: Any = _bindings("host")  # ABI 1.1
 
 _Err: Any = _types.Err
 
@@ -141,6 +142,50 @@ class ComponentHost:
         except _Err as exc:
             _host_error(exc)
         return result
+
+    def kv_increment(self, key: str, delta: int) -> int:
+        """``kv.increment``."""
+        if _kv is None:
+            _not_granted("kv")
+        try:
+            result: int = _kv.increment(key, delta)
+        except _Err as exc:
+            _host_error(exc)
+        return result
+
+    def kv_compare_and_set(self, key: str, expected: bytes | None, new: bytes) -> bool:
+        """``kv.compare-and-set``."""
+        if _kv is None:
+            _not_granted("kv")
+        try:
+            result: bool = _kv.compare_and_set(key, expected, new)
+        except _Err as exc:
+            _host_error(exc)
+        return result
+
+    def host_call(self, name: str, payload: bytes) -> bytes:
+        """``host.call``."""
+        if _host_iface is None:
+            raise DeniedError(
+                'host.call: no host functions granted; add "functions": ["<name>"] to '
+                "permissions in plugbox.json")
+        try:
+            result: bytes = _host_iface.call(name, payload)
+        except _Err as exc:
+            _host_error(exc)
+        return bytes(result)
+
+    def host_dispatch(self, point: str, payload: bytes) -> bytes:
+        """``host.dispatch``."""
+        if _host_iface is None:
+            raise DeniedError(
+                'host.dispatch: no extension points granted; add "dispatch": ["<point>"] to '
+                "permissions in plugbox.json")
+        try:
+            result: bytes = _host_iface.dispatch(point, payload)
+        except _Err as exc:
+            _host_error(exc)
+        return bytes(result)
 
     def events_emit(self, topic: str, payload: bytes) -> None:
         """``events.emit``."""

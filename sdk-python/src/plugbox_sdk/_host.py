@@ -46,6 +46,18 @@ class Host(Protocol):
     def kv_list_keys(self, prefix: str) -> list[str]:
         """``kv.list-keys``: keys starting with ``prefix``, in byte order."""
 
+    def kv_increment(self, key: str, delta: int) -> int:
+        """``kv.increment`` (ABI 1.1): the counter's new value."""
+
+    def kv_compare_and_set(self, key: str, expected: bytes | None, new: bytes) -> bool:
+        """``kv.compare-and-set`` (ABI 1.1): True when ``new`` was stored."""
+
+    def host_call(self, name: str, payload: bytes) -> bytes:
+        """``host.call`` (ABI 1.1): the host function's result bytes."""
+
+    def host_dispatch(self, point: str, payload: bytes) -> bytes:
+        """``host.dispatch`` (ABI 1.1): the dispatch result as JSON bytes."""
+
     def events_emit(self, topic: str, payload: bytes) -> None:
         """``events.emit``."""
 

@@ -33,7 +33,15 @@ from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from ._fakehost import Event, FakeHost, LogRecord, Responder, static_responder
+from ._fakehost import (
+    Event,
+    FakeHost,
+    HostFunction,
+    LogRecord,
+    Responder,
+    dispatch_result,
+    static_responder,
+)
 from ._spec import PluginSpec, read_spec
 
 __all__ = [
@@ -41,9 +49,11 @@ __all__ = [
     "Event",
     "FakeHost",
     "Harness",
+    "HostFunction",
     "LogRecord",
     "PluginSpec",
     "Responder",
+    "dispatch_result",
     "load",
     "read_spec",
     "static_responder",
@@ -104,6 +114,8 @@ def load(
     module: str = "app",
     strict_imports: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
+    functions: Mapping[str, HostFunction] | None = None,
+    dispatch: Mapping[str, HostFunction] | None = None,
 ) -> Harness:
     """Load the plugin in directory ``path`` for testing and run its init with ``config``.
 
@@ -119,6 +131,11 @@ def load(
         strict_imports: native only: fail imports first reached inside a hook, as they fail in
             a component.
         cache_dir: component only: the compiled-artifact cache (default: the runtime's).
+        functions: the host functions the test offers (ABI 1.1 ``host.call``), by name; each
+            gets the payload bytes and returns the result (see :data:`HostFunction`). The
+            plugin still needs them granted in ``permissions.functions``.
+        dispatch: the extension points the test offers (``host.dispatch``), by name; each
+            returns the dispatch result (:func:`dispatch_result` builds one).
 
     Raises:
         plugbox_sdk.Error: the init function failed (with its kind).
@@ -139,6 +156,8 @@ def load(
             http=http,
             module=module,
             strict_imports=strict_imports,
+            functions=functions,
+            dispatch=dispatch,
         )
     if chosen == "component":
         if http is not None:
@@ -153,6 +172,8 @@ def load(
             config=config,
             withhold=withhold,
             cache_dir=Path(cache_dir) if cache_dir is not None else None,
+            functions=functions,
+            dispatch=dispatch,
         )
     raise ValueError(f"unknown backend {chosen!r}; expected one of {', '.join(BACKENDS)}")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import email.message  # noqa: F401 -- urllib imports these lazily; import them up front
 import encodings.idna  # noqa: F401 -- so the harness's import guard never sees them
+import fnmatch
 import http.client
 import json
 import os
@@ -36,7 +37,10 @@ from .._errors import (
 from ..http import Request, Response
 from ._spec import HttpSpec, PluginSpec
 
-__all__ = ["Event", "FakeHost", "LogRecord", "Responder", "static_responder"]
+__all__ = [
+    "Event", "FakeHost", "HostFunction", "LogRecord", "Responder", "dispatch_result",
+    "static_responder",
+]
 
 #: Limits of the runtime's host services (plugbox.services._services), pinned equal by the tests.
 KV_KEY_MAX: Final = 256
@@ -53,6 +57,11 @@ HTTP_URL_MAX: Final = 8192
 HTTP_HEADER_NAME_MAX: Final = 256
 HTTP_HEADER_VALUE_MAX: Final = 8192
 HTTP_HEADERS_MAX: Final = 100
+#: host.call / host.dispatch (ABI 1.1), as plugbox.services._services: names 1..256 UTF-8
+#: bytes, payloads at most 1 MiB, results at most 16 MiB.
+HOST_NAME_MAX: Final = 256
+HOST_PAYLOAD_MAX: Final = 1 << 20
+HOST_RESULT_MAX: Final = 16 << 20
 FORBIDDEN_REQUEST_HEADERS: Final = frozenset(
     {
         "host",
@@ -75,6 +84,25 @@ _MANIFEST: Final = "plugbox.json"
 #: A test's stand-in for the network: gets the checked request, returns the response (bytes or
 #: str mean status 200 with that body). It may raise a plugbox_sdk.Error to simulate failures.
 Responder = Callable[[Request], "Response | bytes | str"]
+
+#: A test's stand-in for a host function or an extension point (ABI 1.1): gets the plugin's
+#: payload bytes and returns the result: bytes as they are, ``str`` as UTF-8, anything else as
+#: JSON (for a dispatch, the dispatch result: see :func:`dispatch_result`). It may raise a
+#: plugbox_sdk.Error to answer with that ABI error; any other exception is a ``failure``.
+HostFunction = Callable[[bytes], Any]
+
+
+def dispatch_result(point: str, results: Mapping[str, Any] | None = None, *,
+                    mode: str = "each", failures: Mapping[str, str] | None = None,
+                    value: Any = None) -> dict[str, Any]:
+    """The JSON a host answers ``host.dispatch`` with: ``results`` maps each implementing
+    plugin to its value, ``failures`` each failing plugin to its error message."""
+    return {
+        "point": point, "mode": mode, "value": value,
+        "results": [{"plugin": p, "value": v} for p, v in (results or {}).items()],
+        "failures": [{"plugin": p, "error": e, "kind": "failure"}
+                     for p, e in (failures or {}).items()],
+    }
 
 
 @dataclass(frozen=True)
@@ -117,7 +145,13 @@ class FakeHost:
 
     ``config`` is the plugin configuration; ``withhold`` names services refused although the
     manifest requests them (as ``Runtime.load(withhold=...)``); ``http`` is a responder (None:
-    real network). :attr:`denied` lists the service of every denied call, in order.
+    real network). :attr:`denied` lists the service of every denied call, in order (for
+    ``host``: ``"functions"`` or ``"dispatch"``, the permission that refused it).
+
+    ``functions`` and ``dispatch`` (ABI 1.1) are the host functions and extension points the
+    test offers, by name (see :data:`HostFunction`); the plugin reaches them through
+    ``host.call`` / ``host.dispatch`` when its manifest grants the name, as with a real host.
+    :attr:`host_calls` records ``(kind, name, payload)`` of every call that reached one.
     """
 
     def __init__(
@@ -127,7 +161,12 @@ class FakeHost:
         config: Mapping[str, Any] | None = None,
         withhold: frozenset[str] | set[str] = frozenset(),
         http: Responder | None = None,
+        functions: Mapping[str, HostFunction] | None = None,
+        dispatch: Mapping[str, HostFunction] | None = None,
     ) -> None:
+        self.functions: dict[str, HostFunction] = dict(functions or {})
+        self.points: dict[str, HostFunction] = dict(dispatch or {})
+        self.host_calls: list[tuple[str, str, bytes]] = []
         self.spec = spec
         self.plugin = spec.name
         granted = spec.services() - set(withhold)
@@ -241,6 +280,102 @@ class FakeHost:
                 f"of {KV_KEY_MAX} bytes (no key is longer)"
             )
         return sorted(k for k in self.kv if k.startswith(prefix))[:KV_LIST_MAX]
+
+    def kv_increment(self, key: str, delta: int) -> int:
+        """``kv.increment``: the 8-byte little-endian counter under ``key`` plus ``delta``."""
+        self._kv_check(key)
+        old = self.kv.get(key)
+        if old is not None and len(old) != 8:
+            raise InvalidInputError(
+                f"kv: cannot increment {key!r}: the value under the key is {len(old)} bytes, "
+                "not an 8-byte little-endian integer (the format increment keeps counters in)"
+            )
+        value = (0 if old is None else int.from_bytes(old, "little", signed=True)) + delta
+        if not -(1 << 63) <= value < (1 << 63):
+            raise InvalidInputError(f"kv: cannot increment {key!r}: the sum leaves the signed "
+                                    "64-bit range")
+        self.kv_set(key, value.to_bytes(8, "little", signed=True))
+        return value
+
+    def kv_compare_and_set(self, key: str, expected: bytes | None, new: bytes) -> bool:
+        """``kv.compare-and-set``: store ``new`` if the value is ``expected`` (None: absent)."""
+        self._kv_check(key)
+        if expected is not None and len(expected) > KV_VALUE_MAX:
+            raise LimitReachedError(
+                f"kv: value of {len(expected)} bytes exceeds the maximum of {KV_VALUE_MAX} bytes"
+            )
+        if self.kv.get(key) != expected:
+            return False
+        self.kv_set(key, new)
+        return True
+
+    # -- host (ABI 1.1) ----------------------------------------------------------------------
+
+    def host_call(self, name: str, payload: bytes) -> bytes:
+        """``host.call``: the function registered as ``name``, if the manifest grants it."""
+        if not self.granted("host") or not self.spec.functions:
+            raise self._deny("functions", 'host.call: no host functions granted; add '
+                             f'"functions": ["<name>"] to permissions in {_MANIFEST}')
+        self._host_check("host.call: function", name, payload)
+        if not any(fnmatch.fnmatchcase(name, p) for p in self.spec.functions):
+            raise self._deny("functions", f"host.call: function {name!r} is not granted; add it "
+                             f"(or a pattern matching it) to permissions.functions in {_MANIFEST}")
+        handler = self.functions.get(name)
+        if handler is None:
+            raise self._deny("functions", f"host.call: the test host offers no function "
+                             f"{name!r}; pass functions={{{name!r}: handler}} to testing.load")
+        self.host_calls.append(("call", name, bytes(payload)))
+        return self._run(handler, payload, f"host function {name!r}")
+
+    def host_dispatch(self, point: str, payload: bytes) -> bytes:
+        """``host.dispatch``: the point registered as ``point``, if the manifest grants it or
+        the plugin declares the point itself."""
+        own = self.spec.own_points
+        if not self.granted("host") or not (self.spec.dispatch or own):
+            raise self._deny("dispatch", 'host.dispatch: no extension points granted; add '
+                             f'"dispatch": ["<point>"] to permissions in {_MANIFEST}')
+        self._host_check("host.dispatch: extension point", point, payload)
+        if point not in own and not any(fnmatch.fnmatchcase(point, p)
+                                        for p in self.spec.dispatch):
+            raise self._deny("dispatch", f"host.dispatch: extension point {point!r} is not "
+                             "granted; add it (or a pattern matching it) to "
+                             f"permissions.dispatch in {_MANIFEST}")
+        handler = self.points.get(point)
+        if handler is None:
+            raise self._deny("dispatch", f"host.dispatch: the test host offers no extension "
+                             f"point {point!r}; pass dispatch={{{point!r}: handler}} to "
+                             "testing.load")
+        self.host_calls.append(("dispatch", point, bytes(payload)))
+        return self._run(handler, payload, f"extension point {point!r}")
+
+    @staticmethod
+    def _host_check(what: str, name: str, payload: bytes) -> None:
+        if not 0 < len(name.encode("utf-8")) <= HOST_NAME_MAX:
+            raise InvalidInputError(f"{what} name must be 1 to {HOST_NAME_MAX} bytes of UTF-8")
+        if len(payload) > HOST_PAYLOAD_MAX:
+            raise LimitReachedError(
+                f"{what.split(':')[0]}: payload of {len(payload)} bytes exceeds the maximum of "
+                f"{HOST_PAYLOAD_MAX} bytes"
+            )
+
+    @staticmethod
+    def _run(handler: HostFunction, payload: bytes, what: str) -> bytes:
+        try:
+            result = handler(bytes(payload))
+        except Error:
+            raise
+        except Exception as exc:  # as the runtime: a host bug reaches the plugin as failure
+            raise FailureError(f"host: {what} failed: {type(exc).__name__}: {exc}") from None
+        if isinstance(result, (bytes, bytearray, memoryview)):
+            data = bytes(result)
+        elif isinstance(result, str):
+            data = result.encode("utf-8")
+        else:
+            data = json.dumps(result, separators=(",", ":")).encode("utf-8")
+        if len(data) > HOST_RESULT_MAX:
+            raise LimitReachedError(f"host: {what} returned {len(data)} bytes, more than the "
+                                    f"maximum of {HOST_RESULT_MAX} a plugin receives")
+        return data
 
     # -- events, clock, random ---------------------------------------------------------------
 

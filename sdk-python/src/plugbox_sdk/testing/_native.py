@@ -28,7 +28,7 @@ from typing import Any
 
 from .. import _hooks, _host
 from .._errors import InvalidInputError, NotFoundError
-from ._fakehost import Event, FakeHost, LogRecord, Responder
+from ._fakehost import Event, FakeHost, HostFunction, LogRecord, Responder
 from ._spec import PluginSpec
 
 __all__ = ["NativeHarness", "import_plugin"]
@@ -150,10 +150,13 @@ class NativeHarness:
         http: Responder | None = None,
         module: str = "app",
         strict_imports: bool = True,
+        functions: Mapping[str, HostFunction] | None = None,
+        dispatch: Mapping[str, HostFunction] | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
-        self.host = FakeHost(spec, config=config, withhold=withhold, http=http)
+        self.host = FakeHost(spec, config=config, withhold=withhold, http=http,
+                             functions=functions, dispatch=dispatch)
         self.module, self.registry = import_plugin(spec.directory, module)
         self._strict = strict_imports
         self._served = _UnguardedHost(self.host)

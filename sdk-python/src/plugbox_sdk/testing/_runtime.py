@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import DeniedError, Error, InvalidInputError, NotFoundError
-from ._fakehost import Event, LogRecord
+from ._fakehost import Event, FakeHost, HostFunction, LogRecord
 from ._spec import PluginSpec
 
 __all__ = ["ComponentHarness"]
@@ -39,6 +39,37 @@ def _translate(exc: Exception) -> Exception:
     if isinstance(exc, plugbox.PermissionDenied):
         return DeniedError(exc.message)
     return exc
+
+
+class _Router:
+    """A ``plugbox`` HostRouter over the test's handlers (``functions=``, ``dispatch=``),
+    with the FakeHost's result encoding; SDK errors become the ABI errors they stand for."""
+
+    def __init__(self, functions: Mapping[str, HostFunction],
+                 points: Mapping[str, HostFunction]) -> None:
+        self._functions = dict(functions)
+        self._points = dict(points)
+
+    def _serve(self, table: Mapping[str, HostFunction], name: str, payload: bytes,
+               what: str, option: str) -> bytes:
+        from plugbox.services._services import HostCallError
+
+        handler = table.get(name)
+        if handler is None:
+            raise HostCallError("denied", f"the test host offers no {what} {name!r}; pass "
+                                f"{option}={{{name!r}: handler}} to testing.load")
+        try:
+            return FakeHost._run(handler, payload, f"{what} {name!r}")
+        except Error as exc:
+            raise HostCallError(exc.kind, exc.message) from None
+
+    def call_function(self, plugin: str, name: str, payload: bytes) -> bytes:
+        """Serve ``host.call``."""
+        return self._serve(self._functions, name, payload, "host function", "functions")
+
+    def dispatch(self, plugin: str, point: str, payload: bytes) -> bytes:
+        """Serve ``host.dispatch``."""
+        return self._serve(self._points, point, payload, "extension point", "dispatch")
 
 
 class _Capture(logging.Handler):
@@ -90,6 +121,8 @@ class ComponentHarness:
         config: Mapping[str, Any] | None = None,
         withhold: frozenset[str] | set[str] = frozenset(),
         cache_dir: Path | None = None,
+        functions: Mapping[str, HostFunction] | None = None,
+        dispatch: Mapping[str, HostFunction] | None = None,
     ) -> None:
         try:
             import plugbox
@@ -111,7 +144,8 @@ class ComponentHarness:
         cache = cache_dir if cache_dir is not None else default_state_dir() / "cache"
         hosts = spec.http.hosts if spec.http is not None else ()
         self._runtime = plugbox.Runtime(
-            state_dir=self._state, cache_dir=cache, policy=plugbox.Policy(http_hosts=hosts)
+            state_dir=self._state, cache_dir=cache, policy=plugbox.Policy(http_hosts=hosts),
+            router=_Router(functions or {}, dispatch or {}),
         )
         self.events: list[Event] = []
         self.logs: list[LogRecord] = []

@@ -110,6 +110,11 @@ class PluginSpec:
     http: HttpSpec | None = None
     config_schema: dict[str, Any] | None = None
     raw: dict[str, Any] | None = None
+    #: ABI 1.1: host function and extension point patterns (``permissions.functions`` and
+    #: ``permissions.dispatch``), and the points the plugin declares (``extension_points``).
+    functions: tuple[str, ...] = ()
+    dispatch: tuple[str, ...] = ()
+    own_points: tuple[str, ...] = ()
 
     def services(self) -> frozenset[str]:
         """The services the manifest requests."""
@@ -121,6 +126,7 @@ class PluginSpec:
             "kv": self.kv is not None,
             "events": self.events is not None,
             "http": self.http is not None,
+            "host": bool(self.functions or self.dispatch or self.own_points),
         }
         return frozenset(name for name, on in flags.items() if on)
 
@@ -184,4 +190,7 @@ def read_spec(directory: str | Path) -> PluginSpec:
         ),
         config_schema=raw.get("config_schema"),
         raw=raw,
+        functions=tuple(perms.get("functions", ())),
+        dispatch=tuple(perms.get("dispatch", ())),
+        own_points=tuple(raw.get("extension_points") or ()),
     )
