@@ -414,6 +414,8 @@ class Plugin:
         except NeedStack:  # nothing ran: the call moves to a thread with a known stack
             failed = False
         except PlugboxError as exc:
+            if scope is not None and scope.cancelled:  # not the plugin's failure: say why
+                raise scope.interrupted(self.name, hook) from None
             self.failures += 1
             exc.plugin = exc.plugin or self.name
             exc.hook = exc.hook or hook
@@ -609,6 +611,20 @@ class _CallScope:
         with self._lock:
             self._held.remove(inst)
             return self._cancelled
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the acall was cancelled."""
+        return self._cancelled
+
+    @staticmethod
+    def interrupted(plugin: str, hook: str) -> ClosedError:
+        """What a call interrupted by its acall's cancellation raises (monitors see it; the
+        awaiting task gets CancelledError)."""
+        return ClosedError(
+            f"plugin {plugin!r}, hook {hook!r}: interrupted because the asyncio task awaiting "
+            "it (Plugin.acall) was cancelled; the plugin did nothing wrong.",
+            plugin=plugin, hook=hook)
 
     def cancel(self) -> bool:
         """Interrupt the scope's calls in progress; True when the job had started (its guest
