@@ -401,7 +401,9 @@ class Plugin:
                 max(0.0, deadline_at - _monotonic()) * 1000))
         if self._closed:  # close() ran since it was taken: the interrupt may have missed it
             inst.interrupt()
-        scope = _scopes.current  # set on threads running an acall (see "async calls")
+        # Set on threads running an acall (see "async calls"); the thread-local is read only
+        # while some acall runs, so plain calls pay one global lookup.
+        scope = _scopes.current if _acalls_running else None
         if scope is not None and not scope.bind(inst):
             self._release(inst, keep=persistent, failed=False)
             raise _Cancelled
@@ -567,6 +569,9 @@ class _Scopes(threading.local):
 
 #: The acall scope of the call running on this thread, if any.
 _scopes = _Scopes()
+#: How many acall scopes are running in the process (guarded by _acalls_lock).
+_acalls_running = 0
+_acalls_lock = threading.Lock()
 
 
 class _CallScope:
@@ -591,10 +596,15 @@ class _CallScope:
             if self._cancelled:
                 return None
             self._started = True
+        global _acalls_running
         _scopes.current = self
+        with _acalls_lock:
+            _acalls_running += 1
         try:
             return fn(*args, **kwargs)
         finally:
+            with _acalls_lock:
+                _acalls_running -= 1
             _scopes.current = None
 
     def bind(self, inst: _Inst) -> bool:
