@@ -7,16 +7,19 @@ import inspect
 import plugbox
 
 PUBLIC = [
-    "AbiViolation", "CallRecord", "CapabilityError", "ClosedError", "DeadlineExceeded", "Event",
-    "EventBus", "EventsPermission", "FuelExhausted", "GuestError", "GuestTrap",
-    "HashMismatchError", "HttpPermission", "IdentityConflictError", "IncompatibleAbiError",
-    "IncompatibleHostError", "KeyFileError", "KvPermission", "LimitExceeded", "Limits",
-    "Manifest", "ManifestError", "MemoryLimitExceeded", "ModuleInterfaceError", "PackageError",
-    "PermissionDenied", "Permissions", "PlugboxError", "Plugin", "PluginCallError", "Policy",
-    "PolicyViolationError", "PublicKey", "RevokedKeyError", "Runtime", "SecretKey",
+    "AbiViolation", "CallRecord", "CapabilityError", "ClosedError", "DeadlineExceeded",
+    "DispatchResult", "Event", "EventBus", "EventsPermission", "ExtensionPoint", "Failure",
+    "FuelExhausted", "GuestError", "GuestTrap", "HashMismatchError", "HostFunction",
+    "HostedPlugin", "HttpPermission", "IdentityConflictError", "IncompatibleAbiError",
+    "IncompatibleHostError", "IncompatiblePointError", "InvalidResultError", "KeyFileError",
+    "KvPermission", "LimitExceeded", "Limits", "Manifest", "ManifestError",
+    "MemoryLimitExceeded", "ModuleInterfaceError", "OrderCycleError", "PackageError",
+    "PayloadError", "PermissionDenied", "Permissions", "PlugboxError", "Plugin",
+    "PluginCallError", "PluginHost", "Policy", "PolicyViolationError", "PublicKey",
+    "ReentrantDispatchError", "Result", "RevokedKeyError", "Runtime", "SecretKey",
     "SignatureError", "SignerInfo", "StackOverflow", "StateError", "TrustPolicy",
-    "UnknownHookError", "UntrustedSignerError", "UsageError", "VerificationError", "__version__",
-    "load_manifest",
+    "UnknownHookError", "UntrustedSignerError", "UsageError", "VerificationError",
+    "__version__", "load_manifest",
 ]
 
 

@@ -63,8 +63,12 @@ __all__ = [
     "MAX_MANIFEST_BYTES",
     "MAX_MODULE_BYTES",
     "MAX_SCHEMA_STEPS",
+    "MAX_POINT_SCHEMA_BYTES",
+    "MAX_POINT_SCHEMA_DEPTH",
+    "Implementation",
     "Manifest",
     "ManifestSource",
+    "PointSpec",
     "PluginFileRefused",
     "RequestedLimits",
     "abi_compatible",
@@ -146,6 +150,55 @@ class RequestedLimits:
         )
 
 
+# --------------------------------------------------------------------------------------------
+# Extension points: what a plugin implements and what it declares (``implements`` and
+# ``extension_points``; see docs/manifest.md)
+
+#: A JSON Schema of a plugin-declared extension point (``input_schema``, ``output_schema``)
+#: whose JSON text is larger than this is refused: real payload schemas are a few kilobytes.
+MAX_POINT_SCHEMA_BYTES: Final = 64 << 10
+#: ... or that nests deeper than this (the whole manifest's bound is MAX_JSON_DEPTH).
+MAX_POINT_SCHEMA_DEPTH: Final = 32
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """How a plugin implements one extension point (an entry of ``implements``).
+
+    ``versions`` is the PEP 440 specifier of the point versions it supports (``""``: any);
+    ``hook`` the manifest hook that handles the point (the point's name when the manifest
+    leaves it out); ``before``/``after`` name plugins this one must run before/after on this
+    point (ignored for plugins that are not there).
+    """
+
+    point: str
+    versions: str = ""
+    hook: str = ""
+    before: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+
+    def accepts(self, version: str) -> bool:
+        """True when the point ``version`` satisfies :attr:`versions` (pre-releases count)."""
+        return SpecifierSet(self.versions).contains(Version(version), prereleases=True)
+
+
+@dataclass(frozen=True)
+class PointSpec:
+    """An extension point a plugin declares itself (an entry of ``extension_points``): JSON
+    payloads only, validated by ``input_schema`` and ``output_schema`` when given (``None``:
+    anything goes). ``mode`` is ``each``, ``first``, ``pipeline`` or ``notify``; ``failure``
+    ``isolate`` or ``propagate``."""
+
+    name: str
+    version: str
+    mode: str = "each"
+    failure: str = "isolate"
+    # Schemas are excluded from hashing so the frozen dataclass stays hashable.
+    input_schema: Mapping[str, Any] | bool | None = field(default=None, hash=False)
+    output_schema: Mapping[str, Any] | bool | None = field(default=None, hash=False)
+    description: str = ""
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A validated ``plugbox.json``.
@@ -157,7 +210,8 @@ class Manifest:
     ``path`` is the manifest file with symlinks resolved, and ``directory`` its parent, so a
     symlinked ``plugbox.json`` still finds the module that sits next to the real file.
     ``data`` is the exact bytes the manifest was parsed from, read once: what its signatures
-    are checked against.
+    are checked against. ``implements`` and ``extension_points`` (ABI 1.1) map point names to
+    :class:`Implementation` and :class:`PointSpec`; both are empty for a manifest without them.
     """
 
     name: str
@@ -178,6 +232,10 @@ class Manifest:
     directory: Path
     raw: Mapping[str, Any] = field(hash=False, repr=False)
     data: bytes = field(repr=False, compare=False)
+    #: The extension points the plugin implements, by point name (empty: none).
+    implements: Mapping[str, Implementation] = field(default_factory=dict, hash=False)
+    #: The extension points the plugin declares itself, by point name (empty: none).
+    extension_points: Mapping[str, PointSpec] = field(default_factory=dict, hash=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,6 +487,7 @@ def validate_manifest(source: ManifestSource) -> Manifest:
     config_schema = raw.get("config_schema")
     if config_schema is not None:
         _check_config_schema(config_schema, file, source.name)
+    _check_points(raw, file, source.name)
     return _build(raw, source)
 
 
@@ -873,6 +932,13 @@ def _walk_schema(schema: Any) -> Iterator[tuple[list[Any], str, Any]]:
 
 def _check_config_schema(config_schema: Any, file: Path, plugin: str) -> None:
     """config_schema must be a valid schema for its draft, with regexes RE2 can run."""
+    _check_plugin_schema(config_schema, file, plugin, "config_schema", "$.config_schema")
+
+
+def _check_plugin_schema(config_schema: Any, file: Path, plugin: str, what: str,
+                         where: str) -> None:
+    """A plugin-supplied JSON Schema (``what``, at JSON path ``where``) must be a valid schema
+    for its draft, with regexes RE2 can run, checked within MAX_SCHEMA_STEPS evaluations."""
     def refuse(json_path: str, problem: str, fix: str) -> ManifestError:
         return ManifestError(
             f"{file}: invalid manifest at {json_path}: {problem}. To fix: {fix}.",
@@ -888,27 +954,27 @@ def _check_config_schema(config_schema: Any, file: Path, plugin: str) -> None:
         checker = meta(cls.META_SCHEMA, format_checker=_regex_format())
         error = next(iter(checker.iter_errors(config_schema)), None)
     except _OverBudget as exc:
-        raise refuse("$.config_schema", f"checking config_schema against its metaschema takes "
+        raise refuse(where, f"checking {what} against its metaschema takes "
                      f"more than {MAX_SCHEMA_STEPS} schema evaluations: it is far larger than "
-                     f"any configuration needs", "make config_schema smaller") from exc
+                     f"any {_NEEDS.get(what, 'payload')} needs", f"make {what} smaller") from exc
     except RecursionError as exc:
-        raise refuse("$.config_schema", "nested too deeply",
-                     "flatten config_schema") from exc
+        raise refuse(where, "nested too deeply", f"flatten {what}") from exc
     except _UnsafePattern as exc:  # a regex in a place the metaschema does not mark
-        raise refuse("$.config_schema", _unsafe_pattern(exc), _PATTERN_FIX) from exc
+        raise refuse(where, _unsafe_pattern(exc, what), _PATTERN_FIX) from exc
     finally:
         _STEPS.reset(token)
     if error is not None:
-        json_path = "$.config_schema" + _format_json_path(error.absolute_path)[1:]
+        json_path = where + _format_json_path(error.absolute_path)[1:]
         if isinstance(error.cause, _UnsafePattern):
-            raise refuse(json_path, _unsafe_pattern(error.cause), _PATTERN_FIX) from error.cause
-        raise refuse(json_path, f"config_schema is not a valid JSON Schema: "
+            raise refuse(json_path, _unsafe_pattern(error.cause, what),
+                         _PATTERN_FIX) from error.cause
+        raise refuse(json_path, f"{what} is not a valid JSON Schema: "
                      f"{_truncate(error.message)}", f"correct the schema at {json_path}")
     # jsonschema evaluates unevaluatedProperties with Python's re over the patternProperties
     # it meets; rather than reimplementing that keyword, the combination is refused.
     keys = {key for _, key, _ in _walk_schema(config_schema)}
     if "unevaluatedProperties" in keys and "patternProperties" in keys:
-        raise refuse("$.config_schema", "config_schema combines unevaluatedProperties with "
+        raise refuse(where, f"{what} combines unevaluatedProperties with "
                      "patternProperties, which plugbox does not evaluate (their regexes would "
                      "run on a backtracking engine)", "use additionalProperties instead of "
                      "unevaluatedProperties, or list the properties explicitly")
@@ -921,11 +987,14 @@ _PATTERN_FIX: Final = (
 )
 
 
-def _unsafe_pattern(exc: _UnsafePattern) -> str:
+_NEEDS: Final = {"config_schema": "configuration"}
+
+
+def _unsafe_pattern(exc: _UnsafePattern, what: str = "config_schema") -> str:
     try:
         re.compile(exc.pattern)  # compiling is cheap; only matching can backtrack
     except (re.error, RecursionError, OverflowError, ValueError):
-        return (f"config_schema is not a valid JSON Schema: {_short(exc.pattern)} is not a "
+        return (f"{what} is not a valid JSON Schema: {_short(exc.pattern)} is not a "
                 f"valid regular expression ({exc.detail})")
     return (f"the regular expression {_short(exc.pattern)} is not supported by RE2, the "
             f"linear-time engine plugbox evaluates plugin-supplied patterns with ({exc.detail})")
@@ -960,6 +1029,8 @@ def _build(raw: dict[str, Any], source: ManifestSource) -> Manifest:
         directory=directory,
         raw=raw,
         data=source.data,
+        implements=_build_implements(raw.get("implements", {})),
+        extension_points=_build_points(raw.get("extension_points", {})),
     )
 
 
@@ -997,6 +1068,108 @@ def _build_http(http: Mapping[str, Any]) -> HttpPermission:
     if "methods" in http:
         kwargs["methods"] = tuple(http["methods"])
     return HttpPermission(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Extension points: ``implements`` and ``extension_points`` (validated by the schema first)
+
+
+def _check_points(raw: Mapping[str, Any], file: Path, plugin: str) -> None:
+    """What the schema cannot say about ``implements`` and ``extension_points``: specifiers
+    that parse, hooks the manifest declares, no constraint on the plugin itself, and point
+    schemas that are small, shallow and valid."""
+    def refuse(parts: list[Any], problem: str, fix: str) -> ManifestError:
+        json_path = _format_json_path(parts)
+        return ManifestError(f"{file}: invalid manifest at {json_path}: {problem}. To fix: "
+                             f"{fix}.", plugin=plugin, json_path=json_path)
+
+    hooks = set(raw["hooks"])
+    declared = raw.get("extension_points", {})
+    for point, impl in raw.get("implements", {}).items():
+        versions = impl.get("versions")
+        if versions is not None:
+            try:
+                SpecifierSet(versions)
+            except InvalidSpecifier:
+                raise refuse(["implements", point, "versions"], f"{_short(versions)} is not a "
+                             f"PEP 440 version specifier", "write a specifier such as "
+                             "'>=1.0,<2'") from None
+        hook = impl.get("hook", point)
+        if hook not in hooks:
+            where = ["implements", point, "hook"] if "hook" in impl else ["implements", point]
+            raise refuse(where, f"the point {point!r} is handled by the hook {hook!r}, which "
+                         f"is not among $.hooks", f"add {hook!r} to $.hooks, or name one of "
+                         f"$.hooks in $.implements[{json.dumps(point)}].hook")
+        for side in ("before", "after"):
+            if plugin in impl.get(side, ()):
+                raise refuse(["implements", point, side], f"the plugin {plugin!r} names itself",
+                             f"remove {plugin!r} from the list")
+        if point in declared:
+            raise refuse(["implements", point], f"the plugin declares the point {point!r} "
+                         f"itself ($.extension_points), and would dispatch into itself",
+                         "implement it in another plugin, or drop one of the two entries")
+    for point, spec in declared.items():
+        for key in ("input_schema", "output_schema"):
+            if key not in spec:
+                continue
+            parts = ["extension_points", point, key]
+            schema = spec[key]
+            size = len(json.dumps(schema, ensure_ascii=False).encode("utf-8"))
+            if size > MAX_POINT_SCHEMA_BYTES:
+                raise refuse(parts, f"the schema is {size} bytes as JSON, more than the "
+                             f"{MAX_POINT_SCHEMA_BYTES} a point schema may have",
+                             "make it smaller")
+            if _depth(schema) > MAX_POINT_SCHEMA_DEPTH:
+                raise refuse(parts, f"the schema nests more than {MAX_POINT_SCHEMA_DEPTH} "
+                             "levels deep", "flatten it")
+            if isinstance(schema, dict):
+                _check_plugin_schema(schema, file, plugin, key, _format_json_path(parts))
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests (a scalar: 0); iterative, and bounded by MAX_JSON_DEPTH
+    already."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _build_implements(raw: Mapping[str, Any]) -> dict[str, Implementation]:
+    return {
+        point: Implementation(
+            point=point,
+            versions=impl.get("versions", ""),
+            hook=impl.get("hook", point),
+            before=tuple(impl.get("before", ())),
+            after=tuple(impl.get("after", ())),
+        )
+        for point, impl in raw.items()
+    }
+
+
+def _build_points(raw: Mapping[str, Any]) -> dict[str, PointSpec]:
+    return {
+        name: PointSpec(
+            name=name,
+            version=spec["version"],
+            mode=spec.get("mode", "each"),
+            failure=spec.get("failure", "isolate"),
+            input_schema=spec.get("input_schema"),
+            output_schema=spec.get("output_schema"),
+            description=spec.get("description", ""),
+        )
+        for name, spec in raw.items()
+    }
 
 
 # --------------------------------------------------------------------------------------------

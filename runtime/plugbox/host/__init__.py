@@ -1,0 +1,33 @@
+"""The plugin host (issue 8): :class:`PluginHost` declares extension points and host
+functions, hosts plugins and dispatches to them. Everything public here is also exported
+from ``plugbox``."""
+
+from __future__ import annotations
+
+from ._errors import (
+    IncompatiblePointError,
+    InvalidResultError,
+    OrderCycleError,
+    PayloadError,
+    ReentrantDispatchError,
+)
+from ._host import MAX_DISPATCH_DEPTH, HostedPlugin, HostRouter, PluginHost
+from ._points import ExtensionPoint, HostFunction
+from ._results import DispatchResult, Failure, Result
+
+__all__ = [
+    "MAX_DISPATCH_DEPTH",
+    "DispatchResult",
+    "ExtensionPoint",
+    "Failure",
+    "HostFunction",
+    "HostRouter",
+    "HostedPlugin",
+    "IncompatiblePointError",
+    "InvalidResultError",
+    "OrderCycleError",
+    "PayloadError",
+    "PluginHost",
+    "ReentrantDispatchError",
+    "Result",
+]

@@ -1,0 +1,806 @@
+"""The PluginHost: one Runtime, the extension points and host functions the host declares,
+the plugins it hosts, and dispatch.
+
+Thread safety: the host's tables (plugins, points, functions, dispatch orders) change under
+one lock, and each change publishes new immutable snapshots; a dispatch reads one snapshot
+and takes no lock, so calls from many threads run in parallel (each plugin's own instance
+pool bounds its concurrency). A plugin removed while a dispatch is calling it fails that call
+with :class:`plugbox.ClosedError`, recorded like any failure.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import fnmatch
+import inspect
+import json
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from .._errors import PlugboxError, PolicyViolationError, UsageError
+from .._manifest import Implementation, Manifest, validate_manifest, read_manifest
+from .._permissions import Limits
+from .._plugin import Plugin
+from .._policy import Policy
+from .._runtime import Runtime, check_runnable
+from ..services._services import HostCallError
+from ..trust._package import staged_plugin
+from ..trust._trust import TrustPolicy
+from ._errors import (IncompatiblePointError, InvalidResultError, OrderCycleError, PayloadError,
+                      ReentrantDispatchError)
+from ._order import Cycle, dispatch_order
+from ._points import ExtensionPoint, HostFunction
+from ._results import DispatchResult, Failure, Result
+
+__all__ = ["MAX_DISPATCH_DEPTH", "HostedPlugin", "PluginHost"]
+
+_log = logging.getLogger("plugbox.host")
+
+#: Dispatches nest at most this deep (a plugin dispatching a point whose implementation
+#: dispatches another ...); deeper ones are refused with ReentrantDispatchError.
+MAX_DISPATCH_DEPTH: Final = 8
+#: Background ``notify`` dispatches queued at most; more are dropped (and logged) rather than
+#: letting a fast caller queue without bound.
+MAX_BACKGROUND_PENDING: Final = 1024
+#: Background dispatches with failures kept for :attr:`PluginHost.background_failures`.
+BACKGROUND_FAILURES_KEPT: Final = 256
+
+# The dispatch chain of the current context: the points being dispatched and the plugins
+# being called, outermost first. Context variables follow the call into worker threads
+# (submitted with copy_context), so a chain split over threads is still one chain.
+_POINTS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "plugbox_host_points", default=())
+_PLUGINS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "plugbox_host_plugins", default=frozenset())
+
+
+@dataclass(frozen=True, eq=False)
+class HostedPlugin:
+    """A plugin added to a :class:`PluginHost`: ``plugin`` is the loaded
+    :class:`plugbox.Plugin`, ``manifest`` its manifest, ``source`` the path it was added from,
+    ``priority`` the host's priority (higher runs first), ``enabled`` False for a plugin that
+    is loaded but not dispatched to, ``config`` the configuration it was loaded with."""
+
+    name: str
+    plugin: Plugin = field(repr=False)
+    priority: int
+    manifest: Manifest = field(repr=False)
+    source: Path
+    enabled: bool = True
+    config: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    index: int = field(default=0, repr=False)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """Sort key of the default order: higher priority first, then add order."""
+        return (-self.priority, self.index)
+
+
+@dataclass(frozen=True)
+class _Impl:
+    """One plugin's implementation of one point, as the dispatch order sees it."""
+
+    hosted: HostedPlugin
+    impl: Implementation
+
+    @property
+    def name(self) -> str:
+        return self.hosted.name
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.hosted.key
+
+    @property
+    def before(self) -> tuple[str, ...]:
+        return self.impl.before
+
+    @property
+    def after(self) -> tuple[str, ...]:
+        return self.impl.after
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """One consistent snapshot of what a dispatch needs."""
+
+    points: Mapping[str, ExtensionPoint]
+    functions: Mapping[str, HostFunction]
+    plugins: tuple[HostedPlugin, ...]  # add order
+    orders: Mapping[str, tuple[_Impl, ...]]
+
+
+class _HostRuntime(Runtime):
+    """The host's Runtime: the same, except that a plugin implementing points with a
+    ``memory_bytes`` limit is loaded with its memory capped by the tightest of them."""
+
+    _memory_cap: Callable[[Manifest], tuple[int, str] | None] | None = None
+
+    def _verified(self, path: str | os.PathLike[str], allow_unrequested_imports: bool
+                  ) -> Any:
+        verified = super()._verified(path, allow_unrequested_imports)
+        found = self._memory_cap(verified.manifest) if self._memory_cap is not None else None
+        if found is None or found[0] >= verified.limits.memory_bytes:
+            return verified
+        limits: Limits = dataclasses.replace(verified.limits, memory_bytes=found[0])
+        try:
+            check_runnable(verified.manifest, verified.wasm, verified.info, limits,
+                           self.policy, self.engine.wasmtime)
+        except PlugboxError as exc:
+            exc.add_note(f"(the memory cap of {found[0]} bytes is extension point "
+                         f"{found[1]!r}'s memory_bytes)")
+            raise
+        return verified._replace(limits=limits)
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+class PluginHost:
+    """Hosts many plugins behind extension points: the object a host application creates
+    once, declares its extension points and host functions on, adds plugins to and
+    dispatches through.
+
+    ``state_dir``, ``trust`` and ``policy`` are those of the :class:`plugbox.Runtime` the host
+    owns (:attr:`runtime`); ``runtime_options`` are passed to it too (``cache_dir``,
+    ``pooled_instances``, ...). ``max_workers`` bounds the threads that run ``concurrent``
+    dispatches and ``background`` notifications.
+
+    Usage::
+
+        with plugbox.PluginHost(state_dir="state") as host:
+            host.extension_point("text.analyze", version="1.2.0", mode="each")
+            host.add("plugins/word-stats", priority=10)
+            result = host.call("text.analyze", {"text": "a b a"})
+            for answer in result.results: ...
+
+    Thread-safe: see the module documentation.
+    """
+
+    def __init__(
+        self,
+        *,
+        state_dir: str | os.PathLike[str] | None = None,
+        trust: TrustPolicy | None = None,
+        policy: Policy | None = None,
+        runtime_options: Mapping[str, Any] | None = None,
+        max_workers: int = 4,
+    ) -> None:
+        if type(max_workers) is not int or not 1 <= max_workers <= 64:
+            raise UsageError(f"max_workers must be an int from 1 to 64, not {max_workers!r}")
+        options = dict(runtime_options or {})
+        for reserved in ("state_dir", "trust", "policy", "router"):
+            if reserved in options:
+                raise UsageError(f"runtime_options may not set {reserved!r}: pass it to "
+                                 f"PluginHost itself" if reserved != "router" else
+                                 "runtime_options may not set 'router': the host is the "
+                                 "router")
+        self._router = HostRouter(self)
+        if "router" in inspect.signature(Runtime.__init__).parameters:
+            options["router"] = self._router
+        runtime = _HostRuntime(state_dir=state_dir, trust=trust, policy=policy, **options)
+        runtime._memory_cap = self._memory_cap
+        #: The Runtime that loads and runs the hosted plugins.
+        self.runtime: Runtime = runtime
+        self._lock = threading.RLock()
+        self._tables = _Tables(points={}, functions={}, plugins=(), orders={})
+        self._added = 0
+        self._workers = ThreadPoolExecutor(max_workers=max_workers,
+                                           thread_name_prefix="plugbox-host")
+        self._pending = threading.BoundedSemaphore(MAX_BACKGROUND_PENDING)
+        self._background_failures: deque[DispatchResult] = deque(
+            maxlen=BACKGROUND_FAILURES_KEPT)
+        self._closed = False
+
+    # -- declarations ----------------------------------------------------------------------
+
+    def extension_point(
+        self,
+        name: str,
+        *,
+        version: str,
+        payload: str = "json",
+        input_schema: Mapping[str, Any] | bool | None = None,
+        output_schema: Mapping[str, Any] | bool | None = None,
+        mode: str = "each",
+        failure: str = "isolate",
+        fuel: int | None = None,
+        deadline_ms: int | None = None,
+        memory_bytes: int | None = None,
+        background: bool = False,
+        concurrent: bool = False,
+        description: str = "",
+    ) -> ExtensionPoint:
+        """Declare extension point ``name`` at semver ``version``; returns it.
+
+        ``payload``: ``"json"`` (values, checked against ``input_schema``; results against
+        ``output_schema``) or ``"bytes"``. ``mode``: ``each`` (every implementation in order,
+        every result returned), ``first`` (until one returns non-null: JSON ``null``, or empty
+        bytes, means "no answer"), ``pipeline`` (each gets the previous output; the value is
+        the last output) or ``notify`` (results discarded; ``background=True`` returns at
+        once and runs the dispatch on a worker thread). ``failure``: ``isolate`` (a failing
+        plugin is recorded in :attr:`DispatchResult.failures`, the others still run) or
+        ``propagate`` (the first failure is raised). ``fuel``/``deadline_ms`` tighten every
+        implementation's limits for calls of this point, ``memory_bytes`` caps the memory of
+        plugins implementing it (applied when they are added). ``concurrent=True`` (``each``,
+        ``notify``) runs the implementations of one dispatch at the same time on the host's
+        worker threads. Raises :class:`plugbox.UsageError` on a bad argument or a name
+        already declared.
+        """
+        point = ExtensionPoint.declare(
+            name, version=version, payload=payload, input_schema=input_schema,
+            output_schema=output_schema, mode=mode, failure=failure, fuel=fuel,
+            deadline_ms=deadline_ms, memory_bytes=memory_bytes, background=background,
+            concurrent=concurrent, description=description)
+        with self._lock:
+            self._check_open()
+            existing = self._tables.points.get(name)
+            if existing is not None:
+                raise UsageError(f"extension point {name!r} is already declared "
+                                 f"({_declared_by(existing)}); declare each point once")
+            self._publish(points={**self._tables.points, name: point})
+        return point
+
+    def function(
+        self,
+        name: str,
+        handler: Callable[..., Any],
+        *,
+        input_schema: Mapping[str, Any] | bool | None = None,
+        output_schema: Mapping[str, Any] | bool | None = None,
+        payload: str = "json",
+        description: str = "",
+    ) -> HostFunction:
+        """Offer host function ``name`` to plugins (ABI 1.1 ``host.call``); returns it.
+
+        ``handler(value)`` gets the decoded payload (JSON, checked against ``input_schema``;
+        bytes for ``payload="bytes"``) and returns the result (checked against
+        ``output_schema``); a handler with a parameter named ``plugin`` also gets the calling
+        plugin's name. A plugin may call it when its manifest's ``permissions.functions``
+        matches ``name`` (and the host's ``Policy.host_functions`` allows it). The guest sees
+        a bad payload as ``invalid-input`` and an exception of the handler as ``failure``
+        (logged on ``plugbox.host`` with the plugin and function); a handler may raise
+        ``HostCallError(kind, message)`` to choose the error itself. Register functions
+        before adding the plugins that ask for them.
+        """
+        function = HostFunction.declare(name, handler, input_schema=input_schema,
+                                        output_schema=output_schema, payload=payload,
+                                        description=description)
+        with self._lock:
+            self._check_open()
+            if name in self._tables.functions:
+                raise UsageError(f"host function {name!r} is already registered")
+            self._publish(functions={**self._tables.functions, name: function})
+        return function
+
+    # -- plugins ---------------------------------------------------------------------------
+
+    def add(
+        self,
+        source: str | os.PathLike[str],
+        *,
+        priority: int = 0,
+        config: Mapping[str, Any] | None = None,
+        enabled: bool = True,
+    ) -> HostedPlugin:
+        """Verify and load the plugin at ``source`` (a plugin directory, its ``plugbox.json``
+        or a ``.plugbox`` package) through the runtime, and host it.
+
+        Refused before anything is compiled, with a :class:`plugbox.VerificationError`:
+        a plugin implementing a point the host does not declare, or a version it does not
+        offer (:class:`plugbox.IncompatiblePointError`, naming the point and the versions on
+        offer); one declaring a point that exists already (the same error); one whose
+        ``permissions.functions`` names functions the host never registered
+        (:class:`plugbox.PolicyViolationError`, ``permission="functions"``); one whose
+        ``before``/``after`` constraints close a cycle (:class:`plugbox.OrderCycleError`,
+        naming the plugins). Then every check of :meth:`plugbox.Runtime.load`. ``priority``
+        orders it among the implementations of each point (higher first; ``before``/
+        ``after`` constraints win over it, add order breaks ties); ``config`` is its
+        configuration; ``enabled=False`` loads it but does not dispatch to it.
+        """
+        if type(priority) is not int:
+            raise UsageError(f"priority must be an int, not {priority!r}")
+        self._check_open()
+        path = Path(source)
+        with staged_plugin(path) as staged:
+            early = validate_manifest(read_manifest(staged))
+        with self._lock:
+            self._admit(early)  # cheap checks first: nothing compiled for a refused plugin
+        plugin = self.runtime.load(path, config=dict(config or {}))
+        try:
+            with self._lock:
+                self._check_open()
+                self._admit(plugin.manifest)
+                self._added += 1
+                hosted = HostedPlugin(name=plugin.name, plugin=plugin, priority=priority,
+                                      manifest=plugin.manifest, source=path,
+                                      enabled=bool(enabled), config=dict(config or {}),
+                                      index=self._added)
+                points = dict(self._tables.points)
+                for name, spec in plugin.manifest.extension_points.items():
+                    points[name] = ExtensionPoint.declare(
+                        name, version=spec.version, mode=spec.mode, failure=spec.failure,
+                        input_schema=spec.input_schema, output_schema=spec.output_schema,
+                        description=spec.description, owner=plugin.name)
+                self._publish(points=points, plugins=(*self._tables.plugins, hosted))
+        except BaseException:
+            plugin.close()
+            raise
+        _log.info("host: added plugin %s %s (priority %d%s)", plugin.name, plugin.version,
+                  priority, "" if enabled else ", disabled")
+        return hosted
+
+    def _admit(self, manifest: Manifest) -> None:
+        """Refuse ``manifest`` if it cannot join the plugins hosted now (lock held)."""
+        tables = self._tables
+        name = manifest.name
+        if any(hp.name == name for hp in tables.plugins):
+            raise UsageError(f"a plugin named {name!r} is already added to this host; remove "
+                             f"it first (host.remove({name!r}))", plugin=name)
+        for point, spec in manifest.extension_points.items():
+            existing = tables.points.get(point)
+            if existing is not None:
+                raise IncompatiblePointError(
+                    f"plugin {name!r} declares extension point {point!r} "
+                    f"($.extension_points in {manifest.path}), which is already declared "
+                    f"({_declared_by(existing)}); rename the point", plugin=name, point=point,
+                    versions=(existing.version,))
+        for point, impl in manifest.implements.items():
+            declared = tables.points.get(point)
+            if declared is None:
+                offered = ", ".join(sorted(tables.points)) or "none"
+                raise IncompatiblePointError(
+                    f"plugin {name!r} implements extension point {point!r} ($.implements in "
+                    f"{manifest.path}), which this host does not declare (declared points: "
+                    f"{offered}); declare it with host.extension_point({point!r}, ...), add "
+                    f"the plugin declaring it first, or remove it from $.implements",
+                    plugin=name, point=point)
+            if impl.versions and not impl.accepts(declared.version):
+                raise IncompatiblePointError(
+                    f"plugin {name!r} implements extension point {point!r} versions "
+                    f"{impl.versions} ($.implements[{json.dumps(point)}].versions in "
+                    f"{manifest.path}), but this host offers {point!r} version "
+                    f"{declared.version} only; update the plugin for {declared.version}, or "
+                    f"widen its specifier", plugin=name, point=point,
+                    versions=(declared.version,))
+        for pattern in getattr(manifest.permissions, "functions", ()):
+            if not any(fnmatch.fnmatchcase(fn, pattern) for fn in tables.functions):
+                offered = ", ".join(sorted(tables.functions)) or "none"
+                raise PolicyViolationError(
+                    f"plugin {name!r} requests host functions {pattern!r} "
+                    f"($.permissions.functions in {manifest.path}), but this host registers "
+                    f"no function matching it (registered: {offered}); register it with "
+                    f"host.function(...) before adding the plugin, or remove the request",
+                    plugin=name, permission="functions")
+        probe = HostedPlugin(name=name, plugin=None, priority=0,  # type: ignore[arg-type]
+                             manifest=manifest, source=manifest.directory,
+                             index=self._added + 1)
+        for point, impl in manifest.implements.items():
+            entries = [*self._implementations(tables.plugins, point), _Impl(probe, impl)]
+            try:
+                dispatch_order(entries)
+            except Cycle as exc:
+                cycle = " -> ".join(exc.plugins)
+                raise OrderCycleError(
+                    f"plugin {name!r} cannot be added: the before/after constraints on "
+                    f"extension point {point!r} would form a cycle ({cycle} runs before "
+                    f"itself); remove one of the constraints ($.implements"
+                    f"[{json.dumps(point)}].before/after) of {', '.join(sorted(set(exc.plugins)))}",
+                    plugin=name, point=point, plugins=exc.plugins[:-1]) from None
+
+    @staticmethod
+    def _implementations(plugins: tuple[HostedPlugin, ...], point: str) -> list[_Impl]:
+        return [_Impl(hp, hp.manifest.implements[point]) for hp in plugins
+                if point in hp.manifest.implements]
+
+    def _memory_cap(self, manifest: Manifest) -> tuple[int, str] | None:
+        """(cap, point) of the tightest ``memory_bytes`` among the points ``manifest``
+        implements, or None."""
+        caps = [(p.memory_bytes, p.name) for p in (self._tables.points.get(n)
+                                                   for n in manifest.implements)
+                if p is not None and p.memory_bytes is not None]
+        return min(caps) if caps else None
+
+    def remove(self, name: str) -> None:
+        """Stop hosting plugin ``name`` and close it (calls in flight fail with
+        :class:`plugbox.ClosedError`). Refused (:class:`plugbox.UsageError`) while other
+        plugins implement an extension point it declares."""
+        with self._lock:
+            hosted = self.get(name)
+            if hosted is None:
+                raise UsageError(f"no plugin named {name!r} is added to this host (added: "
+                                 f"{', '.join(hp.name for hp in self._tables.plugins) or 'none'})")
+            owned = set(hosted.manifest.extension_points)
+            users = sorted(hp.name for hp in self._tables.plugins
+                           if hp is not hosted and owned & set(hp.manifest.implements))
+            if users:
+                raise UsageError(f"plugin {name!r} declares extension points that "
+                                 f"{', '.join(users)} implement; remove those first",
+                                 plugin=name)
+            self._publish(
+                points={k: v for k, v in self._tables.points.items() if k not in owned},
+                plugins=tuple(hp for hp in self._tables.plugins if hp is not hosted))
+        hosted.plugin.close()
+        _log.info("host: removed plugin %s", name)
+
+    def get(self, name: str) -> HostedPlugin | None:
+        """The hosted plugin called ``name``, or None."""
+        for hosted in self._tables.plugins:
+            if hosted.name == name:
+                return hosted
+        return None
+
+    @property
+    def plugins(self) -> tuple[HostedPlugin, ...]:
+        """The hosted plugins in the default order: higher priority first, then add order
+        (each point's dispatch order also honours ``before``/``after``:
+        :meth:`implementations`)."""
+        return tuple(sorted(self._tables.plugins, key=lambda hp: hp.key))
+
+    @property
+    def points(self) -> Mapping[str, ExtensionPoint]:
+        """The declared extension points (the host's and the plugins'), by name."""
+        return dict(self._tables.points)
+
+    @property
+    def functions(self) -> Mapping[str, HostFunction]:
+        """The registered host functions, by name."""
+        return dict(self._tables.functions)
+
+    def implementations(self, point: str) -> tuple[HostedPlugin, ...]:
+        """The plugins implementing ``point``, in dispatch order (disabled ones included)."""
+        tables = self._tables
+        self._point(tables, point)
+        return tuple(entry.hosted for entry in tables.orders.get(point, ()))
+
+    def _publish(self, *, points: Mapping[str, ExtensionPoint] | None = None,
+                 functions: Mapping[str, HostFunction] | None = None,
+                 plugins: tuple[HostedPlugin, ...] | None = None) -> None:
+        """Replace the snapshot (lock held), recomputing every point's dispatch order."""
+        old = self._tables
+        points = old.points if points is None else points
+        plugins = old.plugins if plugins is None else plugins
+        orders = {name: tuple(dispatch_order(self._implementations(plugins, name)))
+                  for name in points}
+        self._tables = _Tables(points=points,
+                               functions=old.functions if functions is None else functions,
+                               plugins=plugins, orders=orders)
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def call(self, point: str, payload: Any = None) -> DispatchResult:
+        """Dispatch ``point`` with ``payload`` (a JSON value, or bytes for a bytes point)
+        to the enabled plugins implementing it, in order, as the point's mode and failure
+        policy say; see :meth:`extension_point` and :class:`DispatchResult`.
+
+        Raises :class:`plugbox.PayloadError` when the payload does not fit the point (the
+        input schema's JSON path in the message), :class:`plugbox.UsageError` for an unknown
+        point, the first plugin failure under ``propagate``, and
+        :class:`plugbox.ReentrantDispatchError` for a dispatch nested in its own (a host
+        function dispatching the point that called it). Thread-safe.
+        """
+        if self._closed:
+            self._check_open()
+        tables = self._tables
+        spec = self._point(tables, point)
+        data = self._encode(spec, payload)
+        return self._dispatch(tables, spec, data, caller=None)
+
+    def _point(self, tables: _Tables, point: str) -> ExtensionPoint:
+        spec = tables.points.get(point)
+        if spec is None:
+            if self._closed:
+                self._check_open()
+            raise UsageError(f"no extension point {point!r} is declared on this host "
+                             f"(declared: {', '.join(sorted(tables.points)) or 'none'})")
+        return spec
+
+    def _encode(self, spec: ExtensionPoint, payload: Any) -> bytes:
+        """The payload as the bytes plugins get, checked against the input schema."""
+        where = f"extension point {spec.name!r}"
+        if spec.payload == "bytes":
+            if not isinstance(payload, (bytes, bytearray, memoryview)):
+                raise PayloadError(f"{where} carries bytes; the payload must be bytes, not "
+                                   f"{type(payload).__name__}", point=spec.name)
+            return bytes(payload)
+        try:
+            data = _dumps(payload)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise PayloadError(f"{where}: the payload is not JSON-serialisable: {exc}",
+                               point=spec.name) from None
+        if spec._input is not None:
+            error = spec._input.error(payload)
+            if error is not None:
+                raise PayloadError(f"{where}: the payload is invalid at {error[0]}: {error[1]} "
+                                   f"(the point's input_schema requires this)",
+                                   point=spec.name, json_path=error[0])
+        return data
+
+    def _dispatch(self, tables: _Tables, spec: ExtensionPoint, data: bytes,
+                  caller: str | None) -> DispatchResult:
+        chain = _POINTS.get()
+        if spec.name in chain:
+            path = " -> ".join((*chain, spec.name))
+            raise ReentrantDispatchError(
+                f"extension point {spec.name!r} is dispatched from within its own dispatch "
+                f"({path}); a point cannot be re-entered: dispatch it after the outer "
+                f"dispatch returns", point=spec.name, plugin=caller)
+        if len(chain) >= MAX_DISPATCH_DEPTH:
+            raise ReentrantDispatchError(
+                f"extension point {spec.name!r}: dispatches nest more than "
+                f"{MAX_DISPATCH_DEPTH} deep ({' -> '.join(chain)}); flatten the chain",
+                point=spec.name, plugin=caller)
+        entries = tuple(e for e in tables.orders.get(spec.name, ()) if e.hosted.enabled)
+        if spec.background:
+            if not self._pending.acquire(blocking=False):
+                _log.warning("extension point %r: %d background dispatches are pending; "
+                             "this one is dropped", spec.name, MAX_BACKGROUND_PENDING)
+                return DispatchResult(spec.name, spec.mode)
+            context = contextvars.copy_context()
+            try:
+                self._workers.submit(context.run, self._background, spec, entries, data,
+                                     caller)
+            except RuntimeError:  # the host is closing
+                self._pending.release()
+                self._check_open()
+                raise
+            return DispatchResult(spec.name, spec.mode)
+        with _entered(_POINTS, (*chain, spec.name)):
+            return self._run(spec, entries, data, caller)
+
+    def _background(self, spec: ExtensionPoint, entries: tuple[_Impl, ...], data: bytes,
+                    caller: str | None) -> None:
+        try:
+            with _entered(_POINTS, (*_POINTS.get(), spec.name)):
+                result = self._run(spec, entries, data, caller)
+        except PlugboxError as exc:  # propagate: the first failure stopped the dispatch
+            result = DispatchResult(spec.name, spec.mode,
+                                    failures=[Failure(exc.plugin or "?", exc)])
+            _log.warning("extension point %r (background): %s", spec.name, exc)
+        except BaseException:  # pragma: no cover - a bug; never lost silently
+            _log.exception("extension point %r (background): dispatch failed", spec.name)
+            return
+        finally:
+            self._pending.release()
+        if result.failures:
+            self._background_failures.append(result)
+
+    @property
+    def background_failures(self) -> tuple[DispatchResult, ...]:
+        """The latest background ``notify`` dispatches that had failures (at most
+        :data:`BACKGROUND_FAILURES_KEPT`, oldest first); each failure is also logged."""
+        return tuple(self._background_failures)
+
+    def _run(self, spec: ExtensionPoint, entries: tuple[_Impl, ...], data: bytes,
+             caller: str | None) -> DispatchResult:
+        results: list[Result] = []
+        failures: list[Failure] = []
+        active = _PLUGINS.get() | ({caller} if caller else set())
+        mode = spec.mode
+
+        def attempt(entry: _Impl, payload: bytes) -> tuple[bool, Any]:
+            """(ok, value or error) of one implementation, errors typed."""
+            try:
+                if entry.name in active:
+                    raise ReentrantDispatchError(
+                        f"plugin {entry.name!r} implements extension point {spec.name!r}, "
+                        f"but a call of its own is still running on this dispatch chain "
+                        f"(it dispatched into itself, directly or through other plugins); "
+                        f"it is skipped for this dispatch", point=spec.name, plugin=entry.name)
+                return True, self._invoke(spec, entry, payload, active)
+            except PlugboxError as exc:
+                return False, exc
+
+        def failed(entry: _Impl, exc: PlugboxError) -> None:
+            if spec.failure == "propagate":
+                exc.add_note(f"(while dispatching extension point {spec.name!r}, failure "
+                             f"policy 'propagate')")
+                raise exc
+            _log.warning("extension point %r: plugin %r failed (isolated): %s", spec.name,
+                         entry.name, exc)
+            failures.append(Failure(entry.name, exc))
+
+        if spec.concurrent and len(entries) > 1 and len(_POINTS.get()) <= 1 \
+                and not _in_worker():
+            futures: list[Future[tuple[bool, Any]]] = [
+                self._workers.submit(contextvars.copy_context().run, attempt, entry, data)
+                for entry in entries]
+            outcomes = [future.result() for future in futures]
+        else:
+            outcomes = []
+        value: Any = None
+        payload = data
+        for index, entry in enumerate(entries):
+            ok, got = outcomes[index] if outcomes else attempt(entry, payload)
+            if not ok:
+                failed(entry, got)
+                continue
+            if mode == "notify":
+                continue
+            results.append(Result(entry.name, got))
+            if mode == "first":
+                if got is not None:
+                    value = got
+                    break
+                results.pop()
+            elif mode == "pipeline":
+                value = got
+                payload = got if spec.payload == "bytes" else _dumps(got)
+        if mode == "pipeline" and not results:
+            value = data if spec.payload == "bytes" else json.loads(data)
+        return DispatchResult(spec.name, mode, value, results, failures)
+
+    def _invoke(self, spec: ExtensionPoint, entry: _Impl, payload: bytes,
+                active: frozenset[str] | set[str]) -> Any:
+        """Call one implementation; its decoded, checked result."""
+        plugin = entry.hosted.plugin
+        hook = entry.impl.hook
+        limits = plugin.limits
+        fuel = min(spec.fuel, limits.fuel) if spec.fuel is not None else None
+        deadline = (min(spec.deadline_ms, limits.deadline_ms) if spec.deadline_ms is not None
+                    else None)
+        with _entered(_PLUGINS, frozenset(active | {entry.name})):
+            raw = plugin.call(hook, payload, fuel=fuel, deadline_ms=deadline)
+        if spec.payload == "bytes":
+            return raw if raw or spec.mode != "first" else None
+        where = f"plugin {entry.name!r}, extension point {spec.name!r} (hook {hook!r})"
+        try:
+            value = json.loads(raw) if raw else None
+        except ValueError as exc:
+            raise InvalidResultError(f"{where}: the result is not JSON ({exc})",
+                                     plugin=entry.name, hook=hook, point=spec.name) from None
+        if spec._output is not None and spec.mode != "notify" and not (
+                spec.mode == "first" and value is None):
+            error = spec._output.error(value)
+            if error is not None:
+                raise InvalidResultError(
+                    f"{where}: the result is invalid at {error[0]}: {error[1]} (the point's "
+                    f"output_schema requires this); the plugin's result counts as a failure",
+                    plugin=entry.name, hook=hook, point=spec.name, json_path=error[0])
+        return value
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError("this PluginHost is closed; create a new one")
+
+    def close(self) -> None:
+        """Wait for running background dispatches (queued ones are dropped), then close every
+        plugin and the runtime. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._workers.shutdown(wait=True, cancel_futures=True)
+        self.runtime.close()
+
+    def __enter__(self) -> PluginHost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        tables = self._tables
+        return (f"<plugbox.PluginHost {len(tables.plugins)} plugins, {len(tables.points)} "
+                f"extension points, {len(tables.functions)} functions>")
+
+
+def _declared_by(point: ExtensionPoint) -> str:
+    return "by the host" if point.owner is None else f"by plugin {point.owner!r}"
+
+
+def _in_worker() -> bool:
+    # A worker waiting on its own pool could wait for ever: nested concurrency runs inline.
+    return threading.current_thread().name.startswith("plugbox-host")
+
+
+@contextmanager
+def _entered(var: contextvars.ContextVar[Any], value: Any) -> Iterator[None]:
+    token = var.set(value)
+    try:
+        yield
+    finally:
+        var.reset(token)
+
+
+class HostRouter:
+    """The router between the runtime and a :class:`PluginHost` (the
+    ``plugbox.services._services.HostRouter`` protocol): what a guest's ABI 1.1 ``host.call``
+    and ``host.dispatch`` reach, after the runtime checked the plugin's ``functions`` /
+    ``dispatch`` permission. Raises ``HostCallError`` for what the guest should see as an
+    ABI error."""
+
+    def __init__(self, host: PluginHost) -> None:
+        self._host = host
+
+    def call_function(self, plugin: str, name: str, payload: bytes) -> bytes:
+        """Run host function ``name`` for ``plugin``: payload checked (``invalid-input``),
+        handler called (an exception is a logged ``failure``), result checked and encoded."""
+        function = self._host._tables.functions.get(name)
+        if function is None:
+            raise HostCallError("not-found", f"this host offers no function {name!r}")
+        value: Any = payload
+        if function.payload == "json":
+            try:
+                value = json.loads(payload) if payload else None
+            except ValueError as exc:
+                raise HostCallError("invalid-input", f"host function {name!r}: the payload "
+                                    f"is not JSON ({exc})") from None
+            if function._input is not None:
+                error = function._input.error(value)
+                if error is not None:
+                    raise HostCallError("invalid-input", f"host function {name!r}: the "
+                                        f"payload is invalid at {error[0]}: {error[1]}")
+        try:
+            with _entered(_PLUGINS, _PLUGINS.get() | {plugin}):
+                result = (function.handler(value, plugin=plugin) if function._wants_plugin
+                          else function.handler(value))
+        except HostCallError:
+            raise
+        except Exception as exc:
+            _log.error("host function %r failed for plugin %r", name, plugin, exc_info=True)
+            raise HostCallError("failure", f"host function {name!r} failed "
+                                f"({type(exc).__name__}); the host logged the details") from None
+        if function.payload == "bytes":
+            if not isinstance(result, (bytes, bytearray, memoryview)):
+                _log.error("host function %r returned %s, not bytes (plugin %r)", name,
+                           type(result).__name__, plugin)
+                raise HostCallError("failure", f"host function {name!r} returned no bytes")
+            return bytes(result)
+        if function._output is not None:
+            error = function._output.error(result)
+            if error is not None:
+                _log.error("host function %r returned an invalid result for plugin %r at "
+                           "%s: %s", name, plugin, *error)
+                raise HostCallError("failure", f"host function {name!r} returned a result "
+                                    f"its output_schema refuses at {error[0]}")
+        try:
+            return _dumps(result)
+        except (TypeError, ValueError, RecursionError):
+            _log.error("host function %r returned a result that is not JSON (plugin %r)",
+                       name, plugin)
+            raise HostCallError("failure", f"host function {name!r} returned no JSON") \
+                from None
+
+    def dispatch(self, plugin: str, point: str, payload: bytes) -> bytes:
+        """Dispatch ``point`` for ``plugin`` as :meth:`PluginHost.call` does; the
+        :meth:`DispatchResult.to_json` text. ``not-found`` for an unknown point,
+        ``invalid-input`` for a payload the point refuses, ``limit-reached`` for a re-entrant
+        dispatch, ``failure`` for a plugin failure under ``propagate``."""
+        host = self._host
+        tables = host._tables
+        spec = tables.points.get(point)
+        if spec is None:
+            raise HostCallError("not-found", f"this host has no extension point {point!r}")
+        data = payload
+        if spec.payload == "json":
+            try:
+                value = json.loads(payload) if payload else None
+            except ValueError as exc:
+                raise HostCallError("invalid-input", f"extension point {point!r}: the "
+                                    f"payload is not JSON ({exc})") from None
+            try:
+                data = host._encode(spec, value)
+            except PayloadError as exc:
+                raise HostCallError("invalid-input", exc.message) from None
+        try:
+            result = host._dispatch(tables, spec, data, caller=plugin)
+        except ReentrantDispatchError as exc:
+            raise HostCallError("limit-reached", exc.message) from None
+        except PlugboxError as exc:
+            raise HostCallError("failure", f"extension point {point!r}: {exc.message}") \
+                from None
+        return _dumps(result.to_json())
