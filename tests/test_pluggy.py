@@ -188,7 +188,8 @@ def test_registration_refusals(
     with pytest.raises(plugbox.UsageError, match="has no hook 'missing'"):
         register(pm, plugin, hooks={"tally_order": "missing"})
     with pytest.raises(plugbox.UsageError, match="failure must be"):
-        register(pm, plugin, hooks={"tally_order": "unrelated"}, failure="ignore")  # type: ignore[arg-type]
+        register(pm, plugin, hooks={"tally_order": "unrelated"},
+                 failure="ignore")  # type: ignore[arg-type]
     proxy = register(pm, plugin, hooks={"tally_order": "unrelated"})
     assert isinstance(proxy, SandboxedPlugin)
     with pytest.raises(ValueError):  # pluggy's own refusal passes through

@@ -403,10 +403,10 @@ class Plugin:
             inst.interrupt()
         # Set on threads running an acall (see "async calls"); the thread-local is read only
         # while some acall runs, so plain calls pay one global lookup.
-        scope = _scopes.current if _acalls_running else None
-        if scope is not None and not scope.bind(inst):
+        scope = _scope.get() if _acalls_running else None
+        if scope is not None and not scope.bind(inst):  # cancelled before it could start
             self._release(inst, keep=persistent, failed=False)
-            raise _Cancelled
+            raise scope.interrupted(self.name, hook)
         failed = True
         outcome: CallOutcome | None = None
         try:
@@ -495,31 +495,14 @@ class Plugin:
         call's deadline). A call cancelled before it started never runs. Other calls of the
         plugin, concurrent or later, are not affected. Raises what :meth:`call` raises.
         """
-        result: bytes = await self._in_thread(self.call, hook, payload, fuel=fuel,
-                                              deadline_ms=deadline_ms)
+        result: bytes = await run_cancellable(self._template.engine, self.call, hook, payload,
+                                              fuel=fuel, deadline_ms=deadline_ms)
         return result
 
     async def acall_json(self, hook: str, value: Any = None, **options: Any) -> Any:
         """:meth:`call_json` for asyncio hosts, cancellable like :meth:`acall`."""
-        return await self._in_thread(self.call_json, hook, value, **options)
-
-    async def _in_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        scope = _CallScope()
-        loop = asyncio.get_running_loop()
-        # The worker sees the caller's context variables (as asyncio.to_thread does), and runs
-        # on a thread with stack enough for a guest: a call never moves off the scope's thread.
-        job = functools.partial(contextvars.copy_context().run, run_on_enough_stack,
-                                self._template.engine, scope.run, fn, args, kwargs)
-        future = loop.run_in_executor(None, job)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            if scope.cancel():  # the guest is running: wait until it has let go of its instance
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(future)
-            else:
-                future.cancel()  # still queued: it never starts
-            raise
+        return await run_cancellable(self._template.engine, self.call_json, hook, value,
+                                     **options)
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -557,29 +540,47 @@ class Plugin:
         return f"<plugbox.Plugin {self.name} {self.version} ({state})>"
 
 
-class _Cancelled(Exception):
-    """Internal: an acall was cancelled before its guest started; the instance went back to the
-    pool unused. Only a plugin called from a host function of the cancelled call can see it
-    (host functions turn any exception into a failure of the guest's call)."""
+async def run_cancellable(engine: _fastpath.Engine, fn: Callable[..., Any], *args: Any,
+                          **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` on a worker thread (the event loop's default executor), inside
+    a :class:`_CallScope`: cancelling the awaiting task interrupts the plugin calls ``fn`` is
+    making (the scope is a context variable, so it follows ``fn`` into threads started with
+    the caller's context, as PluginHost's concurrent dispatch does), refuses those it has not
+    started yet, and returns once they have stopped. What :meth:`Plugin.acall` and
+    ``PluginHost.acall`` are made of."""
+    scope = _CallScope()
+    loop = asyncio.get_running_loop()
+    # The worker sees the caller's context variables (as asyncio.to_thread does), and runs on
+    # a thread with stack enough for a guest: a call never moves off the scope's context.
+    job = functools.partial(contextvars.copy_context().run, run_on_enough_stack, engine,
+                            scope.run, fn, args, kwargs)
+    future = loop.run_in_executor(None, job)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        if scope.cancel():  # the guest is running: wait until it has let go of its instance
+            with contextlib.suppress(Exception):
+                await asyncio.shield(future)
+        else:
+            future.cancel()  # still queued: it never starts
+        raise
 
 
-class _Scopes(threading.local):
-    current: _CallScope | None = None
-
-
-#: The acall scope of the call running on this thread, if any.
-_scopes = _Scopes()
-#: How many acall scopes are running in the process (guarded by _acalls_lock).
+#: The acall scope of the plugin calls made in this context, if any.
+_scope: contextvars.ContextVar[_CallScope | None] = contextvars.ContextVar(
+    "plugbox_acall_scope", default=None)
+#: How many acall scopes are running in the process (guarded by _acalls_lock): while none is,
+#: plain calls do not even read the context variable.
 _acalls_running = 0
 _acalls_lock = threading.Lock()
 
 
 class _CallScope:
-    """One acall, as its worker thread runs it: the instances its call borrowed (the outer
-    plugin's and those of plugins called from its host functions, on the same thread), so a
-    cancellation interrupts exactly those. bind/unbind and cancel take one lock, so an
-    instance is interrupted only while this call holds it, never after it went back to the
-    pool for another caller."""
+    """One acall, as its worker runs it: the instances its calls borrowed (the outer plugin's,
+    those of plugins called from its host functions, those of a dispatch's implementations on
+    other threads), so a cancellation interrupts exactly those. bind/unbind and cancel take
+    one lock, so an instance is interrupted only while this call holds it, never after it went
+    back to the pool for another caller."""
 
     __slots__ = ("_lock", "_held", "_started", "_cancelled")
 
@@ -597,7 +598,7 @@ class _CallScope:
                 return None
             self._started = True
         global _acalls_running
-        _scopes.current = self
+        token = _scope.set(self)
         with _acalls_lock:
             _acalls_running += 1
         try:
@@ -605,7 +606,7 @@ class _CallScope:
         finally:
             with _acalls_lock:
                 _acalls_running -= 1
-            _scopes.current = None
+            _scope.reset(token)
 
     def bind(self, inst: _Inst) -> bool:
         """A call of the scope took ``inst``; False when the acall was cancelled already (the
