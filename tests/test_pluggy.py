@@ -136,7 +136,7 @@ def test_isolate_skips_a_failing_plugin_and_records_why(
     with caplog.at_level(logging.WARNING, logger="plugbox.integrations.pluggy"):
         assert pm.hook.tally_order() == ["python", "steady"]
     [failure] = broken.failures
-    assert (failure.plugin, failure.hook, failure.plugin_hook) == \
+    assert (failure.plugin, failure.hook, failure.target) == \
         ("broken", "tally_order", "tally_order")
     assert isinstance(failure.error, plugbox.GuestTrap)
     assert "'broken'" in caplog.text and "isolate" in caplog.text

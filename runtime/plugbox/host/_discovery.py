@@ -48,18 +48,22 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from .._errors import ManifestError, PackageError, PlugboxError, UsageError
 from .._manifest import MANIFEST_FILENAME, Manifest, load_manifest
 from ..trust._package import PACKAGE_SUFFIX, PackageLimits, is_package, read_package
 
+if TYPE_CHECKING:
+    from ._host import HostedPlugin
+
 __all__ = [
     "ENTRY_POINT_GROUP",
-    "Candidate",
+    "AddedPlugins",
+    "DiscoveredPlugin",
     "DiscoveryLimits",
+    "DiscoveryProblem",
     "DiscoveryReport",
-    "Problem",
     "discover",
 ]
 
@@ -98,7 +102,7 @@ class DiscoveryLimits:
 
 
 @dataclass(frozen=True)
-class Candidate:
+class DiscoveredPlugin:
     """A plugin discovery found: its validated manifest and where it is.
 
     ``source`` is what to load (``Runtime.load(candidate.source)``, ``PluginHost.add``): the
@@ -126,9 +130,9 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class Problem:
+class DiscoveryProblem:
     """Something discovery could not use: ``path`` (the file or directory at fault), how it was
-    found (``origin``, as for :class:`Candidate`) and why: ``error`` is the typed error
+    found (``origin``, as for :class:`DiscoveredPlugin`) and why: ``error`` is the typed error
     (:class:`~plugbox.ManifestError` for a missing, unreadable, invalid or duplicate manifest
     and for an entry point that names no plugin, :class:`~plugbox.PackageError` for a broken
     package, :class:`~plugbox.UsageError` for a path or directory that cannot be read)."""
@@ -152,15 +156,15 @@ class Problem:
 class DiscoveryReport:
     """What :func:`discover` found: the candidates in search order and the problems met."""
 
-    candidates: tuple[Candidate, ...]
-    problems: tuple[Problem, ...]
+    candidates: tuple[DiscoveredPlugin, ...]
+    problems: tuple[DiscoveryProblem, ...]
 
     @property
     def ok(self) -> bool:
         """True when there was no problem."""
         return not self.problems
 
-    def get(self, name: str) -> Candidate | None:
+    def get(self, name: str) -> DiscoveredPlugin | None:
         """The candidate named ``name``, if one was found."""
         return next((c for c in self.candidates if c.name == name), None)
 
@@ -168,6 +172,22 @@ class DiscoveryReport:
         """The report as JSON-ready data (what ``plugbox discover --json`` prints)."""
         return {"ok": self.ok, "candidates": [c.to_json() for c in self.candidates],
                 "problems": [p.to_json() for p in self.problems]}
+
+
+@dataclass(frozen=True)
+class AddedPlugins:
+    """What ``PluginHost.add_discovered`` did: the plugins it added, in the order found, and
+    every problem: the discovery report's own, then the candidates the host refused (the
+    typed error of ``PluginHost.add``: a failed signature check, an extension point the host
+    does not offer, ...) and names of the enable list that were not found."""
+
+    plugins: tuple[HostedPlugin, ...]
+    problems: tuple[DiscoveryProblem, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when there was no problem."""
+        return not self.problems
 
 
 def discover(
@@ -184,7 +204,7 @@ def discover(
     is where distributions are looked for (default ``sys.path``).
 
     Reads manifests only; never raises for a broken plugin (it becomes a
-    :class:`Problem`), only :class:`~plugbox.UsageError` for invalid arguments.
+    :class:`DiscoveryProblem`), only :class:`~plugbox.UsageError` for invalid arguments.
     """
     if isinstance(directories, (str, os.PathLike)) or isinstance(paths, (str, os.PathLike)):
         raise UsageError("discover() takes lists of directories and paths, not a single path: "
@@ -208,9 +228,9 @@ class _Run:
 
     def __init__(self, limits: DiscoveryLimits) -> None:
         self.limits = limits
-        self.candidates: list[Candidate] = []
-        self.problems: list[Problem] = []
-        self._names: dict[str, Candidate] = {}
+        self.candidates: list[DiscoveredPlugin] = []
+        self.problems: list[DiscoveryProblem] = []
+        self._names: dict[str, DiscoveredPlugin] = {}
         self._seen: set[Path] = set()
         self._entries = 0
         self._stopped = False
@@ -229,9 +249,9 @@ class _Run:
             raise _OutOfEntries
 
     def problem(self, path: Path, origin: str, error: PlugboxError) -> None:
-        self.problems.append(Problem(path, origin, error))
+        self.problems.append(DiscoveryProblem(path, origin, error))
 
-    def _found(self, candidate: Candidate) -> None:
+    def _found(self, candidate: DiscoveredPlugin) -> None:
         first = self._names.get(candidate.name)
         if first is not None:
             self.problem(candidate.source, candidate.origin, ManifestError(
@@ -262,8 +282,8 @@ class _Run:
         except (ManifestError, PackageError, UsageError) as exc:
             self.problem(path, origin, exc)
             return
-        self._found(Candidate(manifest.name, manifest.version, path, kind, origin, manifest,
-                              distribution))
+        self._found(DiscoveredPlugin(manifest.name, manifest.version, path, kind, origin,
+                                     manifest, distribution))
 
     def _package(self, path: Path) -> Manifest:
         try:

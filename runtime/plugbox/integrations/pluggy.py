@@ -1,32 +1,49 @@
 """Sandboxed plugins as implementations of a pluggy ``PluginManager``'s hookspecs (issue 8 §6).
 
 Hosts that already speak pluggy (pytest, tox, datasette, FlaskBB) keep their
-``PluginManager``; :func:`register` adds a sandboxed plugin to it beside the in-process ones::
+``PluginManager``; :func:`register` adds a sandboxed plugin to it beside the in-process ones,
+:func:`register_host` adds every plugin of a :class:`plugbox.PluginHost`::
 
     import pluggy, plugbox
-    from plugbox.integrations.pluggy import register
+    from plugbox.integrations.pluggy import register, register_host
 
     pm = pluggy.PluginManager("myapp")
     pm.add_hookspecs(myapp.hookspecs)
     pm.register(myapp.builtin_plugin)                # an ordinary Python plugin
-    register(pm, runtime.load("plugins/analyzer"))   # a sandboxed one
-    results = pm.hook.myapp_analyze(text="...")      # both answer
+    register(pm, runtime.load("plugins/analyzer"))   # a sandboxed Plugin
+    register_host(pm, host)                          # or a PluginHost's plugins
+    results = pm.hook.myapp_analyze(text="...")      # all of them answer
 
-For each hookspec the plugin implements, the adapter generates a proxy function with the
-spec's exact argument names (pluggy passes an implementation only the arguments its
+For each hookspec a plugin implements, the adapter generates a proxy function with the spec's
+exact argument names (pluggy passes an implementation only the arguments its
 ``__code__.co_varnames`` name, so a ``**kwargs`` proxy would receive nothing). The proxy sends
-the arguments to the plugin's hook as one JSON object keyed by argument name, and returns the
-plugin's JSON result decoded (an empty result or JSON ``null`` is None, which pluggy leaves
-out of the results, and which lets a ``firstresult`` call go on to the next implementation).
+the arguments as one JSON object keyed by argument name, and returns the plugin's JSON result
+decoded (an empty result or JSON ``null`` is None, which pluggy leaves out of the results, and
+which lets a ``firstresult`` call go on to the next implementation).
 
-Which hook answers which spec: the plugin hook of the same name, or whose name equals the
-spec's once ``.`` and ``-`` become ``_`` (``text.analyze`` answers ``text_analyze``); or an
-explicit ``hooks={spec_name: plugin_hook}``. Ordering: pluggy's own (last registered first),
-with ``priority > 0`` registered ``tryfirst`` and ``priority < 0`` ``trylast``. Failures: with
-``failure="propagate"`` a failed plugin call raises its :class:`~plugbox.PluginCallError` out
-of the hook call (pluggy stops there, as for any implementation that raises); with
-``"isolate"`` the failure is logged (logger ``plugbox.integrations.pluggy``), recorded in
-:attr:`SandboxedPlugin.failures`, and the plugin counts as having returned None.
+Which hookspec a plugin answers:
+
+- a :class:`plugbox.Plugin`: its hook of the same name as the spec, or whose name equals the
+  spec's once ``.`` and ``-`` become ``_`` (hook ``text.analyze`` answers ``text_analyze``);
+- a :class:`plugbox.HostedPlugin`: the extension point it implements whose name matches the
+  spec that way (point ``text.analyze`` answers ``text_analyze``). The call goes through the
+  host (:meth:`plugbox.PluginHost.call_plugin`): the point's input and output schemas and
+  limits apply, and a plugin disabled or removed on the host answers None;
+- or an explicit ``hooks={spec_name: hook_or_point}``.
+
+Ordering is pluggy's own (last registered first), with ``priority > 0`` registered
+``tryfirst`` and ``priority < 0`` ``trylast``; a hosted plugin's priority is its host priority
+unless given. pluggy knows no finer order: :func:`register_host` registers the plugins so that
+within each of the three groups they run in the host's default order (priority, then add
+order); ``before``/``after`` constraints are not carried over.
+
+Failures: with ``failure="propagate"`` a failed plugin call raises its
+:class:`~plugbox.PluginCallError` out of the hook call (pluggy stops there, as for any
+implementation that raises); with ``"isolate"`` the failure is logged (logger
+``plugbox.integrations.pluggy``), recorded in :attr:`SandboxedPlugin.failures`, and the plugin
+counts as having returned None. A hosted plugin takes the policy of the point it implements
+unless given. Arguments that are not JSON (or that a point's input schema refuses) are the
+caller's error: :class:`~plugbox.UsageError` under either policy.
 
 Needs pluggy: ``pip install 'plugbox[pluggy]'``.
 """
@@ -38,7 +55,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 
 try:
     import pluggy
@@ -47,11 +64,10 @@ except ImportError as exc:  # pragma: no cover - the extra is installed in devel
                       "'plugbox[pluggy]'") from exc
 
 from .._errors import PluginCallError, UsageError
+from .._plugin import Plugin
+from ..host._host import HostedPlugin, PluginHost
 
-if TYPE_CHECKING:
-    from .._plugin import Plugin
-
-__all__ = ["HookFailure", "SandboxedPlugin", "register"]
+__all__ = ["MAX_FAILURES_KEPT", "HookFailure", "SandboxedPlugin", "register", "register_host"]
 
 FailurePolicy = Literal["isolate", "propagate"]
 
@@ -64,11 +80,12 @@ MAX_FAILURES_KEPT: Final = 256
 @dataclass(frozen=True)
 class HookFailure:
     """A failed call that the ``isolate`` policy turned into "no result": the plugin, the
-    pluggy hook, the plugin's hook, and the typed error."""
+    pluggy hook, what answered it (the plugin's hook, or the hosted plugin's extension
+    point), and the typed error."""
 
     plugin: str
     hook: str
-    plugin_hook: str
+    target: str
     error: PluginCallError
 
 
@@ -77,12 +94,16 @@ class SandboxedPlugin:
     function per implemented hookspec, as an attribute named after the spec (that is how
     pluggy finds implementations). Unregister it with ``pm.unregister(obj)``.
 
-    ``plugin`` is the sandboxed plugin, ``hooks`` maps each pluggy hook name to the plugin's
-    hook, ``failures`` holds the latest isolated failures (at most :data:`MAX_FAILURES_KEPT`).
+    ``plugin`` is the sandboxed plugin, ``hosted`` the :class:`plugbox.HostedPlugin` it was
+    registered as (None for a plain Plugin), ``hooks`` maps each pluggy hook name to the
+    plugin hook (or, hosted, the extension point) that answers it, ``failures`` holds the
+    latest isolated failures (at most :data:`MAX_FAILURES_KEPT`).
     """
 
-    def __init__(self, plugin: Plugin, hooks: Mapping[str, str]) -> None:
+    def __init__(self, plugin: Plugin, hosted: HostedPlugin | None,
+                 hooks: Mapping[str, str]) -> None:
         self._plugin = plugin
+        self._hosted = hosted
         self._hooks = dict(hooks)
         self._failures: deque[HookFailure] = deque(maxlen=MAX_FAILURES_KEPT)
 
@@ -92,8 +113,13 @@ class SandboxedPlugin:
         return self._plugin
 
     @property
+    def hosted(self) -> HostedPlugin | None:
+        """The hosted plugin the proxies call through its host, or None."""
+        return self._hosted
+
+    @property
     def hooks(self) -> Mapping[str, str]:
-        """pluggy hook name -> the plugin hook that implements it."""
+        """pluggy hook name -> the plugin hook (hosted: extension point) answering it."""
         return dict(self._hooks)
 
     @property
@@ -106,45 +132,86 @@ class SandboxedPlugin:
 
 
 #: Names a hookspec cannot have here: they are SandboxedPlugin's own attributes.
-_RESERVED: Final = frozenset(dir(SandboxedPlugin)) | {"_plugin", "_hooks", "_failures"}
+_RESERVED: Final = frozenset(dir(SandboxedPlugin)) | {"_plugin", "_hosted", "_hooks",
+                                                      "_failures"}
 
 
 def register(
     pm: pluggy.PluginManager,
-    plugin: Plugin,
+    plugin: Plugin | HostedPlugin,
     *,
+    host: PluginHost | None = None,
     hooks: Mapping[str, str] | None = None,
-    priority: int = 0,
-    failure: FailurePolicy = "propagate",
+    priority: int | None = None,
+    failure: FailurePolicy | None = None,
     name: str | None = None,
 ) -> SandboxedPlugin:
     """Register the sandboxed ``plugin`` into ``pm`` as an implementation of every hookspec
     it implements (see the module docstring for the matching rule, or pass ``hooks``:
-    pluggy hook name -> plugin hook); returns the registered :class:`SandboxedPlugin`.
+    pluggy hook name -> plugin hook, or extension point for a hosted plugin); returns the
+    registered :class:`SandboxedPlugin`.
 
-    ``priority`` maps to pluggy's ``tryfirst`` (> 0) and ``trylast`` (< 0); ``failure`` is the
-    failure policy, ``"propagate"`` or ``"isolate"``; ``name`` is the plugin's name in the
-    manager (default ``plugbox:<plugin name>``). Hookspecs added to ``pm`` later are not
-    implemented. Raises :class:`~plugbox.UsageError` when the plugin implements none of the
-    manager's hookspecs, a mapping names an unknown hook or spec, or a name is not a valid
-    Python identifier; pluggy's own errors (a name registered twice) pass through.
+    ``plugin`` is a :class:`plugbox.Plugin`, or a :class:`plugbox.HostedPlugin` together
+    with its ``host``. ``priority`` maps to pluggy's ``tryfirst`` (> 0) and ``trylast``
+    (< 0): default 0, or the host priority. ``failure`` is the failure policy,
+    ``"propagate"`` or ``"isolate"``: default ``"propagate"``, or for a hosted plugin the
+    policy of each extension point. ``name`` is the plugin's name in the manager (default
+    ``plugbox:<plugin name>``). Hookspecs added to ``pm`` later are not implemented.
+
+    Raises :class:`~plugbox.UsageError` when the plugin implements none of the manager's
+    hookspecs, a mapping names an unknown hook, point or spec, a hosted plugin comes without
+    its host (or is not hosted there), a point carries bytes, or a name is not a valid Python
+    identifier; pluggy's own errors (a name registered twice) pass through.
     """
-    if failure not in ("isolate", "propagate"):
+    if failure is not None and failure not in ("isolate", "propagate"):
         raise UsageError(f"failure must be 'isolate' or 'propagate', not {failure!r}",
                          plugin=plugin.name)
-    if type(priority) is not int:
+    if priority is not None and type(priority) is not int:
         raise UsageError(f"priority must be an int, not {priority!r}", plugin=plugin.name)
     specs = _specs(pm)
-    chosen = _match(plugin, specs, hooks)
-    proxy = SandboxedPlugin(plugin, chosen)
+    if isinstance(plugin, HostedPlugin):
+        if host is None or host.get(plugin.name) is not plugin:
+            raise UsageError(f"hosted plugin {plugin.name!r}: pass the PluginHost it is added "
+                             "to as host=", plugin=plugin.name)
+        hosted: HostedPlugin | None = plugin
+        runtime_plugin = plugin.plugin
+        offered = tuple(plugin.manifest.implements)
+        chosen = _match(plugin.name, offered, "extension point", specs, hooks)
+        calls = {spec: _through_host(host, plugin.name, point) for spec, point in chosen.items()}
+        policies = {spec: failure or _point_failure(host, plugin.name, point)
+                    for spec, point in chosen.items()}
+        level = plugin.priority if priority is None else priority
+    else:
+        hosted, runtime_plugin = None, plugin
+        chosen = _match(plugin.name, plugin.hooks, "hook", specs, hooks)
+        calls = {spec: _direct(plugin, hook) for spec, hook in chosen.items()}
+        policies = {spec: failure or "propagate" for spec in chosen}
+        level = priority or 0
+    proxy = SandboxedPlugin(runtime_plugin, hosted, chosen)
     marker = pluggy.HookimplMarker(pm.project_name)
-    for spec_name, hook in chosen.items():
-        call = _caller(proxy, spec_name, hook, failure)
-        function = _proxy_function(spec_name, specs[spec_name], call, plugin.name)
-        setattr(proxy, spec_name, marker(function, tryfirst=priority > 0,
-                                         trylast=priority < 0))
-    pm.register(proxy, name=name or f"plugbox:{plugin.name}")
+    for spec_name, target in chosen.items():
+        call = _guarded(proxy, spec_name, target, policies[spec_name], calls[spec_name])
+        function = _proxy_function(spec_name, specs[spec_name], call, runtime_plugin.name)
+        setattr(proxy, spec_name, marker(function, tryfirst=level > 0, trylast=level < 0))
+    pm.register(proxy, name=name or f"plugbox:{runtime_plugin.name}")
     return proxy
+
+
+def register_host(pm: pluggy.PluginManager, host: PluginHost, *,
+                  failure: FailurePolicy | None = None) -> list[SandboxedPlugin]:
+    """:func:`register` every plugin of ``host`` that implements an extension point matching
+    one of ``pm``'s hookspecs (disabled ones too: they answer None until enabled), in an
+    order that makes pluggy call them in the host's default order within each of its
+    tryfirst / plain / trylast groups; returns the registered objects, in the host's order.
+    Plugins implementing none of the hookspecs are left out."""
+    specs = _specs(pm)
+    out: list[SandboxedPlugin] = []
+    for hosted in reversed(host.plugins):  # pluggy calls the last registered first
+        names = {_spec_name(p) for p in hosted.manifest.implements}
+        if names & set(specs):
+            out.append(register(pm, hosted, host=host, failure=failure))
+    out.reverse()
+    return out
 
 
 def _specs(pm: pluggy.PluginManager) -> dict[str, tuple[str, ...]]:
@@ -157,65 +224,96 @@ def _specs(pm: pluggy.PluginManager) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def _match(plugin: Plugin, specs: Mapping[str, tuple[str, ...]],
-           hooks: Mapping[str, str] | None) -> dict[str, str]:
+def _spec_name(name: str) -> str:
+    return name.replace(".", "_").replace("-", "_")
+
+
+def _match(plugin: str, offered: tuple[str, ...], what: str,
+           specs: Mapping[str, tuple[str, ...]], hooks: Mapping[str, str] | None
+           ) -> dict[str, str]:
+    """pluggy hook name -> the hook or point (``what``) of ``offered`` that answers it."""
     if hooks is not None:
-        for spec_name, hook in hooks.items():
+        for spec_name, target in hooks.items():
             if spec_name not in specs:
                 raise UsageError(
-                    f"plugin {plugin.name!r}: the plugin manager has no hookspec {spec_name!r}; "
-                    f"its hookspecs: {', '.join(sorted(specs)) or 'none'}", plugin=plugin.name)
-            if hook not in plugin.hooks:
+                    f"plugin {plugin!r}: the plugin manager has no hookspec {spec_name!r}; "
+                    f"its hookspecs: {', '.join(sorted(specs)) or 'none'}", plugin=plugin)
+            if target not in offered:
                 raise UsageError(
-                    f"plugin {plugin.name!r} has no hook {hook!r} (mapped to {spec_name!r}); "
-                    f"its manifest declares: {', '.join(plugin.hooks)}", plugin=plugin.name,
-                    hook=hook)
+                    f"plugin {plugin!r} has no {what} {target!r} (mapped to {spec_name!r}); "
+                    f"it has: {', '.join(offered) or 'none'}", plugin=plugin)
         chosen = dict(hooks)
     else:
-        by_spec_name = {h.replace(".", "_").replace("-", "_"): h for h in plugin.hooks}
-        by_spec_name.update({h: h for h in plugin.hooks})
+        by_spec_name = {_spec_name(h): h for h in offered}
+        by_spec_name.update({h: h for h in offered})
         chosen = {s: by_spec_name[s] for s in specs if s in by_spec_name}
         if not chosen:
             raise UsageError(
-                f"plugin {plugin.name!r} implements none of the plugin manager's hookspecs "
-                f"({', '.join(sorted(specs)) or 'none'}); its hooks: {', '.join(plugin.hooks)}. "
-                "Name the hooks after the specs, or pass hooks={spec: hook}.",
-                plugin=plugin.name)
+                f"plugin {plugin!r} implements none of the plugin manager's hookspecs "
+                f"({', '.join(sorted(specs)) or 'none'}); its {what}s: "
+                f"{', '.join(offered) or 'none'}. Name them after the specs, or pass "
+                "hooks={spec: " + what.replace("extension ", "") + "}.", plugin=plugin)
     for spec_name in chosen:
         for ident in (spec_name, *specs[spec_name]):
             if not ident.isidentifier() or keyword.iskeyword(ident):
                 raise UsageError(f"hookspec {spec_name!r}: {ident!r} is not a Python "
-                                 "identifier", plugin=plugin.name, hook=spec_name)
+                                 "identifier", plugin=plugin, hook=spec_name)
         if spec_name in _RESERVED:
             raise UsageError(f"hookspec {spec_name!r} collides with an attribute of "
-                             "SandboxedPlugin; rename the hookspec", plugin=plugin.name,
+                             "SandboxedPlugin; rename the hookspec", plugin=plugin,
                              hook=spec_name)
     return chosen
 
 
-def _caller(proxy: SandboxedPlugin, spec_name: str, hook: str, failure: FailurePolicy
-            ) -> Callable[[dict[str, Any]], Any]:
-    """What a proxy calls with its arguments: the plugin's hook, under the failure policy."""
-    plugin = proxy.plugin
+def _point_failure(host: PluginHost, plugin: str, point: str) -> FailurePolicy:
+    spec = host.points.get(point)
+    if spec is None:  # pragma: no cover - a hosted plugin's points are declared
+        raise UsageError(f"plugin {plugin!r}: extension point {point!r} is not declared")
+    if spec.payload != "json":
+        raise UsageError(f"plugin {plugin!r}: extension point {point!r} carries bytes; "
+                         "pluggy hooks can only reach JSON points", plugin=plugin)
+    return "isolate" if spec.failure == "isolate" else "propagate"
 
+
+def _direct(plugin: Plugin, hook: str) -> Callable[[dict[str, Any]], Any]:
     def call(arguments: dict[str, Any]) -> Any:
         try:
             return plugin.call_json(hook, arguments)
-        except PluginCallError as exc:
-            if failure == "propagate":
-                raise
-            proxy._failures.append(HookFailure(plugin.name, spec_name, hook, exc))
-            _logger.warning("plugin %r, pluggy hook %r: failed and was skipped (failure "
-                            "policy isolate): %s", plugin.name, spec_name, exc)
-            return None
         except (TypeError, ValueError) as exc:  # json.dumps: the call did not start
             raise UsageError(
-                f"plugin {plugin.name!r}, hook {spec_name!r}: the arguments cannot be sent to "
-                f"a sandboxed plugin as JSON ({exc}); pass JSON values (str, int, float, "
-                "bool, None, list, dict) to hooks that sandboxed plugins implement",
+                f"plugin {plugin.name!r}, hook {hook!r}: the arguments cannot be sent to a "
+                f"sandboxed plugin as JSON ({exc}); pass JSON values (str, int, float, bool, "
+                "None, list, dict) to hooks that sandboxed plugins implement",
                 plugin=plugin.name, hook=hook) from None
-
     return call
+
+
+def _through_host(host: PluginHost, plugin: str, point: str) -> Callable[[dict[str, Any]], Any]:
+    def call(arguments: dict[str, Any]) -> Any:
+        hosted = host.get(plugin)
+        if hosted is None or not hosted.enabled:
+            return None  # removed or disabled on the host: no answer
+        return host.call_plugin(point, plugin, arguments)
+    return call
+
+
+def _guarded(proxy: SandboxedPlugin, spec_name: str, target: str, failure: FailurePolicy,
+             call: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
+    """``call`` under the failure policy."""
+    if failure == "propagate":
+        return call
+    name = proxy.plugin.name
+
+    def isolated(arguments: dict[str, Any]) -> Any:
+        try:
+            return call(arguments)
+        except PluginCallError as exc:
+            proxy._failures.append(HookFailure(name, spec_name, target, exc))
+            _logger.warning("plugin %r, pluggy hook %r: failed and was skipped (failure "
+                            "policy isolate): %s", name, spec_name, exc)
+            return None
+
+    return isolated
 
 
 def _proxy_function(spec_name: str, argnames: tuple[str, ...],
