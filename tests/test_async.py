@@ -210,3 +210,75 @@ def test_a_fresh_mode_call_is_cancelled_too(
     asyncio.run(main())
     assert time.monotonic() - started_at < 5  # not the 10 s deadline
     assert plugin._live == 0 and not plugin._instances
+
+
+# -- PluginHost.acall ----------------------------------------------------------------------------
+
+@pytest.fixture
+def host(tmp_path: Path, cache_dir: Path) -> Iterator[plugbox.PluginHost]:
+    with plugbox.PluginHost(state_dir=tmp_path / "host",
+                            runtime_options={"cache_dir": cache_dir}) as h:
+        yield h
+
+
+def hosted_runaway(host: plugbox.PluginHost, wat_plugin: Callable[..., Path], name: str,
+                   priority: int = 0) -> plugbox.HostedPlugin:
+    """A plugin whose "run" hook loops (point work.loop) and "echo" echoes (work.echo)."""
+    return host.add(wat_plugin(LOOP_OR_ECHO, name=name, hooks=HOOKS, limits={
+        "deadline_ms": 10_000, "fuel": 10**10},
+        implements={"work.loop": {"hook": "run"}, "work.echo": {"hook": "echo"}}),
+        priority=priority)
+
+
+def test_host_acall_dispatches_off_the_event_loop(
+    host: plugbox.PluginHost, wat_plugin: Callable[..., Path]
+) -> None:
+    host.extension_point("work.loop", version="1.0.0", deadline_ms=400)
+    host.extension_point("work.echo", version="1.0.0")
+    hosted_runaway(host, wat_plugin, "a")
+    ticks = 0
+
+    async def main() -> plugbox.DispatchResult:
+        nonlocal ticks
+        loop_call = asyncio.create_task(host.acall("work.loop", {"n": 1}))
+        while not loop_call.done():
+            await asyncio.sleep(0.01)
+            ticks += 1
+        [failure] = loop_call.result().failures  # isolated: the point's 400 ms deadline
+        assert isinstance(failure.error, plugbox.DeadlineExceeded)
+        return await host.acall("work.echo", {"n": 2})
+
+    result = asyncio.run(main())
+    assert [(r.plugin, r.value) for r in result.results] == [("a", {"n": 2})]
+    assert ticks >= 10, ticks
+
+
+@pytest.mark.parametrize("concurrent", [False, True], ids=["in-order", "concurrent"])
+def test_cancelling_a_host_acall_interrupts_its_dispatch(
+    host: plugbox.PluginHost, wat_plugin: Callable[..., Path], concurrent: bool
+) -> None:
+    host.extension_point("work.loop", version="1.0.0", concurrent=concurrent)
+    host.extension_point("work.echo", version="1.0.0")
+    for name, priority in (("first", 2), ("second", 1)):
+        hosted_runaway(host, wat_plugin, name, priority)
+    calls = Calls(host.runtime)
+
+    async def main() -> float:
+        task = asyncio.create_task(host.acall("work.loop", {}))
+        await started(calls, 2 if concurrent else 1)
+        cancelled_at = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.monotonic() - cancelled_at
+
+    assert asyncio.run(main()) < 0.5  # generous: the target is 50 ms, measured in bench/
+    # Both calls ended, cancelled: the running ones interrupted; in order, "second" was
+    # refused before it started (it would have looped until its 10 s deadline).
+    assert sorted(hook for hook, _, _ in calls.ended) == ["run", "run"]
+    assert all("was cancelled" in str(error) for _, _, error in calls.ended)
+    assert host.call("work.echo", "next").value is None  # each: results, no single value
+    assert [r.value for r in host.call("work.echo", "next").results] == ["next", "next"]
+    for hosted in host.plugins:
+        assert hosted.plugin.failures == 0
+        assert hosted.plugin._live == len(hosted.plugin._instances) == 1
