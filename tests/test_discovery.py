@@ -246,3 +246,46 @@ def test_plugbox_discover_json(plugins_dir: Path, capsys: pytest.CaptureFixture[
     assert main(["discover", str(plugins_dir / "acme")]) == 0
     out = capsys.readouterr().out
     assert out.startswith("beta 0.1.0")
+
+
+# -- PluginHost.discover / add_discovered ---------------------------------------------------------
+
+def test_a_host_adds_what_it_discovers_and_reports_what_it_refuses(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    root = tmp_path / "host-plugins"
+    impl = {"text.echo": {"hook": "run"}}
+    plugin(root / "one", "one", implements=impl)
+    plugin(root / "two", "two", implements=impl)
+    plugin(root / "alien", "alien", implements={"no.such.point": {"hook": "run"}})
+    (root / "broken").mkdir()
+    (root / "broken" / "plugbox.json").write_text("[]")
+    with plugbox.PluginHost(state_dir=tmp_path / "state",
+                            runtime_options={"cache_dir": cache_dir}) as host:
+        host.extension_point("text.echo", version="1.0.0")
+        report = host.discover([root])
+        assert [c.name for c in report.candidates] == ["alien", "one", "two"]
+        added = host.add_discovered(report, priority={"two": 5}, config={"one": {}})
+        assert [hp.name for hp in added.plugins] == ["one", "two"]
+        problems = {p.path.name: p.error for p in added.problems}
+        assert isinstance(problems["broken"], plugbox.ManifestError)  # the report's own
+        assert isinstance(problems["alien"], plugbox.IncompatiblePointError)  # the host's
+        assert [r.plugin for r in host.call("text.echo", "x").results] == ["two", "one"]
+        # Rescanning adds nothing new and does not complain about what is hosted already.
+        again = host.add_discovered(host.discover([root]))
+        assert again.plugins == () and {p.path.name for p in again.problems} == \
+            {"broken", "alien"}
+
+
+def test_add_discovered_honours_an_enable_list(tmp_path: Path, cache_dir: Path) -> None:
+    root = tmp_path / "host-plugins"
+    for name in ("one", "two"):
+        plugin(root / name, name, implements={"text.echo": {"hook": "run"}})
+    with plugbox.PluginHost(state_dir=tmp_path / "state",
+                            runtime_options={"cache_dir": cache_dir}) as host:
+        host.extension_point("text.echo", version="1.0.0")
+        added = host.add_discovered(host.discover([root]), only=["two", "three"])
+        assert [hp.name for hp in added.plugins] == ["two"]
+        [problem] = added.problems
+        assert problem.origin == "enable list" and "'three'" in problem.reason
+        assert [hp.name for hp in host.plugins] == ["two"]

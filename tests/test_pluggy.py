@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,9 @@ import pluggy
 import pytest
 
 import plugbox
-from plugbox.integrations.pluggy import SandboxedPlugin, register
+from plugbox.integrations.pluggy import SandboxedPlugin, register, register_host
 from tests import pluggy_specs
-from tests.conftest import ECHO_BODY
+from tests.conftest import ECHO_BODY, wat_module, write_plugin
 from tests.pluggy_specs import hookimpl
 
 TEXT = "the cat and the hat"
@@ -194,3 +194,99 @@ def test_registration_refusals(
     assert isinstance(proxy, SandboxedPlugin)
     with pytest.raises(ValueError):  # pluggy's own refusal passes through
         register(pm, plugin, hooks={"tally_order": "unrelated"})
+
+
+# -- plugins of a PluginHost ----------------------------------------------------------------------
+
+@pytest.fixture
+def host(tmp_path: Path, cache_dir: Path) -> Iterator[plugbox.PluginHost]:
+    with plugbox.PluginHost(state_dir=tmp_path / "host",
+                            runtime_options={"cache_dir": cache_dir}) as h:
+        yield h
+
+
+@pytest.fixture
+def hosted(host: plugbox.PluginHost, tmp_path: Path) -> Callable[..., plugbox.HostedPlugin]:
+    """hosted(name, body, point, priority=0, enabled=True) -> a WAT plugin added to the host,
+    implementing ``point`` with its hook "run"."""
+    def add(name: str, body: str, point: str, priority: int = 0,
+            enabled: bool = True) -> plugbox.HostedPlugin:
+        path = write_plugin(tmp_path / "hosted" / name, wat_module(body), name=name,
+                            hooks=("run",), implements={point: {"hook": "run"}})
+        return host.add(path, priority=priority, enabled=enabled)
+    return add
+
+
+def test_a_hosts_plugins_answer_in_host_order_beside_python_plugins(
+    pm: pluggy.PluginManager, host: plugbox.PluginHost,
+    hosted: Callable[..., plugbox.HostedPlugin],
+) -> None:
+    host.extension_point("tally.order", version="1.0.0")
+    for name, priority in (("low", -1), ("mid-a", 0), ("mid-b", 0), ("high", 3)):
+        hosted(name, returning(name), "tally.order", priority)
+    proxies = register_host(pm, host)
+    assert [p.plugin.name for p in proxies] == ["high", "mid-a", "mid-b", "low"]
+    assert proxies[0].hooks == {"tally_order": "tally.order"}
+    pm.register(type("Py", (), {"tally_order": hookimpl(lambda self: "python")})())
+    assert pm.hook.tally_order() == ["high", "python", "mid-a", "mid-b", "low"]
+
+
+def test_a_hosted_plugin_takes_its_points_failure_policy(
+    pm: pluggy.PluginManager, host: plugbox.PluginHost,
+    hosted: Callable[..., plugbox.HostedPlugin],
+) -> None:
+    host.extension_point("tally.order", version="1.0.0", failure="isolate")
+    host.extension_point("tally.pick", version="1.0.0", mode="first", failure="propagate")
+    hosted("ok", returning("ok"), "tally.order")
+    trap_order = register(pm, hosted("trap-order", "unreachable", "tally.order"), host=host)
+    register(pm, hosted("trap-pick", "unreachable", "tally.pick"), host=host)
+    register(pm, host.get("ok"), host=host)  # type: ignore[arg-type]
+    assert pm.hook.tally_order() == ["ok"]
+    assert isinstance(trap_order.failures[0].error, plugbox.GuestTrap)
+    assert trap_order.failures[0].target == "tally.order"
+    with pytest.raises(plugbox.GuestTrap):
+        pm.hook.tally_pick(choices=["a"])
+
+
+def test_a_hosted_plugin_is_called_through_its_points_schemas(
+    pm: pluggy.PluginManager, host: plugbox.PluginHost,
+    hosted: Callable[..., plugbox.HostedPlugin],
+) -> None:
+    host.extension_point(
+        "tally.pick", version="1.0.0", mode="first", failure="isolate",
+        input_schema={"type": "object", "required": ["choices"],
+                      "properties": {"choices": {"type": "array", "items": {"type": "string"}}}},
+        output_schema={"type": "string"})
+    bad = register(pm, hosted("number", returning(7), "tally.pick", 1), host=host)
+    register(pm, hosted("echo", ECHO_BODY, "tally.pick", -1), host=host)
+    register(pm, hosted("word", returning("b"), "tally.pick"), host=host)
+    assert pm.hook.tally_pick(choices=["a", "b"]) == "b"
+    [failure] = bad.failures  # 7 is not a string: the output schema made it a failure
+    assert isinstance(failure.error, plugbox.InvalidResultError)
+    with pytest.raises(plugbox.PayloadError):  # the caller's mistake, under any policy
+        pm.hook.tally_pick(choices=[1])
+
+
+def test_a_disabled_or_removed_hosted_plugin_answers_nothing(
+    pm: pluggy.PluginManager, host: plugbox.PluginHost,
+    hosted: Callable[..., plugbox.HostedPlugin],
+) -> None:
+    host.extension_point("tally.order", version="1.0.0")
+    hosted("off", returning("off"), "tally.order", enabled=False)
+    hosted("on", returning("on"), "tally.order")
+    register_host(pm, host)
+    assert pm.hook.tally_order() == ["on"]
+    host.remove("on")
+    assert pm.hook.tally_order() == []
+
+
+def test_a_hosted_plugin_needs_its_host(
+    pm: pluggy.PluginManager, host: plugbox.PluginHost,
+    hosted: Callable[..., plugbox.HostedPlugin],
+) -> None:
+    host.extension_point("tally.order", version="1.0.0")
+    hp = hosted("h", returning("h"), "tally.order")
+    with pytest.raises(plugbox.UsageError, match="pass the PluginHost"):
+        register(pm, hp)
+    with pytest.raises(plugbox.UsageError, match="no extension point 'nope'"):
+        register(pm, hp, host=host, hooks={"tally_order": "nope"})
