@@ -226,6 +226,20 @@ def test_plugins_ship_in_an_installed_wheel_through_entry_points(
     assert not (installed_wheel.parent / "imported").exists()
 
 
+def test_a_broken_distribution_is_a_problem_beside_the_good_ones(
+    installed_wheel: Path, tmp_path: Path
+) -> None:
+    info = tmp_path / "site" / "broken-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[plugbox.plugins]\nno equals sign\n")
+    report = discover(entry_points=True, search_path=[tmp_path / "site", installed_wheel])
+    assert {c.name for c in report.candidates} == {"acme-echo", "acme-packed"}
+    broken = [p for p in report.problems if p.origin.startswith("distribution broken")]
+    assert len(broken) == 1 and "cannot be read" in broken[0].reason
+    assert isinstance(broken[0].error, plugbox.ManifestError)
+
+
 def test_entry_points_are_found_on_sys_path_by_default(
     installed_wheel: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -45,7 +45,7 @@ import importlib.util
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -357,41 +357,51 @@ class _Run:
     # -- entry points ----------------------------------------------------------------------
 
     def entry_points(self, search_path: Sequence[str | os.PathLike[str]] | None) -> None:
-        """Search installed distributions for ``plugbox.plugins`` entry points."""
+        """Search installed distributions for ``plugbox.plugins`` entry points; a
+        distribution installed twice counts once, the first on the path (as
+        importlib.metadata.entry_points does)."""
         where = None if search_path is None else [os.fspath(p) for p in search_path]
+        dists = (importlib.metadata.distributions() if where is None
+                 else importlib.metadata.distributions(path=where))
+        seen: set[str] = set()
         try:
-            for dist, ep in _entry_points(where):
-                name = dist.metadata["Name"] or "?"
-                origin = f"entry point {ep.name!r} of {name} {dist.version}"
+            for dist in dists:
                 location = Path(str(dist.locate_file("")))
-                self._count(location, origin)
                 try:
-                    path = _resolve(ep.value, where)
-                except ManifestError as exc:
+                    name = _dist_name(dist)
+                    found = dist.entry_points.select(group=ENTRY_POINT_GROUP)
+                except Exception as exc:  # noqa: BLE001 - a broken installation, in any way
+                    # importlib.metadata parses third-party files and fails with whatever
+                    # the parser met (TypeError for a line without "="): one typed problem.
+                    origin = f"distribution {_dist_name(dist)} at {location}"
+                    self._count(location, origin)
                     self.problem(location, origin, ManifestError(
-                        f"{origin}: {exc.message}", plugin=exc.plugin))
+                        f"{origin}: its entry points cannot be read ({exc}); reinstall it"))
                     continue
-                self.plugin(path, origin, name)
+                key = re.sub(r"[-_.]+", "-", name).lower()
+                if key in seen:
+                    continue
+                seen.add(key)
+                for ep in found:
+                    origin = f"entry point {ep.name!r} of {name} {dist.version}"
+                    self._count(location, origin)
+                    try:
+                        path = _resolve(ep.value, where)
+                    except ManifestError as exc:
+                        self.problem(location, origin, ManifestError(
+                            f"{origin}: {exc.message}", plugin=exc.plugin))
+                        continue
+                    self.plugin(path, origin, name)
         except _OutOfEntries:
             pass
 
 
-def _entry_points(where: list[str] | None
-                  ) -> Iterator[tuple[importlib.metadata.Distribution,
-                                      importlib.metadata.EntryPoint]]:
-    """Each distribution's ``plugbox.plugins`` entry points; a distribution installed twice
-    counts once, the first on the path (as importlib.metadata.entry_points does)."""
-    seen: set[str] = set()
-    dists = (importlib.metadata.distributions() if where is None
-             else importlib.metadata.distributions(path=where))
-    for dist in dists:
+def _dist_name(dist: importlib.metadata.Distribution) -> str:
+    try:
         name = dist.metadata["Name"]
-        key = re.sub(r"[-_.]+", "-", name or "").lower()
-        if key in seen:
-            continue
-        seen.add(key)
-        for ep in dist.entry_points.select(group=ENTRY_POINT_GROUP):
-            yield dist, ep
+    except KeyError:  # newer Pythons raise for a missing field
+        name = None
+    return name or "?"
 
 
 def _resolve(value: str, where: list[str] | None) -> Path:
