@@ -223,12 +223,12 @@ def test_a_patch_level_abi_import_links_in_a_component(
 ) -> None:
     wit = tmp_path / "wit"
     wit.mkdir()
-    text = (REPO / "abi" / "plugbox.wit").read_text().replace("@1.0.0", "@1.0.1")
+    text = (REPO / "abi" / "plugbox.wit").read_text().replace("@1.1.0", "@1.1.1")
     (wit / "plugbox.wit").write_text(text)
     body = "(call $log (i32.const 2) (i32.const 100) (i32.const 5))" + ECHO_BODY
-    core = _core(body, LOG_IMPORT.replace("@1.0.0", "@1.0.1"), '(data (i32.const 100) "hello")')
+    core = _core(body, LOG_IMPORT.replace("@1.0.0", "@1.1.1"), '(data (i32.const 100) "hello")')
     data = _wrap(core, wit, tmp_path)
-    assert "plugbox:plugin/log@1.0.1" in inspect_module(data).component_imports
+    assert "plugbox:plugin/log@1.1.1" in inspect_module(data).component_imports
     with caplog.at_level(logging.INFO):
         plugin = rt.load(write_plugin(tmp_path / "p", data, permissions={"log": True}))
         assert plugin.call("run", b"ok") == b"ok"

@@ -15,7 +15,7 @@ from plugbox import HttpPermission, KvPermission, Limits, PolicyViolationError, 
 from plugbox._manifest import Manifest, load_manifest
 from plugbox._policy import DEFAULT_MAX_LIMITS, Policy, _host_pattern_covered
 
-ALL_SERVICES = frozenset({"log", "config", "kv", "events", "clock", "random", "http"})
+ALL_SERVICES = frozenset({"log", "config", "kv", "events", "clock", "random", "http", "host"})
 
 
 @pytest.fixture
@@ -108,6 +108,8 @@ def test_full_request_within_caps_is_granted_unchanged(manifest: Callable[..., M
         "kv": {"quota_bytes": 65536, "quota_keys": 100},
         "events": {"topics": ["counter.*"]},
         "http": {"hosts": ["127.0.0.1:*"], "timeout_ms": 5000},
+        "functions": ["battles.*"],
+        "dispatch": ["report.section"],
     }
     m = manifest(permissions=perms_doc)
     perms, _ = Policy(http_hosts=("127.0.0.1:*",)).resolve(m)

@@ -1050,6 +1050,8 @@ def _build_permissions(perms: Mapping[str, Any]) -> Permissions:
         kv=None if kv is None else KvPermission(**_ints(kv, ("quota_bytes", "quota_keys"))),
         events=None if events is None else _build_events(events),
         http=None if http is None else _build_http(http),
+        functions=tuple(perms.get("functions", ())),
+        dispatch=tuple(perms.get("dispatch", ())),
     )
 
 

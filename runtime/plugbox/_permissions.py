@@ -93,9 +93,19 @@ class HttpPermission:
         return method.upper() in {m.upper() for m in self.methods}
 
 
+def matches_any(name: str, patterns: tuple[str, ...]) -> bool:
+    """True when ``name`` matches one of the ``fnmatch`` ``patterns`` (case-sensitive)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
 @dataclass(frozen=True)
 class Permissions:
-    """The services a plugin may call. ``None``/``False`` means not granted."""
+    """The services a plugin may call. ``None``/``False`` means not granted.
+
+    ``functions`` and ``dispatch`` (ABI 1.1, the ``host`` interface) are ``fnmatch`` patterns:
+    the host functions the plugin may call (``"battles.*"``) and the extension points it may
+    dispatch through the host (besides the points it declares itself, which it always may).
+    """
 
     log: bool = False
     config: bool = False
@@ -104,6 +114,16 @@ class Permissions:
     kv: KvPermission | None = None
     events: EventsPermission | None = None
     http: HttpPermission | None = None
+    functions: tuple[str, ...] = ()
+    dispatch: tuple[str, ...] = ()
+
+    def allows_function(self, name: str) -> bool:
+        """True when host function ``name`` matches a ``functions`` pattern."""
+        return matches_any(name, self.functions)
+
+    def allows_dispatch(self, point: str) -> bool:
+        """True when extension point ``point`` matches a ``dispatch`` pattern."""
+        return matches_any(point, self.dispatch)
 
     def services(self) -> frozenset[str]:
         """Names of the services granted."""
@@ -115,6 +135,7 @@ class Permissions:
             "kv": self.kv is not None,
             "events": self.events is not None,
             "http": self.http is not None,
+            "host": bool(self.functions or self.dispatch),
         }
         return frozenset(name for name, on in names.items() if on)
 
@@ -126,6 +147,8 @@ class Permissions:
                 changes[name] = False
             elif name in ("kv", "events", "http"):
                 changes[name] = None
+            elif name == "host":
+                changes["functions"] = changes["dispatch"] = ()
             else:
                 raise ValueError(f"unknown service {name!r}")
         return replace(self, **changes)

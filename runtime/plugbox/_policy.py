@@ -131,6 +131,10 @@ class Policy:
     (default: all seven); ``http_hosts``: ``host``/``host:port`` patterns the host permits
     plugins to request (default none, so a plugin asking for HTTP is refused until the host
     lists patterns); the ``max_*`` fields cap the parameters of the kv and http permissions.
+    ``host_functions`` and ``dispatch_points`` (``fnmatch`` patterns, default ``("*",)``) are
+    the host functions and extension points plugins may request in ``permissions.functions``
+    and ``permissions.dispatch`` (ABI 1.1): by default the host decides per function when it
+    registers it, so a request is refused here only when the host narrowed these.
     ``default_component_limits`` replaces ``default_limits`` for components: a Python plugin
     carries a whole CPython, whose start-up and calls need far more fuel and memory than a
     Rust core module.
@@ -151,6 +155,8 @@ class Policy:
     default_component_limits: Limits = field(default_factory=lambda: DEFAULT_COMPONENT_LIMITS)
     allowed_services: frozenset[str] = frozenset(_abispec.SERVICES)
     http_hosts: tuple[str, ...] = ()
+    host_functions: tuple[str, ...] = ("*",)
+    dispatch_points: tuple[str, ...] = ("*",)
     max_kv_quota_bytes: int = 64 << 20
     max_kv_quota_keys: int = 100_000
     max_http_timeout_ms: int = 60_000
@@ -168,7 +174,7 @@ class Policy:
     def __post_init__(self) -> None:
         # Accept any iterable for the collection fields (a set, a list) but store immutables,
         # and reject a bare string, which would otherwise be taken character by character.
-        for name in ("allowed_services", "http_hosts"):
+        for name in ("allowed_services", "http_hosts", "host_functions", "dispatch_points"):
             value: Any = getattr(self, name)
             if isinstance(value, str) or not isinstance(value, Iterable):
                 raise UsageError(
@@ -176,6 +182,15 @@ class Policy:
                 )
         object.__setattr__(self, "allowed_services", frozenset(self.allowed_services))
         object.__setattr__(self, "http_hosts", tuple(self.http_hosts))
+        for name in ("host_functions", "dispatch_points"):
+            patterns = tuple(getattr(self, name))
+            for pattern in patterns:
+                if not isinstance(pattern, str) or not pattern:
+                    raise UsageError(
+                        f"Policy({name}=...) entries must be non-empty fnmatch patterns such "
+                        f"as 'battles.*', not {pattern!r}"
+                    )
+            object.__setattr__(self, name, patterns)
         unknown = sorted(self.allowed_services - set(_abispec.SERVICES))
         if unknown:
             raise UsageError(
@@ -303,6 +318,22 @@ class Policy:
                         f"the host's cap of {cap}",
                         f"Policy({cap_name}={requested})",
                         permission="http",
+                    )
+
+        for attr, cap_name, what in (
+            ("functions", "host_functions", "call the host function"),
+            ("dispatch", "dispatch_points", "dispatch the extension point"),
+        ):
+            allowed_patterns: tuple[str, ...] = getattr(self, cap_name)
+            for pattern in getattr(perms, attr):
+                if not any(pattern == allowed or fnmatch.fnmatchcase(pattern, allowed)
+                           for allowed in allowed_patterns):
+                    permitted = ", ".join(repr(p) for p in allowed_patterns) or "none"
+                    raise violation(
+                        f"requests to {what} {pattern!r} ($.permissions.{attr}), which the "
+                        f"host's Policy.{cap_name} does not cover (permitted: {permitted})",
+                        f"Policy({cap_name}=(..., {pattern!r}))",
+                        permission=attr,
                     )
 
         for name, requested in manifest.limits.requested().items():

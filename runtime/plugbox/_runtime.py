@@ -27,7 +27,7 @@ from ._manifest import (Manifest, check_compatibility, read_manifest, validate_c
 from .trust._package import staged_plugin
 from ._plugin import CallRecord, Plugin
 from ._policy import Policy, check_runnable_limits
-from .services._services import HostServices
+from .services._services import HostRouter, HostServices
 from ._permissions import Limits, Permissions
 from .trust._trust import SignerInfo, TrustPolicy
 from .engine._wasmparse import (
@@ -111,6 +111,11 @@ class Runtime:
     ``trust`` decides which signatures a plugin needs (see :class:`plugbox.TrustPolicy`); the
     default, :meth:`TrustPolicy.development`, does not check them, so pass
     ``TrustPolicy(trusted_keys=..., mode="require")`` wherever plugins come from elsewhere.
+
+    ``router`` serves the plugins' ``host.call`` and ``host.dispatch`` (ABI 1.1; see
+    ``plugbox.services._services.HostRouter``); without one both are denied. ``abi`` is the ABI
+    version the runtime offers (``"1.0"`` or ``"1.1"``, the default): a runtime offering 1.0
+    refuses plugins that declare or import 1.1 with :class:`plugbox.IncompatibleAbiError`.
     """
 
     def __init__(
@@ -123,10 +128,16 @@ class Runtime:
         epoch_tick_ms: float = 2.0,
         pooled_instances: int = 500,
         trust: TrustPolicy | None = None,
+        router: HostRouter | None = None,
+        abi: str = _abispec.ABI_VERSION,
     ) -> None:
         from ._version import __version__
 
         _check_settings(pooled_instances, max_wasm_stack, epoch_tick_ms)
+        #: The ABI version this runtime offers, ``MAJOR.MINOR.PATCH``.
+        self.abi_version = _offered_abi(abi)
+        #: Where plugins' host.call / host.dispatch go (None: denied).
+        self.router = router
         self.version = __version__
         self.policy = policy if policy is not None else Policy()
         # [trust chain] None: the development policy (signatures unchecked, logged at DEBUG).
@@ -189,12 +200,12 @@ class Runtime:
             signers = self.trust.check(source)
             manifest = validate_manifest(source)
             check_compatibility(manifest, runtime_version=self.version,
-                                abi_version=_abispec.ABI_VERSION)
+                                abi_version=self.abi_version)
             wasm = verify_module(manifest)
         # The compile budget starts with the file's size, before it is even parsed.
         self.policy.check_module_size(manifest, len(wasm), component=is_component(wasm))
         info = inspect_module(wasm)
-        check_module_interface(info, manifest)
+        check_module_interface(info, manifest, abi_version=self.abi_version)
         check_capabilities(info, manifest, allow_unrequested_imports=allow_unrequested_imports)
         permissions, limits = self.policy.resolve(manifest, component=info.kind == "component")
         check_runnable(manifest, wasm, info, limits, self.policy, self.engine.wasmtime)
@@ -235,12 +246,18 @@ class Runtime:
         validate_config(manifest, config)
         key_ids = self._identity(manifest.name, verified.signers)
 
+        # The points a plugin declares it may always dispatch, unless the host withholds the
+        # host interface altogether.
+        own_points = (frozenset() if "host" in withhold
+                      else frozenset(manifest.raw.get("extension_points") or ()))
         services = HostServices(
             plugin=manifest.name,
             permissions=permissions,
             config=config,
             kv=self.kv,
             events=self.events,
+            router=self.router,
+            own_points=own_points,
         )
         template: Template | ComponentTemplate | None = None
         try:
@@ -250,7 +267,8 @@ class Runtime:
                 template = ComponentTemplate(
                     self.engine, component, plugin=manifest.name, services=services,
                     memory_cap=limits.memory_bytes,
-                    store_limits=store_limits(info.shape, limits.memory_bytes))
+                    store_limits=store_limits(info.shape, limits.memory_bytes),
+                    abi=self.abi_version)
             else:
                 module, cache = self._compiled(manifest, wasm,
                                                lambda engine, path: engine.deserialize_file(path),
@@ -415,6 +433,17 @@ def _check_settings(pooled_instances: int, max_wasm_stack: int, epoch_tick_ms: f
             or not 0.1 <= epoch_tick_ms <= 1000):
         raise UsageError(f"epoch_tick_ms must be a number from 0.1 to 1000 (deadlines are "
                          f"enforced to about one tick), not {epoch_tick_ms!r}")
+
+
+def _offered_abi(abi: str) -> str:
+    """The full version (``1.0.0``) of an ABI ``Runtime(abi=...)`` may offer, else UsageError."""
+    offered = {v: v for v in _abispec.ABI_VERSIONS}
+    offered.update({v.rsplit(".", 1)[0]: v for v in _abispec.ABI_VERSIONS})
+    if not isinstance(abi, str) or abi not in offered:
+        raise UsageError(
+            f"abi must be one of the ABI versions this plugbox implements, "
+            f"{', '.join(sorted(offered))}, not {abi!r}")
+    return offered[abi]
 
 
 #: The state databases this process has open, by resolved path.

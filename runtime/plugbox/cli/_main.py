@@ -474,7 +474,12 @@ def _print_inspect(report: dict[str, Any]) -> None:
     perms.add_column("details")
     imported = set(report["imported_services"])
     for service in _abispec.SERVICES:
-        value = report["permissions"][service]
+        if service == "host":  # ABI 1.1: requested as permissions.functions / .dispatch
+            host = {k: report["permissions"][k] for k in ("functions", "dispatch")
+                    if report["permissions"][k]}
+            value: Any = host or None
+        else:
+            value = report["permissions"][service]
         asked = value is not None and value is not False
         details = ""
         if isinstance(value, dict):

@@ -3,6 +3,10 @@
 Written by hand from the WIT and the canonical ABI; ``tests/test_abi_wit.py`` regenerates the
 lowering with ``wasm-tools component embed --dummy-names legacy abi/plugbox.wit`` and checks that
 this table matches it exactly, so the two cannot drift apart.
+
+The WIT is version 1.1.0, so its lowering names every interface ``@1.1.0``; the tables are keyed
+by those names. A 1.0 plugin imports the same functions ``@1.0.0``: :func:`canonical_import`
+maps either to the table's key, and :data:`SINCE` says which functions a 1.0 name may not have.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Final
 
 __all__ = [
     "ABI_VERSION",
+    "ABI_VERSIONS",
     "ABI_VERSION_SECTION",
     "ERROR_KINDS",
     "EXPORTS",
@@ -19,19 +24,24 @@ __all__ = [
     "OPTIONAL_EXPORTS",
     "SERVICE_OF_MODULE",
     "SERVICES",
+    "SINCE",
     "canonical_import",
     "import_module",
+    "offered",
     "parse_import_module",
 ]
 
 #: The ABI version this runtime implements. Plugins with the same major and a minor <= ours run.
-ABI_VERSION: Final = "1.0.0"
+ABI_VERSION: Final = "1.1.0"
+
+#: Every ABI version this runtime can offer (``Runtime(abi=...)``), oldest first.
+ABI_VERSIONS: Final = ("1.0.0", "1.1.0")
 
 #: Custom section in which a core module declares the ABI version it was built for (UTF-8 text).
 ABI_VERSION_SECTION: Final = "plugbox:abi-version"
 
 #: Host services, one WIT interface each; also the permission names in manifests.
-SERVICES: Final = ("log", "config", "kv", "events", "clock", "random", "http")
+SERVICES: Final = ("log", "config", "kv", "events", "clock", "random", "http", "host")
 
 #: Cases of the WIT ``error`` variant, in discriminant order.
 ERROR_KINDS: Final = ("denied", "not-found", "invalid-input", "limit-reached", "failure")
@@ -59,6 +69,20 @@ IMPORTS: Final[dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]]] =
     (import_module("clock"), "monotonic"): ((), (_L,)),
     (import_module("random"), "bytes"): ((_I, _I), ()),
     (import_module("http"), "fetch"): ((_I,) * 9, ()),
+    # 1.1.0
+    (import_module("kv"), "increment"): ((_I, _I, _L, _I), ()),
+    (import_module("kv"), "compare-and-set"): ((_I,) * 8, ()),
+    (import_module("host"), "call"): ((_I, _I, _I, _I, _I), ()),
+    (import_module("host"), "dispatch"): ((_I, _I, _I, _I, _I), ()),
+}
+
+#: The ABI version (``MAJOR.MINOR``) that added each function of :data:`IMPORTS`; the rest are
+#: 1.0. A module may import a function from any version at or after this one, never before:
+#: ``plugbox:plugin/kv@1.0.0#increment`` names a function ABI 1.0 does not have.
+SINCE: Final[dict[tuple[str, str], tuple[int, int]]] = {
+    key: (1, 1) if key[1] in ("increment", "compare-and-set") or key[0] == import_module("host")
+    else (1, 0)
+    for key in IMPORTS
 }
 
 #: import module -> service (permission) name.
@@ -89,14 +113,29 @@ def parse_import_module(module: str) -> tuple[str, str] | None:
     return None if match is None else (match.group(1), match.group(2))
 
 
+def _minor(version: str) -> tuple[int, int]:
+    major, minor, _ = version.split(".")
+    return int(major), int(minor)
+
+
+def offered(version: str) -> dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]]:
+    """The :data:`IMPORTS` a runtime offering ABI ``version`` (``x.y.z``) defines: the functions
+    added at or before its minor."""
+    have = _minor(version)
+    return {key: sig for key, sig in IMPORTS.items() if SINCE[key] <= have}
+
+
 def canonical_import(module: str, name: str) -> tuple[str, str] | None:
     """The :data:`IMPORTS` key that an import of ``name`` from ``module`` links to, whatever
-    version ``module`` names (``plugbox:plugin/log@1.0.1`` -> ``plugbox:plugin/log@1.0.0``);
-    ``None`` when it is not a function of a service interface. Whether the version is one this
-    runtime can run is the interface check's business, not this lookup's."""
+    version ``module`` names (``plugbox:plugin/log@1.0.0`` -> ``plugbox:plugin/log@1.1.0``);
+    ``None`` when it is not a function of that version of a service interface (a function is
+    part of every version from the one that added it, :data:`SINCE`). Whether the version is
+    one this runtime can run is the interface check's business, not this lookup's."""
     parsed = parse_import_module(module)
     if parsed is None or parsed[0] not in SERVICES:
         return None
     key = (import_module(parsed[0]), name)
-    return key if key in IMPORTS else None
+    if key not in IMPORTS or SINCE[key] > _minor(parsed[1]):
+        return None  # not a function of that version (kv@1.0.0#increment)
+    return key
 

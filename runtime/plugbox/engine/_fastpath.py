@@ -140,6 +140,8 @@ _U32 = struct.Struct("<I")
 _U32X2 = struct.Struct("<II")
 _U32X4 = struct.Struct("<IIII")
 _ERROR_AT4 = struct.Struct("<B3xB3xII")  # result tag, error tag, message ptr, len
+_ERROR_AT8 = struct.Struct("<B7xB3xII")  # the same when the ok case is 8-aligned (s64)
+_OK_S64 = struct.Struct("<B7xq")  # result<s64, error>: ok tag, value @8
 _U8 = struct.Struct("<B")
 
 
@@ -1183,6 +1185,7 @@ class Instance:
 # Imported here rather than at the top: this region is the only user.
 from ..services._services import (  # noqa: E402
     CONFIG_KEY, EVENT_PAYLOAD, EVENT_TOPIC, HTTP_BODY, HTTP_HEADER_NAME, HTTP_HEADER_VALUE,
+    HOST_CALL_PAYLOAD, HOST_DISPATCH_PAYLOAD, HOST_FUNCTION_NAME, HOST_POINT_NAME,
     HTTP_HEADERS, HTTP_METHOD, HTTP_URL, KV_KEY, KV_PREFIX, KV_VALUE, LOG_MESSAGE_MAX,
     HostCallError, InputCap, utf8_prefix,
 )
@@ -1208,9 +1211,14 @@ class _Lowering:
     def bytes_(self, data: bytes) -> tuple[int, int]:
         return self.inst._lower_bytes(data, self.hook), len(data)
 
-    def err(self, retptr: int, kind: int, message: str) -> None:
+    def err(self, retptr: int, kind: int, message: str, at: int = 4) -> None:
+        """``err(kind(message))`` at ``retptr``; the error sits at ``at`` (8 when the ok case
+        is 8-aligned, as in ``result<s64, error>``)."""
         mptr, mlen = self.bytes_(message.encode("utf-8"))
-        self.inst._write(retptr, _ERROR_AT4.pack(1, kind, mptr, mlen))
+        if at == 4:
+            self.inst._write(retptr, _ERROR_AT4.pack(1, kind, mptr, mlen))
+        else:
+            self.inst._write(retptr, _ERROR_AT8.pack(1, kind, mptr, mlen))
 
     def ok_unit(self, retptr: int) -> None:
         self.inst._write(retptr, _U8.pack(0))
@@ -1247,8 +1255,8 @@ class _Lowering:
 _Adapter = Callable[["_CallState", "HostServices", tuple[int, ...]], "int | None"]
 
 
-def _checked_retptr(inst: Instance, retptr: int, size: int, hook: str) -> int:
-    if retptr % 4 or (
+def _checked_retptr(inst: Instance, retptr: int, size: int, hook: str, align: int = 4) -> int:
+    if retptr % align or (
         retptr + size > inst._view_size and retptr + size > len(inst._refresh())
     ):
         raise AbiViolation(
@@ -1291,11 +1299,14 @@ def _b(st: _CallState, svc: HostServices, ptr: int, n: int, cap: InputCap) -> by
 
 
 def _with_result(
-    size: int, body: Callable[[_CallState, HostServices, _Lowering, int, tuple[int, ...]], None]
+    size: int, body: Callable[[_CallState, HostServices, _Lowering, int, tuple[int, ...]], None],
+    align: int = 4,
 ) -> _Adapter:
+    """The adapter of an import whose result goes to a return area of ``size`` bytes and
+    ``align`` (8 for ``result<s64, error>``, whose cases then start at offset 8)."""
     def adapter(st: _CallState, svc: HostServices, a: tuple[int, ...]) -> None:
         inst = st.instance
-        retptr = _checked_retptr(inst, a[-1], size, st.hook)
+        retptr = _checked_retptr(inst, a[-1], size, st.hook, align)
         low = _Lowering(inst, st.hook)
         try:
             body(st, svc, low, retptr, a)
@@ -1303,7 +1314,7 @@ def _with_result(
             raise
         except Exception as exc:  # HostCallError -> ABI error value
             kind, message = _denied_or_error(st, exc)
-            low.err(retptr, kind, message)
+            low.err(retptr, kind, message, align)
 
     return adapter
 
@@ -1370,6 +1381,37 @@ def _kv_list(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple
     low.ok_words(r, *low.str_list(keys))
 
 
+def _kv_increment(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[int, ...]) -> None:
+    value = svc.kv_increment(_s(st, svc, a[0], a[1], KV_KEY), a[2])
+    st.instance._write(r, _OK_S64.pack(0, value))
+
+
+def _kv_compare_and_set(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[int, ...]) -> None:
+    key = _s(st, svc, a[0], a[1], KV_KEY)
+    tag = a[2]
+    if tag > 1:
+        raise AbiViolation(
+            f"plugin {st.instance.plugin!r}, hook {st.hook!r}: kv.compare-and-set option tag "
+            f"{tag} is neither 0 (none) nor 1 (some)",
+            plugin=st.instance.plugin, hook=st.hook,
+        )
+    expected = _b(st, svc, a[3], a[4], KV_VALUE) if tag else None
+    low.ok_u8(r, 1 if svc.kv_compare_and_set(key, expected, _b(st, svc, a[5], a[6], KV_VALUE))
+              else 0)
+
+
+def _host_call(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[int, ...]) -> None:
+    name = _s(st, svc, a[0], a[1], HOST_FUNCTION_NAME)
+    p, n = low.bytes_(svc.host_call(name, _b(st, svc, a[2], a[3], HOST_CALL_PAYLOAD)))
+    low.ok_words(r, p, n)
+
+
+def _host_dispatch(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[int, ...]) -> None:
+    point = _s(st, svc, a[0], a[1], HOST_POINT_NAME)
+    p, n = low.bytes_(svc.host_dispatch(point, _b(st, svc, a[2], a[3], HOST_DISPATCH_PAYLOAD)))
+    low.ok_words(r, p, n)
+
+
 def _events_emit(st: _CallState, svc: HostServices, low: _Lowering, r: int, a: tuple[int, ...]) -> None:
     topic = _s(st, svc, a[0], a[1], EVENT_TOPIC)
     svc.events_emit(topic, _b(st, svc, a[2], a[3], EVENT_PAYLOAD))
@@ -1434,7 +1476,14 @@ _ADAPTERS: Final[dict[tuple[str, str], tuple[int, Any]]] = {
     (_M("events"), "emit"): (5, _with_result(16, _events_emit)),
     (_M("random"), "bytes"): (2, _with_result(16, _random_bytes)),
     (_M("http"), "fetch"): (9, _with_result(24, _http_fetch)),
+    (_M("kv"), "increment"): (4, _with_result(24, _kv_increment, align=8)),
+    (_M("kv"), "compare-and-set"): (8, _with_result(16, _kv_compare_and_set)),
+    (_M("host"), "call"): (5, _with_result(16, _host_call)),
+    (_M("host"), "dispatch"): (5, _with_result(16, _host_dispatch)),
 }
+#: Raw parameter layouts that are not all i32 (the default, _RAW_I32): kv.increment's delta
+#: is an s64, read signed.
+_LAYOUTS: Final = {(_M("kv"), "increment"): struct.Struct("<I12xI12xq8xI12x")}
 _CLOCKS: Final = {(_M("clock"), "now"): _clock("now"), (_M("clock"), "monotonic"): _clock("monotonic")}
 
 
@@ -1470,7 +1519,7 @@ def _host_body(key: tuple[str, str], services: HostServices) -> Callable[[int], 
     clock = _CLOCKS.get(key)
     write = _RAW_I64.pack_into
     nparams, adapter = _ADAPTERS[key] if clock is None else (0, None)
-    unpack = _RAW_I32[nparams].unpack_from
+    unpack = _LAYOUTS.get(key, _RAW_I32[nparams]).unpack_from
     width = _RAW * nparams
 
     def body(args: int) -> bytes | None:
@@ -1619,6 +1668,15 @@ def guest_error(outcome: CallOutcome, plugin: str, hook: str) -> PluginCallError
             f"plugin {plugin!r}, hook {hook!r}: failed because it tried to open a socket, "
             f"which plugbox never allows: {outcome.message}. Reach the network through the "
             "http service, with the host allow-listed in plugbox.json.",
+            plugin=plugin, hook=hook, permission=outcome.denied,
+        )
+    if outcome.kind == "denied" and outcome.denied in ("functions", "dispatch"):
+        what = "host function" if outcome.denied == "functions" else "extension point"
+        return PermissionDenied(
+            f"plugin {plugin!r}, hook {hook!r}: failed because a {what} was denied: "
+            f"{outcome.message}. Grant it by adding the name (or a pattern) to "
+            f"permissions.{outcome.denied} in plugbox.json (and allow it in the host policy, "
+            f"Policy.{'host_functions' if outcome.denied == 'functions' else 'dispatch_points'}).",
             plugin=plugin, hook=hook, permission=outcome.denied,
         )
     if outcome.kind == "denied" and outcome.denied is not None:

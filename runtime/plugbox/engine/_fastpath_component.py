@@ -72,7 +72,7 @@ except ImportError:
 
 _V = _wb.wasmtime_component_val_t
 _VSIZE: Final = ctypes.sizeof(_V)
-_K_BOOL, _K_U8, _K_U16, _K_U32, _K_U64 = 0, 2, 4, 6, 8
+_K_BOOL, _K_U8, _K_U16, _K_U32, _K_S64, _K_U64 = 0, 2, 4, 6, 7, 8
 _K_STRING, _K_LIST, _K_RECORD, _K_TUPLE, _K_VARIANT, _K_ENUM, _K_OPTION, _K_RESULT = (
     12, 13, 14, 15, 16, 17, 18, 19
 )
@@ -113,6 +113,7 @@ def _name(vec: Any) -> str:
 # The host-service input caps; imported here, next to their only users in this module.
 from ..services._services import (  # noqa: E402
     CONFIG_KEY, EVENT_PAYLOAD, EVENT_TOPIC, HTTP_BODY, HTTP_HEADER_NAME, HTTP_HEADER_VALUE,
+    HOST_CALL_PAYLOAD, HOST_DISPATCH_PAYLOAD, HOST_FUNCTION_NAME, HOST_POINT_NAME,
     HTTP_HEADERS, HTTP_METHOD, HTTP_URL, KV_KEY, KV_PREFIX, KV_VALUE, LOG_MESSAGE_MAX,
     InputCap, utf8_prefix,
 )
@@ -363,6 +364,56 @@ def _a_kv_list(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
     _result_of(st, r, run)
 
 
+def _a_kv_increment(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
+    def run() -> Callable[[Any], None]:
+        if a[1].kind != _K_S64:
+            raise _BadValue("increment delta must be s64")
+        value = svc.kv_increment(_get_str(a[0], svc, KV_KEY), a[1].of.s64)
+
+        def fill(v: Any) -> None:
+            v.kind = _K_S64
+            v.of.s64 = value
+
+        return fill
+
+    _result_of(st, r, run)
+
+
+def _a_kv_compare_and_set(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
+    def run() -> Callable[[Any], None]:
+        key = _get_str(a[0], svc, KV_KEY)
+        if a[1].kind != _K_OPTION:
+            raise _BadValue("compare-and-set expected must be option<list<u8>>")
+        some = a[1].of.option
+        expected = None if not some else _get_bytes(some.contents, svc, KV_VALUE)
+        swapped = svc.kv_compare_and_set(key, expected, _get_bytes(a[2], svc, KV_VALUE))
+
+        def fill(v: Any) -> None:
+            v.kind = _K_BOOL
+            v.of.boolean = swapped
+
+        return fill
+
+    _result_of(st, r, run)
+
+
+def _a_host(dispatch: bool) -> _Adapter:
+    name_cap, payload_cap = ((HOST_POINT_NAME, HOST_DISPATCH_PAYLOAD) if dispatch
+                             else (HOST_FUNCTION_NAME, HOST_CALL_PAYLOAD))
+
+    def adapter(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
+        def run() -> Callable[[Any], None]:
+            name = _get_str(a[0], svc, name_cap)
+            payload = _get_bytes(a[1], svc, payload_cap)
+            data = (svc.host_dispatch(name, payload) if dispatch
+                    else svc.host_call(name, payload))
+            return lambda v: _set_bytes(v, data)
+
+        _result_of(st, r, run)
+
+    return adapter
+
+
 def _a_events_emit(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
     def run() -> None:
         topic = _get_str(a[0], svc, EVENT_TOPIC)
@@ -425,12 +476,29 @@ _HOST_FUNCS: Final[dict[str, dict[str, _Adapter]]] = {
     _M("log"): {"log": _a_log},
     _M("config"): {"get": _a_config_get, "get-all": _a_config_get_all},
     _M("kv"): {"get": _a_kv_get, "set": _a_kv_set, "delete": _a_kv_delete,
-               "list-keys": _a_kv_list},
+               "list-keys": _a_kv_list, "increment": _a_kv_increment,
+               "compare-and-set": _a_kv_compare_and_set},
     _M("events"): {"emit": _a_events_emit},
     _M("clock"): {"now": _a_clock("now"), "monotonic": _a_clock("monotonic")},
     _M("random"): {"bytes": _a_random},
     _M("http"): {"fetch": _a_http_fetch},
+    _M("host"): {"call": _a_host(False), "dispatch": _a_host(True)},
 }
+
+
+def _offered_funcs(abi: str) -> dict[str, dict[str, _Adapter]]:
+    """:data:`_HOST_FUNCS` as a runtime offering ABI ``abi`` (``x.y.z``) defines them: each
+    interface under that version's name, with the functions that version has. wasmtime
+    resolves an import of an older minor (``kv@1.0.0``) to it by semver, and a component
+    importing fewer functions than an interface has links to it all the same."""
+    offered = _abispec.offered(abi)
+    out: dict[str, dict[str, _Adapter]] = {}
+    for module, funcs in _HOST_FUNCS.items():
+        kept = {name: f for name, f in funcs.items() if (module, name) in offered}
+        if kept:
+            service = module.split("/", 1)[1].split("@", 1)[0]
+            out[_abispec.import_module(service, abi)] = kept
+    return out
 
 _callback_type = _wb.wasmtime_component_func_callback_t
 
@@ -607,7 +675,10 @@ def _check_export_types(engine: Engine, component: Component, plugin: str) -> No
 
 
 class ComponentTemplate:
-    """A component linked with one plugin's host functions and deny-by-default WASI."""
+    """A component linked with one plugin's host functions and deny-by-default WASI.
+
+    ``abi`` is the ABI version the runtime offers: the plugbox interfaces are defined as that
+    version has them (a 1.0 runtime defines no ``host`` interface and no atomic kv)."""
 
     def __init__(
         self,
@@ -618,6 +689,7 @@ class ComponentTemplate:
         services: HostServices,
         memory_cap: int,
         store_limits: StoreLimits,
+        abi: str = _abispec.ABI_VERSION,
     ) -> None:
         self.engine = engine
         self.plugin = plugin
@@ -636,7 +708,7 @@ class ComponentTemplate:
             _wb.wasmtime_component_linker_allow_shadowing(linker, True)
             root = _wb.wasmtime_component_linker_root(linker)
             try:
-                for iface, funcs in _HOST_FUNCS.items():
+                for iface, funcs in _offered_funcs(abi).items():
                     self._add_instance(root, iface, {
                         name: _host_body(adapter, services, f"{iface}#{name}")
                         for name, adapter in funcs.items()

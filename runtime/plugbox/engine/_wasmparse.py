@@ -67,6 +67,7 @@ __all__ = [
     "imported_services",
     "inspect_module",
     "is_component",
+    "requested_services",
     "store_limits",
 ]
 
@@ -1082,7 +1083,7 @@ def _check_component_imports(
     interfaces (the runtime serves them deny-by-default: no files, env, args or sockets), and
     the world's type names (``error``). Anything else has no provider and is refused here,
     before the (slow) component compile."""
-    from .._manifest import abi_compatible
+    from .._manifest import abi_compatible, parse_abi_version
 
     services: set[str] = set()
     for name in info.component_imports:
@@ -1100,6 +1101,11 @@ def _check_component_imports(
                     f"{version}, which this runtime (ABI {abi_version}) cannot run; rebuild "
                     "the plugin against this ABI",
                     plugin=manifest.name,
+                )
+            if iface == "host" and parse_abi_version(version) < (1, 1):
+                raise refuse(
+                    f"component imports {name}, but the host interface was added in plugbox "
+                    "ABI 1.1: import plugbox:plugin/host@1.1.0"
                 )
             if iface != "types":
                 services.add(iface)
@@ -1227,6 +1233,15 @@ def check_module_interface(
         key = _abispec.canonical_import(imp.module, imp.name)
         expected = None if key is None else _abispec.IMPORTS[key]
         if expected is None:
+            later = (_abispec.import_module(service), imp.name)
+            if later in _abispec.SINCE:
+                major, minor = _abispec.SINCE[later]
+                raise refuse(
+                    f"module imports {where}, but {imp.name!r} was added to the {service} "
+                    f"interface in plugbox ABI {major}.{minor}, so {imp.module} has no such "
+                    f"function; import it from plugbox:plugin/{service}@{major}.{minor}.0 and "
+                    f"declare abi {major}.{minor}"
+                )
             raise refuse(
                 f"module imports {where}, which is not part of the plugbox ABI {abi}: the "
                 f"{service} interface has no function {imp.name!r}"
@@ -1298,16 +1313,28 @@ _PERMISSION_SNIPPETS: Final = {
     "kv": '"kv": {}',
     "events": '"events": {"topics": ["my-topic.*"]}',
     "http": '"http": {"hosts": ["api.example.com"]}',
+    "host": '"functions": ["app.query"] or "dispatch": ["app.point"]',
 }
+
+
+def requested_services(manifest: Manifest) -> frozenset[str]:
+    """The services ``manifest`` requests. ``host`` counts as requested when the manifest asks
+    for host functions or dispatch points, or declares extension points of its own (which a
+    plugin may always dispatch)."""
+    requested = manifest.permissions.services()
+    if "host" not in requested and manifest.raw.get("extension_points"):
+        requested |= {"host"}
+    return requested
 
 
 def capability_report(info: ModuleInfo, manifest: Manifest) -> CapabilityReport:
     """Compare the services ``info`` imports with those ``manifest`` requests (no raising)."""
-    requested = manifest.permissions.services()
+    requested = requested_services(manifest)
     pairs = _service_imports(info)
     imported = frozenset(service for _, service in pairs)
     unrequested = tuple((name, service) for name, service in pairs if service not in requested)
-    return CapabilityReport(imported, requested, unrequested, requested - imported)
+    return CapabilityReport(imported, requested, unrequested,
+                            manifest.permissions.services() - imported)
 
 
 def check_capabilities(

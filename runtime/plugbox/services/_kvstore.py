@@ -26,6 +26,11 @@ Design choices (measured with a 100-byte value, 1000 keys, 2-core machine; media
   a damaged database is a :class:`~plugbox.StateError` at start, not missing keys later. Every
   failure to open (locked, read-only, full, corrupt, not a database) is a ``StateError``
   naming the file and the fix; the connection is closed first, so a retry can succeed.
+* **Atomic operations** (``increment``, ``compare_and_set``, ABI 1.1): read, decide and write
+  in one ``BEGIN IMMEDIATE`` transaction under the lock, so neither another thread nor another
+  process holding the file (``exclusive=False``) can write between the read and the write;
+  get-then-set from the guest could (4 instances on one counter lost 24,428 of 40,000
+  increments).
 * The same file holds the plugin-identity bindings (``identities``: name -> signer key ids,
   see docs/trust.md).
 * ``WITHOUT ROWID`` table keyed on ``(plugin, key)``: one B-tree lookup per read instead of an
@@ -39,14 +44,16 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from .._errors import StateError, state_error
 
-__all__ = ["KvQuotaError", "KvStore"]
+__all__ = ["KvQuotaError", "KvStore", "KvValueError"]
 
 _log = logging.getLogger("plugbox.kv")
+T = TypeVar("T")
 
 _SCHEMA_VERSION: Final = 1
 
@@ -97,6 +104,16 @@ class KvQuotaError(Exception):
         self.quota = quota
         self.limit = limit
         self.needed = needed
+
+
+class KvValueError(Exception):
+    """An atomic operation cannot apply to the stored value (``increment`` of a value that is
+    not an 8-byte integer, or past the range of one); nothing was written."""
+
+
+#: ``increment`` keeps a counter as a signed 64-bit little-endian integer.
+_I64_MIN: Final = -(1 << 63)
+_I64_MAX: Final = (1 << 63) - 1
 
 
 class _Corrupt(Exception):
@@ -257,29 +274,107 @@ class KvStore:
         always allowed, so a plugin already over a (lowered) quota can still shrink its data.
         Raises :class:`KvQuotaError` and writes nothing when a quota would be exceeded.
         """
-        key_len = len(key.encode("utf-8"))
-        value_len = len(value)
         with self._lock:
             conn = self._conn
             if conn is None:
                 raise self._closed()
             usage = self._usage_of(conn, plugin)
             row = conn.execute(_SQL_SIZE, (plugin, key)).fetchone()
-            if row is None:
-                new_keys = usage[1] + 1
-                if new_keys > quota_keys:
-                    raise KvQuotaError("keys", quota_keys, new_keys)
-                delta = key_len + value_len
-            else:
-                new_keys = usage[1]
-                delta = value_len - row[0]
-            new_bytes = usage[0] + delta
-            if delta > 0 and new_bytes > quota_bytes:
-                raise KvQuotaError("bytes", quota_bytes, new_bytes)
-            conn.execute(_SQL_UPSERT, (plugin, key, value))
+            counts = self._write_checked(conn, usage, plugin, key,
+                                         None if row is None else row[0], value,
+                                         quota_bytes, quota_keys)
             # Only after the write succeeded, so a failed write leaves the cache exact.
-            usage[0] = new_bytes
-            usage[1] = new_keys
+            usage[0], usage[1] = counts
+
+    def _write_checked(self, conn: sqlite3.Connection, usage: list[int], plugin: str, key: str,
+                       old_len: int | None, value: bytes, quota_bytes: int,
+                       quota_keys: int) -> tuple[int, int]:
+        """Upsert ``value`` (the key's current value has ``old_len`` bytes, None: absent)
+        within the quotas, as :meth:`set` does; returns the new ``(bytes, keys)`` usage for the
+        caller to store once the transaction has committed."""
+        if old_len is None:
+            new_keys = usage[1] + 1
+            if new_keys > quota_keys:
+                raise KvQuotaError("keys", quota_keys, new_keys)
+            delta = len(key.encode("utf-8")) + len(value)
+        else:
+            new_keys = usage[1]
+            delta = len(value) - old_len
+        new_bytes = usage[0] + delta
+        if delta > 0 and new_bytes > quota_bytes:
+            raise KvQuotaError("bytes", quota_bytes, new_bytes)
+        conn.execute(_SQL_UPSERT, (plugin, key, value))
+        return new_bytes, new_keys
+
+    def _atomic(self, plugin: str, key: str, quota_bytes: int, quota_keys: int,
+                decide: Callable[[bytes | None], tuple[bytes | None, T]]) -> T:
+        """Read ``key``, let ``decide(current)`` return ``(new value or None to leave it,
+        result)``, and write within the quotas, as one transaction.
+
+        ``self._lock`` serialises the threads of this process; ``BEGIN IMMEDIATE`` takes
+        SQLite's write lock before the read, so a store of another process (``exclusive=
+        False``) cannot interleave a write between the read and the write either."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise self._closed()
+            usage = self._usage_of(conn, plugin)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute(_SQL_GET, (plugin, key)).fetchone()
+                current: bytes | None = None if row is None else row[0]
+                new, result = decide(current)
+                counts = None
+                if new is not None:
+                    counts = self._write_checked(
+                        conn, usage, plugin, key, None if current is None else len(current),
+                        new, quota_bytes, quota_keys)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            if counts is not None:
+                usage[0], usage[1] = counts
+            return result
+
+    def increment(self, plugin: str, key: str, delta: int, *, quota_bytes: int,
+                  quota_keys: int) -> int:
+        """Add ``delta`` to the signed 64-bit integer under ``key`` (8 bytes, little-endian;
+        absent counts as 0) and return the new value, atomically (threads and processes).
+
+        Raises :class:`KvValueError` when the stored value is not 8 bytes or the sum leaves
+        the signed 64-bit range, :class:`KvQuotaError` when creating the key exceeds a quota;
+        nothing is written then."""
+
+        def decide(current: bytes | None) -> tuple[bytes | None, int]:
+            if current is None:
+                value = 0
+            elif len(current) == 8:
+                value = int.from_bytes(current, "little", signed=True)
+            else:
+                raise KvValueError(
+                    f"the value under the key is {len(current)} bytes, not an 8-byte "
+                    "little-endian integer (the format increment keeps counters in)")
+            total = value + delta
+            if not _I64_MIN <= total <= _I64_MAX:
+                raise KvValueError(f"{value} + {delta} leaves the signed 64-bit range")
+            return total.to_bytes(8, "little", signed=True), total
+
+        return self._atomic(plugin, key, quota_bytes, quota_keys, decide)
+
+    def compare_and_set(self, plugin: str, key: str, expected: bytes | None, new: bytes, *,
+                        quota_bytes: int, quota_keys: int) -> bool:
+        """Store ``new`` under ``key`` if its value is ``expected`` (None: the key is absent),
+        atomically (threads and processes); True when it did. Raises :class:`KvQuotaError`
+        (nothing written) when the write would exceed a quota."""
+
+        def decide(current: bytes | None) -> tuple[bytes | None, bool]:
+            if current != expected:
+                return None, False
+            return new, True
+
+        return self._atomic(plugin, key, quota_bytes, quota_keys, decide)
 
     def delete(self, plugin: str, key: str) -> bool:
         """Remove ``key``; True when it existed."""

@@ -26,17 +26,17 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, Protocol
 
 import httpx
 
 from ..engine._abispec import ERROR_KINDS
 from .._errors import UsageError
 from ._events import Event, EventBus
-from ._kvstore import KvQuotaError, KvStore
+from ._kvstore import KvQuotaError, KvStore, KvValueError
 from .._permissions import HttpPermission, Permissions
 
-__all__ = ["HostCallError", "HostServices", "InputCap"]
+__all__ = ["HostCallError", "HostRouter", "HostServices", "InputCap"]
 
 # Caps on what a guest passes in. The wasm glue checks each length against its cap *before*
 # copying guest memory (abi/README.md lists them per function), so what a call costs the host
@@ -72,6 +72,12 @@ HTTP_HEADER_VALUE_MAX: Final = 8192
 HTTP_HEADERS_MAX: Final = 100
 #: Redirects http.fetch follows before giving up with limit-reached.
 HTTP_MAX_REDIRECTS: Final = 5
+#: host.call / host.dispatch (ABI 1.1): names are 1..HOST_NAME_MAX UTF-8 bytes, payloads at
+#: most HOST_PAYLOAD_MAX bytes; a router's result over HOST_RESULT_MAX bytes is not handed to
+#: the guest (limit-reached).
+HOST_NAME_MAX: Final = 256
+HOST_PAYLOAD_MAX: Final = 1 << 20
+HOST_RESULT_MAX: Final = 16 << 20
 #: Characters of a guest-supplied string quoted in an error message (the rest is elided).
 SHOWN_MAX: Final = 80
 #: A log flood ends when the plugin stayed under the rate for this long (in tokens).
@@ -150,6 +156,28 @@ class HostCallError(Exception):
         return f"HostCallError({self.kind!r}, {self.message!r}, permission={self.permission!r})"
 
 
+class HostRouter(Protocol):
+    """Where a plugin's ``host.call`` and ``host.dispatch`` (ABI 1.1) go: the host application
+    (``plugbox.PluginHost`` implements it). ``Runtime(router=...)`` installs one.
+
+    The runtime calls it on the calling thread, nested inside the plugin's call, and only after
+    the plugin's ``permissions.functions`` / ``permissions.dispatch`` (or, for dispatch, the
+    points the plugin declares itself) allowed the name. ``plugin`` is the calling plugin's
+    name, ``payload`` the guest's bytes (at most :data:`HOST_PAYLOAD_MAX`). Return the result
+    bytes (for ``dispatch``, the dispatch result's JSON). Raise :class:`HostCallError` for an
+    error the guest should see as that ABI error; any other exception reaches the guest as
+    ``failure`` (and is logged on ``plugbox.host``).
+    """
+
+    def call_function(self, plugin: str, name: str, payload: bytes) -> bytes:
+        """Run host function ``name`` for ``plugin``; its result bytes."""
+        ...
+
+    def dispatch(self, plugin: str, point: str, payload: bytes) -> bytes:
+        """Dispatch extension point ``point`` for ``plugin``; the dispatch result as JSON."""
+        ...
+
+
 def _not_granted(service: str) -> str:
     return (
         f"{service}: permission not granted; add \"{service}\" to permissions in {_MANIFEST}"
@@ -157,7 +185,11 @@ def _not_granted(service: str) -> str:
 
 
 _NOT_GRANTED: Final = {
-    s: _not_granted(s) for s in ("log", "config", "kv", "events", "clock", "random", "http")
+    **{s: _not_granted(s) for s in ("log", "config", "kv", "events", "clock", "random", "http")},
+    "functions": (f"host.call: no host functions granted; add \"functions\": [\"<name>\"] to "
+                  f"permissions in {_MANIFEST}"),
+    "dispatch": (f"host.dispatch: no extension points granted; add \"dispatch\": [\"<point>\"] "
+                 f"to permissions in {_MANIFEST}, or declare the point in extension_points"),
 }
 
 
@@ -219,6 +251,22 @@ HTTP_HEADER_NAME: Final = InputCap(
 HTTP_HEADER_VALUE: Final = InputCap(
     "http", "header value", HTTP_HEADER_VALUE_MAX, "invalid-input",
     "http: header value of {n} bytes is longer than the maximum of {cap} bytes",
+)
+HOST_FUNCTION_NAME: Final = InputCap(
+    "functions", "host function name", HOST_NAME_MAX, "invalid-input",
+    "host.call: function name must be 1 to {cap} bytes of UTF-8, got {n} bytes",
+)
+HOST_CALL_PAYLOAD: Final = InputCap(
+    "functions", "host call payload", HOST_PAYLOAD_MAX, "limit-reached",
+    "host.call: payload of {n} bytes exceeds the maximum of {cap} bytes",
+)
+HOST_POINT_NAME: Final = InputCap(
+    "dispatch", "extension point name", HOST_NAME_MAX, "invalid-input",
+    "host.dispatch: extension point name must be 1 to {cap} bytes of UTF-8, got {n} bytes",
+)
+HOST_DISPATCH_PAYLOAD: Final = InputCap(
+    "dispatch", "dispatch payload", HOST_PAYLOAD_MAX, "limit-reached",
+    "host.dispatch: payload of {n} bytes exceeds the maximum of {cap} bytes",
 )
 #: Its cap is each plugin's permissions.http.max_request_bytes (see HostServices.http_body_max).
 HTTP_BODY: Final = InputCap(
@@ -290,7 +338,10 @@ class HostServices:
 
     Shared by all instances of the plugin and called from many threads at once; every method
     is thread-safe. ``logger`` replaces the plugin's logger (default
-    ``plugbox.plugin.<plugin>``), which receives what the plugin logs. Denied calls are counted
+    ``plugbox.plugin.<plugin>``), which receives what the plugin logs. ``router`` serves
+    ``host.call``/``host.dispatch`` (none: both are denied); ``own_points`` are the extension
+    points the plugin declares itself, which it may dispatch without a ``dispatch``
+    permission. Denied calls are counted
     in :attr:`denied` and reported on ``plugbox.host`` at most once per
     :data:`DENIED_LOG_INTERVAL` seconds per service.
     """
@@ -310,8 +361,12 @@ class HostServices:
         http_client: httpx.Client | None = None,
         log_rate: float = LOG_RATE,
         log_burst: int = LOG_BURST,
+        router: HostRouter | None = None,
+        own_points: frozenset[str] = frozenset(),
     ) -> None:
         self.plugin = plugin
+        self._router = router
+        self._own_points = frozenset(own_points)
         self.permissions = permissions
         self._kv = kv
         self._events = events
@@ -405,6 +460,8 @@ class HostServices:
         granted = {
             "log": self._log_ok, "config": self._config_ok, "kv": self._kv_ok,
             "events": self._events_ok, "http": self._http is not None,
+            "functions": bool(self.permissions.functions),
+            "dispatch": bool(self.permissions.dispatch or self._own_points),
         }.get(cap.service, True)
         if not granted:
             return self._deny(cap.service, _NOT_GRANTED[cap.service])
@@ -565,12 +622,7 @@ class HostServices:
                 quota_keys=self._kv_quota_keys,
             )
         except KvQuotaError as exc:
-            field = "quota_bytes" if exc.quota == "bytes" else "quota_keys"
-            raise HostCallError(
-                "limit-reached",
-                f"kv: quota of {exc.limit} {exc.quota} reached (this write needs {exc.needed}); "
-                f"delete keys or raise permissions.kv.{field} in {_MANIFEST}",
-            ) from None
+            raise self._kv_quota_error(exc) from None
         except (sqlite3.Error, UnicodeEncodeError) as exc:
             raise self._kv_failure(exc) from None
 
@@ -594,6 +646,126 @@ class HostServices:
             return self._kv.list_keys(self.plugin, prefix, KV_LIST_MAX)
         except (sqlite3.Error, UnicodeEncodeError) as exc:
             raise self._kv_failure(exc) from None
+
+    def _kv_quota_error(self, exc: KvQuotaError) -> HostCallError:
+        field = "quota_bytes" if exc.quota == "bytes" else "quota_keys"
+        return HostCallError(
+            "limit-reached",
+            f"kv: quota of {exc.limit} {exc.quota} reached (this write needs {exc.needed}); "
+            f"delete keys or raise permissions.kv.{field} in {_MANIFEST}",
+        )
+
+    def kv_increment(self, key: str, delta: int) -> int:
+        """Atomically add ``delta`` to the signed 64-bit counter under ``key`` (8 bytes,
+        little-endian; absent reads as 0); the new value (ABI 1.1)."""
+        if not self._kv_ok:
+            raise self._deny("kv", _NOT_GRANTED["kv"])
+        self._check_key(key)
+        try:
+            return self._kv.increment(self.plugin, key, delta,
+                                      quota_bytes=self._kv_quota_bytes,
+                                      quota_keys=self._kv_quota_keys)
+        except KvValueError as exc:
+            raise HostCallError("invalid-input",
+                                f"kv: cannot increment {_shown(key)}: {exc}") from None
+        except KvQuotaError as exc:
+            raise self._kv_quota_error(exc) from None
+        except (sqlite3.Error, UnicodeEncodeError) as exc:
+            raise self._kv_failure(exc) from None
+
+    def kv_compare_and_set(self, key: str, expected: bytes | None, new: bytes) -> bool:
+        """Atomically store ``new`` under ``key`` if its value is ``expected`` (None: absent);
+        True when it did (ABI 1.1)."""
+        if not self._kv_ok:
+            raise self._deny("kv", _NOT_GRANTED["kv"])
+        self._check_key(key)
+        for value in (expected, new):
+            if value is not None and len(value) > KV_VALUE_MAX:
+                raise self.input_error(KV_VALUE, len(value))
+        try:
+            return self._kv.compare_and_set(
+                self.plugin, key, None if expected is None else bytes(expected), bytes(new),
+                quota_bytes=self._kv_quota_bytes, quota_keys=self._kv_quota_keys)
+        except KvQuotaError as exc:
+            raise self._kv_quota_error(exc) from None
+        except (sqlite3.Error, UnicodeEncodeError) as exc:
+            raise self._kv_failure(exc) from None
+
+    # -- host (ABI 1.1) ----------------------------------------------------------------------
+
+    def host_call(self, name: str, payload: bytes) -> bytes:
+        """Call host function ``name`` through the router, if ``permissions.functions``
+        allows it; its result bytes."""
+        if not self.permissions.functions:
+            raise self._deny("functions", _NOT_GRANTED["functions"])
+        self._check_host_name(name, HOST_FUNCTION_NAME)
+        if len(payload) > HOST_PAYLOAD_MAX:
+            raise self.input_error(HOST_CALL_PAYLOAD, len(payload))
+        if not self.permissions.allows_function(name):
+            raise self._deny(
+                "functions",
+                f"host.call: function {_shown(name)} is not granted; add it (or a pattern "
+                f"matching it) to permissions.functions in {_MANIFEST}",
+            )
+        router = self._router
+        if router is None:
+            raise self._deny("functions", "host.call: this host offers no host functions")
+        return self._routed(f"host function {_shown(name)}",
+                            lambda: router.call_function(self.plugin, name, bytes(payload)),
+                            "functions")
+
+    def host_dispatch(self, point: str, payload: bytes) -> bytes:
+        """Dispatch extension point ``point`` through the router, if ``permissions.dispatch``
+        allows it or the plugin declares the point itself; the dispatch result's JSON."""
+        if not (self.permissions.dispatch or self._own_points):
+            raise self._deny("dispatch", _NOT_GRANTED["dispatch"])
+        self._check_host_name(point, HOST_POINT_NAME)
+        if len(payload) > HOST_PAYLOAD_MAX:
+            raise self.input_error(HOST_DISPATCH_PAYLOAD, len(payload))
+        if point not in self._own_points and not self.permissions.allows_dispatch(point):
+            raise self._deny(
+                "dispatch",
+                f"host.dispatch: extension point {_shown(point)} is not granted; add it (or "
+                f"a pattern matching it) to permissions.dispatch in {_MANIFEST}",
+            )
+        router = self._router
+        if router is None:
+            raise self._deny("dispatch", "host.dispatch: this host offers no extension points")
+        return self._routed(f"extension point {_shown(point)}",
+                            lambda: router.dispatch(self.plugin, point, bytes(payload)),
+                            "dispatch")
+
+    def _check_host_name(self, name: str, cap: InputCap) -> None:
+        n = len(name)
+        if n == 0 or (n > HOST_NAME_MAX // 4 and _utf8_len(name) > HOST_NAME_MAX):
+            raise self.input_error(cap, _utf8_len(name))
+
+    def _routed(self, what: str, run: Callable[[], bytes], permission: str) -> bytes:
+        """The router's answer, or the ABI error it stands for: its HostCallError as raised
+        (a denial without a permission is charged to ``permission``), anything else, and a
+        result that is not bytes or is too large, as ``failure`` / ``limit-reached``."""
+        try:
+            result = run()
+        except HostCallError as exc:
+            if exc.kind == "denied":
+                raise self._deny(exc.permission or permission, exc.message) from None
+            raise
+        except Exception as exc:  # the router's bug or failure: the guest sees failure
+            self._host_logger.warning("plugin %r: %s failed", self.plugin, what, exc_info=True)
+            raise HostCallError(
+                "failure", f"host: {what} failed: {type(exc).__name__}: {_cut(exc)}"
+            ) from None
+        if not isinstance(result, (bytes, bytearray, memoryview)):
+            self._host_logger.warning("plugin %r: %s returned %s, not bytes", self.plugin,
+                                      what, type(result).__name__)
+            raise HostCallError("failure", f"host: {what} returned no bytes (a host bug)")
+        if len(result) > HOST_RESULT_MAX:
+            raise HostCallError(
+                "limit-reached",
+                f"host: {what} returned {len(result)} bytes, more than the maximum of "
+                f"{HOST_RESULT_MAX} a plugin receives",
+            )
+        return bytes(result)
 
     # -- events ------------------------------------------------------------------------------
 

@@ -1,0 +1,59 @@
+"""A Python plugin (componentize-py, the text-tools sample) and a Rust plugin (word-stats)
+implementing the same extension point side by side."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import plugbox
+from tests.test_host_core import stage
+
+STATS = {"type": "object", "required": ["words", "unique_words"],
+         "properties": {"words": {"type": "integer"}, "unique_words": {"type": "integer"}}}
+
+
+@pytest.fixture
+def host(tmp_path: Path, cache_dir: Path, built_samples: dict[str, Path],
+         rust_plugins: dict[str, Path]) -> Iterator[plugbox.PluginHost]:
+    with plugbox.PluginHost(state_dir=tmp_path / "state",
+                            runtime_options={"cache_dir": cache_dir}) as h:
+        h.extension_point("text.analyze", version="1.2.0", output_schema=STATS,
+                          input_schema={"type": "object", "required": ["text"]})
+        h.extension_point("text.first", version="1.0.0", mode="first", failure="propagate")
+        impl = {"text.analyze": {"hook": "text.stats", "versions": ">=1.0,<2"},
+                "text.first": {"hook": "text.stats"}}
+        h.add(stage(built_samples["text-tools"], tmp_path / "py", "py-stats",
+                    implements=impl), priority=1)
+        h.add(stage(rust_plugins["word-stats"], tmp_path / "rs", "rust-stats",
+                    implements=impl), priority=2)
+        yield h
+
+
+def test_python_and_rust_plugins_answer_the_same_point(host: plugbox.PluginHost) -> None:
+    res = host.call("text.analyze", {"text": "the cat and the hat"})
+    assert res.ok, res.failures
+    assert [r.plugin for r in res.results] == ["rust-stats", "py-stats"]
+    assert [(r.value["words"], r.value["unique_words"]) for r in res.results] == [(5, 4)] * 2
+    hosted = host.get("py-stats")
+    assert hosted is not None and hosted.plugin.manifest.implements["text.analyze"].hook == \
+        "text.stats"
+
+
+def test_a_python_plugins_failure_is_isolated_and_typed(host: plugbox.PluginHost) -> None:
+    res = host.call("text.analyze", {"text": 42})  # both plugins refuse a non-string text
+    assert res.results == []
+    assert [(f.plugin, f.kind) for f in res.failures] == [("rust-stats", "GuestError"),
+                                                         ("py-stats", "GuestError")]
+    assert all(isinstance(f.error, plugbox.GuestError) and f.error.kind == "invalid-input"
+               for f in res.failures)
+
+
+def test_first_mode_with_python_behind_rust(host: plugbox.PluginHost) -> None:
+    res = host.call("text.first", {"text": "a b"})
+    assert [r.plugin for r in res.results] == ["rust-stats"] and res.value["words"] == 2
+    host.remove("rust-stats")
+    res = host.call("text.first", {"text": "a b c"})
+    assert [r.plugin for r in res.results] == ["py-stats"] and res.value["words"] == 3
