@@ -634,7 +634,7 @@ class _CallScope:
         awaiting task gets CancelledError)."""
         return ClosedError(
             f"plugin {plugin!r}, hook {hook!r}: interrupted because the asyncio task awaiting "
-            "it (Plugin.acall) was cancelled; the plugin did nothing wrong.",
+            "it (acall) was cancelled; the plugin did nothing wrong.",
             plugin=plugin, hook=hook)
 
     def cancel(self) -> bool:
