@@ -303,3 +303,17 @@ def test_add_discovered_honours_an_enable_list(tmp_path: Path, cache_dir: Path) 
         [problem] = added.problems
         assert problem.origin == "enable list" and "'three'" in problem.reason
         assert [hp.name for hp in host.plugins] == ["two"]
+
+
+def test_plugbox_discover_paths_and_entry_points(
+    installed_wheel: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.syspath_prepend(str(installed_wheel))
+    one = plugin(tmp_path / "one", "one")
+    assert main(["discover", "--path", str(one), "--entry-points", "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert [(c["name"], c["distribution"]) for c in doc["candidates"]] == [
+        ("one", None), ("acme-echo", "acme_plugins"), ("acme-packed", "acme_plugins")]
+    assert len(doc["problems"]) == 2  # the wheel's two bad entry points
+    assert main(["discover", str(tmp_path / "empty-nothing"), "--max-depth", "0"]) == 2
