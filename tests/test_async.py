@@ -212,6 +212,29 @@ def test_a_fresh_mode_call_is_cancelled_too(
     assert plugin._live == 0 and not plugin._instances
 
 
+
+def test_cancelling_a_component_call_interrupts_it_too(
+    runtime: plugbox.Runtime, rust_plugins: dict[str, Path], tmp_path: Path, calls: Calls
+) -> None:
+    from plugbox.authoring._build import wrap_component
+
+    # The hostile Rust sample as a component: its hook "loop" spins until its limits stop it.
+    plugin = runtime.load(wrap_component(rust_plugins["hostile"], tmp_path))
+
+    async def main() -> float:
+        task = asyncio.create_task(plugin.acall("loop", fuel=10**15, deadline_ms=10_000))
+        await started(calls)
+        cancelled_at = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.monotonic() - cancelled_at
+
+    assert asyncio.run(main()) < 0.5
+    [(_, _, error)] = calls.ended
+    assert isinstance(error, plugbox.ClosedError) and "was cancelled" in str(error)
+    assert plugin.instances_discarded == 1
+
 # -- PluginHost.acall ----------------------------------------------------------------------------
 
 @pytest.fixture
