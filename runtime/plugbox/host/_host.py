@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import fnmatch
-import inspect
 import json
 import logging
 import os
@@ -192,9 +191,8 @@ class PluginHost:
                                  "runtime_options may not set 'router': the host is the "
                                  "router")
         self._router = HostRouter(self)
-        if "router" in inspect.signature(Runtime.__init__).parameters:
-            options["router"] = self._router
-        runtime = _HostRuntime(state_dir=state_dir, trust=trust, policy=policy, **options)
+        runtime = _HostRuntime(state_dir=state_dir, trust=trust, policy=policy,
+                               router=self._router, **options)
         runtime._memory_cap = self._memory_cap
         #: The Runtime that loads and runs the hosted plugins.
         self.runtime: Runtime = runtime
@@ -319,7 +317,10 @@ class PluginHost:
         self._check_open()
         path = Path(source)
         with staged_plugin(path) as staged:
-            early = validate_manifest(read_manifest(staged))
+            # The runtime's order: cheap bounds, signatures, then the schema.
+            read = read_manifest(staged)
+            self.runtime.trust.check(read)
+            early = validate_manifest(read)
         with self._lock:
             self._admit(early)  # cheap checks first: nothing compiled for a refused plugin
         plugin = self.runtime.load(path, config=dict(config or {}))
@@ -379,7 +380,7 @@ class PluginHost:
                     f"{declared.version} only; update the plugin for {declared.version}, or "
                     f"widen its specifier", plugin=name, point=point,
                     versions=(declared.version,))
-        for pattern in getattr(manifest.permissions, "functions", ()):
+        for pattern in manifest.permissions.functions:
             if not any(fnmatch.fnmatchcase(fn, pattern) for fn in tables.functions):
                 offered = ", ".join(sorted(tables.functions)) or "none"
                 raise PolicyViolationError(
@@ -875,6 +876,8 @@ class HostRouter:
                           else function.handler(value))
         except HostCallError:
             raise
+        except ReentrantDispatchError as exc:  # the handler dispatched back into the chain
+            raise HostCallError("limit-reached", exc.message) from None
         except Exception as exc:
             _log.error("host function %r failed for plugin %r", name, plugin, exc_info=True)
             raise HostCallError("failure", f"host function {name!r} failed "
