@@ -241,3 +241,69 @@ def test_one_zero_plugins_run_unchanged_beside_one_one(host: plugbox.PluginHost,
                    permissions={"functions": ["f"]}))
     assert host.call("p", None).values == ["from 1.0", "from 1.1"]
     assert json.loads(json.dumps(host.call("p", None).to_json()))["mode"] == "each"
+
+
+def test_guests_call_host_functions_from_many_threads(host: plugbox.PluginHost,
+                                                      relay: Callable[..., Path]) -> None:
+    host.function("twice", lambda value, plugin: {"n": value["n"] * 2, "by": plugin})
+    host.extension_point("calc", version="1.0.0")
+    for name in ("calc-a", "calc-b"):
+        host.add(relay(name, "call", "twice", implements={"calc": RUN},
+                       permissions={"functions": ["twice"]}))
+    errors: list[BaseException] = []
+
+    def caller(offset: int) -> None:
+        try:
+            for n in range(offset, offset + 25):
+                res = host.call("calc", {"n": n})
+                assert res.failures == [], res.failures  # no false re-entrancy across threads
+                assert res.values == [{"n": 2 * n, "by": "calc-a"}, {"n": 2 * n, "by": "calc-b"}]
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(100 * i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_concurrent_each_keeps_the_dispatch_chain_across_worker_threads(
+        host: plugbox.PluginHost, relay: Callable[..., Path]) -> None:
+    seen: list[str] = []
+
+    def again(value: Any) -> Any:
+        seen.append(threading.current_thread().name)
+        return host.call("fan", value).to_json()  # re-enters the point: refused
+
+    host.function("fan.again", again)
+    host.extension_point("fan", version="1.0.0", concurrent=True)
+    for name in ("f1", "f2", "f3"):
+        host.add(relay(name, "call", "fan.again", implements={"fan": RUN},
+                       permissions={"functions": ["fan.again"]}))
+    res = run_with_timeout(lambda: host.call("fan", {}))
+    assert [f.plugin for f in res.failures] == ["f1", "f2", "f3"]
+    assert all(isinstance(f.error, plugbox.GuestError) and f.error.kind == "limit-reached"
+               for f in res.failures)
+    assert len(seen) == 3 and all(name.startswith("plugbox-host") for name in seen)
+
+
+def test_dispatch_chains_are_bounded(host: plugbox.PluginHost,
+                                     relay: Callable[..., Path]) -> None:
+    depth = plugbox.host.MAX_DISPATCH_DEPTH
+    for i in range(depth + 2):
+        host.extension_point(f"d{i}", version="1.0.0", mode="first")
+    for i in range(depth + 1):  # c_i serves d_i by dispatching d_(i+1)
+        host.add(relay(f"c{i}", "dispatch", f"d{i + 1}", implements={f"d{i}": RUN},
+                       permissions={"dispatch": [f"d{i + 1}"]}))
+    res = run_with_timeout(lambda: host.call("d0", {}))
+    level = 0
+    out: Any = res.to_json()
+    while out["results"]:
+        out = out["results"][0]["value"]
+        level += 1
+    (failure,) = out["failures"]
+    assert failure["plugin"] == f"c{depth - 1}" and failure["kind"] == "GuestError"
+    assert f"nest more than {depth} deep" in failure["error"]
+    assert level == depth - 1

@@ -15,7 +15,7 @@ import pytest
 import plugbox
 from plugbox.services._services import HostCallError
 from tests.conftest import wat_module, write_plugin
-from tests.test_host_core import const_body, stage
+from tests.test_host_core import const_body
 
 
 @pytest.fixture

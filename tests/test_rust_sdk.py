@@ -43,7 +43,7 @@ EXPECTED_SERVICES: dict[str, frozenset[str]] = {
     "counter": frozenset({"kv", "events", "clock"}),
     "fetcher": frozenset({"http", "random", "clock", "log"}),
     "hostile": frozenset({"log"}),
-    "probe": frozenset(_abispec.SERVICES),
+    "probe": frozenset(_abispec.SERVICES) - {"host"},  # a 1.0 plugin: no ABI 1.1 interface
 }
 
 
@@ -97,14 +97,25 @@ def test_echo_imports_nothing(interfaces: dict[str, ModuleInterface]) -> None:
 
 
 def test_word_stats_imports_only_log_and_config(interfaces: dict[str, ModuleInterface]) -> None:
+    # The SDK imports each function from the ABI version that added it: 1.0 ones at 1.0.0.
     assert set(interfaces["word-stats"].imports) == {
-        (_abispec.import_module("log"), "log"),
-        (_abispec.import_module("config"), "get"),
+        (_abispec.import_module("log", "1.0.0"), "log"),
+        (_abispec.import_module("config", "1.0.0"), "get"),
     }
 
 
+def test_counter_imports_increment_from_1_1(interfaces: dict[str, ModuleInterface]) -> None:
+    imports = set(interfaces["counter"].imports)
+    assert (_abispec.import_module("kv", "1.1.0"), "increment") in imports
+    assert (_abispec.import_module("kv", "1.0.0"), "get") in imports
+
+
+#: The services of ABI 1.0; the samples other than counter are 1.0 plugins.
+SERVICES_1_0 = EXPECTED_SERVICES["probe"]
+
+
 def test_probe_imports_every_service(interfaces: dict[str, ModuleInterface]) -> None:
-    assert _services(interfaces["probe"]) == frozenset(_abispec.SERVICES)
+    assert _services(interfaces["probe"]) == SERVICES_1_0
 
 
 @pytest.mark.parametrize("name", SAMPLES)
@@ -118,7 +129,7 @@ def test_samples_together_use_every_service(interfaces: dict[str, ModuleInterfac
     used = frozenset().union(
         *(_services(interfaces[n]) for n in ("word-stats", "counter", "fetcher"))
     )
-    assert used == frozenset(_abispec.SERVICES)
+    assert used == SERVICES_1_0
 
 
 @pytest.mark.parametrize("name", SAMPLES)
@@ -127,7 +138,9 @@ def test_every_import_has_the_abi_signature(
 ) -> None:
     for key, (kind, params, results) in interfaces[name].imports.items():
         assert kind == "func", key
-        assert _abispec.IMPORTS.get(key) == (params, results), key
+        canonical = _abispec.canonical_import(*key)
+        assert canonical is not None, key
+        assert _abispec.IMPORTS[canonical] == (params, results), key
 
 
 # ------------------------------------------------------------------------------------ exports
@@ -156,7 +169,8 @@ def test_sdk_plugins_export_init_and_post_returns(
 def test_module_declares_abi_version_once(name: str, staged: dict[str, Path]) -> None:
     sections = custom_sections((staged[name] / "plugin.wasm").read_bytes())
     declared = [c for n, c in sections if n == _abispec.ABI_VERSION_SECTION]
-    assert declared == [b"1.0.0"]
+    # counter uses kv.increment (hooks! { abi: "1.1", ... }); the others are 1.0 plugins.
+    assert declared == [b"1.1.0" if name == "counter" else b"1.0.0"]
 
 
 # ------------------------------------------------------------------------------------ staging

@@ -140,7 +140,7 @@ def test_kv_is_private_to_each_plugin(tmp_path: Path, runtime: plugbox.Runtime,
 
 def test_kv_quota_surfaces_as_limit_reached(runtime: plugbox.Runtime,
                                             rust_plugins: dict[str, Path]) -> None:
-    counter = runtime.load(rust_plugins["counter"])  # quota_keys: 100
+    counter = runtime.load(rust_plugins["counter"])  # quota_keys: 200, 2 keys a counter
     for i in range(100):
         counter.call_json("counter.incr", {"name": f"c{i}"})
     with pytest.raises(plugbox.GuestError) as info:

@@ -349,6 +349,146 @@ pub(crate) fn kv_list_keys(prefix: &str) -> Result<Vec<String>> {
     }
 }
 
+// ------------------------------------------------------------------------- kv (ABI 1.1)
+//
+// Functions added in ABI 1.1 are imported from the 1.1.0 interfaces; the 1.0 ones above stay at
+// 1.0.0, so a plugin that calls only 1.0 functions is still a 1.0 plugin (runs on 1.0 hosts).
+
+#[cfg(target_arch = "wasm32")]
+#[link(wasm_import_module = "plugbox:plugin/kv@1.1.0")]
+extern "C" {
+    #[link_name = "increment"]
+    fn kv_increment_raw(key_ptr: *const u8, key_len: usize, delta: i64, ret: *mut u8);
+}
+
+/// `kv.increment(key, delta) -> result<s64, error>`. The s64 makes the result 8-aligned:
+/// tag @0, then the value or the error @8.
+pub(crate) fn kv_increment(key: &str, delta: i64) -> Result<i64> {
+    let mut area = RetArea::new();
+    unsafe {
+        kv_increment_raw(key.as_ptr(), key.len(), delta, area.ptr());
+        match area.u8_at(0) {
+            0 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&area.0[8..16]);
+                Ok(i64::from_le_bytes(b))
+            }
+            1 => Err(take_error(&area, 8)),
+            tag => Err(Error::Failure(format!(
+                "the host returned an invalid result tag {}",
+                tag
+            ))),
+        }
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+#[link(wasm_import_module = "plugbox:plugin/kv@1.1.0")]
+extern "C" {
+    #[link_name = "compare-and-set"]
+    fn kv_compare_and_set_raw(
+        key_ptr: *const u8,
+        key_len: usize,
+        expected_tag: i32,
+        expected_ptr: *const u8,
+        expected_len: usize,
+        new_ptr: *const u8,
+        new_len: usize,
+        ret: *mut u8,
+    );
+}
+
+/// `kv.compare-and-set(key, expected, new) -> result<bool, error>`; the option is passed flat
+/// as (tag, ptr, len).
+pub(crate) fn kv_compare_and_set(key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<bool> {
+    let (tag, ptr, len) = match expected {
+        None => (0, 1 as *const u8, 0),
+        Some(bytes) => (1, bytes.as_ptr(), bytes.len()),
+    };
+    let mut area = RetArea::new();
+    unsafe {
+        kv_compare_and_set_raw(
+            key.as_ptr(),
+            key.len(),
+            tag,
+            ptr,
+            len,
+            new.as_ptr(),
+            new.len(),
+            area.ptr(),
+        );
+        check_result(&area)?;
+    }
+    match area.u8_at(4) {
+        0 => Ok(false),
+        1 => Ok(true),
+        b => Err(Error::Failure(format!(
+            "the host returned an invalid bool {}",
+            b
+        ))),
+    }
+}
+
+// ------------------------------------------------------------------------ host (ABI 1.1)
+
+#[cfg(target_arch = "wasm32")]
+#[link(wasm_import_module = "plugbox:plugin/host@1.1.0")]
+extern "C" {
+    #[link_name = "call"]
+    fn host_call_raw(
+        name_ptr: *const u8,
+        name_len: usize,
+        payload_ptr: *const u8,
+        payload_len: usize,
+        ret: *mut u8,
+    );
+}
+
+/// `host.call(name, payload) -> result<list<u8>, error>`.
+pub(crate) fn host_call(name: &str, payload: &[u8]) -> Result<Vec<u8>> {
+    let mut area = RetArea::new();
+    unsafe {
+        host_call_raw(
+            name.as_ptr(),
+            name.len(),
+            payload.as_ptr(),
+            payload.len(),
+            area.ptr(),
+        );
+        check_result(&area)?;
+        Ok(take_bytes(area.ptr_at(4), area.len_at(8)))
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+#[link(wasm_import_module = "plugbox:plugin/host@1.1.0")]
+extern "C" {
+    #[link_name = "dispatch"]
+    fn host_dispatch_raw(
+        point_ptr: *const u8,
+        point_len: usize,
+        payload_ptr: *const u8,
+        payload_len: usize,
+        ret: *mut u8,
+    );
+}
+
+/// `host.dispatch(point, payload) -> result<list<u8>, error>`.
+pub(crate) fn host_dispatch(point: &str, payload: &[u8]) -> Result<Vec<u8>> {
+    let mut area = RetArea::new();
+    unsafe {
+        host_dispatch_raw(
+            point.as_ptr(),
+            point.len(),
+            payload.as_ptr(),
+            payload.len(),
+            area.ptr(),
+        );
+        check_result(&area)?;
+        Ok(take_bytes(area.ptr_at(4), area.len_at(8)))
+    }
+}
+
 // ---------------------------------------------------------------------------------- events
 
 #[cfg(target_arch = "wasm32")]
@@ -516,6 +656,27 @@ mod native {
     }
     pub unsafe fn kv_list_keys_raw(prefix_ptr: *const u8, prefix_len: usize, ret: *mut u8) {
         unavailable("kv.list-keys")
+    }
+    pub unsafe fn kv_increment_raw(key_ptr: *const u8, key_len: usize, d: i64, ret: *mut u8) {
+        unavailable("kv.increment")
+    }
+    pub unsafe fn kv_compare_and_set_raw(
+        k: *const u8,
+        kl: usize,
+        et: i32,
+        e: *const u8,
+        el: usize,
+        n: *const u8,
+        nl: usize,
+        r: *mut u8,
+    ) {
+        unavailable("kv.compare-and-set")
+    }
+    pub unsafe fn host_call_raw(n: *const u8, nl: usize, p: *const u8, pl: usize, r: *mut u8) {
+        unavailable("host.call")
+    }
+    pub unsafe fn host_dispatch_raw(n: *const u8, nl: usize, p: *const u8, pl: usize, r: *mut u8) {
+        unavailable("host.dispatch")
     }
     pub unsafe fn events_emit_raw(t: *const u8, tl: usize, p: *const u8, pl: usize, r: *mut u8) {
         unavailable("events.emit")

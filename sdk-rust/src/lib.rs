@@ -3,7 +3,8 @@
 //! A plugbox plugin is a `cdylib` crate built for `wasm32-unknown-unknown`. It handles *hooks*:
 //! the host calls a hook by name with a byte payload (usually JSON) and gets bytes back, or one
 //! of the ABI's [`Error`]s. Register the handlers with [`hooks!`]; call host services through
-//! the safe modules [`log`], [`config`], [`kv`], [`events`], [`clock`], [`random`] and [`http`].
+//! the safe modules [`log`], [`config`], [`kv`], [`events`], [`clock`], [`random`] and [`http`],
+//! and into the host application through [`host`] (ABI 1.1).
 //!
 //! ```ignore
 //! use plugbox_sdk::json::{self, Value};
@@ -34,6 +35,13 @@
 //! the instance (the release profile must use `panic = "abort"`); the host reports it as a
 //! guest trap and discards the instance.
 //!
+//! **ABI versions.** The SDK implements ABI 1.1. Each function is imported from the ABI version
+//! that added it (the 1.0 functions from `@1.0.0`, [`host`], [`kv::increment`] and
+//! [`kv::compare_and_set`] from `@1.1.0`), so a plugin that calls only 1.0 functions is a 1.0
+//! plugin and runs on every 1.x host. A plugin that calls a 1.1 function says so with
+//! `hooks! { abi: "1.1", ... }` (which writes `1.1.0` into the `plugbox:abi-version` section)
+//! and `"abi": "1.1"` in its manifest; a host offering only 1.0 then refuses it at load time.
+//!
 //! Only the host services a plugin actually calls end up as imports of its module: the linker
 //! drops the rest, so a plugin that never touches `kv` does not import it (and needs no `kv`
 //! permission). All `unsafe` code of the SDK is in one private module, `hostcalls`.
@@ -45,6 +53,7 @@ pub mod clock;
 pub mod config;
 mod error;
 pub mod events;
+pub mod host;
 #[doc(hidden)]
 pub mod hostcalls;
 pub mod http;
@@ -55,12 +64,17 @@ pub mod random;
 
 pub use error::{Error, Result};
 
-/// The plugbox ABI version this SDK implements.
-pub const ABI_VERSION: &str = "1.0.0";
+/// The plugbox ABI version this SDK implements (the newest a plugin built with it can use).
+pub const ABI_VERSION: &str = "1.1.0";
 
-/// Content of the `plugbox:abi-version` custom section that [`hooks!`] puts in the module.
+/// Content of the `plugbox:abi-version` custom section that [`hooks!`] puts in the module: a
+/// plugin is a 1.0 plugin unless it writes `abi: "1.1"`.
 #[doc(hidden)]
 pub const __ABI_VERSION_SECTION: [u8; 5] = *b"1.0.0";
+
+/// The section of a plugin that writes `hooks! { abi: "1.1", ... }`.
+#[doc(hidden)]
+pub const __ABI_1_1_SECTION: [u8; 5] = *b"1.1.0";
 
 /// The `on-init` a plugin gets when it registers none: accepts any configuration.
 #[doc(hidden)]
@@ -88,13 +102,28 @@ pub fn __unknown_hook(hook: &str) -> Error {
 /// `on-hook`, `cabi_post_on-hook` and `cabi_realloc`, and the `plugbox:abi-version` custom
 /// section. A handler is any expression callable as `fn(Vec<u8>) -> Result<Vec<u8>>`; calling
 /// a hook that is not listed fails with [`Error::NotFound`].
+///
+/// A plugin that calls ABI 1.1 functions ([`host`], [`kv::increment`], [`kv::compare_and_set`])
+/// starts the list with `abi: "1.1",` (before `init:`), and declares `"abi": "1.1"` in its
+/// manifest; without it the module says ABI 1.0 and the host refuses its 1.1 imports.
 #[macro_export]
 macro_rules! hooks {
+    (abi: "1.1", init: $init:expr, $($hook:literal => $handler:expr),+ $(,)?) => {
+        $crate::__plugbox_exports!($crate::__ABI_1_1_SECTION; $init; $($hook => $handler),+);
+    };
+    (abi: "1.1", $($hook:literal => $handler:expr),+ $(,)?) => {
+        $crate::__plugbox_exports!(
+            $crate::__ABI_1_1_SECTION; $crate::__default_init; $($hook => $handler),+);
+    };
+    (abi: "1.0", $($rest:tt)*) => {
+        $crate::hooks!($($rest)*);
+    };
     (init: $init:expr, $($hook:literal => $handler:expr),+ $(,)?) => {
-        $crate::__plugbox_exports!($init; $($hook => $handler),+);
+        $crate::__plugbox_exports!($crate::__ABI_VERSION_SECTION; $init; $($hook => $handler),+);
     };
     ($($hook:literal => $handler:expr),+ $(,)?) => {
-        $crate::__plugbox_exports!($crate::__default_init; $($hook => $handler),+);
+        $crate::__plugbox_exports!(
+            $crate::__ABI_VERSION_SECTION; $crate::__default_init; $($hook => $handler),+);
     };
 }
 
@@ -102,11 +131,11 @@ macro_rules! hooks {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __plugbox_exports {
-    ($init:expr; $($hook:literal => $handler:expr),+) => {
+    ($section:expr; $init:expr; $($hook:literal => $handler:expr),+) => {
         const _: () = {
             #[link_section = "plugbox:abi-version"]
             #[used]
-            static PLUGBOX_ABI_VERSION: [u8; 5] = $crate::__ABI_VERSION_SECTION;
+            static PLUGBOX_ABI_VERSION: [u8; 5] = $section;
 
             fn plugbox_init(config: &str) -> $crate::Result<()> {
                 ($init)(config)

@@ -85,8 +85,11 @@ SINCE: Final[dict[tuple[str, str], tuple[int, int]]] = {
     for key in IMPORTS
 }
 
-#: import module -> service (permission) name.
-SERVICE_OF_MODULE: Final = {import_module(s): s for s in SERVICES}
+#: import module -> service (permission) name, for the modules of every version offered
+#: (``plugbox:plugin/kv@1.0.0`` and ``@1.1.0``; ``host`` exists from 1.1.0).
+SERVICE_OF_MODULE: Final = {
+    import_module(s, v): s for v in ABI_VERSIONS for s in SERVICES if s != "host" or v != "1.0.0"
+}
 
 #: Exports every plugin must have: name -> (kind, param types, result types).
 EXPORTS: Final[dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]]] = {

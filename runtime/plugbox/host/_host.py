@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from .._errors import PlugboxError, PolicyViolationError, UsageError
 from .._manifest import Implementation, Manifest, validate_manifest, read_manifest
@@ -111,6 +111,15 @@ class _Impl:
     @property
     def after(self) -> tuple[str, ...]:
         return self.impl.after
+
+
+class _Probe(NamedTuple):
+    """A plugin not yet added, as the cycle check sees it."""
+
+    name: str
+    key: tuple[int, int]
+    before: tuple[str, ...]
+    after: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -389,20 +398,19 @@ class PluginHost:
                     f"no function matching it (registered: {offered}); register it with "
                     f"host.function(...) before adding the plugin, or remove the request",
                     plugin=name, permission="functions")
-        probe = HostedPlugin(name=name, plugin=None, priority=0,  # type: ignore[arg-type]
-                             manifest=manifest, source=manifest.directory,
-                             index=self._added + 1)
         for point, impl in manifest.implements.items():
-            entries = [*self._implementations(tables.plugins, point), _Impl(probe, impl)]
+            # Only the constraints matter for a cycle, not the priorities.
+            entries: list[_Impl | _Probe] = [*self._implementations(tables.plugins, point),
+                                             _Probe(name, (0, 0), impl.before, impl.after)]
             try:
                 dispatch_order(entries)
             except Cycle as exc:
-                cycle = " -> ".join(exc.plugins)
+                on_it = ", ".join(sorted(set(exc.plugins)))
                 raise OrderCycleError(
                     f"plugin {name!r} cannot be added: the before/after constraints on "
-                    f"extension point {point!r} would form a cycle ({cycle} runs before "
-                    f"itself); remove one of the constraints ($.implements"
-                    f"[{json.dumps(point)}].before/after) of {', '.join(sorted(set(exc.plugins)))}",
+                    f"extension point {point!r} would form a cycle ({' -> '.join(exc.plugins)} "
+                    f"runs before itself); remove one of the constraints "
+                    f"($.implements[{json.dumps(point)}].before/after) of {on_it}",
                     plugin=name, point=point, plugins=exc.plugins[:-1]) from None
 
     @staticmethod
