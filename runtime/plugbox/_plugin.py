@@ -401,8 +401,8 @@ class Plugin:
                 max(0.0, deadline_at - _monotonic()) * 1000))
         if self._closed:  # close() ran since it was taken: the interrupt may have missed it
             inst.interrupt()
-        # Set on threads running an acall (see "async calls"); the thread-local is read only
-        # while some acall runs, so plain calls pay one global lookup.
+        # The acall this call belongs to, if any (see "async calls"); the context variable is
+        # read only while some acall runs, so plain calls pay one global lookup.
         scope = _scope.get() if _acalls_running else None
         if scope is not None and not scope.bind(inst):  # cancelled before it could start
             self._release(inst, keep=persistent, failed=False)
@@ -473,9 +473,10 @@ class Plugin:
     # -- async calls -----------------------------------------------------------------------
     #
     # The guest runs on a worker thread (the event loop's default executor) inside a _CallScope
-    # that records the instance it borrowed; cancelling the awaiting task interrupts exactly
-    # that instance (its own epoch-callback flag, as close() does for every instance), so other
-    # calls of the plugin run on. The interrupted instance is discarded, not pooled.
+    # that records the instances its calls borrow (_call binds them); cancelling the awaiting
+    # task interrupts exactly those (each instance's own epoch-callback flag, as close() sets
+    # for every instance), so other calls of the plugin run on. An interrupted instance is
+    # discarded, not pooled.
 
     async def acall(
         self,
