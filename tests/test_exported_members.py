@@ -7,7 +7,8 @@ import inspect
 import plugbox
 
 PUBLIC = [
-    "AbiViolation", "CallRecord", "CapabilityError", "ClosedError", "DeadlineExceeded",
+    "AbiViolation", "AddedPlugins", "CallRecord", "CapabilityError", "ClosedError",
+    "DeadlineExceeded", "DiscoveredPlugin", "DiscoveryLimits", "DiscoveryProblem", "DiscoveryReport",
     "DispatchResult", "Event", "EventBus", "EventsPermission", "ExtensionPoint", "Failure",
     "FuelExhausted", "GuestError", "GuestTrap", "HashMismatchError", "HostFunction",
     "HostedPlugin", "HttpPermission", "IdentityConflictError", "IncompatibleAbiError",
@@ -19,7 +20,7 @@ PUBLIC = [
     "ReentrantDispatchError", "Result", "RevokedKeyError", "Runtime", "SecretKey",
     "SignatureError", "SignerInfo", "StackOverflow", "StateError", "TrustPolicy",
     "UnknownHookError", "UntrustedSignerError", "UsageError", "VerificationError",
-    "__version__", "load_manifest",
+    "__version__", "discover", "load_manifest",
 ]
 
 

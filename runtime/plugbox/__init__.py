@@ -35,6 +35,11 @@ from ._errors import (
 )
 from .services._events import Event, EventBus
 from .host import (
+    AddedPlugins,
+    DiscoveredPlugin,
+    DiscoveryLimits,
+    DiscoveryProblem,
+    DiscoveryReport,
     DispatchResult,
     ExtensionPoint,
     Failure,
@@ -47,6 +52,7 @@ from .host import (
     PluginHost,
     ReentrantDispatchError,
     Result,
+    discover,
 )
 from ._manifest import Manifest, load_manifest
 from ._permissions import EventsPermission, HttpPermission, KvPermission, Limits, Permissions
@@ -60,10 +66,15 @@ from ._version import __version__
 
 __all__ = [
     "AbiViolation",
+    "AddedPlugins",
     "CallRecord",
     "CapabilityError",
     "ClosedError",
     "DeadlineExceeded",
+    "DiscoveredPlugin",
+    "DiscoveryLimits",
+    "DiscoveryProblem",
+    "DiscoveryReport",
     "DispatchResult",
     "Event",
     "EventBus",
@@ -117,5 +128,6 @@ __all__ = [
     "UsageError",
     "VerificationError",
     "__version__",
+    "discover",
     "load_manifest",
 ]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
+import functools
 import json
 import logging
 import threading
@@ -146,6 +150,7 @@ class Plugin:
             self._idle.append(first)
             self._live = 1
         else:
+            self._instances.discard(first)
             first.close()
 
     # -- pool ------------------------------------------------------------------------------
@@ -396,6 +401,12 @@ class Plugin:
                 max(0.0, deadline_at - _monotonic()) * 1000))
         if self._closed:  # close() ran since it was taken: the interrupt may have missed it
             inst.interrupt()
+        # The acall this call belongs to, if any (see "async calls"); the context variable is
+        # read only while some acall runs, so plain calls pay one global lookup.
+        scope = _scope.get() if _acalls_running else None
+        if scope is not None and not scope.bind(inst):  # cancelled before it could start
+            self._release(inst, keep=persistent, failed=False)
+            raise scope.interrupted(self.name, hook)
         failed = True
         outcome: CallOutcome | None = None
         try:
@@ -405,11 +416,15 @@ class Plugin:
         except NeedStack:  # nothing ran: the call moves to a thread with a known stack
             failed = False
         except PlugboxError as exc:
+            if scope is not None and scope.cancelled:  # not the plugin's failure: say why
+                raise scope.interrupted(self.name, hook) from None
             self.failures += 1
             exc.plugin = exc.plugin or self.name
             exc.hook = exc.hook or hook
             raise
         finally:
+            if scope is not None and scope.unbind(inst):
+                failed = True  # interrupted by a cancelled acall: the mark stays, never reuse it
             # A trapped instance may hold half-updated state: it is never reused.
             self._release(inst, keep=persistent, failed=failed)
         if outcome is None:
@@ -455,6 +470,41 @@ class Plugin:
                 plugin=self.name, hook=hook,
             ) from None
 
+    # -- async calls -----------------------------------------------------------------------
+    #
+    # The guest runs on a worker thread (the event loop's default executor) inside a _CallScope
+    # that records the instances its calls borrow (_call binds them); cancelling the awaiting
+    # task interrupts exactly those (each instance's own epoch-callback flag, as close() sets
+    # for every instance), so other calls of the plugin run on. An interrupted instance is
+    # discarded, not pooled.
+
+    async def acall(
+        self,
+        hook: str,
+        payload: bytes = b"",
+        *,
+        fuel: int | None = None,
+        deadline_ms: int | None = None,
+    ) -> bytes:
+        """:meth:`call` for asyncio hosts: the guest runs on a worker thread, so the event loop
+        keeps running while it does.
+
+        Cancelling the awaiting task interrupts the guest at its next epoch check (within a few
+        epoch ticks, about 20 ms) and discards the instance it ran in, so the pool serves the
+        next caller; the task's :class:`asyncio.CancelledError` propagates once the guest has
+        stopped (a guest blocked in a host service stops when the service returns, within the
+        call's deadline). A call cancelled before it started never runs. Other calls of the
+        plugin, concurrent or later, are not affected. Raises what :meth:`call` raises.
+        """
+        result: bytes = await run_cancellable(self._template.engine, self.call, hook, payload,
+                                              fuel=fuel, deadline_ms=deadline_ms)
+        return result
+
+    async def acall_json(self, hook: str, value: Any = None, **options: Any) -> Any:
+        """:meth:`call_json` for asyncio hosts, cancellable like :meth:`acall`."""
+        return await run_cancellable(self._template.engine, self.call_json, hook, value,
+                                     **options)
+
     # -- lifetime --------------------------------------------------------------------------
 
     @property
@@ -489,6 +539,113 @@ class Plugin:
     def __repr__(self) -> str:
         state = "closed" if self._closed else self.mode
         return f"<plugbox.Plugin {self.name} {self.version} ({state})>"
+
+
+async def run_cancellable(engine: _fastpath.Engine, fn: Callable[..., Any], *args: Any,
+                          **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` on a worker thread (the event loop's default executor), inside
+    a :class:`_CallScope`: cancelling the awaiting task interrupts the plugin calls ``fn`` is
+    making (the scope is a context variable, so it follows ``fn`` into threads started with
+    the caller's context, as PluginHost's concurrent dispatch does), refuses those it has not
+    started yet, and returns once they have stopped. What :meth:`Plugin.acall` and
+    ``PluginHost.acall`` are made of."""
+    scope = _CallScope()
+    loop = asyncio.get_running_loop()
+    # The worker sees the caller's context variables (as asyncio.to_thread does), and runs on
+    # a thread with stack enough for a guest: a call never moves off the scope's context.
+    job = functools.partial(contextvars.copy_context().run, run_on_enough_stack, engine,
+                            scope.run, fn, args, kwargs)
+    future = loop.run_in_executor(None, job)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        if scope.cancel():  # the guest is running: wait until it has let go of its instance
+            with contextlib.suppress(Exception):
+                await asyncio.shield(future)
+        else:
+            future.cancel()  # still queued: it never starts
+        raise
+
+
+#: The acall scope of the plugin calls made in this context, if any.
+_scope: contextvars.ContextVar[_CallScope | None] = contextvars.ContextVar(
+    "plugbox_acall_scope", default=None)
+#: How many acall scopes are running in the process (guarded by _acalls_lock): while none is,
+#: plain calls do not even read the context variable.
+_acalls_running = 0
+_acalls_lock = threading.Lock()
+
+
+class _CallScope:
+    """One acall, as its worker runs it: the instances its calls borrowed (the outer plugin's,
+    those of plugins called from its host functions, those of a dispatch's implementations on
+    other threads), so a cancellation interrupts exactly those. bind/unbind and cancel take
+    one lock, so an instance is interrupted only while this call holds it, never after it went
+    back to the pool for another caller."""
+
+    __slots__ = ("_lock", "_held", "_started", "_cancelled")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: list[_Inst] = []
+        self._started = False
+        self._cancelled = False
+
+    def run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``fn(*args, **kwargs)`` on this (worker) thread inside the scope; nothing when the
+        acall was cancelled while the job was queued."""
+        with self._lock:
+            if self._cancelled:
+                return None
+            self._started = True
+        global _acalls_running
+        token = _scope.set(self)
+        with _acalls_lock:
+            _acalls_running += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with _acalls_lock:
+                _acalls_running -= 1
+            _scope.reset(token)
+
+    def bind(self, inst: _Inst) -> bool:
+        """A call of the scope took ``inst``; False when the acall was cancelled already (the
+        call must not start)."""
+        with self._lock:
+            if self._cancelled:
+                return False
+            self._held.append(inst)
+            return True
+
+    def unbind(self, inst: _Inst) -> bool:
+        """The call that took ``inst`` ended; True when a cancellation interrupted it."""
+        with self._lock:
+            self._held.remove(inst)
+            return self._cancelled
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the acall was cancelled."""
+        return self._cancelled
+
+    @staticmethod
+    def interrupted(plugin: str, hook: str) -> ClosedError:
+        """What a call interrupted by its acall's cancellation raises (monitors see it; the
+        awaiting task gets CancelledError)."""
+        return ClosedError(
+            f"plugin {plugin!r}, hook {hook!r}: interrupted because the asyncio task awaiting "
+            "it (acall) was cancelled; the plugin did nothing wrong.",
+            plugin=plugin, hook=hook)
+
+    def cancel(self) -> bool:
+        """Interrupt the scope's calls in progress; True when the job had started (its guest
+        may be running)."""
+        with self._lock:
+            self._cancelled = True
+            for inst in self._held:
+                inst.interrupt()
+            return self._started
 
 
 MonitorPair = tuple[Callable[[CallRecord], None], Callable[[CallRecord], None]]

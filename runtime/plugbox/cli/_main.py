@@ -36,6 +36,7 @@ from rich.text import Text
 
 from ..engine import _abispec
 from ._authoring import add_build, add_new
+from ._discover import add_discover
 from .._errors import (
     CapabilityError,
     GuestError,
@@ -1360,6 +1361,7 @@ _COMMANDS: Final[tuple[Callable[[Any], None], ...]] = (
     _add_unpack,
     add_build,
     add_new,
+    add_discover,
 )
 
 

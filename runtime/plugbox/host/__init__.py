@@ -4,6 +4,14 @@ from ``plugbox``."""
 
 from __future__ import annotations
 
+from ._discovery import (
+    AddedPlugins,
+    DiscoveredPlugin,
+    DiscoveryLimits,
+    DiscoveryProblem,
+    DiscoveryReport,
+    discover,
+)
 from ._errors import (
     IncompatiblePointError,
     InvalidResultError,
@@ -17,6 +25,11 @@ from ._results import DispatchResult, Failure, Result
 
 __all__ = [
     "MAX_DISPATCH_DEPTH",
+    "AddedPlugins",
+    "DiscoveredPlugin",
+    "DiscoveryLimits",
+    "DiscoveryProblem",
+    "DiscoveryReport",
     "DispatchResult",
     "ExtensionPoint",
     "Failure",
@@ -30,4 +43,5 @@ __all__ = [
     "PluginHost",
     "ReentrantDispatchError",
     "Result",
+    "discover",
 ]

@@ -39,6 +39,11 @@ from ._errors import (IncompatiblePointError, InvalidResultError, OrderCycleErro
 from ._order import Cycle, dispatch_order
 from ._points import ExtensionPoint, HostFunction
 from ._results import DispatchResult, Failure, Result
+# For the async and discovery block at the end of PluginHost (issue 8 §4, §5).
+from collections.abc import Iterable, Sequence
+from .._plugin import run_cancellable
+from ._discovery import (AddedPlugins, DiscoveredPlugin, DiscoveryLimits, DiscoveryProblem,
+                         DiscoveryReport, discover)
 
 __all__ = ["MAX_DISPATCH_DEPTH", "HostedPlugin", "PluginHost"]
 
@@ -713,6 +718,126 @@ class PluginHost:
         tables = self._tables
         return (f"<plugbox.PluginHost {len(tables.plugins)} plugins, {len(tables.points)} "
                 f"extension points, {len(tables.functions)} functions>")
+
+    # -- async calls, one plugin, discovery (issue 8 §4, §5) --------------------------------
+
+    async def acall(self, point: str, payload: Any = None) -> DispatchResult:
+        """:meth:`call` for asyncio hosts: the dispatch runs on a worker thread, so the event
+        loop keeps running while the plugins do.
+
+        Cancelling the awaiting task interrupts this dispatch's plugin calls in progress (on
+        the host's worker threads too, for a ``concurrent`` point) within a few epoch ticks,
+        and the implementations it has not reached yet never start; their instances go back
+        to the pools, and other dispatches run on. The task's
+        :class:`asyncio.CancelledError` propagates once the calls have stopped. A
+        ``background`` point returns at once, as with :meth:`call`, and its dispatch is not
+        cancelled with the task. Raises what :meth:`call` raises.
+        """
+        self._check_open()
+        result: DispatchResult = await run_cancellable(self.runtime.engine, self.call, point,
+                                                       payload)
+        return result
+
+    def call_plugin(self, point: str, name: str, payload: Any = None) -> Any:
+        """Call plugin ``name``'s implementation of ``point`` alone, as a dispatch would call
+        it: the payload checked against the point's input schema, the point's limits, the
+        result decoded (None for an empty result) and checked against its output schema.
+
+        For adapters that order and combine results themselves
+        (:mod:`plugbox.integrations.pluggy`). The plugin's failure is raised whatever the
+        point's failure policy; :class:`plugbox.UsageError` for an unknown point or plugin,
+        a plugin that does not implement the point, or a disabled one.
+        """
+        tables = self._tables
+        spec = self._point(tables, point)
+        hosted = next((hp for hp in tables.plugins if hp.name == name), None)
+        if hosted is None:
+            raise UsageError(f"no plugin named {name!r} is added to this host (added: "
+                             f"{', '.join(hp.name for hp in tables.plugins) or 'none'})")
+        impl = hosted.manifest.implements.get(point)
+        if impl is None:
+            raise UsageError(f"plugin {name!r} does not implement extension point {point!r} "
+                             f"(it implements: "
+                             f"{', '.join(sorted(hosted.manifest.implements)) or 'none'})",
+                             plugin=name)
+        if not hosted.enabled:
+            raise UsageError(f"plugin {name!r} is disabled on this host", plugin=name)
+        active = _PLUGINS.get()
+        if name in active:
+            raise ReentrantDispatchError(
+                f"plugin {name!r} is called for extension point {point!r} while a call of its "
+                f"own is still running on this chain", point=point, plugin=name)
+        return self._invoke(spec, _Impl(hosted, impl), self._encode(spec, payload), active)
+
+    def discover(
+        self,
+        directories: Iterable[str | os.PathLike[str]] = (),
+        *,
+        paths: Iterable[str | os.PathLike[str]] = (),
+        entry_points: bool = False,
+        search_path: Sequence[str | os.PathLike[str]] | None = None,
+        limits: DiscoveryLimits = DiscoveryLimits(),
+    ) -> DiscoveryReport:
+        """Find plugins without adding them (manifests only: nothing is verified, compiled or
+        run); see :func:`plugbox.host.discover` for the places searched and the entry-point
+        convention. Add the ones you want with :meth:`add_discovered` or :meth:`add`."""
+        self._check_open()
+        return discover(directories, paths=paths, entry_points=entry_points,
+                        search_path=search_path, limits=limits)
+
+    def add_discovered(
+        self,
+        found: DiscoveryReport | Iterable[DiscoveredPlugin],
+        *,
+        only: Iterable[str] | None = None,
+        priority: Mapping[str, int] | None = None,
+        config: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> AddedPlugins:
+        """:meth:`add` each discovered plugin, in the order found; a plugin the host refuses
+        is reported, not raised, and the others are still added.
+
+        ``only`` is an enable list of plugin names (default: all); ``priority`` and
+        ``config`` give per-plugin priorities (default 0) and configurations by name. A
+        plugin already hosted from the same source is skipped quietly (so a plugins folder
+        can be rescanned). Returns :class:`~plugbox.host.AddedPlugins`: the plugins added and
+        every problem, the discovery report's included.
+        """
+        problems: list[DiscoveryProblem] = []
+        if isinstance(found, DiscoveryReport):
+            problems.extend(found.problems)
+            candidates: Iterable[DiscoveredPlugin] = found.candidates
+        else:
+            candidates = found
+        wanted = None if only is None else set(only)
+        priority, config = priority or {}, config or {}
+        added: list[HostedPlugin] = []
+        seen: set[str] = set()
+        for candidate in candidates:
+            seen.add(candidate.name)
+            if wanted is not None and candidate.name not in wanted:
+                continue
+            hosted = self.get(candidate.name)
+            if hosted is not None and self._same_source(hosted.source, candidate.source):
+                continue
+            try:
+                added.append(self.add(candidate.source,
+                                      priority=priority.get(candidate.name, 0),
+                                      config=config.get(candidate.name)))
+            except PlugboxError as exc:
+                _log.warning("host: plugin %r from %s (%s) was not added: %s", candidate.name,
+                             candidate.source, candidate.origin, exc)
+                problems.append(DiscoveryProblem(candidate.source, candidate.origin, exc))
+        for name in sorted((wanted or set()) - seen):
+            problems.append(DiscoveryProblem(Path(name), "enable list", UsageError(
+                f"plugin {name!r} is in the enable list but discovery did not find it")))
+        return AddedPlugins(tuple(added), tuple(problems))
+
+    @staticmethod
+    def _same_source(a: Path, b: Path) -> bool:
+        try:
+            return a.resolve() == b.resolve()
+        except (OSError, RuntimeError):
+            return False
 
 
 def _declared_by(point: ExtensionPoint) -> str:
