@@ -13,8 +13,11 @@ measures:
 2. fresh-instance calls (plugbox mode="fresh", and the peers' equivalents) and instantiation;
 3. the cost of one guest->host call (a hook making N clock.monotonic calls);
 4. throughput of a CPU-bound hook on 1 vs 2 threads sharing one plugin;
-5. deadlines under load (a 20 ms deadline while 4 Python threads spin, and while 8 threads
-   hammer host calls) and pool fairness (call latency with 16 threads on a pool of 4).
+5. deadlines under load (a 20 ms deadline while 4 Python threads spin, with CPython's switch
+   interval and with Runtime(switch_interval_ms=1), and while 8 threads hammer host calls)
+   and pool fairness (call latency with 16 threads on a pool of 4);
+6. the PluginHost's dispatch overhead: `each` over 10 echo plugins against 10 direct calls,
+   `first` against one direct call.
 
 Every figure is the median over several repetitions; contenders are interleaved repetition by
 repetition so that background load hits them alike. Prints tables with ratios and the issue's
@@ -69,6 +72,11 @@ TARGET_SCALING = 1.8
 DEADLINE_MS = 20
 TARGET_DEADLINE_MEDIAN_MS = 40.0
 TARGET_DEADLINE_WORST_MS = 120.0
+#: issue 8: one `each` dispatch over 10 plugins against 10 direct calls; `first` with the first
+#: plugin answering against one direct call.
+TARGET_DISPATCH_EACH_RATIO = 1.3
+TARGET_DISPATCH_FIRST_RATIO = 1.2
+DISPATCH_PLUGINS = 10
 
 RUSTC = "/usr/bin/rustc"
 CARGO = "/usr/bin/cargo"
@@ -753,6 +761,48 @@ def bench_deadlines(res: Results, rt: plugbox.Runtime, out: Path, quick: bool) -
         f"max {max(flat) * 1e3:.2f} ms, {len(errors)} deadline errors")
 
 
+def bench_dispatch(res: Results, echo_dir: Path, out: Path, reps: int,
+                   rep_seconds: float) -> None:
+    """Section 7: the PluginHost's dispatch overhead. One ``each`` call over 10 Rust echo
+    plugins against 10 direct ``plugin.call``s, and ``first`` (the first plugin answers)
+    against one direct call; same plugins, same random 16 B payload, interleaved."""
+    manifest = json.loads((echo_dir / "plugbox.json").read_text())
+    module = (echo_dir / manifest["module"]["path"]).read_bytes()
+    implements = {"bench.each": {"versions": ">=1,<2", "hook": "echo"},
+                  "bench.first": {"versions": ">=1,<2", "hook": "echo"}}
+    payload = payload_of(16)
+    with plugbox.PluginHost(state_dir=out / "dispatch-state") as host:
+        host.extension_point("bench.each", version="1.0.0", payload="bytes", mode="each")
+        host.extension_point("bench.first", version="1.0.0", payload="bytes", mode="first")
+        for i in range(DISPATCH_PLUGINS):
+            host.add(stage(out / f"dispatch-echo-{i}", module, name=f"echo-{i}", hooks=["echo"],
+                           limits=manifest.get("limits", {}), implements=implements))
+        plugins = [hosted.plugin for hosted in host.plugins]
+        first = plugins[0]
+        each_result = host.call("bench.each", payload)
+        assert [r.value for r in each_result.results] == [payload] * DISPATCH_PLUGINS, each_result
+        assert host.call("bench.first", payload).value == payload
+
+        def direct_all() -> None:
+            for plugin in plugins:
+                plugin.call("echo", payload)
+
+        timers = {
+            "each": Timer(lambda: host.call("bench.each", payload), rep_seconds),
+            "direct x10": Timer(direct_all, rep_seconds),
+            "first": Timer(lambda: host.call("bench.first", payload), rep_seconds),
+            "direct x1": Timer(lambda: first.call("echo", payload), rep_seconds),
+        }
+        interleaved(timers, reps)
+    for case, (mine, base) in {
+            f"each over {DISPATCH_PLUGINS} echo plugins": ("each", "direct x10"),
+            "first, the first plugin answering": ("first", "direct x1")}.items():
+        res.add("dispatch", case, "PluginHost.call", timers[mine].samples)
+        res.add("dispatch", case, "direct plugin.call", timers[base].samples)
+        log(f"  {case}: {timers[mine].median * 1e6:.1f} µs vs {timers[base].median * 1e6:.1f} "
+            f"µs direct ({timers[mine].median / timers[base].median:.2f}x)")
+
+
 def _percentile(samples: list[float], pct: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
@@ -871,7 +921,8 @@ def targets(res: Results, cpus: int) -> list[dict[str, Any]]:
         if cpus < 2:
             met, note = None, "fewer than 2 CPUs available: not measurable"
         add("2-thread throughput", ratio, f"{ratio:.2f}x", f">= {TARGET_SCALING:g}x", met, note)
-    for case in ("4 Python threads spinning", "8 threads hammering host calls"):
+    for case in ("4 Python threads spinning", "8 threads hammering host calls",
+                 "4 Python threads spinning, switch_interval_ms=1"):
         r = res.get("deadlines", f"{DEADLINE_MS} ms deadline, {case}", "plugbox")
         if r:
             med, worst = r["median"] * 1e3, r["max"] * 1e3
@@ -880,6 +931,15 @@ def targets(res: Results, cpus: int) -> list[dict[str, Any]]:
                 f"<= {TARGET_DEADLINE_MEDIAN_MS:g} ms median, <= {TARGET_DEADLINE_WORST_MS:g} ms "
                 "worst",
                 med <= TARGET_DEADLINE_MEDIAN_MS and worst <= TARGET_DEADLINE_WORST_MS)
+    for case, goal in ((f"each over {DISPATCH_PLUGINS} echo plugins", TARGET_DISPATCH_EACH_RATIO),
+                       ("first, the first plugin answering", TARGET_DISPATCH_FIRST_RATIO)):
+        mine = res.get("dispatch", case, "PluginHost.call")
+        base = res.get("dispatch", case, "direct plugin.call")
+        if mine and base:
+            ratio = mine["median"] / base["median"]
+            add(f"dispatch: {case}", ratio,
+                f"{ratio:.2f}x ({mine['median'] * 1e6:.1f} vs {base['median'] * 1e6:.1f} µs)",
+                f"<= {goal:g}x direct", ratio <= goal)
     r = res.get("python", "per call, 1 KiB", "plugbox")
     if r:
         us = r["median"] * 1e6
@@ -1178,6 +1238,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_threads(res, hooks, wt_engine, reps, max(0.15, rep_seconds * 3))
         log("deadlines under load, pool fairness ...")
         bench_deadlines(res, rt, staged, args.quick)
+        log("PluginHost dispatch overhead ...")
+        bench_dispatch(res, echo_dir, staged, reps, rep_seconds)
         del ext
     if args.no_python:
         log("Python plugin rows skipped (--no-python)")

@@ -502,7 +502,10 @@ def build_python_plugin(
         )
     sdk_dir = sdk_location()
     wit = wit_dir()
-    services = sorted(manifest.permissions.services())
+    # A plugin declaring extension points may dispatch them, which needs the host interface
+    # even when it asks for no host function (as the runtime's capability check counts it).
+    services = sorted(manifest.permissions.services()
+                      | ({"host"} if manifest.extension_points else set()))
     fingerprint = _fingerprint(
         plugin_dir, sdk_dir, wit / WIT_FILENAME, version, manifest.hooks,
         exclude=[target_dir] if out_dir is not None else [], services=services,

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -870,7 +871,16 @@ class HostRouter:
     ABI error."""
 
     def __init__(self, host: PluginHost) -> None:
-        self._host = host
+        # Weak: every plugin's finalizer holds its services, and so this router; a strong
+        # reference would keep the host, its runtime and its address space alive forever.
+        self._host_ref = weakref.ref(host)
+
+    @property
+    def _host(self) -> PluginHost:
+        host = self._host_ref()
+        if host is None:
+            raise HostCallError("failure", "the plugin host is gone")
+        return host
 
     def call_function(self, plugin: str, name: str, payload: bytes) -> bytes:
         """Run host function ``name`` for ``plugin``: payload checked (``invalid-input``),
