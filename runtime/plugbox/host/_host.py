@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 from .._errors import PlugboxError, PolicyViolationError, UsageError
-from .._manifest import Implementation, Manifest, validate_manifest, read_manifest
+from .._manifest import Implementation, Manifest, read_manifest, validate_manifest
 from .._permissions import Limits
 from .._plugin import Plugin
 from .._policy import Policy
