@@ -514,3 +514,28 @@ def test_host_settings_are_checked(tmp_path: Path) -> None:
         plugbox.PluginHost(state_dir=tmp_path, runtime_options={"router": None})
     with pytest.raises(plugbox.UsageError, match="max_workers"):
         plugbox.PluginHost(state_dir=tmp_path, max_workers=0)
+
+
+def test_a_closed_host_dropped_frees_its_runtime_without_the_garbage_collector(
+        tmp_path: Path, make: Callable[..., Path], cache_dir: Path) -> None:
+    # Each Runtime reserves terabytes of address space until it is freed: the host must not
+    # sit in a reference cycle with it (the runtime holds the host's router).
+    import gc
+    import weakref
+
+    path = make("echo", "echo")
+    gc.collect()
+    gc.disable()
+    try:
+        host = plugbox.PluginHost(state_dir=tmp_path / "st",
+                                  runtime_options={"cache_dir": cache_dir})
+        host.extension_point("text.echo", version="1.0.0")
+        host.function("f", lambda value: value)
+        host.add(path)
+        assert host.call("text.echo", 1).values == [1]
+        runtime = weakref.ref(host.runtime)
+        host.close()
+        del host
+        assert runtime() is None
+    finally:
+        gc.enable()

@@ -1,8 +1,10 @@
-"""A Python plugin (componentize-py, the text-tools sample) and a Rust plugin (word-stats)
-implementing the same extension point side by side."""
+"""Python plugins (componentize-py) in a PluginHost: the text-tools sample beside a Rust
+plugin (word-stats) on the same extension point, and the ABI 1.1 test plugin calling a host
+function and dispatching a point through the SDK's ``host`` module."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,3 +59,42 @@ def test_first_mode_with_python_behind_rust(host: plugbox.PluginHost) -> None:
     host.remove("rust-stats")
     res = host.call("text.first", {"text": "a b c"})
     assert [r.plugin for r in res.results] == ["py-stats"] and res.value["words"] == 3
+
+
+@pytest.fixture(scope="session")
+def python_caller() -> Path:
+    """The ABI 1.1 Python test plugin (tests/abi11/python/caller: hooks ``call.json`` and
+    ``dispatch`` forward to the SDK's ``host`` module), built once and cached."""
+    from plugbox.authoring import _pybuild
+
+    repo = Path(__file__).resolve().parent.parent
+    module = _pybuild.build_python_plugin(
+        repo / "tests" / "abi11" / "python" / "caller",
+        out_dir=repo / ".build" / "pytest-pybuild" / "abi11-caller")
+    return module.parent
+
+
+def test_a_python_plugin_calls_host_functions_and_dispatches(
+        tmp_path: Path, cache_dir: Path, python_caller: Path,
+        rust_plugins: dict[str, Path]) -> None:
+    with plugbox.PluginHost(state_dir=tmp_path / "state",
+                            runtime_options={"cache_dir": cache_dir}) as host:
+        host.function("battles.query", lambda value, plugin: {"id": value["id"], "by": plugin})
+        host.extension_point("battle.look", version="1.0.0", mode="first")
+        host.extension_point("relay", version="1.0.0", payload="bytes", mode="first")
+        host.extension_point("report.section", version="1.0.0")
+        host.add(stage(rust_plugins["echo"], tmp_path / "echo", "section-echo",
+                       implements={"report.section": {"hook": "echo"}}))
+        host.add(stage(python_caller, tmp_path / "py", "py-caller",
+                       implements={"battle.look": {"hook": "call.json"},
+                                   "relay": {"hook": "dispatch"}},
+                       permissions={"functions": ["battles.*"], "dispatch": ["report.*"],
+                                    "kv": {}}))
+        res = host.call("battle.look", {"name": "battles.query", "value": {"id": 9}})
+        assert res.value == {"id": 9, "by": "py-caller"}
+        res = host.call("relay", b'report.section\0{"title": "T"}')
+        dispatched = json.loads(res.value)
+        assert dispatched["point"] == "report.section"
+        assert dispatched["results"] == [{"plugin": "section-echo", "value": {"title": "T"}}]
+        (failure,) = host.call("relay", b'secret.point\0{}').failures  # not granted
+        assert isinstance(failure.error, plugbox.PluginCallError)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 from .._errors import PlugboxError, PolicyViolationError, UsageError
-from .._manifest import Implementation, Manifest, validate_manifest, read_manifest
+from .._manifest import Implementation, Manifest, read_manifest, validate_manifest
 from .._permissions import Limits
 from .._plugin import Plugin
 from .._policy import Policy
@@ -137,12 +137,15 @@ class _HostRuntime(Runtime):
     """The host's Runtime: the same, except that a plugin implementing points with a
     ``memory_bytes`` limit is loaded with its memory capped by the tightest of them."""
 
-    _memory_cap: Callable[[Manifest], tuple[int, str] | None] | None = None
+    # Weak: a Runtime keeping its host alive would keep both (and the Runtime's reserved
+    # address space) until the cyclic garbage collector ran.
+    _host: weakref.ref[PluginHost] | None = None
 
     def _verified(self, path: str | os.PathLike[str], allow_unrequested_imports: bool
                   ) -> Any:
         verified = super()._verified(path, allow_unrequested_imports)
-        found = self._memory_cap(verified.manifest) if self._memory_cap is not None else None
+        host = self._host() if self._host is not None else None
+        found = host._memory_cap(verified.manifest) if host is not None else None
         if found is None or found[0] >= verified.limits.memory_bytes:
             return verified
         limits: Limits = dataclasses.replace(verified.limits, memory_bytes=found[0])
@@ -203,7 +206,7 @@ class PluginHost:
         self._router = HostRouter(self)
         runtime = _HostRuntime(state_dir=state_dir, trust=trust, policy=policy,
                                router=self._router, **options)
-        runtime._memory_cap = self._memory_cap
+        runtime._host = weakref.ref(self)
         #: The Runtime that loads and runs the hosted plugins.
         self.runtime: Runtime = runtime
         self._lock = threading.RLock()
@@ -708,6 +711,11 @@ class PluginHost:
             self._closed = True
         self._workers.shutdown(wait=True, cancel_futures=True)
         self.runtime.close()
+        # The closed plugins refer to the runtime: let go of them, so dropping the host frees
+        # everything at once.
+        with self._lock:
+            self._tables = _Tables(points=self._tables.points, functions={}, plugins=(),
+                                   orders={})
 
     def __enter__(self) -> PluginHost:
         return self
@@ -871,13 +879,11 @@ class HostRouter:
     ABI error."""
 
     def __init__(self, host: PluginHost) -> None:
-        # Weak: every plugin's finalizer holds its services, and so this router; a strong
-        # reference would keep the host, its runtime and its address space alive forever.
-        self._host_ref = weakref.ref(host)
+        self._ref = weakref.ref(host)  # weak: the runtime holds the router
 
     @property
     def _host(self) -> PluginHost:
-        host = self._host_ref()
+        host = self._ref()
         if host is None:
             raise HostCallError("failure", "the plugin host is gone")
         return host

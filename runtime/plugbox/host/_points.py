@@ -4,6 +4,8 @@ declaration, with their schemas compiled into bounded validators."""
 from __future__ import annotations
 
 import inspect
+import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -11,7 +13,7 @@ from typing import Any, Final
 from packaging.version import InvalidVersion, Version
 
 from .._errors import UsageError
-from .._manifest import MAX_POINT_SCHEMA_BYTES, _depth, MAX_POINT_SCHEMA_DEPTH
+from .._manifest import MAX_POINT_SCHEMA_BYTES, MAX_POINT_SCHEMA_DEPTH, _depth
 from ._schema import Validator, check_host_schema
 
 __all__ = ["MODES", "FAILURE_POLICIES", "PAYLOADS", "ExtensionPoint", "HostFunction"]
@@ -29,8 +31,6 @@ _SEMVER_HINT: Final = "a semantic version such as '1.2.0'"
 def check_name(name: object, what: str) -> str:
     """A point or function name: like a hook name (lowercase letters, digits, '.', '_', '-',
     starting with a letter, at most 128 characters)."""
-    import re
-
     if not isinstance(name, str) or re.fullmatch(r"[a-z][a-z0-9._-]{0,127}", name) is None:
         raise UsageError(f"{what} name must be 1-128 lowercase letters, digits, '.', '_' or "
                          f"'-', starting with a letter (like a hook name), not {name!r}")
@@ -72,8 +72,6 @@ def _compile(schema: object, what: str, *, trusted: bool) -> Validator | None:
         return None
     if trusted:
         check_host_schema(schema, what)
-        import json
-
         try:
             size = len(json.dumps(schema).encode())
         except (TypeError, ValueError, RecursionError) as exc:
