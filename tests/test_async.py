@@ -17,6 +17,11 @@ import pytest
 import plugbox
 from plugbox._plugin import CallRecord
 
+# pooled_instances=0: memories mapped on demand. A closed PluginHost with plugins is not
+# collected yet (its router is reachable from each plugin's finalizer), and each would
+# keep a 2 TiB pool reserved until the process runs out of address space.
+HOST_OPTIONS: dict[str, Any] = {"pooled_instances": 0}
+
 # Hook "run" (3 bytes) loops forever; any other hook echoes its payload.
 LOOP_OR_ECHO = """
     (if (i32.eq (local.get $hl) (i32.const 3)) (then (loop $l (br $l))))
@@ -240,7 +245,7 @@ def test_cancelling_a_component_call_interrupts_it_too(
 @pytest.fixture
 def host(tmp_path: Path, cache_dir: Path) -> Iterator[plugbox.PluginHost]:
     with plugbox.PluginHost(state_dir=tmp_path / "host",
-                            runtime_options={"cache_dir": cache_dir}) as h:
+                            runtime_options=HOST_OPTIONS | {"cache_dir": cache_dir}) as h:
         yield h
 
 

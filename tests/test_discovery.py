@@ -11,6 +11,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,11 @@ from plugbox.cli._main import main
 from plugbox.host._discovery import DiscoveryLimits, discover
 from plugbox.trust._package import write_package
 from tests.conftest import ECHO_BODY, wat_module, write_plugin
+
+# pooled_instances=0: memories mapped on demand. A closed PluginHost with plugins is not
+# collected yet (its router is reachable from each plugin's finalizer), and each would
+# keep a 2 TiB pool reserved until the process runs out of address space.
+HOST_OPTIONS: dict[str, Any] = {"pooled_instances": 0}
 
 ECHO = wat_module(ECHO_BODY)
 
@@ -275,7 +281,7 @@ def test_a_host_adds_what_it_discovers_and_reports_what_it_refuses(
     (root / "broken").mkdir()
     (root / "broken" / "plugbox.json").write_text("[]")
     with plugbox.PluginHost(state_dir=tmp_path / "state",
-                            runtime_options={"cache_dir": cache_dir}) as host:
+                            runtime_options=HOST_OPTIONS | {"cache_dir": cache_dir}) as host:
         host.extension_point("text.echo", version="1.0.0")
         report = host.discover([root])
         assert [c.name for c in report.candidates] == ["alien", "one", "two"]
@@ -296,7 +302,7 @@ def test_add_discovered_honours_an_enable_list(tmp_path: Path, cache_dir: Path) 
     for name in ("one", "two"):
         plugin(root / name, name, implements={"text.echo": {"hook": "run"}})
     with plugbox.PluginHost(state_dir=tmp_path / "state",
-                            runtime_options={"cache_dir": cache_dir}) as host:
+                            runtime_options=HOST_OPTIONS | {"cache_dir": cache_dir}) as host:
         host.extension_point("text.echo", version="1.0.0")
         added = host.add_discovered(host.discover([root]), only=["two", "three"])
         assert [hp.name for hp in added.plugins] == ["two"]

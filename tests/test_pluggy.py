@@ -20,6 +20,11 @@ from tests import pluggy_specs
 from tests.conftest import ECHO_BODY, wat_module, write_plugin
 from tests.pluggy_specs import hookimpl
 
+# pooled_instances=0: memories mapped on demand. A closed PluginHost with plugins is not
+# collected yet (its router is reachable from each plugin's finalizer), and each would
+# keep a 2 TiB pool reserved until the process runs out of address space.
+HOST_OPTIONS: dict[str, Any] = {"pooled_instances": 0}
+
 TEXT = "the cat and the hat"
 
 
@@ -201,7 +206,7 @@ def test_registration_refusals(
 @pytest.fixture
 def host(tmp_path: Path, cache_dir: Path) -> Iterator[plugbox.PluginHost]:
     with plugbox.PluginHost(state_dir=tmp_path / "host",
-                            runtime_options={"cache_dir": cache_dir}) as h:
+                            runtime_options=HOST_OPTIONS | {"cache_dir": cache_dir}) as h:
         yield h
 
 
