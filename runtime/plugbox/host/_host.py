@@ -96,6 +96,17 @@ class _Impl:
 
     hosted: HostedPlugin
     impl: Implementation
+    #: ``{name}``, made once: a dispatch adds it to the chain's running plugins per call.
+    names: frozenset[str] = field(init=False, repr=False, compare=False)
+    #: Whether the plugin can reach the host (ABI 1.1 ``host.call``/``host.dispatch``): only
+    #: such a plugin can start a nested dispatch, so only its calls join the chain.
+    calls_host: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", frozenset((self.hosted.name,)))
+        object.__setattr__(self, "calls_host", bool(
+            "host" in self.hosted.plugin.permissions.services()
+            or self.hosted.manifest.extension_points))
 
     @property
     def name(self) -> str:
@@ -131,6 +142,8 @@ class _Tables:
     functions: Mapping[str, HostFunction]
     plugins: tuple[HostedPlugin, ...]  # add order
     orders: Mapping[str, tuple[_Impl, ...]]
+    #: ``orders`` without the disabled plugins: what a dispatch calls, computed once here.
+    active: Mapping[str, tuple[_Impl, ...]] = field(default_factory=dict)
 
 
 class _HostRuntime(Runtime):
@@ -496,7 +509,9 @@ class PluginHost:
                   for name in points}
         self._tables = _Tables(points=points,
                                functions=old.functions if functions is None else functions,
-                               plugins=plugins, orders=orders)
+                               plugins=plugins, orders=orders,
+                               active={name: tuple(e for e in order if e.hosted.enabled)
+                                       for name, order in orders.items()})
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -511,12 +526,15 @@ class PluginHost:
         :class:`plugbox.ReentrantDispatchError` for a dispatch nested in its own (a host
         function dispatching the point that called it). Thread-safe.
         """
-        if self._closed:
-            self._check_open()
         tables = self._tables
-        spec = self._point(tables, point)
-        data = self._encode(spec, payload)
-        return self._dispatch(tables, spec, data, caller=None)
+        spec = tables.points.get(point)
+        if spec is None or self._closed:
+            self._check_open()
+            spec = self._point(tables, point)
+        # bytes in, bytes to the plugins: nothing to encode or check
+        data = payload if type(payload) is bytes and spec.payload == "bytes" else (
+            self._encode(spec, payload))
+        return self._dispatch(tables, spec, data, None)
 
     def _point(self, tables: _Tables, point: str) -> ExtensionPoint:
         spec = tables.points.get(point)
@@ -551,7 +569,7 @@ class PluginHost:
     def _dispatch(self, tables: _Tables, spec: ExtensionPoint, data: bytes,
                   caller: str | None) -> DispatchResult:
         chain = _POINTS.get()
-        if spec.name in chain:
+        if chain and spec.name in chain:
             path = " -> ".join((*chain, spec.name))
             raise ReentrantDispatchError(
                 f"extension point {spec.name!r} is dispatched from within its own dispatch "
@@ -562,7 +580,7 @@ class PluginHost:
                 f"extension point {spec.name!r}: dispatches nest more than "
                 f"{MAX_DISPATCH_DEPTH} deep ({' -> '.join(chain)}); flatten the chain",
                 point=spec.name, plugin=caller)
-        entries = tuple(e for e in tables.orders.get(spec.name, ()) if e.hosted.enabled)
+        entries = tables.active.get(spec.name, ())
         if spec.background:
             if not self._pending.acquire(blocking=False):
                 _log.warning("extension point %r: %d background dispatches are pending; "
@@ -577,8 +595,11 @@ class PluginHost:
                 self._check_open()
                 raise
             return DispatchResult(spec.name, spec.mode)
-        with _entered(_POINTS, (*chain, spec.name)):
+        token = _POINTS.set((*chain, spec.name))
+        try:
             return self._run(spec, entries, data, caller)
+        finally:
+            _POINTS.reset(token)
 
     def _background(self, spec: ExtensionPoint, entries: tuple[_Impl, ...], data: bytes,
                     caller: str | None) -> None:
@@ -611,64 +632,82 @@ class PluginHost:
 
     def _run(self, spec: ExtensionPoint, entries: tuple[_Impl, ...], data: bytes,
              caller: str | None) -> DispatchResult:
+        active = _PLUGINS.get()
+        if caller:
+            active = active | {caller}
+        mode = spec.mode
         results: list[Result] = []
         failures: list[Failure] = []
-        active = _PLUGINS.get() | ({caller} if caller else set())
-        mode = spec.mode
-
-        def attempt(entry: _Impl, payload: bytes) -> tuple[bool, Any]:
-            """(ok, value or error) of one implementation, errors typed."""
-            try:
-                if entry.name in active:
-                    raise ReentrantDispatchError(
-                        f"plugin {entry.name!r} implements extension point {spec.name!r}, "
-                        f"but a call of its own is still running on this dispatch chain "
-                        f"(it dispatched into itself, directly or through other plugins); "
-                        f"it is skipped for this dispatch", point=spec.name, plugin=entry.name)
-                return True, self._invoke(spec, entry, payload, active)
-            except PlugboxError as exc:
-                return False, exc
-
-        def failed(entry: _Impl, exc: PlugboxError) -> None:
-            if spec.failure == "propagate":
-                exc.add_note(f"(while dispatching extension point {spec.name!r}, failure "
-                             f"policy 'propagate')")
-                raise exc
-            _log.warning("extension point %r: plugin %r failed (isolated): %s", spec.name,
-                         entry.name, exc)
-            failures.append(Failure(entry.name, exc))
-
+        value: Any = None
         if spec.concurrent and len(entries) > 1 and not getattr(_WORKER, "active", False):
             futures: list[Future[tuple[bool, Any]]] = [
-                self._workers.submit(contextvars.copy_context().run, attempt, entry, data)
+                self._workers.submit(contextvars.copy_context().run, self._attempt, spec,
+                                     entry, data, active)
                 for entry in entries]
-            outcomes = [future.result() for future in futures]
-        else:
-            outcomes = []
-        value: Any = None
+            for entry, future in zip(entries, futures):
+                ok, got = future.result()
+                if not ok:
+                    self._failed(spec, entry, got, failures)
+                elif mode != "notify":
+                    results.append(Result(entry.name, got))
+            return DispatchResult(spec.name, mode, value, results, failures)
+        # In order: the hot path, kept free of per-call closures and context managers.
+        invoke = self._invoke
         payload = data
-        for index, entry in enumerate(entries):
-            ok, got = outcomes[index] if outcomes else attempt(entry, payload)
-            if not ok:
-                failed(entry, got)
+        for entry in entries:
+            try:
+                if entry.name in active:
+                    raise self._reentered(spec, entry)
+                got = invoke(spec, entry, payload, active)
+            except PlugboxError as exc:
+                self._failed(spec, entry, exc, failures)
                 continue
-            if mode == "notify":
-                continue
-            results.append(Result(entry.name, got))
             if mode == "first":
                 if got is not None:
+                    results.append(Result(entry.name, got))
                     value = got
                     break
-                results.pop()
-            elif mode == "pipeline":
-                value = got
-                payload = got if spec.payload == "bytes" else _dumps(got)
+            elif mode != "notify":
+                results.append(Result(entry.name, got))
+                if mode == "pipeline":
+                    value = got
+                    payload = got if spec.payload == "bytes" else _dumps(got)
         if mode == "pipeline" and not results:
             value = data if spec.payload == "bytes" else json.loads(data)
         return DispatchResult(spec.name, mode, value, results, failures)
 
+    def _attempt(self, spec: ExtensionPoint, entry: _Impl, payload: bytes,
+                 active: frozenset[str]) -> tuple[bool, Any]:
+        """(ok, value or error) of one implementation, errors typed (concurrent dispatch)."""
+        try:
+            if entry.name in active:
+                raise self._reentered(spec, entry)
+            return True, self._invoke(spec, entry, payload, active)
+        except PlugboxError as exc:
+            return False, exc
+
+    @staticmethod
+    def _reentered(spec: ExtensionPoint, entry: _Impl) -> ReentrantDispatchError:
+        return ReentrantDispatchError(
+            f"plugin {entry.name!r} implements extension point {spec.name!r}, but a call of "
+            f"its own is still running on this dispatch chain (it dispatched into itself, "
+            f"directly or through other plugins); it is skipped for this dispatch",
+            point=spec.name, plugin=entry.name)
+
+    @staticmethod
+    def _failed(spec: ExtensionPoint, entry: _Impl, exc: PlugboxError,
+                failures: list[Failure]) -> None:
+        """Record an isolated failure, or raise it under ``propagate``."""
+        if spec.failure == "propagate":
+            exc.add_note(f"(while dispatching extension point {spec.name!r}, failure "
+                         f"policy 'propagate')")
+            raise exc
+        _log.warning("extension point %r: plugin %r failed (isolated): %s", spec.name,
+                     entry.name, exc)
+        failures.append(Failure(entry.name, exc))
+
     def _invoke(self, spec: ExtensionPoint, entry: _Impl, payload: bytes,
-                active: frozenset[str] | set[str]) -> Any:
+                active: frozenset[str]) -> Any:
         """Call one implementation; its decoded, checked result."""
         plugin = entry.hosted.plugin
         hook = entry.impl.hook
@@ -676,7 +715,13 @@ class PluginHost:
         fuel = min(spec.fuel, limits.fuel) if spec.fuel is not None else None
         deadline = (min(spec.deadline_ms, limits.deadline_ms) if spec.deadline_ms is not None
                     else None)
-        with _entered(_PLUGINS, frozenset(active | {entry.name})):
+        if entry.calls_host:
+            token = _PLUGINS.set(active | entry.names)
+            try:
+                raw = plugin.call(hook, payload, fuel=fuel, deadline_ms=deadline)
+            finally:
+                _PLUGINS.reset(token)
+        else:
             raw = plugin.call(hook, payload, fuel=fuel, deadline_ms=deadline)
         if spec.payload == "bytes":
             return raw if raw or spec.mode != "first" else None

@@ -1,5 +1,10 @@
 """What a dispatch returns: :class:`DispatchResult`, with a :class:`Result` per plugin that
-answered and a :class:`Failure` per plugin that failed."""
+answered and a :class:`Failure` per plugin that failed.
+
+Plain slotted dataclasses, not frozen ones: one is made per dispatch and per answer, and a
+frozen dataclass costs about three times as much to construct, which showed in the
+dispatch overhead (bench/run.py, section 7). Each dispatch returns new objects, so nothing
+shared is exposed to mutation."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from .._errors import PlugboxError
 __all__ = ["DispatchResult", "Failure", "Result"]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Result:
     """One plugin's answer in a dispatch: the decoded JSON value (bytes for a bytes point)."""
 
@@ -20,7 +25,7 @@ class Result:
     value: Any
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Failure:
     """One plugin's failure in a dispatch: ``error`` is the typed error (a
     :class:`plugbox.PluginCallError` subclass such as :class:`plugbox.FuelExhausted`,
@@ -43,7 +48,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DispatchResult:
     """The outcome of one dispatch of extension point ``point`` in ``mode``.
 
