@@ -18,9 +18,9 @@ demo:
 test *ARGS:
     "{{python}}" -m pytest -q "$@"
 
-# Run the benchmarks (see docs/benchmarks.md).
-bench:
-    "{{python}}" bench/run.py
+# Run the benchmarks (see docs/benchmarks.md); extra arguments go to bench/run.py (--only dispatch).
+bench *ARGS:
+    "{{python}}" bench/run.py "$@"
 
 # Soak and fault scenarios with pass/fail bounds (see docs/reliability.md); --quick, --json.
 soak *ARGS:

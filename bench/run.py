@@ -1152,6 +1152,7 @@ def env_line(env: dict[str, Any]) -> str:
 
 
 def print_report(tables: list[Table], env: dict[str, Any]) -> None:
+    tables = [table for table in tables if table[2]]  # sections left out by --only
     from rich.console import Console
     from rich.table import Table as RichTable
 
@@ -1172,6 +1173,7 @@ def print_report(tables: list[Table], env: dict[str, Any]) -> None:
 
 
 def markdown_report(tables: list[Table], env: dict[str, Any]) -> str:
+    tables = [table for table in tables if table[2]]
     out = [f"Run: {env_line(env)}.", ""]
     for title, cols, rows in tables:
         out += [f"**{title}**", "", "| " + " | ".join(cols) + " |",
@@ -1195,7 +1197,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="cargo target dir and staged plugins (default bench/.build)")
     ap.add_argument("--no-python", action="store_true",
                     help="skip the Python-plugin rows (they need componentize-py; ~40 s)")
+    ap.add_argument("--only", default="", metavar="SECTIONS",
+                    help="run only these comma-separated sections: calls, hostcalls, threads, "
+                         "deadlines, dispatch, python (default: all)")
     args = ap.parse_args(argv)
+    sections = {"calls", "hostcalls", "threads", "deadlines", "dispatch", "python"}
+    only = {s.strip() for s in args.only.split(",") if s.strip()} or sections
+    if only - sections:
+        ap.error(f"unknown sections: {', '.join(sorted(only - sections))}")
 
     import extism
 
@@ -1230,18 +1239,25 @@ def main(argv: list[str] | None = None) -> int:
         wt_engine = wasmtime.Engine()
         wt = WasmtimeEcho(wt_engine, wasmtime.Module(wt_engine, echo_wasm))
 
-        log("round trip and fresh instances ...")
-        bench_calls(res, rt, echo, echo_dir, ext, extism_wasm, wt, reps, rep_seconds)
-        log("guest->host calls ...")
-        bench_hostcalls(res, hooks, wt_engine, reps, rep_seconds)
-        log("threads ...")
-        bench_threads(res, hooks, wt_engine, reps, max(0.15, rep_seconds * 3))
-        log("deadlines under load, pool fairness ...")
-        bench_deadlines(res, rt, staged, args.quick)
-        log("PluginHost dispatch overhead ...")
-        bench_dispatch(res, echo_dir, staged, reps, rep_seconds)
+        if "calls" in only:
+            log("round trip and fresh instances ...")
+            bench_calls(res, rt, echo, echo_dir, ext, extism_wasm, wt, reps, rep_seconds)
+        if "hostcalls" in only:
+            log("guest->host calls ...")
+            bench_hostcalls(res, hooks, wt_engine, reps, rep_seconds)
+        if "threads" in only:
+            log("threads ...")
+            bench_threads(res, hooks, wt_engine, reps, max(0.15, rep_seconds * 3))
+        if "deadlines" in only:
+            log("deadlines under load, pool fairness ...")
+            bench_deadlines(res, rt, staged, args.quick)
+        if "dispatch" in only:
+            log("PluginHost dispatch overhead ...")
+            bench_dispatch(res, echo_dir, staged, reps, rep_seconds)
         del ext
-    if args.no_python:
+    if "python" not in only:
+        log("Python plugin rows skipped (--only)")
+    elif args.no_python:
         log("Python plugin rows skipped (--no-python)")
     else:
         log("Python plugin (componentize-py build, cold load compiles for ~10 s) ...")
