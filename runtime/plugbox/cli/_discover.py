@@ -8,31 +8,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import unicodedata
 from typing import Any, Final
 
+from ._common import clean, positive_int
 from ..host._discovery import ENTRY_POINT_GROUP, DiscoveryLimits, discover
 
 __all__ = ["add_discover"]
 
 EXIT_OK: Final = 0
 EXIT_PROBLEMS: Final = 1
-
-
-def _clean(text: str) -> str:
-    # Names and messages come from plugins' manifests: escape what could drive the terminal.
-    return "".join(ch.encode("unicode_escape").decode() if unicodedata.category(ch)
-                   in ("Cc", "Cf", "Zl", "Zp") else ch for ch in text)
-
-
-def _depth(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def _cmd_discover(args: argparse.Namespace) -> int:
@@ -43,9 +27,9 @@ def _cmd_discover(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
     else:
         for c in report.candidates:
-            sys.stdout.write(_clean(f"{c.name} {c.version}  {c.source}  ({c.origin})") + "\n")
+            sys.stdout.write(clean(f"{c.name} {c.version}  {c.source}  ({c.origin})") + "\n")
         for p in report.problems:
-            sys.stderr.write(_clean(f"plugbox: {type(p.error).__name__}: {p.reason}") + "\n")
+            sys.stderr.write(clean(f"plugbox: {type(p.error).__name__}: {p.reason}") + "\n")
         if not report.candidates and not report.problems:
             sys.stderr.write("plugbox: no plugins found\n")
     return EXIT_OK if report.ok else EXIT_PROBLEMS
@@ -70,7 +54,7 @@ def add_discover(sub: Any) -> None:
                         help="one plugin: directory, plugbox.json or .plugbox; repeatable")
     parser.add_argument("--entry-points", action="store_true",
                         help=f"also search installed distributions ({ENTRY_POINT_GROUP})")
-    parser.add_argument("--max-depth", metavar="N", type=_depth,
+    parser.add_argument("--max-depth", metavar="N", type=positive_int,
                         default=DiscoveryLimits.max_depth,
                         help="directory levels searched below each DIR (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print a machine-readable report")

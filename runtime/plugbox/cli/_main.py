@@ -25,7 +25,6 @@ import os
 import sys
 import tempfile
 import time
-import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -36,6 +35,7 @@ from rich.text import Text
 
 from ..engine import _abispec
 from ._authoring import add_build, add_new
+from ._common import clean as _clean, positive_int as _positive_int
 from ._discover import add_discover
 from .._errors import (
     CapabilityError,
@@ -106,24 +106,6 @@ def _version() -> str:
 
 # --------------------------------------------------------------------------------------------
 # Output helpers
-
-
-def _clean(text: str, *, keep_newlines: bool = False) -> str:
-    """``text`` with control and format characters escaped.
-
-    Manifests and results come from untrusted plugins; printed raw, an escape sequence could
-    rewrite the terminal, and a bidi override could make text read differently than it is.
-    """
-    out = []
-    for ch in text:
-        if keep_newlines and ch in "\n\t":
-            out.append(ch)
-        elif unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
-            code = ord(ch)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def _error_json(exc: PlugboxError) -> dict[str, Any]:
@@ -1169,16 +1151,6 @@ def _cmd_unpack(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------
 # Argument parsing: one _add_<command> function per subcommand
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 _ALLOW_HTTP_HELP: Final = (
