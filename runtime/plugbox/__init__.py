@@ -36,6 +36,8 @@ from ._errors import (
 from .services._events import Event, EventBus
 from .host import (
     AddedPlugins,
+    ConfigError,
+    DependencyError,
     DiscoveredPlugin,
     DiscoveryLimits,
     DiscoveryProblem,
@@ -70,7 +72,9 @@ __all__ = [
     "CallRecord",
     "CapabilityError",
     "ClosedError",
+    "ConfigError",
     "DeadlineExceeded",
+    "DependencyError",
     "DiscoveredPlugin",
     "DiscoveryLimits",
     "DiscoveryProblem",

@@ -13,6 +13,8 @@ from ._discovery import (
     discover,
 )
 from ._errors import (
+    ConfigError,
+    DependencyError,
     IncompatiblePointError,
     InvalidResultError,
     OrderCycleError,
@@ -26,6 +28,8 @@ from ._results import DispatchResult, Failure, Result
 __all__ = [
     "MAX_DISPATCH_DEPTH",
     "AddedPlugins",
+    "ConfigError",
+    "DependencyError",
     "DiscoveredPlugin",
     "DiscoveryLimits",
     "DiscoveryProblem",
