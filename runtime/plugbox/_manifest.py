@@ -236,6 +236,13 @@ class Manifest:
     implements: Mapping[str, Implementation] = field(default_factory=dict, hash=False)
     #: The extension points the plugin declares itself, by point name (empty: none).
     extension_points: Mapping[str, PointSpec] = field(default_factory=dict, hash=False)
+    #: Plugins required / used when present / conflicting, by name -> PEP 440 specifier
+    #: (``""``: any version); see :mod:`plugbox.host._deps`. Empty when absent.
+    requires: Mapping[str, str] = field(default_factory=dict, hash=False)
+    optional: Mapping[str, str] = field(default_factory=dict, hash=False)
+    conflicts: Mapping[str, str] = field(default_factory=dict, hash=False)
+    #: The version of the plugin's stored data format (0 when absent).
+    data_version: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -488,6 +495,7 @@ def validate_manifest(source: ManifestSource) -> Manifest:
     if config_schema is not None:
         _check_config_schema(config_schema, file, source.name)
     _check_points(raw, file, source.name)
+    _check_dependencies(raw, file, source.name)
     return _build(raw, source)
 
 
@@ -1031,6 +1039,10 @@ def _build(raw: dict[str, Any], source: ManifestSource) -> Manifest:
         data=source.data,
         implements=_build_implements(raw.get("implements", {})),
         extension_points=_build_points(raw.get("extension_points", {})),
+        requires=dict(raw.get("requires", {})),
+        optional=dict(raw.get("optional", {})),
+        conflicts=dict(raw.get("conflicts", {})),
+        data_version=int(raw.get("data_version", 0)),
     )
 
 
@@ -1172,6 +1184,38 @@ def _build_points(raw: Mapping[str, Any]) -> dict[str, PointSpec]:
         )
         for name, spec in raw.items()
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Dependencies: ``requires``, ``optional``, ``conflicts`` (validated by the schema first; the
+# resolution itself is plugbox.host._deps)
+
+_DEPENDENCY_FIELDS: Final = ("requires", "optional", "conflicts")
+
+
+def _check_dependencies(raw: Mapping[str, Any], file: Path, plugin: str) -> None:
+    """What the schema cannot say about the dependency fields: specifiers that parse, no entry
+    naming the plugin itself, and no plugin both required and optional."""
+    def refuse(parts: list[Any], problem: str, fix: str) -> ManifestError:
+        json_path = _format_json_path(parts)
+        return ManifestError(f"{file}: invalid manifest at {json_path}: {problem}. To fix: "
+                             f"{fix}.", plugin=plugin, json_path=json_path)
+
+    for key in _DEPENDENCY_FIELDS:
+        for name, spec in raw.get(key, {}).items():
+            if name == plugin:
+                raise refuse([key, name], f"the plugin {plugin!r} names itself",
+                             f"remove {plugin!r} from $.{key}")
+            try:
+                SpecifierSet(spec)
+            except InvalidSpecifier:
+                raise refuse([key, name], f"{_short(spec)} is not a PEP 440 version "
+                             "specifier", "write a specifier such as '>=1.2,<2', or \"\" for "
+                             "any version") from None
+    both = sorted(set(raw.get("requires", {})) & set(raw.get("optional", {})))
+    if both:
+        raise refuse(["optional", both[0]], f"{both[0]!r} is both required ($.requires) and "
+                     "optional", f"keep {both[0]!r} in one of $.requires and $.optional")
 
 
 # --------------------------------------------------------------------------------------------

@@ -103,22 +103,39 @@ class LifecycleError(UsageError):
         self.operation = operation
 
 
-class ConfigError(UsageError):
-    """A plugin configuration fails the manifest's ``config_schema`` (``json_path`` names the
-    offending value) or is not a JSON object; it was not applied."""
+# --------------------------------------------------------------------------------------------
+# Lifecycle: dependencies and configuration (issue 9, the DEPS helper's block)
 
-    def __init__(self, message: str, *, plugin: str | None,
-                 json_path: str | None = None) -> None:
-        super().__init__(message, plugin=plugin)
-        self.json_path = json_path
 
 
 class DependencyError(VerificationError):
-    """A plugin's ``requires`` cannot be met: a required plugin is missing or of an
-    incompatible version, a conflict holds, or the requirements form a cycle (``plugins``
-    names the plugins concerned)."""
+    """A plugin's dependencies cannot be met (raised by :mod:`plugbox.host._deps` checks and
+    the lifecycle operations built on them). ``plugin`` is the plugin refused; ``kind`` says
+    why: ``missing`` (a required plugin is not installed), ``disabled`` (installed but not
+    enabled), ``incompatible`` (its version does not match the specifier), ``failed`` (it
+    cannot start itself), ``conflict`` (an enabled plugin matches a ``conflicts`` entry, of
+    either side), ``cycle`` (the dependency graph closes a cycle). ``dependency`` names the
+    other plugin, ``specifier`` the PEP 440 specifier at stake (``""``: any version),
+    ``plugins`` the cycle (first and last equal) for ``cycle``."""
 
-    def __init__(self, message: str, *, plugin: str | None,
+    def __init__(self, message: str, *, plugin: str, kind: str,
+                 dependency: str | None = None, specifier: str | None = None,
                  plugins: tuple[str, ...] = ()) -> None:
         super().__init__(message, plugin=plugin)
+        self.kind = kind
+        self.dependency = dependency
+        self.specifier = specifier
         self.plugins = plugins
+
+
+class ConfigError(UsageError):
+    """A configuration for ``plugin`` was refused and nothing of it applied: it fails the
+    plugin's ``config_schema`` (``json_path`` names the offending value, ``$`` for the whole),
+    is not a JSON object, is not JSON-serialisable or is too large. ``fix`` says what to do;
+    the message says it too."""
+
+    def __init__(self, message: str, *, plugin: str, json_path: str = "$",
+                 fix: str = "") -> None:
+        super().__init__(message, plugin=plugin)
+        self.json_path = json_path
+        self.fix = fix
