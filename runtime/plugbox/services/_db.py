@@ -57,6 +57,8 @@ _SQL_GENERATION: Final = "SELECT value FROM plugbox_generation WHERE scope = ?"
 #: The LISTEN/NOTIFY channel a bump notifies on PostgreSQL (payload: "scope value").
 NOTIFY_CHANNEL: Final = "plugbox_generation"
 
+#: The advisory lock key schema changes hold on PostgreSQL (any constant; "plugbox" in ASCII).
+_DDL_LOCK: Final = 0x706C7567626F78
 _RETRY_SQLSTATES: Final = frozenset({"40001", "40P01"})
 _ATTEMPTS: Final = 5
 
@@ -254,6 +256,10 @@ class Database:
     def executescript(self, statements: Sequence[str]) -> None:
         """Run DDL ``statements`` in one transaction (CREATE ... IF NOT EXISTS)."""
         with self.transaction() as tx:
+            if self.dialect == "postgresql":
+                # Concurrent CREATE TABLE IF NOT EXISTS of one table can still collide in
+                # PostgreSQL's catalog (unique violation on pg_type): one creator at a time.
+                tx.execute("SELECT pg_advisory_xact_lock(?)", (_DDL_LOCK,))
             for sql in statements:
                 tx.execute(sql)
 
@@ -298,7 +304,7 @@ class Database:
 
     def _ensure_generation_table(self) -> None:
         if not getattr(self, "_generation_ready", False):
-            self.execute(_SQL_CREATE_GENERATION)
+            self.executescript([_SQL_CREATE_GENERATION])
             self._generation_ready = True
 
     def bump_generation(self, scope: str = "lifecycle", tx: Tx | None = None) -> int:
