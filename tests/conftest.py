@@ -230,3 +230,53 @@ HOSTILE_EXPECTATIONS: list[tuple[str, dict[str, int], type[plugbox.PluginCallErr
     ("bad-host-utf8", {}, plugbox.AbiViolation),
 ]
 
+
+
+# -- PostgreSQL: a real server for the session (tests/_pg.py) --------------------------------
+
+_pg_started: dict[str, float] = {}
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """A PostgreSQL server started for this session (initdb in a temp dir, 127.0.0.1 only);
+    skips with the reason when PostgreSQL or psycopg is missing."""
+    from tests import _pg
+
+    reason = _pg.missing_reason()
+    if reason is not None:
+        pytest.skip(f"PostgreSQL tests skipped: {reason}")
+    server = _pg.start_server()
+    _pg_started["start_s"] = server.started_in
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: Any) -> str:
+    """The URL of a fresh, empty database on the session's PostgreSQL server."""
+    return str(pg_server.create_database())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def kv_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A plugin kv store on each backend: the SQLite KvStore in tmp_path, and PgKvStore on a
+    fresh PostgreSQL database (skipped with the reason when PostgreSQL is missing)."""
+    if request.param == "sqlite":
+        from plugbox.services._kvstore import KvStore
+
+        store: Any = KvStore(tmp_path / "state" / "kv.sqlite3")
+    else:
+        from plugbox.services._kvstore_pg import PgKvStore
+
+        store = PgKvStore(request.getfixturevalue("pg_url"))
+    yield store
+    store.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if "start_s" in _pg_started:
+        terminalreporter.write_line(
+            f"PostgreSQL test server: initdb + start took {_pg_started['start_s']:.2f} s")

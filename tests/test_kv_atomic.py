@@ -26,10 +26,9 @@ QUOTA = {"quota_bytes": 1000, "quota_keys": 5}
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[KvStore]:
-    kv = KvStore(tmp_path / "kv.sqlite3")
-    yield kv
-    kv.close()
+def store(kv_backend: KvStore) -> KvStore:
+    """Each test runs on SQLite and on PostgreSQL (tests/conftest.py, ``kv_backend``)."""
+    return kv_backend
 
 
 # -- the store -------------------------------------------------------------------------------

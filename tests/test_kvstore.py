@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,10 +17,9 @@ BIG = 1 << 40
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[KvStore]:
-    s = KvStore(tmp_path / "state" / "kv.sqlite3")
-    yield s
-    s.close()
+def store(kv_backend: KvStore) -> KvStore:
+    """Each test runs on SQLite and on PostgreSQL (tests/conftest.py, ``kv_backend``)."""
+    return kv_backend
 
 
 def test_get_set_delete(store: KvStore) -> None:

@@ -22,7 +22,7 @@ from .services._events import EventBus
 from .engine._fastpath import Engine, Instance, Template
 from .engine._fastpath_component import (ComponentInstance, ComponentTemplate, compile_component,
                                   deserialize_component)
-from .services._kvstore import IN_USE, KvStore
+from .services._kvstore import IN_USE, KvBackend, KvStore
 from ._manifest import (Manifest, check_compatibility, read_manifest, validate_config,
                         validate_manifest, verify_module)
 from .trust._package import staged_plugin
@@ -92,7 +92,9 @@ class Runtime:
     store and the event bus, all shared by the plugins it loads.
 
     ``policy`` caps what manifests may request (see :class:`plugbox.Policy`). ``state_dir``
-    holds the key-value database; ``cache_dir`` (default ``state_dir/cache``) the compiled
+    holds the key-value database unless ``state_url`` names one (``postgresql://...`` with the
+    ``plugbox[postgres]`` extra: shared by every host on that database; ``sqlite:///path``);
+    ``cache_dir`` (default ``state_dir/cache``) the compiled
     artifacts. ``max_wasm_stack`` (16 KiB to 2 MiB) bounds guest recursion for every plugin;
     ``epoch_tick_ms`` (0.1 to 1000) is the deadline granularity.
     ``pooled_instances`` reserves that many instance slots up front (wasmtime's pooling
@@ -141,6 +143,7 @@ class Runtime:
         switch_interval_ms: float | None = None,
         router: HostRouter | None = None,
         abi: str = _abispec.ABI_VERSION,
+        state_url: str | None = None,
     ) -> None:
         from ._version import __version__
 
@@ -160,7 +163,7 @@ class Runtime:
             raise state_error(self.state_dir, exc, "creating the state directory") from None
         # Cheapest first, and everything made so far released if a later step fails: the
         # engine's reservation and ticker would otherwise outlive a refused constructor.
-        self.kv = _open_kv(self.state_dir / "plugbox.sqlite3")
+        self.kv: KvBackend = _open_state(state_url, self.state_dir)
         engine: Engine | None = None
         release: Callable[[], None] = _nothing
         try:
@@ -493,6 +496,20 @@ def _open_kv(path: Path) -> KvStore:
     return store
 
 
+def _open_state(state_url: str | None, state_dir: Path) -> KvBackend:
+    """The plugins' kv store: ``state_url`` (``postgresql://...``: shared by every host using
+    that database; ``sqlite:///path`` or a path: that file), else ``state_dir/plugbox.sqlite3``."""
+    from .services._db import is_postgres_url, sqlite_path
+
+    if state_url is None:
+        return _open_kv(state_dir / "plugbox.sqlite3")
+    if is_postgres_url(state_url):
+        from .services._kvstore_pg import PgKvStore
+
+        return PgKvStore(state_url)
+    return _open_kv(sqlite_path(state_url))
+
+
 def _free_plugin(idle: list[Instance | ComponentInstance], template: Template | ComponentTemplate,
                  services: HostServices) -> None:
     """Free what a plugin collected without close() holds natively; instances first, since they
@@ -507,7 +524,7 @@ def _nothing() -> None:
     pass
 
 
-def _release(engine: Engine | None, kv: KvStore, release: Callable[[], None]) -> None:
+def _release(engine: Engine | None, kv: KvBackend, release: Callable[[], None]) -> None:
     """What a Runtime gives back on close, on garbage collection or when its constructor
     fails: the ticker, the database lock, the address-space admission."""
     try:

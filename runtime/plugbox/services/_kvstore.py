@@ -46,11 +46,11 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from .._errors import StateError, state_error
 
-__all__ = ["KvQuotaError", "KvStore", "KvValueError"]
+__all__ = ["KvBackend", "KvQuotaError", "KvStore", "KvValueError"]
 
 _log = logging.getLogger("plugbox.kv")
 T = TypeVar("T")
@@ -477,3 +477,42 @@ class KvStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- the interface the runtime and the services use (issue 9: a PostgreSQL store too) --------
+
+
+class KvBackend(Protocol):
+    """What a plugin kv store offers: :class:`KvStore` (SQLite, the default) and
+    ``plugbox.services._kvstore_pg.PgKvStore`` (PostgreSQL). Storage failures raise
+    ``sqlite3.Error`` (KvStore) or :class:`~plugbox.StateError`."""
+
+    path: Any
+
+    def get(self, plugin: str, key: str) -> bytes | None: ...
+
+    def set(self, plugin: str, key: str, value: bytes, *, quota_bytes: int,
+            quota_keys: int) -> None: ...
+
+    def increment(self, plugin: str, key: str, delta: int, *, quota_bytes: int,
+                  quota_keys: int) -> int: ...
+
+    def compare_and_set(self, plugin: str, key: str, expected: bytes | None, new: bytes, *,
+                        quota_bytes: int, quota_keys: int) -> bool: ...
+
+    def delete(self, plugin: str, key: str) -> bool: ...
+
+    def list_keys(self, plugin: str, prefix: str = "", limit: int = 10_000) -> list[str]: ...
+
+    def usage(self, plugin: str) -> tuple[int, int]: ...
+
+    def clear(self, plugin: str) -> None: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def bound_signers(self, name: str) -> tuple[str, ...] | None: ...
+
+    def bind_signers(self, name: str, key_ids: tuple[str, ...]) -> tuple[str, ...]: ...
+
+    def close(self) -> None: ...

@@ -31,9 +31,9 @@ from typing import Any, Final, NamedTuple, Protocol
 import httpx
 
 from ..engine._abispec import ERROR_KINDS
-from .._errors import UsageError
+from .._errors import StateError, UsageError
 from ._events import Event, EventBus
-from ._kvstore import KvQuotaError, KvStore, KvValueError
+from ._kvstore import KvBackend, KvQuotaError, KvValueError
 from .._permissions import HttpPermission, Permissions
 
 __all__ = ["HostCallError", "HostRouter", "HostServices", "InputCap"]
@@ -355,7 +355,7 @@ class HostServices:
         plugin: str,
         permissions: Permissions,
         config: Mapping[str, Any],
-        kv: KvStore,
+        kv: KvBackend,
         events: EventBus,
         logger: logging.Logger | None = None,
         http_client: httpx.Client | None = None,
@@ -603,7 +603,7 @@ class HostServices:
         self._check_key(key)
         try:
             return self._kv.get(self.plugin, key)
-        except (sqlite3.Error, UnicodeEncodeError) as exc:
+        except (sqlite3.Error, StateError, UnicodeEncodeError) as exc:
             raise self._kv_failure(exc) from None
 
     def kv_set(self, key: str, value: bytes) -> None:
@@ -623,7 +623,7 @@ class HostServices:
             )
         except KvQuotaError as exc:
             raise self._kv_quota_error(exc) from None
-        except (sqlite3.Error, UnicodeEncodeError) as exc:
+        except (sqlite3.Error, StateError, UnicodeEncodeError) as exc:
             raise self._kv_failure(exc) from None
 
     def kv_delete(self, key: str) -> bool:
@@ -633,7 +633,7 @@ class HostServices:
         self._check_key(key)
         try:
             return self._kv.delete(self.plugin, key)
-        except (sqlite3.Error, UnicodeEncodeError) as exc:
+        except (sqlite3.Error, StateError, UnicodeEncodeError) as exc:
             raise self._kv_failure(exc) from None
 
     def kv_list_keys(self, prefix: str) -> list[str]:
@@ -644,7 +644,7 @@ class HostServices:
             raise self.input_error(KV_PREFIX, _utf8_len(prefix))
         try:
             return self._kv.list_keys(self.plugin, prefix, KV_LIST_MAX)
-        except (sqlite3.Error, UnicodeEncodeError) as exc:
+        except (sqlite3.Error, StateError, UnicodeEncodeError) as exc:
             raise self._kv_failure(exc) from None
 
     def _kv_quota_error(self, exc: KvQuotaError) -> HostCallError:
@@ -670,7 +670,7 @@ class HostServices:
                                 f"kv: cannot increment {_shown(key)}: {exc}") from None
         except KvQuotaError as exc:
             raise self._kv_quota_error(exc) from None
-        except (sqlite3.Error, UnicodeEncodeError) as exc:
+        except (sqlite3.Error, StateError, UnicodeEncodeError) as exc:
             raise self._kv_failure(exc) from None
 
     def kv_compare_and_set(self, key: str, expected: bytes | None, new: bytes) -> bool:
@@ -688,7 +688,7 @@ class HostServices:
                 quota_bytes=self._kv_quota_bytes, quota_keys=self._kv_quota_keys)
         except KvQuotaError as exc:
             raise self._kv_quota_error(exc) from None
-        except (sqlite3.Error, UnicodeEncodeError) as exc:
+        except (sqlite3.Error, StateError, UnicodeEncodeError) as exc:
             raise self._kv_failure(exc) from None
 
     # -- host (ABI 1.1) ----------------------------------------------------------------------
