@@ -37,6 +37,7 @@ from rich.text import Text
 from ..engine import _abispec
 from ._authoring import add_build, add_new
 from ._discover import add_discover
+from ._dev import add_dev
 from .._errors import (
     CapabilityError,
     GuestError,
@@ -1362,6 +1363,7 @@ _COMMANDS: Final[tuple[Callable[[Any], None], ...]] = (
     add_build,
     add_new,
     add_discover,
+    add_dev,
 )
 
 
