@@ -6,7 +6,11 @@ import inspect
 
 import plugbox
 
-PUBLIC = [
+PUBLIC = sorted([
+    # Issue 9 (lifecycle):
+    "AuditEntry", "ConfigError", "ConfigRevision", "DependencyError", "LifecycleError",
+    "LifecycleEvent", "PermissionDiff", "PluginInfo", "RecoveredOperation", "StartReport",
+    "UpgradeOutcome",
     "AbiViolation", "AddedPlugins", "CallRecord", "CapabilityError", "ClosedError",
     "DeadlineExceeded", "DiscoveredPlugin", "DiscoveryLimits", "DiscoveryProblem", "DiscoveryReport",
     "DispatchResult", "Event", "EventBus", "EventsPermission", "ExtensionPoint", "Failure",
@@ -21,7 +25,7 @@ PUBLIC = [
     "SignatureError", "SignerInfo", "StackOverflow", "StateError", "TrustPolicy",
     "UnknownHookError", "UntrustedSignerError", "UsageError", "VerificationError",
     "__version__", "discover", "load_manifest",
-]
+])
 
 
 def test_public_names_are_exactly_these_and_sorted() -> None:

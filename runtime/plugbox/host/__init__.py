@@ -13,19 +13,36 @@ from ._discovery import (
     discover,
 )
 from ._errors import (
+    ConfigError,
+    DependencyError,
     IncompatiblePointError,
+    LifecycleError,
     InvalidResultError,
     OrderCycleError,
     PayloadError,
     ReentrantDispatchError,
 )
 from ._host import MAX_DISPATCH_DEPTH, HostedPlugin, HostRouter, PluginHost
+from ._lifecycle import (
+    AuditEntry,
+    ConfigRevision,
+    LifecycleEvent,
+    PermissionDiff,
+    PluginInfo,
+    RecoveredOperation,
+    StartReport,
+    UpgradeOutcome,
+)
 from ._points import ExtensionPoint, HostFunction
 from ._results import DispatchResult, Failure, Result
 
 __all__ = [
     "MAX_DISPATCH_DEPTH",
     "AddedPlugins",
+    "AuditEntry",
+    "ConfigError",
+    "ConfigRevision",
+    "DependencyError",
     "DiscoveredPlugin",
     "DiscoveryLimits",
     "DiscoveryProblem",
@@ -38,10 +55,17 @@ __all__ = [
     "HostedPlugin",
     "IncompatiblePointError",
     "InvalidResultError",
+    "LifecycleError",
+    "LifecycleEvent",
     "OrderCycleError",
     "PayloadError",
+    "PermissionDiff",
     "PluginHost",
+    "PluginInfo",
+    "RecoveredOperation",
     "ReentrantDispatchError",
     "Result",
+    "StartReport",
+    "UpgradeOutcome",
     "discover",
 ]

@@ -2,11 +2,14 @@
 
     PlugboxError
     ├── UsageError
-    │   └── PayloadError            a dispatch payload fails its point's input schema
+    │   ├── PayloadError            a dispatch payload fails its point's input schema
+    │   ├── LifecycleError          a lifecycle operation is refused (.operation)
+    │   └── ConfigError             a configuration fails its schema (.json_path)
     ├── VerificationError
     │   ├── IncompatiblePointError  the plugin implements a point not declared, or a version
     │   │                           not on offer (.point, .versions)
-    │   └── OrderCycleError         before/after constraints form a cycle (.point, .plugins)
+    │   ├── OrderCycleError         before/after constraints form a cycle (.point, .plugins)
+    │   └── DependencyError         a required plugin is missing, incompatible or in a cycle
     └── PluginCallError
         ├── InvalidResultError      a plugin's result fails its point's output schema
         └── ReentrantDispatchError  a dispatch would re-enter a plugin or a point
@@ -19,6 +22,9 @@ from __future__ import annotations
 from .._errors import PluginCallError, UsageError, VerificationError
 
 __all__ = [
+    "ConfigError",
+    "DependencyError",
+    "LifecycleError",
     "IncompatiblePointError",
     "InvalidResultError",
     "OrderCycleError",
@@ -85,3 +91,34 @@ class ReentrantDispatchError(PluginCallError):
     def __init__(self, message: str, *, point: str, plugin: str | None = None) -> None:
         super().__init__(message, plugin=plugin)
         self.point = point
+
+
+class LifecycleError(UsageError):
+    """A lifecycle operation of :class:`plugbox.PluginHost` (install, enable, upgrade,
+    rollback, pin, uninstall, configure ...) is refused: the message names the plugin, the
+    operation and the fix. ``operation`` names the operation."""
+
+    def __init__(self, message: str, *, plugin: str | None, operation: str) -> None:
+        super().__init__(message, plugin=plugin)
+        self.operation = operation
+
+
+class ConfigError(UsageError):
+    """A plugin configuration fails the manifest's ``config_schema`` (``json_path`` names the
+    offending value) or is not a JSON object; it was not applied."""
+
+    def __init__(self, message: str, *, plugin: str | None,
+                 json_path: str | None = None) -> None:
+        super().__init__(message, plugin=plugin)
+        self.json_path = json_path
+
+
+class DependencyError(VerificationError):
+    """A plugin's ``requires`` cannot be met: a required plugin is missing or of an
+    incompatible version, a conflict holds, or the requirements form a cycle (``plugins``
+    names the plugins concerned)."""
+
+    def __init__(self, message: str, *, plugin: str | None,
+                 plugins: tuple[str, ...] = ()) -> None:
+        super().__init__(message, plugin=plugin)
+        self.plugins = plugins

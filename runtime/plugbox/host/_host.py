@@ -45,6 +45,8 @@ from collections.abc import Iterable, Sequence
 from .._plugin import run_cancellable
 from ._discovery import (AddedPlugins, DiscoveredPlugin, DiscoveryLimits, DiscoveryProblem,
                          DiscoveryReport, discover)
+# For the lifecycle block at the end of PluginHost (issue 9).
+from ._lifecycle import LifecycleMixin
 
 __all__ = ["MAX_DISPATCH_DEPTH", "HostedPlugin", "PluginHost"]
 
@@ -131,6 +133,8 @@ class _Tables:
     functions: Mapping[str, HostFunction]
     plugins: tuple[HostedPlugin, ...]  # add order
     orders: Mapping[str, tuple[_Impl, ...]]
+    #: Bumped by every publish: what the lifecycle's reader counts go by (issue 9 §6).
+    gen: int = 0
 
 
 class _HostRuntime(Runtime):
@@ -164,7 +168,7 @@ def _dumps(value: Any) -> bytes:
                       allow_nan=False).encode("utf-8")
 
 
-class PluginHost:
+class PluginHost(LifecycleMixin):
     """Hosts many plugins behind extension points: the object a host application creates
     once, declares its extension points and host functions on, adds plugins to and
     dispatches through.
@@ -193,6 +197,9 @@ class PluginHost:
         policy: Policy | None = None,
         runtime_options: Mapping[str, Any] | None = None,
         max_workers: int = 4,
+        state_url: str | os.PathLike[str] | None = None,
+        safe_mode: bool | None = None,
+        keep_versions: int = 3,
     ) -> None:
         if type(max_workers) is not int or not 1 <= max_workers <= 64:
             raise UsageError(f"max_workers must be an int from 1 to 64, not {max_workers!r}")
@@ -219,6 +226,17 @@ class PluginHost:
         self._background_failures: deque[DispatchResult] = deque(
             maxlen=BACKGROUND_FAILURES_KEPT)
         self._closed = False
+        # Lifecycle (issue 9): dispatches running per table generation, and swapped-out
+        # plugins waiting for the older generations' dispatches to end.
+        self._readers_lock = threading.Lock()
+        self._readers: dict[int, int] = {}
+        self._retired: list[tuple[int, Plugin]] = []
+        try:
+            self._init_lifecycle(state_url, safe_mode, keep_versions)
+        except BaseException:
+            self._workers.shutdown(wait=False)
+            runtime.close()
+            raise
 
     # -- declarations ----------------------------------------------------------------------
 
@@ -363,9 +381,10 @@ class PluginHost:
                   priority, "" if enabled else ", disabled")
         return hosted
 
-    def _admit(self, manifest: Manifest) -> None:
-        """Refuse ``manifest`` if it cannot join the plugins hosted now (lock held)."""
-        tables = self._tables
+    def _admit(self, manifest: Manifest, tables: _Tables | None = None) -> None:
+        """Refuse ``manifest`` if it cannot join the plugins hosted now, or those of
+        ``tables`` (lock held)."""
+        tables = self._tables if tables is None else tables
         name = manifest.name
         if any(hp.name == name for hp in tables.plugins):
             raise UsageError(f"a plugin named {name!r} is already added to this host; remove "
@@ -496,7 +515,7 @@ class PluginHost:
                   for name in points}
         self._tables = _Tables(points=points,
                                functions=old.functions if functions is None else functions,
-                               plugins=plugins, orders=orders)
+                               plugins=plugins, orders=orders, gen=old.gen + 1)
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -513,10 +532,13 @@ class PluginHost:
         """
         if self._closed:
             self._check_open()
-        tables = self._tables
-        spec = self._point(tables, point)
-        data = self._encode(spec, payload)
-        return self._dispatch(tables, spec, data, caller=None)
+        tables = self._enter()
+        try:
+            spec = self._point(tables, point)
+            data = self._encode(spec, payload)
+            return self._dispatch(tables, spec, data, caller=None)
+        finally:
+            self._leave(tables.gen)
 
     def _point(self, tables: _Tables, point: str) -> ExtensionPoint:
         spec = tables.points.get(point)
@@ -569,11 +591,13 @@ class PluginHost:
                              "this one is dropped", spec.name, MAX_BACKGROUND_PENDING)
                 return DispatchResult(spec.name, spec.mode)
             context = contextvars.copy_context()
+            self._hold(tables.gen)  # the entries stay in use until the dispatch ran
             try:
                 self._workers.submit(context.run, self._background, spec, entries, data,
-                                     caller)
+                                     caller, tables.gen)
             except RuntimeError:  # the host is closing
                 self._pending.release()
+                self._leave(tables.gen)
                 self._check_open()
                 raise
             return DispatchResult(spec.name, spec.mode)
@@ -581,7 +605,7 @@ class PluginHost:
             return self._run(spec, entries, data, caller)
 
     def _background(self, spec: ExtensionPoint, entries: tuple[_Impl, ...], data: bytes,
-                    caller: str | None) -> None:
+                    caller: str | None, gen: int) -> None:
         try:
             with _entered(_POINTS, (*_POINTS.get(), spec.name)):
                 result = self._run(spec, entries, data, caller)
@@ -594,6 +618,7 @@ class PluginHost:
             return
         finally:
             self._pending.release()
+            self._leave(gen)
         if result.failures:
             self._background_failures.append(result)
 
@@ -711,6 +736,9 @@ class PluginHost:
             self._closed = True
         self._workers.shutdown(wait=True, cancel_futures=True)
         self.runtime.close()
+        self.store.close()
+        with self._readers_lock:
+            self._retired.clear()
         # The closed plugins refer to the runtime: let go of them, so dropping the host frees
         # everything at once.
         with self._lock:
@@ -757,7 +785,13 @@ class PluginHost:
         point's failure policy; :class:`plugbox.UsageError` for an unknown point or plugin,
         a plugin that does not implement the point, or a disabled one.
         """
-        tables = self._tables
+        tables = self._enter()
+        try:
+            return self._call_plugin(tables, point, name, payload)
+        finally:
+            self._leave(tables.gen)
+
+    def _call_plugin(self, tables: _Tables, point: str, name: str, payload: Any) -> Any:
         spec = self._point(tables, point)
         hosted = next((hp for hp in tables.plugins if hp.name == name), None)
         if hosted is None:
@@ -847,6 +881,85 @@ class PluginHost:
             return a.resolve() == b.resolve()
         except (OSError, RuntimeError):
             return False
+
+
+    # -- lifecycle: readers of each table generation (issue 9 §6) ---------------------------
+    #
+    # A dispatch registers as a reader of the table generation it reads; a plugin swapped out
+    # (upgrade, rollback, config change, uninstall) is closed once no reader of an older
+    # generation is left, so calls in flight finish on it and no call finds it closed.
+
+    def _enter(self) -> _Tables:
+        with self._readers_lock:
+            tables = self._tables
+            self._readers[tables.gen] = self._readers.get(tables.gen, 0) + 1
+        return tables
+
+    def _hold(self, gen: int) -> None:
+        with self._readers_lock:  # gen has a reader already: the caller
+            self._readers[gen] += 1
+
+    def _leave(self, gen: int) -> None:
+        with self._readers_lock:
+            left = self._readers[gen] - 1
+            if left:
+                self._readers[gen] = left
+            else:
+                del self._readers[gen]
+            if not self._retired:
+                return
+            oldest = min(self._readers, default=None)
+            done = [p for g, p in self._retired if oldest is None or oldest >= g]
+            if not done:
+                return
+            self._retired = [(g, p) for g, p in self._retired
+                             if not (oldest is None or oldest >= g)]
+        for plugin in done:
+            plugin.close()
+
+    def _replace_hosted(self, old: HostedPlugin, new: HostedPlugin) -> None:
+        """Serve ``new`` instead of ``old`` from the next dispatch on (one publish), then
+        retire ``old``'s plugin. Raises what :meth:`_admit` raises (nothing changed then)."""
+        with self._lock:
+            self._check_open()
+            tables = self._tables
+            if old not in tables.plugins:
+                raise UsageError(f"plugin {old.name!r} changed meanwhile; retry", plugin=old.name)
+            owned = set(old.manifest.extension_points)
+            rest = _Tables(points={k: v for k, v in tables.points.items() if k not in owned},
+                           functions=tables.functions,
+                           plugins=tuple(hp for hp in tables.plugins if hp is not old),
+                           orders={}, gen=tables.gen)
+            self._admit(new.manifest, rest)
+            points = dict(rest.points)
+            for name, spec in new.manifest.extension_points.items():
+                points[name] = ExtensionPoint.declare(
+                    name, version=spec.version, mode=spec.mode, failure=spec.failure,
+                    input_schema=spec.input_schema, output_schema=spec.output_schema,
+                    description=spec.description, owner=new.name)
+            self._publish(points=points, plugins=tuple(new if hp is old else hp
+                                                       for hp in tables.plugins))
+        if old.plugin is not new.plugin:
+            self._retire(old.plugin)
+
+    def _load_beside(self, old: HostedPlugin, path: Path, config: Mapping[str, Any],
+                     enabled: bool) -> HostedPlugin:
+        """Load the plugin at ``path`` to replace ``old`` (verified, admitted as if ``old``
+        were gone, compiled, on-init run): not served until :meth:`_replace_hosted`."""
+        with self._lock:
+            tables = self._tables
+            owned = set(old.manifest.extension_points)
+            rest = _Tables(points={k: v for k, v in tables.points.items() if k not in owned},
+                           functions=tables.functions,
+                           plugins=tuple(hp for hp in tables.plugins if hp.name != old.name),
+                           orders={}, gen=tables.gen)
+            with staged_plugin(path) as staged:
+                early = validate_manifest(read_manifest(staged))
+            self._admit(early, rest)
+        plugin = self.runtime.load(path, config=dict(config))
+        return HostedPlugin(name=plugin.name, plugin=plugin, priority=old.priority,
+                            manifest=plugin.manifest, source=path, enabled=enabled,
+                            config=dict(config), index=old.index)
 
 
 def _declared_by(point: ExtensionPoint) -> str:
@@ -945,7 +1058,14 @@ class HostRouter:
         ``invalid-input`` for a payload the point refuses, ``limit-reached`` for a re-entrant
         dispatch, ``failure`` for a plugin failure under ``propagate``."""
         host = self._host
-        tables = host._tables
+        tables = host._enter()
+        try:
+            return self._dispatch_in(host, tables, plugin, point, payload)
+        finally:
+            host._leave(tables.gen)
+
+    def _dispatch_in(self, host: PluginHost, tables: _Tables, plugin: str, point: str,
+                     payload: bytes) -> bytes:
         spec = tables.points.get(point)
         if spec is None:
             raise HostCallError("not-found", f"this host has no extension point {point!r}")
