@@ -12,7 +12,7 @@ PUBLIC = sorted([
     "LifecycleEvent", "PermissionDiff", "PluginInfo", "RecoveredOperation", "StartReport",
     "UpgradeOutcome",
     "AbiViolation", "AddedPlugins", "CallRecord", "CapabilityError", "ClosedError",
-    "ConfigError", "DeadlineExceeded", "DependencyError", "DiscoveredPlugin", "DiscoveryLimits", "DiscoveryProblem", "DiscoveryReport",
+    "DeadlineExceeded", "DiscoveredPlugin", "DiscoveryLimits", "DiscoveryProblem", "DiscoveryReport",
     "DispatchResult", "Event", "EventBus", "EventsPermission", "ExtensionPoint", "Failure",
     "FuelExhausted", "GuestError", "GuestTrap", "HashMismatchError", "HostFunction",
     "HostedPlugin", "HttpPermission", "IdentityConflictError", "IncompatibleAbiError",

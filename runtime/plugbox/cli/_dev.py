@@ -350,7 +350,7 @@ def _print_report(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.text import Text
 
-    from ._main import _clean
+    from ._common import clean as _clean
 
     console = Console(file=sys.stdout, highlight=False, soft_wrap=True)
     head = Text(f"[build {report['build']}] ", style="bold")

@@ -585,7 +585,7 @@ class LifecycleMixin:
             path = None
             if " at " in exc.message:
                 path = exc.message.split(" at ", 1)[1].split(":", 1)[0].split(" ", 1)[0]
-            raise ConfigError(exc.message, plugin=manifest.name, json_path=path) from None
+            raise ConfigError(exc.message, plugin=manifest.name, json_path=path or "$") from None
         return dict(config)
 
     def install(self, source: str | os.PathLike[str], *, enable: bool = True,
