@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from ._common import positive_int
 from .._errors import ManifestError, PlugboxError, UsageError
 from .._manifest import Manifest, load_manifest
 
@@ -469,16 +470,6 @@ def _cmd_dev(args: argparse.Namespace) -> int:
             else EXIT_FAILED
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def add_dev(sub: Any) -> None:
     """Declare ``plugbox dev`` on the subparsers ``sub``."""
     dev = sub.add_parser(
@@ -510,9 +501,9 @@ def add_dev(sub: Any) -> None:
                      "at exit)")
     dev.add_argument("--once", action="store_true",
                      help="build, load and call once, then exit (no watching)")
-    dev.add_argument("--max-builds", metavar="N", type=_count, default=None,
+    dev.add_argument("--max-builds", metavar="N", type=positive_int, default=None,
                      help="stop after N builds (the first one included)")
-    dev.add_argument("--debounce-ms", metavar="MS", type=_count, default=400,
+    dev.add_argument("--debounce-ms", metavar="MS", type=positive_int, default=400,
                      help="wait this long for more changes before rebuilding (default 400)")
     dev.add_argument("--json", action="store_true",
                      help="print one JSON document per build, one per line")
