@@ -116,6 +116,41 @@ _I64_MIN: Final = -(1 << 63)
 _I64_MAX: Final = (1 << 63) - 1
 
 
+def increment_step(delta: int) -> Callable[[bytes | None], tuple[bytes | None, int]]:
+    """The decision of ``increment`` (every backend's): from the current value (None:
+    absent, counts as 0) to (bytes to store, new value). Raises :class:`KvValueError` for a
+    value that is not 8 bytes or a sum outside the signed 64-bit range."""
+
+    def decide(current: bytes | None) -> tuple[bytes | None, int]:
+        if current is None:
+            value = 0
+        elif len(current) == 8:
+            value = int.from_bytes(current, "little", signed=True)
+        else:
+            raise KvValueError(
+                f"the value under the key is {len(current)} bytes, not an 8-byte "
+                "little-endian integer (the format increment keeps counters in)")
+        total = value + delta
+        if not _I64_MIN <= total <= _I64_MAX:
+            raise KvValueError(f"{value} + {delta} leaves the signed 64-bit range")
+        return total.to_bytes(8, "little", signed=True), total
+
+    return decide
+
+
+def compare_and_set_step(expected: bytes | None, new: bytes
+                         ) -> Callable[[bytes | None], tuple[bytes | None, bool]]:
+    """The decision of ``compare_and_set`` (every backend's): store ``new`` (and answer True)
+    only when the current value is ``expected``; None to store means write nothing."""
+
+    def decide(current: bytes | None) -> tuple[bytes | None, bool]:
+        if current != expected:
+            return None, False
+        return new, True
+
+    return decide
+
+
 class _Corrupt(Exception):
     """PRAGMA quick_check found problems (its report is the message)."""
 
@@ -347,21 +382,7 @@ class KvStore:
         the signed 64-bit range, :class:`KvQuotaError` when creating the key exceeds a quota;
         nothing is written then."""
 
-        def decide(current: bytes | None) -> tuple[bytes | None, int]:
-            if current is None:
-                value = 0
-            elif len(current) == 8:
-                value = int.from_bytes(current, "little", signed=True)
-            else:
-                raise KvValueError(
-                    f"the value under the key is {len(current)} bytes, not an 8-byte "
-                    "little-endian integer (the format increment keeps counters in)")
-            total = value + delta
-            if not _I64_MIN <= total <= _I64_MAX:
-                raise KvValueError(f"{value} + {delta} leaves the signed 64-bit range")
-            return total.to_bytes(8, "little", signed=True), total
-
-        return self._atomic(plugin, key, quota_bytes, quota_keys, decide)
+        return self._atomic(plugin, key, quota_bytes, quota_keys, increment_step(delta))
 
     def compare_and_set(self, plugin: str, key: str, expected: bytes | None, new: bytes, *,
                         quota_bytes: int, quota_keys: int) -> bool:
@@ -369,12 +390,8 @@ class KvStore:
         atomically (threads and processes); True when it did. Raises :class:`KvQuotaError`
         (nothing written) when the write would exceed a quota."""
 
-        def decide(current: bytes | None) -> tuple[bytes | None, bool]:
-            if current != expected:
-                return None, False
-            return new, True
-
-        return self._atomic(plugin, key, quota_bytes, quota_keys, decide)
+        return self._atomic(plugin, key, quota_bytes, quota_keys,
+                            compare_and_set_step(expected, new))
 
     def delete(self, plugin: str, key: str) -> bool:
         """Remove ``key``; True when it existed."""

@@ -25,7 +25,8 @@ from typing import Final, TypeVar
 
 from .._errors import StateError
 from ._db import Database, Tx, connect
-from ._kvstore import _I64_MAX, _I64_MIN, KvQuotaError, KvValueError, _prefix_upper_bound
+from ._kvstore import (KvQuotaError, _prefix_upper_bound, compare_and_set_step,
+                       increment_step)
 
 __all__ = ["PgKvStore"]
 
@@ -166,21 +167,7 @@ class PgKvStore:
         and return the new value, atomically across every connection to the database.
         :class:`KvValueError` / :class:`KvQuotaError` as for KvStore, nothing written."""
 
-        def decide(current: bytes | None) -> tuple[bytes | None, int]:
-            if current is None:
-                value = 0
-            elif len(current) == 8:
-                value = int.from_bytes(current, "little", signed=True)
-            else:
-                raise KvValueError(
-                    f"the value under the key is {len(current)} bytes, not an 8-byte "
-                    "little-endian integer (the format increment keeps counters in)")
-            total = value + delta
-            if not _I64_MIN <= total <= _I64_MAX:
-                raise KvValueError(f"{value} + {delta} leaves the signed 64-bit range")
-            return total.to_bytes(8, "little", signed=True), total
-
-        return self._atomic(plugin, key, quota_bytes, quota_keys, decide)
+        return self._atomic(plugin, key, quota_bytes, quota_keys, increment_step(delta))
 
     def compare_and_set(self, plugin: str, key: str, expected: bytes | None, new: bytes, *,
                         quota_bytes: int, quota_keys: int) -> bool:
@@ -188,12 +175,8 @@ class PgKvStore:
         atomically across every connection; True when it did."""
         new = bytes(new)
 
-        def decide(current: bytes | None) -> tuple[bytes | None, bool]:
-            if current != expected:
-                return None, False
-            return new, True
-
-        return self._atomic(plugin, key, quota_bytes, quota_keys, decide)
+        return self._atomic(plugin, key, quota_bytes, quota_keys,
+                            compare_and_set_step(expected, new))
 
     def delete(self, plugin: str, key: str) -> bool:
         """Remove ``key``; True when it existed."""
