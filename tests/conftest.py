@@ -280,3 +280,35 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if "start_s" in _pg_started:
         terminalreporter.write_line(
             f"PostgreSQL test server: initdb + start took {_pg_started['start_s']:.2f} s")
+
+
+# -- PluginHost tests ---------------------------------------------------------------------
+
+def const_body(text: str) -> tuple[str, str]:
+    """(body, module-level fields) of a WAT on-hook returning ``text`` whatever the payload."""
+    data = text.encode()
+    escaped = "".join(f"\\{b:02x}" for b in data)
+    body = f"""
+    (i32.store8 (i32.const 16) (i32.const 0))
+    (i32.store (i32.const 20) (i32.const 1024))
+    (i32.store (i32.const 24) (i32.const {len(data)}))
+    (i32.const 16)"""
+    return body, f'(data (i32.const 1024) "{escaped}")'
+
+
+@pytest.fixture
+def host(tmp_path: Path, cache_dir: Path) -> Iterator[plugbox.PluginHost]:
+    """A PluginHost on a fresh state dir sharing the session's compiled cache."""
+    with plugbox.PluginHost(state_dir=tmp_path / "state",
+                            runtime_options={"cache_dir": cache_dir}) as h:
+        yield h
+
+
+@pytest.fixture
+def const(tmp_path: Path) -> Callable[..., Path]:
+    """``const(name, text, **manifest)``: a WAT plugin whose hook ``run`` returns ``text``."""
+    def build(name: str, text: str, **fields: Any) -> Path:
+        body, data = const_body(text)
+        return write_plugin(tmp_path / "plugins" / name, wat_module(body, data), name=name,
+                            hooks=("run",), **fields)
+    return build

@@ -15,7 +15,6 @@ import pytest
 
 import plugbox
 from tests.conftest import wat_module, write_plugin
-from tests.test_host_core import const_body
 
 
 def relay_module(func: str, name: str) -> bytes:
@@ -32,28 +31,12 @@ def relay_module(func: str, name: str) -> bytes:
 
 
 @pytest.fixture
-def host(tmp_path: Path, cache_dir: Path) -> Iterator[plugbox.PluginHost]:
-    with plugbox.PluginHost(state_dir=tmp_path / "state",
-                            runtime_options={"cache_dir": cache_dir}) as h:
-        yield h
-
-
-@pytest.fixture
 def relay(tmp_path: Path) -> Callable[..., Path]:
     """``relay(name, func, target, **manifest)``: a plugin (ABI 1.1) whose hook ``run`` calls
     ``host.<func>(target, payload)``."""
     def build(name: str, func: str, target: str, **fields: Any) -> Path:
         return write_plugin(tmp_path / "plugins" / name, relay_module(func, target), name=name,
                             hooks=("run",), abi="1.1", **fields)
-    return build
-
-
-@pytest.fixture
-def const(tmp_path: Path) -> Callable[..., Path]:
-    def build(name: str, text: str, **fields: Any) -> Path:
-        body, data = const_body(text)
-        return write_plugin(tmp_path / "plugins" / name, wat_module(body, data), name=name,
-                            hooks=("run",), **fields)
     return build
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import plugbox
-from tests.conftest import wat_module, write_plugin
+from tests.conftest import const_body, wat_module, write_plugin
 
 
 def stage(src: Path, dst: Path, name: str, **changes: Any) -> Path:
@@ -27,25 +27,6 @@ def stage(src: Path, dst: Path, name: str, **changes: Any) -> Path:
     doc.update(changes)
     (dst / "plugbox.json").write_text(json.dumps(doc))
     return dst
-
-
-def const_body(text: str) -> tuple[str, str]:
-    """(body, module-level fields) of a WAT on-hook returning ``text`` whatever the payload."""
-    data = text.encode()
-    escaped = "".join(f"\\{b:02x}" for b in data)
-    body = f"""
-    (i32.store8 (i32.const 16) (i32.const 0))
-    (i32.store (i32.const 20) (i32.const 1024))
-    (i32.store (i32.const 24) (i32.const {len(data)}))
-    (i32.const 16)"""
-    return body, f'(data (i32.const 1024) "{escaped}")'
-
-
-@pytest.fixture
-def host(tmp_path: Path, cache_dir: Path) -> Iterator[plugbox.PluginHost]:
-    with plugbox.PluginHost(state_dir=tmp_path / "state",
-                            runtime_options={"cache_dir": cache_dir}) as h:
-        yield h
 
 
 @pytest.fixture

@@ -15,24 +15,6 @@ import pytest
 import plugbox
 from plugbox.services._services import HostCallError
 from tests.conftest import wat_module, write_plugin
-from tests.test_host_core import const_body
-
-
-@pytest.fixture
-def host(tmp_path: Path, cache_dir: Path) -> Iterator[plugbox.PluginHost]:
-    with plugbox.PluginHost(state_dir=tmp_path / "state",
-                            runtime_options={"cache_dir": cache_dir}) as h:
-        yield h
-
-
-@pytest.fixture
-def const(tmp_path: Path) -> Callable[..., Path]:
-    """``const(name, text, **manifest)``: a WAT plugin whose hook ``run`` returns ``text``."""
-    def build(name: str, text: str, **fields: Any) -> Path:
-        body, data = const_body(text)
-        return write_plugin(tmp_path / "plugins" / name, wat_module(body, data), name=name,
-                            hooks=("run",), **fields)
-    return build
 
 
 def call(host: plugbox.PluginHost, name: str, value: Any, plugin: str = "guest") -> Any:

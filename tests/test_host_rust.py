@@ -109,13 +109,6 @@ def battle_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_rust_plugins(workspace, out, target_dir=workspace / "target")["battle-report"]
 
 
-@pytest.fixture
-def host(tmp_path: Path, cache_dir: Path) -> Iterator[plugbox.PluginHost]:
-    with plugbox.PluginHost(state_dir=tmp_path / "state",
-                            runtime_options={"cache_dir": cache_dir}) as h:
-        yield h
-
-
 BATTLES = {3: {"id": 3, "winner": "blue", "turns": 12}}
 
 

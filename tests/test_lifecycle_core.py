@@ -13,19 +13,7 @@ from typing import Any
 import pytest
 
 import plugbox
-from tests.conftest import wat_module, write_plugin
-
-
-def const_body(text: str) -> tuple[str, str]:
-    """(body, module-level fields) of an on-hook returning ``text``."""
-    data = text.encode()
-    escaped = "".join(f"\\{b:02x}" for b in data)
-    body = f"""
-    (i32.store8 (i32.const 16) (i32.const 0))
-    (i32.store (i32.const 20) (i32.const 1024))
-    (i32.store (i32.const 24) (i32.const {len(data)}))
-    (i32.const 16)"""
-    return body, f'(data (i32.const 1024) "{escaped}")'
+from tests.conftest import const_body, wat_module, write_plugin
 
 
 def make_plugin(directory: Path, name: str, version: str, text: str, **manifest: Any) -> Path:
