@@ -116,6 +116,26 @@ _I64_MIN: Final = -(1 << 63)
 _I64_MAX: Final = (1 << 63) - 1
 
 
+def usage_after_write(usage: list[int], key_len: int, old_len: int | None, value_len: int,
+                      quota_bytes: int, quota_keys: int) -> tuple[int, int]:
+    """The ``(bytes, keys)`` usage after writing a ``value_len``-byte value under a
+    ``key_len``-byte key whose current value has ``old_len`` bytes (None: absent), every
+    backend's quota rule: :class:`KvQuotaError` when a new key passes ``quota_keys`` or a
+    write that grows usage passes ``quota_bytes`` (one that does not grow it always fits)."""
+    if old_len is None:
+        new_keys = usage[1] + 1
+        if new_keys > quota_keys:
+            raise KvQuotaError("keys", quota_keys, new_keys)
+        delta = key_len + value_len
+    else:
+        new_keys = usage[1]
+        delta = value_len - old_len
+    new_bytes = usage[0] + delta
+    if delta > 0 and new_bytes > quota_bytes:
+        raise KvQuotaError("bytes", quota_bytes, new_bytes)
+    return new_bytes, new_keys
+
+
 def increment_step(delta: int) -> Callable[[bytes | None], tuple[bytes | None, int]]:
     """The decision of ``increment`` (every backend's): from the current value (None:
     absent, counts as 0) to (bytes to store, new value). Raises :class:`KvValueError` for a
@@ -327,19 +347,10 @@ class KvStore:
         """Upsert ``value`` (the key's current value has ``old_len`` bytes, None: absent)
         within the quotas, as :meth:`set` does; returns the new ``(bytes, keys)`` usage for the
         caller to store once the transaction has committed."""
-        if old_len is None:
-            new_keys = usage[1] + 1
-            if new_keys > quota_keys:
-                raise KvQuotaError("keys", quota_keys, new_keys)
-            delta = len(key.encode("utf-8")) + len(value)
-        else:
-            new_keys = usage[1]
-            delta = len(value) - old_len
-        new_bytes = usage[0] + delta
-        if delta > 0 and new_bytes > quota_bytes:
-            raise KvQuotaError("bytes", quota_bytes, new_bytes)
+        usage_after = usage_after_write(usage, len(key.encode("utf-8")), old_len, len(value),
+                                        quota_bytes, quota_keys)
         conn.execute(_SQL_UPSERT, (plugin, key, value))
-        return new_bytes, new_keys
+        return usage_after
 
     def _atomic(self, plugin: str, key: str, quota_bytes: int, quota_keys: int,
                 decide: Callable[[bytes | None], tuple[bytes | None, T]]) -> T:

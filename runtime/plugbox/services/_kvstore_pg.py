@@ -25,8 +25,8 @@ from typing import Final, TypeVar
 
 from .._errors import StateError
 from ._db import Database, Tx, connect
-from ._kvstore import (KvQuotaError, _prefix_upper_bound, compare_and_set_step,
-                       increment_step)
+from ._kvstore import (_prefix_upper_bound, compare_and_set_step, increment_step,
+                       usage_after_write)
 
 __all__ = ["PgKvStore"]
 
@@ -107,17 +107,8 @@ class PgKvStore:
     def _write_checked(tx: Tx, usage: list[int], plugin: str, key: bytes, old_len: int | None,
                        value: bytes, quota_bytes: int, quota_keys: int) -> None:
         """Upsert within the quotas (as KvStore does) and record the new usage."""
-        if old_len is None:
-            new_keys = usage[1] + 1
-            if new_keys > quota_keys:
-                raise KvQuotaError("keys", quota_keys, new_keys)
-            delta = len(key) + len(value)
-        else:
-            new_keys = usage[1]
-            delta = len(value) - old_len
-        new_bytes = usage[0] + delta
-        if delta > 0 and new_bytes > quota_bytes:
-            raise KvQuotaError("bytes", quota_bytes, new_bytes)
+        new_bytes, new_keys = usage_after_write(usage, len(key), old_len, len(value),
+                                                quota_bytes, quota_keys)
         tx.execute(_SQL_UPSERT, (plugin, key, value))
         tx.execute(_SQL_SET_USAGE, (new_bytes, new_keys, plugin))
 
