@@ -574,3 +574,39 @@ def test_safe_mode_records_the_requirements_enabled_and_loads_nothing(
     with new_host(tmp_path / "state", cache_dir) as h:
         assert h.start().loaded == ("base", "app")
         assert inits.names == ["base", "app"]
+
+
+# -- a real Python sample ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def py_echo() -> Path:
+    """The Python sample ``echo`` (py-echo) built once with componentize-py (cached under
+    .build/pytest-pybuild while its sources are unchanged)."""
+    from plugbox.authoring import _pybuild
+
+    repo = Path(__file__).resolve().parent.parent
+    module = _pybuild.build_python_plugin(repo / "sample-plugins" / "python" / "echo",
+                                          out_dir=repo / ".build" / "pytest-pybuild" / "py-echo")
+    return module.parent
+
+
+def test_a_python_requirement_is_waited_for_started_first_and_held(
+        tmp_path: Path, cache_dir: Path, py_echo: Path, plugin: Callable[..., Path],
+        inits: Inits) -> None:
+    py = _rust(py_echo, tmp_path / "py", "py-echo",
+               implements={"text.echo": {"hook": "echo"}})
+    with new_host(tmp_path / "state", cache_dir) as h:
+        h.start()
+        assert h.install(plugin("app", requires={"py-echo": ">=0.1"})).state == "failed"
+        h.install(py)
+        assert states(h) == {"app": ("enabled", True), "py-echo": ("enabled", True)}
+        assert h.call("text.echo", "hi").values == ["hi", "app 1.0.0"]
+        with pytest.raises(DependencyError, match=r"disable 'py-echo' refused: .*'app'"):
+            h.disable("py-echo")
+    inits.names.clear()
+    with new_host(tmp_path / "state", cache_dir) as h:
+        assert h.start().loaded == ("py-echo", "app")
+        assert inits.names == ["app"]  # after py-echo's on-init (which logs nothing)
+        assert h.uninstall("py-echo", cascade=True) == ["app", "py-echo"]
+        assert h.call("text.echo", "hi").values == []
