@@ -104,6 +104,12 @@ def _shown(spec: str) -> str:
     return spec if spec else "any version"
 
 
+def _outside(plugin: str, spec: str) -> str:
+    """The second fix of a conflict: another version of ``plugin`` (none when every version
+    conflicts)."""
+    return f", or use a version of {plugin!r} outside {spec}" if spec else ""
+
+
 @functools.lru_cache(maxsize=4096)  # pure, and parsing dominates a resolution's cost
 def _matches(spec: str, version: str) -> bool | None:
     """Whether ``version`` satisfies ``spec`` (pre-releases count, like the host check); None
@@ -304,8 +310,8 @@ def resolve(manifests: Mapping[str, Dependent], enabled: Iterable[str], *,
                 continue  # they conflict both ways: the later by name gives way
             fail(name, DependencyError(
                 f"plugin {name!r} conflicts with {other!r} {_shown(spec)} ($.conflicts), and "
-                f"{other!r} {manifests[other].version} is enabled; disable one of the two, or "
-                f"use a version of {other!r} outside {_shown(spec)}",
+                f"{other!r} {manifests[other].version} is enabled; disable one of the two"
+                f"{_outside(other, spec)}",
                 plugin=name, kind="conflict", dependency=other, specifier=spec))
             break
     # 4. The start order of what is left.
@@ -474,15 +480,14 @@ def conflict(names: Sequence[str], manifests: Mapping[str, Dependent],
                 return DependencyError(
                     f"plugin {name!r} conflicts with {other!r} {_shown(spec)} ($.conflicts of "
                     f"{name!r}), and {other!r} {theirs.version} is enabled; disable {other!r} "
-                    f"first, or use a version of {other!r} outside {_shown(spec)}",
+                    f"first{_outside(other, spec)}",
                     plugin=name, kind="conflict", dependency=other, specifier=spec)
             spec = theirs.conflicts.get(name)
             if spec is not None and _matches(spec, mine.version) is not False:
                 return DependencyError(
                     f"plugin {other!r} (enabled) conflicts with {name!r} {_shown(spec)} "
                     f"($.conflicts of {other!r}), and {name!r} is version {mine.version}; "
-                    f"disable {other!r} first, or use a version of {name!r} outside "
-                    f"{_shown(spec)}",
+                    f"disable {other!r} first{_outside(name, spec)}",
                     plugin=name, kind="conflict", dependency=other, specifier=spec)
     return None
 
