@@ -399,6 +399,25 @@ def test_kept_versions_are_pruned_to_keep_versions(
         assert h.check_integrity() == []
 
 
+def test_an_upgrade_or_rollback_that_would_break_a_dependent_is_refused(
+        host: plugbox.PluginHost, plugin: Callable[..., Path]) -> None:
+    host.install(plugin("1.0.0", name="base"))
+    host.upgrade(plugin("1.5.0", name="base"))
+    host.install(plugin("1.0.0", name="ext", requires={"base": ">=1.5,<2"}))
+    with pytest.raises(plugbox.DependencyError,
+                       match=r"upgrade 'base' 1\.5\.0 -> 2\.0\.0 is refused: enabled plugins "
+                             r"ext could no longer start.*>=1\.5,<2") as err:
+        host.upgrade(plugin("2.0.0", name="base"))
+    assert err.value.plugin == "ext" and err.value.kind == "incompatible"
+    with pytest.raises(plugbox.DependencyError, match=r"rollback 'base' 1\.5\.0 -> 1\.0\.0"):
+        host.rollback("base")
+    assert host.info("base").version == "1.5.0" and host.store.journal() == []
+    # The new version's own requirements must be met too.
+    with pytest.raises(plugbox.DependencyError, match=r"it could not start.*'ghost'"):
+        host.upgrade(plugin("1.1.0", name="ext", requires={"ghost": ""}))
+    assert host.upgrade(plugin("1.9.0", name="base")).status == "upgraded"
+
+
 # -- rollback --------------------------------------------------------------------------------
 
 
@@ -709,4 +728,61 @@ def test_a_rust_plugin_is_upgraded_configured_and_rolled_back(
         assert err.value.json_path == "$.top_n"
         assert h.rollback("word-stats").version == "0.1.0"
         assert h.call("text.stats", text).value == after  # the config stays
+        assert h.check_integrity() == []
+
+
+# -- a real Python sample --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def py_echo() -> Path:
+    """The Python echo sample built with componentize-py (cached with conftest's
+    built_samples under .build/pytest-pybuild while its sources are unchanged)."""
+    from plugbox.authoring import _pybuild
+    from tests.conftest import REPO
+
+    module = _pybuild.build_python_plugin(REPO / "sample-plugins" / "python" / "echo",
+                                          out_dir=REPO / ".build" / "pytest-pybuild" / "py-echo")
+    return module.parent
+
+
+def test_a_python_plugin_is_upgraded_under_load_and_rolled_back(
+        tmp_path: Path, cache_dir: Path, py_echo: Path) -> None:
+    def version(v: str) -> Path:
+        target = tmp_path / "src" / f"py-echo-{v}"
+        shutil.copytree(py_echo, target)
+        manifest = json.loads((target / "plugbox.json").read_text())
+        manifest.update(version=v, implements={"text.echo": {"hook": "echo"}})
+        (target / "plugbox.json").write_text(json.dumps(manifest, indent=2))
+        return target
+
+    with plugbox.PluginHost(state_dir=tmp_path / "state",
+                            runtime_options={"cache_dir": cache_dir}) as h:
+        h.extension_point("text.echo", version="1.0.0", payload="bytes")
+        h.start()
+        h.install(version("0.1.0"))
+        seen: list[Any] = []
+        stop, warmed = threading.Event(), threading.Event()
+
+        def caller() -> None:
+            while not stop.is_set():
+                result = h.call("text.echo", b"ping")
+                seen.append((result.values, [str(f.error) for f in result.failures]))
+                warmed.set()
+
+        thread = threading.Thread(target=caller)
+        thread.start()
+        try:
+            assert warmed.wait(60)
+            outcome = h.upgrade(version("0.2.0"))
+            h.configure("py-echo", {"mode": "loud"})
+        finally:
+            stop.set()
+            thread.join(60)
+        assert outcome.status == "upgraded"
+        assert seen and all(s == ([b"ping"], []) for s in seen), seen[:3]
+        assert h.get("py-echo").plugin.version == "0.2.0"  # type: ignore[union-attr]
+        assert h.rollback("py-echo").version == "0.1.0"
+        assert h.get("py-echo").plugin.version == "0.1.0"  # type: ignore[union-attr]
+        assert h.call("text.echo", b"pong").values == [b"pong"]
         assert h.check_integrity() == []

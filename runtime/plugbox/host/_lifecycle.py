@@ -43,7 +43,8 @@ from ..trust._package import package_members, staged_plugin
 from ._config import diff as config_diff
 from ._config import redacted as redact_config
 from ._config import secret_paths, validated
-from ._errors import ConfigError, LifecycleError
+from ._deps import resolve
+from ._errors import ConfigError, DependencyError, LifecycleError
 from ._store import PluginRow, Store, VersionRow, store_path
 
 if TYPE_CHECKING:
@@ -1013,6 +1014,7 @@ class LifecycleMixin:
                     f"store with a different module; give the new build a new version (or "
                     f"let keep_versions prune the old {version} first)", plugin=name,
                     operation="upgrade")
+            self._check_dependents(name, "upgrade", old, _DepView.of(manifest.raw))
             diff = permission_diff(row.grant, grant)
             if not diff.empty and not self._consented(allow, diff):
                 with self.store.transaction() as tx:
@@ -1071,7 +1073,8 @@ class LifecycleMixin:
                 else:
                     alone = self._load_hosted(path, cfg)
             except PlugboxError as exc:
-                reason = _failure_reason(exc)
+                reason = _scrub(_failure_reason(exc),
+                                _secret_values(manifest.config_schema, cfg))
         if reason is not None:
             with self.store.transaction() as tx:
                 at = tx.audit(actor=actor, action="upgrade-failed", plugin=name,
@@ -1177,6 +1180,42 @@ class LifecycleMixin:
             _log.warning("plugin %s: could not clean up after a failed operation; the next "
                          "start() will", name, exc_info=True)
 
+    def _check_dependents(self, name: str, operation: str, old: str,
+                          new: _DepView) -> None:
+        """Refuse making ``new`` the active manifest of ``name`` when an enabled plugin
+        (``name`` itself included) that can start now could not start then: a dependent's
+        ``requires`` no longer matches, the new version's requirements or conflicts are not
+        met, or a cycle appears."""
+        with self.store.transaction() as tx:
+            rows = tx.plugins()
+            manifests = {}
+            for row in rows:
+                active = next((v for v in tx.versions(row.name) if v.version == row.version),
+                              None)
+                if active is not None:
+                    manifests[row.name] = _DepView.of(active.manifest)
+        enabled = [row.name for row in rows if row.enabled]
+        before = resolve(manifests, enabled)
+        after = resolve({**manifests, name: new}, enabled)
+        broken = [n for n in after.failed if n not in before.failed]
+        if not broken:
+            return
+        error = after.errors[broken[0]]
+        others = [n for n in broken if n != name]
+        raise DependencyError(
+            f"{operation} {name!r} {old} -> {new.version} is refused: "
+            + (f"enabled plugins {', '.join(others)} could no longer start ("
+               if others else "it could not start (") + f"{error.message}); nothing changed",
+            plugin=error.plugin or name, kind=error.kind, dependency=error.dependency,
+            specifier=error.specifier, plugins=error.plugins)
+
+    def _materialise(self, version: VersionRow) -> None:
+        """Bring ``version``'s files into this host's managed store when another machine
+        installed it (a store shared over PostgreSQL can; a SQLite one has them already)."""
+        materialise = getattr(self.store, "materialise", None)
+        if materialise is not None:
+            materialise(version)
+
     # -- rollback ----------------------------------------------------------------------------
 
     def rollback(self, name: str, *, to: str | None = None, confirm: bool = False,
@@ -1215,7 +1254,9 @@ class LifecycleMixin:
                     f"confirm=True (`plugbox plugins rollback {name} --to {target.version} "
                     f"--yes`) to roll back anyway", plugin=name, operation="rollback",
                     warning=warning)
+            self._check_dependents(name, "rollback", old, _DepView.of(target.manifest))
             path = Path(target.path)
+            self._materialise(target)
             manifest, grant = self._verify_source(path)
             if manifest.version != target.version or \
                     manifest.module_sha256 != target.sha256:
@@ -1242,7 +1283,8 @@ class LifecycleMixin:
                     else:
                         alone = self._load_hosted(path, cfg)
                 except PlugboxError as exc:
-                    reason = _failure_reason(exc)
+                    reason = _scrub(_failure_reason(exc),
+                                    _secret_values(manifest.config_schema, cfg))
                     with self.store.transaction() as tx:
                         tx.audit(actor=actor, action="rollback-failed", plugin=name,
                                  from_version=old, to_version=target.version, detail=reason)
@@ -1464,6 +1506,23 @@ class LifecycleMixin:
                 raise
             raise ConfigError(_scrub(exc.message, secrets), plugin=name,
                               json_path=exc.json_path, fix=_scrub(exc.fix, secrets)) from None
+
+
+@dataclass(frozen=True)
+class _DepView:
+    """What dependency resolution needs of a manifest, from its JSON form."""
+
+    name: str
+    version: str
+    requires: Mapping[str, str]
+    optional: Mapping[str, str]
+    conflicts: Mapping[str, str]
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any]) -> _DepView:
+        return cls(str(raw.get("name")), str(raw.get("version")),
+                   dict(raw.get("requires") or {}), dict(raw.get("optional") or {}),
+                   dict(raw.get("conflicts") or {}))
 
 
 def _data_warning(name: str, current: VersionRow, target: VersionRow) -> str | None:
