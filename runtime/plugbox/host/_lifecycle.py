@@ -40,12 +40,13 @@ from .._manifest import Manifest, read_manifest, validate_manifest
 from .._permissions import Limits, Permissions
 from .._plugin import Plugin
 from ..trust._package import package_members, staged_plugin
+from . import _deps
+from ._errors import ConfigError, DependencyError, LifecycleError
+from ._store import PluginRow, Store, VersionRow, store_path
+# For upgrade, rollback and configuration (issue 9 §3, §5).
 from ._config import diff as config_diff
 from ._config import redacted as redact_config
 from ._config import secret_paths, validated
-from ._deps import resolve
-from ._errors import ConfigError, DependencyError, LifecycleError
-from ._store import PluginRow, Store, VersionRow, store_path
 
 if TYPE_CHECKING:
     from ._host import HostedPlugin
@@ -1201,8 +1202,8 @@ class LifecycleMixin:
                 if active is not None:
                     manifests[row.name] = _DepView.of(active.manifest)
         enabled = [row.name for row in rows if row.enabled]
-        before = resolve(manifests, enabled)
-        after = resolve({**manifests, name: new}, enabled)
+        before = _deps.resolve(manifests, enabled)
+        after = _deps.resolve({**manifests, name: new}, enabled)
         broken = [n for n in after.failed if n not in before.failed]
         if not broken:
             return
