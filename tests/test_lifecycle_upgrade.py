@@ -683,6 +683,15 @@ def test_an_interrupted_upgrade_is_undone_by_the_next_start(
         assert h.upgrade(plugin("1.1.0")).status == "upgraded"
 
 
+def test_an_upgrade_replaces_files_an_interrupted_one_left(
+        host: plugbox.PluginHost, plugin: Callable[..., Path], tmp_path: Path) -> None:
+    host.install(plugin("1.0.0"))
+    leftover = tmp_path / "state" / "plugins" / "alpha" / "1.1.0"
+    shutil.copytree(plugin("1.1.0", text="half-done"), leftover)
+    assert host.upgrade(plugin("1.1.0", text="the real one")).status == "upgraded"
+    assert values(host) == ["the real one"] and host.check_integrity() == []
+
+
 def test_files_of_pruned_versions_left_by_a_crash_are_swept(
         tmp_path: Path, cache_dir: Path, plugin: Callable[..., Path],
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1050,25 +1050,29 @@ class LifecycleMixin:
                 op = tx.begin_op("upgrade", name, {"from": old, "to": version,
                                                   "path": str(target)})
             try:
-                if kept is None and target.exists():  # an interrupted operation's leftover
+                if kept is None and target.exists() and \
+                        _module_sha256(target) != manifest.module_sha256:
+                    # Left by an interrupted operation (start() would sweep it); one with
+                    # the same module is reused by _stage.
                     _remove_tree(target, self._plugins_dir / ".trash")
                 path, _ = self._stage(source, name, version, manifest.module_sha256)
-                outcome = self._activate_upgrade(row, manifest, grant, diff, path, cfg,
-                                                 current, hosted, os.fspath(source), op,
-                                                 actor)
+                outcome, at = self._activate_upgrade(row, manifest, grant, diff, path, cfg,
+                                                     current, hosted, os.fspath(source), op,
+                                                     actor)
             except BaseException:
                 self._abandon(op, name)
                 raise
-        self._emit_outcome(outcome, actor)
+        self._emit_outcome(outcome, actor, at)
         return outcome
 
     def _activate_upgrade(self, row: PluginRow, manifest: Manifest, grant: dict[str, Any],
                           diff: PermissionDiff, path: Path, cfg: dict[str, Any],
                           current: dict[str, Any], hosted: HostedPlugin | None, source: str,
-                          op: int, actor: str | None) -> UpgradeOutcome:
+                          op: int, actor: str | None) -> tuple[UpgradeOutcome, float]:
         """Load the staged new version (beside ``hosted``, or alone when this process does
         not serve the plugin), then record it and switch to it in one transaction; or record
-        the failure and keep the old one. Runs under ``_op_lock`` with journal row ``op``."""
+        the failure and keep the old one. Runs under ``_op_lock`` with journal row ``op``.
+        (outcome, time recorded)."""
         name, old, version = row.name, row.version, manifest.version
         fresh: HostedPlugin | None = None  # loaded beside hosted, not served yet
         alone: HostedPlugin | None = None  # loaded and served (nothing served before)
@@ -1089,7 +1093,7 @@ class LifecycleMixin:
                 tx.end_op(op)
             self._sweep_plugin(name)
             return UpgradeOutcome("rolled-back", name, old, version, diff, reason,
-                                  self.info(name))
+                                  self.info(name)), at
         swapped = False
         try:
             with self.store.transaction() as tx:
@@ -1110,9 +1114,9 @@ class LifecycleMixin:
                 pruned = self._prune(tx, name, version)
                 if pruned:
                     notes.append(f"pruned {', '.join(pruned)}")
-                tx.audit(actor=actor, action="upgrade", plugin=name, from_version=old,
-                         to_version=version,
-                         detail="; ".join(n.replace("\n", ", ") for n in notes) or None)
+                at = tx.audit(actor=actor, action="upgrade", plugin=name, from_version=old,
+                              to_version=version,
+                              detail="; ".join(n.replace("\n", ", ") for n in notes) or None)
                 tx.end_op(op)
                 if fresh is not None and hosted is not None:
                     self._replace_hosted(hosted, fresh)
@@ -1126,17 +1130,17 @@ class LifecycleMixin:
                 self._unhost(alone)
             raise
         self._sweep_plugin(name)  # the pruned versions' files
-        return UpgradeOutcome("upgraded", name, old, version, diff, None, self.info(name))
+        return UpgradeOutcome("upgraded", name, old, version, diff, None, self.info(name)), at
 
-    def _emit_outcome(self, outcome: UpgradeOutcome, actor: str | None) -> None:
+    def _emit_outcome(self, outcome: UpgradeOutcome, actor: str | None, at: float) -> None:
         if outcome.status == "upgraded":
             self._emit("upgraded", outcome.plugin, outcome.from_version, outcome.to_version,
-                       None, actor)
+                       None, actor, at)
         elif outcome.status == "rolled-back":
             self._emit("failed", outcome.plugin, outcome.from_version, outcome.to_version,
-                       outcome.reason, actor)
+                       outcome.reason, actor, at)
             self._emit("rolled-back", outcome.plugin, outcome.to_version,
-                       outcome.from_version, outcome.reason, actor)
+                       outcome.from_version, outcome.reason, actor, at)
 
     @staticmethod
     def _consented(allow: bool | Callable[[PermissionDiff], bool], diff: PermissionDiff
@@ -1537,6 +1541,14 @@ class _DepView:
         return cls(str(raw.get("name")), str(raw.get("version")),
                    dict(raw.get("requires") or {}), dict(raw.get("optional") or {}),
                    dict(raw.get("conflicts") or {}))
+
+
+def _module_sha256(directory: Path) -> str | None:
+    """The module digest the manifest in ``directory`` records, or None (unreadable)."""
+    try:
+        return validate_manifest(read_manifest(directory)).module_sha256
+    except PlugboxError:
+        return None
 
 
 def _data_warning(name: str, current: VersionRow, target: VersionRow) -> str | None:
