@@ -4,6 +4,7 @@ swap under load -- with small WAT plugins, and a real Rust sample upgraded and c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -235,6 +236,32 @@ def test_consent_by_a_callable_sees_the_exact_difference(
     assert host.info("alpha").grant["services"] == ["log", "random"]
     # Fewer permissions need no consent.
     assert host.upgrade(plugin("1.2.0")).status == "upgraded"
+
+
+def test_under_required_signatures_an_upgrade_must_come_from_the_same_publisher(
+        tmp_path: Path, cache_dir: Path, plugin: Callable[..., Path]) -> None:
+    from tests.test_signatures import make_key, sign_plugin
+
+    alice, _ = make_key(tmp_path / "trusted", "alice")
+    bob, _ = make_key(tmp_path / "trusted", "bob")
+
+    def signed(version: str, key: Any | None) -> Path:
+        directory = plugin(version)
+        if key is not None:
+            sign_plugin(directory, key)
+        return directory
+
+    trust = plugbox.TrustPolicy(trusted_keys=tmp_path / "trusted", mode="require")
+    with new_host(tmp_path / "state", cache_dir, trust=trust) as h:
+        h.start()
+        h.install(signed("1.0.0", alice))
+        assert h.upgrade(signed("1.1.0", alice)).status == "upgraded"
+        with pytest.raises(plugbox.UntrustedSignerError, match="not signed"):
+            h.upgrade(signed("1.2.0", None))
+        with pytest.raises(plugbox.IdentityConflictError):
+            h.upgrade(signed("1.3.0", bob))
+        assert h.info("alpha").versions == ("1.1.0", "1.0.0") and values(h) == ["alpha 1.1.0"]
+        assert h.store.journal() == [] and h.check_integrity() == []
 
 
 def test_a_new_version_failing_on_init_is_rolled_back_and_the_old_keeps_serving(
@@ -733,9 +760,16 @@ def test_upgrade_rollback_and_config_survive_a_restart(
 def test_a_rust_plugin_is_upgraded_configured_and_rolled_back(
         tmp_path: Path, cache_dir: Path, rust_plugins: dict[str, Path]) -> None:
     def version(v: str) -> Path:
+        """The built sample as version ``v``, a module of its own (a custom section naming
+        the version appended), its sha256 recomputed as write_plugin does."""
         target = tmp_path / "src" / f"word-stats-{v}"
         shutil.copytree(rust_plugins["word-stats"], target)
         manifest = json.loads((target / "plugbox.json").read_text())
+        module = target / manifest["module"]["path"]
+        section = b"\x07version" + v.encode()
+        data = module.read_bytes() + b"\x00" + bytes([len(section)]) + section
+        module.write_bytes(data)
+        manifest["module"]["sha256"] = hashlib.sha256(data).hexdigest()
         manifest.update(version=v, implements={"text.stats": {"hook": "text.stats"}})
         (target / "plugbox.json").write_text(json.dumps(manifest, indent=2))
         return target
@@ -746,6 +780,7 @@ def test_a_rust_plugin_is_upgraded_configured_and_rolled_back(
         h.extension_point("text.stats", version="1.0.0", mode="first")
         h.start()
         h.install(version("0.1.0"))
+        first = h.get("word-stats").plugin.manifest.module_sha256  # type: ignore[union-attr]
         before = h.call("text.stats", text).value
         seen: list[Any] = []
         stop, warmed = threading.Event(), threading.Event()
@@ -765,6 +800,7 @@ def test_a_rust_plugin_is_upgraded_configured_and_rolled_back(
             stop.set()
             thread.join(30)
         assert outcome.status == "upgraded" and h.info("word-stats").version == "0.2.0"
+        assert h.get("word-stats").plugin.manifest.module_sha256 != first  # type: ignore[union-attr]
         assert all(not s["failures"] and s["value"] is not None for s in seen)
         after = h.call("text.stats", text).value
         assert after != before and len(json.dumps(after)) < len(json.dumps(before))

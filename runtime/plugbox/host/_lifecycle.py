@@ -994,8 +994,13 @@ class LifecycleMixin:
             raise UsageError(f"upgrade: allow must be True, False or a callable taking the "
                              f"PermissionDiff, not {allow!r}")
         with self._op_lock:
-            manifest, grant = self._verify_source(source)
+            verified = self.runtime._verified(source, False)
+            manifest = verified.manifest
+            grant = grant_of(verified.permissions, verified.limits)
             name, version = manifest.name, manifest.version
+            # Signed by the keys the name belongs to (trust mode "require"), before anything
+            # is staged rather than when it loads.
+            self.runtime._identity(name, verified.signers)
             row, versions = self._row(name, "upgrade")
             old = row.version
             if row.pinned:
