@@ -122,6 +122,17 @@ def test_install_that_does_not_verify_exits_1_and_records_nothing(
     assert cli("list", "--json").doc["plugins"] == []
 
 
+def test_install_of_an_unsigned_plugin_under_trusted_keys_exits_1(
+        cli: Run, plugin: Callable[..., Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keygen", "--output-dir", str(tmp_path / "keys")]) == 0
+    capsys.readouterr()
+    result = cli("install", plugin(), "--trusted-keys", tmp_path / "keys" / "plugbox.pub")
+    assert result.code == 1
+    assert "UntrustedSignerError" in result.err and "is not signed" in result.err
+    assert cli("list", "--json").doc["plugins"] == []
+
+
 def test_install_of_a_plugin_failing_on_init_exits_1_and_info_shows_the_reason(
         cli: Run, tmp_path: Path) -> None:
     body, fields = const_body('"x"')

@@ -250,11 +250,11 @@ def _open_host(args: argparse.Namespace) -> Iterator[PluginHost]:
     from ..host._host import PluginHost
     from ._main import _trust_policy
 
+    if args.app and (args.trusted_keys or args.trust_mode or args.revoked):
+        raise UsageError("--trusted-keys/--trust-mode do not apply with --app: the "
+                         "application's PluginHost has its own trust policy")
     trust = _trust_policy(args, default=None)
     if args.app:
-        if trust is not None:
-            raise UsageError("--trusted-keys/--trust-mode do not apply with --app: the "
-                             "application's PluginHost has its own trust policy")
         host = _app_host(args.app, args.state_dir, args.state_url)
     else:
         url: str | None = args.state_url
@@ -617,7 +617,7 @@ def _cmd_config_set(host: PluginHost, args: argparse.Namespace) -> int:
 def _cmd_config_history(host: PluginHost, args: argparse.Namespace) -> int:
     schemas = _schemas(host, args.name)
     revisions = host.config_history(args.name)
-    docs = [{"revision": r.revision, "at": r.at, "actor": r.actor,
+    docs: list[dict[str, Any]] = [{"revision": r.revision, "at": r.at, "actor": r.actor,
              "config": _redact(r.config, schemas)} for r in revisions]
     if args.json:
         _ok(args, plugin=args.name, revisions=docs)
@@ -735,7 +735,7 @@ def _common() -> argparse.ArgumentParser:
                        f"${APP_ENV}; without it, stand-ins for the plugins' points are declared")
     group.add_argument("--actor", metavar="WHO", default=None,
                        help="who to record in the audit log (default cli:$USER)")
-    _add_trust_options(common, required=False, with_mode=True)  # type: ignore[arg-type]
+    _add_trust_options(common, required=False, with_mode=True)
     return common
 
 
