@@ -476,7 +476,11 @@ def _cmd_rollback(host: PluginHost, args: argparse.Namespace) -> int:
         if not warning:
             raise
         if not _may_ask(args):
-            return _fail(exc, args, EXIT_REFUSED, declined=True)
+            code = _fail(exc, args, EXIT_REFUSED, declined=True)
+            if not args.json:
+                _err_line("declined: ", f"{clean(args.name)} stays at its active version; "
+                          "rerun with --yes to roll back anyway")
+            return code
         _say("warning: " + clean(str(warning)), "bold yellow")
         if not _ask("roll back anyway?"):
             _err_line("declined: ", f"{clean(args.name)} stays at its active version")
