@@ -335,5 +335,6 @@ def test_describe_for_the_cli(inst: Installed) -> None:
 
 
 def test_module_names_what_it_exports() -> None:
-    assert set(_deps.__all__) == {"Dependent", "Resolution", "dependents", "describe",
+    assert set(_deps.__all__) == {"WAITING", "Declared", "Dependent", "Resolution",
+                                  "conflict", "dependents", "describe", "in_use", "reason",
                                   "requirements", "resolve"}

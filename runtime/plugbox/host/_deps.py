@@ -23,16 +23,17 @@ All work is linear in the number of plugins and edges (manifests bound each list
 from __future__ import annotations
 
 import graphlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Final, Protocol
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from ._errors import DependencyError
 
-__all__ = ["Dependent", "Resolution", "dependents", "describe", "requirements", "resolve"]
+__all__ = ["WAITING", "Declared", "Dependent", "Resolution", "conflict", "dependents",
+           "describe", "in_use", "reason", "requirements", "resolve"]
 
 #: Reasons of other plugins quoted inside a reason are cut to this many characters.
 _QUOTE = 300
@@ -51,6 +52,44 @@ class Dependent(Protocol):
     def optional(self) -> Mapping[str, str]: ...
     @property
     def conflicts(self) -> Mapping[str, str]: ...
+
+
+@dataclass(frozen=True)
+class Declared:
+    """The dependency fields of a manifest as the lifecycle database stores it (its JSON):
+    a :class:`Dependent` read without the plugin's files."""
+
+    name: str
+    version: str
+    requires: Mapping[str, str] = field(default_factory=dict)
+    optional: Mapping[str, str] = field(default_factory=dict)
+    conflicts: Mapping[str, str] = field(default_factory=dict)
+    data_version: int = 0
+
+    @classmethod
+    def from_raw(cls, raw: Mapping[str, Any], *, name: str, version: str) -> Declared:
+        """From a stored manifest's JSON (validated when it was installed); ``name`` and
+        ``version`` are the recorded ones (they win over the JSON's)."""
+        def names(key: str) -> dict[str, str]:
+            value = raw.get(key)
+            return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) \
+                else {}
+        data_version = raw.get("data_version", 0)
+        return cls(name=name, version=version, requires=names("requires"),
+                   optional=names("optional"), conflicts=names("conflicts"),
+                   data_version=data_version if type(data_version) is int else 0)
+
+
+#: The :attr:`plugbox.DependencyError.kind` values a plugin can wait out: it is recorded
+#: enabled and ``failed``, and starts once the other plugin is there (installed, enabled, in
+#: a matching version, started). A ``conflict`` or a ``cycle`` needs a decision instead.
+WAITING: Final = ("missing", "disabled", "incompatible", "failed")
+
+
+def reason(error: DependencyError) -> str:
+    """The ``failed`` reason recorded for a plugin that cannot start for ``error``:
+    ``dependency <kind>: <message>`` (``dependency missing: plugin 'app' requires ...``)."""
+    return f"dependency {error.kind}: {error.message}"
 
 
 def _shown(spec: str) -> str:
@@ -156,24 +195,37 @@ class Resolution:
 
     def _fail(self, name: str, error: DependencyError,
               required_by: Mapping[str, list[str]]) -> dict[str, str]:
+        return self._fail_all([(name, error)], required_by)
+
+    def _fail_all(self, failures: list[tuple[str, DependencyError]],
+                  required_by: Mapping[str, list[str]]) -> dict[str, str]:
+        """Record ``failures`` (each plugin its own error, before a cascade from another of
+        them could give it a ``failed`` one), then cascade to the plugins requiring them."""
         new: dict[str, str] = {}
-        stack = [(name, error)]
-        while stack:
-            current, err = stack.pop()
+        stack: list[tuple[str, str]] = []
+        for current, err in failures:
             if current in self.failed:
                 continue
             self.failed[current] = new[current] = err.message
             self.errors[current] = err
             if current in self.order:
                 self.order.remove(current)
+            stack.append((current, err.message))
+        while stack:
+            current, message = stack.pop()
             for user in required_by.get(current, ()):
-                if user not in self.failed:
-                    quoted = err.message if len(err.message) <= _QUOTE else \
-                        err.message[:_QUOTE - 3] + "..."
-                    stack.append((user, DependencyError(
-                        f"plugin {user!r} requires {current!r}, which cannot start: {quoted}",
-                        plugin=user, kind="failed", dependency=current,
-                        specifier=self._spec(user, current))))
+                if user in self.failed:
+                    continue
+                quoted = message if len(message) <= _QUOTE else message[:_QUOTE - 3] + "..."
+                err = DependencyError(
+                    f"plugin {user!r} requires {current!r}, which cannot start: {quoted}",
+                    plugin=user, kind="failed", dependency=current,
+                    specifier=self._spec(user, current))
+                self.failed[user] = new[user] = err.message
+                self.errors[user] = err
+                if user in self.order:
+                    self.order.remove(user)
+                stack.append((user, err.message))
         return new
 
     def _spec(self, user: str, dep: str) -> str | None:
@@ -224,9 +276,9 @@ def resolve(manifests: Mapping[str, Dependent], enabled: Iterable[str], *,
             # graphlib lists the cycle in start order; reversed, each plugin needs the next.
             cycle = tuple(reversed(exc.args[1]))
             error = _cycle_error(cycle)
-            for member in dict.fromkeys(cycle):
-                fail(member, DependencyError(error.message, plugin=member, kind="cycle",
-                                             plugins=cycle))
+            result._fail_all([(member, DependencyError(error.message, plugin=member,
+                                                       kind="cycle", plugins=cycle))
+                              for member in dict.fromkeys(cycle)], required_by)
     # 3. Conflicts among the plugins that would run.
     for name in [n for n in rank if n in present]:
         if name in result.failed:
@@ -355,7 +407,9 @@ def describe(name: str, manifests: Mapping[str, Dependent],
     """A JSON-ready account of ``name``'s dependencies (for ``plugbox plugins deps NAME``):
     each of ``requires``, ``optional``, ``conflicts`` as a list of ``{"name", "specifier",
     "installed" (version or null), "enabled", "ok", "reason"}``, and ``required_by`` (the
-    enabled plugins that require it, :func:`dependents`)."""
+    enabled plugins that require it, :func:`dependents`) and ``dependents`` (every plugin
+    naming it in ``requires`` or ``optional``: ``{"name", "version", "kind", "specifier",
+    "enabled", "ok"}``, ``ok`` when ``name``'s version matches the specifier)."""
     on = set(enabled)
     manifest = manifests[name]
 
@@ -382,4 +436,63 @@ def describe(name: str, manifests: Mapping[str, Dependent],
         for kind in ("requires", "optional", "conflicts")
     }
     out["required_by"] = dependents(name, manifests, on)
+    out["dependents"] = [
+        {"name": user, "version": manifests[user].version, "kind": kind, "specifier": spec,
+         "enabled": user in on, "ok": _matches(spec, manifest.version) is True}
+        for user in sorted(manifests) for kind in ("requires", "optional")
+        for spec in [getattr(manifests[user], kind).get(name)] if spec is not None]
     return out
+
+
+def conflict(names: Sequence[str], manifests: Mapping[str, Dependent],
+             running: Iterable[str]) -> DependencyError | None:
+    """The first conflict that starting ``names`` beside the plugins ``running`` (and beside
+    each other) would create, declared on either side, or None. Unlike :func:`resolve`, which
+    decides which of two enabled plugins gives way, this is the check before enabling: the
+    plugin being enabled is the one refused, whichever side declared the conflict, so an
+    enable never stops a plugin that runs."""
+    others = list(dict.fromkeys([*running, *names]))
+    for name in names:
+        mine = manifests[name]
+        for other in others:
+            if other == name or other not in manifests:
+                continue
+            theirs = manifests[other]
+            spec = mine.conflicts.get(other)
+            if spec is not None and _matches(spec, theirs.version) is not False:
+                return DependencyError(
+                    f"plugin {name!r} conflicts with {other!r} {_shown(spec)} ($.conflicts of "
+                    f"{name!r}), and {other!r} {theirs.version} is enabled; disable {other!r} "
+                    f"first, or use a version of {other!r} outside {_shown(spec)}",
+                    plugin=name, kind="conflict", dependency=other, specifier=spec)
+            spec = theirs.conflicts.get(name)
+            if spec is not None and _matches(spec, mine.version) is not False:
+                return DependencyError(
+                    f"plugin {other!r} (enabled) conflicts with {name!r} {_shown(spec)} "
+                    f"($.conflicts of {other!r}), and {name!r} is version {mine.version}; "
+                    f"disable {other!r} first, or use a version of {name!r} outside "
+                    f"{_shown(spec)}",
+                    plugin=name, kind="conflict", dependency=other, specifier=spec)
+    return None
+
+
+def in_use(name: str, operation: str, users: Sequence[str],
+           manifests: Mapping[str, Dependent]) -> DependencyError:
+    """The refusal of ``operation`` (``disable``, ``uninstall``) of ``name`` while the enabled
+    plugins ``users`` (:func:`dependents`) require it: names each, with what it requires (a
+    plugin requiring ``name`` through another says through which), and the fix."""
+    shown = []
+    for user in users:
+        spec = manifests[user].requires.get(name)
+        if spec is not None:
+            shown.append(f"{user!r} (requires {name!r} {_shown(spec)})")
+        else:
+            via = sorted(dep for dep in manifests[user].requires if dep in users)
+            shown.append(f"{user!r} (through {', '.join(map(repr, via))})")
+    then = "disable them first" if operation == "disable" else \
+        "disable or uninstall them first"
+    return DependencyError(
+        f"{operation} {name!r} refused: enabled plugins require it: {', '.join(shown)}; "
+        f"{then}, or pass cascade=True to {operation} {name!r} and disable them too",
+        plugin=name, kind="required", dependency=users[0] if users else None,
+        plugins=tuple(users))

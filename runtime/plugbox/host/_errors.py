@@ -118,9 +118,11 @@ class DependencyError(VerificationError):
     why: ``missing`` (a required plugin is not installed), ``disabled`` (installed but not
     enabled), ``incompatible`` (its version does not match the specifier), ``failed`` (it
     cannot start itself), ``conflict`` (an enabled plugin matches a ``conflicts`` entry, of
-    either side), ``cycle`` (the dependency graph closes a cycle). ``dependency`` names the
-    other plugin, ``specifier`` the PEP 440 specifier at stake (``""``: any version),
-    ``plugins`` the cycle (first and last equal) for ``cycle``."""
+    either side), ``cycle`` (the dependency graph closes a cycle), ``required`` (a disable or
+    uninstall is refused because enabled plugins require it; ``cascade=True`` disables them
+    too). ``dependency`` names the other plugin, ``specifier`` the PEP 440 specifier at stake
+    (``""``: any version), ``plugins`` the cycle (first and last equal) for ``cycle``, the
+    enabled dependents (in stopping order) for ``required``."""
 
     def __init__(self, message: str, *, plugin: str, kind: str,
                  dependency: str | None = None, specifier: str | None = None,

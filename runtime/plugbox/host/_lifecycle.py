@@ -40,6 +40,7 @@ from .._manifest import Manifest, read_manifest, validate_manifest
 from .._permissions import Limits, Permissions
 from .._plugin import Plugin
 from ..trust._package import package_members, staged_plugin
+from . import _deps
 from ._config import diff as config_diff
 from ._config import redacted as redact_config
 from ._config import secret_paths, validated
@@ -78,7 +79,8 @@ class PluginInfo:
 
     ``version`` is the active version; ``state`` is ``installed`` (never enabled),
     ``enabled``, ``disabled`` or ``failed`` (``reason`` says why: ``did not verify: ...``,
-    ``did not load: ...``, ``on-init failed: ...``, ``dependency missing: ...``);
+    ``did not load: ...``, ``on-init failed: ...``, ``dependency missing: ...`` and the
+    other ``dependency <kind>: ...`` reasons of :meth:`PluginHost.start`);
     ``versions`` the kept versions, newest install first; ``grant`` the permissions and
     limits granted (JSON form, what an upgrade is compared against); ``requires`` the
     manifest's ``requires``; ``source`` where it was installed from; ``path`` its directory
@@ -576,7 +578,12 @@ class LifecycleMixin:
         install) is validated first.
 
         A plugin that verifies but fails to load or on-init is installed in state
-        ``failed`` with the reason. Refused with :class:`plugbox.LifecycleError` when a
+        ``failed`` with the reason. So is one whose dependencies stop it (the reason says
+        which, as :meth:`enable`'s error would; nothing is raised, so plugins can be
+        installed in any order): with ``enable`` its requirements are enabled first; one
+        whose requirement is missing or of another version stays enabled and starts once
+        that is installed; one that conflicts with an enabled plugin, or closes a dependency
+        cycle, is left not enabled. Plugins that were waiting for this one start with it. Refused with :class:`plugbox.LifecycleError` when a
         plugin of that name is installed already (use :meth:`upgrade`), and with the
         verification error when it does not verify (nothing is recorded).
         """
@@ -596,6 +603,9 @@ class LifecycleMixin:
             cfg = self._validated_config(manifest, dict(config))
             with self._lock:
                 self._admit(manifest)
+            # With dependencies, enabling is enable()'s (requirements first, conflicts).
+            deferred = enable and self._involves_dependencies(manifest)
+            enable = enable and not deferred
             with self.store.transaction() as tx:
                 op = tx.begin_op("install", name, {"version": version,
                                                   "path": str(self._plugins_dir / name /
@@ -631,6 +641,10 @@ class LifecycleMixin:
             self._emit("enabled", name, None, version, None, actor, at)
         elif state == "failed":
             self._emit("failed", name, None, version, reason, actor, at)
+        if deferred:
+            return self._enable_installed(name, actor)
+        if state == "enabled":
+            self._resume_waiting(actor)  # plugins that required it start now
         return self.info(name)
 
     def _load_hosted(self, path: Path, config: Mapping[str, Any]) -> HostedPlugin:
@@ -656,56 +670,346 @@ class LifecycleMixin:
 
     def enable(self, name: str, *, cascade: bool = False,
                actor: str | None = None) -> list[str]:
-        """Enable installed plugin ``name``: loaded (if this process does not serve it yet)
-        and dispatched to from the next call on. Returns the names enabled. A plugin that
-        fails to load is left ``failed`` with the reason, and the error is raised.
-        ``cascade`` is for the requirements (issue 9 §4, DEPS helper)."""
+        """Enable installed plugin ``name`` and, first, every plugin it requires (its
+        manifest's ``requires``, directly or through others) that is not running yet: each
+        loaded (if this process does not serve it yet) and dispatched to from the next call
+        on, in start order, each recorded (audit ``enable``; a requirement's detail says
+        ``required by 'name'``) and announced (an ``enabled`` event, the same reason). Then
+        the plugins that were waiting for these (recorded enabled and ``failed`` with a
+        ``dependency ...`` reason that no longer holds) start too. Returns the names enabled,
+        in that order: the requirements, ``name``, the plugins that were waiting.
+
+        Refused with :class:`plugbox.DependencyError`, nothing changed, when ``name`` or a
+        requirement conflicts with an enabled plugin (either side's ``conflicts``:
+        ``kind="conflict"``, ``dependency`` names the other plugin; an enable never stops a
+        running plugin) or the requirements form a cycle (``kind="cycle"``, ``plugins``). When
+        a requirement is not installed, or not in a version its specifier accepts, ``name`` is
+        recorded enabled and ``failed`` (reason ``dependency missing: ...`` or ``dependency
+        incompatible: ...``) and the DependencyError is raised: the plugin starts by itself
+        once that requirement is installed and enabled. A plugin that fails to load is left
+        ``failed`` with the reason and the error is raised (when a requirement fails, a
+        DependencyError naming it, ``kind="failed"``; the requirements enabled before it stay
+        enabled). ``cascade`` has no effect (requirements are always enabled); it mirrors
+        :meth:`disable`.
+        """
         self._check_open()
+        return self._enable_chain(name, actor, None) + self._resume_waiting(actor)
+
+    def _enable_chain(self, name: str, actor: str | None, why: str | None) -> list[str]:
+        """:meth:`enable` but for the plugins waiting for it; ``why`` is the audit detail and
+        event reason of ``name``'s enabling."""
         with self._op_lock:
-            row, versions = self._row(name, "enable")
-            hosted = self.get(name)
-            reason = None
-            failure: PlugboxError | None = None
-            if not self._safe_mode:
-                if hosted is not None and name in self._managed:
-                    if not hosted.enabled:
-                        self._set_enabled(hosted, True)
-                else:
+            row, _ = self._row(name, "enable")
+            rows, versions, manifests = self._dependency_view()
+            by_name = {r.name: r for r in rows}
+            try:
+                needed = _deps.requirements(name, manifests)
+            except DependencyError as exc:
+                if exc.kind == "cycle":
+                    raise self._refusal("enable", name, exc) from exc
+                self._enable_waiting(row, exc, actor)
+                raise DependencyError(
+                    f"enable {name!r}: {exc.message}; {name!r} is recorded enabled, in state "
+                    f"failed, and starts once that is done", plugin=name, kind=exc.kind,
+                    dependency=exc.dependency, specifier=exc.specifier) from None
+            chain = [n for n in needed if not self._running(by_name[n])] + [name]
+            running = [r.name for r in rows if r.enabled and r.name not in chain]
+            clash = _deps.conflict(chain, manifests, running)
+            if clash is not None:
+                raise self._refusal("enable", name, clash) from clash
+            # An optional edge may close a cycle that ``requires`` alone does not: refused
+            # now rather than at the next start.
+            trial = _deps.resolve(manifests, [*running, *chain])
+            cycle = next((trial.errors[n] for n in chain if n in trial.errors
+                          and trial.errors[n].kind == "cycle"), None)
+            if cycle is not None:
+                raise self._refusal("enable", name, cycle) from cycle
+            failures: dict[str, str] = {}
+            errors: dict[str, PlugboxError] = {}
+            for current in chain:
+                blocked = next((d for d in sorted(manifests[current].requires)
+                                if d in failures), None)
+                if blocked is not None:
+                    failures[current] = _deps.reason(DependencyError(
+                        f"plugin {current!r} requires {blocked!r}, which cannot start: "
+                        f"{failures[blocked]}", plugin=current, kind="failed",
+                        dependency=blocked))
+                elif not self._safe_mode:
                     try:
-                        self._load_hosted(self._active_path(row, versions),
-                                          self._current_config(name))
+                        self._serve(by_name[current], versions[current])
                     except PlugboxError as exc:
-                        reason, failure = _failure_reason(exc), exc
+                        failures[current], errors[current] = _failure_reason(exc), exc
+            stamps: dict[str, float] = {}
             with self.store.transaction() as tx:
                 tx.bump()
-                tx.update_plugin(name, enabled=True, state="failed" if reason else "enabled",
-                                 reason=reason)
-                at = tx.audit(actor=actor, action="enable", plugin=name,
-                              to_version=row.version, detail=reason)
-        if failure is not None:
-            self._emit("failed", name, None, row.version, reason, actor, at)
-            raise failure
-        self._emit("enabled", name, None, row.version, None, actor, at)
-        return [name]
+                for current in chain:
+                    reason = failures.get(current)
+                    tx.update_plugin(current, enabled=True,
+                                     state="failed" if reason else "enabled", reason=reason)
+                    detail = (reason or why) if current == name else \
+                        f"required by {name!r}" + (f": {reason}" if reason else "")
+                    stamps[current] = tx.audit(actor=actor, action="enable", plugin=current,
+                                               to_version=by_name[current].version,
+                                               detail=detail)
+        for current in chain:
+            required = why if current == name else f"required by {name!r}"
+            if current in failures:
+                self._emit("failed", current, None, by_name[current].version,
+                           failures[current], actor, stamps[current])
+            else:
+                self._emit("enabled", current, None, by_name[current].version, required,
+                           actor, stamps[current])
+        if name in errors:
+            raise errors[name]
+        if name in failures:
+            culprit = next(n for n in chain if n in errors)
+            raise DependencyError(
+                f"enable {name!r}: its requirement {culprit!r} could not be started "
+                f"({failures[culprit]}); {name!r} is recorded enabled, in state failed; fix "
+                f"{culprit!r} and enable {name!r} again", plugin=name, kind="failed",
+                dependency=culprit) from errors[culprit]
+        return chain
 
     def disable(self, name: str, *, cascade: bool = False,
                 actor: str | None = None) -> list[str]:
         """Disable installed plugin ``name``: no call made after this returns reaches it
         (calls in flight finish). It stays loaded in this process, so enabling it again is
-        immediate; a host started later does not load it. Returns the names disabled."""
+        immediate; a host started later does not load it. Returns the names disabled, in the
+        order they were.
+
+        Refused with :class:`plugbox.DependencyError` (``kind="required"``, ``plugins``
+        naming them; nothing changed) while enabled plugins require ``name``, directly or
+        through others; the message names each and the fix. With ``cascade=True`` those are
+        disabled first, each before the plugins it requires, each recorded (audit detail
+        ``requires 'name' (cascade)``) and announced (a ``disabled`` event with that
+        reason), and returned before ``name``. Plugins that list ``name`` as ``optional``
+        keep running without it.
+        """
         self._check_open()
         with self._op_lock:
             row, _ = self._row(name, "disable")
-            hosted = self.get(name)
-            if hosted is not None and name in self._managed and hosted.enabled:
-                self._set_enabled(hosted, False)
+            users, by_name = self._enabled_dependents(name, "disable", cascade)
+            chain = [*users, name]
+            self._set_enabled_many(chain, False)
+            stamps: dict[str, float] = {}
             with self.store.transaction() as tx:
                 tx.bump()
-                tx.update_plugin(name, enabled=False, state="disabled", reason=None)
-                at = tx.audit(actor=actor, action="disable", plugin=name,
-                              from_version=row.version)
-        self._emit("disabled", name, row.version, None, None, actor, at)
-        return [name]
+                for current in chain:
+                    tx.update_plugin(current, enabled=False, state="disabled", reason=None)
+                    stamps[current] = tx.audit(
+                        actor=actor, action="disable", plugin=current,
+                        from_version=by_name[current].version,
+                        detail=None if current == name else f"requires {name!r} (cascade)")
+        for current in chain:
+            self._emit("disabled", current, by_name[current].version, None,
+                       None if current == name else f"requires {name!r} (cascade)", actor,
+                       stamps[current])
+        return chain
+
+    def dependencies(self, name: str) -> dict[str, Any]:
+        """A JSON-ready account of installed plugin ``name``'s dependencies (what ``plugbox
+        plugins deps NAME`` shows): ``name``, ``version``, ``state``, ``reason``; each of
+        ``requires``, ``optional``, ``conflicts`` as a list of ``{"name", "specifier",
+        "installed" (version or null), "enabled", "state" (or null), "ok", "reason"}``;
+        ``required_by``, the enabled plugins that require it directly or through others
+        (what ``disable(name, cascade=True)`` disables too, in that order); and
+        ``dependents``, every installed plugin naming it in ``requires`` or ``optional``, as
+        ``{"name", "version", "state", "enabled", "reason", "kind" ("requires" or
+        "optional"), "specifier", "ok" (its version matches)}``."""
+        row, _ = self._row(name, "dependencies")
+        rows, _, manifests = self._dependency_view()
+        by_name = {r.name: r for r in rows}
+        out = _deps.describe(name, manifests, [r.name for r in rows if r.enabled])
+
+        def add_state(entries: Any, *, reason: bool = False) -> None:
+            for entry in entries:
+                other = by_name.get(entry["name"])
+                entry["state"] = other.state if other is not None else None
+                if reason:
+                    entry["reason"] = other.reason if other is not None else None
+        for kind in ("requires", "optional", "conflicts"):
+            add_state(out[kind])
+        add_state(out["dependents"], reason=True)
+        return {"name": name, "version": row.version, "state": row.state,
+                "reason": row.reason, **out}
+
+    # Dependency helpers of enable/disable/uninstall/start/install (issue 9 §4).
+
+    def _dependency_view(self) -> tuple[list[PluginRow], dict[str, list[VersionRow]],
+                                        dict[str, _deps.Declared]]:
+        """The installed plugins, their kept versions, and the dependency fields of each
+        one's active version (from the recorded manifest: no file is read)."""
+        with self.store.transaction() as tx:
+            rows = tx.plugins()
+            versions = {row.name: tx.versions(row.name) for row in rows}
+        return rows, versions, self._declared(rows, versions)
+
+    @staticmethod
+    def _declared(rows: list[PluginRow], versions: Mapping[str, list[VersionRow]]
+                  ) -> dict[str, _deps.Declared]:
+        out = {}
+        for row in rows:
+            active = next((v for v in versions.get(row.name, ()) if v.version == row.version),
+                          None)
+            out[row.name] = _deps.Declared.from_raw(
+                active.manifest if active is not None else {}, name=row.name,
+                version=row.version)
+        return out
+
+    def _serving(self, name: str) -> bool:
+        """Whether this process dispatches to managed plugin ``name``."""
+        hosted = self.get(name)
+        return hosted is not None and name in self._managed and hosted.enabled
+
+    def _running(self, row: PluginRow) -> bool:
+        """Whether ``row`` is enabled and started (in safe mode: recorded so)."""
+        return row.enabled and row.state == "enabled" and (self._safe_mode or
+                                                           self._serving(row.name))
+
+    def _serve(self, row: PluginRow, versions: list[VersionRow]) -> None:
+        """Dispatch to ``row``'s plugin from the next call on: loaded unless this process
+        hosts it already (then only re-enabled)."""
+        hosted = self.get(row.name)
+        if hosted is not None and row.name in self._managed:
+            if not hosted.enabled:
+                self._set_enabled(hosted, True)
+        else:
+            self._load_hosted(self._active_path(row, versions), self._current_config(row.name))
+
+    def _set_enabled_many(self, names: Iterable[str], enabled: bool) -> None:
+        """:meth:`_set_enabled` of several managed plugins in one publish."""
+        with self._lock:
+            targets = {n for n in names if n in self._managed}
+            if any(hp.name in targets and hp.enabled != enabled
+                   for hp in self._tables.plugins):
+                self._publish(plugins=tuple(
+                    dataclasses.replace(hp, enabled=enabled) if hp.name in targets else hp
+                    for hp in self._tables.plugins))
+
+    def _enable_waiting(self, row: PluginRow, error: DependencyError,
+                        actor: str | None) -> None:
+        """Record ``row`` enabled and failed for ``error`` (a requirement it can wait for);
+        this process stops dispatching to it."""
+        reason = _deps.reason(error)
+        self._set_enabled_many([row.name], False)
+        with self.store.transaction() as tx:
+            tx.bump()
+            tx.update_plugin(row.name, enabled=True, state="failed", reason=reason)
+            at = tx.audit(actor=actor, action="enable", plugin=row.name,
+                          to_version=row.version, detail=reason)
+        self._emit("failed", row.name, None, row.version, reason, actor, at)
+
+    def _enabled_dependents(self, name: str, operation: str, cascade: bool
+                            ) -> tuple[list[str], dict[str, PluginRow]]:
+        """The enabled plugins requiring ``name`` (directly or not, in stopping order), and
+        the rows by name; refused (DependencyError naming the running ones) unless
+        ``cascade``. A dependent already failed does not hold ``name`` (it cannot use it),
+        but a cascade disables it too."""
+        rows, _, manifests = self._dependency_view()
+        by_name = {r.name: r for r in rows}
+        users = _deps.dependents(name, manifests, [r.name for r in rows if r.enabled])
+        holding = [u for u in users if by_name[u].state != "failed"]
+        if holding and not cascade:
+            raise _deps.in_use(name, operation, holding, manifests)
+        return (users if cascade else []), by_name
+
+    @staticmethod
+    def _refusal(operation: str, name: str, error: DependencyError) -> DependencyError:
+        """``error`` as the refusal of ``operation`` of ``name``."""
+        return DependencyError(f"{operation} {name!r} refused (nothing was changed): "
+                               f"{error.message}", plugin=name, kind=error.kind,
+                               dependency=error.dependency, specifier=error.specifier,
+                               plugins=error.plugins)
+
+    @staticmethod
+    def _waits(reason: str | None) -> bool:
+        """Whether a ``failed`` reason is a requirement the plugin can wait for."""
+        return reason is not None and any(reason.startswith(f"dependency {kind}: ")
+                                          for kind in _deps.WAITING)
+
+    def _resume_waiting(self, actor: str | None) -> list[str]:
+        """Enable, as :meth:`enable` would, the plugins waiting for requirements (recorded
+        enabled, ``failed`` with a :data:`_deps.WAITING` reason) whose requirements can be
+        met now: their requirements are installed in matching versions, and those enabled
+        are running (a requirement that failed by itself is not retried here). Returns the
+        names enabled, in order. Those still waiting get their reason brought up to date."""
+        if self._safe_mode:
+            return []
+        enabled: list[str] = []
+        tried: set[str] = set()
+        with self._op_lock:
+            progress = True
+            while progress:
+                progress = False
+                rows, _, manifests = self._dependency_view()
+                by_name = {r.name: r for r in rows}
+                for row in rows:
+                    if not (row.enabled and row.state == "failed" and self._waits(row.reason)
+                            and row.name not in tried and not self._serving(row.name)):
+                        continue
+                    try:
+                        needed = _deps.requirements(row.name, manifests)
+                    except DependencyError as exc:
+                        self._note_reason(row, exc)
+                        continue
+                    if any(by_name[dep].enabled and not self._running(by_name[dep])
+                           for dep in needed):
+                        continue  # a requirement waits or failed itself: not yet
+                    tried.add(row.name)
+                    try:
+                        enabled += self._enable_chain(row.name, actor,
+                                                      "its requirements are met now")
+                    except DependencyError as exc:
+                        if isinstance(exc.__cause__, DependencyError):  # refused
+                            self._refused_after_all(row, exc.__cause__, actor)
+                    except PlugboxError:
+                        pass  # recorded failed, with the reason, by _enable_chain
+                    progress = True
+                    break  # the state changed: look again
+        return enabled
+
+    def _refused_after_all(self, row: PluginRow, error: DependencyError,
+                           actor: str | None) -> None:
+        """A plugin ``row`` recorded enabled (in :meth:`install` or waiting) whose enabling
+        was refused for ``error`` (a conflict or a cycle: a decision is needed): left
+        ``failed`` with the reason and not enabled, so no later start stops another plugin
+        for it."""
+        reason = _deps.reason(error)
+        with self.store.transaction() as tx:
+            tx.bump()
+            tx.update_plugin(row.name, enabled=False, state="failed", reason=reason)
+            at = tx.audit(actor=actor, action="enable", plugin=row.name,
+                          to_version=row.version, detail=reason)
+        self._emit("failed", row.name, None, row.version, reason, actor, at)
+
+    def _note_reason(self, row: PluginRow, error: DependencyError) -> None:
+        """Bring the reason of waiting ``row`` up to date (not an operation: no audit)."""
+        reason = _deps.reason(error)
+        if reason != row.reason:
+            with self.store.transaction() as tx:
+                tx.update_plugin(row.name, reason=reason)
+
+    def _involves_dependencies(self, manifest: Manifest) -> bool:
+        """Whether enabling the plugin of ``manifest`` (not installed yet) needs
+        :meth:`enable`'s dependency handling: it requires or conflicts with plugins, or an
+        installed plugin conflicts with it."""
+        if manifest.requires or manifest.conflicts:
+            return True
+        _, _, manifests = self._dependency_view()
+        return any(manifest.name in other.conflicts for other in manifests.values())
+
+    def _enable_installed(self, name: str, actor: str | None) -> PluginInfo:
+        """The enable of ``install(..., enable=True)`` for a plugin with dependencies: as
+        :meth:`enable`, but what it would raise is recorded instead (``failed`` with the
+        reason); a conflict or a cycle leaves the plugin not enabled."""
+        try:
+            self.enable(name, actor=actor)
+        except DependencyError as exc:
+            if isinstance(exc.__cause__, DependencyError):  # refused: nothing recorded
+                self._refused_after_all(self._row(name, "install")[0], exc.__cause__, actor)
+        except PlugboxError:
+            pass  # recorded failed, with the reason, by enable()
+        return self.info(name)
 
     def _set_enabled(self, hosted: HostedPlugin, enabled: bool) -> None:
         with self._lock:
@@ -755,15 +1059,29 @@ class LifecycleMixin:
     # -- uninstall ---------------------------------------------------------------------------
 
     def uninstall(self, name: str, *, purge: bool = False, cascade: bool = False,
-                  actor: str | None = None) -> None:
+                  actor: str | None = None) -> list[str]:
         """Uninstall ``name``: no longer served (calls in flight finish), its versions removed
         from the managed store. Its kv data and config are kept (a later install finds them)
-        unless ``purge``."""
+        unless ``purge``.
+
+        Refused with :class:`plugbox.DependencyError` (``kind="required"``, nothing changed)
+        while enabled plugins require ``name``, directly or through others, naming them and
+        the fix; with ``cascade=True`` they are disabled first, in the same transaction (as
+        :meth:`disable` with ``cascade=True`` does). Returns the names no longer served:
+        the dependents disabled, in the order they were, then ``name``."""
         self._check_open()
         with self._op_lock:
             row, versions = self._row(name, "uninstall")
+            users, by_name = self._enabled_dependents(name, "uninstall", cascade)
+            self._set_enabled_many(users, False)
+            stamps: dict[str, float] = {}
             with self.store.transaction() as tx:
                 tx.bump()
+                for user in users:
+                    tx.update_plugin(user, enabled=False, state="disabled", reason=None)
+                    stamps[user] = tx.audit(actor=actor, action="disable", plugin=user,
+                                            from_version=by_name[user].version,
+                                            detail=f"requires {name!r} (cascade)")
                 tx.delete_plugin(name)
                 if purge:
                     tx.delete_config(name)
@@ -778,8 +1096,12 @@ class LifecycleMixin:
             self._sweep_plugin(name)
             if purge:
                 self._finish_purge(name)
+        for user in users:
+            self._emit("disabled", user, by_name[user].version, None,
+                       f"requires {name!r} (cascade)", actor, stamps[user])
         self._emit("uninstalled", name, row.version, None, "purged" if purge else None,
                    actor, at)
+        return [*users, name]
 
     def _finish_purge(self, name: str) -> None:
         self.runtime.kv.clear(name)
@@ -812,8 +1134,15 @@ class LifecycleMixin:
     def start(self) -> StartReport:
         """Recover what an interrupted process left (journal entries undone or finished,
         unreferenced files swept), then load every enabled installed plugin (unless in safe
-        mode). A plugin that fails is recorded ``failed`` with its reason and reported; the
-        others still start. Calling it again loads what is not loaded yet."""
+        mode) in dependency order (:meth:`_start_order`), so their on-init runs in that
+        order too. A plugin that cannot start is recorded ``failed`` with its reason and
+        reported, and the others still start: one whose requirements are not met
+        (``dependency missing: ...``, ``dependency disabled: ...``, ``dependency
+        incompatible: ...``), that conflicts with an enabled plugin (``dependency conflict:
+        ...``), that is on a dependency cycle (``dependency cycle: ...``, naming it), that
+        fails to load (``did not verify: ...``, ``did not load: ...``, ``on-init failed:
+        ...``), and every plugin requiring one that failed (``dependency failed: ...``).
+        Calling it again loads what is not loaded yet."""
         self._check_open()
         with self._op_lock:
             recovered = self._recover()
@@ -824,7 +1153,8 @@ class LifecycleMixin:
             with self.store.transaction() as tx:
                 rows = tx.plugins()
                 versions = {row.name: tx.versions(row.name) for row in rows}
-            for row in self._start_order(rows, versions):
+            resolution = self._resolve_rows(rows, versions)
+            for row in self._ordered(rows, resolution):
                 if not row.enabled:
                     skipped.append(row.name)
                     continue
@@ -833,11 +1163,15 @@ class LifecycleMixin:
                 if row.name in self._managed and self.get(row.name) is not None:
                     loaded.append(row.name)
                     continue
+                if row.name in resolution.failed:  # a dependency problem, or a cascade
+                    failed[row.name] = _deps.reason(resolution.errors[row.name])
+                    continue
                 try:
                     self._load_hosted(self._active_path(row, versions[row.name]),
                                       self._current_config(row.name))
                 except PlugboxError as exc:
                     failed[row.name] = _failure_reason(exc)
+                    resolution.fail(row.name, failed[row.name])
                 else:
                     loaded.append(row.name)
             if failed or any(r.state == "failed" and r.name in loaded for r in rows):
@@ -863,8 +1197,23 @@ class LifecycleMixin:
 
     def _start_order(self, rows: list[PluginRow],
                      versions: Mapping[str, list[VersionRow]]) -> list[PluginRow]:
-        """Install order. (Dependency order comes with the DEPS helper's ``_deps.resolve``.)"""
-        return rows
+        """``rows`` in start order: first the enabled plugins that can start, each after the
+        plugins it requires and the optional ones it uses (enabled, in a matching version),
+        ties in install order; then the others (not enabled, or failing a dependency check:
+        see :func:`plugbox.host._deps.resolve`) in install order."""
+        return self._ordered(rows, self._resolve_rows(rows, versions))
+
+    def _resolve_rows(self, rows: list[PluginRow],
+                      versions: Mapping[str, list[VersionRow]]) -> _deps.Resolution:
+        """:func:`_deps.resolve` over the enabled ``rows`` (install order breaks ties)."""
+        return _deps.resolve(self._declared(rows, versions),
+                             [row.name for row in rows if row.enabled])
+
+    @staticmethod
+    def _ordered(rows: list[PluginRow], resolution: _deps.Resolution) -> list[PluginRow]:
+        by_name = {row.name: row for row in rows}
+        first = [by_name[name] for name in resolution.order]
+        return first + [row for row in rows if row.name not in resolution.order]
 
     def _recover(self) -> list[RecoveredOperation]:
         """Undo or finish the journal's operations."""
