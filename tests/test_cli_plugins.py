@@ -95,6 +95,8 @@ def test_plugin_host_refuses_undeclared_points_so_the_cli_declares_stand_ins(
 
 
 def test_install_json_and_disabled(cli: Run, plugin: Callable[..., Path]) -> None:
+    result = cli("install", plugin("beta"), "--disabled")
+    assert result.out == "installed beta 1.0.0 (not enabled: plugbox plugins enable beta)\n"
     doc = cli("install", plugin(), "--json", "--disabled").doc
     assert doc["ok"] is True and doc["command"] == "install"
     assert (doc["plugin"]["name"], doc["plugin"]["state"]) == ("alpha", "installed")
@@ -195,6 +197,16 @@ def test_uninstall_and_purge(cli: Run, plugin: Callable[..., Path], state: Path)
                    "disabled": []}
     assert cli("list", "--json").doc["plugins"] == []
     assert not (state / "plugins" / "alpha").exists()
+
+
+def test_state_url_names_the_lifecycle_database(cli: Run, plugin: Callable[..., Path],
+                                                tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'elsewhere.sqlite3'}"
+    assert cli("install", plugin(), "--state-url", url).code == 0
+    assert (tmp_path / "elsewhere.sqlite3").is_file()
+    assert [p["name"] for p in cli("list", "--state-url", url, "--json").doc["plugins"]] == [
+        "alpha"]
+    assert cli("list", "--json").doc["plugins"] == []  # the state dir's own database
 
 
 @pytest.mark.parametrize("argv", [
@@ -417,6 +429,7 @@ def test_deps_enable_and_dependency_refusal(cli: Run, plugin: Callable[..., Path
     assert "beta" in cli("deps", "alpha").out
     result = cli("disable", "alpha")
     assert result.code == 1 and "DependencyError" in result.err and "beta" in result.err
+    assert "rerun with --cascade" in result.err
     doc = cli("disable", "alpha", "--json").doc
     assert doc["error"]["type"] == "DependencyError"
     assert cli("info", "alpha", "--json").doc["plugin"]["state"] == "enabled"

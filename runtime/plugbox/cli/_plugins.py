@@ -49,6 +49,7 @@ from rich.text import Text
 from ._common import clean, positive_int
 from .._errors import ManifestError, PlugboxError, UsageError
 from .._manifest import Manifest, load_manifest, read_manifest, validate_manifest
+from ..host._errors import DependencyError, LifecycleError
 
 if TYPE_CHECKING:
     from ..host._host import PluginHost
@@ -97,8 +98,11 @@ def _fail(exc: PlugboxError, args: argparse.Namespace, code: int | None = None,
     else:
         _err_line(f"{type(exc).__name__}: ", clean(str(exc)))
         json_path = getattr(exc, "json_path", None)
-        if json_path:
+        if json_path and str(json_path) not in str(exc):
             _err_line("at ", clean(str(json_path)))
+        if isinstance(exc, DependencyError) and getattr(args, "cascade", True) is False:
+            _err_line("hint: ", "rerun with --cascade to disable the plugins that require it "
+                      "too")
     return code
 
 
@@ -112,7 +116,9 @@ def _ok(args: argparse.Namespace, **doc: Any) -> None:
 
 
 def _console(stderr: bool = False) -> Console:
-    return Console(file=sys.stderr if stderr else sys.stdout, highlight=False)
+    file = sys.stderr if stderr else sys.stdout
+    # Not a terminal (a pipe, a file): wide enough that tables are not cut to 80 columns.
+    return Console(file=file, highlight=False, width=None if file.isatty() else 160)
 
 
 def _say(text: str, style: str = "") -> None:
@@ -387,7 +393,9 @@ def _cmd_install(host: PluginHost, args: argparse.Namespace) -> int:
                                     f"start: {info.reason}; fix it and run plugbox plugins "
                                     f"upgrade, or enable it again"))
     else:
-        _say(f"installed {clean(info.name)} {clean(info.version)} ({info.state})")
+        state = ("enabled" if info.state == "enabled" else
+                 f"not enabled: plugbox plugins enable {clean(info.name)}")
+        _say(f"installed {clean(info.name)} {clean(info.version)} ({state})")
     return code
 
 
@@ -464,8 +472,6 @@ def _cmd_upgrade(host: PluginHost, args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(host: PluginHost, args: argparse.Namespace) -> int:
-    from ..host._errors import LifecycleError
-
     host.info(args.name)  # not installed: refused before anything else
     _prepare(host, args)
     actor = _actor(args)
@@ -668,9 +674,12 @@ def _cmd_deps(host: PluginHost, args: argparse.Namespace) -> int:
     for kind in ("requires", "optional", "conflicts"):
         for entry in report.get(kind) or ():
             ok = entry.get("ok", True)
-            status = Text("ok" if ok else "FAIL", style="green" if ok else "bold red")
-            if entry.get("reason"):
-                status.append(" " + clean(str(entry["reason"])), style="")
+            reason = clean(str(entry.get("reason") or ""))
+            if not ok:
+                status = Text("FAIL", style="bold red")
+                status.append(" " + reason if reason else "")
+            else:  # an optional plugin not used says why
+                status = Text(reason, style="dim") if reason else Text("ok", style="green")
             table.add_row(kind, Text(clean(str(entry.get("name")))),
                           Text(clean(str(entry.get("specifier") or "any"))),
                           Text(clean(str(entry.get("installed") or "-"))),
@@ -696,11 +705,11 @@ def _cmd_audit(host: PluginHost, args: argparse.Namespace) -> int:
         sys.stderr.write("plugbox: no audit entries\n")
         return EXIT_OK
     table = Table(title="Audit log (newest first)", title_justify="left")
-    for column in ("#", "when (UTC)", "actor", "action", "plugin", "versions", "detail"):
+    for column in ("when (UTC)", "actor", "action", "plugin", "versions", "detail"):
         table.add_column(column, no_wrap=column != "detail")
     for e in entries:
         versions = f"{e.from_version or '-'} -> {e.to_version or '-'}"
-        table.add_row(str(e.seq), _when(e.at), Text(clean(e.actor or "-")), e.action,
+        table.add_row(_when(e.at), Text(clean(e.actor or "-")), e.action,
                       Text(clean(e.plugin or "-")), Text(clean(versions)),
                       Text(clean(e.detail or "")))
     _console().print(table)
