@@ -401,6 +401,20 @@ def test_invalid_config_exits_2_with_the_json_path_and_applies_nothing(
     assert cli("config", "get", "alpha", "--json").doc["config"]["port"] == 1
 
 
+def test_config_set_from_stdin_and_a_file_that_is_not_an_object(
+        cli: Run, plugin: Callable[..., Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cli("install", plugin(config_schema=SCHEMA))
+    monkeypatch.setattr(sys, "stdin", io.StringIO('{"port": 7}'))
+    assert cli("config", "set", "alpha", "--file", "-", "--json").doc["config"]["port"] == 7
+    (tmp_path / "list.json").write_text("[1]")
+    result = cli("config", "set", "alpha", "--file", tmp_path / "list.json")
+    assert result.code == 2 and "JSON object" in result.err
+    result = cli("config", "set", "alpha", "--file", tmp_path / "missing.json")
+    assert result.code == 2 and "cannot read" in result.err
+    assert cli("config", "get", "alpha", "--json").doc["config"]["port"] == 7
+
+
 def test_config_assignments() -> None:
     base = {"db": {"host": "a"}, "n": 1}
     assert _plugins._assignments(["db.port=5432", "n=true", "s=text", 'q="3"'], base) == {

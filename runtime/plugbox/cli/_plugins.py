@@ -12,11 +12,11 @@ a function of the application that returns its configured PluginHost (points dec
 functions registered, trust policy set). It is called with the keyword arguments
 ``state_dir`` and ``state_url`` when the command line gives them; a function that does not
 take one of those is refused with a usage error rather than silently run on other state.
-Without ``--app`` the command works on the lifecycle state alone: a PluginHost with no points
-of its own, on which the command declares, for each plugin it may load, stand-ins for the
-points it implements (at a version its specifier accepts) and the host functions it asks for
-(which answer ``denied``), the way ``plugbox dev`` does, since
-``PluginHost`` refuses a plugin implementing a point it does not declare.
+Without ``--app`` the command works on the lifecycle state alone, on a PluginHost with no
+points of its own. Since ``PluginHost`` refuses a plugin implementing a point it does not
+declare, the command declares, for each plugin it may load, stand-ins for the points it
+implements (at a version its specifier accepts) and for the host functions it asks for (they
+answer ``denied``), as ``plugbox dev`` does.
 
 Exit codes (those of the other subcommands): 0 success; 1 refused or failed (verification,
 a dependency refusal, a consent or confirmation not given, a plugin that failed to load or
