@@ -607,9 +607,7 @@ def _cmd_config_set(host: PluginHost, args: argparse.Namespace) -> int:
         raise UsageError("config set NAME: give either --file F.json (the whole config) or "
                          "KEY=VALUE ... (changes to the current config), not both or neither")
     if args.file is not None:
-        source = "-" if args.file == "-" else args.file
-        text = sys.stdin.read() if source == "-" else None
-        config = _read_config(text if text is not None else "@" + source)
+        config = _read_config(sys.stdin.read() if args.file == "-" else "@" + args.file)
         assert config is not None
     else:
         config = _assignments(args.assignments, host.config_of(args.name))
