@@ -534,6 +534,16 @@ def test_an_invalid_configuration_is_never_applied_and_names_the_json_path(
         host.configure("ghost", {})
 
 
+def test_configuring_a_disabled_plugin_applies_at_the_next_enable(
+        host: plugbox.PluginHost, tmp_path: Path) -> None:
+    host.install(config_plugin(tmp_path / "src"))
+    host.disable("alpha")
+    host.configure("alpha", {"top_n": 4})
+    assert values(host) == [] and host.config_of("alpha") == {"top_n": 4}
+    host.enable("alpha")
+    assert values(host) == [{"top_n": 4}]
+
+
 def test_a_configuration_the_plugin_refuses_on_init_is_not_applied(
         host: plugbox.PluginHost, tmp_path: Path) -> None:
     host.install(config_plugin(tmp_path / "src", max_config=40), config={"label": "ok"})
@@ -617,6 +627,16 @@ def test_secret_values_never_reach_audit_logs_errors_or_redacted_reads(
     for text in printed:
         assert secret not in text and other not in text
     assert "$.token: changed (secret)" in (host.audit("alpha", limit=1)[0].detail or "")
+
+
+def test_a_secret_stays_hidden_after_an_upgrade_whose_schema_forgets_it(
+        host: plugbox.PluginHost, tmp_path: Path) -> None:
+    host.install(config_plugin(tmp_path / "src"), config={"token": "tk-kept-secret"})
+    host.upgrade(config_plugin(tmp_path / "src", "1.1.0", config_schema={"type": "object"}))
+    assert host.config_of("alpha")["token"] == "tk-kept-secret"
+    assert host.config_of("alpha", redacted=True)["token"] == REDACTED
+    assert all(dict(r.config)["token"] == REDACTED
+               for r in host.config_history("alpha", redacted=True))
 
 
 # -- crash consistency -----------------------------------------------------------------------

@@ -1712,7 +1712,9 @@ class LifecycleMixin:
         Nothing is applied, even partly, when the configuration fails: a
         :class:`plugbox.ConfigError` names the JSON path (``json_path``); one the plugin's
         on-init refuses is a ConfigError too (``json_path`` ``$``). A configuration equal to
-        the current one changes nothing. A plugin not loaded here gets it when it loads.
+        the current one changes nothing. A plugin not served here gets it when it loads (a
+        disabled one still loaded is unloaded, so that enabling it loads it with the new
+        configuration).
         """
         self._check_open()
         with self._op_lock:
@@ -1774,7 +1776,7 @@ class LifecycleMixin:
             return self._info(row, versions)
         hosted = self.get(name) if name in self._managed else None
         fresh: HostedPlugin | None = None
-        if hosted is not None and not self._safe_mode:
+        if hosted is not None and hosted.enabled:
             try:
                 fresh = self._load_beside(hosted, hosted.source, cfg, hosted.enabled)
             except PlugboxError as exc:
@@ -1804,6 +1806,8 @@ class LifecycleMixin:
                 if fresh is not None and hosted is not None:
                     self._replace_hosted(hosted, fresh)
                     swapped = True
+                elif hosted is not None:  # loaded but disabled: enable loads it anew
+                    self._unhost(hosted)
         except BaseException:
             if fresh is not None and not swapped:
                 fresh.plugin.close()
@@ -1819,30 +1823,33 @@ class LifecycleMixin:
 
     def config_of(self, name: str, *, redacted: bool = False) -> dict[str, Any]:
         """The configuration plugin ``name`` runs with (``{}`` when none was set). With
-        ``redacted``, every value its active version's schema marks ``writeOnly`` is
-        replaced by :data:`plugbox.host._config.REDACTED` (for anything printed)."""
-        row, versions = self._row(name, "config")
+        ``redacted``, every value its kept versions' schemas mark ``writeOnly`` is replaced
+        by :data:`plugbox.host._config.REDACTED` (for anything printed)."""
+        _, versions = self._row(name, "config")
         with self.store.transaction() as tx:
             found = tx.config(name)
         config = dict(found[1]) if found else {}
-        if not redacted:
-            return config
-        return redact_config(self._active_version(row, versions).manifest.get("config_schema"),
-                    config)
+        return self._redacted(versions, config) if redacted else config
 
     def config_history(self, name: str, *, redacted: bool = False) -> list[ConfigRevision]:
-        """Every stored configuration of ``name``, oldest first; with ``redacted``, secret
-        values hidden as in :meth:`config_of`."""
-        schema = None
-        if redacted:
-            row, versions = self._row(name, "config history")
-            schema = self._active_version(row, versions).manifest.get("config_schema")
+        """Every stored configuration of ``name``, oldest first (``[]`` for a plugin never
+        configured); with ``redacted``, secret values hidden as in :meth:`config_of`."""
         with self.store.transaction() as tx:
             entries = tx.config_history(name)
+            versions = tx.versions(name)
         if not redacted:
             return [ConfigRevision(*entry) for entry in entries]
-        return [ConfigRevision(revision, redact_config(schema, config), who, at)
+        return [ConfigRevision(revision, self._redacted(versions, config), who, at)
                 for revision, config, who, at in entries]
+
+    @staticmethod
+    def _redacted(versions: list[VersionRow], config: Mapping[str, Any]) -> dict[str, Any]:
+        """``config`` with what any kept version's schema marks ``writeOnly`` hidden (a
+        revision may date from another version)."""
+        out = dict(config)
+        for version in versions:
+            out = redact_config(version.manifest.get("config_schema"), out)
+        return out
 
     def _checked_config(self, name: str, schema: Any, config: Any) -> dict[str, Any]:
         """``config`` validated against ``schema`` with its defaults applied; a
