@@ -522,3 +522,91 @@ def test_rust_plugins_wait_for_start_after_and_cascade_with_what_they_require(
         assert h.start().loaded == ("rust-base", "rust-app")
         assert h.disable("rust-base", cascade=True) == ["rust-app", "rust-base"]
         assert h.call("text.echo", "hi").values == []
+
+
+# -- install, safe mode, restarts --------------------------------------------------------------
+
+
+def test_install_enables_what_the_plugin_requires(host: plugbox.PluginHost,
+                                                  plugin: Callable[..., Path]) -> None:
+    host.install(plugin("base"), enable=False)
+    events = events_of(host)
+    info = host.install(plugin("app", requires={"base": ""}), actor="ann")
+    assert (info.state, info.loaded) == ("enabled", True)
+    assert [(e.kind, e.plugin, e.reason) for e in events] == [
+        ("installed", "app", None), ("enabled", "base", "required by 'app'"),
+        ("enabled", "app", None)]
+    assert [(a.action, a.plugin) for a in host.audit(limit=3)] == [
+        ("enable", "app"), ("enable", "base"), ("install", "app")]
+    assert values(host) == ["base 1.0.0", "app 1.0.0"]
+
+
+def test_a_refused_conflict_stays_refused_after_a_restart(
+        tmp_path: Path, cache_dir: Path, plugin: Callable[..., Path]) -> None:
+    with new_host(tmp_path / "state", cache_dir) as h:
+        h.start()
+        h.install(plugin("running", conflicts={"newcomer": ""}))
+        events = events_of(h)
+        info = h.install(plugin("newcomer"))
+        assert (info.state, info.enabled) == ("failed", False)
+        assert info.reason is not None and info.reason.startswith(
+            "dependency conflict: plugin 'running' (enabled) conflicts with 'newcomer'")
+        assert [(e.kind, e.plugin) for e in events] == [("installed", "newcomer"),
+                                                        ("failed", "newcomer")]
+    with new_host(tmp_path / "state", cache_dir) as h:
+        report = h.start()  # the running plugin (which declared it) is not the one stopped
+        assert report.loaded == ("running",) and report.skipped == ("newcomer",)
+
+
+def test_safe_mode_records_the_requirements_enabled_and_loads_nothing(
+        tmp_path: Path, cache_dir: Path, plugin: Callable[..., Path], inits: Inits) -> None:
+    with new_host(tmp_path / "state", cache_dir) as h:
+        h.start()
+        h.install(plugin("base"), enable=False)
+        h.install(plugin("app", requires={"base": ""}), enable=False)
+    with new_host(tmp_path / "state", cache_dir, safe_mode=True) as h:
+        h.start()
+        assert h.enable("app") == ["base", "app"]
+        assert values(h) == [] and inits.names == []
+        assert states(h) == {"base": ("enabled", True), "app": ("enabled", True)}
+        with pytest.raises(DependencyError, match="'app'"):
+            h.disable("base")
+    with new_host(tmp_path / "state", cache_dir) as h:
+        assert h.start().loaded == ("base", "app")
+        assert inits.names == ["base", "app"]
+
+
+# -- a real Python sample ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def py_echo() -> Path:
+    """The Python sample ``echo`` (py-echo) built once with componentize-py (cached under
+    .build/pytest-pybuild while its sources are unchanged)."""
+    from plugbox.authoring import _pybuild
+
+    repo = Path(__file__).resolve().parent.parent
+    module = _pybuild.build_python_plugin(repo / "sample-plugins" / "python" / "echo",
+                                          out_dir=repo / ".build" / "pytest-pybuild" / "py-echo")
+    return module.parent
+
+
+def test_a_python_requirement_is_waited_for_started_first_and_held(
+        tmp_path: Path, cache_dir: Path, py_echo: Path, plugin: Callable[..., Path],
+        inits: Inits) -> None:
+    py = _rust(py_echo, tmp_path / "py", "py-echo",
+               implements={"text.echo": {"hook": "echo"}})
+    with new_host(tmp_path / "state", cache_dir) as h:
+        h.start()
+        assert h.install(plugin("app", requires={"py-echo": ">=0.1"})).state == "failed"
+        h.install(py)
+        assert states(h) == {"app": ("enabled", True), "py-echo": ("enabled", True)}
+        assert h.call("text.echo", "hi").values == ["hi", "app 1.0.0"]
+        with pytest.raises(DependencyError, match=r"disable 'py-echo' refused: .*'app'"):
+            h.disable("py-echo")
+    inits.names.clear()
+    with new_host(tmp_path / "state", cache_dir) as h:
+        assert h.start().loaded == ("py-echo", "app")
+        assert inits.names == ["app"]  # after py-echo's on-init (which logs nothing)
+        assert h.uninstall("py-echo", cascade=True) == ["app", "py-echo"]
+        assert h.call("text.echo", "hi").values == []

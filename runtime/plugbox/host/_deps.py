@@ -15,6 +15,12 @@ installed set (one active manifest per name) and the names meant to run (``enabl
   later by name fails, so the other keeps running;
 - plugins whose requires/optional edges close a cycle fail (``cycle``, naming the cycle).
 
+The lifecycle (``host/_lifecycle.py``) reads the recorded manifests as :class:`Declared`,
+orders and checks ``start()`` with :func:`resolve`, enables :func:`requirements` first,
+refuses enabling on a :func:`conflict` (declared on either side), refuses disabling or
+uninstalling what :func:`dependents` still need (:func:`in_use`), and records a plugin that
+cannot start with :func:`reason` (``dependency <kind>: ...``).
+
 resolvelib was considered and not used: it chooses among candidate versions, and here each
 name has exactly one active version; what remains is a graph problem, solved with graphlib.
 All work is linear in the number of plugins and edges (manifests bound each list to 64).

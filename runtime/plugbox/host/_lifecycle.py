@@ -583,7 +583,8 @@ class LifecycleMixin:
         installed in any order): with ``enable`` its requirements are enabled first; one
         whose requirement is missing or of another version stays enabled and starts once
         that is installed; one that conflicts with an enabled plugin, or closes a dependency
-        cycle, is left not enabled. Plugins that were waiting for this one start with it. Refused with :class:`plugbox.LifecycleError` when a
+        cycle, is left not enabled. Plugins that were waiting for this one start with it.
+        Refused with :class:`plugbox.LifecycleError` when a
         plugin of that name is installed already (use :meth:`upgrade`), and with the
         verification error when it does not verify (nothing is recorded).
         """
@@ -696,8 +697,8 @@ class LifecycleMixin:
         return self._enable_chain(name, actor, None) + self._resume_waiting(actor)
 
     def _enable_chain(self, name: str, actor: str | None, why: str | None) -> list[str]:
-        """:meth:`enable` but for the plugins waiting for it; ``why`` is the audit detail and
-        event reason of ``name``'s enabling."""
+        """:meth:`enable`, except that the plugins waiting for ``name`` are not looked at;
+        ``why`` is the audit detail and event reason of ``name``'s own enabling."""
         with self._op_lock:
             row, _ = self._row(name, "enable")
             rows, versions, manifests = self._dependency_view()
