@@ -534,29 +534,6 @@ def _cmd_uninstall(host: PluginHost, args: argparse.Namespace) -> int:
 # -- config
 
 
-def _schemas(host: PluginHost, name: str) -> list[Any]:
-    """The config schemas of ``name``'s kept versions (redacting with all of them hides every
-    value any of them marks secret)."""
-    info = host.info(name)
-    schemas: list[Any] = []
-    if info.path is None:
-        return schemas
-    for version in info.versions:
-        with contextlib.suppress(PlugboxError, OSError):
-            schemas.append(validate_manifest(read_manifest(info.path.parent / version))
-                           .config_schema)
-    return schemas
-
-
-def _redact(config: Mapping[str, Any], schemas: Sequence[Any]) -> dict[str, Any]:
-    from ..host._config import redacted
-
-    out = dict(config)
-    for schema in schemas:
-        out = redacted(schema, out)
-    return out
-
-
 def _print_config(config: Mapping[str, Any]) -> None:
     sys.stdout.write(clean(json.dumps(config, indent=2, sort_keys=True),
                            keep_newlines=True) + "\n")
@@ -623,10 +600,10 @@ def _cmd_config_set(host: PluginHost, args: argparse.Namespace) -> int:
 
 
 def _cmd_config_history(host: PluginHost, args: argparse.Namespace) -> int:
-    schemas = _schemas(host, args.name)
-    revisions = host.config_history(args.name)
-    docs: list[dict[str, Any]] = [{"revision": r.revision, "at": r.at, "actor": r.actor,
-             "config": _redact(r.config, schemas)} for r in revisions]
+    host.info(args.name)  # not installed: refused
+    docs: list[dict[str, Any]] = [
+        {"revision": r.revision, "at": r.at, "actor": r.actor, "config": dict(r.config)}
+        for r in host.config_history(args.name, redacted=True)]
     if args.json:
         _ok(args, plugin=args.name, revisions=docs)
         return EXIT_OK
