@@ -526,16 +526,21 @@ def test_rust_sample_install_info_uninstall(cli: Run,
     assert cli("uninstall", "echo", "--purge").code == 0
 
 
-def test_python_sample_install_and_disable(cli: Run) -> None:
+def test_python_sample_installed_disabled_then_uninstalled(cli: Run, state: Path) -> None:
     from plugbox.authoring import _pybuild
 
-    # The same build (and cache) as conftest's built_samples, for one sample only.
+    # The same build (and cache) as conftest's built_samples, for one sample only. Installed
+    # without enabling: verified and copied into the managed store, not compiled (compiling
+    # a Python component takes tens of seconds; test_host_python runs them).
     module = _pybuild.build_python_plugin(REPO / "sample-plugins" / "python" / "echo",
                                           out_dir=REPO / ".build" / "pytest-pybuild" / "py-echo")
-    result = cli("install", module.parent)
+    result = cli("install", module.parent, "--disabled")
     assert result.code == 0, result.err
-    assert cli("info", "py-echo", "--json").doc["plugin"]["state"] == "enabled"
-    assert cli("disable", "py-echo").out == "disabled py-echo\n"
+    doc = cli("info", "py-echo", "--json").doc["plugin"]
+    assert (doc["state"], doc["enabled"]) == ("installed", False)
+    assert (state / "plugins" / "py-echo" / "0.1.0" / "plugin.wasm").is_file()
+    assert cli("uninstall", "py-echo").code == 0
+    assert not (state / "plugins" / "py-echo").exists()
 
 
 def test_console_script(plugin: Callable[..., Path], state: Path) -> None:
