@@ -551,6 +551,8 @@ def test_a_refused_conflict_stays_refused_after_a_restart(
         assert (info.state, info.enabled) == ("failed", False)
         assert info.reason is not None and info.reason.startswith(
             "dependency conflict: plugin 'running' (enabled) conflicts with 'newcomer'")
+        # Every version conflicts: the only fix is to disable one.
+        assert info.reason.endswith("disable 'running' first"), info.reason
         assert [(e.kind, e.plugin) for e in events] == [("installed", "newcomer"),
                                                         ("failed", "newcomer")]
     with new_host(tmp_path / "state", cache_dir) as h:

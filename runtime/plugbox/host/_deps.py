@@ -28,7 +28,9 @@ All work is linear in the number of plugins and edges (manifests bound each list
 
 from __future__ import annotations
 
+import functools
 import graphlib
+import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -102,6 +104,13 @@ def _shown(spec: str) -> str:
     return spec if spec else "any version"
 
 
+def _outside(plugin: str, spec: str) -> str:
+    """The second fix of a conflict: another version of ``plugin`` (none when every version
+    conflicts)."""
+    return f", or use a version of {plugin!r} outside {spec}" if spec else ""
+
+
+@functools.lru_cache(maxsize=4096)  # pure, and parsing dominates a resolution's cost
 def _matches(spec: str, version: str) -> bool | None:
     """Whether ``version`` satisfies ``spec`` (pre-releases count, like the host check); None
     when either cannot be parsed (then nothing can be checked)."""
@@ -273,7 +282,8 @@ def resolve(manifests: Mapping[str, Dependent], enabled: Iterable[str], *,
     # 2. Cycles among the rest, over requires and the optional edges that are used.
     while True:
         alive = [name for name in rank if name in present and name not in result.failed]
-        graph = {name: _before(name, manifests, set(alive), result) for name in alive}
+        alive_set = set(alive)
+        graph = {name: _before(name, manifests, alive_set, result) for name in alive}
         sorter = graphlib.TopologicalSorter(graph)
         try:
             sorter.prepare()
@@ -300,25 +310,26 @@ def resolve(manifests: Mapping[str, Dependent], enabled: Iterable[str], *,
                 continue  # they conflict both ways: the later by name gives way
             fail(name, DependencyError(
                 f"plugin {name!r} conflicts with {other!r} {_shown(spec)} ($.conflicts), and "
-                f"{other!r} {manifests[other].version} is enabled; disable one of the two, or "
-                f"use a version of {other!r} outside {_shown(spec)}",
+                f"{other!r} {manifests[other].version} is enabled; disable one of the two"
+                f"{_outside(other, spec)}",
                 plugin=name, kind="conflict", dependency=other, specifier=spec))
             break
     # 4. The start order of what is left.
     alive = [name for name in rank if name in present and name not in result.failed]
-    graph = {name: _before(name, manifests, set(alive), result) for name in alive}
+    alive_set = set(alive)
+    graph = {name: _before(name, manifests, alive_set, result) for name in alive}
     result.notes = {}
     for name in alive:
-        _before(name, manifests, set(alive), result, notes=True)
+        _before(name, manifests, alive_set, result, notes=True)
     result.before = {name: tuple(sorted(deps, key=rank.__getitem__))
                      for name, deps in graph.items()}
     sorter = graphlib.TopologicalSorter(graph)
     sorter.prepare()  # acyclic: step 2 removed every cycle
-    ready: list[str] = []
+    ready: list[tuple[int, str]] = []  # a heap by rank: the earliest given goes first
     while sorter.is_active():
-        ready.extend(sorter.get_ready())
-        ready.sort(key=rank.__getitem__)
-        name = ready.pop(0)
+        for name in sorter.get_ready():
+            heapq.heappush(ready, (rank[name], name))
+        name = heapq.heappop(ready)[1]
         result.order.append(name)
         sorter.done(name)
     if strict:
@@ -469,15 +480,14 @@ def conflict(names: Sequence[str], manifests: Mapping[str, Dependent],
                 return DependencyError(
                     f"plugin {name!r} conflicts with {other!r} {_shown(spec)} ($.conflicts of "
                     f"{name!r}), and {other!r} {theirs.version} is enabled; disable {other!r} "
-                    f"first, or use a version of {other!r} outside {_shown(spec)}",
+                    f"first{_outside(other, spec)}",
                     plugin=name, kind="conflict", dependency=other, specifier=spec)
             spec = theirs.conflicts.get(name)
             if spec is not None and _matches(spec, mine.version) is not False:
                 return DependencyError(
                     f"plugin {other!r} (enabled) conflicts with {name!r} {_shown(spec)} "
                     f"($.conflicts of {other!r}), and {name!r} is version {mine.version}; "
-                    f"disable {other!r} first, or use a version of {name!r} outside "
-                    f"{_shown(spec)}",
+                    f"disable {other!r} first{_outside(name, spec)}",
                     plugin=name, kind="conflict", dependency=other, specifier=spec)
     return None
 
