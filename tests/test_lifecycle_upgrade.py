@@ -439,6 +439,22 @@ def test_rollback_to_the_previous_version_and_back(
     assert host.check_integrity() == []
 
 
+def test_upgrading_again_to_a_version_rolled_back_from_reuses_its_files(
+        host: plugbox.PluginHost, plugin: Callable[..., Path], tmp_path: Path) -> None:
+    host.install(plugin("1.0.0"))
+    host.upgrade(plugin("1.1.0"))
+    host.rollback("alpha")
+    outcome = host.upgrade(plugin("1.1.0"))
+    assert outcome.status == "upgraded" and values(host) == ["alpha 1.1.0"]
+    assert host.info("alpha").versions == ("1.1.0", "1.0.0") and host.check_integrity() == []
+    host.rollback("alpha")
+    with pytest.raises(plugbox.LifecycleError,
+                       match=r"version 1\.1\.0 is kept in the managed store with a different "
+                             r"module; give the new build a new version"):
+        host.upgrade(plugin("1.1.0", text="rebuilt"))
+    assert host.info("alpha").version == "1.0.0" and values(host) == ["alpha 1.0.0"]
+
+
 def test_rollback_to_a_named_version_and_its_refusals(
         host: plugbox.PluginHost, plugin: Callable[..., Path]) -> None:
     host.install(plugin("1.0.0"))

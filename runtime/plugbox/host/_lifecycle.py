@@ -1330,7 +1330,13 @@ class LifecycleMixin:
 
         Refused with :class:`plugbox.LifecycleError` when the plugin is not installed, is
         pinned (unpin it first), or the new version is older than the active one (use
-        :meth:`rollback`); the same version with the same module is ``unchanged``.
+        :meth:`rollback`); the same version with the same module is ``unchanged``. Refused
+        before anything is copied, too: with the verification error when it does not verify
+        (:class:`plugbox.IncompatiblePointError` also when it drops, or changes to a version
+        they refuse, a point it declares that other plugins implement), with
+        :class:`plugbox.DependencyError` when an enabled plugin (it included) could no longer
+        start, with :class:`plugbox.ConfigError` when the current configuration does not fit
+        its ``config_schema``.
         """
         self._check_open()
         if type(allow) is not bool and not callable(allow):
