@@ -38,6 +38,7 @@ from ._authoring import add_build, add_new
 from ._common import clean as _clean, positive_int as _positive_int
 from ._discover import add_discover
 from ._dev import add_dev
+from ._plugins import add_plugins
 from .._errors import (
     CapabilityError,
     GuestError,
@@ -1336,6 +1337,7 @@ _COMMANDS: Final[tuple[Callable[[Any], None], ...]] = (
     add_new,
     add_discover,
     add_dev,
+    add_plugins,
 )
 
 

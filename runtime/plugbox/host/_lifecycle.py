@@ -41,12 +41,12 @@ from .._permissions import Limits, Permissions
 from .._plugin import Plugin
 from ..trust._package import package_members, staged_plugin
 from . import _deps
-from ._errors import ConfigError, DependencyError, LifecycleError
-from ._store import PluginRow, Store, VersionRow, store_path
-# For upgrade, rollback and configuration (issue 9 §3, §5).
 from ._config import diff as config_diff
 from ._config import redacted as redact_config
 from ._config import secret_paths, validated
+from ._deps import resolve
+from ._errors import ConfigError, DependencyError, LifecycleError
+from ._store import PluginRow, Store, VersionRow, store_path
 
 if TYPE_CHECKING:
     from ._host import HostedPlugin
