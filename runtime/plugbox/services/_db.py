@@ -61,6 +61,8 @@ NOTIFY_CHANNEL: Final = "plugbox_generation"
 _DDL_LOCK: Final = 0x706C7567626F78
 _RETRY_SQLSTATES: Final = frozenset({"40001", "40P01"})
 _ATTEMPTS: Final = 5
+#: The longest a LISTENing GenerationWatch waits before it looks at its stop flag (seconds).
+_LISTEN_SLICE: Final = 0.25
 
 
 def is_postgres_url(url: str | os.PathLike[str]) -> bool:
@@ -457,8 +459,15 @@ class GenerationWatch:
                 self._listener = psycopg.connect(self.db.url, autocommit=True,
                                                  connect_timeout=max(1, int(self.db.timeout)))
                 self._listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
-            for _ in self._listener.notifies(timeout=self.interval, stop_after=1):
-                break
+            # In slices, so stop() is seen within _LISTEN_SLICE even with a long interval.
+            until = time.monotonic() + self.interval
+            while not self._stop.is_set():
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                if any(True for _ in self._listener.notifies(
+                        timeout=min(left, _LISTEN_SLICE), stop_after=1)):
+                    break
         except Exception as exc:  # noqa: BLE001 -- fall back to polling until it reconnects
             self._close_listener()
             if self._on_error is not None:
@@ -475,8 +484,8 @@ class GenerationWatch:
                 pass
 
     def stop(self) -> None:
-        """Stop the thread :meth:`start` started (waits for it; with ``listen``, at most
-        ``interval``). Idempotent. Closes the database if the watch owns it."""
+        """Stop the thread :meth:`start` started (waits for it: at most ``interval``, or a
+        quarter of a second with ``listen``). Idempotent. Closes the database if the watch owns it."""
         self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
