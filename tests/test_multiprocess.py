@@ -72,13 +72,16 @@ def upgrade(path):
 
 
 def configure(name, config):
+    """The time the change was committed (as near as this process can tell)."""
     if hasattr(host, "configure"):
         host.configure(name, config)
-        return
+        return time.time()
     with host.store.transaction() as tx:
         tx.bump()
         tx.set_config(name, config, "test")
+    at = time.time()
     host.refresh()
+    return at
 
 
 def run(cmd):
@@ -103,7 +106,7 @@ def run(cmd):
     elif op == "uninstall":
         host.uninstall(cmd["name"])
     elif op == "configure":
-        configure(cmd["name"], cmd["config"])
+        return {"at": configure(cmd["name"], cmd["config"])}
     elif op == "upgrade":
         upgrade(cmd["path"])
     elif op == "incr":
