@@ -161,3 +161,25 @@ def test_a_store_closed_stops_its_watch(tmp_path: Path) -> None:
     thread = watch()._thread
     store.close()
     assert thread is not None and not thread.is_alive()
+
+
+def test_pg_a_python_plugin_installed_on_one_machine_serves_on_another(
+        tmp_path: Path, cache_dir: Path, pg_url: str) -> None:
+    """The Python echo sample (an 18 MB component) goes through lc_packages whole."""
+    from plugbox.authoring import _pybuild
+
+    repo = Path(__file__).resolve().parent.parent
+    module = _pybuild.build_python_plugin(repo / "sample-plugins" / "python" / "echo",
+                                          out_dir=repo / ".build" / "pytest-pybuild" / "py-echo")
+    a, b = two_hosts(tmp_path, cache_dir, pg_url)
+    try:
+        a.install(module.parent)
+        b.start()
+        hosted = b.get("py-echo")
+        assert hosted is not None and hosted.source == tmp_path / "b" / "plugins" / \
+            "py-echo" / "0.1.0"
+        assert hosted.plugin.call("echo", b"across machines") == b"across machines"
+        assert (hosted.source / "plugin.wasm").read_bytes() == module.read_bytes()
+    finally:
+        a.close()
+        b.close()
