@@ -17,7 +17,9 @@ measures:
    interval and with Runtime(switch_interval_ms=1), and while 8 threads hammer host calls)
    and pool fairness (call latency with 16 threads on a pool of 4);
 6. the PluginHost's dispatch overhead: `each` over 10 echo plugins against 10 direct calls,
-   `first` against one direct call.
+   `first` against one direct call;
+7. propagation of a lifecycle change between two processes, SQLite and PostgreSQL
+   (bench/propagation.py).
 
 Every figure is the median over several repetitions; contenders are interleaved repetition by
 repetition so that background load hits them alike. Prints tables with ratios and the issue's
@@ -1132,6 +1134,10 @@ def build_tables(res: Results, tgts: list[dict[str, Any]]) -> list[Table]:
         tables.append(("Deadlines under load and pool fairness (wall time per call)",
                        ["case", "median", "p99", "max", "note"], rows))
 
+    import propagation
+
+    tables.extend(propagation.tables(res))
+
     rows = []
     for tg in tgts:
         met = "met" if tg["met"] else "NOT met" if tg["met"] is not None else "n/a"
@@ -1199,9 +1205,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the Python-plugin rows (they need componentize-py; ~40 s)")
     ap.add_argument("--only", default="", metavar="SECTIONS",
                     help="run only these comma-separated sections: calls, hostcalls, threads, "
-                         "deadlines, dispatch, python (default: all)")
+                         "deadlines, dispatch, python, propagation (default: all)")
     args = ap.parse_args(argv)
-    sections = {"calls", "hostcalls", "threads", "deadlines", "dispatch", "python"}
+    sections = {"calls", "hostcalls", "threads", "deadlines", "dispatch", "python",
+                "propagation"}
     only = {s.strip() for s in args.only.split(",") if s.strip()} or sections
     if only - sections:
         ap.error(f"unknown sections: {', '.join(sorted(only - sections))}")
@@ -1255,6 +1262,11 @@ def main(argv: list[str] | None = None) -> int:
             log("PluginHost dispatch overhead ...")
             bench_dispatch(res, echo_dir, staged, reps, rep_seconds)
         del ext
+    if "propagation" in only:
+        log("propagation between processes ...")
+        import propagation
+
+        propagation.bench_propagation(res, args.quick, log)
     if "python" not in only:
         log("Python plugin rows skipped (--only)")
     elif args.no_python:

@@ -24,7 +24,23 @@ def make_plugin(directory: Path, name: str, version: str, text: str, **manifest:
                         hooks=("run",), version=version, **manifest)
 
 
+#: The lifecycle database of the running test (the ``backend`` fixture): None is the state
+#: dir's SQLite file, else a fresh PostgreSQL database's URL.
+_BACKEND: dict[str, str | None] = {"state_url": None}
+
+
+@pytest.fixture(autouse=True, params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test of this module runs on SQLite and on PostgreSQL (a fresh database on the
+    session's test server; skipped with the reason when PostgreSQL is not installed)."""
+    url = None if request.param == "sqlite" else str(request.getfixturevalue("pg_url"))
+    _BACKEND["state_url"] = url
+    yield request.param
+    _BACKEND["state_url"] = None
+
+
 def new_host(state: Path, cache_dir: Path, **kw: Any) -> plugbox.PluginHost:
+    kw.setdefault("state_url", _BACKEND["state_url"])
     host = plugbox.PluginHost(state_dir=state, runtime_options={
         "cache_dir": cache_dir, "pooled_instances": 0}, **kw)
     host.extension_point("text.echo", version="1.0.0", mode="each")
@@ -67,9 +83,10 @@ def test_install_copies_into_the_managed_store_and_serves_from_there(
     src.rmdir()
     assert values(host) == ["alpha 1.0.0"]
     assert host.check_integrity() == []
-    rows = sqlite3.connect(tmp_path / "state" / "lifecycle.sqlite3").execute(
-        "SELECT name, version, state, enabled FROM lc_plugins").fetchall()
-    assert rows == [("alpha", "1.0.0", "enabled", 1)]
+    if _BACKEND["state_url"] is None:
+        rows = sqlite3.connect(tmp_path / "state" / "lifecycle.sqlite3").execute(
+            "SELECT name, version, state, enabled FROM lc_plugins").fetchall()
+        assert rows == [("alpha", "1.0.0", "enabled", 1)]
 
 
 def test_install_from_a_package(host: plugbox.PluginHost, plugin: Callable[..., Path],

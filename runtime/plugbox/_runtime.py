@@ -94,6 +94,8 @@ class Runtime:
     ``policy`` caps what manifests may request (see :class:`plugbox.Policy`). ``state_dir``
     holds the key-value database unless ``state_url`` names one (``postgresql://...`` with the
     ``plugbox[postgres]`` extra: shared by every host on that database; ``sqlite:///path``);
+    ``shared_state=True`` opens an SQLite one for sharing with other processes (several
+    worker processes over one state dir; slower writes, see ``services/_kvstore.py``);
     ``cache_dir`` (default ``state_dir/cache``) the compiled
     artifacts. ``max_wasm_stack`` (16 KiB to 2 MiB) bounds guest recursion for every plugin;
     ``epoch_tick_ms`` (0.1 to 1000) is the deadline granularity.
@@ -144,6 +146,7 @@ class Runtime:
         router: HostRouter | None = None,
         abi: str = _abispec.ABI_VERSION,
         state_url: str | None = None,
+        shared_state: bool = False,
     ) -> None:
         from ._version import __version__
 
@@ -163,7 +166,7 @@ class Runtime:
             raise state_error(self.state_dir, exc, "creating the state directory") from None
         # Cheapest first, and everything made so far released if a later step fails: the
         # engine's reservation and ticker would otherwise outlive a refused constructor.
-        self.kv: KvBackend = _open_state(state_url, self.state_dir)
+        self.kv: KvBackend = _open_state(state_url, self.state_dir, shared_state)
         engine: Engine | None = None
         release: Callable[[], None] = _nothing
         try:
@@ -473,7 +476,7 @@ _open_stores: weakref.WeakValueDictionary[Path, KvStore] = weakref.WeakValueDict
 _open_stores_lock = threading.Lock()
 
 
-def _open_kv(path: Path) -> KvStore:
+def _open_kv(path: Path, shared: bool = False) -> KvStore:
     """The state database at ``path``. One held by a Runtime of this process is refused at
     once (SQLite would wait for it in vain), unless that Runtime was dropped without close()
     and only awaits garbage collection (a Runtime and its plugins refer to each other)."""
@@ -491,23 +494,23 @@ def _open_kv(path: Path) -> KvStore:
                 f"kv store {path} {IN_USE} (another plugbox Runtime of this process has the "
                 "same state directory): close that Runtime, or give this one its own "
                 "state_dir.", path=str(path))
-        store = KvStore(path)
+        store = KvStore(path, exclusive=not shared)
         _open_stores[key] = store
     return store
 
 
-def _open_state(state_url: str | None, state_dir: Path) -> KvBackend:
+def _open_state(state_url: str | None, state_dir: Path, shared: bool = False) -> KvBackend:
     """The plugins' kv store: ``state_url`` (``postgresql://...``: shared by every host using
     that database; ``sqlite:///path`` or a path: that file), else ``state_dir/plugbox.sqlite3``."""
     from .services._db import is_postgres_url, sqlite_path
 
     if state_url is None:
-        return _open_kv(state_dir / "plugbox.sqlite3")
+        return _open_kv(state_dir / "plugbox.sqlite3", shared)
     if is_postgres_url(state_url):
         from .services._kvstore_pg import PgKvStore
 
         return PgKvStore(state_url)
-    return _open_kv(sqlite_path(state_url))
+    return _open_kv(sqlite_path(state_url), shared)
 
 
 def _free_plugin(idle: list[Instance | ComponentInstance], template: Template | ComponentTemplate,

@@ -47,6 +47,7 @@ from ._discovery import (AddedPlugins, DiscoveredPlugin, DiscoveryLimits, Discov
                          DiscoveryReport, discover)
 # For the lifecycle block at the end of PluginHost (issue 9).
 from ._lifecycle import LifecycleMixin
+from ._sync import SyncMixin
 
 __all__ = ["MAX_DISPATCH_DEPTH", "HostedPlugin", "PluginHost"]
 
@@ -181,7 +182,7 @@ def _dumps(value: Any) -> bytes:
                       allow_nan=False).encode("utf-8")
 
 
-class PluginHost(LifecycleMixin):
+class PluginHost(SyncMixin, LifecycleMixin):
     """Hosts many plugins behind extension points: the object a host application creates
     once, declares its extension points and host functions on, adds plugins to and
     dispatches through.

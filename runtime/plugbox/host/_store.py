@@ -2,37 +2,59 @@
 versions, state and reason, enabled, pins, grants, config and its history, an audit log, a
 journal of operations in progress and a generation number, in one SQL database.
 
-SQLite (``state_dir/lifecycle.sqlite3``) is the default. Every statement goes through
-:func:`connect`, the one seam between a URL or path and a DB-API connection, so a PostgreSQL
-URL can be served by ``plugbox.services._db`` (the PostgreSQL helper's module) with the same
-SQL: the statements use ``?`` placeholders (an adapter for another paramstyle rewrites them),
-no SQLite-only syntax (no AUTOINCREMENT, no INSERT OR REPLACE, no RETURNING), and sequence
-numbers computed inside the transaction (``MAX(..) + 1``) after the write that bumps the
-generation, which serialises writers on both databases.
+The database is a :class:`plugbox.services._db.Database`, chosen by URL: SQLite
+(``state_dir/lifecycle.sqlite3``, the default, opened on first use so a host that never uses
+the lifecycle creates no file) or PostgreSQL (``postgresql://...``, psycopg 3), with the same
+SQL: ``?`` placeholders, no SQLite-only syntax (no AUTOINCREMENT, no INSERT OR REPLACE), and
+sequence numbers computed inside the transaction (``MAX(..) + 1``). Every transaction holds
+the database's write lock from its first statement (``BEGIN IMMEDIATE`` on SQLite, a
+transaction-scoped advisory lock on PostgreSQL), so lifecycle transactions of every process
+and machine sharing the database run one after the other.
+
+The generation number is the database's ``lifecycle`` counter
+(:meth:`Database.bump_generation`): every change bumps it in its own transaction (on
+PostgreSQL that also sends a NOTIFY), which is what other processes watch (issue 9 §7).
+
+Several machines, one set of plugins: on PostgreSQL the store also keeps the verified files of
+every kept version (``lc_packages``: each member's bytes and SHA-256), and reads a version's
+directory as ``<this host's plugins dir>/<name>/<version>``; :meth:`Store.materialise` writes
+a version this machine lacks from the database (every file's hash checked) before it is
+loaded. On SQLite the files stay in the state dir's managed store only (processes sharing a
+state dir share them).
 
 Every public method runs in one transaction: the state seen by another connection is always
-the one before or the one after an operation.
+the one before or the one after an operation. Database errors are
+:class:`plugbox.StateError` naming the database and the fix.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import sqlite3
+import shutil
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final
 
-from .._errors import StateError
+from .._errors import PlugboxError, StateError
+from ..services._db import Database, GenerationWatch, Tx, connect, is_postgres_url, redacted
 
 __all__ = ["Store", "connect"]
 
 #: Schema version of the lifecycle database (meta key ``schema``).
 SCHEMA_VERSION = 1
+
+#: The generation counter's scope in the database (services._db's ``plugbox_generation``).
+GENERATION_SCOPE: Final = "lifecycle"
+
+#: PostgreSQL advisory lock every lifecycle transaction holds ("plugbox-lc" in ASCII).
+_LC_LOCK: Final = 0x706C7567626F786C63 & 0x7FFFFFFFFFFFFFFF
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS lc_meta (
@@ -81,76 +103,19 @@ _SCHEMA = (
         started_at DOUBLE PRECISION NOT NULL)""",
 )
 
+#: PostgreSQL only: the files of every kept version, so another machine can materialise it.
+_SCHEMA_PACKAGES = (
+    """CREATE TABLE IF NOT EXISTS lc_packages (
+        name VARCHAR(128) NOT NULL,
+        version VARCHAR(128) NOT NULL,
+        member VARCHAR(512) NOT NULL,
+        sha256 VARCHAR(64) NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (name, version, member))""",
+)
 
-class Connection(Protocol):
-    """The DB-API subset the store uses (sqlite3 and psycopg connections both fit)."""
-
-    def execute(self, sql: str, parameters: Sequence[Any] = ...) -> Any: ...
-    def commit(self) -> None: ...
-    def rollback(self) -> None: ...
-    def close(self) -> None: ...
-
-
-def connect(url: str | os.PathLike[str]) -> Connection:
-    """Open the lifecycle database named by ``url``: a path (or ``sqlite:///path``) is a
-    SQLite file; ``postgresql://...`` is handed to ``plugbox.services._db.connect`` (the
-    PostgreSQL helper's layer; it returns a connection taking ``?`` placeholders).
-
-    The one place a URL becomes a connection: the PostgreSQL backend plugs in here.
-    Raises :class:`plugbox.StateError` naming the database and the fix.
-    """
-    text = os.fspath(url)
-    if text.startswith(("postgresql://", "postgres://")):
-        # services._db speaks PostgreSQL for the plugins' kv data already; the lifecycle
-        # store's SQL has not been ported to it yet (issue 9 §1, open).
-        raise StateError(f"state URL {_safe_url(text)}: the lifecycle state is SQLite-only "
-                         "for now (plugins' kv data may use PostgreSQL through "
-                         "Runtime(state_url=...)); give the PluginHost a state_dir",
-                         path=_safe_url(text))
-    if text.startswith("sqlite:///"):
-        text = text[len("sqlite:///") - 1:]
-    try:
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE below), so a
-        # writer takes the write lock before it reads what it will change.
-        db = sqlite3.connect(text, timeout=30.0, isolation_level=None,
-                             check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-    except sqlite3.Error as exc:
-        raise StateError(f"lifecycle database {text}: cannot open it ({exc}); check that the "
-                         "state dir is writable and the file is a plugbox lifecycle database",
-                         path=text) from None
-    return _SqliteConnection(db)
-
-
-def _safe_url(url: str) -> str:
-    """``url`` without its password (for messages)."""
-    head, sep, tail = url.rpartition("@")
-    if not sep:
-        return url
-    scheme, _, cred = head.partition("://")
-    return f"{scheme}://{cred.split(':')[0]}:***@{tail}"
-
-
-class _SqliteConnection:
-    """sqlite3 in explicit-transaction mode: ``begin`` takes the write lock at once."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-        self.begin_sql = "BEGIN IMMEDIATE"
-
-    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
-        return self._db.execute(sql, parameters)
-
-    def commit(self) -> None:
-        self._db.execute("COMMIT")
-
-    def rollback(self) -> None:
-        if self._db.in_transaction:
-            self._db.execute("ROLLBACK")
-
-    def close(self) -> None:
-        self._db.close()
+#: The largest plugin directory the store copies into the database (all members together).
+MAX_PACKAGE_BYTES: Final = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -192,57 +157,124 @@ class JournalRow:
 
 
 class Store:
-    """The lifecycle database. Thread-safe (one connection, one lock)."""
+    """The lifecycle database named by ``url`` (a path, ``sqlite:///path`` or
+    ``postgresql://...``). Thread-safe (one connection, one lock). An SQLite database is
+    opened on first use; a PostgreSQL one at once (so a wrong URL fails at construction).
 
-    def __init__(self, url: str | os.PathLike[str]) -> None:
+    ``plugins_dir`` is this host's managed store; on PostgreSQL the versions' directories are
+    read as ``plugins_dir/<name>/<dir>`` (the files of another machine's install are
+    materialised there, see :meth:`materialise`)."""
+
+    def __init__(self, url: str | os.PathLike[str], *,
+                 plugins_dir: str | os.PathLike[str] | None = None) -> None:
         self.url = os.fspath(url)
-        self._conn = connect(url)
+        self.plugins_dir = Path(plugins_dir) if plugins_dir is not None else None
         self._lock = threading.RLock()
-        with self.transaction() as tx:
-            for statement in _SCHEMA:
-                tx.execute(statement)
-            row = tx.execute("SELECT v FROM lc_meta WHERE k = ?", ("schema",)).fetchone()
-            if row is None:
-                tx.execute("INSERT INTO lc_meta (k, v) VALUES (?, ?)",
-                           ("schema", str(SCHEMA_VERSION)))
-                tx.execute("INSERT INTO lc_meta (k, v) VALUES (?, ?)", ("generation", "0"))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise StateError(f"lifecycle database {self.url} has schema {row[0]}, newer "
-                                 f"than this plugbox's {SCHEMA_VERSION}; upgrade plugbox",
-                                 path=self.url)
+        self._db: Database | None = None
+        self._closed = False
+        self._watch: GenerationWatch | None = None
+        self.postgres = is_postgres_url(self.url)
+        #: The database as messages name it (a URL without its password).
+        self.where = redacted(self.url) if self.postgres else self.url
+        if self.postgres:
+            self._database()
+
+    # -- the connection ----------------------------------------------------------------------
+
+    def _database(self) -> Database:
+        """The open database, opened (and its schema made) on first use."""
+        with self._lock:
+            if self._db is not None:
+                return self._db
+            if self._closed:
+                raise StateError(f"lifecycle database {self.where} is closed: create a new "
+                                 "PluginHost", path=self.where)
+            db = connect(self.url, timeout=30.0, durable=True)
+            try:
+                db.executescript(list(_SCHEMA) + (list(_SCHEMA_PACKAGES) if self.postgres
+                                                  else []))
+                db.generation(GENERATION_SCOPE)  # makes the counter's table
+                with db.transaction() as tx:
+                    if self.postgres:
+                        tx.execute("SELECT pg_advisory_xact_lock(?)", (_LC_LOCK,))
+                    row = tx.execute("SELECT v FROM lc_meta WHERE k = ?",
+                                     ("schema",)).fetchone()
+                    if row is None:
+                        tx.execute("INSERT INTO lc_meta (k, v) VALUES (?, ?)",
+                                   ("schema", str(SCHEMA_VERSION)))
+                    elif int(row[0]) > SCHEMA_VERSION:
+                        raise StateError(
+                            f"lifecycle database {self.where} has schema {row[0]}, newer "
+                            f"than this plugbox's {SCHEMA_VERSION}; upgrade plugbox",
+                            path=self.where)
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
+            return db
+
+    @property
+    def opened(self) -> bool:
+        """True once the database was opened (an SQLite store opens on first use)."""
+        return self._db is not None
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return "postgresql" if self.postgres else "sqlite"
 
     # -- transactions ------------------------------------------------------------------------
 
     @contextmanager
     def transaction(self) -> Iterator[_Tx]:
-        """One transaction: committed on success, rolled back on any exception. Database
-        errors become :class:`plugbox.StateError`."""
+        """One transaction: committed on success, rolled back on any exception. It holds the
+        database's write lock throughout. Database errors become
+        :class:`plugbox.StateError`."""
         with self._lock:
-            conn = self._conn
-            try:
-                conn.execute(getattr(conn, "begin_sql", "BEGIN"))
-                tx = _Tx(conn)
-                yield tx
-                conn.commit()
-            except sqlite3.Error as exc:
-                _quiet_rollback(conn)
-                raise StateError(f"lifecycle database {self.url}: {exc}; check the state "
-                                 "dir's disk space and permissions", path=self.url) from None
-            except BaseException:
-                _quiet_rollback(conn)
-                raise
+            db = self._database()
+            with db.transaction() as t:
+                if self.postgres:
+                    t.execute("SELECT pg_advisory_xact_lock(?)", (_LC_LOCK,))
+                yield _Tx(db, t, self)
 
     def close(self) -> None:
-        """Close the connection."""
+        """Stop the :meth:`watch` thread and close the connection. Idempotent."""
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()
         with self._lock:
-            self._conn.close()
+            self._closed = True
+            db, self._db = self._db, None
+        if db is not None:
+            db.close()
 
-    # -- reads -------------------------------------------------------------------------------
+    # -- the generation and watching it ------------------------------------------------------
 
     def generation(self) -> int:
-        """The generation number: bumped by every committed lifecycle change."""
-        with self.transaction() as tx:
-            return tx.generation()
+        """The generation number: bumped by every committed lifecycle change. One indexed
+        read (no transaction lock)."""
+        with self._lock:
+            db = self._database()
+        return db.generation(GENERATION_SCOPE)
+
+    def watch(self, on_change: Callable[[int], None], *, interval: float = 0.2,
+              on_error: Callable[[StateError], None] | None = None) -> None:
+        """Call ``on_change(generation)`` on a daemon thread within about ``interval``
+        seconds of every change another connection commits (on PostgreSQL, at once on its
+        NOTIFY). :meth:`close` stops it. One watch per store."""
+        with self._lock:
+            if self._watch is not None:
+                raise StateError(f"lifecycle database {self.where} is watched already",
+                                 path=self.where)
+            # The watch has its own connection: a poll never waits for this process's
+            # lifecycle transactions, and LISTEN needs a connection of its own.
+            watch = GenerationWatch(connect(self.url, timeout=30.0), GENERATION_SCOPE,
+                                    interval=interval, on_error=on_error, owns_db=True,
+                                    listen=self.postgres)
+            self._watch = watch
+        watch.start(on_change)
+
+    # -- reads -------------------------------------------------------------------------------
 
     def plugins(self) -> list[PluginRow]:
         """Every installed plugin, in install order."""
@@ -264,39 +296,104 @@ class Store:
         with self.transaction() as tx:
             return tx.journal()
 
+    # -- several machines (PostgreSQL) -------------------------------------------------------
 
-def _quiet_rollback(conn: Connection) -> None:
-    try:
-        conn.rollback()
-    except Exception:  # the connection may be broken; the transaction is gone either way
-        pass
+    def local_path(self, name: str, recorded: str) -> str:
+        """Where version directory ``recorded`` (as the installing host wrote it) is on this
+        host: the same path on SQLite, ``plugins_dir/<name>/<its last part>`` on
+        PostgreSQL."""
+        if not self.postgres or self.plugins_dir is None:
+            return recorded
+        return str(self.plugins_dir / name / Path(recorded).name)
+
+    def materialise(self, version: VersionRow) -> bool:
+        """Write the files of ``version`` (a row of :meth:`versions`) into its directory when
+        this host lacks it, from ``lc_packages`` (PostgreSQL; every file's SHA-256 checked,
+        written into a temp dir and renamed into place). True when it wrote them; False
+        when the directory exists or the database holds no files for it (SQLite)."""
+        target = Path(version.path)
+        if not self.postgres or target.exists():
+            return False
+        with self.transaction() as tx:
+            rows = tx.execute("SELECT member, sha256, data FROM lc_packages WHERE name = ? "
+                              "AND version = ? ORDER BY member",
+                              (version.name, version.version)).fetchall()
+        if not rows:
+            return False
+        where = f"plugin {version.name!r} {version.version}"
+        tmp = target.parent.parent / ".tmp" / uuid.uuid4().hex
+        try:
+            for member, sha256, data in rows:
+                data = bytes(data)
+                if hashlib.sha256(data).hexdigest() != sha256 or ".." in Path(member).parts \
+                        or Path(member).is_absolute():
+                    raise StateError(
+                        f"{where}: its file {member!r} in lifecycle database {self.where} "
+                        f"does not match its recorded SHA-256; reinstall it from its source",
+                        path=self.where)
+                dest = tmp / member
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with open(dest, "wb") as out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                if not target.exists():  # another process of this host won the race: fine
+                    raise
+        except OSError as exc:
+            raise StateError(f"{where}: cannot write it into the managed store {target} "
+                             f"({exc}); check disk space and permissions",
+                             path=str(target)) from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return True
 
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def _package_files(path: Path) -> list[tuple[str, str, bytes]]:
+    """(member, sha256, bytes) of the plugin files in directory ``path``."""
+    from ..trust._package import package_members
+
+    out = []
+    total = 0
+    for member, file in sorted(package_members(path).items()):
+        data = file.read_bytes()
+        total += len(data)
+        if total > MAX_PACKAGE_BYTES:
+            raise StateError(f"plugin directory {path} is larger than "
+                             f"{MAX_PACKAGE_BYTES} bytes; the lifecycle database keeps at most "
+                             "that much per version", path=str(path))
+        out.append((member, hashlib.sha256(data).hexdigest(), data))
+    return out
+
+
 class _Tx:
     """The statements of one transaction."""
 
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    def __init__(self, db: Database, tx: Tx, store: Store) -> None:
+        self._db = db
+        self._tx = tx
+        self._store = store
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
-        return self._conn.execute(sql, parameters)
+        return self._tx.execute(sql, parameters)
 
     # generation --------------------------------------------------------------------------
 
     def generation(self) -> int:
-        row = self.execute("SELECT v FROM lc_meta WHERE k = ?", ("generation",)).fetchone()
-        return int(row[0])
+        row = self.execute("SELECT value FROM plugbox_generation WHERE scope = ?",
+                           (GENERATION_SCOPE,)).fetchone()
+        return 0 if row is None else int(row[0])
 
     def bump(self) -> int:
-        """Bump the generation (first write of a change: it also serialises writers)."""
-        gen = self.generation() + 1
-        self.execute("UPDATE lc_meta SET v = ? WHERE k = ?", (str(gen), "generation"))
-        return gen
-
+        """Bump the generation (committed with this transaction; other processes see it)."""
+        return self._db.bump_generation(GENERATION_SCOPE, tx=self._tx)
     # plugins -----------------------------------------------------------------------------
 
     _PLUGIN_COLUMNS = "name, version, state, reason, enabled, pinned, grant_json, source, seq"
@@ -346,22 +443,26 @@ class _Tx:
     def delete_plugin(self, name: str) -> None:
         self.execute("DELETE FROM lc_plugins WHERE name = ?", (name,))
         self.execute("DELETE FROM lc_versions WHERE name = ?", (name,))
+        if self._store.postgres:
+            self.execute("DELETE FROM lc_packages WHERE name = ?", (name,))
 
     # versions ----------------------------------------------------------------------------
+
+    def _version(self, r: Sequence[Any]) -> VersionRow:
+        return VersionRow(r[0], r[1], self._store.local_path(r[0], r[2]), r[3],
+                          json.loads(r[4]), float(r[5]))
 
     def versions(self, name: str) -> list[VersionRow]:
         rows = self.execute(
             "SELECT name, version, path, sha256, manifest_json, installed_at FROM lc_versions "
             "WHERE name = ? ORDER BY installed_at DESC, version DESC", (name,)).fetchall()
-        return [VersionRow(r[0], r[1], r[2], r[3], json.loads(r[4]), float(r[5]))
-                for r in rows]
+        return [self._version(r) for r in rows]
 
     def all_versions(self) -> list[VersionRow]:
         rows = self.execute(
             "SELECT name, version, path, sha256, manifest_json, installed_at FROM lc_versions"
         ).fetchall()
-        return [VersionRow(r[0], r[1], r[2], r[3], json.loads(r[4]), float(r[5]))
-                for r in rows]
+        return [self._version(r) for r in rows]
 
     def add_version(self, *, name: str, version: str, path: str, sha256: str,
                     manifest: Mapping[str, Any]) -> None:
@@ -370,6 +471,19 @@ class _Tx:
             "INSERT INTO lc_versions (name, version, path, sha256, manifest_json, "
             "installed_at) VALUES (?, ?, ?, ?, ?, ?)",
             (name, version, path, sha256, _dumps(manifest), time.time()))
+        if self._store.postgres:
+            # Another machine sharing this database materialises the version from these.
+            self.execute("DELETE FROM lc_packages WHERE name = ? AND version = ?",
+                         (name, version))
+            try:
+                files = _package_files(Path(path))
+            except (OSError, PlugboxError) as exc:
+                raise StateError(f"plugin {name!r} {version}: cannot read its files in "
+                                 f"{path} to record them ({exc}); check the managed store",
+                                 path=path) from None
+            for member, digest, data in files:
+                self.execute("INSERT INTO lc_packages (name, version, member, sha256, data) "
+                             "VALUES (?, ?, ?, ?, ?)", (name, version, member, digest, data))
 
     def touch_version(self, name: str, version: str) -> None:
         """Make ``version`` the newest kept (the order rollback and pruning go by)."""
@@ -378,6 +492,9 @@ class _Tx:
 
     def delete_version(self, name: str, version: str) -> None:
         self.execute("DELETE FROM lc_versions WHERE name = ? AND version = ?", (name, version))
+        if self._store.postgres:
+            self.execute("DELETE FROM lc_packages WHERE name = ? AND version = ?",
+                         (name, version))
 
     # config ------------------------------------------------------------------------------
 

@@ -61,6 +61,8 @@ NOTIFY_CHANNEL: Final = "plugbox_generation"
 _DDL_LOCK: Final = 0x706C7567626F78
 _RETRY_SQLSTATES: Final = frozenset({"40001", "40P01"})
 _ATTEMPTS: Final = 5
+#: The longest a LISTENing GenerationWatch waits before it looks at its stop flag (seconds).
+_LISTEN_SLICE: Final = 0.25
 
 
 def is_postgres_url(url: str | os.PathLike[str]) -> bool:
@@ -117,9 +119,12 @@ class Database:
 
     dialect: Dialect
 
-    def __init__(self, url: str | os.PathLike[str], *, timeout: float = 5.0) -> None:
+    def __init__(self, url: str | os.PathLike[str], *, timeout: float = 5.0,
+                 durable: bool = False) -> None:
         self.url = os.fspath(url)
         self.timeout = timeout
+        #: SQLite: ``synchronous=FULL`` (every commit synced) instead of ``NORMAL``.
+        self.durable = durable
         self._lock = threading.RLock()
         self._conn: Any = None
         self._closed = False
@@ -173,7 +178,8 @@ class Database:
                 conn = sqlite3.connect(self.path, isolation_level=None,
                                        check_same_thread=False, timeout=self.timeout)
                 conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute("PRAGMA synchronous = FULL" if self.durable
+                             else "PRAGMA synchronous = NORMAL")
                 conn.execute("PRAGMA foreign_keys = ON")
         except StateError:
             raise
@@ -362,10 +368,12 @@ def _has_rows(rows: Any) -> bool:
     return description is not None
 
 
-def connect(url: str | os.PathLike[str], *, timeout: float = 5.0) -> Database:
+def connect(url: str | os.PathLike[str], *, timeout: float = 5.0,
+            durable: bool = False) -> Database:
     """The state database ``url`` names (see the module docstring); StateError if it cannot be
-    opened."""
-    return Database(url, timeout=timeout)
+    opened. ``durable``: on SQLite every commit is synced to disk (``synchronous=FULL``;
+    without it a power failure may lose the last commits, a process crash never does)."""
+    return Database(url, timeout=timeout, durable=durable)
 
 
 class GenerationWatch:
@@ -380,7 +388,8 @@ class GenerationWatch:
     """
 
     def __init__(self, db: Database, scope: str = "lifecycle", *, interval: float = 0.25,
-                 on_error: Callable[[StateError], None] | None = None) -> None:
+                 on_error: Callable[[StateError], None] | None = None,
+                 owns_db: bool = False, listen: bool = False) -> None:
         self.db = db
         self.scope = scope
         self.interval = interval
@@ -389,6 +398,10 @@ class GenerationWatch:
         self._on_error = on_error
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._owns_db = owns_db
+        #: PostgreSQL: the thread LISTENs on :data:`NOTIFY_CHANNEL` and wakes at a NOTIFY.
+        self.listen = listen and db.dialect == "postgresql"
+        self._listener: Any = None
 
     def check(self) -> int | None:
         """The counter if it moved since the last check (rate-limited), else None."""
@@ -408,25 +421,74 @@ class GenerationWatch:
         return value
 
     def start(self, on_change: Callable[[int], None]) -> None:
-        """Poll in a daemon thread; ``on_change(value)`` runs on it after each change."""
+        """Poll in a daemon thread; ``on_change(value)`` runs on it after each change. With
+        ``listen`` (PostgreSQL) the thread also waits on LISTEN, so a bump is seen at its
+        NOTIFY rather than at the next poll; polling stays as the fallback (a lost
+        connection, a missed notification)."""
         if self._thread is not None:
             raise RuntimeError("this GenerationWatch is already running")
 
         def loop() -> None:
-            while not self._stop.wait(self.interval):
+            while not self._stop.is_set():
+                if not self._wait():
+                    break
                 self._next = 0.0
                 value = self.check()
                 if value is not None:
-                    on_change(value)
+                    try:
+                        on_change(value)
+                    except Exception:  # noqa: BLE001 -- the watch must outlive a bad callback
+                        import logging
+
+                        logging.getLogger("plugbox.state").exception(
+                            "generation watch %s: on_change raised", self.scope)
+            self._close_listener()
 
         self._thread = threading.Thread(target=loop, name=f"plugbox-generation-{self.scope}",
                                         daemon=True)
         self._thread.start()
 
+    def _wait(self) -> bool:
+        """Wait up to ``interval`` (less at a NOTIFY); False once stopped."""
+        if not self.listen:
+            return not self._stop.wait(self.interval)
+        try:
+            if self._listener is None or self._listener.closed:
+                import psycopg
+
+                self._listener = psycopg.connect(self.db.url, autocommit=True,
+                                                 connect_timeout=max(1, int(self.db.timeout)))
+                self._listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            # In slices, so stop() is seen within _LISTEN_SLICE even with a long interval.
+            until = time.monotonic() + self.interval
+            while not self._stop.is_set():
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                if any(True for _ in self._listener.notifies(
+                        timeout=min(left, _LISTEN_SLICE), stop_after=1)):
+                    break
+        except Exception as exc:  # noqa: BLE001 -- fall back to polling until it reconnects
+            self._close_listener()
+            if self._on_error is not None:
+                self._on_error(self.db.error(exc, "listening for changes"))
+            return not self._stop.wait(self.interval)
+        return not self._stop.is_set()
+
+    def _close_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.close()
+            except Exception:  # noqa: BLE001 -- it is being dropped
+                pass
+
     def stop(self) -> None:
-        """Stop the thread :meth:`start` started (waits for it). Idempotent."""
+        """Stop the thread :meth:`start` started (waits for it: at most ``interval``, or a
+        quarter of a second with ``listen``). Idempotent. Closes the database if the watch owns it."""
         self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join()
-
+        if self._owns_db:
+            self.db.close()

@@ -17,8 +17,11 @@ Design choices (measured with a 100-byte value, 1000 keys, 2-core machine; media
   so per-thread connections read a little in parallel) and 15-17 µs vs 22-25 µs for ``set``.
   The exclusive lock also guarantees what the usage cache below assumes: no other process
   writes the file. The price is that no other process can open the database while the store
-  is open; pass ``exclusive=False`` to allow that (slower; other processes must then not
-  write, or quota accounting drifts until the next restart).
+  is open; pass ``exclusive=False`` to share the file with other processes (several worker
+  processes over one state dir: ``Runtime(shared_state=True)``). A shared store keeps no usage
+  cache: every write reads the plugin's usage, checks the quota and writes in one
+  ``BEGIN IMMEDIATE`` transaction, so the quotas hold across processes (a write then costs
+  a usage sum over the plugin's keys; the single-process default stays O(1)).
 * **Cached per-plugin usage**: ``(bytes, keys)`` is summed from the table once per plugin (on
   first use) and then maintained by ``set``/``delete``/``clear``, so a quota check is O(1).
   The check and the write happen under the same lock, so concurrent writers cannot overshoot.
@@ -260,6 +263,8 @@ class KvStore:
             raise state_error(self.path.parent, exc, "creating the state directory") from None
         self._lock = threading.Lock()
         self._usage: dict[str, list[int]] = {}
+        #: False: other processes may use the file too (no usage cache, see the module doc).
+        self.exclusive = exclusive
         conn: sqlite3.Connection | None = None
         try:
             # isolation_level=None: autocommit, every statement is its own transaction, so no
@@ -271,7 +276,7 @@ class KvStore:
                 check_same_thread=False,
                 # Only another process can make SQLite wait (in-process access is serialised);
                 # an exclusive holder never lets go, so waiting long is pointless.
-                timeout=lock_timeout,
+                timeout=lock_timeout if exclusive else max(lock_timeout, 10.0),
             )
             if exclusive:
                 # Must precede the first access so the WAL index is kept in heap memory.
@@ -298,8 +303,9 @@ class KvStore:
         self._conn: sqlite3.Connection | None = conn
 
     def _usage_of(self, conn: sqlite3.Connection, plugin: str) -> list[int]:
-        """The cached ``[bytes, keys]`` of ``plugin``; caller holds the lock."""
-        usage = self._usage.get(plugin)
+        """The cached ``[bytes, keys]`` of ``plugin`` (read afresh when the store is shared:
+        call it inside the write's transaction then); caller holds the lock."""
+        usage = self._usage.get(plugin) if self.exclusive else None
         if usage is None:
             row = conn.execute(_SQL_USAGE, (plugin,)).fetchone()
             usage = self._usage[plugin] = [int(row[0]), int(row[1])]
@@ -329,6 +335,10 @@ class KvStore:
         always allowed, so a plugin already over a (lowered) quota can still shrink its data.
         Raises :class:`KvQuotaError` and writes nothing when a quota would be exceeded.
         """
+        if not self.exclusive:
+            # Another process may write meanwhile: usage, check and write in one transaction.
+            self._atomic(plugin, key, quota_bytes, quota_keys, lambda _current: (value, None))
+            return
         with self._lock:
             conn = self._conn
             if conn is None:
@@ -364,9 +374,12 @@ class KvStore:
             conn = self._conn
             if conn is None:
                 raise self._closed()
-            usage = self._usage_of(conn, plugin)
+            if self.exclusive:
+                usage = self._usage_of(conn, plugin)
             conn.execute("BEGIN IMMEDIATE")
             try:
+                if not self.exclusive:  # under the write lock: no other process moves it
+                    usage = self._usage_of(conn, plugin)
                 row = conn.execute(_SQL_GET, (plugin, key)).fetchone()
                 current: bytes | None = None if row is None else row[0]
                 new, result = decide(current)
