@@ -207,7 +207,8 @@ def _run_child(kind: Kind, state: Path, cache_dir: Path, src: Sources,
                 sys.stdout.write(json.dumps({"stopped": status is None}) + "\n")
                 sys.stdout.flush()
                 sys.stdin.readline()
-                os.kill(pid, signal.SIGCONT)
+                if status is None:
+                    os.kill(pid, signal.SIGCONT)
             else:
                 os.kill(pid, signal.SIGKILL)
                 killed = True
