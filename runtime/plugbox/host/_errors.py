@@ -96,11 +96,15 @@ class ReentrantDispatchError(PluginCallError):
 class LifecycleError(UsageError):
     """A lifecycle operation of :class:`plugbox.PluginHost` (install, enable, upgrade,
     rollback, pin, uninstall, configure ...) is refused: the message names the plugin, the
-    operation and the fix. ``operation`` names the operation."""
+    operation and the fix. ``operation`` names the operation; ``warning`` is set when the
+    refusal is a warning the caller may override (a rollback across a ``data_version``
+    change: ``confirm=True``), None otherwise."""
 
-    def __init__(self, message: str, *, plugin: str | None, operation: str) -> None:
+    def __init__(self, message: str, *, plugin: str | None, operation: str,
+                 warning: str | None = None) -> None:
         super().__init__(message, plugin=plugin)
         self.operation = operation
+        self.warning = warning
 
 
 # --------------------------------------------------------------------------------------------

@@ -993,20 +993,53 @@ class PluginHost(LifecycleMixin):
                      enabled: bool) -> HostedPlugin:
         """Load the plugin at ``path`` to replace ``old`` (verified, admitted as if ``old``
         were gone, compiled, on-init run): not served until :meth:`_replace_hosted`."""
+        with staged_plugin(path) as staged:
+            early = validate_manifest(read_manifest(staged))
         with self._lock:
-            tables = self._tables
-            owned = set(old.manifest.extension_points)
-            rest = _Tables(points={k: v for k, v in tables.points.items() if k not in owned},
-                           functions=tables.functions,
-                           plugins=tuple(hp for hp in tables.plugins if hp.name != old.name),
-                           orders={}, gen=tables.gen)
-            with staged_plugin(path) as staged:
-                early = validate_manifest(read_manifest(staged))
-            self._admit(early, rest)
+            self._admit_beside(old, early)
         plugin = self.runtime.load(path, config=dict(config))
         return HostedPlugin(name=plugin.name, plugin=plugin, priority=old.priority,
                             manifest=plugin.manifest, source=path, enabled=enabled,
                             config=dict(config), index=old.index)
+
+    def _admit_beside(self, old: HostedPlugin, manifest: Manifest) -> None:
+        """Refuse ``manifest`` as the replacement of ``old`` (lock held): :meth:`_admit` as
+        if ``old`` were gone, and the points ``old`` declares that others implement kept."""
+        tables = self._tables
+        owned = set(old.manifest.extension_points)
+        rest = _Tables(points={k: v for k, v in tables.points.items() if k not in owned},
+                       functions=tables.functions,
+                       plugins=tuple(hp for hp in tables.plugins if hp.name != old.name),
+                       orders={}, gen=tables.gen)
+        self._admit(manifest, rest)
+        self._check_points_kept(old, manifest, rest)
+
+    @staticmethod
+    def _check_points_kept(old: HostedPlugin, new: Manifest, rest: _Tables) -> None:
+        """Refuse ``new`` (replacing ``old``) when it stops declaring, or changes to a
+        version they do not accept, an extension point ``old`` declares and other hosted
+        plugins implement: they would silently stop being called."""
+        for point in old.manifest.extension_points:
+            spec = new.extension_points.get(point)
+            users = sorted(hp.name for hp in rest.plugins
+                           if point in hp.manifest.implements and (
+                               spec is None or _refuses(hp.manifest.implements[point],
+                                                        spec.version)))
+            if not users:
+                continue
+            what = ("no longer declares it" if spec is None else
+                    f"declares it at version {spec.version}, which they do not accept")
+            raise IncompatiblePointError(
+                f"plugin {new.name!r} {new.version} cannot replace {old.manifest.version}: "
+                f"{old.name!r} declares extension point {point!r}, which "
+                f"{', '.join(users)} implement, and {new.version} {what}; keep the point (a "
+                f"compatible version) in the new version, or upgrade or remove "
+                f"{', '.join(users)} first", plugin=new.name, point=point,
+                versions=() if spec is None else (spec.version,))
+
+
+def _refuses(impl: Implementation, version: str) -> bool:
+    return bool(impl.versions) and not impl.accepts(version)
 
 
 def _declared_by(point: ExtensionPoint) -> str:

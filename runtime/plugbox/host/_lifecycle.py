@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -38,11 +37,15 @@ from typing import TYPE_CHECKING, Any, Final
 from packaging.version import InvalidVersion, Version
 
 from .._errors import ManifestError, PlugboxError, StateError, UsageError, VerificationError
-from .._manifest import Manifest, read_manifest, validate_config, validate_manifest
+from .._manifest import Manifest, read_manifest, validate_manifest
 from .._permissions import Limits, Permissions
 from .._plugin import Plugin
 from ..trust._package import package_members, staged_plugin
-from ._errors import ConfigError, LifecycleError
+from ._config import diff as config_diff
+from ._config import redacted as redact_config
+from ._config import secret_paths, validated
+from ._deps import resolve
+from ._errors import ConfigError, DependencyError, LifecycleError
 from ._store import PluginRow, Store, VersionRow, store_path
 
 if TYPE_CHECKING:
@@ -210,7 +213,8 @@ class PermissionDiff:
         lines = []
         for key, value in self.added.items():
             if isinstance(value, dict):
-                lines.append(f"{key}: {value['from']} -> {value['to']}")
+                was = "none" if value["from"] is None else value["from"]
+                lines.append(f"{key}: {was} -> {value['to']}")
             else:
                 lines.append(f"{key}: + {', '.join(map(str, value))}")
         return "\n".join(lines)
@@ -438,6 +442,7 @@ class LifecycleMixin:
         def _replace_hosted(self, old: HostedPlugin, new: HostedPlugin) -> None: ...
         def _load_beside(self, old: HostedPlugin, path: Path, config: Mapping[str, Any],
                          enabled: bool) -> HostedPlugin: ...
+        def _admit_beside(self, old: HostedPlugin, manifest: Manifest) -> None: ...
 
     # Set by PluginHost.__init__ (_init_lifecycle).
     store: Store
@@ -551,18 +556,6 @@ class LifecycleMixin:
         with self.store.transaction() as tx:
             return [AuditEntry(*row) for row in tx.audit_entries(name, limit)]
 
-    def config_of(self, name: str) -> dict[str, Any]:
-        """The configuration plugin ``name`` runs with (``{}`` when none was set)."""
-        self._row(name, "config")
-        with self.store.transaction() as tx:
-            found = tx.config(name)
-        return dict(found[1]) if found else {}
-
-    def config_history(self, name: str) -> list[ConfigRevision]:
-        """Every stored configuration of ``name``, oldest first."""
-        with self.store.transaction() as tx:
-            return [ConfigRevision(*entry) for entry in tx.config_history(name)]
-
     # -- install ---------------------------------------------------------------------------
 
     def _verify_source(self, source: str | os.PathLike[str]
@@ -608,26 +601,10 @@ class LifecycleMixin:
 
     def _validated_config(self, manifest: Manifest, config: Mapping[str, Any]
                           ) -> dict[str, Any]:
-        """``config`` checked against ``manifest``'s schema, defaults applied."""
-        try:  # the DEPS helper's module, once merged
-            config_module: Any = importlib.import_module("plugbox.host._config")
-        except ImportError:
-            config_module = None
-        if config_module is not None and hasattr(config_module, "validated"):
-            result: dict[str, Any] = config_module.validated(
-                manifest.config_schema, config, plugin=manifest.name)
-            return result
-        # TODO(issue 9 §5): defaults and secrets come with _config.validated (DEPS helper).
-        try:
-            validate_config(manifest, config)
-        except ManifestError:
-            raise
-        except UsageError as exc:
-            path = None
-            if " at " in exc.message:
-                path = exc.message.split(" at ", 1)[1].split(":", 1)[0].split(" ", 1)[0]
-            raise ConfigError(exc.message, plugin=manifest.name, json_path=path or "$") from None
-        return dict(config)
+        """``config`` checked against ``manifest``'s schema, defaults applied
+        (:func:`plugbox.host._config.validated`; a :class:`plugbox.ConfigError` naming the
+        JSON path, its message free of secret values)."""
+        return self._checked_config(manifest.name, manifest.config_schema, config)
 
     def install(self, source: str | os.PathLike[str], *, enable: bool = True,
                 config: Mapping[str, Any] | None = None, actor: str | None = None
@@ -1015,3 +992,632 @@ class LifecycleMixin:
                 self._retired.append((gen, plugin))
                 return
         plugin.close()
+
+    # -- upgrade (issue 9 §3, §6) -------------------------------------------------------------
+
+    def upgrade(self, source: str | os.PathLike[str], *,
+                allow: bool | Callable[[PermissionDiff], bool] = False,
+                actor: str | None = None) -> UpgradeOutcome:
+        """Upgrade an installed plugin to the version at ``source`` (a directory, its
+        ``plugbox.json`` or a ``.plugbox`` package); the plugin's name comes from its
+        manifest.
+
+        The new version is verified completely (trust policy, policy, the host's points and
+        functions, its config against the current configuration) before anything changes.
+        When it asks for more than the current grant covers (services, functions, dispatch
+        patterns, http hosts and methods, event topics, larger kv/http quotas or limits), it
+        is activated only with consent: ``allow=True``, or ``allow(diff)`` returning True;
+        otherwise the outcome is ``needs-consent`` with the exact :class:`PermissionDiff`,
+        and nothing is installed. Then it is copied into the managed store and, when the
+        plugin is enabled here, loaded and its on-init run beside the old version, which
+        keeps serving; the host switches to it in one step (calls in flight finish on the old
+        one). A new version that fails to load or on-init is not activated: the outcome is
+        ``rolled-back`` with the reason, recorded in the audit log and as ``failed`` and
+        ``rolled-back`` events. On success the kept versions are pruned to ``keep_versions``
+        (the active one always kept) and the grant becomes the new version's.
+
+        A plugin that is not enabled (or a host in safe mode) is not loaded: its new version
+        is recorded, and tried when it is enabled.
+
+        Refused with :class:`plugbox.LifecycleError` when the plugin is not installed, is
+        pinned (unpin it first), or the new version is older than the active one (use
+        :meth:`rollback`); the same version with the same module is ``unchanged``.
+        """
+        self._check_open()
+        if type(allow) is not bool and not callable(allow):
+            raise UsageError(f"upgrade: allow must be True, False or a callable taking the "
+                             f"PermissionDiff, not {allow!r}")
+        with self._op_lock:
+            manifest, grant = self._verify_source(source)
+            name, version = manifest.name, manifest.version
+            row, versions = self._row(name, "upgrade")
+            old = row.version
+            if row.pinned:
+                raise LifecycleError(
+                    f"upgrade {name!r} to {version}: it is pinned at {old}, which holds it "
+                    f"against upgrades; unpin it first (host.unpin({name!r}), or `plugbox "
+                    f"plugins unpin {name}`)", plugin=name, operation="upgrade")
+            active = self._active_version(row, versions)
+            if version == old:
+                if manifest.module_sha256 == active.sha256:
+                    return UpgradeOutcome("unchanged", name, old, version,
+                                          PermissionDiff({}), None, self._info(row, versions))
+                raise LifecycleError(
+                    f"upgrade {name!r}: version {version} is active already, with a different "
+                    f"module (sha256 {active.sha256[:12]}... installed, "
+                    f"{manifest.module_sha256[:12]}... offered); give the new build a new "
+                    f"version", plugin=name, operation="upgrade")
+            self._refuse_downgrade(name, old, version, versions)
+            kept = next((v for v in versions if v.version == version), None)
+            if kept is not None and kept.sha256 != manifest.module_sha256:
+                raise LifecycleError(
+                    f"upgrade {name!r} to {version}: version {version} is kept in the managed "
+                    f"store with a different module; give the new build a new version (or "
+                    f"let keep_versions prune the old {version} first)", plugin=name,
+                    operation="upgrade")
+            self._check_dependents(name, "upgrade", old, _DepView.of(manifest.raw))
+            diff = permission_diff(row.grant, grant)
+            if not diff.empty and not self._consented(allow, diff):
+                with self.store.transaction() as tx:
+                    tx.audit(actor=actor, action="upgrade-needs-consent", plugin=name,
+                             from_version=old, to_version=version,
+                             detail=diff.describe().replace("\n", "; "))
+                return UpgradeOutcome("needs-consent", name, old, version, diff, None,
+                                      self._info(row, versions))
+            current = self._current_config(name)
+            try:
+                cfg = self._validated_config(manifest, current)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"upgrade {name!r} {old} -> {version}: the current configuration does not "
+                    f"fit the new version's config_schema ({exc.message}); configure "
+                    f"{name!r} with a configuration both versions accept first",
+                    plugin=name, json_path=exc.json_path, fix=exc.fix) from None
+            hosted = self.get(name) if name in self._managed else None
+            with self._lock:  # the host's checks, before anything is staged
+                if hosted is not None:
+                    self._admit_beside(hosted, manifest)
+                elif row.enabled and not self._safe_mode:
+                    self._admit(manifest)
+            target = self._plugins_dir / name / version
+            with self.store.transaction() as tx:
+                op = tx.begin_op("upgrade", name, {"from": old, "to": version,
+                                                  "path": str(target)})
+            try:
+                if kept is None and target.exists():  # an interrupted operation's leftover
+                    _remove_tree(target, self._plugins_dir / ".trash")
+                path, _ = self._stage(source, name, version, manifest.module_sha256)
+                outcome = self._activate_upgrade(row, manifest, grant, diff, path, cfg,
+                                                 current, hosted, os.fspath(source), op,
+                                                 actor)
+            except BaseException:
+                self._abandon(op, name)
+                raise
+        self._emit_outcome(outcome, actor)
+        return outcome
+
+    def _activate_upgrade(self, row: PluginRow, manifest: Manifest, grant: dict[str, Any],
+                          diff: PermissionDiff, path: Path, cfg: dict[str, Any],
+                          current: dict[str, Any], hosted: HostedPlugin | None, source: str,
+                          op: int, actor: str | None) -> UpgradeOutcome:
+        """Load the staged new version (beside ``hosted``, or alone when this process does
+        not serve the plugin), then record it and switch to it in one transaction; or record
+        the failure and keep the old one. Runs under ``_op_lock`` with journal row ``op``."""
+        name, old, version = row.name, row.version, manifest.version
+        fresh: HostedPlugin | None = None  # loaded beside hosted, not served yet
+        alone: HostedPlugin | None = None  # loaded and served (nothing served before)
+        reason = None
+        if row.enabled and not self._safe_mode:
+            try:
+                if hosted is not None:
+                    fresh = self._load_beside(hosted, path, cfg, hosted.enabled)
+                else:
+                    alone = self._load_hosted(path, cfg)
+            except PlugboxError as exc:
+                reason = _scrub(_failure_reason(exc),
+                                _secret_values(manifest.config_schema, cfg))
+        if reason is not None:
+            with self.store.transaction() as tx:
+                at = tx.audit(actor=actor, action="upgrade-failed", plugin=name,
+                              from_version=old, to_version=version, detail=reason)
+                tx.end_op(op)
+            self._sweep_plugin(name)
+            return UpgradeOutcome("rolled-back", name, old, version, diff, reason,
+                                  self.info(name))
+        swapped = False
+        try:
+            with self.store.transaction() as tx:
+                tx.bump()
+                tx.add_version(name=name, version=version, path=str(path),
+                               sha256=manifest.module_sha256, manifest=dict(manifest.raw))
+                fields: dict[str, Any] = {"version": version, "grant": grant,
+                                          "source": source}
+                if fresh is not None or alone is not None:
+                    fields.update(state="enabled", reason=None)
+                tx.update_plugin(name, **fields)
+                notes = [] if diff.empty else [f"granted {diff.describe()}"]
+                if cfg != current:
+                    revision = tx.set_config(name, cfg, actor)
+                    notes.append(f"config revision {revision}: "
+                                 + "; ".join(self._config_diff(manifest.config_schema,
+                                                               current, cfg)))
+                pruned = self._prune(tx, name, version)
+                if pruned:
+                    notes.append(f"pruned {', '.join(pruned)}")
+                tx.audit(actor=actor, action="upgrade", plugin=name, from_version=old,
+                         to_version=version,
+                         detail="; ".join(n.replace("\n", ", ") for n in notes) or None)
+                tx.end_op(op)
+                if fresh is not None and hosted is not None:
+                    self._replace_hosted(hosted, fresh)
+                    swapped = True
+                elif hosted is not None:  # loaded but disabled: enable loads the new one
+                    self._unhost(hosted)
+        except BaseException:
+            if fresh is not None and not swapped:
+                fresh.plugin.close()
+            if alone is not None:
+                self._unhost(alone)
+            raise
+        self._sweep_plugin(name)  # the pruned versions' files
+        return UpgradeOutcome("upgraded", name, old, version, diff, None, self.info(name))
+
+    def _emit_outcome(self, outcome: UpgradeOutcome, actor: str | None) -> None:
+        if outcome.status == "upgraded":
+            self._emit("upgraded", outcome.plugin, outcome.from_version, outcome.to_version,
+                       None, actor)
+        elif outcome.status == "rolled-back":
+            self._emit("failed", outcome.plugin, outcome.from_version, outcome.to_version,
+                       outcome.reason, actor)
+            self._emit("rolled-back", outcome.plugin, outcome.to_version,
+                       outcome.from_version, outcome.reason, actor)
+
+    @staticmethod
+    def _consented(allow: bool | Callable[[PermissionDiff], bool], diff: PermissionDiff
+                   ) -> bool:
+        if type(allow) is bool:
+            return allow
+        assert callable(allow)
+        return bool(allow(diff))
+
+    @staticmethod
+    def _refuse_downgrade(name: str, old: str, version: str,
+                          versions: list[VersionRow]) -> None:
+        newer, older = _version_key(version), _version_key(old)
+        if newer is None or older is None or newer >= older:
+            return
+        kept = [v.version for v in versions]
+        fix = (f"to go back to it, roll back: host.rollback({name!r}, to={version!r}) "
+               f"(`plugbox plugins rollback {name} --to {version}`)" if version in kept else
+               f"only kept versions can be rolled back to (kept: {', '.join(kept)}); "
+               f"uninstall and install {version} to run it anyway")
+        raise LifecycleError(f"upgrade {name!r} to {version}: {version} is older than the "
+                             f"active {old}; {fix}", plugin=name, operation="upgrade")
+
+    def _active_version(self, row: PluginRow, versions: list[VersionRow]) -> VersionRow:
+        for v in versions:
+            if v.version == row.version:
+                return v
+        raise StateError(f"plugin {row.name!r}: its active version {row.version} has no "
+                         f"entry in the managed store; reinstall it", path=str(self.store.url))
+
+    def _prune(self, tx: Any, name: str, active: str) -> list[str]:
+        """Forget the kept versions beyond ``keep_versions`` (least recently active first;
+        never ``active``). Their files are swept once the transaction committed."""
+        versions: list[VersionRow] = tx.versions(name)
+        extra = [v for v in versions if v.version != active][self._keep_versions - 1:]
+        for v in extra:
+            tx.delete_version(name, v.version)
+        return [v.version for v in extra]
+
+    def _abandon(self, op: int, name: str) -> None:
+        """An operation that raised before it was recorded: end its journal row and remove
+        the files it staged (what start() would do after a crash)."""
+        try:
+            with self.store.transaction() as tx:
+                tx.end_op(op)
+            self._sweep_plugin(name)
+        except (PlugboxError, OSError):
+            _log.warning("plugin %s: could not clean up after a failed operation; the next "
+                         "start() will", name, exc_info=True)
+
+    def _check_dependents(self, name: str, operation: str, old: str,
+                          new: _DepView) -> None:
+        """Refuse making ``new`` the active manifest of ``name`` when an enabled plugin
+        (``name`` itself included) that can start now could not start then: a dependent's
+        ``requires`` no longer matches, the new version's requirements or conflicts are not
+        met, or a cycle appears."""
+        with self.store.transaction() as tx:
+            rows = tx.plugins()
+            manifests = {}
+            for row in rows:
+                active = next((v for v in tx.versions(row.name) if v.version == row.version),
+                              None)
+                if active is not None:
+                    manifests[row.name] = _DepView.of(active.manifest)
+        enabled = [row.name for row in rows if row.enabled]
+        before = resolve(manifests, enabled)
+        after = resolve({**manifests, name: new}, enabled)
+        broken = [n for n in after.failed if n not in before.failed]
+        if not broken:
+            return
+        error = after.errors[broken[0]]
+        others = [n for n in broken if n != name]
+        raise DependencyError(
+            f"{operation} {name!r} {old} -> {new.version} is refused: "
+            + (f"enabled plugins {', '.join(others)} could no longer start ("
+               if others else "it could not start (") + f"{error.message}); nothing changed",
+            plugin=error.plugin or name, kind=error.kind, dependency=error.dependency,
+            specifier=error.specifier, plugins=error.plugins)
+
+    def _materialise(self, version: VersionRow) -> None:
+        """Bring ``version``'s files into this host's managed store when another machine
+        installed it (a store shared over PostgreSQL can; a SQLite one has them already)."""
+        materialise = getattr(self.store, "materialise", None)
+        if materialise is not None:
+            materialise(version)
+
+    # -- rollback ----------------------------------------------------------------------------
+
+    def rollback(self, name: str, *, to: str | None = None, confirm: bool = False,
+                 actor: str | None = None) -> PluginInfo:
+        """Make kept version ``to`` of ``name`` active again (None: the version that was
+        active before the current one, so a second rollback undoes the first). The kept files
+        are verified again and, when the plugin is enabled here, loaded and on-init run
+        beside the active version, then swapped in at once; calls in flight finish on the
+        old one. If the kept version fails to load, the active one keeps serving, the failure
+        is recorded and its error raised. The grant becomes the kept version's (it was
+        granted when that version was installed).
+
+        When the two versions' ``data_version`` differ (the plugin's stored data format
+        changed between them), the rollback is refused with a :class:`plugbox.LifecycleError`
+        whose message and ``warning`` attribute say so, unless ``confirm=True``; then it
+        proceeds and the returned :attr:`PluginInfo.warnings` holds the warning.
+
+        Refused (:class:`plugbox.LifecycleError`) for a plugin not installed, pinned (unpin
+        it first), with no other kept version, or a ``to`` that is not kept or is active.
+        """
+        self._check_open()
+        with self._op_lock:
+            row, versions = self._row(name, "rollback")
+            old = row.version
+            if row.pinned:
+                raise LifecycleError(
+                    f"rollback {name!r}: it is pinned at {old}; unpin it first "
+                    f"(host.unpin({name!r}), or `plugbox plugins unpin {name}`)", plugin=name,
+                    operation="rollback")
+            current = self._active_version(row, versions)
+            target = self._rollback_target(row, versions, to)
+            warning = _data_warning(name, current, target)
+            if warning is not None and not confirm:
+                raise LifecycleError(
+                    f"rollback {name!r} {old} -> {target.version}: {warning}. Pass "
+                    f"confirm=True (`plugbox plugins rollback {name} --to {target.version} "
+                    f"--yes`) to roll back anyway", plugin=name, operation="rollback",
+                    warning=warning)
+            self._check_dependents(name, "rollback", old, _DepView.of(target.manifest))
+            path = Path(target.path)
+            self._materialise(target)
+            manifest, grant = self._verify_source(path)
+            if manifest.version != target.version or \
+                    manifest.module_sha256 != target.sha256:
+                raise StateError(f"rollback {name!r} to {target.version}: the kept files in "
+                                 f"{path} differ from what was recorded; install that version "
+                                 f"again instead", path=str(path))
+            config = self._current_config(name)
+            try:
+                cfg = self._validated_config(manifest, config)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"rollback {name!r} {old} -> {target.version}: the current configuration "
+                    f"does not fit {target.version}'s config_schema ({exc.message}); "
+                    f"configure {name!r} with a configuration both versions accept, or roll "
+                    f"the configuration back too (host.rollback_config)", plugin=name,
+                    json_path=exc.json_path, fix=exc.fix) from None
+            hosted = self.get(name) if name in self._managed else None
+            fresh: HostedPlugin | None = None
+            alone: HostedPlugin | None = None
+            if row.enabled and not self._safe_mode:
+                try:
+                    if hosted is not None:
+                        fresh = self._load_beside(hosted, path, cfg, hosted.enabled)
+                    else:
+                        alone = self._load_hosted(path, cfg)
+                except PlugboxError as exc:
+                    reason = _scrub(_failure_reason(exc),
+                                    _secret_values(manifest.config_schema, cfg))
+                    with self.store.transaction() as tx:
+                        tx.audit(actor=actor, action="rollback-failed", plugin=name,
+                                 from_version=old, to_version=target.version, detail=reason)
+                    self._emit("failed", name, old, target.version, reason, actor)
+                    exc.add_note(f"(rollback of {name!r} {old} -> {target.version}: the "
+                                 f"active {old} keeps serving)")
+                    raise
+            swapped = False
+            try:
+                with self.store.transaction() as tx:
+                    tx.bump()
+                    tx.touch_version(name, target.version)
+                    fields: dict[str, Any] = {"version": target.version, "grant": grant}
+                    if fresh is not None or alone is not None:
+                        fields.update(state="enabled", reason=None)
+                    tx.update_plugin(name, **fields)
+                    if cfg != config:
+                        tx.set_config(name, cfg, actor)
+                    at = tx.audit(actor=actor, action="rollback", plugin=name,
+                                  from_version=old, to_version=target.version,
+                                  detail=warning)
+                    if fresh is not None and hosted is not None:
+                        self._replace_hosted(hosted, fresh)
+                        swapped = True
+                    elif hosted is not None:  # loaded but disabled
+                        self._unhost(hosted)
+            except BaseException:
+                if fresh is not None and not swapped:
+                    fresh.plugin.close()
+                if alone is not None:
+                    self._unhost(alone)
+                raise
+            row, versions = self._row(name, "rollback")
+            info = self._info(row, versions, () if warning is None else (warning,))
+        self._emit("rolled-back", name, old, target.version, warning, actor, at)
+        return info
+
+    def _rollback_target(self, row: PluginRow, versions: list[VersionRow],
+                         to: str | None) -> VersionRow:
+        name, kept = row.name, ", ".join(v.version for v in versions)
+        if to is None:
+            for v in versions:  # most recently active first
+                if v.version != row.version:
+                    return v
+            raise LifecycleError(
+                f"rollback {name!r}: no version other than the active {row.version} is kept, "
+                f"so there is nothing to roll back to (the host keeps keep_versions="
+                f"{self._keep_versions} versions; upgrades add them)", plugin=name,
+                operation="rollback")
+        if not isinstance(to, str):
+            raise UsageError(f"rollback {name!r}: to must be a version string or None, not "
+                             f"{to!r}", plugin=name)
+        if to == row.version:
+            raise LifecycleError(f"rollback {name!r} to {to}: {to} is the active version "
+                                 f"already; nothing to roll back", plugin=name,
+                                 operation="rollback")
+        for v in versions:
+            if v.version == to:
+                return v
+        raise LifecycleError(f"rollback {name!r} to {to}: version {to} is not kept (kept: "
+                             f"{kept}); roll back to one of those, or upgrade to {to} from "
+                             f"its source", plugin=name, operation="rollback")
+
+    # -- configuration (issue 9 §5, §6) ------------------------------------------------------
+
+    def configure(self, name: str, config: Mapping[str, Any], *,
+                  actor: str | None = None) -> PluginInfo:
+        """Replace the configuration of ``name`` with ``config`` (the whole configuration):
+        validated against the active version's ``config_schema`` with its defaults applied,
+        stored as a new revision (:meth:`config_history`) and recorded in the audit log
+        (changed paths only; secret values never). When this process serves the plugin, new
+        instances get on-init with the new configuration beside the running ones, and the
+        host switches to them in one step: calls that started keep the old configuration,
+        calls after see the new one.
+
+        Nothing is applied, even partly, when the configuration fails: a
+        :class:`plugbox.ConfigError` names the JSON path (``json_path``); one the plugin's
+        on-init refuses is a ConfigError too (``json_path`` ``$``). A configuration equal to
+        the current one changes nothing. A plugin not served here gets it when it loads (a
+        disabled one still loaded is unloaded, so that enabling it loads it with the new
+        configuration).
+        """
+        self._check_open()
+        with self._op_lock:
+            row, versions = self._row(name, "configure")
+            return self._apply_config(row, versions, config, actor, "configure", None)
+
+    def rollback_config(self, name: str, revision: int | None = None, *,
+                        actor: str | None = None) -> PluginInfo:
+        """Apply stored configuration ``revision`` of ``name`` again (None: the one before
+        the current one), as :meth:`configure` does: validated against the active version's
+        schema, swapped in atomically, recorded as a new revision (history is never
+        rewritten). :class:`plugbox.LifecycleError` for an unknown revision or when there is
+        no earlier one; :class:`plugbox.ConfigError` when it no longer fits the schema."""
+        self._check_open()
+        if revision is not None and (type(revision) is not int or revision < 1):
+            raise UsageError(f"rollback_config {name!r}: revision must be a positive int or "
+                             f"None, not {revision!r}", plugin=name)
+        with self._op_lock:
+            row, versions = self._row(name, "rollback_config")
+            with self.store.transaction() as tx:
+                history = tx.config_history(name)
+            numbers = [h[0] for h in history]
+            shown = ", ".join(map(str, numbers)) or "none"
+            if revision is None:
+                if len(history) < 2:
+                    raise LifecycleError(
+                        f"rollback_config {name!r}: there is no configuration before the "
+                        f"current one (revisions: {shown}); set one with host.configure",
+                        plugin=name, operation="rollback_config")
+                revision, config = history[-2][0], history[-2][1]
+            else:
+                found = [h for h in history if h[0] == revision]
+                if not found:
+                    raise LifecycleError(
+                        f"rollback_config {name!r} to revision {revision}: no such revision "
+                        f"(revisions: {shown}); see host.config_history({name!r})",
+                        plugin=name, operation="rollback_config")
+                if revision == numbers[-1]:
+                    raise LifecycleError(
+                        f"rollback_config {name!r} to revision {revision}: it is the current "
+                        f"configuration already; nothing to roll back", plugin=name,
+                        operation="rollback_config")
+                config = found[0][1]
+            return self._apply_config(row, versions, config, actor, "config-rollback",
+                                      f"revision {revision} again")
+
+    def _apply_config(self, row: PluginRow, versions: list[VersionRow],
+                      config: Mapping[str, Any], actor: str | None, action: str,
+                      note: str | None) -> PluginInfo:
+        """Validate ``config``, swap the served plugin to instances started with it, and
+        record it (one transaction). Runs under ``_op_lock``."""
+        name = row.name
+        schema = self._active_version(row, versions).manifest.get("config_schema")
+        cfg = self._checked_config(name, schema, config)
+        current = self._current_config(name)
+        with self.store.transaction() as tx:
+            stored = tx.config(name)
+        if stored is not None and stored[1] == cfg:
+            return self._info(row, versions)
+        hosted = self.get(name) if name in self._managed else None
+        fresh: HostedPlugin | None = None
+        if hosted is not None and hosted.enabled:
+            try:
+                fresh = self._load_beside(hosted, hosted.source, cfg, hosted.enabled)
+            except PlugboxError as exc:
+                problem = _scrub(exc.message, _secret_values(schema, cfg)
+                                 | _secret_values(schema, current))
+                with self.store.transaction() as tx:
+                    tx.audit(actor=actor, action=f"{action}-refused", plugin=name,
+                             from_version=row.version, to_version=row.version,
+                             detail=f"on-init refused it: {problem}"[:2000])
+                raise ConfigError(
+                    f"plugin {name!r}: the configuration is refused: its on-init failed with "
+                    f"it ({problem}); nothing of it was applied, the old configuration stays. "
+                    f"To fix: change the configuration so that the plugin accepts it",
+                    plugin=name, json_path="$",
+                    fix="change the configuration so that the plugin accepts it") from None
+        changes = self._config_diff(schema, current, cfg)
+        swapped = False
+        try:
+            with self.store.transaction() as tx:
+                tx.bump()
+                revision = tx.set_config(name, cfg, actor)
+                detail = f"revision {revision}" + (f" ({note})" if note else "") + (
+                    ": " + "; ".join(changes) if changes else "")
+                at = tx.audit(actor=actor, action=action, plugin=name,
+                              from_version=row.version, to_version=row.version,
+                              detail=detail[:4000])
+                if fresh is not None and hosted is not None:
+                    self._replace_hosted(hosted, fresh)
+                    swapped = True
+                elif hosted is not None:  # loaded but disabled: enable loads it anew
+                    self._unhost(hosted)
+        except BaseException:
+            if fresh is not None and not swapped:
+                fresh.plugin.close()
+            raise
+        self._emit("config-changed", name, row.version, row.version,
+                   f"revision {revision}" + (f", {note}" if note else ""), actor, at)
+        return self._info(row, versions)
+
+    @staticmethod
+    def _config_diff(schema: Any, old: Mapping[str, Any], new: Mapping[str, Any]
+                     ) -> list[str]:
+        return config_diff(old, new, schema)
+
+    def config_of(self, name: str, *, redacted: bool = False) -> dict[str, Any]:
+        """The configuration plugin ``name`` runs with (``{}`` when none was set). With
+        ``redacted``, every value its kept versions' schemas mark ``writeOnly`` is replaced
+        by :data:`plugbox.host._config.REDACTED` (for anything printed)."""
+        _, versions = self._row(name, "config")
+        with self.store.transaction() as tx:
+            found = tx.config(name)
+        config = dict(found[1]) if found else {}
+        return self._redacted(versions, config) if redacted else config
+
+    def config_history(self, name: str, *, redacted: bool = False) -> list[ConfigRevision]:
+        """Every stored configuration of ``name``, oldest first (``[]`` for a plugin never
+        configured); with ``redacted``, secret values hidden as in :meth:`config_of`."""
+        with self.store.transaction() as tx:
+            entries = tx.config_history(name)
+            versions = tx.versions(name)
+        if not redacted:
+            return [ConfigRevision(*entry) for entry in entries]
+        return [ConfigRevision(revision, self._redacted(versions, config), who, at)
+                for revision, config, who, at in entries]
+
+    @staticmethod
+    def _redacted(versions: list[VersionRow], config: Mapping[str, Any]) -> dict[str, Any]:
+        """``config`` with what any kept version's schema marks ``writeOnly`` hidden (a
+        revision may date from another version)."""
+        out = dict(config)
+        for version in versions:
+            out = redact_config(version.manifest.get("config_schema"), out)
+        return out
+
+    def _checked_config(self, name: str, schema: Any, config: Any) -> dict[str, Any]:
+        """``config`` validated against ``schema`` with its defaults applied; a
+        :class:`plugbox.ConfigError` whose message carries no secret value."""
+        try:
+            return validated(schema, config, plugin=name)
+        except ConfigError as exc:
+            secrets = _secret_values(schema, config) if isinstance(config, Mapping) else set()
+            if not secrets:
+                raise
+            raise ConfigError(_scrub(exc.message, secrets), plugin=name,
+                              json_path=exc.json_path, fix=_scrub(exc.fix, secrets)) from None
+
+
+@dataclass(frozen=True)
+class _DepView:
+    """What dependency resolution needs of a manifest, from its JSON form."""
+
+    name: str
+    version: str
+    requires: Mapping[str, str]
+    optional: Mapping[str, str]
+    conflicts: Mapping[str, str]
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any]) -> _DepView:
+        return cls(str(raw.get("name")), str(raw.get("version")),
+                   dict(raw.get("requires") or {}), dict(raw.get("optional") or {}),
+                   dict(raw.get("conflicts") or {}))
+
+
+def _data_warning(name: str, current: VersionRow, target: VersionRow) -> str | None:
+    """The warning for a rollback from ``current`` to ``target`` across a data format change
+    (their manifests' ``data_version`` differ), or None."""
+    now = int(current.manifest.get("data_version", 0) or 0)
+    then = int(target.manifest.get("data_version", 0) or 0)
+    if now == then:
+        return None
+    return (f"{name} {current.version} stores its data in format {now} (data_version) and "
+            f"{target.version} in format {then}: data {current.version} wrote (or migrated) "
+            f"may not be readable by {target.version}; back up the plugin's kv data first")
+
+
+def _secret_values(schema: Any, config: Mapping[str, Any]) -> set[str]:
+    """The text forms of every value ``schema`` marks ``writeOnly`` in ``config`` (leaves of
+    the secret subtrees), to scrub them out of messages."""
+    found: set[str] = set()
+
+    def leaves(value: Any) -> None:
+        if isinstance(value, Mapping):
+            for child in value.values():
+                leaves(child)
+        elif isinstance(value, list):
+            for child in value:
+                leaves(child)
+        elif isinstance(value, str):
+            found.update({repr(value), json.dumps(value)})
+            if len(value) >= 4:  # shorter ones would scrub ordinary words
+                found.add(value)
+        elif value is not None and not isinstance(value, bool) and len(str(value)) >= 4:
+            found.add(str(value))
+
+    for path in secret_paths(schema, config):
+        node: Any = config
+        for part in path:
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                node = None
+                break
+        leaves(node)
+    return found
+
+
+def _scrub(text: str, secrets: set[str]) -> str:
+    """``text`` with every secret value replaced by ``***`` (longest first)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
