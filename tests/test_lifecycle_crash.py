@@ -47,10 +47,10 @@ TIMED_RUNS = 5
 #: Delays are drawn from [0, SPREAD * median duration]: a few kills land after the end. (The
 #: seed replays the draws; where they land also depends on the machine's load.)
 SPREAD = 1.15
-#: Kills that must land inside the operation (leaving a journal entry or a partial file),
-#: or the run proves little: past KILLS, killing goes on until that many did (or MAX_KILLS).
-MIN_MID = 15
-MAX_KILLS = 3 * KILLS
+#: Kills that must land inside the operation (leaving a journal entry, a partial file, or
+#: the after-state before the operation returned), or the run proves little: past KILLS, killing goes on until that many did (or MAX_KILLS).
+MIN_MID = 10
+MAX_KILLS = 2 * KILLS
 #: Every so many kills another uninterrupted run updates the duration (the load changes).
 RETIME_EVERY = 10
 #: Operations stopped mid-way while another process starts on their state dir.
@@ -358,7 +358,10 @@ def test_sigkill_leaves_the_state_before_or_after(
     rng = random.Random(f"{seed}-{kind}")
     before, after, durations = _measure(kind, server, sources, cache_dir, tmp_path)
     outcomes = {"before": 0, "after": 0}
-    left = {"journal": 0, "files": 0}
+    # Where the kills that landed inside the operation left it: a journal entry, partial
+    # files, or (an operation that is one transaction leaves neither) its transaction
+    # committed before the operation returned.
+    left = {"journal": 0, "files": 0, "committed": 0}
     recovered: dict[str, int] = {}
     mid = finished = kills = 0
     while kills < KILLS or (mid < MIN_MID and kills < MAX_KILLS):
@@ -386,13 +389,17 @@ def test_sigkill_leaves_the_state_before_or_after(
         if reply["finished"]:
             finished += 1
             assert got == after, where
+        elif got == after and not problems:
+            mid += 1
+            left["committed"] += 1
         assert got in (before, after), (where, problems, report, got, before, after)
         outcomes["before" if got == before else "after"] += 1
         shutil.rmtree(state)
     print(f"\n{kind}: {kills} kills across {statistics.median(durations) * 1000:.2f} ms "
           f"(median of {len(durations)} uninterrupted runs): "
           f"{mid} landed inside it ({left['journal']} left a journal entry, "
-          f"{left['files']} only files; start() recovered {recovered or 'no operation'}), "
+          f"{left['files']} only files, {left['committed']} the after-state before it "
+          f"returned; start() recovered {recovered or 'no operation'}), "
           f"{finished} after its end; state before {outcomes['before']}, after "
           f"{outcomes['after']}")
     assert mid >= MIN_MID, f"{kind}: only {mid} of {kills} kills landed inside the operation"
@@ -441,3 +448,18 @@ def test_a_start_in_another_process_leaves_a_running_operation_alone(
         shutil.rmtree(state)
     print(f"\n{kind}: {PAUSES} starts beside a stopped operation, {waited} of them waited "
           f"for it")
+
+
+def test_install_over_the_copy_a_killed_install_left(tmp_path: Path, cache_dir: Path,
+                                                     sources: Sources) -> None:
+    """A host that started before another process was killed mid-install (its copy renamed
+    into ``plugins/alpha/1.0.0``, never recorded) installs that version, even rebuilt with
+    another module, instead of refusing it as a clash with something nothing recorded."""
+    with new_host(tmp_path / "state", cache_dir) as host:
+        host.start()
+        shutil.copytree(sources.v1, tmp_path / "state" / "plugins" / "alpha" / "1.0.0")
+        rebuilt = make_plugin(tmp_path / "src", "alpha", "1.0.0", "alpha rebuilt",
+                              config_schema=SCHEMA)
+        assert host.install(rebuilt).version == "1.0.0"
+        assert values(host) == ["alpha rebuilt"]
+        assert host.check_integrity() == []

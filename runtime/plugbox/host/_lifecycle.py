@@ -375,14 +375,18 @@ def _copy_plugin(source_dir: Path, target: Path) -> None:
     """Copy the plugin files of ``source_dir`` (manifest, module, signatures, docs) into the
     new directory ``target``, each file fsynced."""
     target.mkdir(parents=True)
+    directories = {target}
     for member, path in package_members(source_dir).items():
         dest = target / member
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.parent not in directories:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            directories.add(dest.parent)
         with open(path, "rb") as src, open(dest, "wb") as out:
             shutil.copyfileobj(src, out)
             out.flush()
             os.fsync(out.fileno())
-    _fsync_dir(target)
+    for directory in sorted(directories, key=lambda d: len(d.parts), reverse=True):
+        _fsync_dir(directory)  # deepest first: each entry is durable before its parent's
 
 
 def _remove_tree(path: Path, trash: Path) -> None:
@@ -569,8 +573,15 @@ class LifecycleMixin:
                sha256: str) -> tuple[Path, bool]:
         """Copy the plugin at ``source`` into ``plugins/<name>/<version>/`` (temp dir, then an
         atomic rename). (path, created); an existing directory with the same module is reused;
-        one with another is refused."""
+        one with another is refused. An existing directory the database does not reference is
+        what a killed operation left (the caller holds the lifecycle lock, so no live one
+        owns it): it is removed and the copy made afresh."""
         target = self._plugins_dir / name / version
+        if target.exists():
+            with self.store.transaction() as tx:
+                recorded = any(v.version == version for v in tx.versions(name))
+            if not recorded:
+                _remove_tree(target, self._plugins_dir / ".trash")
         if target.exists():
             try:
                 existing = validate_manifest(read_manifest(target))
@@ -589,9 +600,12 @@ class LifecycleMixin:
             with staged_plugin(source) as staged:
                 directory = staged if staged.is_dir() else staged.parent
                 _copy_plugin(directory, tmp)
+            new_parent = not target.parent.exists()
             target.parent.mkdir(parents=True, exist_ok=True)
             os.rename(tmp, target)
             _fsync_dir(target.parent)
+            if new_parent:
+                _fsync_dir(self._plugins_dir)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise StateError(f"install {name!r}: cannot copy it into the managed store "
