@@ -19,7 +19,9 @@ measures:
 6. the PluginHost's dispatch overhead: `each` over 10 echo plugins against 10 direct calls,
    `first` against one direct call;
 7. propagation of a lifecycle change between two processes, SQLite and PostgreSQL
-   (bench/propagation.py).
+   (bench/propagation.py);
+8. the lifecycle (bench/lifecycle.py): enable/disable latency, upgrade time of a Rust and a
+   Python plugin (cold compile, warm cache), RSS over 1,000 reloads.
 
 Every figure is the median over several repetitions; contenders are interleaved repetition by
 repetition so that background load hits them alike. Prints tables with ratios and the issue's
@@ -56,6 +58,9 @@ sys.path.insert(0, str(REPO / "runtime"))  # run from a checkout without install
 import wasmtime  # noqa: E402
 
 import plugbox  # noqa: E402
+
+sys.path.insert(0, str(BENCH))
+import lifecycle  # noqa: E402  (bench/lifecycle.py)
 
 SIZES = [16, 1024, 64 * 1024, 1024 * 1024]
 HOST_CALLS_N = 10_000
@@ -1205,10 +1210,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the Python-plugin rows (they need componentize-py; ~40 s)")
     ap.add_argument("--only", default="", metavar="SECTIONS",
                     help="run only these comma-separated sections: calls, hostcalls, threads, "
-                         "deadlines, dispatch, python, propagation (default: all)")
+                         "deadlines, dispatch, python, propagation, lifecycle (default: all)")
     args = ap.parse_args(argv)
     sections = {"calls", "hostcalls", "threads", "deadlines", "dispatch", "python",
-                "propagation"}
+                "propagation", "lifecycle"}
     only = {s.strip() for s in args.only.split(",") if s.strip()} or sections
     if only - sections:
         ap.error(f"unknown sections: {', '.join(sorted(only - sections))}")
@@ -1274,11 +1279,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         log("Python plugin (componentize-py build, cold load compiles for ~10 s) ...")
         bench_python(res, build_dir, reps, rep_seconds)
+    if "lifecycle" in only:
+        log("lifecycle: enable/disable, upgrade, reload memory ...")
+        lifecycle.run(res, echo_dir, build_dir, quick=args.quick, python=not args.no_python)
 
     env["load_average_at_end"] = os.getloadavg()
     env["wall_seconds"] = round(time.perf_counter() - started, 1)
     tgts = targets(res, env["cpus_available"])
     tables = build_tables(res, tgts)
+    if "lifecycle" in only:
+        tables += lifecycle.tables(res.rows)
     print_report(tables, env)
     doc = {"environment": env, "targets": tgts, "rows": res.rows}
     if args.markdown_out is not None:

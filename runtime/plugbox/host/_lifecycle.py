@@ -20,6 +20,7 @@ each table generation).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -332,18 +333,62 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _OpLock:
+    """The lock every lifecycle operation holds (``PluginHost._op_lock``): re-entrant within
+    the process, and while held, an exclusive ``flock`` on ``state_dir/lifecycle.lock``, so
+    the operations of several processes on one state dir run one at a time and
+    :meth:`LifecycleMixin.start`'s recovery (which holds it too) only ever meets what a
+    *dead* process left: the kernel drops a killed process's lock, never a live one's. (Hosts
+    on several machines sharing a PostgreSQL store each lock their own state dir.)"""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+
+    def __enter__(self) -> _OpLock:
+        self._lock.acquire()
+        try:
+            if self._depth == 0:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._fd = fd
+            self._depth += 1
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the only descriptor releases the flock
+        self._lock.release()
+
+
 def _copy_plugin(source_dir: Path, target: Path) -> None:
     """Copy the plugin files of ``source_dir`` (manifest, module, signatures, docs) into the
     new directory ``target``, each file fsynced."""
     target.mkdir(parents=True)
+    directories = {target}
     for member, path in package_members(source_dir).items():
         dest = target / member
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.parent not in directories:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            directories.add(dest.parent)
         with open(path, "rb") as src, open(dest, "wb") as out:
             shutil.copyfileobj(src, out)
             out.flush()
             os.fsync(out.fileno())
-    _fsync_dir(target)
+    for directory in sorted(directories, key=lambda d: len(d.parts), reverse=True):
+        _fsync_dir(directory)  # deepest first: each entry is durable before its parent's
 
 
 def _remove_tree(path: Path, trash: Path) -> None:
@@ -410,7 +455,7 @@ class LifecycleMixin:
     _plugins_dir: Path
     _safe_mode: bool
     _keep_versions: int
-    _op_lock: threading.RLock
+    _op_lock: _OpLock
     _subscribers: list[Callable[[LifecycleEvent], None]]
     _managed: set[str]
     _started: bool
@@ -425,7 +470,7 @@ class LifecycleMixin:
         self._safe_mode = (os.environ.get("PLUGBOX_SAFE_MODE", "") in ("1", "true", "yes")
                            if safe_mode is None else bool(safe_mode))
         self._keep_versions = keep_versions
-        self._op_lock = threading.RLock()
+        self._op_lock = _OpLock(state_dir / "lifecycle.lock")
         self._subscribers = []
         self._managed = set()
         self._started = False
@@ -530,8 +575,15 @@ class LifecycleMixin:
                sha256: str) -> tuple[Path, bool]:
         """Copy the plugin at ``source`` into ``plugins/<name>/<version>/`` (temp dir, then an
         atomic rename). (path, created); an existing directory with the same module is reused;
-        one with another is refused."""
+        one with another is refused. An existing directory the database does not reference is
+        what a killed operation left (the caller holds the lifecycle lock, so no live one
+        owns it): it is removed and the copy made afresh."""
         target = self._plugins_dir / name / version
+        if target.exists():
+            with self.store.transaction() as tx:
+                recorded = any(v.version == version for v in tx.versions(name))
+            if not recorded:
+                _remove_tree(target, self._plugins_dir / ".trash")
         if target.exists():
             try:
                 existing = validate_manifest(read_manifest(target))
@@ -550,9 +602,12 @@ class LifecycleMixin:
             with staged_plugin(source) as staged:
                 directory = staged if staged.is_dir() else staged.parent
                 _copy_plugin(directory, tmp)
+            new_parent = not target.parent.exists()
             target.parent.mkdir(parents=True, exist_ok=True)
             os.rename(tmp, target)
             _fsync_dir(target.parent)
+            if new_parent:
+                _fsync_dir(self._plugins_dir)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise StateError(f"install {name!r}: cannot copy it into the managed store "
