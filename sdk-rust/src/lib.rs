@@ -33,7 +33,8 @@
 //!
 //! A hook the plugin does not register fails with [`Error::NotFound`] naming it. A panic traps
 //! the instance (the release profile must use `panic = "abort"`); the host reports it as a
-//! guest trap and discards the instance.
+//! guest trap carrying the panic's message and `file:line:column` (the SDK's panic hook leaves
+//! them in the `plugbox-panic` slot, abi/README.md §4) and discards the instance.
 //!
 //! **ABI versions.** The SDK implements ABI 1.1. Each function is imported from the ABI version
 //! that added it (the 1.0 functions from `@1.0.0`, [`host`], [`kv::increment`] and

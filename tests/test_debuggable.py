@@ -1,0 +1,194 @@
+"""Failures an author can debug (issue 10 §5): a Rust panic reaches the host with its message
+and ``file:line:column``; a host reads the report only within its bounds."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import plugbox
+from tests.conftest import wat_module, write_plugin
+
+REPO = Path(__file__).resolve().parent.parent
+
+LIB_RS = r'''
+use plugbox_sdk::{hooks, Result};
+
+fn literal(_payload: Vec<u8>) -> Result<Vec<u8>> {
+    panic!("a literal panic")
+}
+
+fn formatted(payload: Vec<u8>) -> Result<Vec<u8>> {
+    let n = payload.len();
+    if n > 2 {
+        panic!("payload of {} bytes is too long", n);
+    }
+    Ok(payload)
+}
+
+fn unwrapped(_payload: Vec<u8>) -> Result<Vec<u8>> {
+    let nothing: Option<u8> = None;
+    Ok(vec![nothing.unwrap()])
+}
+
+fn huge(_payload: Vec<u8>) -> Result<Vec<u8>> {
+    let long = "x".repeat(5000);
+    panic!("line one\nline two \u{1b}[31m {}", long)
+}
+
+hooks! {
+    "literal" => literal,
+    "formatted" => formatted,
+    "unwrapped" => unwrapped,
+    "huge" => huge,
+}
+'''
+
+#: The line of each panic in LIB_RS (1-based, as rustc reports it).
+LINES = {name: i + 1 for i, line in enumerate(LIB_RS.splitlines())
+         for name, marker in (("literal", 'panic!("a literal'), ("formatted", "panic!(\"payload"),
+                              ("unwrapped", "nothing.unwrap()"), ("huge", "panic!(\"line one"))
+         if marker in line}
+
+CARGO_TOML = '''[package]
+name = "panicky"
+version = "0.1.0"
+edition = "2021"
+rust-version = "1.63"
+publish = false
+
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+plugbox-sdk = { path = "../plugbox-sdk" }
+'''
+
+WORKSPACE_TOML = '''[workspace]
+members = ["plugbox-sdk", "panicky"]
+resolver = "2"
+
+[profile.release]
+opt-level = "s"
+lto = true
+codegen-units = 1
+strip = true
+panic = "abort"
+'''
+
+
+@pytest.fixture(scope="module")
+def panicky(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Rust plugin built from source with the SDK whose hooks panic."""
+    from plugbox.authoring._build import build_rust_plugins, find_rust_toolchain
+
+    try:
+        find_rust_toolchain()
+    except plugbox.UsageError as exc:
+        pytest.skip(f"no Rust toolchain for wasm32-unknown-unknown: {exc}")
+    workspace = tmp_path_factory.mktemp("panicky")
+    (workspace / "Cargo.toml").write_text(WORKSPACE_TOML)
+    os.symlink(REPO / "sdk-rust", workspace / "plugbox-sdk")
+    crate = workspace / "panicky"
+    (crate / "src").mkdir(parents=True)
+    (crate / "Cargo.toml").write_text(CARGO_TOML)
+    (crate / "src" / "lib.rs").write_text(LIB_RS)
+    (crate / "plugbox.json").write_text(json.dumps({
+        "manifest_version": 1, "name": "panicky", "version": "0.1.0", "abi": "1.0",
+        "module": {"path": "plugin.wasm", "sha256": "0" * 64},
+        "hooks": ["literal", "formatted", "unwrapped", "huge"],
+    }))
+    out = tmp_path_factory.mktemp("panicky-out")
+    return build_rust_plugins(workspace, out, target_dir=workspace / "target")["panicky"]
+
+
+def trap_of(plugin: plugbox.Plugin, hook: str, payload: bytes = b"") -> plugbox.GuestTrap:
+    with pytest.raises(plugbox.GuestTrap) as info:
+        plugin.call(hook, payload)
+    return info.value
+
+
+def test_a_rust_panic_reports_its_message_and_location(runtime: plugbox.Runtime,
+                                                       panicky: Path) -> None:
+    with runtime.load(panicky) as plugin:
+        trap = trap_of(plugin, "literal")
+        where = f"panicky/src/lib.rs:{LINES['literal']}:5"
+        assert (trap.panic_message, trap.panic_location) == ("a literal panic", where)
+        assert f"panicked at {where}: a literal panic" in trap.message
+        assert "plugin 'panicky'" in trap.message and "'literal'" in trap.message
+        assert (trap.plugin, trap.hook) == ("panicky", "literal")
+
+        # formatted messages, and the plugin serves on (a fresh instance) after a panic
+        assert plugin.call("formatted", b"ok") == b"ok"
+        trap = trap_of(plugin, "formatted", b"four")
+        assert trap.panic_message == "payload of 4 bytes is too long"
+        assert trap.panic_location == f"panicky/src/lib.rs:{LINES['formatted']}:9"
+        assert plugin.call("formatted", b"ok") == b"ok"
+
+        # a panic inside the standard library is located at the caller (track_caller)
+        trap = trap_of(plugin, "unwrapped")
+        assert trap.panic_message == "called `Option::unwrap()` on a `None` value"
+        assert trap.panic_location is not None
+        assert trap.panic_location.startswith(f"panicky/src/lib.rs:{LINES['unwrapped']}:")
+
+
+def test_a_long_panic_message_is_cut_and_its_control_characters_escaped(
+        runtime: plugbox.Runtime, panicky: Path) -> None:
+    with runtime.load(panicky) as plugin:
+        trap = trap_of(plugin, "huge")
+    message = trap.panic_message
+    assert message is not None
+    assert message.startswith("line one\\x0aline two \\x1b[31m xxx")
+    assert "\n" not in trap.message and "\x1b" not in trap.message
+    # the slot holds 1020 bytes: location, NUL, then as much of the message as fits
+    assert len(message.encode()) < 1100 and message.endswith("x")
+
+
+def slot_module(address: int, report: bytes, *, global_type: str = "i32",
+                length: int | None = None) -> bytes:
+    """A WAT plugin whose hook traps after leaving ``report`` in a panic slot at ``address``
+    (``length`` overrides the length field)."""
+    size = len(report) if length is None else length
+    data = size.to_bytes(4, "little") + report
+    escaped = "".join(f"\\{b:02x}" for b in data)
+    init = f"({global_type}.const {address})"
+    fields = (f'(global (export "plugbox-panic") {global_type} {init})\n'
+              f'  (data (i32.const {address if address < 65536 else 0}) "{escaped}")')
+    return wat_module("unreachable", fields)
+
+
+@pytest.mark.parametrize("case", ["outside memory", "over the bound", "misaligned", "i64",
+                                  "empty"])
+def test_a_broken_panic_slot_is_ignored(runtime: plugbox.Runtime, tmp_path: Path,
+                                        case: str) -> None:
+    """What a hostile module puts in the slot never crashes or misleads the host: a report
+    that does not fit its bounds is ignored and the trap is reported plainly."""
+    kw: dict[str, Any] = {
+        "outside memory": {"address": 65534, "report": b"x"},
+        "over the bound": {"address": 2048, "report": b"a.rs:1:1\0m", "length": 4096},
+        "misaligned": {"address": 2050, "report": b"a.rs:1:1\0m"},
+        "i64": {"address": 2048, "report": b"a.rs:1:1\0m", "global_type": "i64"},
+        "empty": {"address": 2048, "report": b""},
+    }[case]
+    if case == "outside memory":
+        # the global points 2 bytes before the end of the one-page memory
+        module = wat_module("unreachable", '(global (export "plugbox-panic") i32 '
+                                           '(i32.const 65534))')
+    else:
+        module = slot_module(**kw)
+    with runtime.load(write_plugin(tmp_path / "p", module, name="slotty")) as plugin:
+        trap = trap_of(plugin, "run")
+    assert trap.panic_message is None and trap.panic_location is None
+    assert "guest trapped: wasm trap: wasm `unreachable` instruction executed" in trap.message
+
+
+def test_a_well_formed_slot_of_a_hand_written_module_is_read(runtime: plugbox.Runtime,
+                                                             tmp_path: Path) -> None:
+    module = slot_module(2048, b"lib.c:7:3\0gave up \xff here")
+    with runtime.load(write_plugin(tmp_path / "p", module, name="slotty")) as plugin:
+        trap = trap_of(plugin, "run")
+    assert (trap.panic_location, trap.panic_message) == ("lib.c:7:3", "gave up \ufffd here")
