@@ -192,3 +192,44 @@ def test_a_well_formed_slot_of_a_hand_written_module_is_read(runtime: plugbox.Ru
     with runtime.load(write_plugin(tmp_path / "p", module, name="slotty")) as plugin:
         trap = trap_of(plugin, "run")
     assert (trap.panic_location, trap.panic_message) == ("lib.c:7:3", "gave up \ufffd here")
+
+
+TRACEBACK = ("on-hook raised ValueError:\nTraceback (most recent call last):\n"
+             "  File \"app.py\", line 3, in run\nValueError: bad \x1b[31mvalue\n")
+
+
+def logging_plugin(directory: Path, message: str) -> Path:
+    """A WAT plugin whose hook ``run`` logs ``message`` at level error and returns null."""
+    data = message.encode()
+    escaped = "".join(f"\\{b:02x}" for b in data)
+    body = f"""
+    (call $log (i32.const 4) (i32.const 1024) (i32.const {len(data)}))
+    (i32.store8 (i32.const 16) (i32.const 0))
+    (i32.store (i32.const 20) (i32.const 2048))
+    (i32.store (i32.const 24) (i32.const 4))
+    (i32.const 16)"""
+    fields = ('(import "plugbox:plugin/log@1.0.0" "log" (func $log (param i32 i32 i32)))\n'
+              f'  (data (i32.const 1024) "{escaped}")\n  (data (i32.const 2048) "null")')
+    return write_plugin(directory, wat_module(body, fields), name="logger",
+                        permissions={"log": True},
+                        implements={"report.render": {"hook": "run"}})
+
+
+def test_a_multi_line_plugin_record_keeps_its_lines_and_names_plugin_hook_and_point(
+        host: plugbox.PluginHost, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    host.extension_point("report.render", version="1.0.0", mode="each")
+    host.add(logging_plugin(tmp_path / "logger", TRACEBACK))
+    with caplog.at_level("INFO", logger="plugbox.plugin.logger"):
+        assert host.call("report.render", {}).values == [None]
+        host.plugins[0].plugin.call("run", b"")  # called directly: no point
+    dispatched, direct = [r for r in caplog.records if r.name == "plugbox.plugin.logger"]
+    assert dispatched.levelname == "ERROR"
+    assert dispatched.getMessage() == (
+        "on-hook raised ValueError:\n    Traceback (most recent call last):\n"
+        "      File \"app.py\", line 3, in run\n    ValueError: bad \\x1b[31mvalue")
+    assert dispatched.lines == ("on-hook raised ValueError:", "Traceback (most recent call last):",
+                                "  File \"app.py\", line 3, in run",
+                                "ValueError: bad \\x1b[31mvalue")
+    assert (dispatched.plugin, dispatched.hook, dispatched.point) == ("logger", "run",
+                                                                     "report.render")
+    assert (direct.plugin, direct.hook, direct.point) == ("logger", "run", None)

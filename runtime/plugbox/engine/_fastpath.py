@@ -1383,7 +1383,7 @@ def _log(st: _CallState, svc: HostServices, a: tuple[int, ...]) -> None:
     else:
         message = inst.read_str(ptr, n, st.hook, "log message")
     try:
-        svc.log(level, message, omitted=omitted)
+        svc.log(level, message, omitted=omitted, hook=st.hook)
     except Exception as exc:
         _denied_or_error(st, exc)  # log has no result: denial is counted, not returned
 

@@ -306,7 +306,7 @@ def _a_log(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
     level = _LEVELS.index(_name(a[0].of.enumeration))
     message, omitted = _get_log_message(a[1])
     try:
-        svc.log(level, message, omitted=omitted)
+        svc.log(level, message, omitted=omitted, hook=st.hook)
     except HostCallError as exc:
         if exc.kind == "denied" and st.denied is None:
             st.denied = exc.permission or "log"

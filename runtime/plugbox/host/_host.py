@@ -32,7 +32,7 @@ from .._permissions import Limits
 from .._plugin import Plugin
 from .._policy import Policy
 from .._runtime import Runtime, check_runnable
-from ..services._services import HostCallError
+from ..services._services import DISPATCH_CHAIN, HostCallError
 from ..trust._package import staged_plugin
 from ..trust._trust import TrustPolicy
 from ._errors import (IncompatiblePointError, InvalidResultError, OrderCycleError, PayloadError,
@@ -64,8 +64,8 @@ BACKGROUND_FAILURES_KEPT: Final = 256
 # The dispatch chain of the current context: the points being dispatched and the plugins
 # being called, outermost first. Context variables follow the call into worker threads
 # (submitted with copy_context), so a chain split over threads is still one chain.
-_POINTS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
-    "plugbox_host_points", default=())
+# (The points' variable lives in the services layer, whose log records name the point.)
+_POINTS = DISPATCH_CHAIN
 _PLUGINS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
     "plugbox_host_plugins", default=frozenset())
 
