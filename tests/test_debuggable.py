@@ -233,3 +233,55 @@ def test_a_multi_line_plugin_record_keeps_its_lines_and_names_plugin_hook_and_po
     assert (dispatched.plugin, dispatched.hook, dispatched.point) == ("logger", "run",
                                                                      "report.render")
     assert (direct.plugin, direct.hook, direct.point) == ("logger", "run", None)
+
+
+# -- plugbox call shows what an author needs --------------------------------------------------
+
+from plugbox.cli._main import main  # noqa: E402
+
+
+def test_plugbox_call_prints_the_plugins_log_records_and_puts_them_in_json(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plugin = logging_plugin(tmp_path / "logger", TRACEBACK)
+    state = str(tmp_path / "state")
+    assert main(["call", str(plugin), "run", "--state-dir", state]) == 0
+    out, err = capsys.readouterr()
+    assert out == "null\n"
+    assert err == ("[error] logger: on-hook raised ValueError:\n"
+                   "    Traceback (most recent call last):\n"
+                   "      File \"app.py\", line 3, in run\n"
+                   "    ValueError: bad \\x1b[31mvalue\n")
+
+    assert main(["call", str(plugin), "run", "--json", "--state-dir", state]) == 0
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert err == ""  # with --json the records are in the document
+    assert doc["logs"] == [{"level": "error", "hook": "run",
+                            "message": "on-hook raised ValueError:\n    Traceback (most "
+                                       "recent call last):\n      File \"app.py\", line 3, "
+                                       "in run\n    ValueError: bad \\x1b[31mvalue",
+                            "lines": ["on-hook raised ValueError:",
+                                      "Traceback (most recent call last):",
+                                      "  File \"app.py\", line 3, in run",
+                                      "ValueError: bad \\x1b[31mvalue"]}]
+    assert doc["stats"]["fuel_used"] > 0 and doc["stats"]["memory_bytes"] == 65536
+
+    # --log-level filters
+    assert main(["call", str(plugin), "run", "--log-level", "error", "--state-dir", state]) == 0
+    assert "[error]" in capsys.readouterr().err
+    assert main(["call", str(plugin), "run", "--log-level", "trace", "--state-dir", state]) == 0
+
+
+def test_plugbox_call_json_reports_a_panic_with_its_location_and_stats(
+        tmp_path: Path, panicky: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["call", str(panicky), "formatted", "--text", "long", "--json",
+                 "--state-dir", str(tmp_path / "state")])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 1 and doc["ok"] is False
+    assert doc["error"]["type"] == "GuestTrap"
+    assert (f"panicked at panicky/src/lib.rs:{LINES['formatted']}:9: payload of 4 bytes is too "
+            f"long") in doc["error"]["message"]
+    assert doc["error"]["panic"] == {"message": "payload of 4 bytes is too long",
+                                     "location": f"panicky/src/lib.rs:{LINES['formatted']}:9"}
+    assert doc["stats"]["fuel_used"] > 0 and doc["stats"]["memory_bytes"] > 0
+    assert doc["logs"] == []

@@ -116,6 +116,7 @@ _error_message = _proto(_pydll, "wasmtime_error_message", None, _P, _P)
 _error_delete = _proto(_pydll, "wasmtime_error_delete", None, _P)
 _byte_vec_delete = _proto(_pydll, "wasm_byte_vec_delete", None, _P)
 _global_get = _proto(_pydll, "wasmtime_global_get", None, _P, _P, _P)
+_get_fuel = _proto(_pydll, "wasmtime_context_get_fuel", _P, _P, _P)
 
 _string_at = ctypes.string_at
 _memmove = ctypes.memmove
@@ -1193,6 +1194,20 @@ class Instance:
                                 f"trapped with {self.memory_size()} bytes in use: {first}")
         return GuestTrap(f"{_where(self.plugin, hook)}: guest trapped: {first}",
                          plugin=self.plugin, hook=hook)
+
+    def usage(self, fuel: int) -> tuple[int | None, int | None]:
+        """(fuel used of the ``fuel`` the last call was given, memory size in bytes): what the
+        call that just ran on this instance used. (None, None) once closed."""
+        if self.closed:
+            return None, None
+        left = c_uint64()
+        err = _get_fuel(self.ctx, ctypes.addressof(left))
+        if err:
+            _take_error(err)
+            used = None
+        else:
+            used = max(0, fuel - left.value)
+        return used, self.memory_size()
 
     def panic_report(self) -> tuple[str, str] | None:
         """(location, message) the SDK's panic hook left in the ``plugbox-panic`` slot, read

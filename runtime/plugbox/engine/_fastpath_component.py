@@ -931,6 +931,17 @@ class ComponentInstance:
         if message.startswith("RecursionError"):
             raise stack_error(self.plugin, hook, message)
 
+    def usage(self, fuel: int) -> tuple[int | None, int | None]:
+        """(fuel used of the ``fuel`` the last call was given, None): a component's memories
+        are hidden from the host. (None, None) once closed."""
+        if self.closed:
+            return None, None
+        try:
+            left = self._store.get_fuel()
+        except wasmtime.WasmtimeError:
+            return None, None
+        return max(0, fuel - left), None
+
     def call_init(self, config_json: bytes, fuel: int, ticks: int, deadline_ms: int
                   ) -> CallOutcome:
         """Run ``on-init(config)`` when exported."""
