@@ -1217,7 +1217,7 @@ class Instance:
             return None
         val = _wb.wasmtime_val_t()
         _global_get(self.ctx, self._panic, ctypes.addressof(val))
-        if val.kind != _WASMTIME_I32:
+        if getattr(val, "kind") != _WASMTIME_I32:  # a ctypes field reads as an int
             return None
         at = val.of.i32 & 0xFFFFFFFF
         view = self._refresh()
