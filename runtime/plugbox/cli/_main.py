@@ -37,6 +37,7 @@ from ..engine import _abispec
 from ._authoring import add_build, add_new
 from ._common import clean as _clean, positive_int as _positive_int
 from ._discover import add_discover
+from ._doctor import add_doctor
 from ._dev import add_dev
 from .._errors import (
     CapabilityError,
@@ -1406,6 +1407,7 @@ _COMMANDS: Final[tuple[Callable[[Any], None], ...]] = (
     add_new,
     add_discover,
     add_dev,
+    add_doctor,
 )
 
 
