@@ -14,7 +14,7 @@ PUBLIC = sorted([
     "AbiViolation", "AddedPlugins", "CallRecord", "CapabilityError", "ClosedError",
     "DeadlineExceeded", "DiscoveredPlugin", "DiscoveryLimits", "DiscoveryProblem", "DiscoveryReport",
     "DispatchResult", "Event", "EventBus", "EventsPermission", "ExtensionPoint", "Failure",
-    "FuelExhausted", "GuestError", "GuestTrap", "HashMismatchError", "HostFunction",
+    "FuelExhausted", "GuestError", "GuestTrap", "HashMismatchError", "HealthReport", "HostFunction",
     "HostedPlugin", "HttpPermission", "IdentityConflictError", "IncompatibleAbiError",
     "IncompatibleHostError", "IncompatiblePointError", "InvalidResultError", "KeyFileError",
     "KvPermission", "LimitExceeded", "Limits", "Manifest", "ManifestError",

@@ -36,6 +36,7 @@ from ._errors import (
 from .services._events import Event, EventBus
 from .host import (
     AddedPlugins,
+    HealthReport,
     AuditEntry,
     ConfigError,
     ConfigRevision,
@@ -100,6 +101,7 @@ __all__ = [
     "GuestError",
     "GuestTrap",
     "HashMismatchError",
+    "HealthReport",
     "HostFunction",
     "HostedPlugin",
     "HttpPermission",

@@ -4,7 +4,7 @@
 //! the host calls a hook by name with a byte payload (usually JSON) and gets bytes back, or one
 //! of the ABI's [`Error`]s. Register the handlers with [`hooks!`]; call host services through
 //! the safe modules [`log`], [`config`], [`kv`], [`events`], [`clock`], [`random`] and [`http`],
-//! and into the host application through [`host`] (ABI 1.1).
+//! and into the host application through [`host`] (ABI 1.1); report health with [`health`].
 //!
 //! ```ignore
 //! use plugbox_sdk::json::{self, Value};
@@ -54,6 +54,7 @@ pub mod clock;
 pub mod config;
 mod error;
 pub mod events;
+pub mod health;
 pub mod host;
 #[doc(hidden)]
 pub mod hostcalls;

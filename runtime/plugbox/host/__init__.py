@@ -22,6 +22,7 @@ from ._errors import (
     PayloadError,
     ReentrantDispatchError,
 )
+from ._health import HEALTH_HOOK, HealthReport
 from ._host import MAX_DISPATCH_DEPTH, HostedPlugin, HostRouter, PluginHost
 from ._lifecycle import (
     AuditEntry,
@@ -37,6 +38,7 @@ from ._points import ExtensionPoint, HostFunction
 from ._results import DispatchResult, Failure, Result
 
 __all__ = [
+    "HEALTH_HOOK",
     "MAX_DISPATCH_DEPTH",
     "AddedPlugins",
     "AuditEntry",
@@ -50,6 +52,7 @@ __all__ = [
     "DispatchResult",
     "ExtensionPoint",
     "Failure",
+    "HealthReport",
     "HostFunction",
     "HostRouter",
     "HostedPlugin",

@@ -46,6 +46,7 @@ from .._plugin import run_cancellable
 from ._discovery import (AddedPlugins, DiscoveredPlugin, DiscoveryLimits, DiscoveryProblem,
                          DiscoveryReport, discover)
 # For the lifecycle block at the end of PluginHost (issue 9).
+from ._health import HealthMixin
 from ._lifecycle import LifecycleMixin
 
 __all__ = ["MAX_DISPATCH_DEPTH", "HostedPlugin", "PluginHost"]
@@ -181,7 +182,7 @@ def _dumps(value: Any) -> bytes:
                       allow_nan=False).encode("utf-8")
 
 
-class PluginHost(LifecycleMixin):
+class PluginHost(LifecycleMixin, HealthMixin):
     """Hosts many plugins behind extension points: the object a host application creates
     once, declares its extension points and host functions on, adds plugins to and
     dispatches through.
@@ -189,7 +190,9 @@ class PluginHost(LifecycleMixin):
     ``state_dir``, ``trust`` and ``policy`` are those of the :class:`plugbox.Runtime` the host
     owns (:attr:`runtime`); ``runtime_options`` are passed to it too (``cache_dir``,
     ``pooled_instances``, ...). ``max_workers`` bounds the threads that run ``concurrent``
-    dispatches and ``background`` notifications.
+    dispatches and ``background`` notifications. ``health_interval`` (seconds) runs the
+    plugins' health checks on a schedule once :meth:`start` ran (None: only on demand and at
+    loads and upgrades; see :meth:`check_health`).
 
     Usage::
 
@@ -213,6 +216,7 @@ class PluginHost(LifecycleMixin):
         state_url: str | os.PathLike[str] | None = None,
         safe_mode: bool | None = None,
         keep_versions: int = 3,
+        health_interval: float | None = None,
     ) -> None:
         if type(max_workers) is not int or not 1 <= max_workers <= 64:
             raise UsageError(f"max_workers must be an int from 1 to 64, not {max_workers!r}")
@@ -245,6 +249,7 @@ class PluginHost(LifecycleMixin):
         self._readers: dict[int, int] = {}
         self._retired: list[tuple[int, Plugin]] = []
         try:
+            self._init_health(health_interval)
             self._init_lifecycle(state_url, safe_mode, keep_versions)
         except BaseException:
             self._workers.shutdown(wait=False)
@@ -781,6 +786,7 @@ class PluginHost(LifecycleMixin):
             if self._closed:
                 return
             self._closed = True
+        self._stop_health_schedule()
         self._workers.shutdown(wait=True, cancel_futures=True)
         self.runtime.close()
         self.store.close()

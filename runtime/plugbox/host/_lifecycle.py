@@ -875,6 +875,7 @@ class LifecycleMixin:
                         elif row.name in loaded and row.state == "failed":
                             tx.update_plugin(row.name, state="enabled", reason=None)
             self._started = True
+        self._start_health_schedule()  # type: ignore[attr-defined]  # HealthMixin
         for name, reason in failed.items():
             self._emit("failed", name, None, None, reason, "start")
         if self._safe_mode:
