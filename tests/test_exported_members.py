@@ -11,10 +11,12 @@ PUBLIC = sorted([
     "AuditEntry", "ConfigError", "ConfigRevision", "DependencyError", "LifecycleError",
     "LifecycleEvent", "PermissionDiff", "PluginInfo", "RecoveredOperation", "StartReport",
     "UpgradeOutcome",
+    # Issue 10 (monitoring):
+    "BreakerPolicy", "BreakerState", "HealthReport", "QuarantinedError",
     "AbiViolation", "AddedPlugins", "CallRecord", "CapabilityError", "ClosedError",
     "DeadlineExceeded", "DiscoveredPlugin", "DiscoveryLimits", "DiscoveryProblem", "DiscoveryReport",
     "DispatchResult", "Event", "EventBus", "EventsPermission", "ExtensionPoint", "Failure",
-    "FuelExhausted", "GuestError", "GuestTrap", "HashMismatchError", "HealthReport", "HostFunction",
+    "FuelExhausted", "GuestError", "GuestTrap", "HashMismatchError", "HostFunction",
     "HostedPlugin", "HttpPermission", "IdentityConflictError", "IncompatibleAbiError",
     "IncompatibleHostError", "IncompatiblePointError", "InvalidResultError", "KeyFileError",
     "KvPermission", "LimitExceeded", "Limits", "Manifest", "ManifestError",

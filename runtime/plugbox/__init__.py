@@ -36,6 +36,9 @@ from ._errors import (
 from .services._events import Event, EventBus
 from .host import (
     AddedPlugins,
+    BreakerPolicy,
+    BreakerState,
+    QuarantinedError,
     HealthReport,
     AuditEntry,
     ConfigError,
@@ -80,6 +83,8 @@ __all__ = [
     "AbiViolation",
     "AddedPlugins",
     "AuditEntry",
+    "BreakerPolicy",
+    "BreakerState",
     "CallRecord",
     "CapabilityError",
     "ClosedError",
@@ -134,6 +139,7 @@ __all__ = [
     "Policy",
     "PolicyViolationError",
     "PublicKey",
+    "QuarantinedError",
     "RecoveredOperation",
     "ReentrantDispatchError",
     "Result",

@@ -22,6 +22,7 @@ from ._errors import (
     PayloadError,
     ReentrantDispatchError,
 )
+from ._breaker import BreakerPolicy, BreakerState, QuarantinedError
 from ._health import HEALTH_HOOK, HealthReport
 from ._host import MAX_DISPATCH_DEPTH, HostedPlugin, HostRouter, PluginHost
 from ._lifecycle import (
@@ -42,6 +43,8 @@ __all__ = [
     "MAX_DISPATCH_DEPTH",
     "AddedPlugins",
     "AuditEntry",
+    "BreakerPolicy",
+    "BreakerState",
     "ConfigError",
     "ConfigRevision",
     "DependencyError",
@@ -65,6 +68,7 @@ __all__ = [
     "PermissionDiff",
     "PluginHost",
     "PluginInfo",
+    "QuarantinedError",
     "RecoveredOperation",
     "ReentrantDispatchError",
     "Result",

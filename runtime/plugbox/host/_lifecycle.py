@@ -62,7 +62,8 @@ _log = logging.getLogger("plugbox.lifecycle")
 
 #: Lifecycle event kinds, in the order a plugin usually meets them.
 EVENT_KINDS: Final = ("installed", "enabled", "disabled", "upgraded", "rolled-back", "failed",
-                      "uninstalled", "config-changed", "pinned", "unpinned")
+                      "uninstalled", "config-changed", "pinned", "unpinned", "quarantined",
+                      "released")
 STATES: Final = ("installed", "enabled", "disabled", "failed")
 
 
