@@ -398,14 +398,20 @@ def test_call_json_payload_gives_json_output(plugin: Callable[..., Path], state:
     code, doc = run_json(capsys, "call", str(plugin()), "run", "--json", '{"a": [1, 2]}',
                          "--state-dir", state)
     assert code == 0
+    stats = doc.pop("stats")
     assert doc == {
         "plugin": "echo",
         "hook": "run",
         "ok": True,
         "result": {"a": [1, 2]},
+        "result_is_json": True,
         "result_text": '{"a": [1, 2]}',
         "result_base64": base64.b64encode(b'{"a": [1, 2]}').decode(),
+        "logs": [],
     }
+    # what the call used: a WAT echo runs a few instructions in its one page of memory
+    assert stats["seconds"] > 0 and 0 < stats["fuel_used"] < 1000
+    assert stats["memory_bytes"] == 65536
 
 
 def test_call_human_output(plugin: Callable[..., Path], state: str,
@@ -423,8 +429,10 @@ def test_bare_json_switches_only_the_output(plugin: Callable[..., Path], state: 
     code, doc = run_json(capsys, "call", str(plugin()), "run", "--text", "plain words", "--json",
                          "--state-dir", state)
     assert code == 0
-    assert doc["result"] is None
+    assert doc["result"] is None and doc["result_is_json"] is False
     assert doc["result_text"] == "plain words"
+    assert doc["note"].startswith("the result is not JSON (Expecting value")
+    assert doc["note"].endswith("its text is in result_text")
 
 
 def test_call_binary_file_payload(plugin: Callable[..., Path], state: str, tmp_path: Path,
@@ -436,6 +444,8 @@ def test_call_binary_file_payload(plugin: Callable[..., Path], state: str, tmp_p
                          "--json", "--state-dir", state)
     assert code == 0
     assert doc["result_text"] is None and doc["result"] is None
+    assert doc["note"] == ("the result is not UTF-8 text, so not JSON; its bytes are in "
+                           "result_base64")
     assert base64.b64decode(doc["result_base64"]) == payload
     code, out, err = run(capsys, "call", directory, "run", "--file",
                          str(tmp_path / "payload.bin"), "--state-dir", state)

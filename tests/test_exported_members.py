@@ -11,6 +11,8 @@ PUBLIC = sorted([
     "AuditEntry", "ConfigError", "ConfigRevision", "DependencyError", "LifecycleError",
     "LifecycleEvent", "PermissionDiff", "PluginInfo", "RecoveredOperation", "StartReport",
     "UpgradeOutcome",
+    # Issue 10 (monitoring):
+    "BreakerPolicy", "BreakerState", "HealthReport", "QuarantinedError",
     "AbiViolation", "AddedPlugins", "CallRecord", "CapabilityError", "ClosedError",
     "DeadlineExceeded", "DiscoveredPlugin", "DiscoveryLimits", "DiscoveryProblem", "DiscoveryReport",
     "DispatchResult", "Event", "EventBus", "EventsPermission", "ExtensionPoint", "Failure",

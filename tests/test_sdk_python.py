@@ -73,8 +73,9 @@ def test_public_names() -> None:
     assert plugbox_sdk.__all__ == sorted(plugbox_sdk.__all__)
     assert set(plugbox_sdk.__all__) == {
         "ABI_VERSION", "ERROR_KINDS", "DeniedError", "Error", "FailureError",
-        "InvalidInputError", "LimitReachedError", "NotFoundError", "__version__", "clock",
-        "config", "events", "hook", "host", "http", "init", "kv", "log", "random",
+        "HEALTH_HOOK", "InvalidInputError", "LimitReachedError", "NotFoundError",
+        "__version__", "clock", "config", "events", "health", "hook", "host", "http", "init",
+        "kv", "log", "random",
     }
     assert testing.__all__ == sorted(testing.__all__)
     for name in plugbox_sdk.__all__ + [f"testing.{n}" for n in testing.__all__]:

@@ -219,9 +219,15 @@ def test_log_escapes_control_characters(
     with caplog.at_level(logging.INFO, logger="plugbox.plugin.demo"):
         hs.log(2, "line1\nERROR root: forged\r\x1b[31m\ttab é\u2028")
         hs.log(2, "\n" * 5000)  # escaping expands it; still capped
-    forged, many = (r.getMessage() for r in plugin_records(caplog))
-    assert forged == "line1\\nERROR root: forged\\r\\x1b[31m\ttab é\\u2028"
-    assert len(many.encode()) <= LOG_MESSAGE_MAX and many.startswith("\\n\\n")
+    first, second = plugin_records(caplog)
+    forged, many = first.getMessage(), second.getMessage()
+    # a multi-line message stays multi-line, but every line after the first is indented, so
+    # none can pass for a record of its own; other control characters are escaped
+    assert forged == "line1\n    ERROR root: forged\\r\\x1b[31m\ttab é\\u2028"
+    assert first.lines == ("line1", "ERROR root: forged\\r\\x1b[31m\ttab é\\u2028")
+    assert (first.plugin, first.hook, first.point) == ("demo", None, None)
+    assert len(many.encode()) <= LOG_MESSAGE_MAX and many.startswith("\n    \n    ")
+    assert all(line.startswith("    ") for line in many.split("\n")[1:])
 
 
 def test_log_rate_limit(kv: KvStore, bus: EventBus, caplog: pytest.LogCaptureFixture) -> None:

@@ -180,7 +180,18 @@ class StackOverflow(LimitExceeded):
 
 
 class GuestTrap(PluginCallError):
-    """The guest trapped: unreachable, out-of-bounds memory access, division by zero, ..."""
+    """The guest trapped: unreachable, out-of-bounds memory access, division by zero, ...
+
+    When a Rust plugin panicked, the SDK's panic hook left a report: ``panic_message`` holds
+    the panic's message and ``panic_location`` its ``file:line:column`` (both are in the
+    message too); otherwise both are None.
+    """
+
+    def __init__(self, message: str, *, plugin: str | None = None, hook: str | None = None,
+                 panic_message: str | None = None, panic_location: str | None = None) -> None:
+        super().__init__(message, plugin=plugin, hook=hook)
+        self.panic_message = panic_message
+        self.panic_location = panic_location
 
 
 class AbiViolation(PluginCallError):

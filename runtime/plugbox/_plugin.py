@@ -78,9 +78,13 @@ class _Waiter:
 
 
 class CallRecord:
-    """What monitors see of one call: plugin, hook, sizes, duration and the error if any."""
+    """What monitors see of one call: plugin, hook, sizes, duration, the error if any, and
+    what the call used: ``fuel_used`` (instructions' fuel, None when unknown) and
+    ``memory_bytes`` (the linear memory of the instance that served it, which only grows, so
+    its peak; None for a component, whose memories the host cannot see)."""
 
-    __slots__ = ("plugin", "hook", "payload_size", "result_size", "seconds", "error")
+    __slots__ = ("plugin", "hook", "payload_size", "result_size", "seconds", "error",
+                 "fuel_used", "memory_bytes")
 
     def __init__(self, plugin: str, hook: str, payload_size: int) -> None:
         self.plugin = plugin
@@ -89,6 +93,8 @@ class CallRecord:
         self.result_size = 0
         self.seconds = 0.0
         self.error: PlugboxError | None = None
+        self.fuel_used: int | None = None
+        self.memory_bytes: int | None = None
 
 
 class Plugin:
@@ -368,7 +374,7 @@ class Plugin:
         started = _monotonic()
         try:
             result = self._call(hook, hook_bytes, payload, fuel, ticks, started + seconds,
-                                int(seconds * 1000))
+                                int(seconds * 1000), record)
             record.result_size = len(result)
             return result
         except PlugboxError as exc:
@@ -381,7 +387,7 @@ class Plugin:
 
     def _call(
         self, hook: str, hook_bytes: bytes, payload: bytes, fuel: int, ticks: int,
-        deadline_at: float, deadline_ms: int,
+        deadline_at: float, deadline_ms: int, record: CallRecord | None = None,
     ) -> bytes:
         self.calls += 1
         persistent = self._persistent
@@ -423,6 +429,8 @@ class Plugin:
             exc.hook = exc.hook or hook
             raise
         finally:
+            if record is not None and (outcome is not None or failed):  # the guest ran
+                record.fuel_used, record.memory_bytes = inst.usage(fuel)
             if scope is not None and scope.unbind(inst):
                 failed = True  # interrupted by a cancelled acall: the mark stays, never reuse it
             # A trapped instance may hold half-updated state: it is never reused.
@@ -431,7 +439,7 @@ class Plugin:
             self.calls -= 1
             result: bytes = run_on_enough_stack(self._template.engine, self._call, hook,
                                                 hook_bytes, payload, fuel, ticks, deadline_at,
-                                                deadline_ms)
+                                                deadline_ms, record)
             return result
         late = _monotonic() - deadline_at
         if late > OVERRUN_GRACE_S:

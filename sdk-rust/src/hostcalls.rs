@@ -21,6 +21,9 @@
 #![allow(unsafe_code)]
 
 use std::alloc::{self, Layout};
+use std::cell::UnsafeCell;
+use std::fmt::{self, Write as _};
+use std::sync::Once;
 
 use crate::error::{Error, Result};
 use crate::http::{Request, Response};
@@ -837,6 +840,82 @@ pub fn export_cabi_realloc(
     ptr
 }
 
+// ---------------------------------------------------------------------------------- panics
+
+/// Most bytes of a panic report the host reads (the slot is this plus its 4-byte length).
+pub const PANIC_REPORT_MAX: usize = 1020;
+
+/// Where the panic hook leaves its report for the host: `len` (u32, little-endian), then `len`
+/// bytes of UTF-8: the panic's `file:line:column`, a NUL byte, the panic message. The host
+/// finds it through the exported global `plugbox-panic` (the slot's address) and reads it only
+/// after the instance trapped; no guest code runs after the panic (abi/README.md, "Panic
+/// reports").
+#[repr(C, align(4))]
+pub struct PanicSlot {
+    len: UnsafeCell<u32>,
+    bytes: UnsafeCell<[u8; PANIC_REPORT_MAX]>,
+}
+
+// Safety: a wasm32-unknown-unknown instance has one thread; only the panic hook writes.
+unsafe impl Sync for PanicSlot {}
+
+#[doc(hidden)]
+#[export_name = "plugbox-panic"]
+pub static PANIC_SLOT: PanicSlot = PanicSlot {
+    len: UnsafeCell::new(0),
+    bytes: UnsafeCell::new([0; PANIC_REPORT_MAX]),
+};
+
+/// Appends to [`PANIC_SLOT`], cutting what does not fit (at a character boundary).
+struct SlotWriter {
+    at: usize,
+}
+
+impl fmt::Write for SlotWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = PANIC_REPORT_MAX - self.at;
+        let mut take = s.len().min(room);
+        while take > 0 && !s.is_char_boundary(take) {
+            take -= 1;
+        }
+        // Safety: single-threaded, and the slot is written only here, by the panic hook.
+        unsafe {
+            (*PANIC_SLOT.bytes.get())[self.at..self.at + take]
+                .copy_from_slice(&s.as_bytes()[..take]);
+            self.at += take;
+            *PANIC_SLOT.len.get() = self.at as u32;
+        }
+        if take < s.len() {
+            Err(fmt::Error)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn record_panic(info: &std::panic::PanicInfo<'_>) {
+    let mut out = SlotWriter { at: 0 };
+    // Formatting writes into the static slot: no allocation while panicking.
+    let _ = match info.location() {
+        Some(at) => write!(out, "{}:{}:{}\0", at.file(), at.line(), at.column()),
+        None => out.write_str("\0"),
+    };
+    let payload = info.payload();
+    let _ = if let Some(text) = payload.downcast_ref::<&str>() {
+        out.write_str(text)
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        out.write_str(text)
+    } else {
+        out.write_str("Box<dyn Any>")
+    };
+}
+
+/// Installs the hook that writes panic reports into [`PANIC_SLOT`] (once per instance).
+fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| std::panic::set_hook(Box::new(record_panic)));
+}
+
 /// Body of the `on-init` export: takes the config string, runs `init`, returns the result.
 #[doc(hidden)]
 #[allow(clippy::not_unsafe_ptr_arg_deref)]
@@ -845,6 +924,7 @@ pub fn export_on_init(
     config_len: usize,
     init: fn(&str) -> Result<()>,
 ) -> *mut u8 {
+    install_panic_hook();
     // Safety: the host allocated the argument with cabi_realloc and hands it over.
     let config = unsafe { take_bytes(config_ptr, config_len) };
     let result = match String::from_utf8(config) {
@@ -873,6 +953,7 @@ pub fn export_on_hook(
     payload_len: usize,
     dispatch: fn(&str, Vec<u8>) -> Result<Vec<u8>>,
 ) -> *mut u8 {
+    install_panic_hook();
     // Safety: the host allocated both arguments with cabi_realloc and hands them over.
     let (hook, payload) = unsafe {
         (

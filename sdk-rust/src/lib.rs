@@ -4,7 +4,7 @@
 //! the host calls a hook by name with a byte payload (usually JSON) and gets bytes back, or one
 //! of the ABI's [`Error`]s. Register the handlers with [`hooks!`]; call host services through
 //! the safe modules [`log`], [`config`], [`kv`], [`events`], [`clock`], [`random`] and [`http`],
-//! and into the host application through [`host`] (ABI 1.1).
+//! and into the host application through [`host`] (ABI 1.1); report health with [`health`].
 //!
 //! ```ignore
 //! use plugbox_sdk::json::{self, Value};
@@ -33,7 +33,8 @@
 //!
 //! A hook the plugin does not register fails with [`Error::NotFound`] naming it. A panic traps
 //! the instance (the release profile must use `panic = "abort"`); the host reports it as a
-//! guest trap and discards the instance.
+//! guest trap carrying the panic's message and `file:line:column` (the SDK's panic hook leaves
+//! them in the `plugbox-panic` slot, abi/README.md §4) and discards the instance.
 //!
 //! **ABI versions.** The SDK implements ABI 1.1. Each function is imported from the ABI version
 //! that added it (the 1.0 functions from `@1.0.0`, [`host`], [`kv::increment`] and
@@ -53,6 +54,7 @@ pub mod clock;
 pub mod config;
 mod error;
 pub mod events;
+pub mod health;
 pub mod host;
 #[doc(hidden)]
 pub mod hostcalls;

@@ -37,11 +37,13 @@ from ..engine import _abispec
 from ._authoring import add_build, add_new
 from ._common import clean as _clean, positive_int as _positive_int
 from ._discover import add_discover
+from ._doctor import add_doctor
 from ._dev import add_dev
 from ._plugins import add_plugins
 from .._errors import (
     CapabilityError,
     GuestError,
+    GuestTrap,
     HashMismatchError,
     IncompatibleAbiError,
     IncompatibleHostError,
@@ -68,6 +70,7 @@ from .._manifest import (
 )
 from ..trust._package import extract_package, is_package, read_package, write_package
 from .._permissions import Limits
+from .._plugin import CallRecord
 from .._policy import DEFAULT_MAX_LIMITS, Policy
 from ..trust._signing import SecretKey, sign_bytes, write_keypair
 from ..trust._trust import (
@@ -121,6 +124,8 @@ def _error_json(exc: PlugboxError) -> dict[str, Any]:
     }
     if isinstance(exc, ManifestError):
         doc["json_path"] = exc.json_path
+    if isinstance(exc, GuestTrap) and exc.panic_message is not None:
+        doc["panic"] = {"message": exc.panic_message, "location": exc.panic_location}
     if isinstance(exc, GuestError):
         doc["kind"] = exc.kind
         doc["detail"] = exc.detail
@@ -710,19 +715,74 @@ def _result_json(plugin: str, hook: str, result: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         text = None
     decoded: Any = None
-    if text is not None:
+    problem: str | None = None
+    if not result:
+        problem = None  # an empty result: no value (null), as call_json reads it
+    elif text is None:
+        problem = "the result is not UTF-8 text, so not JSON; its bytes are in result_base64"
+    else:
         try:
             decoded = json.loads(text)
-        except ValueError:
-            decoded = None
-    return {
+        except ValueError as exc:
+            problem = f"the result is not JSON ({exc}); its text is in result_text"
+    out: dict[str, Any] = {
         "plugin": plugin,
         "hook": hook,
         "ok": True,
         "result": decoded,
+        "result_is_json": problem is None,
         "result_text": text,
         "result_base64": base64.b64encode(result).decode("ascii"),
     }
+    if problem is not None:
+        out["note"] = problem
+    return out
+
+
+#: ``--log-level`` names -> logging levels (trace is plugbox's level 5).
+_LOG_LEVELS: Final = {"trace": 5, "debug": logging.DEBUG, "info": logging.INFO,
+                      "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class _PluginLogs(logging.Handler):
+    """Collects the records of one plugin's logger during ``plugbox call`` and, unless
+    ``quiet``, prints each on stderr as ``[level] plugin: message`` as it arrives."""
+
+    def __init__(self, plugin: str, level: int, *, quiet: bool) -> None:
+        super().__init__(level)
+        self.records: list[dict[str, Any]] = []
+        self.quiet = quiet
+        self._logger = logging.getLogger(f"plugbox.plugin.{plugin}")
+        self._saved = (self._logger.level, self._logger.propagate)
+
+    def __enter__(self) -> _PluginLogs:
+        self._logger.setLevel(self.level)
+        self._logger.propagate = False
+        self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._saved[0])
+        self._logger.propagate = self._saved[1]
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = logging.getLevelName(record.levelno).lower()
+        message = record.getMessage()
+        self.records.append({"level": level, "message": message,
+                             "lines": list(getattr(record, "lines", (message,))),
+                             "hook": getattr(record, "hook", None)})
+        if not self.quiet:
+            shown = _clean(message, keep_newlines=True) if sys.stderr.isatty() else message
+            sys.stderr.write(f"[{level}] {record.name.removeprefix('plugbox.plugin.')}: "
+                             f"{shown}\n")
+
+
+def _stats_json(record: CallRecord | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    return {"seconds": round(record.seconds, 6), "fuel_used": record.fuel_used,
+            "memory_bytes": record.memory_bytes}
 
 
 def _cmd_call(args: argparse.Namespace) -> int:
@@ -751,22 +811,28 @@ def _cmd_call(args: argparse.Namespace) -> int:
     from .._runtime import Runtime
 
     plugin_name = manifest.name
+    calls: list[CallRecord] = []
+    logs = _PluginLogs(plugin_name, _LOG_LEVELS[args.log_level], quiet=as_json)
     try:
-        with Runtime(state_dir=args.state_dir, policy=policy, trust=trust) as runtime:
+        with logs, Runtime(state_dir=args.state_dir, policy=policy, trust=trust) as runtime:
+            runtime.add_call_monitoring(lambda record: None, calls.append)
             plugin = runtime.load(args.path, config=config,
                                   allow_unrequested_imports=args.allow_unrequested_imports)
             result = plugin.call(hook, payload, fuel=args.fuel, deadline_ms=args.deadline_ms)
     except (ManifestError, UsageError) as exc:
-        return _report_error(exc, as_json=as_json, code=EXIT_USAGE, plugin=plugin_name, hook=hook)
+        return _report_error(exc, as_json=as_json, code=EXIT_USAGE, plugin=plugin_name, hook=hook,
+                             logs=logs.records, stats=_stats_json(calls[-1] if calls else None))
     except PlugboxError as exc:
         return _report_error(
-            exc, as_json=as_json, code=EXIT_REFUSED, plugin=plugin_name, hook=hook
+            exc, as_json=as_json, code=EXIT_REFUSED, plugin=plugin_name, hook=hook,
+            logs=logs.records, stats=_stats_json(calls[-1] if calls else None),
         )
     except OSError as exc:  # e.g. a state directory that cannot be created
         return _usage_error(f"cannot set up the runtime: {exc}", as_json=as_json)
 
     if as_json:
-        _print_json(_result_json(plugin_name, hook, result))
+        _print_json({**_result_json(plugin_name, hook, result), "logs": logs.records,
+                     "stats": _stats_json(calls[-1] if calls else None)})
     else:
         _print_result(result)
     return EXIT_OK
@@ -1230,6 +1296,11 @@ def _add_call(sub: Any) -> None:
         help="diagnostics only: load a module that imports services its manifest does not "
         "request (those calls are then denied)",
     )
+    call.add_argument(
+        "--log-level", choices=tuple(_LOG_LEVELS), default="debug",
+        help="the least level of the plugin's log records to show (default: debug); they "
+        "go to stderr, and into the --json output as \"logs\"",
+    )
     _add_trust_options(call, required=False, with_mode=True)
     call.set_defaults(func=_cmd_call)
 
@@ -1338,6 +1409,7 @@ _COMMANDS: Final[tuple[Callable[[Any], None], ...]] = (
     add_discover,
     add_dev,
     add_plugins,
+    add_doctor,
 )
 
 

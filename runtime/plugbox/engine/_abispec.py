@@ -22,6 +22,8 @@ __all__ = [
     "EXPORTS",
     "IMPORTS",
     "OPTIONAL_EXPORTS",
+    "PANIC_EXPORT",
+    "PANIC_REPORT_MAX",
     "SERVICE_OF_MODULE",
     "SERVICES",
     "SINCE",
@@ -105,6 +107,15 @@ OPTIONAL_EXPORTS: Final[dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]]]
     "cabi_post_on-hook": ("func", (_I,), ()),
     "_initialize": ("func", (), ()),
 }
+
+
+#: The optional export through which a guest leaves a panic report for the host (an i32 global
+#: holding the address of ``len: u32`` + ``len`` bytes: ``file:line:col``, NUL, message), read
+#: only after a trap; abi/README.md "Panic reports". Not in OPTIONAL_EXPORTS: that table holds
+#: functions checked by signature, and a module without the slot is just as valid.
+PANIC_EXPORT: Final = "plugbox-panic"
+#: The most report bytes the host reads.
+PANIC_REPORT_MAX: Final = 1020
 
 
 _IMPORT_MODULE_RE: Final = re.compile(r"plugbox:plugin/([a-z][a-z0-9-]*)@([0-9]+\.[0-9]+\.[0-9]+)")

@@ -115,11 +115,15 @@ _trap_delete = _proto(_pydll, "wasm_trap_delete", None, _P)
 _error_message = _proto(_pydll, "wasmtime_error_message", None, _P, _P)
 _error_delete = _proto(_pydll, "wasmtime_error_delete", None, _P)
 _byte_vec_delete = _proto(_pydll, "wasm_byte_vec_delete", None, _P)
+_global_get = _proto(_pydll, "wasmtime_global_get", None, _P, _P, _P)
+_get_fuel = _proto(_pydll, "wasmtime_context_get_fuel", _P, _P, _P)
 
 _string_at = ctypes.string_at
 _memmove = ctypes.memmove
 
 _EXTERN_FUNC: Final = 0
+_EXTERN_GLOBAL: Final = 1
+_WASMTIME_I32: Final = 0  # wasmtime_valkind_t
 _EXTERN_MEMORY: Final = 3
 _TRAP_STACK_OVERFLOW: Final = 0
 _TRAP_INTERRUPT: Final = 10
@@ -163,6 +167,13 @@ def trap_summary(message: str) -> str:
     rest = [line for line in lines if not line.lower().startswith("error while executing")
             and not _FRAME.match(line)]
     return rest[0] if rest else "trap"
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (a guest's words in a host message)."""
+    return text if text.isprintable() else "".join(
+        c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+        for c in text)
 
 
 def _take_error(err: int) -> str:
@@ -532,10 +543,11 @@ class NeedStack(Exception):
 #: Exports an instance looks up, in this order (bit i of the found-mask is EXPORT_NAMES[i]).
 EXPORT_NAMES: Final = (
     "cabi_realloc", "on-hook", "cabi_post_on-hook", "on-init", "cabi_post_on-init",
-    "_initialize", "memory",
+    "_initialize", "memory", _abispec.PANIC_EXPORT,
 )
 _EXPORT_NAMES_B: Final = tuple(n.encode() for n in EXPORT_NAMES)
 _MEMORY_INDEX: Final = EXPORT_NAMES.index("memory")
+_PANIC_INDEX: Final = EXPORT_NAMES.index(_abispec.PANIC_EXPORT)
 
 
 def _py_guest_call(ctx: int, func: int, args: Any, n: int) -> tuple[int, int]:
@@ -939,6 +951,10 @@ class Instance:
                     plugin=self.plugin,
                 )
         self._mem = exports + 32 * _MEMORY_INDEX + _EXTERN_OF
+        # The SDK's panic report slot (an immutable i32 global holding its address), if any.
+        self._panic = (exports + 32 * _PANIC_INDEX + _EXTERN_OF
+                       if mask >> _PANIC_INDEX & 1
+                       and self._exports[32 * _PANIC_INDEX] == _EXTERN_GLOBAL else 0)
         # The engine is configured so memories never move: the base address is fixed.
         self.base: int = _memory_data(self.ctx, self._mem) or 0
         self._args = (ctypes.c_uint8 * (_RAW * 16))()
@@ -1163,6 +1179,14 @@ class Instance:
         if code == _TRAP_STACK_OVERFLOW:
             return stack_error(self.plugin, hook)
         first = trap_summary(msg)
+        panic = self.panic_report()
+        if panic is not None:
+            location, text = panic
+            return GuestTrap(
+                f"{_where(self.plugin, hook)}: the plugin panicked"
+                f"{f' at {location}' if location else ''}: {text} ({first})",
+                plugin=self.plugin, hook=hook, panic_message=text,
+                panic_location=location or None)
         if not self.closed and self.memory_size() * 2 > self.memory_cap:
             # wasmtime reports a refused memory.grow as -1, and Rust guests then abort; a
             # trap while memory is over half its cap is almost always that allocation failure.
@@ -1170,6 +1194,41 @@ class Instance:
                                 f"trapped with {self.memory_size()} bytes in use: {first}")
         return GuestTrap(f"{_where(self.plugin, hook)}: guest trapped: {first}",
                          plugin=self.plugin, hook=hook)
+
+    def usage(self, fuel: int) -> tuple[int | None, int | None]:
+        """(fuel used of the ``fuel`` the last call was given, memory size in bytes): what the
+        call that just ran on this instance used. (None, None) once closed."""
+        if self.closed:
+            return None, None
+        left = c_uint64()
+        err = _get_fuel(self.ctx, ctypes.addressof(left))
+        if err:
+            _take_error(err)
+            used = None
+        else:
+            used = max(0, fuel - left.value)
+        return used, self.memory_size()
+
+    def panic_report(self) -> tuple[str, str] | None:
+        """(location, message) the SDK's panic hook left in the ``plugbox-panic`` slot, read
+        after a trap (no guest code runs); None when the module has no slot or it is empty.
+        Every length is checked against the slot's bound and the memory before it is read."""
+        if not self._panic or self.closed:
+            return None
+        val = _wb.wasmtime_val_t()
+        _global_get(self.ctx, self._panic, ctypes.addressof(val))
+        if getattr(val, "kind") != _WASMTIME_I32:  # a ctypes field reads as an int
+            return None
+        at = val.of.i32 & 0xFFFFFFFF
+        view = self._refresh()
+        if at % 4 or at + 4 > len(view):
+            return None
+        length = int.from_bytes(view[at:at + 4], "little")
+        if not 0 < length <= _abispec.PANIC_REPORT_MAX or at + 4 + length > len(view):
+            return None
+        text = view[at + 4:at + 4 + length].tobytes().decode("utf-8", "replace")
+        location, _, message = text.partition("\0")
+        return _printable(location), _printable(message) or "(no message)"
 
     def close(self) -> None:
         """Free the store and everything in it. Safe to call twice."""
@@ -1339,7 +1398,7 @@ def _log(st: _CallState, svc: HostServices, a: tuple[int, ...]) -> None:
     else:
         message = inst.read_str(ptr, n, st.hook, "log message")
     try:
-        svc.log(level, message, omitted=omitted)
+        svc.log(level, message, omitted=omitted, hook=st.hook)
     except Exception as exc:
         _denied_or_error(st, exc)  # log has no result: denial is counted, not returned
 

@@ -306,7 +306,7 @@ def _a_log(st: _CompCallState, svc: HostServices, a: Any, r: Any) -> None:
     level = _LEVELS.index(_name(a[0].of.enumeration))
     message, omitted = _get_log_message(a[1])
     try:
-        svc.log(level, message, omitted=omitted)
+        svc.log(level, message, omitted=omitted, hook=st.hook)
     except HostCallError as exc:
         if exc.kind == "denied" and st.denied is None:
             st.denied = exc.permission or "log"
@@ -930,6 +930,17 @@ class ComponentInstance:
             raise memory_error(self.plugin, hook, self.memory_cap, message)
         if message.startswith("RecursionError"):
             raise stack_error(self.plugin, hook, message)
+
+    def usage(self, fuel: int) -> tuple[int | None, int | None]:
+        """(fuel used of the ``fuel`` the last call was given, None): a component's memories
+        are hidden from the host. (None, None) once closed."""
+        if self.closed:
+            return None, None
+        try:
+            left = self._store.get_fuel()
+        except wasmtime.WasmtimeError:
+            return None, None
+        return max(0, fuel - left), None
 
     def call_init(self, config_json: bytes, fuel: int, ticks: int, deadline_ms: int
                   ) -> CallOutcome:

@@ -22,6 +22,8 @@ from ._errors import (
     PayloadError,
     ReentrantDispatchError,
 )
+from ._breaker import BreakerPolicy, BreakerState, QuarantinedError
+from ._health import HEALTH_HOOK, HealthReport
 from ._host import MAX_DISPATCH_DEPTH, HostedPlugin, HostRouter, PluginHost
 from ._lifecycle import (
     AuditEntry,
@@ -37,9 +39,12 @@ from ._points import ExtensionPoint, HostFunction
 from ._results import DispatchResult, Failure, Result
 
 __all__ = [
+    "HEALTH_HOOK",
     "MAX_DISPATCH_DEPTH",
     "AddedPlugins",
     "AuditEntry",
+    "BreakerPolicy",
+    "BreakerState",
     "ConfigError",
     "ConfigRevision",
     "DependencyError",
@@ -50,6 +55,7 @@ __all__ = [
     "DispatchResult",
     "ExtensionPoint",
     "Failure",
+    "HealthReport",
     "HostFunction",
     "HostRouter",
     "HostedPlugin",
@@ -62,6 +68,7 @@ __all__ = [
     "PermissionDiff",
     "PluginHost",
     "PluginInfo",
+    "QuarantinedError",
     "RecoveredOperation",
     "ReentrantDispatchError",
     "Result",

@@ -32,7 +32,7 @@ from .._permissions import Limits
 from .._plugin import Plugin
 from .._policy import Policy
 from .._runtime import Runtime, check_runnable
-from ..services._services import HostCallError
+from ..services._services import DISPATCH_CHAIN, HostCallError
 from ..trust._package import staged_plugin
 from ..trust._trust import TrustPolicy
 from ._errors import (IncompatiblePointError, InvalidResultError, OrderCycleError, PayloadError,
@@ -46,6 +46,9 @@ from .._plugin import run_cancellable
 from ._discovery import (AddedPlugins, DiscoveredPlugin, DiscoveryLimits, DiscoveryProblem,
                          DiscoveryReport, discover)
 # For the lifecycle block at the end of PluginHost (issue 9).
+from ._breaker import BreakerPolicy, QuarantinedError
+from ._health import HealthMixin
+from ._quarantine import QuarantineMixin
 from ._lifecycle import LifecycleMixin
 from ._sync import SyncMixin
 
@@ -65,8 +68,8 @@ BACKGROUND_FAILURES_KEPT: Final = 256
 # The dispatch chain of the current context: the points being dispatched and the plugins
 # being called, outermost first. Context variables follow the call into worker threads
 # (submitted with copy_context), so a chain split over threads is still one chain.
-_POINTS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
-    "plugbox_host_points", default=())
+# (The points' variable lives in the services layer, whose log records name the point.)
+_POINTS = DISPATCH_CHAIN
 _PLUGINS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
     "plugbox_host_plugins", default=frozenset())
 
@@ -149,6 +152,11 @@ class _Tables:
     active: Mapping[str, tuple[_Impl, ...]] = field(default_factory=dict)
     #: Bumped by every publish: what the lifecycle's reader counts go by (issue 9 §6).
     gen: int = 0
+    #: Per point, the quarantined implementations left out of ``active`` with their error,
+    #: and the names of those due a probe call (issue 10 §2).
+    blocked: Mapping[str, tuple[tuple[str, QuarantinedError], ...]] = field(
+        default_factory=dict)
+    probing: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 class _HostRuntime(Runtime):
@@ -182,7 +190,7 @@ def _dumps(value: Any) -> bytes:
                       allow_nan=False).encode("utf-8")
 
 
-class PluginHost(SyncMixin, LifecycleMixin):
+class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
     """Hosts many plugins behind extension points: the object a host application creates
     once, declares its extension points and host functions on, adds plugins to and
     dispatches through.
@@ -190,7 +198,11 @@ class PluginHost(SyncMixin, LifecycleMixin):
     ``state_dir``, ``trust`` and ``policy`` are those of the :class:`plugbox.Runtime` the host
     owns (:attr:`runtime`); ``runtime_options`` are passed to it too (``cache_dir``,
     ``pooled_instances``, ...). ``max_workers`` bounds the threads that run ``concurrent``
-    dispatches and ``background`` notifications.
+    dispatches and ``background`` notifications. ``breaker`` (a :class:`plugbox.BreakerPolicy`,
+    None: off) quarantines plugins whose calls keep failing (see :meth:`quarantine`).
+    ``health_interval`` (seconds) runs the
+    plugins' health checks on a schedule once :meth:`start` ran (None: only on demand and at
+    loads and upgrades; see :meth:`check_health`).
 
     Usage::
 
@@ -214,6 +226,8 @@ class PluginHost(SyncMixin, LifecycleMixin):
         state_url: str | os.PathLike[str] | None = None,
         safe_mode: bool | None = None,
         keep_versions: int = 3,
+        health_interval: float | None = None,
+        breaker: BreakerPolicy | None = BreakerPolicy(),
     ) -> None:
         if type(max_workers) is not int or not 1 <= max_workers <= 64:
             raise UsageError(f"max_workers must be an int from 1 to 64, not {max_workers!r}")
@@ -246,6 +260,8 @@ class PluginHost(SyncMixin, LifecycleMixin):
         self._readers: dict[int, int] = {}
         self._retired: list[tuple[int, Plugin]] = []
         try:
+            self._init_health(health_interval)
+            self._init_breakers(breaker)
             self._init_lifecycle(state_url, safe_mode, keep_versions)
         except BaseException:
             self._workers.shutdown(wait=False)
@@ -270,6 +286,7 @@ class PluginHost(SyncMixin, LifecycleMixin):
         background: bool = False,
         concurrent: bool = False,
         description: str = "",
+        breaker: BreakerPolicy | None = None,
     ) -> ExtensionPoint:
         """Declare extension point ``name`` at semver ``version``; returns it.
 
@@ -286,14 +303,16 @@ class PluginHost(SyncMixin, LifecycleMixin):
         ``notify``) runs the implementations of one dispatch at the same time on the host's
         worker threads (results still in dispatch order; under ``propagate`` all of them run
         and the first failure in order is raised; nested in a worker thread, they run one by
-        one). Raises :class:`plugbox.UsageError` on a bad argument or a name
-        already declared.
+        one). ``breaker`` gives the point its own :class:`plugbox.BreakerPolicy`: failures at
+        this point then count against a breaker of each plugin at this point only (None: the
+        host's breaker counts them). Raises :class:`plugbox.UsageError` on a bad argument or
+        a name already declared.
         """
         point = ExtensionPoint.declare(
             name, version=version, payload=payload, input_schema=input_schema,
             output_schema=output_schema, mode=mode, failure=failure, fuel=fuel,
             deadline_ms=deadline_ms, memory_bytes=memory_bytes, background=background,
-            concurrent=concurrent, description=description)
+            concurrent=concurrent, description=description, breaker=breaker)
         with self._lock:
             self._check_open()
             existing = self._tables.points.get(name)
@@ -527,12 +546,20 @@ class PluginHost(SyncMixin, LifecycleMixin):
         plugins = old.plugins if plugins is None else plugins
         orders = {name: tuple(dispatch_order(self._implementations(plugins, name)))
                   for name in points}
+        active: dict[str, tuple[_Impl, ...]] = {}
+        blocked: dict[str, tuple[tuple[str, QuarantinedError], ...]] = {}
+        probing: dict[str, frozenset[str]] = {}
+        for name, order in orders.items():
+            enabled = tuple(e for e in order if e.hosted.enabled)
+            active[name], out, probe = self._blocked(name, enabled)
+            if out:
+                blocked[name] = out
+            if probe:
+                probing[name] = probe
         self._tables = _Tables(points=points,
                                functions=old.functions if functions is None else functions,
-                               plugins=plugins, orders=orders,
-                               active={name: tuple(e for e in order if e.hosted.enabled)
-                                       for name, order in orders.items()},
-                               gen=old.gen + 1)
+                               plugins=plugins, orders=orders, active=active,
+                               gen=old.gen + 1, blocked=blocked, probing=probing)
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -606,6 +633,8 @@ class PluginHost(SyncMixin, LifecycleMixin):
                 f"{MAX_DISPATCH_DEPTH} deep ({' -> '.join(chain)}); flatten the chain",
                 point=spec.name, plugin=caller)
         entries = tables.active.get(spec.name, ())
+        blocked = tables.blocked.get(spec.name, ()) if tables.blocked else ()
+        probing = tables.probing.get(spec.name) if tables.probing else None
         if spec.background:
             if not self._pending.acquire(blocking=False):
                 _log.warning("extension point %r: %d background dispatches are pending; "
@@ -615,7 +644,7 @@ class PluginHost(SyncMixin, LifecycleMixin):
             self._hold(tables.gen)  # the entries stay in use until the dispatch ran
             try:
                 self._workers.submit(context.run, self._background, spec, entries, data,
-                                     caller, tables.gen)
+                                     caller, tables.gen, blocked, probing)
             except RuntimeError:  # the host is closing
                 self._pending.release()
                 self._leave(tables.gen)
@@ -624,15 +653,17 @@ class PluginHost(SyncMixin, LifecycleMixin):
             return DispatchResult(spec.name, spec.mode)
         token = _POINTS.set((*chain, spec.name))
         try:
-            return self._run(spec, entries, data, caller)
+            return self._run(spec, entries, data, caller, blocked, probing)
         finally:
             _POINTS.reset(token)
 
     def _background(self, spec: ExtensionPoint, entries: tuple[_Impl, ...], data: bytes,
-                    caller: str | None, gen: int) -> None:
+                    caller: str | None, gen: int,
+                    blocked: tuple[tuple[str, QuarantinedError], ...] = (),
+                    probing: frozenset[str] | None = None) -> None:
         try:
             with _entered(_POINTS, (*_POINTS.get(), spec.name)):
-                result = self._run(spec, entries, data, caller)
+                result = self._run(spec, entries, data, caller, blocked, probing)
         except PlugboxError as exc:  # propagate: the first failure stopped the dispatch
             result = DispatchResult(spec.name, spec.mode,
                                     failures=[Failure(exc.plugin or "?", exc)])
@@ -659,7 +690,8 @@ class PluginHost(SyncMixin, LifecycleMixin):
         return tuple(self._background_failures)
 
     def _run(self, spec: ExtensionPoint, entries: tuple[_Impl, ...], data: bytes,
-             caller: str | None) -> DispatchResult:
+             caller: str | None, blocked: tuple[tuple[str, QuarantinedError], ...] = (),
+             probing: frozenset[str] | None = None) -> DispatchResult:
         active = _PLUGINS.get()
         if caller:
             active = active | {caller}
@@ -667,6 +699,10 @@ class PluginHost(SyncMixin, LifecycleMixin):
         results: list[Result] = []
         failures: list[Failure] = []
         value: Any = None
+        if blocked:  # quarantined plugins: the failure policy decides what the caller sees
+            if spec.failure == "propagate":
+                raise blocked[0][1]
+            failures.extend(Failure(name, error) for name, error in blocked)
         if spec.concurrent and len(entries) > 1 and not getattr(_WORKER, "active", False):
             futures: list[Future[tuple[bool, Any]]] = [
                 self._workers.submit(contextvars.copy_context().run, self._attempt, spec,
@@ -676,13 +712,19 @@ class PluginHost(SyncMixin, LifecycleMixin):
                 ok, got = future.result()
                 if not ok:
                     self._failed(spec, entry, got, failures)
-                elif mode != "notify":
+                    continue
+                if probing and entry.name in probing:
+                    self._note_success(spec, entry)
+                if mode != "notify":
                     results.append(Result(entry.name, got))
             return DispatchResult(spec.name, mode, value, results, failures)
         # In order: the hot path, kept free of per-call closures and context managers.
         invoke = self._invoke
         payload = data
         for entry in entries:
+            probe = probing is not None and entry.name in probing
+            if probe and not self._note_probe(spec, entry):
+                continue  # another dispatch makes the probe call
             try:
                 if entry.name in active:
                     raise self._reentered(spec, entry)
@@ -690,6 +732,8 @@ class PluginHost(SyncMixin, LifecycleMixin):
             except PlugboxError as exc:
                 self._failed(spec, entry, exc, failures)
                 continue
+            if probe:
+                self._note_success(spec, entry)
             if mode == "first":
                 if got is not None:
                     results.append(Result(entry.name, got))
@@ -722,10 +766,11 @@ class PluginHost(SyncMixin, LifecycleMixin):
             f"directly or through other plugins); it is skipped for this dispatch",
             point=spec.name, plugin=entry.name)
 
-    @staticmethod
-    def _failed(spec: ExtensionPoint, entry: _Impl, exc: PlugboxError,
+    def _failed(self, spec: ExtensionPoint, entry: _Impl, exc: PlugboxError,
                 failures: list[Failure]) -> None:
-        """Record an isolated failure, or raise it under ``propagate``."""
+        """Count the failure against the plugin's breaker, then record it (isolated) or raise
+        it (``propagate``)."""
+        self._note_failure(spec, entry, exc)
         if spec.failure == "propagate":
             exc.add_note(f"(while dispatching extension point {spec.name!r}, failure "
                          f"policy 'propagate')")
@@ -782,6 +827,8 @@ class PluginHost(SyncMixin, LifecycleMixin):
             if self._closed:
                 return
             self._closed = True
+        self._stop_health_schedule()
+        self._stop_breakers()
         self._workers.shutdown(wait=True, cancel_futures=True)
         self.runtime.close()
         self.store.close()

@@ -67,7 +67,8 @@ _log = logging.getLogger("plugbox.lifecycle")
 
 #: Lifecycle event kinds, in the order a plugin usually meets them.
 EVENT_KINDS: Final = ("installed", "enabled", "disabled", "upgraded", "rolled-back", "failed",
-                      "uninstalled", "config-changed", "pinned", "unpinned")
+                      "uninstalled", "config-changed", "pinned", "unpinned", "quarantined",
+                      "released")
 STATES: Final = ("installed", "enabled", "disabled", "failed")
 
 
@@ -1242,6 +1243,7 @@ class LifecycleMixin:
                         elif row.name in loaded and row.state == "failed":
                             tx.update_plugin(row.name, state="enabled", reason=None)
             self._started = True
+        self._start_health_schedule()  # type: ignore[attr-defined]  # HealthMixin
         for name, reason in failed.items():
             self._emit("failed", name, None, None, reason, "start")
         if self._safe_mode:

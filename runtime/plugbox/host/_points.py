@@ -114,6 +114,9 @@ class ExtensionPoint:
     concurrent: bool = False
     description: str = ""
     owner: str | None = None
+    #: This point's own circuit-breaker policy (its failures then count against a breaker of
+    #: each plugin at this point only); None: the host's.
+    breaker: Any = field(default=None, hash=False, compare=False)
     _input: Validator | None = field(default=None, repr=False, compare=False, hash=False)
     _output: Validator | None = field(default=None, repr=False, compare=False, hash=False)
 
@@ -124,7 +127,7 @@ class ExtensionPoint:
                 failure: str = "isolate", fuel: int | None = None,
                 deadline_ms: int | None = None, memory_bytes: int | None = None,
                 background: bool = False, concurrent: bool = False, description: str = "",
-                owner: str | None = None) -> ExtensionPoint:
+                owner: str | None = None, breaker: Any = None) -> ExtensionPoint:
         """A checked point; raises :class:`plugbox.UsageError` on a bad argument. Schemas
         from a plugin (``owner`` set) were already checked with the manifest."""
         check_name(name, "an extension point")
@@ -143,8 +146,13 @@ class ExtensionPoint:
                              f"and 'pipeline' call the plugins one after the other)")
         if not isinstance(description, str):
             raise UsageError(f"{what}: description must be a str")
+        from ._breaker import BreakerPolicy
+
+        if breaker is not None and not isinstance(breaker, BreakerPolicy):
+            raise UsageError(f"{what}: breaker must be a plugbox.BreakerPolicy or None")
         trusted = owner is None
         return cls(
+            breaker=breaker,
             name=name, version=version, payload=payload, mode=mode, failure=failure,
             input_schema=input_schema, output_schema=output_schema,
             fuel=_limit(fuel, f"{what}: fuel"),

@@ -16,6 +16,7 @@ Errors shown to plugins always say what limit or permission was hit and how to c
 from __future__ import annotations
 
 import collections
+import contextvars
 import fnmatch
 import json
 import logging
@@ -107,6 +108,29 @@ _LOG_ESCAPES: Final[dict[int, str]] = {
     0x2028: "\\u2028",
     0x2029: "\\u2029",
 }
+
+#: The extension points being dispatched in the current context, outermost first. Set by the
+#: PluginHost around each dispatch (host/_host.py); read here so each plugin log record names
+#: the point it was written under (``record.point``).
+DISPATCH_CHAIN: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "plugbox_host_points", default=())
+
+#: How continuation lines of a multi-line plugin log record are indented, so no line a plugin
+#: writes can start at column 0 and pass for a record of its own.
+LOG_CONTINUATION: Final = "    "
+
+
+def _log_text(message: str) -> tuple[str, tuple[str, ...]]:
+    """(the record's message, its lines): control characters escaped line by line; a
+    multi-line message (a traceback) stays multi-line, its continuation lines indented."""
+    if message.isprintable():
+        return message, (message,)
+    lines = tuple(line.translate(_LOG_ESCAPES)
+                  for line in message.replace("\r\n", "\n").split("\n"))
+    if len(lines) > 1 and not lines[-1]:
+        lines = lines[:-1]  # a trailing newline is not a line of its own
+    return f"\n{LOG_CONTINUATION}".join(lines), lines
+
 
 _HTTP_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HTTP_BAD_VALUE: Final = re.compile(r"[\x00\r\n]")
@@ -476,12 +500,17 @@ class HostServices:
 
     # -- log ---------------------------------------------------------------------------------
 
-    def log(self, level: int, message: str, *, omitted: int = 0) -> None:
-        """Write one record to the plugin's logger.
+    def log(self, level: int, message: str, *, omitted: int = 0,
+            hook: str | None = None) -> None:
+        """Write one record to the plugin's logger (``plugbox.plugin.<name>``), with the
+        fields ``plugin``, ``hook`` (the hook the call is in), ``point`` (the extension point
+        being dispatched, or None) and ``lines`` (the message's lines) on the record.
 
         Over-long messages are truncated to :data:`LOG_MESSAGE_MAX` bytes (``omitted``: bytes
         of the guest's message the caller did not copy, counted in the marker); control
-        characters are escaped so a plugin cannot forge log lines; records over the rate limit
+        characters are escaped so a plugin cannot forge log lines, except that a multi-line
+        message (a traceback) stays a multi-line record whose continuation lines are indented
+        by :data:`LOG_CONTINUATION`; records over the rate limit
         are dropped and counted in :attr:`log_dropped`. One WARNING announces a flood and one
         gives its count when it ends; both count against the rate limit, so the logger never
         gets more than ``log_burst + log_rate * t`` records in ``t`` seconds.
@@ -506,10 +535,18 @@ class HostServices:
                 message = data.decode("utf-8", "ignore")
             else:
                 size = 0
-        if not message.isprintable():
-            message = message.translate(_LOG_ESCAPES)
+        message, lines = _log_text(message)
         if size or len(message) > LOG_MESSAGE_MAX // 4:
-            message = _truncate_utf8(message, LOG_MESSAGE_MAX, size or None)
+            limit = LOG_MESSAGE_MAX
+            if len(lines) > 1 and (size or _utf8_len(message) > limit):
+                limit -= len(LOG_CONTINUATION)  # room to indent the marker's line
+            message = _truncate_utf8(message, limit, size or None)
+            if len(lines) > 1:
+                # the cut may have split an indent: the marker's line is indented like the rest
+                head, _, last = message.rpartition("\n")
+                if not last.startswith(LOG_CONTINUATION):
+                    message = f"{head}\n{LOG_CONTINUATION}{last.lstrip(' ')}"
+                lines = tuple(message.split(f"\n{LOG_CONTINUATION}"))
 
         # Token bucket in which the host's notices cost a token like any record. One token is
         # kept back (when the burst allows) so the notice that announces a flood always has
@@ -563,7 +600,12 @@ class HostServices:
         record = logger.makeRecord(
             logger.name, pylevel, "<plugin>", 0, message, (), None, "log"
         )
-        record.__dict__["plugin"] = self.plugin  # for handlers/formatters: %(plugin)s
+        fields = record.__dict__  # for handlers/formatters: %(plugin)s, %(hook)s, %(point)s
+        fields["plugin"] = self.plugin
+        fields["hook"] = hook
+        chain = DISPATCH_CHAIN.get()
+        fields["point"] = chain[-1] if chain else None
+        fields["lines"] = lines
         logger.handle(record)
 
     # -- config ------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ JSON) and gets bytes back, or one of the ABI's errors. Register handlers with :f
 host services through the modules :mod:`~plugbox_sdk.log`, :mod:`~plugbox_sdk.config`,
 :mod:`~plugbox_sdk.kv`, :mod:`~plugbox_sdk.events`, :mod:`~plugbox_sdk.clock`,
 :mod:`~plugbox_sdk.random` and :mod:`~plugbox_sdk.http`, and the host application through
-:mod:`~plugbox_sdk.host` (ABI 1.1)::
+:mod:`~plugbox_sdk.host` (ABI 1.1); report health with :func:`health`::
 
     from plugbox_sdk import hook, log, InvalidInputError
 
@@ -38,7 +38,7 @@ from ._errors import (
     LimitReachedError,
     NotFoundError,
 )
-from ._hooks import hook, init
+from ._hooks import HEALTH_HOOK, health, hook, init
 
 #: The plugbox ABI version this SDK implements.
 ABI_VERSION = "1.1.0"
@@ -51,6 +51,7 @@ __all__ = [
     "ERROR_KINDS",
     "Error",
     "FailureError",
+    "HEALTH_HOOK",
     "InvalidInputError",
     "LimitReachedError",
     "NotFoundError",
@@ -58,6 +59,7 @@ __all__ = [
     "clock",
     "config",
     "events",
+    "health",
     "hook",
     "host",
     "http",

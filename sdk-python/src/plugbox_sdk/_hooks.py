@@ -263,3 +263,41 @@ def init(function: F) -> F:
     """
     _active.set_init(function)
     return function
+
+
+#: The hook the host calls for a health check (declare it in the manifest's ``hooks``).
+HEALTH_HOOK = "plugbox.health"
+_HEALTH_STATUSES = ("ok", "degraded", "failing")
+
+
+def health(function: Callable[[], Any]) -> Callable[[], Any]:
+    """Register the decorated function as the plugin's health check (hook ``plugbox.health``,
+    which the manifest's ``hooks`` must list). The host runs it on a schedule, after on-init
+    and as the last gate of an upgrade (a ``failing`` report rolls the upgrade back)::
+
+        @health
+        def check() -> dict:
+            return {"status": "degraded", "details": {"queue": len(_queue)}}
+
+    It takes no argument and returns a status (``"ok"``, ``"degraded"`` or ``"failing"``) or a
+    dict ``{"status": ..., "details": {...}}``. Raising reports ``failing`` with the error.
+
+    Raises:
+        ValueError: a health check is registered already.
+    """
+
+    def report(_value: Any) -> dict[str, Any]:
+        got = function()
+        out = {"status": got, "details": {}} if isinstance(got, str) else got
+        if (not isinstance(out, dict) or out.get("status") not in _HEALTH_STATUSES
+                or not isinstance(out.get("details", {}), dict)):
+            raise ValueError(
+                f"health check {_describe(function)} must return 'ok', 'degraded', 'failing' "
+                f"or {{'status': ..., 'details': {{...}}}}, not {got!r}"
+            )
+        return {"status": out["status"], "details": out.get("details", {})}
+
+    report.__qualname__ = getattr(function, "__qualname__", "health")
+    report.__module__ = getattr(function, "__module__", __name__)
+    _active.add_hook(HEALTH_HOOK, report, json=True)
+    return function
