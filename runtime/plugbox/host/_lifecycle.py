@@ -69,7 +69,10 @@ _log = logging.getLogger("plugbox.lifecycle")
 EVENT_KINDS: Final = ("installed", "enabled", "disabled", "upgraded", "rolled-back", "failed",
                       "uninstalled", "config-changed", "pinned", "unpinned", "quarantined",
                       "released")
-STATES: Final = ("installed", "enabled", "disabled", "failed")
+STATES: Final = ("installed", "enabled", "disabled", "failed", "quarantined")
+#: How a quarantine's recorded reason says who holds it (issue 10 §2).
+_HELD_BY_OPERATOR: Final = "held by an operator: "
+_HELD_BY_BREAKER: Final = "circuit breaker: "
 
 
 # -- results -----------------------------------------------------------------------------------
@@ -403,9 +406,16 @@ def _remove_tree(path: Path, trash: Path) -> None:
     shutil.rmtree(moved, ignore_errors=True)
 
 
+class _Unhealthy(LifecycleError):
+    """A plugin loaded, but its health check after on-init failed (the message is the
+    ``failed`` reason)."""
+
+
 def _failure_reason(exc: BaseException) -> str:
     """The ``failed`` reason for a plugin that could not be started."""
     message = exc.message if isinstance(exc, PlugboxError) else str(exc)
+    if isinstance(exc, _Unhealthy):
+        return message
     if isinstance(exc, (VerificationError, ManifestError)):
         return f"did not verify: {message}"
     if isinstance(exc, PlugboxError) and exc.hook == "on-init":
@@ -705,10 +715,24 @@ class LifecycleMixin:
         return self.info(name)
 
     def _load_hosted(self, path: Path, config: Mapping[str, Any]) -> HostedPlugin:
-        """Load and host the managed plugin at ``path`` (enabled)."""
+        """Load and host the managed plugin at ``path`` (enabled). A plugin with a health
+        hook must report healthy after its on-init (issue 10 §3), else it is unhosted and
+        :class:`_Unhealthy` raised."""
         hosted = self.add(path, config=dict(config))
         self._managed.add(hosted.name)
+        failing = self._health_gate(hosted)
+        if failing is not None:
+            self._unhost(hosted)
+            raise _Unhealthy(failing, plugin=hosted.name, operation="load")
         return hosted
+
+    def _health_gate(self, hosted: HostedPlugin) -> str | None:
+        """The ``failed`` reason when ``hosted``'s health check (if it has one) fails."""
+        report = self._health_of(hosted.plugin)  # type: ignore[attr-defined]  # HealthMixin
+        if report.healthy:
+            return None
+        said = report.reason or json.dumps(dict(report.details), sort_keys=True)[:500]
+        return f"health check failed: {said}"
 
     def _unhost(self, hosted: HostedPlugin) -> None:
         """Stop hosting ``hosted``; its plugin is closed once calls already using it end."""
@@ -1243,6 +1267,9 @@ class LifecycleMixin:
                         elif row.name in loaded and row.state == "failed":
                             tx.update_plugin(row.name, state="enabled", reason=None)
             self._started = True
+            for row in rows:  # quarantines survive restarts (issue 10 §2)
+                if row.state == "quarantined" and row.name in loaded:
+                    self._restore_recorded_quarantine(row)
         self._start_health_schedule()  # type: ignore[attr-defined]  # HealthMixin
         for name, reason in failed.items():
             self._emit("failed", name, None, None, reason, "start")
@@ -1347,6 +1374,43 @@ class LifecycleMixin:
                     if (child.name, ver.name) not in recorded:
                         problems.append(f"unrecorded directory {child.name}/{ver.name}")
         return problems
+
+    # -- quarantine (issue 10 §2) ------------------------------------------------------------
+
+    def _quarantine_recorded(self, name: str, reason: str | None, manual: bool) -> None:
+        """Record (reason set) or clear (None) the quarantine of installed plugin ``name``,
+        so a restart, or another process, finds it."""
+        if name not in self._managed:
+            return
+        with self._op_lock:
+            with self.store.transaction() as tx:
+                row = tx.plugin(name)
+                if row is None or not row.enabled:
+                    return
+                if reason is None:
+                    if row.state != "quarantined":
+                        return
+                    tx.bump()
+                    tx.update_plugin(name, state="enabled", reason=None)
+                    tx.audit(actor=None, action="release", plugin=name,
+                             to_version=row.version)
+                    return
+                text = (_HELD_BY_OPERATOR if manual else _HELD_BY_BREAKER) + reason
+                if (row.state, row.reason) == ("quarantined", text):
+                    return
+                tx.bump()
+                tx.update_plugin(name, state="quarantined", reason=text)
+                tx.audit(actor=None, action="quarantine", plugin=name,
+                         to_version=row.version, detail=text)
+
+    def _restore_recorded_quarantine(self, row: PluginRow) -> None:
+        """Put ``row``'s recorded quarantine back on this process's breaker."""
+        reason = row.reason or ""
+        manual = reason.startswith(_HELD_BY_OPERATOR)
+        for prefix in (_HELD_BY_OPERATOR, _HELD_BY_BREAKER):
+            reason = reason.removeprefix(prefix)
+        self._restore_quarantine(row.name, reason or "quarantined",  # type: ignore[attr-defined]
+                                 manual)
 
     # -- retirement of swapped-out plugins ---------------------------------------------------
 
@@ -1492,6 +1556,12 @@ class LifecycleMixin:
             try:
                 if hosted is not None:
                     fresh = self._load_beside(hosted, path, cfg, hosted.enabled)
+                    # the last gate (issue 10 §3): the new version must report healthy
+                    failing = self._health_gate(fresh)
+                    if failing is not None:
+                        fresh.plugin.close()
+                        fresh = None
+                        raise _Unhealthy(failing, plugin=name, operation="upgrade")
                 else:
                     alone = self._load_hosted(path, cfg)
             except PlugboxError as exc:
