@@ -285,6 +285,13 @@ def test_a_new_version_failing_on_init_is_rolled_back_and_the_old_keeps_serving(
     assert host.check_integrity() == []
     # A later, working 1.1.0 can still be installed.
     assert host.upgrade(plugin("1.1.0")).status == "upgraded"
+    # A failed on-init of a version with another data format may have migrated data: said.
+    bad = failing_init_plugin(tmp_path / "src", "1.2.0")
+    manifest = json.loads((bad / "plugbox.json").read_text())
+    (bad / "plugbox.json").write_text(json.dumps({**manifest, "data_version": 3}))
+    outcome = host.upgrade(bad)
+    assert outcome.status == "rolled-back" and outcome.reason is not None
+    assert "declares data_version 3 and 1.1.0 0" in outcome.reason
 
 
 def test_a_new_version_failing_to_load_is_rolled_back(

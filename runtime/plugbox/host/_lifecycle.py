@@ -1091,6 +1091,13 @@ class LifecycleMixin:
             except PlugboxError as exc:
                 reason = _scrub(_failure_reason(exc),
                                 _secret_values(manifest.config_schema, cfg))
+                before = int(self._active_version(row, self.store.versions(name)).manifest
+                             .get("data_version", 0) or 0)
+                if manifest.data_version != before and exc.hook == "on-init":
+                    reason += (f" (note: {version} declares data_version "
+                               f"{manifest.data_version} and {old} {before}; its on-init "
+                               f"ran, so it may have migrated the plugin's data before it "
+                               f"failed: check the data {old} now serves from)")
         if reason is not None:
             with self.store.transaction() as tx:
                 at = tx.audit(actor=actor, action="upgrade-failed", plugin=name,
@@ -1250,7 +1257,11 @@ class LifecycleMixin:
         proceeds and the returned :attr:`PluginInfo.warnings` holds the warning.
 
         Refused (:class:`plugbox.LifecycleError`) for a plugin not installed, pinned (unpin
-        it first), with no other kept version, or a ``to`` that is not kept or is active.
+        it first), with no other kept version, or a ``to`` that is not kept or is active;
+        with :class:`plugbox.DependencyError` when an enabled plugin could no longer start
+        (a dependent requiring the newer version), with :class:`plugbox.ConfigError` when
+        the current configuration does not fit the kept version's schema, and with the
+        verification error when the kept files no longer verify.
         """
         self._check_open()
         with self._op_lock:
