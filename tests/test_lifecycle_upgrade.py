@@ -452,6 +452,19 @@ def test_an_upgrade_or_rollback_that_would_break_a_dependent_is_refused(
     assert host.upgrade(plugin("1.9.0", name="base")).status == "upgraded"
 
 
+def test_a_plugin_waiting_for_a_requirement_is_upgraded_but_not_started(
+        host: plugbox.PluginHost, plugin: Callable[..., Path]) -> None:
+    host.install(plugin("1.0.0", name="ext", requires={"base": ""}), enable=False)
+    with host.store.transaction() as tx:  # as the dependency handling records a waiting one
+        tx.update_plugin("ext", enabled=True, state="failed",
+                         reason="dependency missing: 'base' is not installed")
+    outcome = host.upgrade(plugin("1.1.0", name="ext", requires={"base": ""}))
+    assert outcome.status == "upgraded" and values(host) == []
+    info = host.info("ext")
+    assert (info.version, info.state) == ("1.1.0", "failed")
+    assert info.reason is not None and info.reason.startswith("dependency missing")
+
+
 # -- rollback --------------------------------------------------------------------------------
 
 
