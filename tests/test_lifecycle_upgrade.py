@@ -285,6 +285,13 @@ def test_a_new_version_failing_on_init_is_rolled_back_and_the_old_keeps_serving(
     assert host.check_integrity() == []
     # A later, working 1.1.0 can still be installed.
     assert host.upgrade(plugin("1.1.0")).status == "upgraded"
+    # A failed on-init of a version with another data format may have migrated data: said.
+    bad = failing_init_plugin(tmp_path / "src", "1.2.0")
+    manifest = json.loads((bad / "plugbox.json").read_text())
+    (bad / "plugbox.json").write_text(json.dumps({**manifest, "data_version": 3}))
+    outcome = host.upgrade(bad)
+    assert outcome.status == "rolled-back" and outcome.reason is not None
+    assert "declares data_version 3 and 1.1.0 0" in outcome.reason
 
 
 def test_a_new_version_failing_to_load_is_rolled_back(
@@ -443,6 +450,19 @@ def test_an_upgrade_or_rollback_that_would_break_a_dependent_is_refused(
     with pytest.raises(plugbox.DependencyError, match=r"it could not start.*'ghost'"):
         host.upgrade(plugin("1.1.0", name="ext", requires={"ghost": ""}))
     assert host.upgrade(plugin("1.9.0", name="base")).status == "upgraded"
+
+
+def test_a_plugin_waiting_for_a_requirement_is_upgraded_but_not_started(
+        host: plugbox.PluginHost, plugin: Callable[..., Path]) -> None:
+    host.install(plugin("1.0.0", name="ext", requires={"base": ""}), enable=False)
+    with host.store.transaction() as tx:  # as the dependency handling records a waiting one
+        tx.update_plugin("ext", enabled=True, state="failed",
+                         reason="dependency missing: 'base' is not installed")
+    outcome = host.upgrade(plugin("1.1.0", name="ext", requires={"base": ""}))
+    assert outcome.status == "upgraded" and values(host) == []
+    info = host.info("ext")
+    assert (info.version, info.state) == ("1.1.0", "failed")
+    assert info.reason is not None and info.reason.startswith("dependency missing")
 
 
 # -- rollback --------------------------------------------------------------------------------
@@ -828,7 +848,7 @@ def py_echo() -> Path:
 
 
 def test_a_python_plugin_is_upgraded_under_load_and_rolled_back(
-        tmp_path: Path, cache_dir: Path, py_echo: Path) -> None:
+        tmp_path: Path, py_echo: Path) -> None:
     def version(v: str) -> Path:
         target = tmp_path / "src" / f"py-echo-{v}"
         shutil.copytree(py_echo, target)
@@ -837,8 +857,11 @@ def test_a_python_plugin_is_upgraded_under_load_and_rolled_back(
         (target / "plugbox.json").write_text(json.dumps(manifest, indent=2))
         return target
 
+    # Compiling the component takes most of the test: its compiled form is kept between runs
+    # beside the build (the cache checks what it hands out).
+    compiled = py_echo.parent / "compiled-cache"
     with plugbox.PluginHost(state_dir=tmp_path / "state",
-                            runtime_options={"cache_dir": cache_dir}) as h:
+                            runtime_options={"cache_dir": compiled}) as h:
         h.extension_point("text.echo", version="1.0.0", payload="bytes")
         h.start()
         h.install(version("0.1.0"))

@@ -1496,7 +1496,8 @@ class LifecycleMixin:
                     f"store with a different module; give the new build a new version (or "
                     f"let keep_versions prune the old {version} first)", plugin=name,
                     operation="upgrade")
-            self._check_dependents(name, "upgrade", old, _DepView.of(manifest.raw))
+            startable = self._check_dependents(name, "upgrade", old,
+                                               _DepView.of(manifest.raw))
             diff = permission_diff(row.grant, grant)
             if not diff.empty and not self._consented(allow, diff):
                 with self.store.transaction() as tx:
@@ -1532,8 +1533,8 @@ class LifecycleMixin:
                     _remove_tree(target, self._plugins_dir / ".trash")
                 path, _ = self._stage(source, name, version, manifest.module_sha256)
                 outcome, at = self._activate_upgrade(row, manifest, grant, diff, path, cfg,
-                                                     current, hosted, os.fspath(source), op,
-                                                     actor)
+                                                     current, hosted, startable,
+                                                     os.fspath(source), op, actor)
             except BaseException:
                 self._abandon(op, name)
                 raise
@@ -1542,17 +1543,18 @@ class LifecycleMixin:
 
     def _activate_upgrade(self, row: PluginRow, manifest: Manifest, grant: dict[str, Any],
                           diff: PermissionDiff, path: Path, cfg: dict[str, Any],
-                          current: dict[str, Any], hosted: HostedPlugin | None, source: str,
-                          op: int, actor: str | None) -> tuple[UpgradeOutcome, float]:
+                          current: dict[str, Any], hosted: HostedPlugin | None,
+                          startable: bool, source: str, op: int, actor: str | None
+                          ) -> tuple[UpgradeOutcome, float]:
         """Load the staged new version (beside ``hosted``, or alone when this process does
-        not serve the plugin), then record it and switch to it in one transaction; or record
-        the failure and keep the old one. Runs under ``_op_lock`` with journal row ``op``.
-        (outcome, time recorded)."""
+        not serve the plugin and its dependencies let it start), then record it and switch to
+        it in one transaction; or record the failure and keep the old one. Runs under
+        ``_op_lock`` with journal row ``op``. (outcome, time recorded)."""
         name, old, version = row.name, row.version, manifest.version
         fresh: HostedPlugin | None = None  # loaded beside hosted, not served yet
         alone: HostedPlugin | None = None  # loaded and served (nothing served before)
         reason = None
-        if row.enabled and not self._safe_mode:
+        if row.enabled and not self._safe_mode and (hosted is not None or startable):
             try:
                 if hosted is not None:
                     fresh = self._load_beside(hosted, path, cfg, hosted.enabled)
@@ -1567,6 +1569,13 @@ class LifecycleMixin:
             except PlugboxError as exc:
                 reason = _scrub(_failure_reason(exc),
                                 _secret_values(manifest.config_schema, cfg))
+                before = int(self._active_version(row, self.store.versions(name)).manifest
+                             .get("data_version", 0) or 0)
+                if manifest.data_version != before and exc.hook == "on-init":
+                    reason += (f" (note: {version} declares data_version "
+                               f"{manifest.data_version} and {old} {before}; its on-init "
+                               f"ran, so it may have migrated the plugin's data before it "
+                               f"failed: check the data {old} now serves from)")
         if reason is not None:
             with self.store.transaction() as tx:
                 at = tx.audit(actor=actor, action="upgrade-failed", plugin=name,
@@ -1673,11 +1682,12 @@ class LifecycleMixin:
                          "start() will", name, exc_info=True)
 
     def _check_dependents(self, name: str, operation: str, old: str,
-                          new: _DepView) -> None:
+                          new: _DepView) -> bool:
         """Refuse making ``new`` the active manifest of ``name`` when an enabled plugin
         (``name`` itself included) that can start now could not start then: a dependent's
         ``requires`` no longer matches, the new version's requirements or conflicts are not
-        met, or a cycle appears."""
+        met, or a cycle appears. Returns whether ``name`` can start with ``new`` (False: it
+        could not before either, so it is not loaded)."""
         with self.store.transaction() as tx:
             rows = tx.plugins()
             manifests = {}
@@ -1691,7 +1701,7 @@ class LifecycleMixin:
         after = _deps.resolve({**manifests, name: new}, enabled)
         broken = [n for n in after.failed if n not in before.failed]
         if not broken:
-            return
+            return name not in after.failed
         error = after.errors[broken[0]]
         others = [n for n in broken if n != name]
         raise DependencyError(
@@ -1726,7 +1736,11 @@ class LifecycleMixin:
         proceeds and the returned :attr:`PluginInfo.warnings` holds the warning.
 
         Refused (:class:`plugbox.LifecycleError`) for a plugin not installed, pinned (unpin
-        it first), with no other kept version, or a ``to`` that is not kept or is active.
+        it first), with no other kept version, or a ``to`` that is not kept or is active;
+        with :class:`plugbox.DependencyError` when an enabled plugin could no longer start
+        (a dependent requiring the newer version), with :class:`plugbox.ConfigError` when
+        the current configuration does not fit the kept version's schema, and with the
+        verification error when the kept files no longer verify.
         """
         self._check_open()
         with self._op_lock:
@@ -1746,7 +1760,8 @@ class LifecycleMixin:
                     f"confirm=True (`plugbox plugins rollback {name} --to {target.version} "
                     f"--yes`) to roll back anyway", plugin=name, operation="rollback",
                     warning=warning)
-            self._check_dependents(name, "rollback", old, _DepView.of(target.manifest))
+            startable = self._check_dependents(name, "rollback", old,
+                                               _DepView.of(target.manifest))
             path = Path(target.path)
             self._materialise(target)
             manifest, grant = self._verify_source(path)
@@ -1768,7 +1783,7 @@ class LifecycleMixin:
             hosted = self.get(name) if name in self._managed else None
             fresh: HostedPlugin | None = None
             alone: HostedPlugin | None = None
-            if row.enabled and not self._safe_mode:
+            if row.enabled and not self._safe_mode and (hosted is not None or startable):
                 try:
                     if hosted is not None:
                         fresh = self._load_beside(hosted, path, cfg, hosted.enabled)
