@@ -479,12 +479,13 @@ _open_stores_lock = threading.Lock()
 def _open_kv(path: Path, shared: bool = False) -> KvStore:
     """The state database at ``path``. One held by a Runtime of this process is refused at
     once (SQLite would wait for it in vain), unless that Runtime was dropped without close()
-    and only awaits garbage collection (a Runtime and its plugins refer to each other)."""
+    and only awaits garbage collection (a Runtime and its plugins refer to each other), or
+    both open it for sharing (``shared``: each its own connection, as two processes would)."""
     key = path.resolve()
     with _open_stores_lock:
         for attempt in (0, 1):
             holder = _open_stores.get(key)
-            if holder is None or holder.closed:
+            if holder is None or holder.closed or (shared and not holder.exclusive):
                 break
             if attempt == 0:
                 del holder

@@ -264,7 +264,9 @@ def _open_host(args: argparse.Namespace) -> Iterator[PluginHost]:
         host = _app_host(args.app, args.state_dir, args.state_url)
     else:
         url: str | None = args.state_url
-        options: dict[str, Any] = {}
+        # The state may be a running host's: its kv file is opened for sharing (the host
+        # must open it so too: runtime_options={"shared_state": True}).
+        options: dict[str, Any] = {"shared_state": True}
         if url is not None and url.startswith(("postgresql://", "postgres://")):
             options["state_url"] = url  # the plugins' kv data in the same database
         host = PluginHost(state_dir=args.state_dir, state_url=url, trust=trust,
@@ -692,6 +694,84 @@ def _cmd_audit(host: PluginHost, args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# Health and quarantine (issue 10)
+
+
+def _started(host: PluginHost, args: argparse.Namespace) -> None:
+    """Load the enabled plugins (with their health gate and recorded quarantines)."""
+    _prepare(host, args)
+    host.start()
+
+
+def _cmd_health(host: PluginHost, args: argparse.Namespace) -> int:
+    from ..host._health import HealthReport
+
+    if args.name is not None:
+        host.info(args.name)  # not installed: refused first
+    _started(host, args)
+    reports: dict[str, HealthReport] = {}
+    for info in host.installed():
+        if args.name is not None and info.name != args.name or not info.enabled:
+            continue
+        if host.get(info.name) is not None:
+            reports.update(host.check_health(info.name))
+        else:  # it did not start: its recorded reason is its health
+            reports[info.name] = HealthReport(info.name, info.version, "failing",
+                                              reason=info.reason or f"state {info.state}",
+                                              at=time.time())
+    failing = [r.plugin for r in reports.values() if not r.healthy]
+    if args.json:
+        _print_json({"command": "health", "ok": not failing,
+                     "plugins": [r.to_json() for r in reports.values()]})
+    else:
+        table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+        for column in ("plugin", "version", "status", "details"):
+            table.add_column(column, overflow="fold")
+        style = {"ok": "green", "degraded": "yellow", "failing": "bold red", "unknown": "dim"}
+        for r in reports.values():
+            said = r.reason or (json.dumps(dict(r.details), sort_keys=True) if r.details
+                                else ("no health hook: loaded and on-init passed"
+                                      if r.status == "unknown" else ""))
+            table.add_row(clean(r.plugin), clean(r.version),
+                          f"[{style.get(r.status, '')}]{r.status}[/]", clean(said))
+        _console().print(table)
+        if not reports:
+            _say("no enabled plugins")
+    return EXIT_REFUSED if failing else EXIT_OK
+
+
+def _breaker_json(state: Any) -> dict[str, Any]:
+    return dataclasses.asdict(state)
+
+
+def _cmd_quarantine(host: PluginHost, args: argparse.Namespace) -> int:
+    host.info(args.name)
+    _started(host, args)
+    if host.get(args.name) is None:
+        raise UsageError(f"quarantine {args.name!r}: it is not running (state "
+                         f"{host.info(args.name).state}); only a running plugin can be "
+                         f"quarantined", plugin=args.name)
+    state = host.quarantine(args.name, args.reason, actor=_actor(args))
+    if args.json:
+        _ok(args, breaker=_breaker_json(state))
+    else:
+        _say(f"quarantined {clean(args.name)}: {clean(args.reason)} (hosts sharing this state "
+             f"apply it within a second; plugbox plugins release {clean(args.name)} ends it)")
+    return EXIT_OK
+
+
+def _cmd_release(host: PluginHost, args: argparse.Namespace) -> int:
+    host.info(args.name)
+    _started(host, args)
+    state = host.release(args.name, actor=_actor(args))
+    if args.json:
+        _ok(args, breaker=_breaker_json(state))
+    else:
+        _say(f"released {clean(args.name)}: it is dispatched to again")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
 # Dispatch and arguments
 
 
@@ -817,6 +897,16 @@ def add_plugins(sub: Any) -> None:
 
     name_arg(add("deps", _cmd_deps, "show what a plugin requires, uses optionally and "
                  "conflicts with, and the enabled plugins that require it"))
+    p = add("health", _cmd_health, "load the enabled plugins and run their health checks "
+            "(exit 1 when one is failing)")
+    p.add_argument("name", metavar="NAME", nargs="?", default=None, help="a plugin's name")
+    p = add("quarantine", _cmd_quarantine, "take a plugin out of dispatch until released "
+            "(recorded: running hosts on this state apply it)")
+    name_arg(p)
+    p.add_argument("--reason", metavar="TEXT", default="quarantined by an operator",
+                   help="why (shown to callers and in the audit log)")
+    name_arg(add("release", _cmd_release, "end a plugin's quarantine (by its circuit breaker "
+                 "or an operator)"))
     p = add("audit", _cmd_audit, "show the audit log (of one plugin, or all), newest first")
     p.add_argument("name", metavar="NAME", nargs="?", default=None, help="a plugin's name")
     p.add_argument("--limit", metavar="N", type=positive_int, default=50,

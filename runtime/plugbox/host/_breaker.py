@@ -148,6 +148,8 @@ class Breaker:
         self.consecutive = 0
         self.opened = 0  # openings in a row (reset when a probe succeeds)
         self.manual = False
+        #: True once this opening is in the lifecycle state (recorded here, or read from it).
+        self.recorded = False
         self._retry_at = 0.0  # monotonic
         self._probing = False
         self._last_calls: int | None = None
@@ -234,6 +236,7 @@ class Breaker:
             return False
 
     def _open(self, reason: str) -> None:
+        self.recorded = False
         p = self.policy
         wait = min(p.max_backoff_s, p.backoff_s * 2 ** self.opened)
         if p.jitter:
@@ -248,6 +251,7 @@ class Breaker:
         """Quarantine by hand: no call and no probe until :meth:`release`."""
         with self._lock:
             self.state, self.reason, self.manual, self._probing = OPEN, reason, True, False
+            self.recorded = False
 
     def release(self) -> None:
         """Close the breaker (an operator's release, or the end of a manual hold)."""

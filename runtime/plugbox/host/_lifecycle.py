@@ -1539,6 +1539,8 @@ class LifecycleMixin:
                 self._abandon(op, name)
                 raise
         self._emit_outcome(outcome, actor, at)
+        if outcome.status == "upgraded":
+            self._resume_waiting(actor)  # plugins that waited for this version start now
         return outcome
 
     def _activate_upgrade(self, row: PluginRow, manifest: Manifest, grant: dict[str, Any],
@@ -1827,6 +1829,7 @@ class LifecycleMixin:
             row, versions = self._row(name, "rollback")
             info = self._info(row, versions, () if warning is None else (warning,))
         self._emit("rolled-back", name, old, target.version, warning, actor, at)
+        self._resume_waiting(actor)  # plugins waiting for the version rolled back to
         return info
 
     def _rollback_target(self, row: PluginRow, versions: list[VersionRow],

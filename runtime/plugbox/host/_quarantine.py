@@ -198,6 +198,9 @@ class QuarantineMixin:
             recorder(name, None if b is None else b.reason, bool(b and b.manual))
         except Exception:  # the breaker still works in this process
             _log.exception("plugin %r: the quarantine could not be recorded", name)
+        else:
+            if b is not None:
+                b.recorded = True
 
     # -- the API -----------------------------------------------------------------------------
 
@@ -248,6 +251,7 @@ class QuarantineMixin:
             b.hold(reason)
         else:
             b.restore(reason, manual=False, retry_in=self._breaker_policy.backoff_s)
+        b.recorded = True  # it came from the lifecycle state
         with self._lock:
             if not self._closed:
                 self._publish()

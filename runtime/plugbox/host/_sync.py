@@ -85,7 +85,8 @@ class SyncMixin(LifecycleMixin):
                     changed.append(name)
             for row in self._start_order(rows, versions):
                 try:
-                    if self._refresh_one(row, versions[row.name], configs[row.name]):
+                    if self._refresh_one(row, versions[row.name], configs[row.name]) \
+                            or self._refresh_quarantine(row):
                         changed.append(row.name)
                 except PlugboxError as exc:
                     _log.warning("refresh: plugin %s %s could not be applied in this process: "
@@ -128,6 +129,26 @@ class SyncMixin(LifecycleMixin):
             return True
         if not hosted.enabled:
             self._set_enabled(hosted, True)
+            return True
+        return False
+
+    def _refresh_quarantine(self, row: PluginRow) -> bool:
+        """Apply a quarantine or a release another process recorded (issue 10 §2); True when
+        that changed something here. Only an opening this process knows is recorded is
+        released, so a quarantine that opened here a moment ago is never undone by a read
+        taken before it was written."""
+        if row.name not in self._managed or self.get(row.name) is None:
+            return False
+        breaker = self._breakers.get((row.name, None))  # type: ignore[attr-defined]
+        open_here = breaker is not None and breaker.state != "closed"
+        if row.state == "quarantined" and not open_here:
+            self._restore_recorded_quarantine(row)
+            return True
+        if row.state != "quarantined" and open_here and breaker is not None \
+                and breaker.recorded:
+            breaker.release()
+            self._closed_breaker((row.name, None), breaker,  # type: ignore[attr-defined]
+                                 actor=None)
             return True
         return False
 
