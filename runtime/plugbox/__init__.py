@@ -67,6 +67,7 @@ from .host import (
 )
 from ._manifest import Manifest, load_manifest
 from ._permissions import EventsPermission, HttpPermission, KvPermission, Limits, Permissions
+from ._metrics import Histogram, HookMetrics, Metrics, PluginMetrics, PointMetrics
 from ._plugin import CallRecord, Plugin
 from ._policy import Policy
 from ._runtime import Runtime
@@ -100,6 +101,8 @@ __all__ = [
     "GuestError",
     "GuestTrap",
     "HashMismatchError",
+    "Histogram",
+    "HookMetrics",
     "HostFunction",
     "HostedPlugin",
     "HttpPermission",
@@ -117,6 +120,7 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "MemoryLimitExceeded",
+    "Metrics",
     "ModuleInterfaceError",
     "OrderCycleError",
     "PackageError",
@@ -129,6 +133,8 @@ __all__ = [
     "PluginCallError",
     "PluginHost",
     "PluginInfo",
+    "PluginMetrics",
+    "PointMetrics",
     "Policy",
     "PolicyViolationError",
     "PublicKey",

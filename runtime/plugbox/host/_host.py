@@ -26,7 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
+from time import monotonic as _monotonic
+
 from .._errors import PlugboxError, PolicyViolationError, UsageError
+from .._metrics import Metrics, PointStats
 from .._manifest import Implementation, Manifest, read_manifest, validate_manifest
 from .._permissions import Limits
 from .._plugin import Plugin
@@ -244,6 +247,9 @@ class PluginHost(LifecycleMixin):
         self._readers_lock = threading.Lock()
         self._readers: dict[int, int] = {}
         self._retired: list[tuple[int, Plugin]] = []
+        # Metrics per extension point (see _run), when the runtime keeps metrics.
+        self._metrics_on: bool = runtime.metrics_enabled
+        self._point_stats: dict[str, PointStats] = {}
         try:
             self._init_lifecycle(state_url, safe_mode, keep_versions)
         except BaseException:
@@ -657,8 +663,36 @@ class PluginHost(LifecycleMixin):
         :data:`BACKGROUND_FAILURES_KEPT`, oldest first); each failure is also logged."""
         return tuple(self._background_failures)
 
+    def metrics(self) -> Metrics:
+        """A snapshot of the metrics (:class:`plugbox.Metrics`): every hosted plugin's
+        :class:`plugbox.PluginMetrics` by name, and every dispatched extension point's
+        :class:`plugbox.PointMetrics`. See docs/monitoring.md."""
+        plugins = {hp.name: hp.plugin.metrics() for hp in self._tables.plugins}
+        points = {name: stats.snapshot(name) for name, stats in list(self._point_stats.items())}
+        return Metrics(plugins=plugins, points=points)
+
     def _run(self, spec: ExtensionPoint, entries: tuple[_Impl, ...], data: bytes,
              caller: str | None) -> DispatchResult:
+        """Run the dispatch; with metrics on, counted and timed for its extension point."""
+        if not self._metrics_on:
+            return self._run_entries(spec, entries, data, caller)
+        stats = self._point_stats.get(spec.name)
+        if stats is None:
+            stats = self._point_stats.setdefault(spec.name, PointStats())
+        started = _monotonic()
+        try:
+            result = self._run_entries(spec, entries, data, caller)
+        except PlugboxError as exc:  # under propagate
+            stats.failed(exc.plugin or "?", exc)
+            raise
+        finally:
+            stats.dispatch.observe(_monotonic() - started)
+        for failure in result.failures:
+            stats.failed(failure.plugin, failure.error)
+        return result
+
+    def _run_entries(self, spec: ExtensionPoint, entries: tuple[_Impl, ...], data: bytes,
+                     caller: str | None) -> DispatchResult:
         active = _PLUGINS.get()
         if caller:
             active = active | {caller}
@@ -742,6 +776,11 @@ class PluginHost(LifecycleMixin):
         fuel = min(spec.fuel, limits.fuel) if spec.fuel is not None else None
         deadline = (min(spec.deadline_ms, limits.deadline_ms) if spec.deadline_ms is not None
                     else None)
+        if self._metrics_on:
+            stats = self._point_stats.get(spec.name)
+            if stats is None:  # call_plugin: a call that is not part of a dispatch
+                stats = self._point_stats.setdefault(spec.name, PointStats())
+            stats.calls[entry.name] = stats.calls.get(entry.name, 0) + 1
         if entry.calls_host:
             token = _PLUGINS.set(active | entry.names)
             try:
