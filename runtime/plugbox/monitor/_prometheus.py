@@ -18,7 +18,6 @@ try:
     from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                         HistogramMetricFamily, Metric)
     from prometheus_client.registry import Collector
-    from prometheus_client.utils import floatToGoString
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("plugbox.monitor needs prometheus_client: pip install 'plugbox[metrics]'"
                       ) from exc
@@ -43,7 +42,7 @@ def _buckets(h: Histogram) -> list[tuple[str, float]]:
     seen = 0
     for bound, n in zip(h.bounds, h.counts):
         seen += n
-        out.append((floatToGoString(bound), float(seen)))
+        out.append((repr(float(bound)), float(seen)))
     out.append(("+Inf", float(seen + h.counts[-1])))
     return out
 
