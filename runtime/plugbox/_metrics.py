@@ -251,14 +251,15 @@ class CallTracer:
     ``plugbox.fuel_used``, ``plugbox.memory_bytes``, ``plugbox.payload_bytes`` and
     ``plugbox.result_bytes``; a failed call's span has status ERROR."""
 
-    def __init__(self, trace: Any) -> None:
+    def __init__(self, trace: Any, provider: Any = None) -> None:
         from opentelemetry import context
 
         from ._version import __version__
 
         self._trace = trace
         self._context = context
-        self._tracer = trace.get_tracer("plugbox", __version__)
+        self._tracer = (provider.get_tracer("plugbox", __version__) if provider is not None
+                        else trace.get_tracer("plugbox", __version__))
 
     def start(self, plugin: str, hook: str, payload_bytes: int, point: str | None
               ) -> tuple[Any, Any]:
@@ -290,13 +291,21 @@ class CallTracer:
         span.end()
 
 
-def tracer_for(tracing: bool | None) -> CallTracer | None:
+def tracer_for(tracing: object) -> CallTracer | None:
     """The tracer a Runtime uses: None (no spans, no cost) for ``tracing=False``, and for
-    ``None`` unless opentelemetry-api is installed and a tracer provider is configured;
+    ``None`` unless opentelemetry-api is installed and a global tracer provider is
+    configured; ``True``: the global provider's tracer; a ``TracerProvider``: its tracer.
     ``tracing=True`` without the API is a :class:`plugbox.UsageError` saying what to
     install."""
     if tracing is not None and type(tracing) is not bool:
-        raise UsageError(f"tracing must be True, False or None, not {tracing!r}")
+        if not callable(getattr(tracing, "get_tracer", None)):
+            raise UsageError(f"tracing must be True, False, None or an OpenTelemetry "
+                             f"TracerProvider, not {tracing!r}")
+        trace = _otel_trace()
+        if trace is False:
+            raise UsageError("tracing with a TracerProvider needs opentelemetry-api: pip "
+                             "install 'plugbox[otel]'")
+        return CallTracer(trace, tracing)
     if tracing is False:
         return None
     trace = _otel_trace()

@@ -134,9 +134,9 @@ class Runtime:
     histogram for every plugin it loads (:meth:`metrics`; about 0.2 us a call, see
     docs/benchmarks.md, "metrics"); fuel, memory, instance and service figures cost nothing
     per call and are kept either way. ``tracing`` makes each plugin call an OpenTelemetry span
-    (``opentelemetry-api``, the ``plugbox[otel]`` extra): True on, False off, None (default)
-    on when the API is installed and a tracer provider is configured when the Runtime is
-    made. See docs/monitoring.md.
+    (``opentelemetry-api``, the ``plugbox[otel]`` extra): True on, False off, an SDK
+    ``TracerProvider`` on with that provider, None (default) on when the API is installed and
+    a global tracer provider is configured when the Runtime is made. See docs/monitoring.md.
     """
 
     def __init__(
@@ -154,7 +154,7 @@ class Runtime:
         abi: str = _abispec.ABI_VERSION,
         state_url: str | None = None,
         metrics: bool = True,
-        tracing: bool | None = None,
+        tracing: object = None,
     ) -> None:
         from ._version import __version__
 
