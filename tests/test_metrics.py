@@ -272,13 +272,18 @@ def test_histogram_percentiles_interpolate_inside_buckets() -> None:
 def test_latency_lands_in_the_bucket_of_its_duration() -> None:
     from plugbox._metrics import CallStats
 
+    assert LATENCY_BOUNDS[0] == 1024e-9 and LATENCY_BOUNDS[-1] == (1 << 34) / 1e9
+    assert all(b == 2 * a for a, b in zip(LATENCY_BOUNDS, LATENCY_BOUNDS[1:]))
     stats = CallStats()
-    for seconds in (0.5e-6, 1e-6, 3e-6, 0.02, 99.0):
+    for seconds in (0.5e-6, 1e-6, 3e-6, 4.1e-6, 0.02, 99.0):
         stats.observe(seconds)
     h = stats.histogram()
     at = {b: n for b, n in zip((*h.bounds, math.inf), h.counts) if n}
-    assert at == {1e-6: 2, 5e-6: 1, 0.025: 1, math.inf: 1}
-    assert h.sum == pytest.approx(0.5e-6 + 1e-6 + 3e-6 + 0.02 + 99.0)
+    # 0.5 and 1 us: at most 1.024 us; 3 us: (2.048, 4.096]; 4.1 us: (4.096, 8.192];
+    # 20 ms: (16.8, 33.6] ms; 99 s: over the last bound
+    assert at == {1024e-9: 2, 4096e-9: 1, 8192e-9: 1, (1 << 25) / 1e9: 1, math.inf: 1}
+    assert h.sum == pytest.approx(0.5e-6 + 1e-6 + 3e-6 + 4.1e-6 + 0.02 + 99.0)
+    assert stats.count == 6
 
 
 # -- per extension point ---------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Metrics: the accumulators the call path updates, and the frozen snapshots read from them.
 
-The hot path (``Plugin.call`` with metrics on) does two clock reads, one ``bisect`` over
-:data:`LATENCY_BOUNDS`, one list-item increment and one float add per call; failures add a
-dict increment. Fuel and memory are not read per call at all: the call sequence (C, or its
+The hot path (``Plugin.call`` with metrics on) does two ``monotonic_ns`` clock reads, one
+``int.bit_length`` (the bucket: powers of two of nanoseconds, so no search), one list-item
+increment and one int add per call; failures add a dict increment. Fuel and memory are not read per call at all: the call sequence (C, or its
 ctypes twin) leaves them in the instance's control words, and a snapshot sums them up. Every
 snapshot type is a frozen dataclass, so a snapshot never changes under its reader.
 
@@ -14,7 +14,6 @@ rarely, be lost (the same holds for ``Plugin.calls``).
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -24,10 +23,18 @@ from ._errors import UsageError
 __all__ = ["CallTracer", "Histogram", "HookMetrics", "LATENCY_BOUNDS", "Metrics",
            "PluginMetrics", "PointMetrics", "tracer_for"]
 
-#: Upper bounds (seconds, inclusive, as Prometheus' ``le``) of the latency histogram buckets;
-#: a last bucket above them counts the rest (``+Inf``). 1-2.5-5 per decade from 1 us to 10 s.
+#: Raw slots of an accumulator: slot ``b`` counts durations of ``b`` bits in nanoseconds
+#: (``ns.bit_length() == b``, so below ``2**b`` ns); slot :data:`SUM_SLOT` holds the total ns.
+NS_SLOTS: Final = 64
+SUM_SLOT: Final = NS_SLOTS
+#: The smallest and largest bucket bound, as powers of two of nanoseconds.
+_LOW_BITS, _HIGH_BITS = 10, 34
+#: Upper bounds (seconds, as Prometheus' ``le``) of the latency histogram buckets, powers of
+#: two of nanoseconds from 1.024 us to 17.2 s (a factor 2 apart); a last bucket above them
+#: counts the rest (``+Inf``). A duration of exactly a bound counts in the next bucket (the
+#: bounds are exact to the nanosecond).
 LATENCY_BOUNDS: Final[tuple[float, ...]] = tuple(
-    round(m * 10.0 ** e, 9) for e in range(-6, 1) for m in (1.0, 2.5, 5.0)) + (10.0,)
+    (1 << b) / 1e9 for b in range(_LOW_BITS, _HIGH_BITS + 1))
 
 
 class CallStats:
@@ -35,18 +42,24 @@ class CallStats:
     :data:`LATENCY_BOUNDS` and failures by error class. Not public; read it through
     :meth:`histogram`."""
 
-    __slots__ = ("counts", "sum", "failures")
+    __slots__ = ("slots", "failures")
 
     def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BOUNDS) + 1)
-        self.sum = 0.0
+        #: NS_SLOTS bit-length counts, then the total ns (the hot path updates this list)
+        self.slots = [0] * (NS_SLOTS + 1)
         #: error class name -> count
         self.failures: dict[str, int] = {}
 
     def observe(self, seconds: float) -> None:
-        """Count one call that took ``seconds`` (the hot path inlines this)."""
-        self.counts[bisect_left(LATENCY_BOUNDS, seconds)] += 1
-        self.sum += seconds
+        """Count one call that took ``seconds`` (the hot path inlines this, in ns)."""
+        ns = max(0, int(seconds * 1e9))
+        self.slots[min(NS_SLOTS - 1, ns.bit_length())] += 1
+        self.slots[SUM_SLOT] += ns
+
+    @property
+    def count(self) -> int:
+        """Durations observed."""
+        return sum(self.slots[:NS_SLOTS])
 
     def fail(self, error: BaseException) -> None:
         """Count one failure by the class of ``error``."""
@@ -55,8 +68,14 @@ class CallStats:
         failures[name] = failures.get(name, 0) + 1
 
     def histogram(self) -> Histogram:
-        """A frozen copy of the latency histogram."""
-        return Histogram(LATENCY_BOUNDS, tuple(self.counts), self.sum)
+        """A frozen copy of the latency histogram over :data:`LATENCY_BOUNDS`."""
+        slots = list(self.slots)  # one copy: the hot path may go on meanwhile
+        counts = [0] * (len(LATENCY_BOUNDS) + 1)
+        for bits in range(NS_SLOTS):
+            n = slots[bits]
+            if n:
+                counts[min(max(0, bits - _LOW_BITS), len(LATENCY_BOUNDS))] += n
+        return Histogram(LATENCY_BOUNDS, tuple(counts), slots[SUM_SLOT] / 1e9)
 
 
 @dataclass(frozen=True)
@@ -211,7 +230,7 @@ class PointStats:
     def snapshot(self, name: str) -> PointMetrics:
         """A frozen copy."""
         return PointMetrics(
-            name=name, dispatches=sum(self.dispatch.counts),
+            name=name, dispatches=self.dispatch.count,
             latency=self.dispatch.histogram(), calls=dict(self.calls),
             failures={p: dict(f) for p, f in self.failures.items()})
 

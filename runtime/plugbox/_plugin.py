@@ -9,15 +9,13 @@ import functools
 import json
 import logging
 import threading
-from bisect import bisect_left as _bisect
 from collections import deque
-from time import monotonic as _monotonic
+from time import monotonic as _monotonic, monotonic_ns as _monotonic_ns
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 from .engine import _fastpath
-from ._metrics import (LATENCY_BOUNDS as _BOUNDS, CallStats, CallTracer, HookMetrics,
-                       PluginMetrics)
+from ._metrics import SUM_SLOT as _SUM, CallStats, CallTracer, HookMetrics, PluginMetrics
 from ._errors import (
     AbiViolation,
     ClosedError,
@@ -163,6 +161,10 @@ class Plugin:
         self._stats: dict[str, CallStats] | None = (
             {hook: CallStats() for hook in self.hooks}
             if getattr(runtime, "metrics_enabled", False) else None)
+        # The same accumulators' raw slot lists, which is what the hot path touches.
+        self._slots: dict[str, list[int]] | None = (
+            None if self._stats is None
+            else {hook: st.slots for hook, st in self._stats.items()})
         self._tracer: CallTracer | None = getattr(runtime, "_tracer", None)
         self._fuel_retired = 0
         self._memory_retired = 0
@@ -377,23 +379,26 @@ class Plugin:
             seconds = deadline_ms / 1000.0
         if self.runtime._monitors or self._tracer is not None:
             return self._monitored(hook, hook_bytes, payload, fuel, ticks, seconds)
-        stats = self._stats
-        if stats is None:
+        slots = self._slots
+        if slots is None:
             return self._call(hook, hook_bytes, payload, fuel, ticks, _monotonic() + seconds,
                               int(seconds * 1000))
-        # Metrics on: the whole cost is here (see plugbox._metrics), no callbacks.
-        hs = stats[hook]
-        started = _monotonic()
+        # Metrics on: the whole cost is here (see plugbox._metrics), no callbacks: the
+        # duration's bit length in ns is its bucket.
+        counts = slots[hook]
+        started = _monotonic_ns()
         try:
-            return self._call(hook, hook_bytes, payload, fuel, ticks, started + seconds,
-                              int(seconds * 1000))
+            return self._call(hook, hook_bytes, payload, fuel, ticks,
+                              started * 1e-9 + seconds, int(seconds * 1000))
         except PlugboxError as exc:
-            hs.fail(exc)
+            stats = self._stats
+            if stats is not None:
+                stats[hook].fail(exc)
             raise
         finally:
-            elapsed = _monotonic() - started
-            hs.counts[_bisect(_BOUNDS, elapsed)] += 1
-            hs.sum += elapsed
+            elapsed = _monotonic_ns() - started
+            counts[elapsed.bit_length()] += 1
+            counts[_SUM] += elapsed
 
     def _call_limit(self, name: str, value: object, cap: int, hook: str) -> int:
         """A per-call limit override: a positive int, capped by the host policy."""
@@ -513,7 +518,8 @@ class Plugin:
         failures: dict[str, int] = {}
         latency = empty_histogram()
         for hook, hs in (self._stats or {}).items():
-            hm = HookMetrics(hook, sum(hs.counts), dict(hs.failures), hs.histogram())
+            own = hs.histogram()
+            hm = HookMetrics(hook, own.count, dict(hs.failures), own)
             hooks[hook] = hm
             latency = latency + hm.latency
             for name, n in hm.failures.items():
