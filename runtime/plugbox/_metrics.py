@@ -1,8 +1,10 @@
 """Metrics: the accumulators the call path updates, and the frozen snapshots read from them.
 
-The hot path (``Plugin.call`` with metrics on) does two ``monotonic_ns`` clock reads, one
-``int.bit_length`` (the bucket: powers of two of nanoseconds, so no search), one list-item
-increment and one int add per call; failures add a dict increment. Fuel and memory are not read per call at all: the call sequence (C, or its
+The hot path (``Plugin.call`` with metrics on) reads no clock of its own: it reuses the two
+reads a call makes anyway (the deadline, the overrun check), and adds one float-to-int
+conversion, one ``int.bit_length`` (the bucket: powers of two of nanoseconds, so no search),
+one list-item increment and one int add per call; failures add a clock read and a dict
+increment. Fuel and memory are not read per call at all: the call sequence (C, or its
 ctypes twin) leaves them in the instance's control words, and a snapshot sums them up. Every
 snapshot type is a frozen dataclass, so a snapshot never changes under its reader.
 

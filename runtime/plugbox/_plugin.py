@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 from collections import deque
-from time import monotonic as _monotonic, monotonic_ns as _monotonic_ns
+from time import monotonic as _monotonic
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
@@ -383,22 +383,22 @@ class Plugin:
         if slots is None:
             return self._call(hook, hook_bytes, payload, fuel, ticks, _monotonic() + seconds,
                               int(seconds * 1000))
-        # Metrics on: the whole cost is here (see plugbox._metrics), no callbacks: the
-        # duration's bit length in ns is its bucket.
-        counts = slots[hook]
-        started = _monotonic_ns()
+        # Metrics on, no callbacks: a successful call is counted at the end of _call, which
+        # reads the clock there anyway (the overrun check); a failed one here.
+        started = _monotonic()
         try:
-            return self._call(hook, hook_bytes, payload, fuel, ticks,
-                              started * 1e-9 + seconds, int(seconds * 1000))
+            return self._call(hook, hook_bytes, payload, fuel, ticks, started + seconds,
+                              int(seconds * 1000), None, slots[hook], started)
         except PlugboxError as exc:
-            stats = self._stats
-            if stats is not None:
-                stats[hook].fail(exc)
+            self._count_failure(hook, exc, started)
             raise
-        finally:
-            elapsed = _monotonic_ns() - started
-            counts[elapsed.bit_length()] += 1
-            counts[_SUM] += elapsed
+
+    def _count_failure(self, hook: str, exc: PlugboxError, started: float) -> None:
+        """Metrics of a failed call: its duration and its error class."""
+        stats = self._stats
+        if stats is not None:
+            stats[hook].observe(_monotonic() - started)
+            stats[hook].fail(exc)
 
     def _call_limit(self, name: str, value: object, cap: int, hook: str) -> int:
         """A per-call limit override: a positive int, capped by the host policy."""
@@ -446,6 +446,7 @@ class Plugin:
     def _call(
         self, hook: str, hook_bytes: bytes, payload: bytes, fuel: int, ticks: int,
         deadline_at: float, deadline_ms: int, record: CallRecord | None = None,
+        counts: list[int] | None = None, started: float = 0.0,
     ) -> bytes:
         self.calls += 1
         persistent = self._persistent
@@ -497,12 +498,17 @@ class Plugin:
             self.calls -= 1
             result: bytes = run_on_enough_stack(self._template.engine, self._call, hook,
                                                 hook_bytes, payload, fuel, ticks, deadline_at,
-                                                deadline_ms, record)
+                                                deadline_ms, record, counts, started)
             return result
-        late = _monotonic() - deadline_at
+        now = _monotonic()
+        late = now - deadline_at
         if late > OVERRUN_GRACE_S:
             self._overrun(hook, deadline_ms, late)
         if outcome.ok:
+            if counts is not None:  # metrics: the duration's bit length in ns is its bucket
+                ns = int((now - started) * 1e9)
+                counts[ns.bit_length()] += 1
+                counts[_SUM] += ns
             return outcome.value
         self.failures += 1
         raise guest_error(outcome, self.name, hook)
