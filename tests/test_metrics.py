@@ -286,6 +286,22 @@ def test_latency_lands_in_the_bucket_of_its_duration() -> None:
     assert stats.count == 6
 
 
+def test_observe_in_c_and_in_python_count_alike(accel: bool) -> None:
+    import time
+
+    from plugbox._metrics import CallStats
+    from plugbox.engine import _fastpath
+
+    stats = CallStats()
+    started = time.monotonic() - 0.003  # a call that began 3 ms ago
+    now = _fastpath.observe(stats.address, started)
+    assert started + 0.003 <= now <= time.monotonic()
+    # 3 ms has 22 bits in ns (2**21 ns = 2.1 ms < 3 ms < 2**22 ns = 4.2 ms)
+    assert [b for b in range(64) if stats.slots[b]] == [22] and stats.slots[22] == 1
+    assert 3_000_000 <= stats.slots[64] <= int((now - started) * 1e9) + 1
+    assert stats.histogram().counts[22 - 10] == 1
+
+
 # -- per extension point ---------------------------------------------------------------------
 
 

@@ -742,6 +742,18 @@ def _py_call_steps(
     return result
 
 
+def _py_observe(slots: int, started: float) -> float:
+    """Pure-Python twin of ``_speedups.observe``: count a finished call in the metrics
+    accumulator at address ``slots`` (int64[65]: bit-length counts of nanoseconds, then their
+    total); returns ``time.monotonic()``."""
+    now = time.monotonic()
+    ns = max(0, int(now * 1e9) - int(started * 1e9))
+    acc = (c_int64 * 65).from_address(slots)
+    acc[ns.bit_length()] += 1
+    acc[64] += ns
+    return now
+
+
 def _py_instantiate(
     engine: int, pre: int, cap: int, fuel: int, ticks: int, names: tuple[bytes, ...],
     out: int, instance: int, ctl: int, start: bool,
@@ -799,25 +811,29 @@ try:
     #: epoch-deadline callback), or None on the pure-ctypes path.
     trampolines: tuple[int, int, int] | None = _speedups.trampolines()
     _stack_room: Callable[[], int] = _speedups.stack_room
+    #: observe(accumulator address, started) -> time.monotonic(): see _speedups.c.
+    observe: Callable[[int, float], float] = _speedups.observe
     ACCELERATED = True
 except ImportError:  # no C compiler at install time: same behaviour, slower
     _call_entry = _py_call_entry
     _instantiate = _py_instantiate
     trampolines = None
     ACCELERATED = False
+    observe = _py_observe
 
 
 def use_accelerator(enabled: bool) -> bool:
     """Switch between the C and the pure-Python call sequence (tests run both). Returns whether
     the accelerator is now in use (False when it is not built). Host functions linked from then
     on use the C trampolines or the ctypes callbacks to match; the epoch ticker stays native."""
-    global _call_entry, _instantiate, trampolines, _stack_room
+    global _call_entry, _instantiate, trampolines, _stack_room, observe
     if enabled and ACCELERATED:
         _call_entry, _instantiate = _speedups.call_entry, _speedups.instantiate
         trampolines, _stack_room = _speedups.trampolines(), _speedups.stack_room
+        observe = _speedups.observe
         return True
     _call_entry, _instantiate = _py_call_entry, _py_instantiate
-    trampolines, _stack_room = None, _py_stack_room
+    trampolines, _stack_room, observe = None, _py_stack_room, _py_observe
     return False
 
 
