@@ -30,6 +30,7 @@ from time import monotonic as _monotonic
 
 from .._errors import PlugboxError, PolicyViolationError, UsageError
 from .._metrics import Metrics, PointStats
+from ..engine import _fastpath
 from .._manifest import Implementation, Manifest, read_manifest, validate_manifest
 from .._permissions import Limits
 from .._plugin import Plugin
@@ -686,7 +687,7 @@ class PluginHost(LifecycleMixin):
             stats.failed(exc.plugin or "?", exc)
             raise
         finally:
-            stats.dispatch.observe(_monotonic() - started)
+            _fastpath.observe(stats.dispatch.address, started)  # one C call: clock, bucket
         for failure in result.failures:
             stats.failed(failure.plugin, failure.error)
         return result
