@@ -810,6 +810,43 @@ def bench_dispatch(res: Results, echo_dir: Path, out: Path, reps: int,
             f"µs direct ({timers[mine].median / timers[base].median:.2f}x)")
 
 
+def bench_metrics(res: Results, echo_dir: Path, out: Path, reps: int,
+                  rep_seconds: float) -> None:
+    """Section 8: what metrics cost. The 16 B Rust echo in a Runtime with ``metrics=True`` and
+    one with ``metrics=False`` (both ``tracing=False``), interleaved in the same run; the
+    overhead is the median of the per-round differences (each round times both once, so a
+    burst of background load lands on both); three times the usual rounds, each half as
+    long, since the difference is a tenth of the call. Also recorded: the difference of the
+    best rounds (the least disturbed estimate)."""
+    payload = payload_of(16)
+    timers: dict[str, Timer] = {}
+    runtimes = []
+    try:
+        for on in (True, False):
+            rt = plugbox.Runtime(state_dir=out / f"metrics-{on}", metrics=on, tracing=False)
+            runtimes.append(rt)
+            plugin = rt.load(echo_dir)
+            timers["metrics on" if on else "metrics off"] = Timer(
+                functools.partial(plugin.call, "echo", payload), rep_seconds / 2)
+        for name, t in timers.items():
+            if t.check() != payload:
+                raise SystemExit(f"{name}: echo returned the wrong bytes")
+        interleaved(timers, reps * 3)
+        calls = runtimes[0].metrics().plugins["echo"].calls
+    finally:
+        for rt in runtimes:
+            rt.close()
+    on, off = timers["metrics on"].samples, timers["metrics off"].samples
+    res.add("metrics", "16 B echo", "metrics on", on)
+    res.add("metrics", "16 B echo", "metrics off", off)
+    res.add("metrics", "16 B echo", "overhead", [a - b for a, b in zip(on, off)],
+            calls_counted=calls, best_difference=min(on) - min(off))
+    log(f"  metrics on {statistics.median(on) * 1e6:.3f} µs, off "
+        f"{statistics.median(off) * 1e6:.3f} µs: +"
+        f"{statistics.median([a - b for a, b in zip(on, off)]) * 1e6:.3f} µs per call "
+        f"(best rounds: +{(min(on) - min(off)) * 1e6:.3f} µs)")
+
+
 def _percentile(samples: list[float], pct: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
@@ -964,6 +1001,11 @@ def targets(res: Results, cpus: int) -> list[dict[str, Any]]:
             f"{ms:.0f} ms (rt.load; whole process incl. interpreter start: "
             f"{statistics.median(r['process_seconds']) * 1e3:.0f} ms)",
             f"<= {TARGET_PY_WARM_LOAD_MS:g} ms", ms <= TARGET_PY_WARM_LOAD_MS)
+    r = res.get("metrics", "16 B echo", "overhead")
+    if r:
+        us = r["median"] * 1e6
+        add("metrics overhead, 16 B echo", us, f"{us:+.3f} µs per call", "<= 0.5 µs",
+            us <= 0.5)
     return out
 
 
@@ -1144,6 +1186,19 @@ def build_tables(res: Results, tgts: list[dict[str, Any]]) -> list[Table]:
     tables.extend(propagation.tables(res))
 
     rows = []
+    for contender in ("metrics off", "metrics on", "overhead"):
+        r = res.get("metrics", "16 B echo", contender)
+        if r:
+            best = (f"{r['best_difference'] * 1e6:+.3f} µs" if "best_difference" in r
+                    else fmt_us(r["min"]))
+            rows.append([contender, fmt_us(r["median"]), best, f"±{r['spread'] * 50:.0f}%"
+                         if contender != "overhead" else "-"])
+    if rows:
+        tables.append(("Metrics on and off, 16 B echo (median per call; overhead = median of "
+                       "the per-round differences, best = best round on minus best off)",
+                       ["case", "median", "best round", "spread"], rows))
+
+    rows = []
     for tg in tgts:
         met = "met" if tg["met"] else "NOT met" if tg["met"] is not None else "n/a"
         rows.append([tg["target"], tg["shown"], tg["goal"],
@@ -1210,9 +1265,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the Python-plugin rows (they need componentize-py; ~40 s)")
     ap.add_argument("--only", default="", metavar="SECTIONS",
                     help="run only these comma-separated sections: calls, hostcalls, threads, "
-                         "deadlines, dispatch, python, propagation, lifecycle (default: all)")
+                         "deadlines, dispatch, metrics, python, propagation, lifecycle "
+                         "(default: all)")
     args = ap.parse_args(argv)
-    sections = {"calls", "hostcalls", "threads", "deadlines", "dispatch", "python",
+    sections = {"calls", "hostcalls", "threads", "deadlines", "dispatch", "metrics", "python",
                 "propagation", "lifecycle"}
     only = {s.strip() for s in args.only.split(",") if s.strip()} or sections
     if only - sections:
@@ -1266,6 +1322,9 @@ def main(argv: list[str] | None = None) -> int:
         if "dispatch" in only:
             log("PluginHost dispatch overhead ...")
             bench_dispatch(res, echo_dir, staged, reps, rep_seconds)
+        if "metrics" in only:
+            log("metrics on and off ...")
+            bench_metrics(res, echo_dir, staged, reps, rep_seconds)
         del ext
     if "propagation" in only:
         log("propagation between processes ...")

@@ -7,6 +7,8 @@ import inspect
 import plugbox
 
 PUBLIC = sorted([
+    # Issue 10 (metrics):
+    "Histogram", "HookMetrics", "Metrics", "PluginMetrics", "PointMetrics",
     # Issue 9 (lifecycle):
     "AuditEntry", "ConfigError", "ConfigRevision", "DependencyError", "LifecycleError",
     "LifecycleEvent", "PermissionDiff", "PluginInfo", "RecoveredOperation", "StartReport",

@@ -71,6 +71,7 @@ from .host import (
 )
 from ._manifest import Manifest, load_manifest
 from ._permissions import EventsPermission, HttpPermission, KvPermission, Limits, Permissions
+from ._metrics import Histogram, HookMetrics, Metrics, PluginMetrics, PointMetrics
 from ._plugin import CallRecord, Plugin
 from ._policy import Policy
 from ._runtime import Runtime
@@ -107,6 +108,8 @@ __all__ = [
     "GuestTrap",
     "HashMismatchError",
     "HealthReport",
+    "Histogram",
+    "HookMetrics",
     "HostFunction",
     "HostedPlugin",
     "HttpPermission",
@@ -124,6 +127,7 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "MemoryLimitExceeded",
+    "Metrics",
     "ModuleInterfaceError",
     "OrderCycleError",
     "PackageError",
@@ -136,6 +140,8 @@ __all__ = [
     "PluginCallError",
     "PluginHost",
     "PluginInfo",
+    "PluginMetrics",
+    "PointMetrics",
     "Policy",
     "PolicyViolationError",
     "PublicKey",

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 from .engine import _fastpath
+from ._metrics import CallStats, CallTracer, HookMetrics, PluginMetrics
 from ._errors import (
     AbiViolation,
     ClosedError,
@@ -34,6 +35,7 @@ from .engine._fastpath import (
     run_on_enough_stack,
 )
 from .engine._fastpath_component import ComponentInstance, ComponentTemplate
+from .services._services import DISPATCH_CHAIN
 
 if TYPE_CHECKING:
     from ._manifest import Manifest
@@ -62,6 +64,10 @@ class PluginOwner(Protocol):
 
     policy: Policy
     _monitors: list[Monitor]
+    #: Whether plugins keep metrics (``Runtime(metrics=...)``), read once at load.
+    metrics_enabled: bool
+    #: Whether each call is an OpenTelemetry span (``Runtime(tracing=...)``).
+    _tracer: Any
 
     def _forget(self, plugin: Plugin) -> None: ...
 
@@ -150,6 +156,18 @@ class Plugin:
         #: Calls that returned more than OVERRUN_GRACE_S after their deadline (logged).
         self.overruns = 0
         self._overrun_logged = 0.0
+        # Metrics (plugbox._metrics): per-hook accumulators, None when metrics are off; what
+        # discarded instances used, folded in when they leave (under _cond).
+        self._stats: dict[str, CallStats] | None = (
+            {hook: CallStats() for hook in self.hooks}
+            if getattr(runtime, "metrics_enabled", False) else None)
+        # The same accumulators' addresses, which is what the hot path hands to observe().
+        self._slots: dict[str, int] | None = (
+            None if self._stats is None
+            else {hook: st.address for hook, st in self._stats.items()})
+        self._tracer: CallTracer | None = getattr(runtime, "_tracer", None)
+        self._fuel_retired = 0
+        self._memory_retired = 0
         # Prove the plugin starts (and its on-init accepts the config) before handing it out.
         first = run_on_enough_stack(template.engine, self._new_instance)
         if mode == "persistent":
@@ -277,7 +295,7 @@ class Plugin:
                 self._drain()
             return
         with self._cond:
-            self._instances.discard(inst)
+            self._retire(inst)
             inst.close()
             self._live -= 1
             if failed:
@@ -287,14 +305,25 @@ class Plugin:
         if last:
             self._free()
 
+    def _retire(self, inst: _Inst) -> None:
+        """``inst`` leaves the pool (lock held): what it used moves to the plugin's totals, so
+        a snapshot counts it exactly once."""
+        if inst in self._instances:
+            self._instances.discard(inst)
+            self._fuel_retired += inst.fuel_consumed
+            peak = inst.memory_peak
+            if peak is not None and peak > self._memory_retired:
+                self._memory_retired = peak
+
     def _drain(self) -> None:
         with self._cond:
             idle, self._idle = self._idle, []
             self._live -= len(idle)
             last = self._live == 0 and not self._freed
             self._freed = self._freed or last
+            for inst in idle:
+                self._retire(inst)
         for inst in idle:
-            self._instances.discard(inst)
             inst.close()
         if last:
             self._template.close()
@@ -348,10 +377,28 @@ class Plugin:
                                            self.runtime.policy.max_limits.deadline_ms, hook)
             ticks = self._template.engine.deadline_ticks(deadline_ms)
             seconds = deadline_ms / 1000.0
-        if self.runtime._monitors:
+        if self.runtime._monitors or self._tracer is not None:
             return self._monitored(hook, hook_bytes, payload, fuel, ticks, seconds)
-        return self._call(hook, hook_bytes, payload, fuel, ticks, _monotonic() + seconds,
-                          int(seconds * 1000))
+        slots = self._slots
+        if slots is None:
+            return self._call(hook, hook_bytes, payload, fuel, ticks, _monotonic() + seconds,
+                              int(seconds * 1000))
+        # Metrics on, no callbacks: a successful call is counted at the end of _call, which
+        # reads the clock there anyway (the overrun check); a failed one here.
+        started = _monotonic()
+        try:
+            return self._call(hook, hook_bytes, payload, fuel, ticks, started + seconds,
+                              int(seconds * 1000), None, slots[hook], started)
+        except PlugboxError as exc:
+            self._count_failure(hook, exc, started)
+            raise
+
+    def _count_failure(self, hook: str, exc: PlugboxError, started: float) -> None:
+        """Metrics of a failed call: its duration and its error class."""
+        stats = self._stats
+        if stats is not None:
+            stats[hook].observe(_monotonic() - started)
+            stats[hook].fail(exc)
 
     def _call_limit(self, name: str, value: object, cap: int, hook: str) -> int:
         """A per-call limit override: a positive int, capped by the host policy."""
@@ -371,6 +418,11 @@ class Plugin:
         record = CallRecord(self.name, hook, len(payload))
         for before, _ in monitors:
             before(record)
+        tracer = self._tracer
+        span = None
+        if tracer is not None:
+            chain = DISPATCH_CHAIN.get()
+            span = tracer.start(self.name, hook, len(payload), chain[-1] if chain else None)
         started = _monotonic()
         try:
             result = self._call(hook, hook_bytes, payload, fuel, ticks, started + seconds,
@@ -379,15 +431,22 @@ class Plugin:
             return result
         except PlugboxError as exc:
             record.error = exc
+            if self._stats is not None:
+                self._stats[hook].fail(exc)
             raise
         finally:
             record.seconds = _monotonic() - started
+            if self._stats is not None:
+                self._stats[hook].observe(record.seconds)
+            if tracer is not None and span is not None:
+                tracer.end(span, record)
             for _, after in monitors:
                 after(record)
 
     def _call(
         self, hook: str, hook_bytes: bytes, payload: bytes, fuel: int, ticks: int,
         deadline_at: float, deadline_ms: int, record: CallRecord | None = None,
+        accumulator: int | None = None, started: float = 0.0,
     ) -> bytes:
         self.calls += 1
         persistent = self._persistent
@@ -439,15 +498,53 @@ class Plugin:
             self.calls -= 1
             result: bytes = run_on_enough_stack(self._template.engine, self._call, hook,
                                                 hook_bytes, payload, fuel, ticks, deadline_at,
-                                                deadline_ms, record)
+                                                deadline_ms, record, accumulator, started)
             return result
-        late = _monotonic() - deadline_at
+        # With metrics on, the clock read that the overrun check needs also counts the call
+        # (in C: _speedups.observe); a failed call is counted by call().
+        if accumulator is not None and outcome.ok:
+            late = _fastpath.observe(accumulator, started) - deadline_at
+        else:
+            late = _monotonic() - deadline_at
         if late > OVERRUN_GRACE_S:
             self._overrun(hook, deadline_ms, late)
         if outcome.ok:
             return outcome.value
         self.failures += 1
         raise guest_error(outcome, self.name, hook)
+
+    def metrics(self) -> PluginMetrics:
+        """A snapshot of this plugin's metrics (:class:`plugbox.PluginMetrics`). With metrics
+        off (``Runtime(metrics=False)``) the per-hook figures are empty and latency is an
+        empty histogram; the counters kept anyway (calls, failures, instances, services) are
+        still there."""
+        from ._metrics import empty_histogram
+
+        hooks: dict[str, HookMetrics] = {}
+        failures: dict[str, int] = {}
+        latency = empty_histogram()
+        for hook, hs in (self._stats or {}).items():
+            own = hs.histogram()
+            hm = HookMetrics(hook, own.count, dict(hs.failures), own)
+            hooks[hook] = hm
+            latency = latency + hm.latency
+            for name, n in hm.failures.items():
+                failures[name] = failures.get(name, 0) + n
+        with self._cond:
+            live = list(self._instances)
+            fuel = self._fuel_retired + sum(inst.fuel_consumed for inst in live)
+            peaks = [p for p in (inst.memory_peak for inst in live) if p is not None]
+            component = isinstance(self._template, ComponentTemplate)
+            memory = None if component else max([self._memory_retired, *peaks])
+            instances_live = self._live
+        svc = self.services.usage()
+        return PluginMetrics(
+            name=self.name, version=self.version,
+            calls=sum(hm.calls for hm in hooks.values()) if self._stats is not None
+            else self.calls,
+            failures=failures, latency=latency, hooks=hooks, fuel_consumed=fuel,
+            memory_peak_bytes=memory, instances_live=instances_live,
+            instances_discarded=self.instances_discarded, overruns=self.overruns, **svc)
 
     def _overrun(self, hook: str, deadline_ms: int, late: float) -> None:
         """A call returned after its deadline (the guest was not in wasm to be interrupted, or

@@ -563,10 +563,13 @@ def _py_guest_call(ctx: int, func: int, args: Any, n: int) -> tuple[int, int]:
 #: Guest error messages are copied out up to this many UTF-8 bytes (like log messages); the
 #: rest is counted and reported as dropped, never copied. Same number as in _speedups.c.
 GUEST_ERROR_MAX: Final = 4096
-# The instance's control words (int64[5], see _speedups.c): phase, interrupted, clock deadline
-# (CLOCK_MONOTONIC ns, 0: by ticks only), tick (ns), native stack a call needs.
+# The instance's control words (int64[8], see _speedups.c): phase, interrupted, clock deadline
+# (CLOCK_MONOTONIC ns, 0: by ticks only), tick (ns), native stack a call needs; then, written
+# by the call sequence after each hook call: fuel it used, fuel all hook calls used, memory
+# size after it (the metrics read these lazily: ctl outlives the store).
 _CTL_PHASE, _CTL_INTERRUPTED, _CTL_DEADLINE, _CTL_TICK, _CTL_STACK = 0, 1, 2, 3, 4
-_Ctl = c_int64 * 5
+_CTL_FUEL_LAST, _CTL_FUEL_TOTAL, _CTL_MEMORY = 5, 6, 7
+_Ctl = c_int64 * 8
 #: With a clock deadline, a running guest checks in every CHECK_TICKS epoch ticks (the latency
 #: of an interrupt; same number as in _speedups.c).
 CHECK_TICKS: Final = 8
@@ -668,6 +671,16 @@ def _py_call_entry(
         return _py_call_steps(ctx, mem, base, realloc, func, post, first, second, ctl)
     finally:
         ctl[_CTL_PHASE] = 0
+        if first is not None:  # a hook call: account for the fuel it used, as C does
+            left = c_uint64()
+            err = _get_fuel(ctx, ctypes.addressof(left))
+            if err:
+                _take_error(err)
+            else:
+                used = max(0, fuel - left.value)
+                ctl[_CTL_FUEL_LAST] = used
+                ctl[_CTL_FUEL_TOTAL] += used
+            ctl[_CTL_MEMORY] = _memory_size(ctx, mem)
 
 
 def _py_call_steps(
@@ -729,6 +742,18 @@ def _py_call_steps(
     return result
 
 
+def _py_observe(slots: int, started: float) -> float:
+    """Pure-Python twin of ``_speedups.observe``: count a finished call in the metrics
+    accumulator at address ``slots`` (int64[65]: bit-length counts of nanoseconds, then their
+    total); returns ``time.monotonic()``."""
+    now = time.monotonic()
+    ns = max(0, int(now * 1e9) - int(started * 1e9))
+    acc = (c_int64 * 65).from_address(slots)
+    acc[ns.bit_length()] += 1
+    acc[64] += ns
+    return now
+
+
 def _py_instantiate(
     engine: int, pre: int, cap: int, fuel: int, ticks: int, names: tuple[bytes, ...],
     out: int, instance: int, ctl: int, start: bool,
@@ -776,7 +801,7 @@ try:
         "wasmtime_instance_pre_instantiate", "wasmtime_instance_export_get",
         "wasmtime_error_delete", "wasmtime_component_vallist_new_uninit",
         "wasmtime_engine_increment_epoch", "wasmtime_trap_new", "wasmtime_error_new",
-        "wasmtime_store_epoch_deadline_callback",
+        "wasmtime_store_epoch_deadline_callback", "wasmtime_context_get_fuel",
     )))
     assert _speedups.GUEST_ERROR_MAX == GUEST_ERROR_MAX
     assert _speedups.CHECK_TICKS == CHECK_TICKS
@@ -786,25 +811,29 @@ try:
     #: epoch-deadline callback), or None on the pure-ctypes path.
     trampolines: tuple[int, int, int] | None = _speedups.trampolines()
     _stack_room: Callable[[], int] = _speedups.stack_room
+    #: observe(accumulator address, started) -> time.monotonic(): see _speedups.c.
+    observe: Callable[[int, float], float] = _speedups.observe
     ACCELERATED = True
 except ImportError:  # no C compiler at install time: same behaviour, slower
     _call_entry = _py_call_entry
     _instantiate = _py_instantiate
     trampolines = None
     ACCELERATED = False
+    observe = _py_observe
 
 
 def use_accelerator(enabled: bool) -> bool:
     """Switch between the C and the pure-Python call sequence (tests run both). Returns whether
     the accelerator is now in use (False when it is not built). Host functions linked from then
     on use the C trampolines or the ctypes callbacks to match; the epoch ticker stays native."""
-    global _call_entry, _instantiate, trampolines, _stack_room
+    global _call_entry, _instantiate, trampolines, _stack_room, observe
     if enabled and ACCELERATED:
         _call_entry, _instantiate = _speedups.call_entry, _speedups.instantiate
         trampolines, _stack_room = _speedups.trampolines(), _speedups.stack_room
+        observe = _speedups.observe
         return True
     _call_entry, _instantiate = _py_call_entry, _py_instantiate
-    trampolines, _stack_room = None, _py_stack_room
+    trampolines, _stack_room, observe = None, _py_stack_room, _py_observe
     return False
 
 
@@ -1196,18 +1225,23 @@ class Instance:
                          plugin=self.plugin, hook=hook)
 
     def usage(self, fuel: int) -> tuple[int | None, int | None]:
-        """(fuel used of the ``fuel`` the last call was given, memory size in bytes): what the
-        call that just ran on this instance used. (None, None) once closed."""
+        """(fuel the last hook call used, memory size in bytes): what the call that just ran
+        on this instance used (``fuel``, what it was given, is not needed: the call sequence
+        recorded its use). (None, None) once closed."""
         if self.closed:
             return None, None
-        left = c_uint64()
-        err = _get_fuel(self.ctx, ctypes.addressof(left))
-        if err:
-            _take_error(err)
-            used = None
-        else:
-            used = max(0, fuel - left.value)
-        return used, self.memory_size()
+        return int(self._ctl[_CTL_FUEL_LAST]), self.memory_size()
+
+    @property
+    def fuel_consumed(self) -> int:
+        """Fuel all hook calls on this instance used (kept after close; on-init not counted)."""
+        return int(self._ctl[_CTL_FUEL_TOTAL])
+
+    @property
+    def memory_peak(self) -> int:
+        """The instance's linear memory in bytes after its last hook call (memory only grows,
+        so its peak; 0 before the first). Safe from any thread, also after close."""
+        return int(self._ctl[_CTL_MEMORY])
 
     def panic_report(self) -> tuple[str, str] | None:
         """(location, message) the SDK's panic hook left in the ``plugbox-panic`` slot, read
@@ -1582,6 +1616,8 @@ def _host_body(key: tuple[str, str], services: HostServices,
     nparams, adapter = _ADAPTERS[key] if clock is None else (0, None)
     unpack = _LAYOUTS.get(key, _RAW_I32[nparams]).unpack_from
     width = _RAW * nparams
+    calls = services.calls  # the metrics' count by service (``kv``, ``log``, ...)
+    service = key[0].rpartition("/")[2].partition("@")[0] or key[0]
 
     def body(args: int) -> bytes | None:
         st: _CallState | None = None
@@ -1589,6 +1625,7 @@ def _host_body(key: tuple[str, str], services: HostServices,
             st = _tls.state
             if st is None:
                 return _OUTSIDE
+            calls[service] += 1
             if st.instance._ctl[_CTL_PHASE]:
                 st.error = refused_in_helper(st, what)
                 return _FAILED

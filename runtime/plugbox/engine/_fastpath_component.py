@@ -511,6 +511,8 @@ def _host_body(adapter: _Adapter, services: HostServices, what: str) -> _Body:
     """The Python side of one host function: ``body(args, nargs, results, nresults)``
     (addresses and counts) returns None, or the message of an error whose typed exception it
     stashed in the call state. It catches what it can; the trampoline the rest."""
+    calls = services.calls  # the metrics' count by service (``kv``, ``log``, ...)
+    service = what.partition("#")[0].rpartition("/")[2].partition("@")[0] or what
 
     def body(args: int, nargs: int, results: int, nresults: int) -> bytes | None:
         st: _CompCallState | None = None
@@ -518,6 +520,7 @@ def _host_body(adapter: _Adapter, services: HostServices, what: str) -> _Body:
             st = _tls.state
             if st is None:
                 return b"plugbox: host function called outside a plugbox call"
+            calls[service] += 1
             argv = (_V * nargs).from_address(args)
             out = _V.from_address(results) if nresults else None
             adapter(st, services, argv, out)
@@ -887,6 +890,9 @@ class ComponentInstance:
                 self._text = text
         self._params = (_V * 2)()
         self._result = _V()
+        #: Fuel all hook calls on this instance used (on-init not counted).
+        self.fuel_consumed = 0
+        self._fuel_last = 0
 
     # -- output capture --------------------------------------------------------------------
 
@@ -908,19 +914,33 @@ class ComponentInstance:
         params = self._params
         ctypes.memset(addressof(params), 0, _VSIZE * 2)
         _set_str(params[0], hook)
-        if self._text is not None:
-            # One buffer across the boundary instead of one value per byte (see the bulk
-            # interface in abi/plugbox.wit): the bytes travel as the code points of a string.
-            _set_str(params[1], bytes(payload).decode("latin-1"))
-            outcome = self._call(self._text, params, 2, hook, state, fuel, ticks,
-                                 want_bytes=True, text=True)
-        else:
-            _set_bytes(params[1], payload)
-            outcome = self._call(self._hook, params, 2, hook, state, fuel, ticks,
-                                 want_bytes=True)
+        try:
+            if self._text is not None:
+                # One buffer across the boundary instead of one value per byte (see the bulk
+                # interface in abi/plugbox.wit): the bytes travel as the code points of a
+                # string.
+                _set_str(params[1], bytes(payload).decode("latin-1"))
+                outcome = self._call(self._text, params, 2, hook, state, fuel, ticks,
+                                     want_bytes=True, text=True)
+            else:
+                _set_bytes(params[1], payload)
+                outcome = self._call(self._hook, params, 2, hook, state, fuel, ticks,
+                                     want_bytes=True)
+        finally:
+            self._account_fuel(fuel)
         if not outcome.ok and outcome.kind == "limit-reached":
             self._raise_guest_reported_limit(outcome.message, hook)
         return outcome
+
+    def _account_fuel(self, fuel: int) -> None:
+        """Add what the hook call just made used to :attr:`fuel_consumed` (components are
+        slow enough that one more wasmtime call does not show)."""
+        try:
+            left = self._store.get_fuel()
+        except (wasmtime.WasmtimeError, AttributeError):
+            return
+        self._fuel_last = max(0, fuel - left)
+        self.fuel_consumed += self._fuel_last
 
     def _raise_guest_reported_limit(self, message: str, hook: str) -> None:
         """A component's memories and stack are hidden from the host, so a guest language
@@ -936,11 +956,12 @@ class ComponentInstance:
         are hidden from the host. (None, None) once closed."""
         if self.closed:
             return None, None
-        try:
-            left = self._store.get_fuel()
-        except wasmtime.WasmtimeError:
-            return None, None
-        return max(0, fuel - left), None
+        return self._fuel_last, None
+
+    @property
+    def memory_peak(self) -> int | None:
+        """None: a component's memories are hidden from the host."""
+        return None
 
     def call_init(self, config_json: bytes, fuel: int, ticks: int, deadline_ms: int
                   ) -> CallOutcome:

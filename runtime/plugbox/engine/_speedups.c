@@ -42,6 +42,7 @@ typedef union {
 
 typedef void *(*func_call_fn)(void *ctx, const void *func, raw_val *args, size_t n, void **trap);
 typedef void *(*set_fuel_fn)(void *ctx, uint64_t fuel);
+typedef void *(*get_fuel_fn)(const void *ctx, uint64_t *fuel);
 typedef void (*set_epoch_fn)(void *ctx, uint64_t ticks);
 typedef size_t (*mem_size_fn)(const void *ctx, const void *mem);
 typedef void *(*store_new_fn)(void *engine, void *data, void *finalizer);
@@ -75,26 +76,35 @@ static increment_epoch_fn p_increment_epoch;
 static trap_new_fn p_trap_new;
 static error_new_fn p_error_new;
 static set_epoch_cb_fn p_set_epoch_cb;
+static get_fuel_fn p_get_fuel;
 static int bound = 0;
 
-#define N_BOUND 16
+#define N_BOUND 17
 
 /* Guest error messages are copied out up to this many bytes (the rest is counted, not copied);
  * _fastpath.GUEST_ERROR_MAX is the same number. */
 #define GUEST_ERROR_MAX 4096
 
-/* Per-instance control words shared with Python (an int64[5] owned by the instance, and the
+/* Per-instance control words shared with Python (an int64[8] owned by the instance, and the
  * data of its store's epoch-deadline callback):
  * [0] phase: 1 while the host runs cabi_realloc or cabi_post_* (imports are refused then);
  * [1] interrupted: set by Plugin.close / Runtime.close from any thread;
  * [2] deadline: CLOCK_MONOTONIC ns when the current call must end, 0 = by epoch ticks only;
  * [3] tick: the engine's epoch tick in ns;
- * [4] stack: native stack a call needs (max_wasm_stack + host frames), checked first. */
+ * [4] stack: native stack a call needs (max_wasm_stack + host frames), checked first;
+ * [5] fuel used by the last hook call (written after it, whatever its outcome);
+ * [6] fuel used by all the instance's hook calls;
+ * [7] linear memory size in bytes after the last hook call (memory only grows: its peak).
+ * [5]-[7] are read lazily by the metrics (from any thread, even after the store is freed), so
+ * a call pays one wasmtime_context_get_fuel here instead of ctypes calls in Python. */
 #define CTL_PHASE 0
 #define CTL_INTERRUPTED 1
 #define CTL_DEADLINE 2
 #define CTL_TICK 3
 #define CTL_STACK 4
+#define CTL_FUEL_LAST 5
+#define CTL_FUEL_TOTAL 6
+#define CTL_MEMORY 7
 /* With a clock deadline, the guest checks in with epoch_callback every CHECK_TICKS ticks: the
  * latency of an interrupt, and the granularity of the clock deadline. */
 #define CHECK_TICKS 8
@@ -128,7 +138,7 @@ static PyObject *speedups_bind(PyObject *self, PyObject *args) {
     PyObject *t;
     if (!PyArg_ParseTuple(args, "O!", &PyTuple_Type, &t)) return NULL;
     if (PyTuple_GET_SIZE(t) != N_BOUND) {
-        PyErr_SetString(PyExc_ValueError, "bind() expects 15 function addresses");
+        PyErr_SetString(PyExc_ValueError, "bind() expects 17 function addresses");
         return NULL;
     }
     void *f[N_BOUND];
@@ -155,6 +165,7 @@ static PyObject *speedups_bind(PyObject *self, PyObject *args) {
     p_trap_new = (trap_new_fn)f[13];
     p_error_new = (error_new_fn)f[14];
     p_set_epoch_cb = (set_epoch_cb_fn)f[15];
+    p_get_fuel = (get_fuel_fn)f[16];
     bound = 1;
     Py_RETURN_NONE;
 }
@@ -296,9 +307,11 @@ static PyObject *speedups_call_entry(PyObject *self, PyObject *const *args, Py_s
     void *fault = NULL;
     uint64_t bad_a = 0, bad_b = 0;
     int st;
+    int ran = 0; /* the guest was given its fuel: account for what it used */
 
     void *fuel_err = p_set_fuel(ctx, fuel);
     if (fuel_err) { result = status2(ST_ERROR, (uint64_t)(uintptr_t)fuel_err, 0); goto done; }
+    ran = have_first;
     /* An interrupt that came before the call began ends it at its first instruction. */
     p_set_epoch(ctx, __atomic_load_n(&ctl[CTL_INTERRUPTED], __ATOMIC_SEQ_CST) ? 0
                                                                            : first_check(ctl, ticks));
@@ -381,6 +394,17 @@ fail:
     else result = status2(st, bad_a, bad_b);
 done:
     ctl[CTL_PHASE] = 0;
+    if (ran) {
+        uint64_t left = 0;
+        void *get_err = p_get_fuel(ctx, &left);
+        if (get_err) p_error_delete(get_err);
+        else {
+            int64_t used = left < fuel ? (int64_t)(fuel - left) : 0;
+            ctl[CTL_FUEL_LAST] = used;
+            ctl[CTL_FUEL_TOTAL] += used;
+        }
+        ctl[CTL_MEMORY] = (int64_t)p_mem_size(ctx, mem);
+    }
     if (have_first) PyBuffer_Release(&first);
     PyBuffer_Release(&second);
     return result;
@@ -679,7 +703,33 @@ static PyObject *speedups_set_list_u8(PyObject *self, PyObject *const *args, Py_
     Py_RETURN_NONE;
 }
 
+/*
+ * observe(slots, started) -> now
+ *   slots: address of a metrics accumulator, int64[65] (plugbox._metrics.CallStats): slot b
+ *   counts durations of b bits in nanoseconds, slot 64 their total;
+ *   started: time.monotonic() seconds when the call began.
+ * Counts the call that just ended and returns time.monotonic() now, so the caller needs no
+ * clock read of its own (the metrics' whole per-call cost in Plugin._call).
+ */
+static PyObject *speedups_observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "observe() takes 2 arguments"); return NULL; }
+    void *p;
+    if (as_ptr(args[0], &p) < 0) return NULL;
+    double started = PyFloat_AsDouble(args[1]);
+    if (started == -1.0 && PyErr_Occurred()) return NULL;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - (int64_t)(started * 1e9);
+    if (ns < 0) ns = 0;
+    int64_t *slots = (int64_t *)p;
+    slots[ns ? 64 - __builtin_clzll((unsigned long long)ns) : 0] += 1;
+    slots[64] += ns;
+    return PyFloat_FromDouble((double)ts.tv_sec + (double)ts.tv_nsec * 1e-9);
+}
+
 static PyMethodDef methods[] = {
+    {"observe", (PyCFunction)(void (*)(void))speedups_observe, METH_FASTCALL,
+     "Count a finished call in a metrics accumulator; returns time.monotonic()."},
     {"list_u8_to_bytes", speedups_list_u8_to_bytes, METH_O,
      "Copy a component list<u8> value's bytes out."},
     {"set_list_u8", (PyCFunction)(void (*)(void))speedups_set_list_u8, METH_FASTCALL,

@@ -26,7 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
+from time import monotonic as _monotonic
+
 from .._errors import PlugboxError, PolicyViolationError, UsageError
+from .._metrics import Metrics, PointStats
+from ..engine import _fastpath
 from .._manifest import Implementation, Manifest, read_manifest, validate_manifest
 from .._permissions import Limits
 from .._plugin import Plugin
@@ -259,6 +263,9 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
         self._readers_lock = threading.Lock()
         self._readers: dict[int, int] = {}
         self._retired: list[tuple[int, Plugin]] = []
+        # Metrics per extension point (see _run), when the runtime keeps metrics.
+        self._metrics_on: bool = runtime.metrics_enabled
+        self._point_stats: dict[str, PointStats] = {}
         try:
             self._init_health(health_interval)
             self._init_breakers(breaker)
@@ -689,9 +696,38 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
         :data:`BACKGROUND_FAILURES_KEPT`, oldest first); each failure is also logged."""
         return tuple(self._background_failures)
 
+    def metrics(self) -> Metrics:
+        """A snapshot of the metrics (:class:`plugbox.Metrics`): every hosted plugin's
+        :class:`plugbox.PluginMetrics` by name, and every dispatched extension point's
+        :class:`plugbox.PointMetrics`. See docs/monitoring.md."""
+        plugins = {hp.name: hp.plugin.metrics() for hp in self._tables.plugins}
+        points = {name: stats.snapshot(name) for name, stats in list(self._point_stats.items())}
+        return Metrics(plugins=plugins, points=points)
+
     def _run(self, spec: ExtensionPoint, entries: tuple[_Impl, ...], data: bytes,
              caller: str | None, blocked: tuple[tuple[str, QuarantinedError], ...] = (),
              probing: frozenset[str] | None = None) -> DispatchResult:
+        """Run the dispatch; with metrics on, counted and timed for its extension point."""
+        if not self._metrics_on:
+            return self._run_entries(spec, entries, data, caller, blocked, probing)
+        stats = self._point_stats.get(spec.name)
+        if stats is None:
+            stats = self._point_stats.setdefault(spec.name, PointStats())
+        started = _monotonic()
+        try:
+            result = self._run_entries(spec, entries, data, caller, blocked, probing)
+        except PlugboxError as exc:  # under propagate
+            stats.failed(exc.plugin or "?", exc)
+            raise
+        finally:
+            _fastpath.observe(stats.dispatch.address, started)  # one C call: clock, bucket
+        for failure in result.failures:
+            stats.failed(failure.plugin, failure.error)
+        return result
+
+    def _run_entries(self, spec: ExtensionPoint, entries: tuple[_Impl, ...], data: bytes,
+                     caller: str | None, blocked: tuple[tuple[str, QuarantinedError], ...] = (),
+                     probing: frozenset[str] | None = None) -> DispatchResult:
         active = _PLUGINS.get()
         if caller:
             active = active | {caller}
@@ -788,6 +824,11 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
         fuel = min(spec.fuel, limits.fuel) if spec.fuel is not None else None
         deadline = (min(spec.deadline_ms, limits.deadline_ms) if spec.deadline_ms is not None
                     else None)
+        if self._metrics_on:
+            stats = self._point_stats.get(spec.name)
+            if stats is None:  # call_plugin: a call that is not part of a dispatch
+                stats = self._point_stats.setdefault(spec.name, PointStats())
+            stats.calls[entry.name] = stats.calls.get(entry.name, 0) + 1
         if entry.calls_host:
             token = _PLUGINS.set(active | entry.names)
             try:

@@ -443,6 +443,15 @@ class HostServices:
         self._log_last = time.monotonic()
         self._log_dropping = 0  # records dropped in the current flood (0 = not flooding)
         self.log_dropped = 0
+        #: Records the plugin's logger got (the host's flood notices not counted).
+        self.log_records = 0
+
+        # Metrics: host-service calls by service (counted by the engines' import glue, one
+        # dict increment per call), HTTP requests (each redirect hop) and body bytes.
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.http_requests = 0
+        self.http_bytes_sent = 0
+        self.http_bytes_received = 0
 
         # HTTP client: created on first fetch unless the host supplied one (then not closed).
         self._http_client = http_client
@@ -606,6 +615,7 @@ class HostServices:
         chain = DISPATCH_CHAIN.get()
         fields["point"] = chain[-1] if chain else None
         fields["lines"] = lines
+        self.log_records += 1
         logger.handle(record)
 
     # -- config ------------------------------------------------------------------------------
@@ -1006,6 +1016,8 @@ class HostServices:
                     method, current, headers=req_headers, content=payload, timeout=remaining
                 )
                 response = client.send(request, stream=True)
+                self.http_requests += 1  # each hop of a redirect chain is a request
+                self.http_bytes_sent += len(payload)
             except httpx.TimeoutException:
                 raise timed_out() from None
             except httpx.HTTPError as exc:
@@ -1020,7 +1032,9 @@ class HostServices:
             try:
                 location = response.headers.get("location")
                 if response.status_code not in _REDIRECT_STATUSES or location is None:
-                    return self._read_response(perm, response, deadline, timed_out)
+                    answer = self._read_response(perm, response, deadline, timed_out)
+                    self.http_bytes_received += len(answer[2])
+                    return answer
                 if hop == HTTP_MAX_REDIRECTS:
                     raise HostCallError(
                         "limit-reached",
@@ -1092,6 +1106,30 @@ class HostServices:
                 "failure", f"http: reading the response failed: {type(exc).__name__}: {_cut(exc)}"
             ) from None
         return response.status_code, response.headers.multi_items(), b"".join(chunks)
+
+    # -- metrics -----------------------------------------------------------------------------
+
+    def usage(self) -> dict[str, Any]:
+        """The service figures of :class:`plugbox.PluginMetrics` (its field names): calls and
+        denials by service, kv usage against quota, HTTP requests and bytes, log records
+        written and dropped. kv usage is 0/0 without a kv permission or once the store is
+        closed."""
+        kv_bytes = kv_keys = 0
+        if self._kv_ok:
+            try:
+                kv_bytes, kv_keys = self._kv.usage(self.plugin)
+            except (sqlite3.Error, StateError):
+                pass
+        with self._denied_lock:
+            denials = dict(self.denied)
+        return {
+            "service_calls": dict(self.calls), "service_denials": denials,
+            "kv_bytes": kv_bytes, "kv_keys": kv_keys,
+            "kv_quota_bytes": self._kv_quota_bytes, "kv_quota_keys": self._kv_quota_keys,
+            "http_requests": self.http_requests, "http_bytes_sent": self.http_bytes_sent,
+            "http_bytes_received": self.http_bytes_received,
+            "log_records": self.log_records, "log_dropped": self.log_dropped,
+        }
 
     # -- lifetime ----------------------------------------------------------------------------
 
