@@ -68,7 +68,7 @@ _log = logging.getLogger("plugbox.lifecycle")
 #: Lifecycle event kinds, in the order a plugin usually meets them.
 EVENT_KINDS: Final = ("installed", "enabled", "disabled", "upgraded", "rolled-back", "failed",
                       "uninstalled", "config-changed", "pinned", "unpinned", "quarantined",
-                      "released")
+                      "released", "anomaly")
 STATES: Final = ("installed", "enabled", "disabled", "failed", "quarantined")
 #: How a quarantine's recorded reason says who holds it (issue 10 §2).
 _HELD_BY_OPERATOR: Final = "held by an operator: "

@@ -9,14 +9,18 @@
   does not aggregate custom collectors: mirrors the counters and gauges into
   prometheus_client's own metric objects, which it does aggregate.
 
+- :class:`AnomalyMonitor`: behaviour-anomaly rules (denied-call bursts, fuel and memory
+  spikes, new http hosts, kv near its quota) with actions (log, event, quarantine).
+
 See docs/monitoring.md. The snapshot types themselves (``plugbox.Metrics``,
 ``plugbox.PluginMetrics``, ...) need no extra.
 """
 
 from __future__ import annotations
 
+from ._anomaly import Anomaly, AnomalyMonitor, AnomalyRules
 from ._prometheus import (MultiprocessExporter, PrometheusCollector, asgi_app, registry_for,
                           serve, wsgi_app)
 
-__all__ = ["MultiprocessExporter", "PrometheusCollector", "asgi_app", "registry_for", "serve",
+__all__ = ["Anomaly", "AnomalyMonitor", "AnomalyRules", "MultiprocessExporter", "PrometheusCollector", "asgi_app", "registry_for", "serve",
            "wsgi_app"]

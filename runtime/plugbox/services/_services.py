@@ -132,6 +132,9 @@ def _log_text(message: str) -> tuple[str, tuple[str, ...]]:
     return f"\n{LOG_CONTINUATION}".join(lines), lines
 
 
+#: Distinct http hosts a plugin's HostServices counts by name (HostServices.http_hosts).
+HTTP_HOSTS_KEPT: Final = 256
+
 _HTTP_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HTTP_BAD_VALUE: Final = re.compile(r"[\x00\r\n]")
 #: Request headers a plugin may not set, because the host owns them: Host would let a plugin
@@ -431,6 +434,9 @@ class HostServices:
 
         # Denied-call accounting.
         self.denied = collections.Counter()
+        #: Requests by ``host:port`` (allowed ones, each redirect hop too); at most
+        #: HTTP_HOSTS_KEPT hosts are told apart, the rest count under "(other)".
+        self.http_hosts: collections.Counter[str] = collections.Counter()
         self._denied_lock = threading.Lock()
         self._denied_logged_at: dict[str, float] = {}
         self._denied_suppressed: collections.Counter[str] = collections.Counter()
@@ -928,6 +934,9 @@ class HostServices:
                 f"http: method {method} is not allowed{via}; add {method!r} to "
                 f"permissions.http.methods in {_MANIFEST}",
             )
+        where = f"{host}:{port}"
+        hosts = self.http_hosts
+        hosts[where if where in hosts or len(hosts) < HTTP_HOSTS_KEPT else "(other)"] += 1
 
     def http_fetch(
         self,
