@@ -98,3 +98,40 @@ def test_a_python_plugin_calls_host_functions_and_dispatches(
         assert dispatched["results"] == [{"plugin": "section-echo", "value": {"title": "T"}}]
         (failure,) = host.call("relay", b'secret.point\0{}').failures  # not granted
         assert isinstance(failure.error, plugbox.PluginCallError)
+
+
+@pytest.fixture(scope="session")
+def python_raiser() -> Path:
+    """tests/pyplugins/raiser (hook ``divide``, with the log permission), built once and
+    cached."""
+    from plugbox.authoring import _pybuild
+
+    repo = Path(__file__).resolve().parent.parent
+    module = _pybuild.build_python_plugin(
+        repo / "tests" / "pyplugins" / "raiser",
+        out_dir=repo / ".build" / "pytest-pybuild" / "raiser")
+    return module.parent
+
+
+def test_a_python_plugins_traceback_is_one_multi_line_record(
+        tmp_path: Path, cache_dir: Path, python_raiser: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 10 §5: the SDK logs an exception's traceback; the host keeps it one record of
+    several lines (not one line of literal \\n's), with the lines in ``record.lines``."""
+    import logging
+
+    with plugbox.Runtime(state_dir=tmp_path / "state", cache_dir=cache_dir) as runtime:
+        plugin = runtime.load(python_raiser)
+        assert plugin.call_json("divide", {"a": 6, "b": 3}) == 2.0
+        with caplog.at_level(logging.ERROR, logger="plugbox.plugin.raiser"):
+            with pytest.raises(plugbox.GuestError, match="ZeroDivisionError"):
+                plugin.call_json("divide", {"a": 1, "b": 0})
+    (record,) = [r for r in caplog.records if r.name == "plugbox.plugin.raiser"]
+    lines = record.lines  # type: ignore[attr-defined]
+    message = record.getMessage()
+    assert "Traceback (most recent call last):" in lines
+    assert lines[-1] == "ZeroDivisionError: division by zero"
+    assert any("in _ratio" in line for line in lines)  # the frame two levels down
+    assert "\\n" not in message and message.count("\n") == len(lines) - 1
+    assert all(line.startswith("    ") for line in message.split("\n")[1:])
+    assert (record.plugin, record.hook) == ("raiser", "divide")  # type: ignore[attr-defined]
