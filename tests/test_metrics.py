@@ -228,6 +228,29 @@ def test_a_late_return_counts_as_a_deadline_overrun(
     assert (m.overruns, m.calls, m.failures) == (1, 2, {})
 
 
+def test_latency_counts_stay_exact_with_threads(
+        runtime: plugbox.Runtime, tmp_path: Path) -> None:
+    import threading
+
+    plugin = runtime.load(write_plugin(tmp_path / "c", wat_module(COUNTER_BODY), name="c",
+                                       limits={"instances": 4}))
+    start = threading.Barrier(4)
+
+    def caller() -> None:
+        start.wait()
+        for _ in range(300):
+            plugin.call("run", b"")
+
+    threads = [threading.Thread(target=caller) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    m = plugin.metrics()
+    assert m.hooks["run"].calls == m.latency.count == 1200  # counted in C, under the GIL
+    assert m.instances_live <= 4
+
+
 def test_metrics_off_keeps_the_free_counters_only(
         tmp_path: Path, cache_dir: Path, worker: Path) -> None:
     with plugbox.Runtime(state_dir=tmp_path / "off", cache_dir=cache_dir,
