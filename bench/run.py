@@ -842,9 +842,9 @@ def bench_metrics(res: Results, echo_dir: Path, out: Path, reps: int,
     res.add("metrics", "16 B echo", "overhead", [a - b for a, b in zip(on, off)],
             calls_counted=calls, best_difference=min(on) - min(off))
     log(f"  metrics on {statistics.median(on) * 1e6:.3f} µs, off "
-        f"{statistics.median(off) * 1e6:.3f} µs: +"
-        f"{statistics.median([a - b for a, b in zip(on, off)]) * 1e6:.3f} µs per call "
-        f"(best rounds: +{(min(on) - min(off)) * 1e6:.3f} µs)")
+        f"{statistics.median(off) * 1e6:.3f} µs: "
+        f"{statistics.median([a - b for a, b in zip(on, off)]) * 1e6:+.3f} µs per call "
+        f"(best rounds: {(min(on) - min(off)) * 1e6:+.3f} µs)")
 
 
 def _percentile(samples: list[float], pct: float) -> float:

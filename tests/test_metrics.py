@@ -212,6 +212,45 @@ def test_filtered_log_records_are_neither_written_nor_dropped(
     assert (m.log_records, m.log_dropped, m.service_calls["log"]) == (0, 0, 3)
 
 
+def test_a_late_return_counts_as_a_deadline_overrun(
+        runtime: plugbox.Runtime, load_worker: Callable[..., plugbox.Plugin],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from plugbox.engine import _fastpath
+
+    plugin = load_worker()
+    plugin.call("run", work())
+    # The host's clock jumps 10 s while the call returns (a host too busy to take the result):
+    # the metrics' clock read at the end of the call is what the overrun check sees.
+    observe = _fastpath.observe
+    monkeypatch.setattr(_fastpath, "observe", lambda acc, started: observe(acc, started) + 10.0)
+    plugin.call("run", work(), deadline_ms=1000)
+    m = plugin.metrics()
+    assert (m.overruns, m.calls, m.failures) == (1, 2, {})
+
+
+def test_latency_counts_stay_exact_with_threads(
+        runtime: plugbox.Runtime, tmp_path: Path) -> None:
+    import threading
+
+    plugin = runtime.load(write_plugin(tmp_path / "c", wat_module(COUNTER_BODY), name="c",
+                                       limits={"instances": 4}))
+    start = threading.Barrier(4)
+
+    def caller() -> None:
+        start.wait()
+        for _ in range(300):
+            plugin.call("run", b"")
+
+    threads = [threading.Thread(target=caller) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    m = plugin.metrics()
+    assert m.hooks["run"].calls == m.latency.count == 1200  # counted in C, under the GIL
+    assert m.instances_live <= 4
+
+
 def test_metrics_off_keeps_the_free_counters_only(
         tmp_path: Path, cache_dir: Path, worker: Path) -> None:
     with plugbox.Runtime(state_dir=tmp_path / "off", cache_dir=cache_dir,
@@ -389,3 +428,24 @@ def test_rust_fetcher_sample_http_figures(
     assert m.http_bytes_received == len(first["body"]) + len(second["body"])
     assert m.service_calls["http"] == 2
     assert m.log_records == 2  # one INFO line per fetch
+
+
+def test_python_sample_component_figures(
+        built_samples: dict[str, Path], runtime: plugbox.Runtime) -> None:
+    plugin = runtime.load(built_samples["kv-notes"])
+    plugin.call_json("notes.put", {"title": "a", "body": "hello"})
+    plugin.call_json("notes.put", {"title": "a", "body": "again"})
+    assert plugin.call_json("notes.get", {"title": "a"})["body"] == "again"
+    with pytest.raises(plugbox.GuestError):
+        plugin.call_json("notes.put", {"title": 5})
+    m = runtime.metrics().plugins["kv-notes"]
+    assert m.hooks["notes.put"].calls == 3 and m.hooks["notes.get"].calls == 1
+    assert m.failures == {"GuestError": 1}
+    # each put: kv.get, kv.set, clock.now, events.emit, log; the get: kv.get
+    assert m.service_calls == {"kv": 5, "clock": 2, "events": 2, "log": 2}
+    stored = runtime.kv.get("kv-notes", "note:a")
+    assert stored is not None
+    assert (m.kv_keys, m.kv_bytes) == (1, len("note:a") + len(stored))
+    assert m.log_records == 2
+    assert m.memory_peak_bytes is None  # a component's memories are hidden from the host
+    assert m.fuel_consumed > 0 and m.instances_live == 1

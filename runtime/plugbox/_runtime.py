@@ -133,7 +133,7 @@ class Runtime:
     refuses plugins that declare or import 1.1 with :class:`plugbox.IncompatibleAbiError`.
 
     ``metrics`` (default on) keeps per-hook call counts, failures by class and a latency
-    histogram for every plugin it loads (:meth:`metrics`; about 0.2 us a call, see
+    histogram for every plugin it loads (:meth:`metrics`; about 0.1 us a call, see
     docs/benchmarks.md, "metrics"); fuel, memory, instance and service figures cost nothing
     per call and are kept either way. ``tracing`` makes each plugin call an OpenTelemetry span
     (``opentelemetry-api``, the ``plugbox[otel]`` extra): True on, False off, an SDK

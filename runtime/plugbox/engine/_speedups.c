@@ -269,7 +269,7 @@ static PyObject *status2(int st, uint64_t a, uint64_t b) {
  * call_entry(ctx, mem, base, realloc, func, post, first, second, fuel, ticks, ctl, deadline)
  *   first: bytes or None (None: the export takes one string argument, e.g. on-init)
  *   second: bytes-like payload
- *   ctl: address of the instance's int64[5] control words (CTL_*)
+ *   ctl: address of the instance's int64[8] control words (CTL_*)
  *   deadline: time.monotonic() seconds when the call must end (stored in ctl), or None
  * Returns (0, payload) | (1, kind, message, bytes dropped) | (status, a, b) for failures.
  */

@@ -26,7 +26,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 class MetricsSource(Protocol):
     """What the exporters read: a :class:`plugbox.PluginHost` or a :class:`plugbox.Runtime`."""
 
-    def metrics(self) -> Metrics: ...
+    def metrics(self) -> Metrics:
+        """A snapshot of the metrics."""
+        ...
 
 
 def _check_source(source: object) -> MetricsSource:
@@ -222,8 +224,10 @@ class MultiprocessExporter:
     processes). Call it from a timer (:meth:`start`) or before each scrape. Histograms are not
     mirrored (prometheus_client can only observe single values); scrape each worker's own
     port (:func:`serve`) for latency. Names are those of :class:`PrometheusCollector`.
-    ``registry``: where the objects register (default: prometheus_client's default
-    registry, which is what its multi-process recipe exposes nothing of directly).
+    ``registry``: where the metric objects register (default: prometheus_client's default
+    registry, as in its multi-process recipe; the values reach the scrape through the
+    directory either way). One exporter per process and registry: a second one would
+    register the same names again, which prometheus_client refuses.
     """
 
     def __init__(self, source: MetricsSource, registry: CollectorRegistry | None = None
