@@ -75,7 +75,7 @@ def test_refresh_applies_another_hosts_changes_and_names_them(
     assert echo(b) == ["alpha 1"] and b.refresh() == []
     a.enable("beta")
     a.disable("alpha")
-    assert b.refresh() == ["alpha", "beta"]
+    assert b.refresh() == ["beta", "alpha"]  # in start order: the enabled ones first
     assert echo(b) == ["beta 1"]
     assert b.info("alpha").loaded is False and b.info("beta").loaded is True
     a.uninstall("beta")
