@@ -529,7 +529,11 @@ def _flood(records_per_call: int, *, message: bytes = b"flood", seconds: float =
         for r in got:
             text = r.getMessage()
             assert len(text.encode()) <= 4096 + 512, f"a record of {len(text)} characters"
-            assert not re.search(r"[\n\r\x1b]", text), f"raw control character in {text[:80]!r}"
+            assert not re.search(r"[\r\x1b]", text), f"raw control character in {text[:80]!r}"
+            # a multi-line message stays multi-line, but no line after the first can pass for
+            # a record of its own: each is indented (services LOG_CONTINUATION)
+            assert all(line.startswith("    ") for line in text.split("\n")[1:]), (
+                f"an unindented line in {text[:80]!r}")
 
     return run
 
