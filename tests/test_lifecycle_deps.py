@@ -20,9 +20,24 @@ import pytest
 import plugbox
 from plugbox import DependencyError
 from tests.conftest import const_body, wat_module, write_plugin
-from tests.test_lifecycle_core import new_host, values
+from tests.test_lifecycle_core import _BACKEND, new_host, values
 
 LOG_IMPORT = '(import "plugbox:plugin/log@1.0.0" "log" (func $log (param i32 i32 i32)))'
+
+
+#: The lifecycle database of the running test (see tests/test_lifecycle_core.py's backend).
+@pytest.fixture(autouse=True, params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test of this module runs on SQLite and on PostgreSQL (a fresh database on the
+    session's test server), except those marked SQLITE_ONLY (real samples, whose cost is the
+    compile, or a check of the SQLite file itself)."""
+    url = None if request.param == "sqlite" else str(request.getfixturevalue("pg_url"))
+    _BACKEND["state_url"] = url
+    yield request.param
+    _BACKEND["state_url"] = None
+
+
+SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
 
 def make_plugin(directory: Path, name: str, version: str, *, init: str = "log",
@@ -185,6 +200,7 @@ def test_an_optional_edge_closing_a_cycle_is_refused_at_enable(
     assert states(host) == {"b": ("enabled", True), "a": ("installed", False)}
 
 
+@SQLITE_ONLY
 def test_a_cycle_reaching_start_fails_its_members_and_the_others_start(
         tmp_path: Path, cache_dir: Path, plugin: Callable[..., Path]) -> None:
     with new_host(tmp_path / "state", cache_dir) as h:
@@ -499,6 +515,7 @@ def _rust(src: Path, dst: Path, name: str, **changes: Any) -> Path:
     return dst
 
 
+@SQLITE_ONLY
 def test_rust_plugins_wait_for_start_after_and_cascade_with_what_they_require(
         tmp_path: Path, cache_dir: Path, rust_plugins: dict[str, Path]) -> None:
     echo = {"text.echo": {"hook": "echo"}}
@@ -593,6 +610,7 @@ def py_echo() -> Path:
     return module.parent
 
 
+@SQLITE_ONLY
 def test_a_python_requirement_is_waited_for_started_first_and_held(
         tmp_path: Path, cache_dir: Path, py_echo: Path, plugin: Callable[..., Path],
         inits: Inits) -> None:

@@ -19,12 +19,28 @@ import plugbox
 from plugbox._policy import Policy
 from plugbox.host._config import REDACTED
 from tests.conftest import const_body, wat_module, write_plugin
-from tests.test_lifecycle_core import make_plugin
+from tests.test_lifecycle_core import _BACKEND, make_plugin
 
 RUN = {"hook": "run"}
 
 
+#: The lifecycle database of the running test (see tests/test_lifecycle_core.py's backend).
+@pytest.fixture(autouse=True, params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test of this module runs on SQLite and on PostgreSQL (a fresh database on the
+    session's test server), except those marked SQLITE_ONLY (real samples, whose cost is the
+    compile, or a check of the SQLite file itself)."""
+    url = None if request.param == "sqlite" else str(request.getfixturevalue("pg_url"))
+    _BACKEND["state_url"] = url
+    yield request.param
+    _BACKEND["state_url"] = None
+
+
+SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+
+
 def new_host(state: Path, cache_dir: Path, **kw: Any) -> plugbox.PluginHost:
+    kw.setdefault("state_url", _BACKEND["state_url"])
     host = plugbox.PluginHost(state_dir=state, runtime_options={"cache_dir": cache_dir},
                               policy=Policy(http_hosts=("*.example.com",)), **kw)
     host.extension_point("text.echo", version="1.0.0", mode="each")
@@ -777,6 +793,7 @@ def test_upgrade_rollback_and_config_survive_a_restart(
 # -- a real Rust sample ----------------------------------------------------------------------
 
 
+@SQLITE_ONLY
 def test_a_rust_plugin_is_upgraded_configured_and_rolled_back(
         tmp_path: Path, cache_dir: Path, rust_plugins: dict[str, Path]) -> None:
     def version(v: str) -> Path:
@@ -847,6 +864,7 @@ def py_echo() -> Path:
     return module.parent
 
 
+@SQLITE_ONLY
 def test_a_python_plugin_is_upgraded_under_load_and_rolled_back(
         tmp_path: Path, py_echo: Path) -> None:
     def version(v: str) -> Path:
