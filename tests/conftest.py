@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -312,3 +313,64 @@ def const(tmp_path: Path) -> Callable[..., Path]:
         return write_plugin(tmp_path / "plugins" / name, wat_module(body, data), name=name,
                             hooks=("run",), **fields)
     return build
+
+
+# -- Rust plugins built from source ----------------------------------------------------------
+
+RUST_WORKSPACE = """[workspace]
+members = ["plugbox-sdk", "{name}"]
+resolver = "2"
+
+[profile.release]
+opt-level = "s"
+lto = true
+codegen-units = 1
+strip = true
+panic = "abort"
+"""
+
+RUST_CRATE = """[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2021"
+rust-version = "1.63"
+publish = false
+
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+plugbox-sdk = {{ path = "../plugbox-sdk" }}
+"""
+
+
+def build_rust_crate(factory: pytest.TempPathFactory, name: str, lib_rs: str,
+                     hooks: list[str], abi: str = "1.0") -> Path:
+    """Build a one-crate cargo workspace (``lib_rs`` with the SDK) into a staged plugin
+    ``name`` declaring ``hooks``; skips the test when no Rust toolchain for wasm32 is here."""
+    from plugbox.authoring._build import build_rust_plugins, find_rust_toolchain
+
+    try:
+        find_rust_toolchain()
+    except plugbox.UsageError as exc:
+        pytest.skip(f"no Rust toolchain for wasm32-unknown-unknown: {exc}")
+    workspace = factory.mktemp(name)
+    (workspace / "Cargo.toml").write_text(RUST_WORKSPACE.format(name=name))
+    os.symlink(REPO / "sdk-rust", workspace / "plugbox-sdk")
+    crate = workspace / name
+    (crate / "src").mkdir(parents=True)
+    (crate / "Cargo.toml").write_text(RUST_CRATE.format(name=name))
+    (crate / "src" / "lib.rs").write_text(lib_rs)
+    (crate / "plugbox.json").write_text(json.dumps({
+        "manifest_version": 1, "name": name, "version": "0.1.0", "abi": abi,
+        "module": {"path": "plugin.wasm", "sha256": "0" * 64}, "hooks": hooks}))
+    out = factory.mktemp(f"{name}-out")
+    return build_rust_plugins(workspace, out, target_dir=workspace / "target")[name]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it holds (failing the test after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)

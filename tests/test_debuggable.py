@@ -4,16 +4,13 @@ and ``file:line:column``; a host reads the report only within its bounds."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import plugbox
-from tests.conftest import wat_module, write_plugin
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import build_rust_crate, wat_module, write_plugin
 
 LIB_RS = r'''
 use plugbox_sdk::{hooks, Result};
@@ -54,56 +51,11 @@ LINES = {name: i + 1 for i, line in enumerate(LIB_RS.splitlines())
                               ("unwrapped", "nothing.unwrap()"), ("huge", "panic!(\"line one"))
          if marker in line}
 
-CARGO_TOML = '''[package]
-name = "panicky"
-version = "0.1.0"
-edition = "2021"
-rust-version = "1.63"
-publish = false
-
-[lib]
-crate-type = ["cdylib"]
-
-[dependencies]
-plugbox-sdk = { path = "../plugbox-sdk" }
-'''
-
-WORKSPACE_TOML = '''[workspace]
-members = ["plugbox-sdk", "panicky"]
-resolver = "2"
-
-[profile.release]
-opt-level = "s"
-lto = true
-codegen-units = 1
-strip = true
-panic = "abort"
-'''
-
-
 @pytest.fixture(scope="module")
 def panicky(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Rust plugin built from source with the SDK whose hooks panic."""
-    from plugbox.authoring._build import build_rust_plugins, find_rust_toolchain
-
-    try:
-        find_rust_toolchain()
-    except plugbox.UsageError as exc:
-        pytest.skip(f"no Rust toolchain for wasm32-unknown-unknown: {exc}")
-    workspace = tmp_path_factory.mktemp("panicky")
-    (workspace / "Cargo.toml").write_text(WORKSPACE_TOML)
-    os.symlink(REPO / "sdk-rust", workspace / "plugbox-sdk")
-    crate = workspace / "panicky"
-    (crate / "src").mkdir(parents=True)
-    (crate / "Cargo.toml").write_text(CARGO_TOML)
-    (crate / "src" / "lib.rs").write_text(LIB_RS)
-    (crate / "plugbox.json").write_text(json.dumps({
-        "manifest_version": 1, "name": "panicky", "version": "0.1.0", "abi": "1.0",
-        "module": {"path": "plugin.wasm", "sha256": "0" * 64},
-        "hooks": ["literal", "formatted", "unwrapped", "huge"],
-    }))
-    out = tmp_path_factory.mktemp("panicky-out")
-    return build_rust_plugins(workspace, out, target_dir=workspace / "target")["panicky"]
+    return build_rust_crate(tmp_path_factory, "panicky", LIB_RS,
+                            ["literal", "formatted", "unwrapped", "huge"])
 
 
 def trap_of(plugin: plugbox.Plugin, hook: str, payload: bytes = b"") -> plugbox.GuestTrap:

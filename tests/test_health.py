@@ -5,7 +5,6 @@ demand and on a schedule, from WAT plugins, a Rust plugin built from source with
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 import threading
 from collections.abc import Callable
@@ -16,9 +15,7 @@ import pytest
 
 import plugbox
 from plugbox.host._health import HEALTH_HOOK, HealthReport
-from tests.conftest import const_body, wat_module, write_plugin
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import build_rust_crate, const_body, wat_module, write_plugin
 
 
 def reporting(directory: Path, name: str, report: str, hooks: tuple[str, ...] = (HEALTH_HOOK,),
@@ -122,31 +119,7 @@ hooks! {
 
 @pytest.fixture(scope="module")
 def rust_health(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from plugbox.authoring._build import build_rust_plugins, find_rust_toolchain
-
-    try:
-        find_rust_toolchain()
-    except plugbox.UsageError as exc:
-        pytest.skip(f"no Rust toolchain for wasm32-unknown-unknown: {exc}")
-    workspace = tmp_path_factory.mktemp("rust-health")
-    (workspace / "Cargo.toml").write_text(
-        '[workspace]\nmembers = ["plugbox-sdk", "healthy"]\nresolver = "2"\n\n'
-        '[profile.release]\nopt-level = "s"\nlto = true\ncodegen-units = 1\nstrip = true\n'
-        'panic = "abort"\n')
-    os.symlink(REPO / "sdk-rust", workspace / "plugbox-sdk")
-    crate = workspace / "healthy"
-    (crate / "src").mkdir(parents=True)
-    (crate / "Cargo.toml").write_text(
-        '[package]\nname = "healthy"\nversion = "0.1.0"\nedition = "2021"\n'
-        'rust-version = "1.63"\npublish = false\n\n[lib]\ncrate-type = ["cdylib"]\n\n'
-        '[dependencies]\nplugbox-sdk = { path = "../plugbox-sdk" }\n')
-    (crate / "src" / "lib.rs").write_text(LIB_RS)
-    (crate / "plugbox.json").write_text(json.dumps({
-        "manifest_version": 1, "name": "healthy", "version": "0.1.0", "abi": "1.0",
-        "module": {"path": "plugin.wasm", "sha256": "0" * 64},
-        "hooks": ["plugbox.health", "echo"]}))
-    out = tmp_path_factory.mktemp("rust-health-out")
-    return build_rust_plugins(workspace, out, target_dir=workspace / "target")["healthy"]
+    return build_rust_crate(tmp_path_factory, "healthy", LIB_RS, ["plugbox.health", "echo"])
 
 
 def test_the_rust_sdk_reports_health(host: plugbox.PluginHost, rust_health: Path) -> None:

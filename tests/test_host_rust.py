@@ -4,8 +4,6 @@ function and dispatches an extension point it declares, which a second copy of i
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +11,8 @@ from typing import Any
 import pytest
 
 import plugbox
+from tests.conftest import build_rust_crate
 from tests.test_host_core import stage
-
-REPO = Path(__file__).resolve().parent.parent
 
 LIB_RS = r'''
 //! Test plugin for the PluginHost. Hook `report`: looks the battle up with the host function
@@ -57,56 +54,11 @@ hooks! {
 }
 '''
 
-CARGO_TOML = '''[package]
-name = "battle-report"
-version = "0.1.0"
-edition = "2021"
-rust-version = "1.63"
-publish = false
-
-[lib]
-crate-type = ["cdylib"]
-
-[dependencies]
-plugbox-sdk = { path = "../plugbox-sdk" }
-'''
-
-WORKSPACE_TOML = '''[workspace]
-members = ["plugbox-sdk", "battle-report"]
-resolver = "2"
-
-[profile.release]
-opt-level = "s"
-lto = true
-codegen-units = 1
-strip = true
-panic = "abort"
-'''
-
-
 @pytest.fixture(scope="session")
 def battle_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The battle-report plugin, built from source with cargo; its staged directory."""
-    from plugbox.authoring._build import build_rust_plugins, find_rust_toolchain
-
-    try:
-        find_rust_toolchain()
-    except plugbox.UsageError as exc:
-        pytest.skip(f"no Rust toolchain for wasm32-unknown-unknown: {exc}")
-    workspace = tmp_path_factory.mktemp("host-rust")
-    (workspace / "Cargo.toml").write_text(WORKSPACE_TOML)
-    os.symlink(REPO / "sdk-rust", workspace / "plugbox-sdk")
-    crate = workspace / "battle-report"
-    (crate / "src").mkdir(parents=True)
-    (crate / "Cargo.toml").write_text(CARGO_TOML)
-    (crate / "src" / "lib.rs").write_text(LIB_RS)
-    (crate / "plugbox.json").write_text(json.dumps({
-        "manifest_version": 1, "name": "battle-report", "version": "0.1.0", "abi": "1.1",
-        "module": {"path": "plugin.wasm", "sha256": "0" * 64},
-        "hooks": ["report", "section"],
-    }))
-    out = tmp_path_factory.mktemp("host-rust-out")
-    return build_rust_plugins(workspace, out, target_dir=workspace / "target")["battle-report"]
+    return build_rust_crate(tmp_path_factory, "battle-report", LIB_RS, ["report", "section"],
+                            abi="1.1")
 
 
 BATTLES = {3: {"id": 3, "winner": "blue", "turns": 12}}

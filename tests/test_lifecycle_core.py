@@ -39,6 +39,11 @@ def backend(request: pytest.FixtureRequest) -> Iterator[str]:
     _BACKEND["state_url"] = None
 
 
+#: For a test of a module using ``backend`` that only makes sense on SQLite (a real sample,
+#: whose cost is its compile; a check of the SQLite file itself).
+SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+
+
 def new_host(state: Path, cache_dir: Path, **kw: Any) -> plugbox.PluginHost:
     kw.setdefault("state_url", _BACKEND["state_url"])
     host = plugbox.PluginHost(state_dir=state, runtime_options={

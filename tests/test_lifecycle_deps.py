@@ -20,24 +20,11 @@ import pytest
 import plugbox
 from plugbox import DependencyError
 from tests.conftest import const_body, wat_module, write_plugin
-from tests.test_lifecycle_core import _BACKEND, new_host, values
+from tests.test_lifecycle_core import _BACKEND, SQLITE_ONLY, backend, new_host, values
 
 LOG_IMPORT = '(import "plugbox:plugin/log@1.0.0" "log" (func $log (param i32 i32 i32)))'
 
 
-#: The lifecycle database of the running test (see tests/test_lifecycle_core.py's backend).
-@pytest.fixture(autouse=True, params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every test of this module runs on SQLite and on PostgreSQL (a fresh database on the
-    session's test server), except those marked SQLITE_ONLY (real samples, whose cost is the
-    compile, or a check of the SQLite file itself)."""
-    url = None if request.param == "sqlite" else str(request.getfixturevalue("pg_url"))
-    _BACKEND["state_url"] = url
-    yield request.param
-    _BACKEND["state_url"] = None
-
-
-SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
 
 def make_plugin(directory: Path, name: str, version: str, *, init: str = "log",

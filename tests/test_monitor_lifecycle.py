@@ -15,7 +15,7 @@ import pytest
 import plugbox
 from plugbox import BreakerPolicy
 from plugbox.cli._main import main
-from tests.conftest import ECHO_BODY, const_body, wat_module, write_plugin
+from tests.conftest import ECHO_BODY, const_body, wait_for, wat_module, write_plugin
 
 OK = '{"status":"ok","details":{"v":1}}'
 FAILING = '{"status":"failing","details":{"db":"down"}}'
@@ -50,13 +50,6 @@ def open_host(tmp_path: Path, cache_dir: Path) -> Iterator[Callable[..., plugbox
     yield make
     for host in hosts:
         host.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def test_a_failing_health_check_after_on_init_fails_the_install(

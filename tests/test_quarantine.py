@@ -20,7 +20,7 @@ import pytest
 
 import plugbox
 from plugbox import BreakerPolicy, QuarantinedError
-from tests.conftest import ECHO_BODY, const_body, wat_module, write_plugin
+from tests.conftest import ECHO_BODY, const_body, wait_for, wat_module, write_plugin
 
 GOOD = {"ok": True}
 BAD = {"ok": False}
@@ -52,13 +52,6 @@ def make_host(tmp_path: Path, cache_dir: Path) -> Iterator[Callable[..., plugbox
     yield make
     for host in hosts:
         host.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def test_consecutive_failures_quarantine_then_a_probe_releases(

@@ -1425,6 +1425,20 @@ class LifecycleMixin:
 
     # -- upgrade (issue 9 §3, §6) -------------------------------------------------------------
 
+    def _config_fitting(self, name: str, manifest: Manifest, doing: str, fix: str
+                        ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the current configuration, it validated against ``manifest`` with its defaults
+        applied); a ConfigError saying it does not fit that version (``doing`` names the
+        operation, ``fix`` what to do)."""
+        current = self._current_config(name)
+        try:
+            return current, self._validated_config(manifest, current)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{doing}: the current configuration does not fit {manifest.version}'s "
+                f"config_schema ({exc.message}); {fix}", plugin=name, json_path=exc.json_path,
+                fix=exc.fix) from None
+
     def upgrade(self, source: str | os.PathLike[str], *,
                 allow: bool | Callable[[PermissionDiff], bool] = False,
                 actor: str | None = None) -> UpgradeOutcome:
@@ -1506,15 +1520,9 @@ class LifecycleMixin:
                              detail=diff.describe().replace("\n", "; "))
                 return UpgradeOutcome("needs-consent", name, old, version, diff, None,
                                       self._info(row, versions))
-            current = self._current_config(name)
-            try:
-                cfg = self._validated_config(manifest, current)
-            except ConfigError as exc:
-                raise ConfigError(
-                    f"upgrade {name!r} {old} -> {version}: the current configuration does not "
-                    f"fit the new version's config_schema ({exc.message}); configure "
-                    f"{name!r} with a configuration both versions accept first",
-                    plugin=name, json_path=exc.json_path, fix=exc.fix) from None
+            current, cfg = self._config_fitting(
+                name, manifest, f"upgrade {name!r} {old} -> {version}",
+                f"configure {name!r} with a configuration both versions accept first")
             hosted = self.get(name) if name in self._managed else None
             with self._lock:  # the host's checks, before anything is staged
                 if hosted is not None:
@@ -1610,19 +1618,31 @@ class LifecycleMixin:
                               to_version=version,
                               detail="; ".join(n.replace("\n", ", ") for n in notes) or None)
                 tx.end_op(op)
-                if fresh is not None and hosted is not None:
-                    self._replace_hosted(hosted, fresh)
-                    swapped = True
-                elif hosted is not None:  # loaded but disabled: enable loads the new one
-                    self._unhost(hosted)
+                swapped = self._switch(hosted, fresh)
         except BaseException:
-            if fresh is not None and not swapped:
-                fresh.plugin.close()
-            if alone is not None:
-                self._unhost(alone)
+            self._discard_loaded(fresh, swapped, alone)
             raise
         self._sweep_plugin(name)  # the pruned versions' files
         return UpgradeOutcome("upgraded", name, old, version, diff, None, self.info(name)), at
+
+    def _switch(self, hosted: HostedPlugin | None, fresh: HostedPlugin | None) -> bool:
+        """In the transaction recording a new active version: serve ``fresh`` instead of
+        ``hosted`` (True); with nothing loaded beside a plugin that is loaded but disabled,
+        unhost it, so that enabling it loads the new version (False)."""
+        if fresh is not None and hosted is not None:
+            self._replace_hosted(hosted, fresh)
+            return True
+        if hosted is not None:
+            self._unhost(hosted)
+        return False
+
+    def _discard_loaded(self, fresh: HostedPlugin | None, swapped: bool,
+                        alone: HostedPlugin | None) -> None:
+        """Undo the loads of an operation that failed before or while it was recorded."""
+        if fresh is not None and not swapped:
+            fresh.plugin.close()
+        if alone is not None:
+            self._unhost(alone)
 
     def _emit_outcome(self, outcome: UpgradeOutcome, actor: str | None, at: float) -> None:
         if outcome.status == "upgraded":
@@ -1772,16 +1792,10 @@ class LifecycleMixin:
                 raise StateError(f"rollback {name!r} to {target.version}: the kept files in "
                                  f"{path} differ from what was recorded; install that version "
                                  f"again instead", path=str(path))
-            config = self._current_config(name)
-            try:
-                cfg = self._validated_config(manifest, config)
-            except ConfigError as exc:
-                raise ConfigError(
-                    f"rollback {name!r} {old} -> {target.version}: the current configuration "
-                    f"does not fit {target.version}'s config_schema ({exc.message}); "
-                    f"configure {name!r} with a configuration both versions accept, or roll "
-                    f"the configuration back too (host.rollback_config)", plugin=name,
-                    json_path=exc.json_path, fix=exc.fix) from None
+            config, cfg = self._config_fitting(
+                name, manifest, f"rollback {name!r} {old} -> {target.version}",
+                f"configure {name!r} with a configuration both versions accept, or roll the "
+                f"configuration back too (host.rollback_config)")
             hosted = self.get(name) if name in self._managed else None
             fresh: HostedPlugin | None = None
             alone: HostedPlugin | None = None
@@ -1815,16 +1829,9 @@ class LifecycleMixin:
                     at = tx.audit(actor=actor, action="rollback", plugin=name,
                                   from_version=old, to_version=target.version,
                                   detail=warning)
-                    if fresh is not None and hosted is not None:
-                        self._replace_hosted(hosted, fresh)
-                        swapped = True
-                    elif hosted is not None:  # loaded but disabled
-                        self._unhost(hosted)
+                    swapped = self._switch(hosted, fresh)
             except BaseException:
-                if fresh is not None and not swapped:
-                    fresh.plugin.close()
-                if alone is not None:
-                    self._unhost(alone)
+                self._discard_loaded(fresh, swapped, alone)
                 raise
             row, versions = self._row(name, "rollback")
             info = self._info(row, versions, () if warning is None else (warning,))
@@ -1964,14 +1971,9 @@ class LifecycleMixin:
                 at = tx.audit(actor=actor, action=action, plugin=name,
                               from_version=row.version, to_version=row.version,
                               detail=detail[:4000])
-                if fresh is not None and hosted is not None:
-                    self._replace_hosted(hosted, fresh)
-                    swapped = True
-                elif hosted is not None:  # loaded but disabled: enable loads it anew
-                    self._unhost(hosted)
+                swapped = self._switch(hosted, fresh)
         except BaseException:
-            if fresh is not None and not swapped:
-                fresh.plugin.close()
+            self._discard_loaded(fresh, swapped, None)
             raise
         self._emit("config-changed", name, row.version, row.version,
                    f"revision {revision}" + (f", {note}" if note else ""), actor, at)
