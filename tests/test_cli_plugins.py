@@ -209,6 +209,19 @@ def test_state_url_names_the_lifecycle_database(cli: Run, plugin: Callable[..., 
     assert cli("list", "--json").doc["plugins"] == []  # the state dir's own database
 
 
+def test_a_postgresql_state_url_is_shared_by_two_state_dirs(
+        cli: Run, plugin: Callable[..., Path], tmp_path: Path, pg_url: str) -> None:
+    """The lifecycle state (and the plugins' kv data) in PostgreSQL: another state dir, as
+    another machine would have, sees what the first installed and serves it."""
+    assert cli("install", plugin(), "--state-url", pg_url).code == 0
+    other = ("--state-url", pg_url, "--state-dir", str(tmp_path / "machine-b"))
+    listed = cli("list", *other, "--json", state_dir=False).doc["plugins"]
+    assert [(p["name"], p["state"]) for p in listed] == [("alpha", "enabled")]
+    assert cli("disable", "alpha", *other, state_dir=False).code == 0
+    assert cli("info", "alpha", "--state-url", pg_url, "--json").doc["plugin"]["state"] == \
+        "disabled"
+
+
 @pytest.mark.parametrize("argv", [
     ("info", "nope"), ("enable", "nope"), ("disable", "nope"), ("pin", "nope"),
     ("unpin", "nope"), ("uninstall", "nope"), ("rollback", "nope"), ("config", "get", "nope"),
