@@ -4,6 +4,7 @@ swap under load -- with small WAT plugins, and a real Rust sample upgraded and c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -237,6 +238,32 @@ def test_consent_by_a_callable_sees_the_exact_difference(
     assert host.upgrade(plugin("1.2.0")).status == "upgraded"
 
 
+def test_under_required_signatures_an_upgrade_must_come_from_the_same_publisher(
+        tmp_path: Path, cache_dir: Path, plugin: Callable[..., Path]) -> None:
+    from tests.test_signatures import make_key, sign_plugin
+
+    alice, _ = make_key(tmp_path / "trusted", "alice")
+    bob, _ = make_key(tmp_path / "trusted", "bob")
+
+    def signed(version: str, key: Any | None) -> Path:
+        directory = plugin(version)
+        if key is not None:
+            sign_plugin(directory, key)
+        return directory
+
+    trust = plugbox.TrustPolicy(trusted_keys=tmp_path / "trusted", mode="require")
+    with new_host(tmp_path / "state", cache_dir, trust=trust) as h:
+        h.start()
+        h.install(signed("1.0.0", alice))
+        assert h.upgrade(signed("1.1.0", alice)).status == "upgraded"
+        with pytest.raises(plugbox.UntrustedSignerError, match="not signed"):
+            h.upgrade(signed("1.2.0", None))
+        with pytest.raises(plugbox.IdentityConflictError):
+            h.upgrade(signed("1.3.0", bob))
+        assert h.info("alpha").versions == ("1.1.0", "1.0.0") and values(h) == ["alpha 1.1.0"]
+        assert h.store.journal() == [] and h.check_integrity() == []
+
+
 def test_a_new_version_failing_on_init_is_rolled_back_and_the_old_keeps_serving(
         host: plugbox.PluginHost, plugin: Callable[..., Path], tmp_path: Path) -> None:
     host.install(plugin("1.0.0"))
@@ -258,6 +285,13 @@ def test_a_new_version_failing_on_init_is_rolled_back_and_the_old_keeps_serving(
     assert host.check_integrity() == []
     # A later, working 1.1.0 can still be installed.
     assert host.upgrade(plugin("1.1.0")).status == "upgraded"
+    # A failed on-init of a version with another data format may have migrated data: said.
+    bad = failing_init_plugin(tmp_path / "src", "1.2.0")
+    manifest = json.loads((bad / "plugbox.json").read_text())
+    (bad / "plugbox.json").write_text(json.dumps({**manifest, "data_version": 3}))
+    outcome = host.upgrade(bad)
+    assert outcome.status == "rolled-back" and outcome.reason is not None
+    assert "declares data_version 3 and 1.1.0 0" in outcome.reason
 
 
 def test_a_new_version_failing_to_load_is_rolled_back(
@@ -418,6 +452,19 @@ def test_an_upgrade_or_rollback_that_would_break_a_dependent_is_refused(
     assert host.upgrade(plugin("1.9.0", name="base")).status == "upgraded"
 
 
+def test_a_plugin_waiting_for_a_requirement_is_upgraded_but_not_started(
+        host: plugbox.PluginHost, plugin: Callable[..., Path]) -> None:
+    host.install(plugin("1.0.0", name="ext", requires={"base": ""}), enable=False)
+    with host.store.transaction() as tx:  # as the dependency handling records a waiting one
+        tx.update_plugin("ext", enabled=True, state="failed",
+                         reason="dependency missing: 'base' is not installed")
+    outcome = host.upgrade(plugin("1.1.0", name="ext", requires={"base": ""}))
+    assert outcome.status == "upgraded" and values(host) == []
+    info = host.info("ext")
+    assert (info.version, info.state) == ("1.1.0", "failed")
+    assert info.reason is not None and info.reason.startswith("dependency missing")
+
+
 # -- rollback --------------------------------------------------------------------------------
 
 
@@ -437,6 +484,22 @@ def test_rollback_to_the_previous_version_and_back(
     # The previous version is the one active before: a second rollback undoes the first.
     assert host.rollback("alpha").version == "1.1.0" and values(host) == ["alpha 1.1.0"]
     assert host.check_integrity() == []
+
+
+def test_upgrading_again_to_a_version_rolled_back_from_reuses_its_files(
+        host: plugbox.PluginHost, plugin: Callable[..., Path], tmp_path: Path) -> None:
+    host.install(plugin("1.0.0"))
+    host.upgrade(plugin("1.1.0"))
+    host.rollback("alpha")
+    outcome = host.upgrade(plugin("1.1.0"))
+    assert outcome.status == "upgraded" and values(host) == ["alpha 1.1.0"]
+    assert host.info("alpha").versions == ("1.1.0", "1.0.0") and host.check_integrity() == []
+    host.rollback("alpha")
+    with pytest.raises(plugbox.LifecycleError,
+                       match=r"version 1\.1\.0 is kept in the managed store with a different "
+                             r"module; give the new build a new version"):
+        host.upgrade(plugin("1.1.0", text="rebuilt"))
+    assert host.info("alpha").version == "1.0.0" and values(host) == ["alpha 1.0.0"]
 
 
 def test_rollback_to_a_named_version_and_its_refusals(
@@ -667,6 +730,15 @@ def test_an_interrupted_upgrade_is_undone_by_the_next_start(
         assert h.upgrade(plugin("1.1.0")).status == "upgraded"
 
 
+def test_an_upgrade_replaces_files_an_interrupted_one_left(
+        host: plugbox.PluginHost, plugin: Callable[..., Path], tmp_path: Path) -> None:
+    host.install(plugin("1.0.0"))
+    leftover = tmp_path / "state" / "plugins" / "alpha" / "1.1.0"
+    shutil.copytree(plugin("1.1.0", text="half-done"), leftover)
+    assert host.upgrade(plugin("1.1.0", text="the real one")).status == "upgraded"
+    assert values(host) == ["the real one"] and host.check_integrity() == []
+
+
 def test_files_of_pruned_versions_left_by_a_crash_are_swept(
         tmp_path: Path, cache_dir: Path, plugin: Callable[..., Path],
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -708,9 +780,16 @@ def test_upgrade_rollback_and_config_survive_a_restart(
 def test_a_rust_plugin_is_upgraded_configured_and_rolled_back(
         tmp_path: Path, cache_dir: Path, rust_plugins: dict[str, Path]) -> None:
     def version(v: str) -> Path:
+        """The built sample as version ``v``, a module of its own (a custom section naming
+        the version appended), its sha256 recomputed as write_plugin does."""
         target = tmp_path / "src" / f"word-stats-{v}"
         shutil.copytree(rust_plugins["word-stats"], target)
         manifest = json.loads((target / "plugbox.json").read_text())
+        module = target / manifest["module"]["path"]
+        section = b"\x07version" + v.encode()
+        data = module.read_bytes() + b"\x00" + bytes([len(section)]) + section
+        module.write_bytes(data)
+        manifest["module"]["sha256"] = hashlib.sha256(data).hexdigest()
         manifest.update(version=v, implements={"text.stats": {"hook": "text.stats"}})
         (target / "plugbox.json").write_text(json.dumps(manifest, indent=2))
         return target
@@ -721,6 +800,7 @@ def test_a_rust_plugin_is_upgraded_configured_and_rolled_back(
         h.extension_point("text.stats", version="1.0.0", mode="first")
         h.start()
         h.install(version("0.1.0"))
+        first = h.get("word-stats").plugin.manifest.module_sha256  # type: ignore[union-attr]
         before = h.call("text.stats", text).value
         seen: list[Any] = []
         stop, warmed = threading.Event(), threading.Event()
@@ -740,6 +820,7 @@ def test_a_rust_plugin_is_upgraded_configured_and_rolled_back(
             stop.set()
             thread.join(30)
         assert outcome.status == "upgraded" and h.info("word-stats").version == "0.2.0"
+        assert h.get("word-stats").plugin.manifest.module_sha256 != first  # type: ignore[union-attr]
         assert all(not s["failures"] and s["value"] is not None for s in seen)
         after = h.call("text.stats", text).value
         assert after != before and len(json.dumps(after)) < len(json.dumps(before))
@@ -767,7 +848,7 @@ def py_echo() -> Path:
 
 
 def test_a_python_plugin_is_upgraded_under_load_and_rolled_back(
-        tmp_path: Path, cache_dir: Path, py_echo: Path) -> None:
+        tmp_path: Path, py_echo: Path) -> None:
     def version(v: str) -> Path:
         target = tmp_path / "src" / f"py-echo-{v}"
         shutil.copytree(py_echo, target)
@@ -776,8 +857,11 @@ def test_a_python_plugin_is_upgraded_under_load_and_rolled_back(
         (target / "plugbox.json").write_text(json.dumps(manifest, indent=2))
         return target
 
+    # Compiling the component takes most of the test: its compiled form is kept between runs
+    # beside the build (the cache checks what it hands out).
+    compiled = py_echo.parent / "compiled-cache"
     with plugbox.PluginHost(state_dir=tmp_path / "state",
-                            runtime_options={"cache_dir": cache_dir}) as h:
+                            runtime_options={"cache_dir": compiled}) as h:
         h.extension_point("text.echo", version="1.0.0", payload="bytes")
         h.start()
         h.install(version("0.1.0"))

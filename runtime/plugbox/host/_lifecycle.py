@@ -41,12 +41,13 @@ from .._manifest import Manifest, read_manifest, validate_manifest
 from .._permissions import Limits, Permissions
 from .._plugin import Plugin
 from ..trust._package import package_members, staged_plugin
+from . import _deps
+from ._errors import ConfigError, DependencyError, LifecycleError
+from ._store import PluginRow, Store, VersionRow, store_path
+# For upgrade, rollback and configuration (issue 9 §3, §5).
 from ._config import diff as config_diff
 from ._config import redacted as redact_config
 from ._config import secret_paths, validated
-from ._deps import resolve
-from ._errors import ConfigError, DependencyError, LifecycleError
-from ._store import PluginRow, Store, VersionRow, store_path
 
 if TYPE_CHECKING:
     from ._host import HostedPlugin
@@ -1035,15 +1036,26 @@ class LifecycleMixin:
 
         Refused with :class:`plugbox.LifecycleError` when the plugin is not installed, is
         pinned (unpin it first), or the new version is older than the active one (use
-        :meth:`rollback`); the same version with the same module is ``unchanged``.
+        :meth:`rollback`); the same version with the same module is ``unchanged``. Refused
+        before anything is copied, too: with the verification error when it does not verify
+        (:class:`plugbox.IncompatiblePointError` also when it drops, or changes to a version
+        they refuse, a point it declares that other plugins implement), with
+        :class:`plugbox.DependencyError` when an enabled plugin (it included) could no longer
+        start, with :class:`plugbox.ConfigError` when the current configuration does not fit
+        its ``config_schema``.
         """
         self._check_open()
         if type(allow) is not bool and not callable(allow):
             raise UsageError(f"upgrade: allow must be True, False or a callable taking the "
                              f"PermissionDiff, not {allow!r}")
         with self._op_lock:
-            manifest, grant = self._verify_source(source)
+            verified = self.runtime._verified(source, False)
+            manifest = verified.manifest
+            grant = grant_of(verified.permissions, verified.limits)
             name, version = manifest.name, manifest.version
+            # Signed by the keys the name belongs to (trust mode "require"), before anything
+            # is staged rather than when it loads.
+            self.runtime._identity(name, verified.signers)
             row, versions = self._row(name, "upgrade")
             old = row.version
             if row.pinned:
@@ -1069,7 +1081,8 @@ class LifecycleMixin:
                     f"store with a different module; give the new build a new version (or "
                     f"let keep_versions prune the old {version} first)", plugin=name,
                     operation="upgrade")
-            self._check_dependents(name, "upgrade", old, _DepView.of(manifest.raw))
+            startable = self._check_dependents(name, "upgrade", old,
+                                               _DepView.of(manifest.raw))
             diff = permission_diff(row.grant, grant)
             if not diff.empty and not self._consented(allow, diff):
                 with self.store.transaction() as tx:
@@ -1098,30 +1111,35 @@ class LifecycleMixin:
                 op = tx.begin_op("upgrade", name, {"from": old, "to": version,
                                                   "path": str(target)})
             try:
-                if kept is None and target.exists():  # an interrupted operation's leftover
+                if kept is None and target.exists() and \
+                        _module_sha256(target) != manifest.module_sha256:
+                    # Left by an interrupted operation (start() would sweep it); one with
+                    # the same module is reused by _stage.
                     _remove_tree(target, self._plugins_dir / ".trash")
                 path, _ = self._stage(source, name, version, manifest.module_sha256)
-                outcome = self._activate_upgrade(row, manifest, grant, diff, path, cfg,
-                                                 current, hosted, os.fspath(source), op,
-                                                 actor)
+                outcome, at = self._activate_upgrade(row, manifest, grant, diff, path, cfg,
+                                                     current, hosted, startable,
+                                                     os.fspath(source), op, actor)
             except BaseException:
                 self._abandon(op, name)
                 raise
-        self._emit_outcome(outcome, actor)
+        self._emit_outcome(outcome, actor, at)
         return outcome
 
     def _activate_upgrade(self, row: PluginRow, manifest: Manifest, grant: dict[str, Any],
                           diff: PermissionDiff, path: Path, cfg: dict[str, Any],
-                          current: dict[str, Any], hosted: HostedPlugin | None, source: str,
-                          op: int, actor: str | None) -> UpgradeOutcome:
+                          current: dict[str, Any], hosted: HostedPlugin | None,
+                          startable: bool, source: str, op: int, actor: str | None
+                          ) -> tuple[UpgradeOutcome, float]:
         """Load the staged new version (beside ``hosted``, or alone when this process does
-        not serve the plugin), then record it and switch to it in one transaction; or record
-        the failure and keep the old one. Runs under ``_op_lock`` with journal row ``op``."""
+        not serve the plugin and its dependencies let it start), then record it and switch to
+        it in one transaction; or record the failure and keep the old one. Runs under
+        ``_op_lock`` with journal row ``op``. (outcome, time recorded)."""
         name, old, version = row.name, row.version, manifest.version
         fresh: HostedPlugin | None = None  # loaded beside hosted, not served yet
         alone: HostedPlugin | None = None  # loaded and served (nothing served before)
         reason = None
-        if row.enabled and not self._safe_mode:
+        if row.enabled and not self._safe_mode and (hosted is not None or startable):
             try:
                 if hosted is not None:
                     fresh = self._load_beside(hosted, path, cfg, hosted.enabled)
@@ -1130,6 +1148,13 @@ class LifecycleMixin:
             except PlugboxError as exc:
                 reason = _scrub(_failure_reason(exc),
                                 _secret_values(manifest.config_schema, cfg))
+                before = int(self._active_version(row, self.store.versions(name)).manifest
+                             .get("data_version", 0) or 0)
+                if manifest.data_version != before and exc.hook == "on-init":
+                    reason += (f" (note: {version} declares data_version "
+                               f"{manifest.data_version} and {old} {before}; its on-init "
+                               f"ran, so it may have migrated the plugin's data before it "
+                               f"failed: check the data {old} now serves from)")
         if reason is not None:
             with self.store.transaction() as tx:
                 at = tx.audit(actor=actor, action="upgrade-failed", plugin=name,
@@ -1137,7 +1162,7 @@ class LifecycleMixin:
                 tx.end_op(op)
             self._sweep_plugin(name)
             return UpgradeOutcome("rolled-back", name, old, version, diff, reason,
-                                  self.info(name))
+                                  self.info(name)), at
         swapped = False
         try:
             with self.store.transaction() as tx:
@@ -1158,9 +1183,9 @@ class LifecycleMixin:
                 pruned = self._prune(tx, name, version)
                 if pruned:
                     notes.append(f"pruned {', '.join(pruned)}")
-                tx.audit(actor=actor, action="upgrade", plugin=name, from_version=old,
-                         to_version=version,
-                         detail="; ".join(n.replace("\n", ", ") for n in notes) or None)
+                at = tx.audit(actor=actor, action="upgrade", plugin=name, from_version=old,
+                              to_version=version,
+                              detail="; ".join(n.replace("\n", ", ") for n in notes) or None)
                 tx.end_op(op)
                 if fresh is not None and hosted is not None:
                     self._replace_hosted(hosted, fresh)
@@ -1174,17 +1199,17 @@ class LifecycleMixin:
                 self._unhost(alone)
             raise
         self._sweep_plugin(name)  # the pruned versions' files
-        return UpgradeOutcome("upgraded", name, old, version, diff, None, self.info(name))
+        return UpgradeOutcome("upgraded", name, old, version, diff, None, self.info(name)), at
 
-    def _emit_outcome(self, outcome: UpgradeOutcome, actor: str | None) -> None:
+    def _emit_outcome(self, outcome: UpgradeOutcome, actor: str | None, at: float) -> None:
         if outcome.status == "upgraded":
             self._emit("upgraded", outcome.plugin, outcome.from_version, outcome.to_version,
-                       None, actor)
+                       None, actor, at)
         elif outcome.status == "rolled-back":
             self._emit("failed", outcome.plugin, outcome.from_version, outcome.to_version,
-                       outcome.reason, actor)
+                       outcome.reason, actor, at)
             self._emit("rolled-back", outcome.plugin, outcome.to_version,
-                       outcome.from_version, outcome.reason, actor)
+                       outcome.from_version, outcome.reason, actor, at)
 
     @staticmethod
     def _consented(allow: bool | Callable[[PermissionDiff], bool], diff: PermissionDiff
@@ -1236,11 +1261,12 @@ class LifecycleMixin:
                          "start() will", name, exc_info=True)
 
     def _check_dependents(self, name: str, operation: str, old: str,
-                          new: _DepView) -> None:
+                          new: _DepView) -> bool:
         """Refuse making ``new`` the active manifest of ``name`` when an enabled plugin
         (``name`` itself included) that can start now could not start then: a dependent's
         ``requires`` no longer matches, the new version's requirements or conflicts are not
-        met, or a cycle appears."""
+        met, or a cycle appears. Returns whether ``name`` can start with ``new`` (False: it
+        could not before either, so it is not loaded)."""
         with self.store.transaction() as tx:
             rows = tx.plugins()
             manifests = {}
@@ -1250,11 +1276,11 @@ class LifecycleMixin:
                 if active is not None:
                     manifests[row.name] = _DepView.of(active.manifest)
         enabled = [row.name for row in rows if row.enabled]
-        before = resolve(manifests, enabled)
-        after = resolve({**manifests, name: new}, enabled)
+        before = _deps.resolve(manifests, enabled)
+        after = _deps.resolve({**manifests, name: new}, enabled)
         broken = [n for n in after.failed if n not in before.failed]
         if not broken:
-            return
+            return name not in after.failed
         error = after.errors[broken[0]]
         others = [n for n in broken if n != name]
         raise DependencyError(
@@ -1289,7 +1315,11 @@ class LifecycleMixin:
         proceeds and the returned :attr:`PluginInfo.warnings` holds the warning.
 
         Refused (:class:`plugbox.LifecycleError`) for a plugin not installed, pinned (unpin
-        it first), with no other kept version, or a ``to`` that is not kept or is active.
+        it first), with no other kept version, or a ``to`` that is not kept or is active;
+        with :class:`plugbox.DependencyError` when an enabled plugin could no longer start
+        (a dependent requiring the newer version), with :class:`plugbox.ConfigError` when
+        the current configuration does not fit the kept version's schema, and with the
+        verification error when the kept files no longer verify.
         """
         self._check_open()
         with self._op_lock:
@@ -1309,7 +1339,8 @@ class LifecycleMixin:
                     f"confirm=True (`plugbox plugins rollback {name} --to {target.version} "
                     f"--yes`) to roll back anyway", plugin=name, operation="rollback",
                     warning=warning)
-            self._check_dependents(name, "rollback", old, _DepView.of(target.manifest))
+            startable = self._check_dependents(name, "rollback", old,
+                                               _DepView.of(target.manifest))
             path = Path(target.path)
             self._materialise(target)
             manifest, grant = self._verify_source(path)
@@ -1331,7 +1362,7 @@ class LifecycleMixin:
             hosted = self.get(name) if name in self._managed else None
             fresh: HostedPlugin | None = None
             alone: HostedPlugin | None = None
-            if row.enabled and not self._safe_mode:
+            if row.enabled and not self._safe_mode and (hosted is not None or startable):
                 try:
                     if hosted is not None:
                         fresh = self._load_beside(hosted, path, cfg, hosted.enabled)
@@ -1585,6 +1616,14 @@ class _DepView:
         return cls(str(raw.get("name")), str(raw.get("version")),
                    dict(raw.get("requires") or {}), dict(raw.get("optional") or {}),
                    dict(raw.get("conflicts") or {}))
+
+
+def _module_sha256(directory: Path) -> str | None:
+    """The module digest the manifest in ``directory`` records, or None (unreadable)."""
+    try:
+        return validate_manifest(read_manifest(directory)).module_sha256
+    except PlugboxError:
+        return None
 
 
 def _data_warning(name: str, current: VersionRow, target: VersionRow) -> str | None:
