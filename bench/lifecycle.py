@@ -24,6 +24,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,6 +34,7 @@ from typing import Any, Protocol
 
 import plugbox
 
+REPO = Path(__file__).resolve().parent.parent
 POINT = "bench.lifecycle"
 #: Reloads in the memory figure (the issue asks for 1,000) and the RSS samples along the way.
 RELOADS = 1000
@@ -199,43 +202,60 @@ def _reload(host: plugbox.PluginHost, mode: str, v1: Path, v2: Path) -> Callable
             "uninstall + install": reinstall}[mode]
 
 
+def _memory_run(echo_dir: Path, work: Path, cache: Path, mode: str, pooled: bool,
+                reloads: int) -> dict[str, Any]:
+    """One memory run in this process (see :func:`bench_reload_memory`)."""
+    v1 = _version_of(echo_dir, work / "mem-1.0.0", "1.0.0")
+    v2 = _version_of(echo_dir, work / "mem-2.0.0", "2.0.0", tag="v2")
+    options = {} if pooled else {"pooled_instances": 0}
+    with _host(work / "mem-state", cache, **options) as host:
+        host.install(v1, config={"n": 0})
+        reload = _reload(host, mode, v1, v2)
+        for i in range(20):  # warm-up: caches, free lists and the SQLite page cache fill
+            reload(i)
+            _served(host)
+        gc.collect()
+        start = _rss_bytes()
+        series = [start]
+        t0 = time.perf_counter()
+        for i in range(20, 20 + reloads):
+            reload(i)
+            assert _served(host) == 1
+            if (i - 19) % RSS_EVERY == 0:
+                gc.collect()
+                series.append(_rss_bytes())
+        seconds = time.perf_counter() - t0
+    return {"rss_start": start, "rss_end": series[-1], "rss_after_100": series[1],
+            "rss_series": series, "seconds": seconds}
+
+
 def bench_reload_memory(res: _Results, echo_dir: Path, work: Path, cache: Path,
                         reloads: int) -> None:
-    """RSS before and after ``reloads`` swaps of the Rust echo's instances, per mode, with
+    """RSS before and after ``reloads`` swaps of the Rust echo's instances, each run in a
+    new process (so what ran before does not pad its heap): per mode with
     ``pooled_instances=0`` (every instance's memory is mapped and unmapped: what stays is
     what a reload leaks), and the first mode once more with the default pool (500 slots
     whose pages stay resident once touched, so RSS climbs until the slots in use are warm,
     then holds)."""
-    v1 = _version_of(echo_dir, work / "mem-1.0.0", "1.0.0")
-    v2 = _version_of(echo_dir, work / "mem-2.0.0", "2.0.0", tag="v2")
     modes = _modes()
-    runs = [(mode, "pooled_instances=0", {"pooled_instances": 0}) for mode in modes]
-    runs.append((modes[0], "default pool", {}))
-    for n, (mode, pool, options) in enumerate(runs):
-        with _host(work / f"mem-{n}", cache, **options) as host:
-            host.install(v1, config={"n": 0})
-            reload = _reload(host, mode, v1, v2)
-            for i in range(20):  # warm-up: caches, free lists and the SQLite page cache fill
-                reload(i)
-                _served(host)
-            gc.collect()
-            start = _rss_bytes()
-            series = [start]
-            t0 = time.perf_counter()
-            for i in range(20, 20 + reloads):
-                reload(i)
-                assert _served(host) == 1
-                if (i - 19) % RSS_EVERY == 0:
-                    gc.collect()
-                    series.append(_rss_bytes())
-            seconds = time.perf_counter() - t0
-            end = series[-1]
+    runs = [(mode, False) for mode in modes] + [(modes[0], True)]
+    for n, (mode, pooled) in enumerate(runs):
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-run", str(echo_dir), str(work / f"mem-{n}"),
+             str(cache), mode, "1" if pooled else "0", str(reloads)],
+            capture_output=True, text=True, timeout=1800,
+            env={**os.environ, "PYTHONPATH": str(REPO / "runtime")})
+        if out.returncode != 0:
+            raise SystemExit(f"memory run {mode} failed:\n{out.stderr[-4000:]}")
+        figures = json.loads(out.stdout.strip().splitlines()[-1])
+        pool = "default pool" if pooled else "pooled_instances=0"
+        start, end = figures["rss_start"], figures["rss_end"]
         res.add("lifecycle", f"RSS over {reloads} reloads: {mode}, {pool}", "PluginHost",
-                [float(end - start)], unit="bytes", rss_start=start, rss_end=end,
-                rss_after_100=series[1], rss_series=series, seconds=seconds)
-        _log(f"  RSS over {reloads} reloads ({mode}, {pool}, {seconds / reloads * 1e3:.1f} ms "
-             f"each): {start / 2**20:.1f} -> {series[1] / 2**20:.1f} after 100 -> "
-             f"{end / 2**20:.1f} MiB ({(end - start) / 2**20:+.2f} MiB)")
+                [float(end - start)], unit="bytes", **figures)
+        _log(f"  RSS over {reloads} reloads ({mode}, {pool}, "
+             f"{figures['seconds'] / reloads * 1e3:.1f} ms each): {start / 2**20:.1f} -> "
+             f"{figures['rss_after_100'] / 2**20:.1f} after 100 -> {end / 2**20:.1f} MiB "
+             f"({(end - start) / 2**20:+.2f} MiB)")
 
 
 def run(res: _Results, echo_dir: Path, build_dir: Path, *, quick: bool, python: bool) -> None:
@@ -245,18 +265,17 @@ def run(res: _Results, echo_dir: Path, build_dir: Path, *, quick: bool, python: 
     try:
         cache = work / "cache"
         bench_enable_disable(res, echo_dir, work, cache, 100 if quick else 300)
+        bench_reload_memory(res, echo_dir, work, cache, RELOADS)
         bench_upgrade(res, "Rust echo", echo_dir, work, 3 if quick else 7, 5 if quick else 11)
         if python:
             from plugbox.authoring import _pybuild
 
-            repo = Path(__file__).resolve().parent.parent
-            module = _pybuild.build_python_plugin(repo / "sample-plugins" / "python" / "echo",
+            module = _pybuild.build_python_plugin(REPO / "sample-plugins" / "python" / "echo",
                                                   out_dir=build_dir / "py-echo")
             bench_upgrade(res, "Python py-echo", module.parent, work, 1 if quick else 3,
                           3 if quick else 5)
         else:
             _log("  Python upgrade rows skipped")
-        bench_reload_memory(res, echo_dir, work, cache, RELOADS)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -289,3 +308,11 @@ def tables(rows: list[dict[str, Any]]) -> list[tuple[str, list[str], list[list[s
                                                        "end", "growth", "growth after 100",
                                                        "per reload"], memory)]
 
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["--memory-run"]:
+        raise SystemExit("run it through bench/run.py: python bench/run.py --only lifecycle")
+    echo, out_dir, cache_dir, which, pooled_arg, count = sys.argv[2:8]
+    print(json.dumps(_memory_run(Path(echo), Path(out_dir), Path(cache_dir), which,
+                                 pooled_arg == "1", int(count))))

@@ -586,11 +586,11 @@ class LifecycleMixin:
                sha256: str) -> tuple[Path, bool]:
         """Copy the plugin at ``source`` into ``plugins/<name>/<version>/`` (temp dir, then an
         atomic rename). (path, created); an existing directory with the same module is reused;
-        one with another is refused. An existing directory the database does not reference is
-        what a killed operation left (the caller holds the lifecycle lock, so no live one
-        owns it): it is removed and the copy made afresh."""
+        one with another is refused unless the database does not reference it: then it is
+        what a killed operation left (complete: it got there by one rename; the caller holds
+        the lifecycle lock, so no live operation owns it), and it is replaced."""
         target = self._plugins_dir / name / version
-        if target.exists():
+        if target.exists() and _module_sha256(target) != sha256:
             with self.store.transaction() as tx:
                 recorded = any(v.version == version for v in tx.versions(name))
             if not recorded:
