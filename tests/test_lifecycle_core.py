@@ -220,6 +220,28 @@ def test_uninstall_keeps_data_and_config_unless_purged(
     assert host.check_integrity() == []
 
 
+def test_an_install_finishes_a_purge_an_earlier_process_left_unfinished(
+        host: plugbox.PluginHost, plugin: Callable[..., Path], tmp_path: Path,
+        cache_dir: Path) -> None:
+    """A process killed between an uninstall --purge's commit and its kv clear leaves the
+    purge in the journal; installing the plugin again finishes it first, so a later start()
+    never clears the new install's data."""
+    host.install(plugin())
+    host.runtime.kv.set("alpha", "old", b"1", quota_bytes=1000, quota_keys=10)
+    host.uninstall("alpha")
+    with host.store.transaction() as tx:  # as a purge killed before its kv clear leaves it
+        tx.begin_op("purge", "alpha", {})
+    host.install(plugin())
+    assert host.runtime.kv.get("alpha", "old") is None  # the old data went with the purge
+    host.runtime.kv.set("alpha", "new", b"2", quota_bytes=1000, quota_keys=10)
+    assert host.check_integrity() == []
+    host.close()
+    with new_host(tmp_path / "state", cache_dir) as again:
+        report = again.start()
+        assert report.recovered == ()
+        assert again.runtime.kv.get("alpha", "new") == b"2"
+
+
 def test_operations_on_unknown_plugins_name_the_fix(host: plugbox.PluginHost) -> None:
     for op in (host.enable, host.disable, host.uninstall, host.pin, host.info):
         with pytest.raises(plugbox.LifecycleError, match="install it first"):

@@ -664,6 +664,12 @@ class LifecycleMixin:
                         f"install {name!r}: it is installed already (version "
                         f"{tx.plugin(name).version}); use host.upgrade(...) to change "  # type: ignore[union-attr]
                         f"versions", plugin=name, operation="install")
+                purging = any(e.op == "purge" and e.plugin == name for e in tx.journal())
+            if purging:
+                # A purge of an earlier install that its process did not finish: finished now,
+                # so a later start() cannot clear this install's data.
+                self._finish_purge(name)
+            with self.store.transaction() as tx:
                 kept = tx.config(name)
             if config is None:
                 config = kept[1] if kept else {}
