@@ -62,8 +62,11 @@ def test_a_trapping_or_looping_check_is_failing_with_the_reason(
         host: plugbox.PluginHost, tmp_path: Path) -> None:
     host.add(write_plugin(tmp_path / "trap", wat_module("unreachable"), name="trap",
                           hooks=(HEALTH_HOOK,)))
-    host.add(write_plugin(tmp_path / "spin", wat_module("(loop (br 0)) (i32.const 0)"),
-                          name="spin", hooks=(HEALTH_HOOK,),
+    host.add(write_plugin(tmp_path / "spin", wat_module(
+        # a host call per turn: slow per unit of fuel, so the deadline ends it, not the fuel
+        "(loop (drop (call $now)) (br 0)) (i32.const 0)",
+        '(import "plugbox:plugin/clock@1.0.0" "monotonic" (func $now (result i64)))'),
+                          name="spin", hooks=(HEALTH_HOOK,), permissions={"clock": True},
                           limits={"fuel": 10_000_000_000, "deadline_ms": 5000}))
     reports = host.check_health()
     assert reports["trap"].status == "failing"
