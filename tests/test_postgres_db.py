@@ -183,3 +183,37 @@ def test_pg_a_python_plugin_installed_on_one_machine_serves_on_another(
     finally:
         a.close()
         b.close()
+
+
+def test_hosts_on_two_machines_exclude_each_others_operations(
+        tmp_path: Path, cache_dir: Path, pg_url: str) -> None:
+    """On PostgreSQL the lifecycle lock is the database's too: a host on another machine
+    (its own state dir, so its own flock) waits for a running operation before its start()
+    recovers anything, so it never undoes a live operation's journal entry."""
+    import threading
+
+    a, b = two_hosts(tmp_path, cache_dir, pg_url)
+    try:
+        with a._op_lock:  # a's operation is running (its journal entry is live)
+            with a.store.transaction() as tx:
+                op = tx.begin_op("install", "alpha", {"version": "1.0.0"})
+            started = threading.Event()
+            report: list[Any] = []
+
+            def start_b() -> None:
+                started.set()
+                report.append(b.start())
+
+            thread = threading.Thread(target=start_b)
+            thread.start()
+            started.wait(5)
+            thread.join(0.5)
+            assert thread.is_alive(), "b's start() must wait for a's operation"
+            with a.store.transaction() as tx:  # a's operation ends, as it would commit
+                tx.end_op(op)
+        thread.join(10)
+        assert not thread.is_alive()
+        assert report[0].recovered == ()  # nothing of a's operation was undone
+    finally:
+        a.close()
+        b.close()

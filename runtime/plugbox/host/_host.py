@@ -873,6 +873,7 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
         self._workers.shutdown(wait=True, cancel_futures=True)
         self.runtime.close()
         self.store.close()
+        self._op_lock.close()
         with self._readers_lock:
             self._retired.clear()
         # The closed plugins refer to the runtime: let go of them, so dropping the host frees

@@ -46,6 +46,7 @@ from ._config import diff as config_diff
 from ._config import redacted as redact_config
 from ._config import secret_paths, validated
 from ._deps import resolve
+from ..services._db import is_postgres_url
 from ._errors import ConfigError, DependencyError, LifecycleError
 from ._store import PluginRow, Store, VersionRow, store_path
 
@@ -337,16 +338,24 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: The session advisory lock lifecycle operations hold on PostgreSQL ("plugbox-op" in ASCII).
+_OP_LOCK_KEY: Final = 0x706C7567626F782D6F70 & 0x7FFFFFFFFFFFFFFF
+
+
 class _OpLock:
     """The lock every lifecycle operation holds (``PluginHost._op_lock``): re-entrant within
     the process, and while held, an exclusive ``flock`` on ``state_dir/lifecycle.lock``, so
     the operations of several processes on one state dir run one at a time and
     :meth:`LifecycleMixin.start`'s recovery (which holds it too) only ever meets what a
-    *dead* process left: the kernel drops a killed process's lock, never a live one's. (Hosts
-    on several machines sharing a PostgreSQL store each lock their own state dir.)"""
+    *dead* process left: the kernel drops a killed process's lock, never a live one's. With a
+    PostgreSQL store (``pg_url``) it also holds a session advisory lock on a connection of its
+    own, so hosts on several machines sharing the database exclude each other the same way
+    (the server drops the lock of a host whose connection died)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, pg_url: str | None = None) -> None:
         self._path = path
+        self._pg_url = pg_url
+        self._pg: Any = None  # the advisory lock's connection, opened at the first use
         self._lock = threading.RLock()
         self._depth = 0
         self._fd: int | None = None
@@ -359,6 +368,8 @@ class _OpLock:
                 fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX)
+                    if self._pg_url is not None:
+                        self._pg_lock()
                 except BaseException:
                     os.close(fd)
                     raise
@@ -372,9 +383,48 @@ class _OpLock:
     def __exit__(self, *exc: object) -> None:
         self._depth -= 1
         if self._depth == 0 and self._fd is not None:
+            if self._pg is not None:
+                try:
+                    self._pg.execute("SELECT pg_advisory_unlock(%s)", (_OP_LOCK_KEY,))
+                except Exception:  # the connection died: the server dropped the lock
+                    self._close_pg()
             fd, self._fd = self._fd, None
             os.close(fd)  # closing the only descriptor releases the flock
         self._lock.release()
+
+    def _pg_lock(self) -> None:
+        """Take the cross-machine lock (reconnecting once if the connection died)."""
+        import psycopg
+
+        for attempt in (0, 1):
+            try:
+                if self._pg is None or self._pg.broken:
+                    self._pg = psycopg.connect(self._pg_url or "", autocommit=True,
+                                               connect_timeout=5)
+                self._pg.execute("SELECT pg_advisory_lock(%s)", (_OP_LOCK_KEY,))
+                return
+            except psycopg.Error as exc:
+                self._close_pg()
+                if attempt:
+                    from ..services._db import redacted
+
+                    raise StateError(
+                        f"lifecycle lock: cannot take the database's advisory lock on "
+                        f"{redacted(self._pg_url or '')} ({exc}); check that the database "
+                        f"is reachable", path=redacted(self._pg_url or "")) from None
+
+    def _close_pg(self) -> None:
+        conn, self._pg = self._pg, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def close(self) -> None:
+        """Close the advisory lock's connection (the host is closing)."""
+        with self._lock:
+            self._close_pg()
 
 
 def _copy_plugin(source_dir: Path, target: Path) -> None:
@@ -481,11 +531,13 @@ class LifecycleMixin:
         self._safe_mode = (os.environ.get("PLUGBOX_SAFE_MODE", "") in ("1", "true", "yes")
                            if safe_mode is None else bool(safe_mode))
         self._keep_versions = keep_versions
-        self._op_lock = _OpLock(state_dir / "lifecycle.lock")
+        url = state_url if state_url is not None else store_path(state_dir)
+        self._op_lock = _OpLock(state_dir / "lifecycle.lock",
+                                os.fspath(url) if is_postgres_url(url) else None)
         self._subscribers = []
         self._managed = set()
         self._started = False
-        self.store = Store(state_url if state_url is not None else store_path(state_dir))
+        self.store = Store(url)
 
     @property
     def safe_mode(self) -> bool:
