@@ -19,6 +19,7 @@ each table generation).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -29,7 +30,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -350,7 +351,9 @@ class _OpLock:
     *dead* process left: the kernel drops a killed process's lock, never a live one's. With a
     PostgreSQL store (``pg_url``) it also holds a session advisory lock on a connection of its
     own, so hosts on several machines sharing the database exclude each other the same way
-    (the server drops the lock of a host whose connection died)."""
+    (the server drops the lock of a host whose connection died). ``start()`` holds all of it
+    for its recovery only, and only :meth:`local` while it loads plugins, so hosts start side
+    by side."""
 
     def __init__(self, path: Path, pg_url: str | None = None) -> None:
         self._path = path
@@ -391,6 +394,13 @@ class _OpLock:
             fd, self._fd = self._fd, None
             os.close(fd)  # closing the only descriptor releases the flock
         self._lock.release()
+
+    @contextlib.contextmanager
+    def local(self) -> Iterator[None]:
+        """Only this process's part: other threads' operations wait, other processes' and
+        machines' do not (start() loads plugins under it, so hosts start side by side)."""
+        with self._lock:
+            yield
 
     def _pg_lock(self) -> None:
         """Take the cross-machine lock (reconnecting once if the connection died)."""
@@ -1283,9 +1293,10 @@ class LifecycleMixin:
         ...``), and every plugin requiring one that failed (``dependency failed: ...``).
         Calling it again loads what is not loaded yet."""
         self._check_open()
-        with self._op_lock:
-            recovered = self._recover()
-            swept = self._sweep()
+        with self._op_lock.local():
+            with self._op_lock:  # across processes: what a dead one left, nothing live
+                recovered = self._recover()
+                swept = self._sweep()
             loaded: list[str] = []
             failed: dict[str, str] = {}
             skipped: list[str] = []
@@ -1314,9 +1325,13 @@ class LifecycleMixin:
                 else:
                     loaded.append(row.name)
             if failed or any(r.state == "failed" and r.name in loaded for r in rows):
-                with self.store.transaction() as tx:
+                with self._op_lock, self.store.transaction() as tx:
                     tx.bump()
                     for row in rows:
+                        now = tx.plugin(row.name)
+                        if now is None or (now.version, now.enabled) != (row.version,
+                                                                        row.enabled):
+                            continue  # changed by another process meanwhile: its outcome
                         if row.name in failed and (row.state, row.reason) != (
                                 "failed", failed[row.name]):
                             tx.update_plugin(row.name, state="failed", reason=failed[row.name])
