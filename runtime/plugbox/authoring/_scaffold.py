@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Literal
 
-from ._build import WASM_TARGET, BuildError, find_rust_toolchain
+from ._build import WASM_TARGET, BuildError, check_module_hooks, find_rust_toolchain
 from .._errors import UsageError
 from .._manifest import MANIFEST_FILENAME, load_manifest
 from ._pybuild import _write_manifest_sha
@@ -406,7 +406,8 @@ def build_rust_crate(
     Raises:
         ManifestError: the manifest is missing or invalid.
         UsageError: no Cargo.toml or no wasm32 toolchain.
-        BuildError: cargo failed.
+        BuildError: cargo failed, or the hooks the module registers (its ``plugbox:hooks``
+            section) differ from the manifest's ``hooks``; nothing is written then.
     """
     import time
 
@@ -447,6 +448,7 @@ def build_rust_crate(
     if not built.is_file():
         raise BuildError(f"cargo built {crate_dir} but {built} is missing: is the crate a cdylib?")
     data = built.read_bytes()
+    check_module_hooks(manifest.name, data, list(manifest.hooks))
     digest = hashlib.sha256(data).hexdigest()
     dest_root = crate_dir if out_dir is None else Path(out_dir).resolve()
     dest = dest_root / manifest.module_path.relative_to(crate_dir)
