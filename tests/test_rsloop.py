@@ -194,18 +194,18 @@ def test_the_readme_shows_the_scaffold_build_call_loop() -> None:
     commands = [c for c, _ in readme_commands(README.read_text(encoding="utf-8"))]
     assert "plugbox new --lang rust hello-plugin" in commands
     assert "plugbox build hello-plugin" in commands
-    assert any(c.startswith("plugbox call hello-plugin greet") for c in commands)
+    assert any(c.startswith("plugbox call . greet") for c in commands)
     # The by-hand build names the toolchain that has the wasm32 std on this reference machine.
     assert any(c.startswith("RUSTC=/usr/bin/rustc /usr/bin/cargo build --offline") for c in commands)
 
 
 def test_the_readme_commands_run_as_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    toolchain: tuple[str, str], target_dir: Path,
+    toolchain: tuple[str, str],
 ) -> None:
     if toolchain[1] != "/usr/bin/rustc":
         pytest.skip("the README's by-hand commands name Debian's toolchain (/usr/bin/rustc)")
-    monkeypatch.setenv("CARGO_TARGET_DIR", str(target_dir))
+    monkeypatch.delenv("CARGO_TARGET_DIR", raising=False)  # the by-hand copy reads target/
     cwd = tmp_path
     ran = 0
     for command, shown in readme_commands(README.read_text(encoding="utf-8")):
@@ -234,3 +234,19 @@ def test_the_readme_commands_run_as_written(
                 assert line in output, f"`{command}`: the README shows {line!r}; got:\n{output}"
         ran += 1
     assert ran >= 6
+
+
+def test_new_writes_a_lock_file_both_cargos_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cargo test` with a new cargo first would otherwise write lock format 4, which the
+    Debian cargo `plugbox build` falls back to cannot parse."""
+    import tomllib
+
+    monkeypatch.chdir(tmp_path)
+    assert plugbox_main(["new", "--lang", "rust", "hello"]) in (0, None)
+    lock = tomllib.loads((tmp_path / "hello" / "Cargo.lock").read_text())
+    sdk = tomllib.loads((ROOT / "sdk-rust" / "Cargo.toml").read_text())
+    assert lock["version"] == 3
+    assert {p["name"]: p["version"] for p in lock["package"]} == {
+        "hello": "0.1.0", "plugbox-sdk": sdk["package"]["version"]}
