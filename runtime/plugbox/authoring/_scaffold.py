@@ -292,9 +292,12 @@ $ plugbox call {name} echo --text 'any bytes'
 any bytes
 ```
 
-`plugbox build` runs cargo, copies the module to `plugin.wasm` and writes its sha256 into
-`plugbox.json`. By hand: `cargo build --offline --release --target wasm32-unknown-unknown`,
-copy `target/wasm32-unknown-unknown/release/{lib}.wasm` to `plugin.wasm`, and put its
+`plugbox build` picks a toolchain that has the wasm32 standard library, runs cargo, copies the
+module to `plugin.wasm`, writes its sha256 into `plugbox.json`, and fails if the hooks
+`hooks!` registers differ from the manifest's `hooks`. By hand, with Debian's toolchain:
+`RUSTC=/usr/bin/rustc /usr/bin/cargo build --offline --release --target wasm32-unknown-unknown`
+(with a rustup toolchain that has the target: `cargo build --release --target
+wasm32-unknown-unknown`), copy `target/wasm32-unknown-unknown/release/{lib}.wasm` to `plugin.wasm`, and put its
 `sha256sum` into `module.sha256`.
 """
 
