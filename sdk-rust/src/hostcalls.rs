@@ -880,7 +880,7 @@ impl fmt::Write for SlotWriter {
         }
         // Safety: single-threaded, and the slot is written only here, by the panic hook.
         unsafe {
-            (*PANIC_SLOT.bytes.get())[self.at..self.at + take]
+            (&mut *PANIC_SLOT.bytes.get())[self.at..self.at + take]
                 .copy_from_slice(&s.as_bytes()[..take]);
             self.at += take;
             *PANIC_SLOT.len.get() = self.at as u32;
@@ -893,6 +893,7 @@ impl fmt::Write for SlotWriter {
     }
 }
 
+#[allow(deprecated)] // PanicHookInfo, its newer name, is not in rustc 1.63
 fn record_panic(info: &std::panic::PanicInfo<'_>) {
     let mut out = SlotWriter { at: 0 };
     // Formatting writes into the static slot: no allocation while panicking.

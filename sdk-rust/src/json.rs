@@ -152,6 +152,23 @@ impl Value {
         Value::Object(pairs.into_iter().collect())
     }
 
+    /// An empty object, `{}`: the start of an object built up with [`Value::insert`].
+    ///
+    /// ```
+    /// use plugbox_sdk::json::Value;
+    ///
+    /// let mut out = Value::empty_object();
+    /// assert_eq!(out.to_json(), "{}");
+    /// out.insert("count", 3);
+    /// assert_eq!(out.to_json(), r#"{"count":3}"#);
+    /// ```
+    ///
+    /// (`Value::object` of an empty list needs its types spelled out,
+    /// `Value::object(Vec::<(String, Value)>::new())`; this is the short form.)
+    pub fn empty_object() -> Value {
+        Value::Object(Map::new())
+    }
+
     /// An array from values.
     pub fn array<V: Into<Value>, I: IntoIterator<Item = V>>(items: I) -> Value {
         Value::Array(items.into_iter().map(Into::into).collect())
@@ -907,6 +924,18 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_object_is_an_empty_object() {
+        let v = Value::empty_object();
+        assert_eq!(v.to_json(), "{}");
+        assert_eq!(v.as_object().map(|m| m.len()), Some(0));
+        assert_eq!(v, Value::object(Vec::<(String, Value)>::new()));
+        assert_eq!(v, parse("{}").unwrap());
+        let mut v = v;
+        assert!(v.insert("a", 1));
+        assert_eq!(v.to_json(), r#"{"a":1}"#);
+    }
 
     #[test]
     fn round_trip() {

@@ -78,6 +78,21 @@ pub const __ABI_VERSION_SECTION: [u8; 5] = *b"1.0.0";
 #[doc(hidden)]
 pub const __ABI_1_1_SECTION: [u8; 5] = *b"1.1.0";
 
+/// The bytes of `text` as an array of its length: how [`hooks!`] writes the `plugbox:hooks`
+/// custom section (a `static` in a link section must be an array; rustc 1.63 has no const
+/// `str -> [u8; N]` conversion of its own).
+#[doc(hidden)]
+pub const fn __section_bytes<const N: usize>(text: &str) -> [u8; N] {
+    let bytes = text.as_bytes();
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = bytes[i];
+        i += 1;
+    }
+    out
+}
+
 /// The `on-init` a plugin gets when it registers none: accepts any configuration.
 #[doc(hidden)]
 pub fn __default_init(_config: &str) -> Result<()> {
@@ -101,8 +116,9 @@ pub fn __unknown_hook(hook: &str) -> Error {
 /// ```
 ///
 /// Use it once per plugin crate. It writes the exports `on-init`, `cabi_post_on-init`,
-/// `on-hook`, `cabi_post_on-hook` and `cabi_realloc`, and the `plugbox:abi-version` custom
-/// section. A handler is any expression callable as `fn(Vec<u8>) -> Result<Vec<u8>>`; calling
+/// `on-hook`, `cabi_post_on-hook` and `cabi_realloc`, the `plugbox:abi-version` custom
+/// section, and the `plugbox:hooks` custom section (the hook names, each followed by a
+/// newline), which `plugbox build` compares with the manifest's `hooks`. A handler is any expression callable as `fn(Vec<u8>) -> Result<Vec<u8>>`; calling
 /// a hook that is not listed fails with [`Error::NotFound`].
 ///
 /// A plugin that calls ABI 1.1 functions ([`host`], [`kv::increment`], [`kv::compare_and_set`])
@@ -138,6 +154,12 @@ macro_rules! __plugbox_exports {
             #[link_section = "plugbox:abi-version"]
             #[used]
             static PLUGBOX_ABI_VERSION: [u8; 5] = $section;
+
+            const PLUGBOX_HOOKS: &str = concat!($($hook, "\n"),+);
+            #[link_section = "plugbox:hooks"]
+            #[used]
+            static PLUGBOX_HOOKS_SECTION: [u8; PLUGBOX_HOOKS.len()] =
+                $crate::__section_bytes::<{ PLUGBOX_HOOKS.len() }>(PLUGBOX_HOOKS);
 
             fn plugbox_init(config: &str) -> $crate::Result<()> {
                 ($init)(config)

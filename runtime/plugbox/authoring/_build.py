@@ -24,7 +24,9 @@ SDK through the symbolic link ``sample-plugins/rust/plugbox-sdk`` for that reaso
 
 The module also has small helpers to inspect built modules: :func:`find_wasm_tools`,
 :func:`module_interface` (imports and exports with their function types, parsed from
-``wasm-tools print``) and :func:`custom_sections`.
+``wasm-tools print``) and :func:`custom_sections`; :func:`check_module_hooks` compares the hook
+names a module's ``plugbox:hooks`` section lists (written by the Rust SDK's ``hooks!``) with
+its manifest's ``hooks``, so both builds catch a mismatch instead of the first call.
 """
 
 from __future__ import annotations
@@ -51,10 +53,12 @@ __all__ = [
     "ModuleInterface",
     "RustPlugin",
     "build_rust_plugins",
+    "check_module_hooks",
     "custom_sections",
     "find_rust_toolchain",
     "find_wasm_tools",
     "main",
+    "module_hooks",
     "module_interface",
     "parse_wat_interface",
     "pin_source_manifests",
@@ -336,6 +340,7 @@ def build_rust_plugins(
                 "cdylib (crate-type = [\"cdylib\"])?"
             )
         data = wasm.read_bytes()
+        check_module_hooks(plugin.name, data, list(plugin.manifest.get("hooks") or []))
         dest = out_dir / plugin.name
         if dest.exists():
             shutil.rmtree(dest)
@@ -574,6 +579,62 @@ def custom_sections(wasm: bytes) -> list[tuple[str, bytes]]:
             out.append((name, wasm[name_at + name_len : end]))
         pos = end
     return out
+
+
+#: The custom section the Rust SDK's ``hooks!`` writes: each hook name followed by a newline.
+HOOKS_SECTION: Final = "plugbox:hooks"
+
+
+def module_hooks(wasm: bytes) -> list[str] | None:
+    """The hook names a module's ``plugbox:hooks`` section lists, in order; None when it has
+    none (a module built without the SDK's ``hooks!``, or with an SDK older than the section).
+
+    Raises:
+        ValueError: the bytes are not WebAssembly, or the section is not UTF-8.
+    """
+    for name, content in custom_sections(wasm):
+        if name == HOOKS_SECTION:
+            return [h for h in content.decode("utf-8").split("\n") if h]
+    return None
+
+
+def check_module_hooks(plugin: str, wasm: bytes, manifest_hooks: list[str]) -> None:
+    """Fails when the hooks a built module handles differ from its manifest's ``hooks``.
+
+    A manifest hook the module does not handle would fail every call with ``not-found``; a
+    handled hook the manifest lacks could never be called. A module without a
+    ``plugbox:hooks`` section is not checked.
+
+    Raises:
+        BuildError: the two lists differ; the message names both lists and the fix.
+    """
+    try:
+        handled = module_hooks(wasm)
+    except ValueError as exc:
+        raise BuildError(f"plugin {plugin!r}: the built module is unreadable: {exc}",
+                         plugin=plugin) from exc
+    if handled is None:
+        return
+    missing = [h for h in manifest_hooks if h not in handled]
+    extra = [h for h in handled if h not in manifest_hooks]
+    if not missing and not extra:
+        return
+    problems = []
+    if missing:
+        problems.append(f"the manifest declares {', '.join(map(repr, missing))} but hooks! does "
+                        "not register it (every call would fail with not-found)")
+    if extra:
+        problems.append(f"hooks! registers {', '.join(map(repr, extra))} but the manifest does "
+                        "not declare it (the host would never call it)")
+    raise BuildError(
+        f"plugin {plugin!r}: the module's hooks do not match plugbox.json: "
+        f"{'; '.join(problems)}. hooks! registers [{', '.join(map(repr, handled))}]; "
+        f"plugbox.json \"hooks\" lists [{', '.join(map(repr, manifest_hooks))}]. "
+        "Make the two lists the same (add the missing handler to hooks! or the name to "
+        "\"hooks\", or remove the extra one).",
+        plugin=plugin,
+        hook=(missing + extra)[0],
+    )
 
 
 # ------------------------------------------------------------------------------------------ cli
