@@ -1,0 +1,187 @@
+"""The author's loop for Python plugins (issue 11 section 3): the native harness enforces the
+deadline, ``plugbox build`` warns about services the manifest does not request, and a failed
+build never leaves a stale ``plugin.wasm`` to be called silently."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import plugbox
+from plugbox import _policy
+from plugbox_sdk import testing
+from plugbox_sdk.testing import _deadline
+
+MakePlugin = Callable[..., Path]
+
+DEADLINE_MS = 300
+
+
+@pytest.fixture
+def make_plugin(tmp_path: Path) -> MakePlugin:
+    """``make_plugin(code, hooks=[...], permissions={...}, **manifest)`` -> a plugin dir."""
+    counter = iter(range(1000))
+
+    def make(code: str, *, hooks: list[str], permissions: dict[str, Any] | None = None,
+             **manifest: Any) -> Path:
+        directory = tmp_path / f"plugin{next(counter)}"
+        directory.mkdir()
+        (directory / "app.py").write_text(textwrap.dedent(code))
+        doc = {
+            "manifest_version": 1,
+            "name": manifest.pop("name", directory.name),
+            "version": "0.1.0",
+            "abi": "1.0",
+            "module": {"path": "plugin.wasm", "sha256": "0" * 64},
+            "hooks": hooks,
+            "permissions": permissions or {},
+            **manifest,
+        }
+        (directory / "plugbox.json").write_text(json.dumps(doc, indent=2))
+        return directory
+
+    return make
+
+
+# -- 1. the native harness's deadline --------------------------------------------------------
+
+SPIN = """
+    from plugbox_sdk import hook
+
+    def step(n):
+        return (n * 31 + 7) % 1000003
+
+    @hook("spin")
+    def spin(payload):
+        try:
+            while True:
+                pass
+        except Exception:
+            return b"swallowed by except Exception"
+
+    @hook("busy")
+    def busy(payload):
+        n = 0
+        while n >= 0:
+            n = step(n)
+        return b"unreachable"
+
+    @hook("stubborn")
+    def stubborn(payload):
+        try:
+            while True:
+                pass
+        except:  # noqa: E722 - a bare except catches BaseException too
+            pass
+        while True:  # the interrupt is raised again until the hook is gone
+            pass
+
+    @hook("late")
+    def late(payload):
+        try:
+            while True:
+                pass
+        except BaseException:
+            return b"returned normally after the deadline"
+
+    @hook("ok")
+    def ok(payload):
+        return b"fine:" + payload
+"""
+
+
+def _spin_plugin(make_plugin: MakePlugin) -> Path:
+    return make_plugin(SPIN, hooks=["spin", "busy", "stubborn", "late", "ok"], name="spinner",
+                       limits={"deadline_ms": DEADLINE_MS})
+
+
+def _timed_deadline(harness: testing.Harness, hook: str) -> tuple[plugbox.DeadlineExceeded,
+                                                                   float]:
+    started = time.monotonic()
+    with pytest.raises(plugbox.DeadlineExceeded) as caught:
+        harness.call(hook)
+    return caught.value, (time.monotonic() - started) * 1000
+
+
+@pytest.mark.parametrize("hook", ["spin", "busy"])
+def test_native_infinite_loop_ends_with_deadline_exceeded(make_plugin: MakePlugin,
+                                                          hook: str) -> None:
+    harness = testing.load(_spin_plugin(make_plugin), backend="native")
+    err, elapsed = _timed_deadline(harness, hook)
+    assert DEADLINE_MS <= elapsed < 2 * DEADLINE_MS
+    assert (err.plugin, err.hook, err.limit) == ("spinner", hook, "deadline")
+    assert f"plugin 'spinner', hook {hook!r}" in err.message
+    assert f"({DEADLINE_MS} ms)" in err.message
+    assert "limits.deadline_ms" in err.message and "fuel is not counted natively" in err.message
+    # The harness keeps working: other hooks, and the same hook again.
+    assert harness.call("ok", b"x") == b"fine:x"
+    _timed_deadline(harness, hook)
+    assert harness.call("ok", b"y") == b"fine:y"
+
+
+def test_native_deadline_survives_a_bare_except(make_plugin: MakePlugin) -> None:
+    harness = testing.load(_spin_plugin(make_plugin), backend="native")
+    _, elapsed = _timed_deadline(harness, "stubborn")
+    assert elapsed < 2 * DEADLINE_MS
+    # Caught and returned from: the call still ran past its deadline, as the runtime says.
+    _timed_deadline(harness, "late")
+    assert harness.call("ok") == b"fine:"
+
+
+def test_native_deadline_leaves_no_interrupt_behind(make_plugin: MakePlugin) -> None:
+    harness = testing.load(_spin_plugin(make_plugin), backend="native")
+    _timed_deadline(harness, "spin")
+    # Nothing pending is delivered to the test's own code later.
+    total = 0
+    for i in range(2_000_000):
+        total += i
+    assert total == sum(range(2_000_000))
+    assert threading.active_count() == 1 or all(
+        t.name != "plugbox-test-deadline" for t in threading.enumerate())
+
+
+def test_native_fast_calls_are_untouched(make_plugin: MakePlugin) -> None:
+    harness = testing.load(_spin_plugin(make_plugin), backend="native")
+    for i in range(200):
+        assert harness.call("ok", str(i)) == f"fine:{i}".encode()
+
+
+def test_native_deadline_applies_to_init(make_plugin: MakePlugin) -> None:
+    path = make_plugin("""
+        from plugbox_sdk import init, hook
+
+        @init
+        def setup(config):
+            while True:
+                pass
+
+        @hook("ok")
+        def ok(payload):
+            return b""
+    """, hooks=["ok"], name="slow-init", limits={"deadline_ms": DEADLINE_MS})
+    with pytest.raises(plugbox.DeadlineExceeded) as caught:
+        testing.load(path, backend="native")
+    assert (caught.value.plugin, caught.value.hook) == ("slow-init", "on-init")
+
+
+def test_native_default_deadline_is_the_runtimes(make_plugin: MakePlugin) -> None:
+    assert _deadline.DEFAULT_DEADLINE_MS == _policy.DEFAULT_COMPONENT_LIMITS.deadline_ms
+    harness = testing.load(make_plugin(SPIN, hooks=["ok"]), backend="native")
+    assert getattr(harness, "deadline_ms") == _policy.DEFAULT_COMPONENT_LIMITS.deadline_ms
+
+
+def test_native_deadline_without_the_runtime_is_a_timeout_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "plugbox.engine._fastpath", None)
+    err = _deadline.deadline_error("p", "h", 100, 123.0)
+    assert isinstance(err, TimeoutError)
+    assert "plugin 'p', hook 'h'" in str(err) and "limits.deadline_ms" in str(err)
