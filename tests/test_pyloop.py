@@ -185,3 +185,84 @@ def test_native_deadline_without_the_runtime_is_a_timeout_error(
     err = _deadline.deadline_error("p", "h", 100, 123.0)
     assert isinstance(err, TimeoutError)
     assert "plugin 'p', hook 'h'" in str(err) and "limits.deadline_ms" in str(err)
+
+
+# -- 2. plugbox build warns about services the manifest does not request --------------------
+
+USES = """
+    import plugbox_sdk
+    import plugbox_sdk.clock
+    import plugbox_sdk as sdk
+    from plugbox_sdk import hook, kv, log as logger
+    from plugbox_sdk.events import emit
+    from plugbox_sdk.http import Request
+
+    @hook("go")
+    def go(payload):
+        plugbox_sdk.random.token_bytes(4)
+        sdk.config.get("x")
+        kv.get("k")
+        kv.set("k", b"v")
+        return b""
+"""
+
+
+def test_service_uses_finds_imports_and_attribute_uses() -> None:
+    from plugbox.authoring import _pybuild
+
+    found = _pybuild.service_uses(textwrap.dedent(USES))
+    assert found == [(3, "clock"), (5, "kv"), (5, "log"), (6, "events"), (7, "http"),
+                     (11, "random"), (12, "config")]
+    assert _pybuild.service_uses("def broken(:\n") == []
+    # Not the SDK: a local module named kv, or an attribute of something else.
+    assert _pybuild.service_uses("import kv\nfrom mylib import http\nx.kv.get('a')\n") == []
+
+
+def test_build_warning_names_file_line_service_and_permission(make_plugin: MakePlugin) -> None:
+    from plugbox.authoring import _pybuild
+
+    plugin = make_plugin(USES, hooks=["go"], name="needy", permissions={"kv": {}, "log": True})
+    (plugin / "helper.py").write_text("from plugbox_sdk import http\n")
+    warnings = _pybuild.unrequested_service_warnings(plugin, {"kv", "log"}, plugin="needy")
+    by_service = {w.split("uses plugbox_sdk.")[1].split()[0]: w for w in warnings}
+    assert set(by_service) == {"clock", "events", "http", "random", "config"}
+    app = plugin / "app.py"
+    assert by_service["clock"].startswith(f"warning: {app}:3: plugin 'needy' uses "
+                                          "plugbox_sdk.clock but plugbox.json does not request "
+                                          "the 'clock' service")
+    assert 'add "clock": true to "permissions"' in by_service["clock"]
+    assert 'add "events": {"topics": ["<topic pattern>"]}' in by_service["events"]
+    assert f"{app}:12:" in by_service["config"] and '"config": true' in by_service["config"]
+    assert f"{plugin / 'helper.py'}:1:" in [w for w in warnings if "helper" in w][0]
+    # http is used in two files: one warning each.
+    assert sum("plugbox_sdk.http" in w for w in warnings) == 2
+    # Granted services, and repeated uses, do not add warnings.
+    assert _pybuild.unrequested_service_warnings(
+        plugin, {"kv", "log", "clock", "events", "http", "random", "config"}, plugin="needy"
+    ) == []
+
+
+def test_build_command_warns_before_building(make_plugin: MakePlugin,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The warning comes from `plugbox build` (with -q too), not at call time. The manifest
+    declares a hook app.py does not register, so the build stops before componentize-py."""
+    from plugbox.authoring import _pybuild
+    from plugbox.cli._main import main
+
+    try:
+        _pybuild.find_componentize_py()
+    except plugbox.UsageError:
+        pytest.skip("componentize-py is not installed")
+    plugin = make_plugin("""
+        from plugbox_sdk import hook, kv
+
+        @hook("go")
+        def go(payload):
+            return kv.get("k") or b""
+    """, hooks=["go", "missing"], name="forgetful")
+    assert main(["build", "-q", str(plugin)]) == 2
+    err = capsys.readouterr().err
+    assert (f"warning: {plugin / 'app.py'}:2: plugin 'forgetful' uses plugbox_sdk.kv but "
+            "plugbox.json does not request the 'kv' service, so its calls are denied at run "
+            'time; add "kv": {} to "permissions"') in err
+    assert err.index("warning:") < err.index("registers no handler")

@@ -35,6 +35,7 @@ rebuild always changes the sha256.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import json
@@ -63,6 +64,8 @@ __all__ = [
     "entry_module_source",
     "find_componentize_py",
     "sdk_location",
+    "service_uses",
+    "unrequested_service_warnings",
     "world_wit",
 ]
 
@@ -323,6 +326,111 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# ----------------------------------------------------------------------- the capability check
+
+#: The SDK package a plugin reaches the host services through.
+SDK_PACKAGE: Final = "plugbox_sdk"
+
+#: What to add to ``permissions`` in plugbox.json to be granted each service.
+_GRANT: Final = {
+    "log": '"log": true',
+    "config": '"config": true',
+    "clock": '"clock": true',
+    "random": '"random": true',
+    "kv": '"kv": {}',
+    "events": '"events": {"topics": ["<topic pattern>"]}',
+    "http": '"http": {"hosts": ["<host pattern>"]}',
+    "host": '"functions": ["<name>"] (for host.call) or "dispatch": ["<point>"] '
+            "(for host.dispatch)",
+}
+
+
+def service_uses(source: str) -> list[tuple[int, str]]:
+    """``(line, service)`` for every import or use of ``plugbox_sdk.<service>`` in ``source``.
+
+    Found with ``ast``, without running the code: ``import plugbox_sdk.kv``, ``from
+    plugbox_sdk import kv``, ``from plugbox_sdk.kv import get`` and ``plugbox_sdk.kv`` (or an
+    alias of ``plugbox_sdk``) as an attribute. Source that does not parse has no uses (the
+    import check reports its syntax error).
+    """
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return []
+    services = set(SERVICES)
+    aliases: set[str] = set()
+    uses: list[tuple[int, str]] = []
+
+    def submodule(dotted: str) -> str | None:
+        parts = dotted.split(".")
+        if len(parts) > 1 and parts[0] == SDK_PACKAGE and parts[1] in services:
+            return parts[1]
+        return None
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                service = submodule(alias.name)
+                if service is not None:
+                    uses.append((node.lineno, service))
+                if alias.name.split(".")[0] == SDK_PACKAGE:
+                    # `import plugbox_sdk.kv` binds plugbox_sdk; `as x` binds x to the leaf.
+                    if alias.asname is None:
+                        aliases.add(SDK_PACKAGE)
+                    elif alias.name == SDK_PACKAGE:
+                        aliases.add(alias.asname)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == SDK_PACKAGE:
+                uses.extend((node.lineno, a.name) for a in node.names if a.name in services)
+            else:
+                service = submodule(node.module)
+                if service is not None:
+                    uses.append((node.lineno, service))
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+            and node.attr in services
+        ):
+            uses.append((node.lineno, node.attr))
+    return sorted(set(uses))
+
+
+def unrequested_service_warnings(
+    plugin_dir: Path, granted: Iterable[str], *, plugin: str, exclude: Iterable[Path] = ()
+) -> list[str]:
+    """One warning per (file, service) the plugin's sources use but ``granted`` lacks.
+
+    Each names the file and line of the first use (and the other lines), the service, and
+    the permission to add to plugbox.json: the runtime denies those calls at run time.
+    """
+    have = set(granted)
+    warnings: list[str] = []
+    for file in _source_files(plugin_dir, exclude):
+        if file.suffix != ".py":
+            continue
+        try:
+            source = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        lines: dict[str, list[int]] = {}
+        for line, service in service_uses(source):
+            if service not in have:
+                lines.setdefault(service, []).append(line)
+        for service, found in lines.items():
+            more = f" (also line {', '.join(map(str, found[1:]))})" if found[1:] else ""
+            effect = ("its log records are dropped" if service == "log"
+                      else "its calls are denied")
+            warnings.append(
+                f"warning: {file}:{found[0]}: plugin {plugin!r} uses {SDK_PACKAGE}.{service}"
+                f"{more} but {MANIFEST_FILENAME} does not request the {service!r} service, so "
+                f"{effect} at run time; add {_GRANT[service]} to \"permissions\" in "
+                f"{plugin_dir / MANIFEST_FILENAME}"
+            )
+    return warnings
+
+
 # ---------------------------------------------------------------------------------- the check
 
 
@@ -452,6 +560,7 @@ def build_python_plugin(
     out_dir: Path | None = None,
     force: bool = False,
     timeout: float = 900,
+    warn: Progress | None = None,
 ) -> Path:
     """Build the Python plugin in directory ``path`` into a component; returns the module path.
 
@@ -462,6 +571,8 @@ def build_python_plugin(
             instead of writing into ``path``.
         force: rebuild even when the stamp says nothing changed.
         timeout: seconds componentize-py may take.
+        warn: called with each warning (default: ``progress``): hooks the manifest does not
+            declare, and services the sources use but the manifest does not request.
 
     Returns:
         the component's path (the manifest's ``module.path``, under ``out_dir`` if given).
@@ -474,6 +585,7 @@ def build_python_plugin(
         BuildError: componentize-py failed (its error text is in the message).
     """
     report = progress or _silent
+    warning = warn or report
     started = time.monotonic()
 
     def stage(message: str) -> None:
@@ -510,6 +622,12 @@ def build_python_plugin(
         plugin_dir, sdk_dir, wit / WIT_FILENAME, version, manifest.hooks,
         exclude=[target_dir] if out_dir is not None else [], services=services,
     )
+    # Cheap (milliseconds), so it runs on up-to-date builds too: the warning stays visible.
+    for text in unrequested_service_warnings(
+        plugin_dir, services, plugin=manifest.name,
+        exclude=[target_dir] if out_dir is not None else [],
+    ):
+        warning(text)
     previous = _read_stamp(stamp)
     if (
         not force
@@ -534,7 +652,7 @@ def build_python_plugin(
         )
     extra = [h for h in registered if h not in manifest.hooks]
     if extra:
-        report(
+        warning(
             f"warning: {app} registers hook(s) {', '.join(map(repr, extra))} that "
             f"{MANIFEST_FILENAME} does not declare; the host will not call them"
         )
