@@ -266,3 +266,108 @@ def test_build_command_warns_before_building(make_plugin: MakePlugin,
             "plugbox.json does not request the 'kv' service, so its calls are denied at run "
             'time; add "kv": {} to "permissions"') in err
     assert err.index("warning:") < err.index("registers no handler")
+
+
+# -- 3. a failed build leaves no stale plugin.wasm to call silently --------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+#: Persistent across runs, like tests/conftest.py's built_samples: the one real build here is
+#: skipped while the plugin's sources are unchanged.
+WORK = REPO / ".build" / "pytest-pyloop"
+
+GOOD_APP = """\
+from plugbox_sdk import hook
+
+
+@hook("ping")
+def ping(payload):
+    return b"pong:" + payload
+"""
+
+BROKEN_APP = GOOD_APP + "\n\ndef broken(:\n    pass\n"
+
+
+def _staleable_plugin() -> Path:
+    """A plugin folder under .build/ whose app.py is reset to the good version each time."""
+    directory = WORK / "staleable"
+    directory.mkdir(parents=True, exist_ok=True)
+    if not (directory / "app.py").is_file() or (directory / "app.py").read_text() != GOOD_APP:
+        (directory / "app.py").write_text(GOOD_APP)
+    manifest = directory / "plugbox.json"
+    if not manifest.is_file():
+        manifest.write_text(json.dumps({
+            "manifest_version": 1, "name": "staleable", "version": "0.1.0", "abi": "1.0",
+            "module": {"path": "plugin.wasm", "sha256": "0" * 64}, "hooks": ["ping"],
+            "permissions": {},
+        }, indent=2) + "\n")
+    return directory
+
+
+def test_failed_build_moves_the_old_module_aside_and_call_says_stale(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from plugbox.authoring import _pybuild
+    from plugbox.cli._main import main
+
+    try:
+        _pybuild.find_componentize_py()
+    except plugbox.UsageError:
+        pytest.skip("componentize-py is not installed")
+    plugin = _staleable_plugin()
+    module = _pybuild.build_python_plugin(plugin)  # real (or up to date from an earlier run)
+    state = WORK / "state"
+    assert main(["call", str(plugin), "ping", "--text", "x", "--state-dir", str(state)]) == 0
+    assert capsys.readouterr().out.strip() == "pong:x"
+    old = module.read_bytes()
+
+    (plugin / "app.py").write_text(BROKEN_APP)
+    try:
+        assert main(["build", "-q", str(plugin)]) == 2
+        err = capsys.readouterr().err
+        assert f"{plugin / 'app.py'}:9" in err and "SyntaxError" in err
+        # The old module is not where anything would load it from; the failure is recorded.
+        assert not module.exists()
+        assert (plugin / "plugin.wasm.stale").read_bytes() == old
+        record = json.loads((plugin / "plugin.wasm.stale.json").read_text())
+        assert record["plugin"] == "staleable" and record["error"] == "UsageError"
+        assert record["previous_module"] == "plugin.wasm.stale"
+
+        assert main(["call", str(plugin), "ping", "--text", "x",
+                     "--state-dir", str(state)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert "StaleBuildError: plugin 'staleable': the build is stale: the last `plugbox " \
+               "build` failed" in captured.err
+        assert "SyntaxError" in captured.err
+        assert "the previous plugin.wasm was moved to plugin.wasm.stale and is not called" \
+            in captured.err
+        assert f"Fix the error and run `plugbox build {plugin}`" in captured.err
+
+        # The component test backend says the same instead of "build it first".
+        with pytest.raises(_pybuild.StaleBuildError, match="the build is stale"):
+            testing.load(plugin, backend="component")
+
+        # A second failure keeps the first moved module (nothing new to move).
+        assert main(["build", "-q", str(plugin)]) == 2
+        assert (plugin / "plugin.wasm.stale").read_bytes() == old
+    finally:
+        (plugin / "app.py").write_text(GOOD_APP)
+    capsys.readouterr()
+
+
+def test_stale_record_is_read_without_a_build(tmp_path: Path) -> None:
+    from plugbox.authoring import _pybuild
+
+    module = tmp_path / "plugin.wasm"
+    assert _pybuild.stale_build_error(module, "p") is None
+    (tmp_path / "plugin.wasm.stale.json").write_text(json.dumps({
+        "failed_at": "2026-01-01T00:00:00Z", "error": "BuildError",
+        "summary": "app.py:3: componentize-py failed", "previous_module": None,
+        "plugin_dir": str(tmp_path)}))
+    err = _pybuild.stale_build_error(module, "p")
+    assert isinstance(err, plugbox.UsageError) and err.plugin == "p"
+    assert "failed at 2026-01-01T00:00:00Z with BuildError: app.py:3: componentize-py " \
+           "failed; there is no plugin.wasm from an earlier build" in err.message
+    # The record and a moved module are not plugin sources (no rebuild because of them).
+    (tmp_path / "plugin.wasm.stale").write_bytes(b"old")
+    (tmp_path / "app.py").write_text("")
+    assert [p.name for p in _pybuild._source_files(tmp_path, [])] == ["app.py"]

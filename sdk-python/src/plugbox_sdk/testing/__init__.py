@@ -150,6 +150,8 @@ def load(
     Raises:
         plugbox_sdk.Error: the init function failed (with its kind).
         FileNotFoundError: no manifest, no ``app.py``, or (component) no built module.
+        plugbox.UsageError: (component) the last ``plugbox build`` failed, so the module is
+            stale (a ``StaleBuildError`` naming the failure and the fix).
         ValueError: an unknown backend, or an option the backend does not support.
     """
     chosen = backend or os.environ.get("PLUGBOX_TEST_BACKEND") or "native"
