@@ -35,6 +35,7 @@ rebuild always changes the sha256.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import json
@@ -52,7 +53,7 @@ from typing import Any, Final
 from ..engine._abispec import ABI_VERSION, SERVICES
 from ._build import BuildError
 from .._errors import UsageError
-from .._manifest import MANIFEST_FILENAME, load_manifest
+from .._manifest import MANIFEST_FILENAME, Manifest, load_manifest
 from ..engine._wit import WIT_FILENAME, WIT_WORLD, wit_dir
 
 __all__ = [
@@ -62,7 +63,11 @@ __all__ = [
     "build_python_plugin",
     "entry_module_source",
     "find_componentize_py",
+    "StaleBuildError",
     "sdk_location",
+    "service_uses",
+    "stale_build_error",
+    "unrequested_service_warnings",
     "world_wit",
 ]
 
@@ -74,6 +79,10 @@ ENTRY_MODULE: Final = "plugbox_entry"
 APP_MODULE: Final = "app"
 #: Suffix of the build stamp written next to the output module.
 STAMP_SUFFIX: Final = ".pybuild.json"
+#: Suffix of the previous output, moved aside when a build fails (never loaded from there).
+STALE_SUFFIX: Final = ".stale"
+#: Suffix of the record of a failed build, next to where the output belongs.
+FAILED_SUFFIX: Final = ".stale.json"
 #: Bump when the build's inputs or output format change, so old stamps stop matching.
 _BUILD_FORMAT: Final = 2
 
@@ -270,7 +279,8 @@ def _source_files(directory: Path, exclude: Iterable[Path]) -> list[Path]:
             if (
                 name.startswith(".")
                 or name == MANIFEST_FILENAME
-                or name.endswith((".wasm", STAMP_SUFFIX, ".pyc", ".md"))
+                or name.endswith((".wasm", STAMP_SUFFIX, STALE_SUFFIX, FAILED_SUFFIX, ".pyc",
+                                  ".md"))
                 or (name.startswith("test_") and name.endswith(".py"))
                 or name.endswith("_test.py")
                 or name == "conftest.py"
@@ -323,6 +333,111 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# ----------------------------------------------------------------------- the capability check
+
+#: The SDK package a plugin reaches the host services through.
+SDK_PACKAGE: Final = "plugbox_sdk"
+
+#: What to add to ``permissions`` in plugbox.json to be granted each service.
+_GRANT: Final = {
+    "log": '"log": true',
+    "config": '"config": true',
+    "clock": '"clock": true',
+    "random": '"random": true',
+    "kv": '"kv": {}',
+    "events": '"events": {"topics": ["<topic pattern>"]}',
+    "http": '"http": {"hosts": ["<host pattern>"]}',
+    "host": '"functions": ["<name>"] (for host.call) or "dispatch": ["<point>"] '
+            "(for host.dispatch)",
+}
+
+
+def service_uses(source: str) -> list[tuple[int, str]]:
+    """``(line, service)`` for every import or use of ``plugbox_sdk.<service>`` in ``source``.
+
+    Found with ``ast``, without running the code: ``import plugbox_sdk.kv``, ``from
+    plugbox_sdk import kv``, ``from plugbox_sdk.kv import get`` and ``plugbox_sdk.kv`` (or an
+    alias of ``plugbox_sdk``) as an attribute. Source that does not parse has no uses (the
+    import check reports its syntax error).
+    """
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return []
+    services = set(SERVICES)
+    aliases: set[str] = set()
+    uses: list[tuple[int, str]] = []
+
+    def submodule(dotted: str) -> str | None:
+        parts = dotted.split(".")
+        if len(parts) > 1 and parts[0] == SDK_PACKAGE and parts[1] in services:
+            return parts[1]
+        return None
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                service = submodule(alias.name)
+                if service is not None:
+                    uses.append((node.lineno, service))
+                if alias.name.split(".")[0] == SDK_PACKAGE:
+                    # `import plugbox_sdk.kv` binds plugbox_sdk; `as x` binds x to the leaf.
+                    if alias.asname is None:
+                        aliases.add(SDK_PACKAGE)
+                    elif alias.name == SDK_PACKAGE:
+                        aliases.add(alias.asname)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == SDK_PACKAGE:
+                uses.extend((node.lineno, a.name) for a in node.names if a.name in services)
+            else:
+                service = submodule(node.module)
+                if service is not None:
+                    uses.append((node.lineno, service))
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+            and node.attr in services
+        ):
+            uses.append((node.lineno, node.attr))
+    return sorted(set(uses))
+
+
+def unrequested_service_warnings(
+    plugin_dir: Path, granted: Iterable[str], *, plugin: str, exclude: Iterable[Path] = ()
+) -> list[str]:
+    """One warning per (file, service) the plugin's sources use but ``granted`` lacks.
+
+    Each names the file and line of the first use (and the other lines), the service, and
+    the permission to add to plugbox.json: the runtime denies those calls at run time.
+    """
+    have = set(granted)
+    warnings: list[str] = []
+    for file in _source_files(plugin_dir, exclude):
+        if file.suffix != ".py":
+            continue
+        try:
+            source = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        lines: dict[str, list[int]] = {}
+        for line, service in service_uses(source):
+            if service not in have:
+                lines.setdefault(service, []).append(line)
+        for service, found in lines.items():
+            more = f" (also line {', '.join(map(str, found[1:]))})" if found[1:] else ""
+            effect = ("its log records are dropped" if service == "log"
+                      else "its calls are denied")
+            warnings.append(
+                f"warning: {file}:{found[0]}: plugin {plugin!r} uses {SDK_PACKAGE}.{service}"
+                f"{more} but {MANIFEST_FILENAME} does not request the {service!r} service, so "
+                f"{effect} at run time; add {_GRANT[service]} to \"permissions\" in "
+                f"{plugin_dir / MANIFEST_FILENAME}"
+            )
+    return warnings
+
+
 # ---------------------------------------------------------------------------------- the check
 
 
@@ -368,6 +483,65 @@ def _check_import(
             f"{report.get('message')}{hint}\n{report.get('traceback', '').rstrip()}"
         )
     return report
+
+
+# ------------------------------------------------------------------------- stale after failure
+
+
+class StaleBuildError(UsageError):
+    """The plugin's last build failed, so its module is stale (moved aside, not called)."""
+
+
+def _mark_failed(output: Path, plugin: str, plugin_dir: Path, exc: BaseException) -> None:
+    """Record the failed build next to ``output`` and move the previous output aside, so no
+    one loads a module that no longer matches the sources."""
+    previous = None
+    if output.is_file():
+        moved = output.with_name(output.name + STALE_SUFFIX)
+        os.replace(output, moved)
+        previous = moved.name
+    output.with_name(output.name + STAMP_SUFFIX).unlink(missing_ok=True)
+    message = str(exc)
+    record = {
+        "plugin": plugin,
+        "plugin_dir": str(plugin_dir),
+        "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "error": type(exc).__name__,
+        "summary": message.splitlines()[0][:500] if message else type(exc).__name__,
+        "message": message[:20_000],
+        "previous_module": previous,
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_name(output.name + FAILED_SUFFIX).write_text(
+        json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
+def _clear_failed(output: Path) -> None:
+    for suffix in (STALE_SUFFIX, FAILED_SUFFIX):
+        output.with_name(output.name + suffix).unlink(missing_ok=True)
+
+
+def stale_build_error(module_path: Path, plugin: str) -> StaleBuildError | None:
+    """The error to raise when the last build of the module at ``module_path`` failed (a
+    ``<module>.stale.json`` record is next to it), else None."""
+    record_path = module_path.with_name(module_path.name + FAILED_SUFFIX)
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        record = {}
+    moved = record.get("previous_module")
+    fate = (f"the previous {module_path.name} was moved to {moved} and is not called"
+            if moved else f"there is no {module_path.name} from an earlier build")
+    directory = record.get("plugin_dir") or str(module_path.parent)
+    return StaleBuildError(
+        f"plugin {plugin!r}: the build is stale: the last `plugbox build` failed at "
+        f"{record.get('failed_at', '?')} with {record.get('error', 'an error')}: "
+        f"{record.get('summary', '?')}; {fate}. Fix the error and run `plugbox build "
+        f"{directory}` (the failure is recorded in {record_path})",
+        plugin=plugin,
+    )
 
 
 # ---------------------------------------------------------------------------------- the build
@@ -452,6 +626,7 @@ def build_python_plugin(
     out_dir: Path | None = None,
     force: bool = False,
     timeout: float = 900,
+    warn: Progress | None = None,
 ) -> Path:
     """Build the Python plugin in directory ``path`` into a component; returns the module path.
 
@@ -462,6 +637,8 @@ def build_python_plugin(
             instead of writing into ``path``.
         force: rebuild even when the stamp says nothing changed.
         timeout: seconds componentize-py may take.
+        warn: called with each warning (default: ``progress``): hooks the manifest does not
+            declare, and services the sources use but the manifest does not request.
 
     Returns:
         the component's path (the manifest's ``module.path``, under ``out_dir`` if given).
@@ -472,8 +649,14 @@ def build_python_plugin(
             (the message names the file and line), or the registered hooks do not cover the
             manifest's.
         BuildError: componentize-py failed (its error text is in the message).
+
+    When the import check or componentize-py fails, the previous output (if any) is moved
+    to ``<module>.stale`` and the failure recorded in ``<module>.stale.json``, so a stale
+    module is never loaded as if it were current; ``plugbox call`` reports the failure
+    (:func:`stale_build_error`). The next successful build removes both.
     """
     report = progress or _silent
+    warning = warn or report
     started = time.monotonic()
 
     def stage(message: str) -> None:
@@ -510,6 +693,12 @@ def build_python_plugin(
         plugin_dir, sdk_dir, wit / WIT_FILENAME, version, manifest.hooks,
         exclude=[target_dir] if out_dir is not None else [], services=services,
     )
+    # Cheap (milliseconds), so it runs on up-to-date builds too: the warning stays visible.
+    for text in unrequested_service_warnings(
+        plugin_dir, services, plugin=manifest.name,
+        exclude=[target_dir] if out_dir is not None else [],
+    ):
+        warning(text)
     previous = _read_stamp(stamp)
     if (
         not force
@@ -522,6 +711,28 @@ def build_python_plugin(
         stage(f"{relpath} is up to date: sources, SDK, WIT and componentize-py unchanged")
         return output
 
+    try:
+        digest = _build(manifest, plugin_dir, app, sdk_dir, wit, program, version, services,
+                        fingerprint, output, stage, warning, report, started, timeout)
+    except (UsageError, BuildError) as exc:
+        _mark_failed(output, manifest.name, plugin_dir, exc)
+        raise
+    _clear_failed(output)
+    _stage_outputs(manifest.path, plugin_dir, target_dir, manifest_out, digest, out_dir)
+    where = MANIFEST_FILENAME if out_dir is None else str(manifest_out)
+    stage(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB, sha256 {digest[:16]}...); "
+          f"module.sha256 updated in {where}")
+    return output
+
+
+def _build(
+    manifest: Manifest, plugin_dir: Path, app: Path, sdk_dir: Path, wit: Path, program: str,
+    version: str, services: list[str], fingerprint: str, output: Path,
+    stage: Progress, warning: Progress, report: Progress, started: float, timeout: float,
+) -> str:
+    """The import check and componentize-py; writes ``output`` and its stamp, returns the
+    sha256. Raises what :func:`build_python_plugin` documents."""
+    stamp = output.with_name(output.name + STAMP_SUFFIX)
     stage(f"checking {APP_MODULE}.py: importing it with plugbox_sdk")
     checked = _check_import(plugin_dir, sdk_dir, manifest.path, timeout=120)
     registered: list[str] = checked.get("hooks", [])
@@ -534,7 +745,7 @@ def build_python_plugin(
         )
     extra = [h for h in registered if h not in manifest.hooks]
     if extra:
-        report(
+        warning(
             f"warning: {app} registers hook(s) {', '.join(map(repr, extra))} that "
             f"{MANIFEST_FILENAME} does not declare; the host will not call them"
         )
@@ -594,11 +805,7 @@ def build_python_plugin(
         + "\n",
         encoding="utf-8",
     )
-    _stage_outputs(manifest.path, plugin_dir, target_dir, manifest_out, digest, out_dir)
-    where = MANIFEST_FILENAME if out_dir is None else str(manifest_out)
-    stage(f"wrote {output} ({len(data) / 1e6:.1f} MB, sha256 {digest[:16]}...); "
-          f"module.sha256 updated in {where}")
-    return output
+    return digest
 
 
 def _stage_outputs(

@@ -55,8 +55,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         if not path.exists():
             raise UsageError(f"{path}: no such plugin directory")
         if _plugin_language(path) == "python":
+            # Warnings are shown with --quiet too: they are about the plugin, not progress.
             module = build_python_plugin(path, progress=progress, out_dir=args.out,
-                                         force=args.force)
+                                         force=args.force, warn=_progress)
         else:
             module = build_rust_crate(path, progress=progress, out_dir=args.out)
     except PlugboxError as exc:

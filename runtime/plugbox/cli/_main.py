@@ -785,6 +785,13 @@ def _stats_json(record: CallRecord | None) -> dict[str, Any] | None:
             "memory_bytes": record.memory_bytes}
 
 
+def _stale_build(manifest: Manifest) -> UsageError | None:
+    """The error for a plugin whose last ``plugbox build`` failed (its old module is stale)."""
+    from ..authoring._pybuild import stale_build_error
+
+    return stale_build_error(manifest.module_path, manifest.name)
+
+
 def _cmd_call(args: argparse.Namespace) -> int:
     as_json = args.json is not None
     hook: str = args.hook
@@ -803,6 +810,9 @@ def _cmd_call(args: argparse.Namespace) -> int:
         # Read the manifest first: bad input fails fast, and errors can name the plugin.
         with _staged(args.path) as path:
             manifest = load_manifest(path)
+            stale = _stale_build(manifest)
+        if stale is not None:
+            raise stale
     except (ManifestError, UsageError) as exc:
         return _report_error(exc, as_json=as_json, code=EXIT_USAGE, hook=hook)
     except PackageError as exc:

@@ -17,8 +17,16 @@ Two backends share one API (:class:`Harness`), so the same test file runs agains
   checked against its patterns, kv quotas apply, errors keep their ABI kind, an undeclared hook
   is ``not-found``. kv, config and events are in memory; HTTP goes to ``http=responder`` or
   the real network. Fast (no build), but it is CPython 3.11+ on your machine, not the sandbox:
-  files, environment variables and sockets are reachable here and not in the component, and
-  resource limits (fuel, memory, deadline) are not enforced.
+  files, environment variables and sockets are reachable here and not in the component. Of
+  the resource limits, only the deadline is enforced: a call (or on-init) still running after
+  the manifest's ``limits.deadline_ms`` (default 10 000 ms, the runtime's for components) is
+  interrupted and raises ``plugbox.DeadlineExceeded`` as in the runtime, so an infinite loop
+  fails the test instead of hanging it. Fuel cannot be counted natively (a loop the runtime
+  stops with ``FuelExhausted`` ends here at the deadline), and memory is not capped. The
+  interrupt lands between bytecodes (a call blocked in C, such as ``time.sleep``, is stopped
+  when it returns) and is a ``BaseException``, so ``except Exception`` in the plugin does not
+  catch it (a bare ``except:`` can: the interrupt is raised again until the hook ends, and the
+  call ends with ``DeadlineExceeded``; a loop that swallows it on every turn still hangs).
 - ``"component"``: loads the built component (``plugbox build`` first) with
   ``plugbox.Runtime``: the real sandbox, limits and host services.
 
@@ -95,6 +103,8 @@ class Harness(Protocol):
                 ``NotFoundError`` for a hook the manifest does not declare or the plugin does
                 not register, the plugin's own errors, ``DeniedError`` when it failed on a
                 denied service, ``FailureError`` for an exception escaping the hook.
+            plugbox.DeadlineExceeded: the call ran past the manifest's ``limits.deadline_ms``
+                (natively: ``TimeoutError`` when the runtime is not installed).
         """
 
     def call_json(self, hook: str, value: Any = None) -> Any:
@@ -140,6 +150,8 @@ def load(
     Raises:
         plugbox_sdk.Error: the init function failed (with its kind).
         FileNotFoundError: no manifest, no ``app.py``, or (component) no built module.
+        plugbox.UsageError: (component) the last ``plugbox build`` failed, so the module is
+            stale (a ``StaleBuildError`` naming the failure and the fix).
         ValueError: an unknown backend, or an option the backend does not support.
     """
     chosen = backend or os.environ.get("PLUGBOX_TEST_BACKEND") or "native"

@@ -28,6 +28,7 @@ from typing import Any
 
 from .. import _hooks, _host
 from .._errors import InvalidInputError, NotFoundError
+from ._deadline import DEFAULT_DEADLINE_MS, enforced
 from ._fakehost import Event, FakeHost, HostFunction, LogRecord, Responder
 from ._spec import PluginSpec
 
@@ -160,13 +161,16 @@ class NativeHarness:
         self.module, self.registry = import_plugin(spec.directory, module)
         self._strict = strict_imports
         self._served = _UnguardedHost(self.host)
+        #: The wall-clock deadline of each call (and of on-init), as the runtime applies it.
+        self.deadline_ms = spec.deadline_ms or DEFAULT_DEADLINE_MS
         # on-init runs once, as it does for each new instance in the runtime.
-        with self._serving():
+        with self._serving("on-init"):
             self.registry.run_init(json.dumps(dict(config or {})))
 
     @contextlib.contextmanager
-    def _serving(self) -> Iterator[None]:
-        with _host.using(self._served), _GUARD.active(self._strict):
+    def _serving(self, hook: str) -> Iterator[None]:
+        with enforced(self.name, hook, self.deadline_ms), _host.using(self._served), \
+                _GUARD.active(self._strict):
             yield
 
     # -- the common harness API --------------------------------------------------------------
@@ -199,7 +203,7 @@ class NativeHarness:
                 f"{', '.join(self.spec.hooks)}"
             )
         data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
-        with self._serving():
+        with self._serving(hook):
             return self.registry.dispatch(hook, data)
 
     def call_json(self, hook: str, value: Any = None) -> Any:

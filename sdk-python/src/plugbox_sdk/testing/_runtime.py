@@ -131,6 +131,11 @@ class ComponentHarness:
             raise RuntimeError(
                 "backend='component' needs the plugbox runtime: pip install plugbox"
             ) from exc
+        from plugbox.authoring._pybuild import stale_build_error
+
+        stale = stale_build_error(spec.module_path, spec.name)
+        if stale is not None:
+            raise stale
         if not spec.module_path.is_file():
             raise FileNotFoundError(
                 f"{spec.module_path} does not exist: build the plugin first with "

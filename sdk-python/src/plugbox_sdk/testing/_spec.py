@@ -115,6 +115,8 @@ class PluginSpec:
     functions: tuple[str, ...] = ()
     dispatch: tuple[str, ...] = ()
     own_points: tuple[str, ...] = ()
+    #: ``limits.deadline_ms`` when the manifest requests one (None: the host's default).
+    deadline_ms: int | None = None
 
     def services(self) -> frozenset[str]:
         """The services the manifest requests."""
@@ -193,4 +195,10 @@ def read_spec(directory: str | Path) -> PluginSpec:
         functions=tuple(perms.get("functions", ())),
         dispatch=tuple(perms.get("dispatch", ())),
         own_points=tuple(raw.get("extension_points") or ()),
+        deadline_ms=_deadline_ms(raw.get("limits")),
     )
+
+
+def _deadline_ms(limits: Any) -> int | None:
+    value = limits.get("deadline_ms") if isinstance(limits, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
