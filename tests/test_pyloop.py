@@ -8,7 +8,6 @@ import json
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,36 +17,9 @@ import plugbox
 from plugbox import _policy
 from plugbox_sdk import testing
 from plugbox_sdk.testing import _deadline
-
-MakePlugin = Callable[..., Path]
+from tests.test_sdk_python import MakePlugin, make_plugin  # noqa: F401 (a fixture)
 
 DEADLINE_MS = 300
-
-
-@pytest.fixture
-def make_plugin(tmp_path: Path) -> MakePlugin:
-    """``make_plugin(code, hooks=[...], permissions={...}, **manifest)`` -> a plugin dir."""
-    counter = iter(range(1000))
-
-    def make(code: str, *, hooks: list[str], permissions: dict[str, Any] | None = None,
-             **manifest: Any) -> Path:
-        directory = tmp_path / f"plugin{next(counter)}"
-        directory.mkdir()
-        (directory / "app.py").write_text(textwrap.dedent(code))
-        doc = {
-            "manifest_version": 1,
-            "name": manifest.pop("name", directory.name),
-            "version": "0.1.0",
-            "abi": "1.0",
-            "module": {"path": "plugin.wasm", "sha256": "0" * 64},
-            "hooks": hooks,
-            "permissions": permissions or {},
-            **manifest,
-        }
-        (directory / "plugbox.json").write_text(json.dumps(doc, indent=2))
-        return directory
-
-    return make
 
 
 # -- 1. the native harness's deadline --------------------------------------------------------
