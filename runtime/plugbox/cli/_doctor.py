@@ -10,7 +10,6 @@ when its lifecycle database exists, to compare it with the managed store)."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 import hmac
 import importlib.metadata
 import json
@@ -204,9 +203,7 @@ def check_cache(cache_dir: Path) -> Check:
         if key is None:
             bad.append(path.name)
             continue
-        mac = hmac.new(key, path.name.encode() + b"\0", hashlib.sha256)
-        mac.update(data)
-        if not hmac.compare_digest(mac.hexdigest(), expected):
+        if not hmac.compare_digest(_cache.entry_mac(key, path.name, data), expected):
             bad.append(path.name)
     text = (f"{cache_dir}: {len(entries)} entries, {size / 2**20:,.1f} MiB; {checked} "
             f"checked")

@@ -61,6 +61,14 @@ _TMP_PREFIX = ".tmp-"
 _TMP_ANY_AGE = 24 * 3600.0
 
 
+def entry_mac(key: bytes, name: str, view: bytes | mmap.mmap) -> str:
+    """The HMAC (hex) a cache entry named ``name`` with contents ``view`` has under ``key``
+    (what its ``.hmac`` sidecar holds)."""
+    mac = hmac.new(key, name.encode() + b"\0", hashlib.sha256)
+    mac.update(view)
+    return mac.hexdigest()
+
+
 class ArtifactCache:
     """Compiled-artifact cache in ``directory``; ``salt`` identifies the engine (version and
     settings) so artifacts from another engine are never offered to it. ``key_file`` holds the
@@ -85,9 +93,7 @@ class ArtifactCache:
         return self.directory / f"{key}.cwasm"
 
     def _mac(self, name: str, view: bytes | mmap.mmap) -> str:
-        mac = hmac.new(self._key, name.encode() + b"\0", hashlib.sha256)
-        mac.update(view)
-        return mac.hexdigest()
+        return entry_mac(self._key, name, view)
 
     def get(self, module_sha256: str, load_file: Callable[[Path], T]) -> T | None:
         """The cached artifact loaded with ``load_file(path)``, or None when absent or

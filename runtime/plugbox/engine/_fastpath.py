@@ -1225,12 +1225,12 @@ class Instance:
                          plugin=self.plugin, hook=hook)
 
     def usage(self, fuel: int) -> tuple[int | None, int | None]:
-        """(fuel the last hook call used, memory size in bytes): what the call that just ran
-        on this instance used (``fuel``, what it was given, is not needed: the call sequence
-        recorded its use). (None, None) once closed."""
+        """(fuel the last hook call used, memory size in bytes after it): what the call that
+        just ran on this instance used, as the call sequence recorded it (``fuel``, what it
+        was given, is not needed). (None, None) once closed."""
         if self.closed:
             return None, None
-        return int(self._ctl[_CTL_FUEL_LAST]), self.memory_size()
+        return int(self._ctl[_CTL_FUEL_LAST]), int(self._ctl[_CTL_MEMORY])
 
     @property
     def fuel_consumed(self) -> int:

@@ -252,16 +252,15 @@ class AnomalyMonitor:
 
     def _kv(self, st: _PluginState, plugin: str, services: Any) -> list[Anomaly]:
         r = self.rules
-        quota_bytes = services._kv_quota_bytes if services._kv_ok else 0
-        if r.kv_fraction is None or not quota_bytes:
-            return []
         now = self._clock()
-        if now - st.kv_checked < KV_CHECK_INTERVAL_S:
+        if r.kv_fraction is None or now - st.kv_checked < KV_CHECK_INTERVAL_S:
             return []
         st.kv_checked = now
-        usage = services.usage()
+        usage = services.usage()  # the metrics' figures: no kv grant, no database read
+        quota_bytes, quota_k = usage["kv_quota_bytes"], usage["kv_quota_keys"]
+        if not quota_bytes:
+            return []
         used_b, used_k = usage["kv_bytes"], usage["kv_keys"]
-        quota_k = usage["kv_quota_keys"]
         share = max(used_b / quota_bytes, used_k / quota_k if quota_k else 0.0)
         if share >= r.kv_fraction:
             return self._fire(st, "kv-near-quota", self._anomaly(
