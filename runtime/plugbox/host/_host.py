@@ -839,16 +839,17 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
             raw = plugin.call(hook, payload, fuel=fuel, deadline_ms=deadline)
         if spec.payload == "bytes":
             return raw if raw or spec.mode != "first" else None
-        where = f"plugin {entry.name!r}, extension point {spec.name!r} (hook {hook!r})"
         try:
             value = json.loads(raw) if raw else None
         except ValueError as exc:
+            where = _where_in(entry.name, spec.name, hook)
             raise InvalidResultError(f"{where}: the result is not JSON ({exc})",
                                      plugin=entry.name, hook=hook, point=spec.name) from None
         if spec._output is not None and spec.mode != "notify" and not (
                 spec.mode == "first" and value is None):
             error = spec._output.error(value)
             if error is not None:
+                where = _where_in(entry.name, spec.name, hook)
                 raise InvalidResultError(
                     f"{where}: the result is invalid at {error[0]}: {error[1]} (the point's "
                     f"output_schema requires this); the plugin's result counts as a failure",
@@ -1130,6 +1131,11 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
 
 def _refuses(impl: Implementation, version: str) -> bool:
     return bool(impl.versions) and not impl.accepts(version)
+
+
+def _where_in(plugin: str, point: str, hook: str) -> str:
+    """How an error about one implementation's result names it (built only on failure)."""
+    return f"plugin {plugin!r}, extension point {point!r} (hook {hook!r})"
 
 
 def _declared_by(point: ExtensionPoint) -> str:
