@@ -1583,8 +1583,7 @@ class LifecycleMixin:
                     f"store with a different module; give the new build a new version (or "
                     f"let keep_versions prune the old {version} first)", plugin=name,
                     operation="upgrade")
-            startable = self._check_dependents(name, "upgrade", old,
-                                               _DepView.of(manifest.raw))
+            startable = self._check_dependents(name, "upgrade", old, manifest)
             diff = permission_diff(row.grant, grant)
             if not diff.empty and not self._consented(allow, diff):
                 with self.store.transaction() as tx:
@@ -1777,7 +1776,7 @@ class LifecycleMixin:
                          "start() will", name, exc_info=True)
 
     def _check_dependents(self, name: str, operation: str, old: str,
-                          new: _DepView) -> bool:
+                          new: _deps.Dependent) -> bool:
         """Refuse making ``new`` the active manifest of ``name`` when an enabled plugin
         (``name`` itself included) that can start now could not start then: a dependent's
         ``requires`` no longer matches, the new version's requirements or conflicts are not
@@ -1785,12 +1784,13 @@ class LifecycleMixin:
         could not before either, so it is not loaded)."""
         with self.store.transaction() as tx:
             rows = tx.plugins()
-            manifests = {}
+            manifests: dict[str, _deps.Dependent] = {}
             for row in rows:
                 active = next((v for v in tx.versions(row.name) if v.version == row.version),
                               None)
                 if active is not None:
-                    manifests[row.name] = _DepView.of(active.manifest)
+                    manifests[row.name] = _deps.Declared.from_raw(
+                        active.manifest, name=row.name, version=active.version)
         enabled = [row.name for row in rows if row.enabled]
         before = _deps.resolve(manifests, enabled)
         after = _deps.resolve({**manifests, name: new}, enabled)
@@ -1855,8 +1855,8 @@ class LifecycleMixin:
                     f"confirm=True (`plugbox plugins rollback {name} --to {target.version} "
                     f"--yes`) to roll back anyway", plugin=name, operation="rollback",
                     warning=warning)
-            startable = self._check_dependents(name, "rollback", old,
-                                               _DepView.of(target.manifest))
+            startable = self._check_dependents(name, "rollback", old, _deps.Declared.from_raw(
+                target.manifest, name=name, version=target.version))
             path = Path(target.path)
             self._materialise(target)
             manifest, grant = self._verify_source(path)
@@ -2098,23 +2098,6 @@ class LifecycleMixin:
                 raise
             raise ConfigError(_scrub(exc.message, secrets), plugin=name,
                               json_path=exc.json_path, fix=_scrub(exc.fix, secrets)) from None
-
-
-@dataclass(frozen=True)
-class _DepView:
-    """What dependency resolution needs of a manifest, from its JSON form."""
-
-    name: str
-    version: str
-    requires: Mapping[str, str]
-    optional: Mapping[str, str]
-    conflicts: Mapping[str, str]
-
-    @classmethod
-    def of(cls, raw: Mapping[str, Any]) -> _DepView:
-        return cls(str(raw.get("name")), str(raw.get("version")),
-                   dict(raw.get("requires") or {}), dict(raw.get("optional") or {}),
-                   dict(raw.get("conflicts") or {}))
 
 
 def _module_sha256(directory: Path) -> str | None:
