@@ -44,10 +44,15 @@ def backend(request: pytest.FixtureRequest) -> Iterator[str]:
 SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
 
-def new_host(state: Path, cache_dir: Path, **kw: Any) -> plugbox.PluginHost:
+def new_host(state: Path, cache_dir: Path, *, pooled_instances: int | None = 0,
+             **kw: Any) -> plugbox.PluginHost:
+    """A host on the running test's backend declaring ``text.echo`` (``pooled_instances``:
+    the runtime's option; None keeps its default)."""
     kw.setdefault("state_url", _BACKEND["state_url"])
-    host = plugbox.PluginHost(state_dir=state, runtime_options={
-        "cache_dir": cache_dir, "pooled_instances": 0}, **kw)
+    options: dict[str, Any] = {"cache_dir": cache_dir}
+    if pooled_instances is not None:
+        options["pooled_instances"] = pooled_instances
+    host = plugbox.PluginHost(state_dir=state, runtime_options=options, **kw)
     host.extension_point("text.echo", version="1.0.0", mode="each")
     return host
 

@@ -19,19 +19,17 @@ import plugbox
 from plugbox._policy import Policy
 from plugbox.host._config import REDACTED
 from tests.conftest import const_body, wat_module, write_plugin
-from tests.test_lifecycle_core import _BACKEND, SQLITE_ONLY, backend, make_plugin
+from tests.test_lifecycle_core import SQLITE_ONLY, backend, make_plugin, values
+from tests.test_lifecycle_core import new_host as core_new_host
 
 RUN = {"hook": "run"}
 
 
-
-
 def new_host(state: Path, cache_dir: Path, **kw: Any) -> plugbox.PluginHost:
-    kw.setdefault("state_url", _BACKEND["state_url"])
-    host = plugbox.PluginHost(state_dir=state, runtime_options={"cache_dir": cache_dir},
-                              policy=Policy(http_hosts=("*.example.com",)), **kw)
-    host.extension_point("text.echo", version="1.0.0", mode="each")
-    return host
+    """core's host with the runtime's default pool and a policy granting HTTP to
+    ``*.example.com`` (the consent tests ask for it)."""
+    kw.setdefault("policy", Policy(http_hosts=("*.example.com",)))
+    return core_new_host(state, cache_dir, pooled_instances=None, **kw)
 
 
 @pytest.fixture
@@ -50,10 +48,6 @@ def plugin(tmp_path: Path) -> Callable[..., Path]:
         return make_plugin(tmp_path / "src", name, version, text or f"{name} {version}",
                            **manifest)
     return build
-
-
-def values(host: plugbox.PluginHost) -> list[Any]:
-    return host.call("text.echo", {}).values
 
 
 def events_of(host: plugbox.PluginHost) -> list[plugbox.LifecycleEvent]:
