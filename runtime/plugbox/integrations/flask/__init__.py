@@ -31,7 +31,8 @@ except ImportError as exc:
 
 from ._ext import BYTES_TYPES, DEFAULT_REQUEST_HEADERS, DEFAULT_RESPONSE_HEADERS, Identity, \
     Plugbox, csrf_token
-from ._points import POINTS, VERSION
+from ._points import CLOSABLE, POINTS, VERSION, declare_points
 
-__all__ = ["BYTES_TYPES", "DEFAULT_REQUEST_HEADERS", "DEFAULT_RESPONSE_HEADERS", "POINTS",
-           "VERSION", "Identity", "MissingExtraError", "Plugbox", "csrf_token"]
+__all__ = ["BYTES_TYPES", "CLOSABLE", "DEFAULT_REQUEST_HEADERS", "DEFAULT_RESPONSE_HEADERS",
+           "POINTS", "VERSION", "Identity", "MissingExtraError", "Plugbox", "csrf_token",
+           "declare_points"]

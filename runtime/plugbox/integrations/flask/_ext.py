@@ -171,7 +171,8 @@ class Plugbox:
         prefix = str(o.get("prefix", "/plugins")).rstrip("/")
         if not prefix.startswith("/"):
             raise UsageError(f"prefix must start with '/', not {prefix!r}")
-        declare_points(host, o.get("fail_closed", ()), int(o.get("deadline_ms", 1000)))
+        declare_points(host, fail_closed=o.get("fail_closed", ()),
+                       deadline_ms=int(o.get("deadline_ms", 1000)))
         state = _AppState(
             ext=self, host=host, identity=o.get("identity"), grants=grants_of,
             request_headers=tuple(h.lower() for h in o.get("request_headers",

@@ -9,7 +9,7 @@ from typing import Any, Final
 from ..._errors import UsageError
 from ...host._host import PluginHost
 
-__all__ = ["POINTS", "VERSION", "declare_points"]
+__all__ = ["CLOSABLE", "POINTS", "VERSION", "declare_points"]
 
 #: The version of every point this extension declares.
 VERSION: Final = "1.0.0"
@@ -148,9 +148,12 @@ CLOSABLE: Final = frozenset({"flask.before_request", "flask.after_request",
                              "flask.response_body", "flask.context_processor"})
 
 
-def declare_points(host: PluginHost, fail_closed: Iterable[str], deadline_ms: int) -> None:
-    """Declare every point on ``host`` (those already declared by an earlier ``init_app`` on
-    the same host are kept, when they are this extension's)."""
+def declare_points(host: PluginHost, *, fail_closed: Iterable[str] = (),
+                   deadline_ms: int = 1000) -> None:
+    """Declare every point of the extension on ``host`` (``init_app`` does; call it yourself
+    to add plugins before the app exists). Points already declared by an earlier call are
+    kept when they match; ``fail_closed`` names the points whose failure answers 503
+    (:data:`CLOSABLE`), ``deadline_ms`` caps every call of every point."""
     closed = set(fail_closed)
     unknown = sorted(closed - CLOSABLE)
     if unknown:
