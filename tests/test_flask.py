@@ -288,6 +288,28 @@ def test_fail_closed_answers_503_naming_nothing_internal(
         assert "'broken'" in caplog.text and "Fix:" in caplog.text
 
 
+@pytest.mark.parametrize("point,page", [
+    ("flask.after_request", "plain"),
+    ("flask.context_processor", "{{ plugins.broken.anything }}"),
+])
+def test_other_points_fail_closed_when_the_host_says(
+        tmp_path: Path, cache_dir: Path, site: Path, point: str, page: str) -> None:
+    with plugbox.PluginHost(state_dir=tmp_path / "s3",
+                            runtime_options={"cache_dir": cache_dir}) as host:
+        declare_points(host, fail_closed={point})
+        host.add(plugin(tmp_path, "broken", None, [point], body=TRAP))
+        app = make_app(host, site, fail_closed={point})
+        response = app.test_client().get("/page", query_string={"t": page})
+        assert response.status_code == 503
+        assert "broken" not in response.get_data(as_text=True)
+
+
+def test_fail_closed_is_refused_for_points_that_cannot(host: plugbox.PluginHost,
+                                                       site: Path) -> None:
+    with pytest.raises(plugbox.UsageError, match="cannot fail closed"):
+        make_app(host, site, fail_closed={"flask.teardown_request"})
+
+
 # -- routes -----------------------------------------------------------------------------------
 
 

@@ -84,7 +84,6 @@ class _Request:
     base: dict[str, Any]
     annotations: dict[str, dict[str, Any]] = field(default_factory=dict)
     context: dict[str, Any] | None = None
-    status: int | None = None
 
     def view(self) -> dict[str, Any]:
         return {**self.base, "annotations": self.annotations}
@@ -323,10 +322,10 @@ class Plugbox:
     def _before_request(self) -> flask.Response | None:
         if flask.request.endpoint == "plugbox_static":
             return None
-        state = self._state()
-        current = self._request()
         if not self._active("flask.before_request"):
             return None
+        state = self._state()
+        current = self._request()
         try:
             result = self._dispatch("flask.before_request", current.view())
             self._log_failures(result, "before_request")
@@ -350,10 +349,10 @@ class Plugbox:
 
     def _after_request(self, response: flask.Response) -> flask.Response:
         state = self._state()
-        current = self._request()
-        current.status = response.status_code
+        flask.g._plugbox_status = response.status_code
         try:
             if self._active("flask.after_request"):
+                current = self._request()
                 shown = {k.lower(): v for k, v in response.headers.items()
                          if self._may_touch(state, k.lower()) or k.lower() == "content-type"}
                 result = self._dispatch("flask.after_request", {
@@ -400,12 +399,12 @@ class Plugbox:
 
     def _teardown_request(self, exc: BaseException | None) -> None:
         try:
-            if getattr(flask.g, "_plugbox", None) is None or not self._active(
-                    "flask.teardown_request"):
+            if not self._active("flask.teardown_request"):
                 return
             current = self._request()
             self._state().host.call("flask.teardown_request", {
-                **current.view(), "status": current.status, "failed": exc is not None})
+                **current.view(), "status": getattr(flask.g, "_plugbox_status", None),
+                "failed": exc is not None})
         except PlugboxError as error:
             _log.warning("teardown_request dispatch failed: %s", error)
 
