@@ -52,7 +52,7 @@ def plugin(root: Path, name: str, answer: Any, points: list[str], *, version: st
 def host(host: plugbox.PluginHost) -> plugbox.PluginHost:
     """conftest's host with the extension's points declared, so plugins can be added
     before the apps are made."""
-    declare_points(host)
+    declare_points(host, check_inputs=True)
     return host
 
 
@@ -78,6 +78,7 @@ def make_app(host: plugbox.PluginHost, site: Path, **options: Any) -> flask.Flas
         flask.abort(404)
 
     options.setdefault("host_templates", {"base.html": ("title", "content")})
+    options.setdefault("check_inputs", True)  # the tests check what the extension sends
     Plugbox(app, host=host, **options)
     return app
 
@@ -104,7 +105,7 @@ def test_importing_without_the_extra_names_the_extra_to_install() -> None:
 
 
 def test_extension_shape_factory_and_points(host: plugbox.PluginHost, site: Path) -> None:
-    ext = Plugbox(host=host)
+    ext = Plugbox(host=host, check_inputs=True)
     apps = []
     for _ in range(2):  # the application-factory pattern: one extension, two apps
         app = flask.Flask("factory")
@@ -278,7 +279,7 @@ def test_fail_closed_answers_503_naming_nothing_internal(
         tmp_path: Path, cache_dir: Path, site: Path, caplog: pytest.LogCaptureFixture) -> None:
     with plugbox.PluginHost(state_dir=tmp_path / "s2",
                             runtime_options={"cache_dir": cache_dir}) as host:
-        declare_points(host, fail_closed={"flask.before_request"})
+        declare_points(host, fail_closed={"flask.before_request"}, check_inputs=True)
         host.add(plugin(tmp_path, "broken", None, ["flask.before_request"], body=TRAP))
         app = make_app(host, site, fail_closed={"flask.before_request"})
         with caplog.at_level(logging.ERROR, "plugbox.integrations.flask"):
@@ -296,7 +297,7 @@ def test_other_points_fail_closed_when_the_host_says(
         tmp_path: Path, cache_dir: Path, site: Path, point: str, page: str) -> None:
     with plugbox.PluginHost(state_dir=tmp_path / "s3",
                             runtime_options={"cache_dir": cache_dir}) as host:
-        declare_points(host, fail_closed={point})
+        declare_points(host, fail_closed={point}, check_inputs=True)
         host.add(plugin(tmp_path, "broken", None, [point], body=TRAP))
         app = make_app(host, site, fail_closed={point})
         response = app.test_client().get("/page", query_string={"t": page})

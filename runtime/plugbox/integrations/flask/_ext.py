@@ -128,7 +128,8 @@ class Plugbox:
     templates may extend), ``sandbox_globals`` (values plugin templates may use),
     ``csrf_exempt`` (a callable ``request -> bool``), ``prefix`` (default ``/plugins``), the
     size caps ``max_body_bytes``, ``max_request_bytes``, ``max_static_bytes``, and
-    ``deadline_ms`` (every point's) and ``render_deadline_ms``. See docs/flask.md.
+    ``deadline_ms`` (every point's) and ``render_deadline_ms``, and ``check_inputs`` (give
+    the host the points' input schemas too; see :func:`declare_points`). See docs/flask.md.
     """
 
     def __init__(self, app: flask.Flask | None = None, **options: Any) -> None:
@@ -151,7 +152,7 @@ class Plugbox:
         known = {"identity", "grants", "fail_closed", "request_headers", "response_headers",
                  "host_templates", "sandbox_globals", "csrf_exempt", "prefix",
                  "max_body_bytes", "max_request_bytes", "max_static_bytes", "deadline_ms",
-                 "render_deadline_ms"}
+                 "render_deadline_ms", "check_inputs"}
         unknown = sorted(set(o) - known)
         if unknown:
             raise UsageError(f"Plugbox: unknown option(s) {', '.join(unknown)}; the options "
@@ -171,7 +172,8 @@ class Plugbox:
         if not prefix.startswith("/"):
             raise UsageError(f"prefix must start with '/', not {prefix!r}")
         declare_points(host, fail_closed=o.get("fail_closed", ()),
-                       deadline_ms=int(o.get("deadline_ms", 1000)))
+                       deadline_ms=int(o.get("deadline_ms", 1000)),
+                       check_inputs=bool(o.get("check_inputs", False)))
         state = _AppState(
             ext=self, host=host, identity=o.get("identity"), grants=grants_of,
             request_headers=tuple(h.lower() for h in o.get("request_headers",
