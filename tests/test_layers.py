@@ -29,8 +29,9 @@ ALLOWED: dict[str, set[str]] = {
             "host", "monitor", "registry"},
     "web": {"abi", "model", "services", "engine", "trust", "plugin", "runtime", "host",
             "monitor", "registry"},
+    # cli: `flask plugins` (integrations.flask) runs the `plugbox plugins` commands.
     "integrations": {"abi", "model", "services", "engine", "trust", "plugin", "runtime",
-                     "host", "monitor", "web"},
+                     "host", "monitor", "web", "cli"},
     "top": set(),  # plugbox/__init__.py and the demo: the package's face, may import anything
 }
 ALLOWED["top"] = set(ALLOWED) - {"top"}

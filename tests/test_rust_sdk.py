@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE = ROOT / "sample-plugins" / "rust"
 SDK = ROOT / "sdk-rust"
 SCHEMA = ROOT / "runtime" / "plugbox" / "schemas" / "manifest-v1.schema.json"
-SAMPLES = ("echo", "word-stats", "counter", "fetcher", "hostile", "probe")
+SAMPLES = ("echo", "word-stats", "counter", "fetcher", "hostile", "probe", "web-greeter")
 
 #: The services each sample imports, exactly.
 EXPECTED_SERVICES: dict[str, frozenset[str]] = {
@@ -43,6 +43,7 @@ EXPECTED_SERVICES: dict[str, frozenset[str]] = {
     "counter": frozenset({"kv", "events", "clock"}),
     "fetcher": frozenset({"http", "random", "clock", "log"}),
     "hostile": frozenset({"log"}),
+    "web-greeter": frozenset(),
     "probe": frozenset(_abispec.SERVICES) - {"host"},  # a 1.0 plugin: no ABI 1.1 interface
 }
 

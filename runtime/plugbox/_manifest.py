@@ -71,6 +71,8 @@ __all__ = [
     "PointSpec",
     "PluginFileRefused",
     "RequestedLimits",
+    "WebRoute",
+    "WebSpec",
     "abi_compatible",
     "check_compatibility",
     "check_module_hash",
@@ -200,6 +202,32 @@ class PointSpec:
 
 
 @dataclass(frozen=True)
+class WebRoute:
+    """A route of a manifest's ``web.routes``: ``path`` is under the plugin's prefix
+    (``/plugins/<name>``), ``role`` a host role, ``"authenticated"`` or ``"public"``."""
+
+    name: str
+    path: str
+    methods: tuple[str, ...] = ("GET",)
+    role: str = "authenticated"
+
+
+@dataclass(frozen=True)
+class WebSpec:
+    """A manifest's ``web`` field (read by :mod:`plugbox.integrations.flask`): routes, the
+    static and template directories (relative to the plugin directory, None: none), template
+    filter, test and global names, and CLI commands as ``(name, help)``."""
+
+    routes: tuple[WebRoute, ...] = ()
+    static: str | None = None
+    templates: str | None = None
+    filters: tuple[str, ...] = ()
+    tests: tuple[str, ...] = ()
+    globals: tuple[str, ...] = ()
+    commands: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A validated ``plugbox.json``.
 
@@ -243,6 +271,8 @@ class Manifest:
     conflicts: Mapping[str, str] = field(default_factory=dict, hash=False)
     #: The version of the plugin's stored data format (0 when absent).
     data_version: int = 0
+    #: What the plugin adds to a Flask application (``web``); None when absent.
+    web: WebSpec | None = field(default=None, hash=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,6 +526,7 @@ def validate_manifest(source: ManifestSource) -> Manifest:
         _check_config_schema(config_schema, file, source.name)
     _check_points(raw, file, source.name)
     _check_dependencies(raw, file, source.name)
+    _check_web(raw, file, source.name)
     return _build(raw, source)
 
 
@@ -1043,6 +1074,7 @@ def _build(raw: dict[str, Any], source: ManifestSource) -> Manifest:
         optional=dict(raw.get("optional", {})),
         conflicts=dict(raw.get("conflicts", {})),
         data_version=int(raw.get("data_version", 0)),
+        web=_build_web(raw["web"]) if "web" in raw else None,
     )
 
 
@@ -1216,6 +1248,55 @@ def _check_dependencies(raw: Mapping[str, Any], file: Path, plugin: str) -> None
     if both:
         raise refuse(["optional", both[0]], f"{both[0]!r} is both required ($.requires) and "
                      "optional", f"keep {both[0]!r} in one of $.requires and $.optional")
+
+
+# --------------------------------------------------------------------------------------------
+# ``web`` (plugbox.integrations.flask): bounded by the schema; what it cannot say is here
+
+
+def _check_web(raw: Mapping[str, Any], file: Path, plugin: str) -> None:
+    """Route names unique, no two routes answering one method on one path, unique command
+    names."""
+    web = raw.get("web")
+    if web is None:
+        return
+
+    def refuse(parts: list[Any], problem: str, fix: str) -> ManifestError:
+        json_path = _format_json_path(parts)
+        return ManifestError(f"{file}: invalid manifest at {json_path}: {problem}. To fix: "
+                             f"{fix}.", plugin=plugin, json_path=json_path)
+
+    names: set[str] = set()
+    answered: set[tuple[str, str]] = set()
+    for index, route in enumerate(web.get("routes", ())):
+        if route["name"] in names:
+            raise refuse(["web", "routes", index, "name"], f"the route name "
+                         f"{route['name']!r} is used twice", "give each route its own name")
+        names.add(route["name"])
+        shape = re.sub(r"<[^>]*>", "<>", route["path"].rstrip("/") or "/")
+        for method in route.get("methods", ("GET",)):
+            if (shape, method) in answered:
+                raise refuse(["web", "routes", index, "path"], f"another route answers "
+                             f"{method} {route['path']!r} already", "merge the two routes")
+            answered.add((shape, method))
+    commands = [c["name"] for c in web.get("commands", ())]
+    twice = _first_duplicate(commands)
+    if twice is not None:
+        raise refuse(["web", "commands", commands.index(twice), "name"], f"the command "
+                     f"{twice!r} is declared twice", "declare each command once")
+
+
+def _build_web(web: Mapping[str, Any]) -> WebSpec:
+    return WebSpec(
+        routes=tuple(WebRoute(name=r["name"], path=r["path"],
+                              methods=tuple(r.get("methods", ("GET",))),
+                              role=r.get("role", "authenticated"))
+                     for r in web.get("routes", ())),
+        static=web.get("static"), templates=web.get("templates"),
+        filters=tuple(web.get("filters", ())), tests=tuple(web.get("tests", ())),
+        globals=tuple(web.get("globals", ())),
+        commands=tuple((c["name"], c.get("help", "")) for c in web.get("commands", ())),
+    )
 
 
 # --------------------------------------------------------------------------------------------
