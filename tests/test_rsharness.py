@@ -126,6 +126,21 @@ def test_the_readme_example_uses_kv_config_and_log_and_passes(
     assert "test tests::kv_without_the_permission_is_denied ... ok" in out
 
 
+def test_the_counter_sample_tests_pass_natively(
+    tmp_path: Path, native_toolchain: tuple[str, str], target_dir: Path
+) -> None:
+    """sample-plugins/rust/counter's own tests (kv incl. increment and quotas, events, clock),
+    run on a copy of the workspace so the source tree is never written."""
+    workspace = tmp_path / "rust"
+    shutil.copytree(ROOT / "sample-plugins" / "rust", workspace, symlinks=False,
+                    ignore=shutil.ignore_patterns("target", "*.wasm"))
+    proc = _cargo_test(workspace / "counter", native_toolchain, target_dir)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "test tests::incr_get_list_reset ... ok" in out
+    assert "test tests::quota_and_permissions_are_the_manifests ... ok" in out
+
+
 # ------------------------------------------------------------- what an author's mistakes show
 
 _MISTAKES = """
