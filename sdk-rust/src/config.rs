@@ -4,8 +4,8 @@
 //! them with the SDK's [`json`](crate::json) module.
 
 use crate::error::Result;
-use crate::sys;
 use crate::json::{self, Value};
+use crate::sys;
 
 /// The value of `key` as JSON text, or `None` when the configuration has no such key.
 ///

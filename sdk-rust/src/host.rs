@@ -16,8 +16,8 @@
 //! 1 MiB; otherwise whatever the host function returns (`failure` when it fails).
 
 use crate::error::{Error, Result};
-use crate::sys;
 use crate::json::{self, Value};
+use crate::sys;
 
 /// Calls host function `name` with `payload`; its result bytes.
 pub fn call(name: &str, payload: &[u8]) -> Result<Vec<u8>> {

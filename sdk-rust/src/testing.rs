@@ -50,6 +50,7 @@
 //! [`Builder::http_response`]), `random` is not cryptographically secure, and log records are
 //! kept unfiltered and unlimited.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
@@ -57,7 +58,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use std::cell::RefCell;
 
 use crate::error::{Error, Result};
 use crate::http::{Request, Response};
@@ -88,8 +88,15 @@ const HTTP_HEADER_VALUE_MAX: usize = 8192;
 const HTTP_MAX_REQUEST_BYTES: u64 = 1 << 20;
 const HTTP_MAX_RESPONSE_BYTES: u64 = 4 << 20;
 const FORBIDDEN_REQUEST_HEADERS: [&str; 9] = [
-    "host", "content-length", "transfer-encoding", "connection", "keep-alive",
-    "proxy-connection", "te", "trailer", "upgrade",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
 ];
 
 // ----------------------------------------------------------------------------- permissions
@@ -180,7 +187,10 @@ impl Permissions {
     }
     /// With `kv` and these quotas.
     pub fn kv_quota(mut self, quota_bytes: u64, quota_keys: u64) -> Self {
-        self.kv = Some(KvGrant { quota_bytes, quota_keys });
+        self.kv = Some(KvGrant {
+            quota_bytes,
+            quota_keys,
+        });
         self
     }
     /// With `events` on these topic patterns.
@@ -227,7 +237,9 @@ impl Permissions {
                 Some(_) => Err(format!("{}: {} must be a list", file, what)),
             }
         };
-        let num = |v: &Value, key: &str, default: u64| v.get(key).and_then(Value::as_u64).unwrap_or(default);
+        let num = |v: &Value, key: &str, default: u64| {
+            v.get(key).and_then(Value::as_u64).unwrap_or(default)
+        };
         let kv = perms.get("kv").filter(|v| !v.is_null()).map(|kv| KvGrant {
             quota_bytes: num(kv, "quota_bytes", KV_QUOTA_BYTES),
             quota_keys: num(kv, "quota_keys", KV_QUOTA_KEYS),
@@ -241,7 +253,11 @@ impl Permissions {
                 let methods = list(h.get("methods"), "permissions.http.methods")?;
                 Some(HttpGrant {
                     hosts: list(h.get("hosts"), "permissions.http.hosts")?,
-                    methods: if h.get("methods").is_none() { strings(&["GET"]) } else { methods },
+                    methods: if h.get("methods").is_none() {
+                        strings(&["GET"])
+                    } else {
+                        methods
+                    },
                     max_request_bytes: num(h, "max_request_bytes", HTTP_MAX_REQUEST_BYTES),
                     max_response_bytes: num(h, "max_response_bytes", HTTP_MAX_RESPONSE_BYTES),
                 })
@@ -308,7 +324,11 @@ pub type HostFunction = Arc<dyn Fn(&[u8]) -> Result<Vec<u8>> + Send + Sync>;
 
 /// A canned HTTP response.
 pub fn response(status: u16, body: impl Into<Vec<u8>>) -> Response {
-    Response { status, headers: Vec::new(), body: body.into() }
+    Response {
+        status,
+        headers: Vec::new(),
+        body: body.into(),
+    }
 }
 
 /// How a call through the harness ended when it did not return normally.
@@ -370,11 +390,14 @@ struct Active {
 }
 
 thread_local! {
-    static CURRENT: RefCell<Option<Active>> = RefCell::new(None);
+    static CURRENT: RefCell<Option<Active>> = const { RefCell::new(None) };
 }
 
 fn not_granted(service: &str) -> String {
-    format!("{}: permission not granted; add \"{}\" to permissions in {}", service, service, MANIFEST)
+    format!(
+        "{}: permission not granted; add \"{}\" to permissions in {}",
+        service, service, MANIFEST
+    )
 }
 
 fn shown(text: &str) -> String {
@@ -411,15 +434,18 @@ impl Host {
         if self.granted(service) {
             Ok(())
         } else {
-            let message = match service {
-                "functions" => format!(
+            let message =
+                match service {
+                    "functions" => {
+                        format!(
                     "host.call: no host functions granted; add \"functions\": [\"<name>\"] to \
-                     permissions in {}", MANIFEST),
-                "dispatch" => format!(
+                     permissions in {}", MANIFEST)
+                    }
+                    "dispatch" => format!(
                     "host.dispatch: no extension points granted; add \"dispatch\": [\"<point>\"] \
                      to permissions in {}, or declare the point in extension_points", MANIFEST),
-                other => not_granted(other),
-            };
+                    other => not_granted(other),
+                };
             Err(self.deny(service, message))
         }
     }
@@ -427,7 +453,10 @@ impl Host {
     fn check_key(key: &str) -> Result<()> {
         if key.is_empty() || key.len() > KV_KEY_MAX {
             return Err(Error::InvalidInput(format!(
-                "kv: key must be 1 to {} bytes of UTF-8, got {} bytes", KV_KEY_MAX, key.len())));
+                "kv: key must be 1 to {} bytes of UTF-8, got {} bytes",
+                KV_KEY_MAX,
+                key.len()
+            )));
         }
         Ok(())
     }
@@ -435,14 +464,21 @@ impl Host {
     fn check_value(value: &[u8]) -> Result<()> {
         if value.len() > KV_VALUE_MAX {
             return Err(Error::LimitReached(format!(
-                "kv: value of {} bytes exceeds the maximum of {} bytes", value.len(), KV_VALUE_MAX)));
+                "kv: value of {} bytes exceeds the maximum of {} bytes",
+                value.len(),
+                KV_VALUE_MAX
+            )));
         }
         Ok(())
     }
 
     fn kv_store(&mut self, key: &str, value: &[u8]) -> Result<()> {
         let quota = self.perms.kv.clone().expect("kv granted");
-        let used: u64 = self.kv.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        let used: u64 = self
+            .kv
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum();
         let delta: i64 = match self.kv.get(key) {
             None => {
                 let keys = self.kv.len() as u64 + 1;
@@ -473,17 +509,27 @@ impl Host {
     fn http_check_url(&mut self, grant: &HttpGrant, url: &str, method: &str) -> Result<()> {
         let (scheme, rest) = match url.find("://") {
             Some(i) => (url[..i].to_ascii_lowercase(), &url[i + 3..]),
-            None => return Err(Error::InvalidInput(format!("http: invalid URL {}", shown(url)))),
+            None => {
+                return Err(Error::InvalidInput(format!(
+                    "http: invalid URL {}",
+                    shown(url)
+                )))
+            }
         };
         let default_port: u16 = match scheme.as_str() {
             "http" => 80,
             "https" => 443,
             other => {
                 return Err(Error::InvalidInput(format!(
-                    "http: unsupported URL scheme {}; use http or https", shown(other))))
+                    "http: unsupported URL scheme {}; use http or https",
+                    shown(other)
+                )))
             }
         };
-        let authority = rest.split(|c| c == '/' || c == '?' || c == '#').next().unwrap_or("");
+        let authority = rest
+            .split(['/', '?', '#'])
+            .next()
+            .unwrap_or("");
         let authority = authority.rsplit('@').next().unwrap_or("");
         let (host, port) = if let Some(inner) = authority.strip_prefix('[') {
             let end = inner.find(']').unwrap_or(inner.len());
@@ -496,7 +542,10 @@ impl Host {
             }
         };
         if host.is_empty() {
-            return Err(Error::InvalidInput(format!("http: URL has no host: {}", url)));
+            return Err(Error::InvalidInput(format!(
+                "http: URL has no host: {}",
+                url
+            )));
         }
         let port: u16 = match port {
             Some(p) if !p.is_empty() => p.parse().map_err(|_| {
@@ -507,7 +556,11 @@ impl Host {
         let allowed = grant.hosts.iter().any(|pattern| {
             let pattern = pattern.to_ascii_lowercase();
             let (phost, pport) = split_host_pattern(&pattern);
-            let host_ok = if phost.contains(':') { host == phost } else { glob(phost, &host) };
+            let host_ok = if phost.contains(':') {
+                host == phost
+            } else {
+                glob(phost, &host)
+            };
             host_ok
                 && match pport {
                     None => port == default_port,
@@ -515,16 +568,26 @@ impl Host {
                 }
         });
         if !allowed {
-            let who = if port == default_port { host } else { format!("{}:{}", host, port) };
+            let who = if port == default_port {
+                host
+            } else {
+                format!("{}:{}", host, port)
+            };
             let message = format!(
                 "http: host {} is not allowed; add {} to permissions.http.hosts in {}",
-                shown(&who), shown(&who), MANIFEST);
+                shown(&who),
+                shown(&who),
+                MANIFEST
+            );
             return Err(self.deny("http", message));
         }
         if !grant.methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
             let message = format!(
                 "http: method {} is not allowed; add {} to permissions.http.methods in {}",
-                method, shown(method), MANIFEST);
+                method,
+                shown(method),
+                MANIFEST
+            );
             return Err(self.deny("http", message));
         }
         Ok(())
@@ -532,10 +595,16 @@ impl Host {
 }
 
 fn quota_error(which: &str, limit: u64, needed: u64) -> Error {
-    let field = if which == "bytes" { "quota_bytes" } else { "quota_keys" };
+    let field = if which == "bytes" {
+        "quota_bytes"
+    } else {
+        "quota_keys"
+    };
     Error::LimitReached(format!(
         "kv: quota of {} {} reached (this write needs {}); delete keys or raise \
-         permissions.kv.{} in {}", limit, which, needed, field, MANIFEST))
+         permissions.kv.{} in {}",
+        limit, which, needed, field, MANIFEST
+    ))
 }
 
 fn split_host_pattern(pattern: &str) -> (&str, Option<&str>) {
@@ -626,7 +695,10 @@ pub(crate) mod sys {
     pub(crate) fn log(level: Level, message: &str) {
         with_host("log.log", |h| {
             if h.granted("log") {
-                h.logs.push(LogRecord { level, message: message.to_string() });
+                h.logs.push(LogRecord {
+                    level,
+                    message: message.to_string(),
+                });
             } else {
                 h.denied.push("log".to_string()); // the ABI's log has no error case
             }
@@ -639,7 +711,9 @@ pub(crate) mod sys {
             if key.len() > CONFIG_KEY_MAX {
                 return Err(Error::InvalidInput(format!(
                     "config: key of {} bytes is longer than the maximum of {} bytes",
-                    key.len(), CONFIG_KEY_MAX)));
+                    key.len(),
+                    CONFIG_KEY_MAX
+                )));
             }
             Ok(h.config.get(key).map(Value::to_json))
         })
@@ -683,9 +757,17 @@ pub(crate) mod sys {
             if prefix.len() > KV_KEY_MAX {
                 return Err(Error::InvalidInput(format!(
                     "kv: prefix of {} bytes is longer than the maximum of {} bytes (no key is \
-                     longer)", prefix.len(), KV_KEY_MAX)));
+                     longer)",
+                    prefix.len(),
+                    KV_KEY_MAX
+                )));
             }
-            Ok(h.kv.keys().filter(|k| k.starts_with(prefix)).take(KV_LIST_MAX).cloned().collect())
+            Ok(h.kv
+                .keys()
+                .filter(|k| k.starts_with(prefix))
+                .take(KV_LIST_MAX)
+                .cloned()
+                .collect())
         })
     }
 
@@ -704,19 +786,27 @@ pub(crate) mod sys {
                     return Err(Error::InvalidInput(format!(
                         "kv: cannot increment {}: the value under the key is {} bytes, not an \
                          8-byte little-endian integer (the format increment keeps counters in)",
-                        shown(key), v.len())))
+                        shown(key),
+                        v.len()
+                    )))
                 }
             };
             let new = old.checked_add(delta).ok_or_else(|| {
                 Error::InvalidInput(format!(
-                    "kv: cannot increment {}: the sum leaves the signed 64-bit range", shown(key)))
+                    "kv: cannot increment {}: the sum leaves the signed 64-bit range",
+                    shown(key)
+                ))
             })?;
             h.kv_store(key, &new.to_le_bytes())?;
             Ok(new)
         })
     }
 
-    pub(crate) fn kv_compare_and_set(key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<bool> {
+    pub(crate) fn kv_compare_and_set(
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool> {
         with_host("kv.compare-and-set", |h| {
             h.require("kv")?;
             Host::check_key(key)?;
@@ -735,61 +825,118 @@ pub(crate) mod sys {
     fn check_host_name(what: &str, name: &str, payload: &[u8]) -> Result<()> {
         if name.is_empty() || name.len() > HOST_NAME_MAX {
             return Err(Error::InvalidInput(format!(
-                "{} name must be 1 to {} bytes of UTF-8, got {} bytes", what, HOST_NAME_MAX,
-                name.len())));
+                "{} name must be 1 to {} bytes of UTF-8, got {} bytes",
+                what,
+                HOST_NAME_MAX,
+                name.len()
+            )));
         }
         if payload.len() > HOST_PAYLOAD_MAX {
             let service = what.split(':').next().unwrap_or(what);
             return Err(Error::LimitReached(format!(
-                "{}: payload of {} bytes exceeds the maximum of {} bytes", service,
-                payload.len(), HOST_PAYLOAD_MAX)));
+                "{}: payload of {} bytes exceeds the maximum of {} bytes",
+                service,
+                payload.len(),
+                HOST_PAYLOAD_MAX
+            )));
         }
         Ok(())
     }
 
     fn run_host_function(kind: &'static str, name: &str, payload: &[u8]) -> Result<Vec<u8>> {
-        let (handler, what) = with_host(if kind == "call" { "host.call" } else { "host.dispatch" }, |h| {
-            let (service, what, fix) = if kind == "call" {
-                ("functions", "function", "function")
+        let (handler, what) = with_host(
+            if kind == "call" {
+                "host.call"
             } else {
-                ("dispatch", "extension point", "extension_point")
-            };
-            h.require(service)?;
-            check_host_name(
-                if kind == "call" { "host.call: function" } else { "host.dispatch: extension point" },
-                name, payload)?;
-            let granted = if kind == "call" {
-                h.perms.functions.iter().any(|p| glob(p, name))
-            } else {
-                h.perms.own_points.iter().any(|p| p == name)
-                    || h.perms.dispatch.iter().any(|p| glob(p, name))
-            };
-            let api = if kind == "call" { "host.call" } else { "host.dispatch" };
-            if !granted {
-                let message = format!(
-                    "{}: {} {} is not granted; add it (or a pattern matching it) to \
-                     permissions.{} in {}", api, what, shown(name), service, MANIFEST);
-                return Err(h.deny(service, message));
-            }
-            let table = if kind == "call" { &h.functions } else { &h.points };
-            let handler = match table.get(name) {
-                Some(f) => f.clone(),
-                None => {
+                "host.dispatch"
+            },
+            |h| {
+                let (service, what, fix) = if kind == "call" {
+                    ("functions", "function", "function")
+                } else {
+                    ("dispatch", "extension point", "extension_point")
+                };
+                h.require(service)?;
+                check_host_name(
+                    if kind == "call" {
+                        "host.call: function"
+                    } else {
+                        "host.dispatch: extension point"
+                    },
+                    name,
+                    payload,
+                )?;
+                let granted = if kind == "call" {
+                    h.perms.functions.iter().any(|p| glob(p, name))
+                } else {
+                    h.perms.own_points.iter().any(|p| p == name)
+                        || h.perms.dispatch.iter().any(|p| glob(p, name))
+                };
+                let api = if kind == "call" {
+                    "host.call"
+                } else {
+                    "host.dispatch"
+                };
+                if !granted {
                     let message = format!(
-                        "{}: the test host offers no {} {}; add one with \
-                         Builder::{}({:?}, ...)", api, what, shown(name), fix, name);
+                        "{}: {} {} is not granted; add it (or a pattern matching it) to \
+                     permissions.{} in {}",
+                        api,
+                        what,
+                        shown(name),
+                        service,
+                        MANIFEST
+                    );
                     return Err(h.deny(service, message));
                 }
-            };
-            h.host_calls.push(HostCall { kind, name: name.to_string(), payload: payload.to_vec() });
-            Ok((handler, format!("{} {}", if kind == "call" { "host function" } else { "extension point" }, shown(name))))
-        })?;
+                let table = if kind == "call" {
+                    &h.functions
+                } else {
+                    &h.points
+                };
+                let handler = match table.get(name) {
+                    Some(f) => f.clone(),
+                    None => {
+                        let message = format!(
+                            "{}: the test host offers no {} {}; add one with \
+                         Builder::{}({:?}, ...)",
+                            api,
+                            what,
+                            shown(name),
+                            fix,
+                            name
+                        );
+                        return Err(h.deny(service, message));
+                    }
+                };
+                h.host_calls.push(HostCall {
+                    kind,
+                    name: name.to_string(),
+                    payload: payload.to_vec(),
+                });
+                Ok((
+                    handler,
+                    format!(
+                        "{} {}",
+                        if kind == "call" {
+                            "host function"
+                        } else {
+                            "extension point"
+                        },
+                        shown(name)
+                    ),
+                ))
+            },
+        )?;
         // Called without the host locked: the function may take its time (or panic).
         let out = handler(payload)?;
         if out.len() > HOST_RESULT_MAX {
             return Err(Error::LimitReached(format!(
                 "host: {} returned {} bytes, more than the maximum of {} a plugin receives",
-                what, out.len(), HOST_RESULT_MAX)));
+                what,
+                out.len(),
+                HOST_RESULT_MAX
+            )));
         }
         Ok(out)
     }
@@ -808,22 +955,36 @@ pub(crate) mod sys {
             let n = topic.chars().count();
             if n == 0 || n > EVENT_TOPIC_MAX {
                 return Err(Error::InvalidInput(format!(
-                    "events: topic must be 1 to {} characters, got {} bytes", EVENT_TOPIC_MAX,
-                    topic.len())));
+                    "events: topic must be 1 to {} characters, got {} bytes",
+                    EVENT_TOPIC_MAX,
+                    topic.len()
+                )));
             }
-            let allowed = h.perms.events.as_ref().map_or(false, |t| t.iter().any(|p| glob(p, topic)));
+            let allowed = h
+                .perms
+                .events
+                .as_ref()
+                .map_or(false, |t| t.iter().any(|p| glob(p, topic)));
             if !allowed {
                 let message = format!(
                     "events: topic {} is not allowed; add it (or a pattern matching it) to \
-                     permissions.events.topics in {}", shown(topic), MANIFEST);
+                     permissions.events.topics in {}",
+                    shown(topic),
+                    MANIFEST
+                );
                 return Err(h.deny("events", message));
             }
             if payload.len() > EVENT_PAYLOAD_MAX {
                 return Err(Error::LimitReached(format!(
-                    "events: payload of {} bytes exceeds the maximum of {} bytes", payload.len(),
-                    EVENT_PAYLOAD_MAX)));
+                    "events: payload of {} bytes exceeds the maximum of {} bytes",
+                    payload.len(),
+                    EVENT_PAYLOAD_MAX
+                )));
             }
-            h.events.push(Event { topic: topic.to_string(), payload: payload.to_vec() });
+            h.events.push(Event {
+                topic: topic.to_string(),
+                payload: payload.to_vec(),
+            });
             Ok(())
         })
     }
@@ -834,7 +995,9 @@ pub(crate) mod sys {
                 h.denied.push("clock".to_string());
                 return 0;
             }
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
         })
     }
 
@@ -854,7 +1017,9 @@ pub(crate) mod sys {
             h.require("random")?;
             if len > RANDOM_MAX {
                 return Err(Error::LimitReached(format!(
-                    "random: {} bytes requested, at most {} per call", len, RANDOM_MAX)));
+                    "random: {} bytes requested, at most {} per call",
+                    len, RANDOM_MAX
+                )));
             }
             let mut out = Vec::with_capacity(len as usize + 8);
             while out.len() < len as usize {
@@ -869,72 +1034,112 @@ pub(crate) mod sys {
         with_host("http.fetch", |h| {
             h.require("http")?;
             let grant = h.perms.http.clone().expect("http granted");
-            for (what, text, cap) in [("method", &req.method, HTTP_METHOD_MAX), ("URL", &req.url, HTTP_URL_MAX)] {
+            for (what, text, cap) in [
+                ("method", &req.method, HTTP_METHOD_MAX),
+                ("URL", &req.url, HTTP_URL_MAX),
+            ] {
                 if text.len() > cap {
                     return Err(Error::InvalidInput(format!(
-                        "http: {} of {} bytes is longer than the maximum of {} bytes", what,
-                        text.len(), cap)));
+                        "http: {} of {} bytes is longer than the maximum of {} bytes",
+                        what,
+                        text.len(),
+                        cap
+                    )));
                 }
             }
             if req.headers.len() > HTTP_HEADERS_MAX {
                 return Err(Error::LimitReached(format!(
-                    "http: {} request headers, more than the maximum of {}", req.headers.len(),
-                    HTTP_HEADERS_MAX)));
+                    "http: {} request headers, more than the maximum of {}",
+                    req.headers.len(),
+                    HTTP_HEADERS_MAX
+                )));
             }
-            let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            let token = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            };
             if !token(&req.method) {
-                return Err(Error::InvalidInput(format!("http: invalid method {}", shown(&req.method))));
+                return Err(Error::InvalidInput(format!(
+                    "http: invalid method {}",
+                    shown(&req.method)
+                )));
             }
             let method = req.method.to_ascii_uppercase();
             if req.body.len() as u64 > grant.max_request_bytes {
                 return Err(Error::LimitReached(format!(
                     "http: request body of {} bytes exceeds max_request_bytes ({}); raise \
-                     permissions.http.max_request_bytes in {}", req.body.len(),
-                    grant.max_request_bytes, MANIFEST)));
+                     permissions.http.max_request_bytes in {}",
+                    req.body.len(),
+                    grant.max_request_bytes,
+                    MANIFEST
+                )));
             }
             let mut headers = Vec::new();
             for (name, value) in &req.headers {
                 if name.len() > HTTP_HEADER_NAME_MAX || value.len() > HTTP_HEADER_VALUE_MAX {
                     return Err(Error::InvalidInput(format!(
                         "http: header name of {} bytes or value of {} bytes is longer than the \
-                         maximum ({} / {} bytes)", name.len(), value.len(), HTTP_HEADER_NAME_MAX,
-                        HTTP_HEADER_VALUE_MAX)));
+                         maximum ({} / {} bytes)",
+                        name.len(),
+                        value.len(),
+                        HTTP_HEADER_NAME_MAX,
+                        HTTP_HEADER_VALUE_MAX
+                    )));
                 }
                 if !token(name) {
-                    return Err(Error::InvalidInput(format!("http: invalid header name {}", shown(name))));
+                    return Err(Error::InvalidInput(format!(
+                        "http: invalid header name {}",
+                        shown(name)
+                    )));
                 }
-                if !value.is_ascii() || value.contains(|c| c == '\r' || c == '\n' || c == '\0') {
+                if !value.is_ascii() || value.contains(['\r', '\n', '\0']) {
                     return Err(Error::InvalidInput(format!(
                         "http: header {} must be ASCII without CR, LF or NUL (percent- or \
-                         base64-encode other data)", shown(name))));
+                         base64-encode other data)",
+                        shown(name)
+                    )));
                 }
                 let lower = name.to_ascii_lowercase();
                 if FORBIDDEN_REQUEST_HEADERS.contains(&lower.as_str()) {
                     return Err(Error::InvalidInput(format!(
                         "http: header {} is set by the host and may not be sent by a plugin",
-                        shown(name))));
+                        shown(name)
+                    )));
                 }
                 headers.push((lower, value.clone()));
             }
             h.http_check_url(&grant, &req.url, &method)?;
-            h.requests.push(Request { method: method.clone(), url: req.url.clone(), headers, body: req.body.clone() });
+            h.requests.push(Request {
+                method: method.clone(),
+                url: req.url.clone(),
+                headers,
+                body: req.body.clone(),
+            });
             let answer = match h.http.get(&req.url) {
                 Some(r) => r.clone(),
                 None => {
                     return Err(Error::Failure(format!(
                         "http: {} {} failed: the test host has no response for this URL; add \
-                         one with Builder::http_response({:?}, ...)", method, req.url, req.url)))
+                         one with Builder::http_response({:?}, ...)",
+                        method, req.url, req.url
+                    )))
                 }
             };
             if answer.body.len() as u64 > grant.max_response_bytes {
                 return Err(Error::LimitReached(format!(
                     "http: response body exceeds max_response_bytes ({}); raise \
-                     permissions.http.max_response_bytes in {}", grant.max_response_bytes,
-                    MANIFEST)));
+                     permissions.http.max_response_bytes in {}",
+                    grant.max_response_bytes, MANIFEST
+                )));
             }
             Ok(Response {
                 status: answer.status,
-                headers: answer.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect(),
+                headers: answer
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                    .collect(),
                 body: answer.body,
             })
         })
@@ -1034,14 +1239,25 @@ impl Builder {
         let native = crate::hostcalls::native_hooks();
         let registered: Vec<String> = native.hooks.lines().map(str::to_string).collect();
         if let Some(declared) = &self.hooks {
-            let missing: Vec<&String> = declared.iter().filter(|h| !registered.contains(h)).collect();
-            let extra: Vec<&String> = registered.iter().filter(|h| !declared.contains(h)).collect();
+            let missing: Vec<&String> = declared
+                .iter()
+                .filter(|h| !registered.contains(h))
+                .collect();
+            let extra: Vec<&String> = registered
+                .iter()
+                .filter(|h| !declared.contains(h))
+                .collect();
             if !missing.is_empty() || !extra.is_empty() {
                 panic!(
                     "plugin {}: the hooks do not match {}: hooks! registers {:?}, \"hooks\" lists \
                      {:?} (missing from hooks!: {:?}; missing from the manifest: {:?}); make the \
                      two lists the same",
-                    shown(&self.name), MANIFEST, registered, declared, missing, extra
+                    shown(&self.name),
+                    MANIFEST,
+                    registered,
+                    declared,
+                    missing,
+                    extra
                 );
             }
         }
@@ -1101,7 +1317,11 @@ impl Harness {
     /// Panics (failing the test) when the manifest cannot be read.
     pub fn manifest(dir: impl AsRef<Path>) -> Builder {
         let path = dir.as_ref();
-        let file: PathBuf = if path.is_dir() { path.join(MANIFEST) } else { path.to_path_buf() };
+        let file: PathBuf = if path.is_dir() {
+            path.join(MANIFEST)
+        } else {
+            path.to_path_buf()
+        };
         let text = std::fs::read_to_string(&file)
             .unwrap_or_else(|e| panic!("cannot read {}: {}", file.display(), e));
         Harness::manifest_json_at(&text, &file.display().to_string())
@@ -1118,7 +1338,11 @@ impl Harness {
         let doc = json::parse(text).unwrap_or_else(|e| panic!("{}: invalid JSON: {}", file, e));
         let perms = Permissions::from_manifest(&doc, file).unwrap_or_else(|e| panic!("{}", e));
         let hooks = match doc.get("hooks").and_then(Value::as_array) {
-            Some(items) => items.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+            Some(items) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
             None => panic!("{}: the manifest has no \"hooks\" list", file),
         };
         let deadline = doc
@@ -1160,7 +1384,10 @@ impl Harness {
     {
         let (tx, rx) = mpsc::channel();
         let alive = Arc::new(AtomicBool::new(true));
-        let active = Active { host: self.host.clone(), alive: alive.clone() };
+        let active = Active {
+            host: self.host.clone(),
+            alive: alive.clone(),
+        };
         let spawned = std::thread::Builder::new()
             .name(format!("plugbox hook {}", hook))
             .spawn(move || {
@@ -1168,7 +1395,10 @@ impl Harness {
                 let _ = tx.send(panic::catch_unwind(AssertUnwindSafe(f)));
             });
         if let Err(e) = spawned {
-            return Err(CallError::Trap(format!("cannot start the call's thread: {}", e)));
+            return Err(CallError::Trap(format!(
+                "cannot start the call's thread: {}",
+                e
+            )));
         }
         let where_ = format!("plugin {}, hook {}", shown(&self.name), shown(hook));
         match rx.recv_timeout(self.deadline) {
@@ -1179,18 +1409,24 @@ impl Harness {
                     .map(|s| s.to_string())
                     .or_else(|| payload.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "Box<dyn Any>".to_string());
-                Err(CallError::Trap(format!("{}: the plugin panicked: {}", where_, text)))
+                Err(CallError::Trap(format!(
+                    "{}: the plugin panicked: {}",
+                    where_, text
+                )))
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 alive.store(false, Ordering::SeqCst);
                 Err(CallError::DeadlineExceeded(format!(
                     "{}: exceeded its wall-clock deadline ({} ms). Raise limits.deadline_ms in \
                      plugbox.json (within the host policy) if the work is legitimate.",
-                    where_, self.deadline.as_millis())))
+                    where_,
+                    self.deadline.as_millis()
+                )))
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                Err(CallError::Trap(format!("{}: the call's thread ended without a result", where_)))
-            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(CallError::Trap(format!(
+                "{}: the call's thread ended without a result",
+                where_
+            ))),
         }
     }
 
@@ -1202,7 +1438,10 @@ impl Harness {
                 // The runtime refuses it before the plugin runs (UnknownHookError).
                 return Err(CallError::Plugin(Error::NotFound(format!(
                     "plugin {} has no hook {}; its manifest declares: {}",
-                    shown(&self.name), shown(hook), declared.join(", ")))));
+                    shown(&self.name),
+                    shown(hook),
+                    declared.join(", ")
+                ))));
             }
         }
         let dispatch = self.native.dispatch;
@@ -1245,7 +1484,10 @@ impl Harness {
                 CURRENT.with(|c| *c.borrow_mut() = previous);
             }
         }
-        let active = Active { host: self.host.clone(), alive: Arc::new(AtomicBool::new(true)) };
+        let active = Active {
+            host: self.host.clone(),
+            alive: Arc::new(AtomicBool::new(true)),
+        };
         let _restore = Restore(CURRENT.with(|c| c.borrow_mut().replace(active)));
         f()
     }
@@ -1294,7 +1536,10 @@ impl Harness {
 
 impl fmt::Debug for Harness {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Harness").field("name", &self.name).field("hooks", &self.hooks).finish()
+        f.debug_struct("Harness")
+            .field("name", &self.name)
+            .field("hooks", &self.hooks)
+            .finish()
     }
 }
 
@@ -1312,8 +1557,14 @@ mod tests {
             .unwrap_or_else(|| "Hello".to_string());
         let count = kv::increment("visits", 1)?;
         log::info(&format!("visit {} from {}", count, who));
-        events::emit("visits.counted", &Value::object([("count", count)]).to_vec())?;
-        Ok(Value::object([("text", Value::from(format!("{}, {}!", greeting, who))), ("count", count.into())]))
+        events::emit(
+            "visits.counted",
+            &Value::object([("count", count)]).to_vec(),
+        )?;
+        Ok(Value::object([
+            ("text", Value::from(format!("{}, {}!", greeting, who))),
+            ("count", count.into()),
+        ]))
     }
 
     fn fetch(url: Vec<u8>) -> Result<Vec<u8>> {
@@ -1370,23 +1621,41 @@ mod tests {
 
     #[test]
     fn services_are_served_and_recorded() {
-        let plugin = Harness::manifest_json(MANIFEST).config("greeting", "Hi").kv("visits", 41i64.to_le_bytes()).start().unwrap();
-        let out = plugin.call_json("visit", &Value::object([("who", "Ada")])).unwrap();
+        let plugin = Harness::manifest_json(MANIFEST)
+            .config("greeting", "Hi")
+            .kv("visits", 41i64.to_le_bytes())
+            .start()
+            .unwrap();
+        let out = plugin
+            .call_json("visit", &Value::object([("who", "Ada")]))
+            .unwrap();
         assert_eq!(out["text"].as_str(), Some("Hi, Ada!"));
         assert_eq!(out["count"].as_i64(), Some(42));
         assert_eq!(plugin.kv_get("visits"), Some(42i64.to_le_bytes().to_vec()));
         assert_eq!(plugin.logs()[0].message, "visit 42 from Ada");
         assert_eq!(plugin.events()[0].topic, "visits.counted");
-        assert_eq!(plugin.events()[0].json().unwrap()["count"].as_i64(), Some(42));
+        assert_eq!(
+            plugin.events()[0].json().unwrap()["count"].as_i64(),
+            Some(42)
+        );
         assert!(plugin.denied().is_empty());
     }
 
     #[test]
     fn a_withheld_service_is_denied_with_the_runtime_message() {
-        let plugin = Harness::manifest_json(MANIFEST).withhold("kv").start().unwrap();
-        let err = plugin.call_json("visit", &Value::object([("who", "Ada")])).unwrap_err();
-        assert_eq!(err, Error::Denied(
-            "kv: permission not granted; add \"kv\" to permissions in plugbox.json".into()));
+        let plugin = Harness::manifest_json(MANIFEST)
+            .withhold("kv")
+            .start()
+            .unwrap();
+        let err = plugin
+            .call_json("visit", &Value::object([("who", "Ada")]))
+            .unwrap_err();
+        assert_eq!(
+            err,
+            Error::Denied(
+                "kv: permission not granted; add \"kv\" to permissions in plugbox.json".into()
+            )
+        );
         assert_eq!(plugin.denied(), vec!["kv".to_string()]);
     }
 
@@ -1396,10 +1665,19 @@ mod tests {
             .http_response("http://127.0.0.1:8080/a", response(200, "A"))
             .start()
             .unwrap();
-        assert_eq!(plugin.call("fetch", b"http://127.0.0.1:8080/a").unwrap(), b"A");
+        assert_eq!(
+            plugin.call("fetch", b"http://127.0.0.1:8080/a").unwrap(),
+            b"A"
+        );
         let err = plugin.call("fetch", b"http://example.com/").unwrap_err();
         assert_eq!(err.message(), "http: host 'example.com' is not allowed; add 'example.com' to permissions.http.hosts in plugbox.json");
-        assert_eq!(plugin.call("fetch", b"http://127.0.0.1:8080/b").unwrap_err().kind(), "failure");
+        assert_eq!(
+            plugin
+                .call("fetch", b"http://127.0.0.1:8080/b")
+                .unwrap_err()
+                .kind(),
+            "failure"
+        );
     }
 
     #[test]
@@ -1411,20 +1689,33 @@ mod tests {
         assert_eq!(plugin.call("ask", b"ask.me").unwrap(), b"re:q");
         let err = plugin.call("ask", b"other").unwrap_err();
         assert_eq!(err.kind(), "denied");
-        assert!(err.message().starts_with("host.call: function 'other' is not granted"));
+        assert!(err
+            .message()
+            .starts_with("host.call: function 'other' is not granted"));
         assert_eq!(plugin.host_calls().len(), 1);
     }
 
     #[test]
     fn without_a_manifest_nothing_is_granted() {
-        let plugin = Harness::builder().permissions(Permissions::none().log()).start().unwrap();
-        let err = plugin.call_json("visit", &Value::object([("who", "Ada")])).unwrap_err();
-        assert_eq!(err.message(), "config: permission not granted; add \"config\" to permissions in plugbox.json");
+        let plugin = Harness::builder()
+            .permissions(Permissions::none().log())
+            .start()
+            .unwrap();
+        let err = plugin
+            .call_json("visit", &Value::object([("who", "Ada")]))
+            .unwrap_err();
+        assert_eq!(
+            err.message(),
+            "config: permission not granted; add \"config\" to permissions in plugbox.json"
+        );
     }
 
     #[test]
     fn init_errors_undeclared_hooks_traps_and_deadlines() {
-        let err = Harness::manifest_json(MANIFEST).config("fail", true).start().unwrap_err();
+        let err = Harness::manifest_json(MANIFEST)
+            .config("fail", true)
+            .start()
+            .unwrap_err();
         assert_eq!(err, Error::invalid_input("bad config"));
         let plugin = Harness::manifest_json(MANIFEST).start().unwrap();
         assert_eq!(plugin.call("nope", b"").unwrap_err().message(),
@@ -1434,7 +1725,11 @@ mod tests {
             other => panic!("{:?}", other),
         }
         match plugin.try_call("spin", b"") {
-            Err(CallError::DeadlineExceeded(m)) => assert!(m.contains("exceeded its wall-clock deadline (300 ms)"), "{}", m),
+            Err(CallError::DeadlineExceeded(m)) => assert!(
+                m.contains("exceeded its wall-clock deadline (300 ms)"),
+                "{}",
+                m
+            ),
             other => panic!("{:?}", other),
         }
     }

@@ -272,20 +272,31 @@ mod tests {{
     /// which grants exactly what plugbox.json requests.
     #[test]
     fn hooks_through_the_harness() {{
-        let plugin = Harness::manifest(env!("CARGO_MANIFEST_DIR")).start().unwrap();
+        let plugin = Harness::manifest(env!("CARGO_MANIFEST_DIR"))
+            .start()
+            .unwrap();
         assert_eq!(plugin.call("echo", b"any bytes").unwrap(), b"any bytes");
-        let out = plugin.call_json("greet", &Value::object([("name", "Ada")])).unwrap();
+        let out = plugin
+            .call_json("greet", &Value::object([("name", "Ada")]))
+            .unwrap();
         assert_eq!(out["greeting"].as_str(), Some("Hello, Ada!"));
         assert_eq!(plugin.logs()[0].message, "greeting Ada");
-        let err = plugin.call_json("greet", &Value::object([("name", "")])).unwrap_err();
+        let err = plugin
+            .call_json("greet", &Value::object([("name", "")]))
+            .unwrap_err();
         assert_eq!(err.kind(), "invalid-input");
     }}
 
     /// Without the `log` permission the records are dropped (and counted as denied).
     #[test]
     fn logging_needs_the_log_permission() {{
-        let plugin = Harness::manifest(env!("CARGO_MANIFEST_DIR")).withhold("log").start().unwrap();
-        plugin.call_json("greet", &Value::object([("name", "Ada")])).unwrap();
+        let plugin = Harness::manifest(env!("CARGO_MANIFEST_DIR"))
+            .withhold("log")
+            .start()
+            .unwrap();
+        plugin
+            .call_json("greet", &Value::object([("name", "Ada")]))
+            .unwrap();
         assert!(plugin.logs().is_empty());
         assert_eq!(plugin.denied(), ["log"]);
     }}
