@@ -16,7 +16,7 @@
 //!   free once the host has copied them out.
 //!
 //! Natively the service modules call the fake host of [`testing`](crate::testing) instead, the
-//! imports are stubs, and [`native_hooks`] (at the end) is how the harness reaches `hooks!`.
+//! imports are stubs, and `native_hooks` (at the end) is how the harness reaches `hooks!`.
 
 #![allow(unsafe_code)]
 

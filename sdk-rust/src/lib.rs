@@ -136,6 +136,9 @@ pub fn __unknown_hook(hook: &str) -> Error {
 /// newline), which `plugbox build` compares with the manifest's `hooks`. A handler is any expression callable as `fn(Vec<u8>) -> Result<Vec<u8>>`; calling
 /// a hook that is not listed fails with [`Error::NotFound`].
 ///
+/// Natively (under `cargo test`) it also defines the symbol `plugbox_native_hooks_v1`, through
+/// which [`testing::Harness`] runs the same init and dispatch; the wasm module does not have it.
+///
 /// A plugin that calls ABI 1.1 functions ([`host`], [`kv::increment`], [`kv::compare_and_set`])
 /// starts the list with `abi: "1.1",` (before `init:`), and declares `"abi": "1.1"` in its
 /// manifest; without it the module says ABI 1.0 and the host refuses its 1.1 imports.

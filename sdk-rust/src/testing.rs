@@ -30,7 +30,7 @@
 //! }
 //! ```
 //!
-//! A call goes through the same entry points as the wasm exports: [`Harness::start`] runs the
+//! A call goes through the same entry points as the wasm exports: [`Builder::start`] runs the
 //! plugin's `on-init` with the configuration as JSON, [`Harness::call`] its `on-hook` with the
 //! hook name and payload, both as `hooks!` registered them (so the registration is tested too;
 //! `start` fails when the hooks `hooks!` registers differ from the manifest's `hooks`, as
@@ -41,7 +41,7 @@
 //! runtime. Fuel and memory are not limited natively.
 //!
 //! State belongs to one `Harness`: tests running in parallel threads never share a store or a
-//! log. Host services called outside [`Harness::start`], [`Harness::call`] or [`Harness::run`]
+//! log. Host services called outside [`Builder::start`], [`Harness::call`] or [`Harness::run`]
 //! panic, saying so. Tests must be in the plugin crate itself (`#[cfg(test)]` in `src/`): a
 //! `cdylib` cannot be linked by `tests/` integration tests.
 //!
@@ -675,7 +675,7 @@ fn with_host<R>(service: &str, f: impl FnOnce(&mut Host) -> R) -> R {
         }
         None => panic!(
             "plugbox host service {} called outside the test harness: natively, host services \
-             exist only inside plugbox_sdk::testing::Harness::start, call or run",
+             exist only inside plugbox_sdk::testing::Builder::start, Harness::call or Harness::run",
             service
         ),
     });
