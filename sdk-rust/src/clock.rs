@@ -1,13 +1,13 @@
 //! Clocks (`clock` permission). Both read as 0 when the permission is not granted.
 
-use crate::hostcalls;
+use crate::sys;
 
 /// Wall-clock time in nanoseconds since the Unix epoch.
 pub fn now() -> u64 {
-    hostcalls::clock_now()
+    sys::clock_now()
 }
 
 /// Monotonic time in nanoseconds from an arbitrary origin: use it to measure durations.
 pub fn monotonic() -> u64 {
-    hostcalls::clock_monotonic()
+    sys::clock_monotonic()
 }

@@ -4,21 +4,21 @@
 //! them with the SDK's [`json`](crate::json) module.
 
 use crate::error::Result;
-use crate::hostcalls;
 use crate::json::{self, Value};
+use crate::sys;
 
 /// The value of `key` as JSON text, or `None` when the configuration has no such key.
 ///
 /// Errors: `denied` without the `config` permission.
 pub fn get(key: &str) -> Result<Option<String>> {
-    hostcalls::config_get(key)
+    sys::config_get(key)
 }
 
 /// The whole configuration object as JSON text (`{}` when the host gave none).
 ///
 /// Errors: `denied` without the `config` permission.
 pub fn get_all() -> Result<String> {
-    hostcalls::config_get_all()
+    sys::config_get_all()
 }
 
 /// [`get`], parsed as JSON.

@@ -1,7 +1,7 @@
 //! Events delivered to the host's subscribers (`events` permission).
 
 use crate::error::Result;
-use crate::hostcalls;
+use crate::sys;
 
 /// Emits `payload` on `topic`.
 ///
@@ -9,5 +9,5 @@ use crate::hostcalls;
 /// topic patterns; `invalid-input` for an empty topic or one over 256 characters;
 /// `limit-reached` for a payload over 1 MiB.
 pub fn emit(topic: &str, payload: &[u8]) -> Result<()> {
-    hostcalls::events_emit(topic, payload)
+    sys::events_emit(topic, payload)
 }

@@ -16,17 +16,17 @@
 //! 1 MiB; otherwise whatever the host function returns (`failure` when it fails).
 
 use crate::error::{Error, Result};
-use crate::hostcalls;
 use crate::json::{self, Value};
+use crate::sys;
 
 /// Calls host function `name` with `payload`; its result bytes.
 pub fn call(name: &str, payload: &[u8]) -> Result<Vec<u8>> {
-    hostcalls::host_call(name, payload)
+    sys::host_call(name, payload)
 }
 
 /// Calls a JSON host function: `payload` serialised, the result parsed.
 pub fn call_json(name: &str, payload: &Value) -> Result<Value> {
-    let out = hostcalls::host_call(name, &payload.to_vec())?;
+    let out = sys::host_call(name, &payload.to_vec())?;
     json::parse_bytes(&out).map_err(|e| {
         Error::failure(format!("host function {:?} returned invalid JSON: {}", name, e))
     })
@@ -36,12 +36,12 @@ pub fn call_json(name: &str, payload: &Value) -> Result<Value> {
 /// `{"point", "mode", "value", "results": [{"plugin", "value"}], "failures": [{"plugin",
 /// "error", "kind"}]}`.
 pub fn dispatch(point: &str, payload: &[u8]) -> Result<Vec<u8>> {
-    hostcalls::host_dispatch(point, payload)
+    sys::host_dispatch(point, payload)
 }
 
 /// Dispatches `point` with a JSON payload; the dispatch result parsed.
 pub fn dispatch_json(point: &str, payload: &Value) -> Result<Value> {
-    let out = hostcalls::host_dispatch(point, &payload.to_vec())?;
+    let out = sys::host_dispatch(point, &payload.to_vec())?;
     json::parse_bytes(&out).map_err(|e| {
         Error::failure(format!("dispatching {:?} returned invalid JSON: {}", point, e))
     })

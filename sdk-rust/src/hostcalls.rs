@@ -15,8 +15,8 @@
 //!   them; export results live in a static return area whose lists the `cabi_post_*` functions
 //!   free once the host has copied them out.
 //!
-//! On targets other than wasm32 the imports are replaced by stubs that panic, so the pure parts
-//! of a plugin (and of this SDK) can be unit-tested with a native `cargo test`.
+//! Natively the service modules call the fake host of [`testing`](crate::testing) instead, the
+//! imports are stubs, and `native_hooks` (at the end) is how the harness reaches `hooks!`.
 
 #![allow(unsafe_code)]
 
@@ -629,7 +629,7 @@ pub(crate) fn http_fetch(req: &Request) -> Result<Response> {
 
 // -------------------------------------------------------------------------- native stubs
 
-/// Stand-ins for the imports on non-wasm targets, so native unit tests link. Calling one panics.
+/// Stand-ins for the imports on non-wasm targets, never called (see the module docs): they panic.
 #[cfg(not(target_arch = "wasm32"))]
 #[allow(unused_variables, clippy::too_many_arguments)]
 mod native {
@@ -975,4 +975,22 @@ pub fn export_on_hook(
 #[doc(hidden)]
 pub fn export_post_on_hook(ret: *mut u8) {
     post_return(ret, true)
+}
+
+// ------------------------------------------------------------------------- native harness
+
+// The function `hooks!` defines natively under this symbol name (one per plugin crate, like
+// the wasm exports): the test harness calls the plugin's init and dispatch through it.
+#[cfg(not(target_arch = "wasm32"))]
+extern "Rust" {
+    #[link_name = "plugbox_native_hooks_v1"]
+    fn plugbox_native_hooks() -> crate::testing::NativeHooks;
+}
+
+/// The plugin's hooks as `hooks!` registered them (natively; a link error names the symbol
+/// when the crate under test has no `hooks!`).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn native_hooks() -> crate::testing::NativeHooks {
+    // Safety: the symbol is the Rust-ABI function `hooks!` writes, of exactly this type.
+    unsafe { plugbox_native_hooks() }
 }

@@ -7,7 +7,7 @@
 //! ```
 
 use crate::error::{Error, Result};
-use crate::hostcalls;
+use crate::sys;
 
 /// An HTTP request (the WIT record `request`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,5 +103,5 @@ impl Response {
 /// `limit-reached` when the request or response body exceeds the granted size caps;
 /// `failure` for network errors and timeouts.
 pub fn fetch(request: &Request) -> Result<Response> {
-    hostcalls::http_fetch(request)
+    sys::http_fetch(request)
 }

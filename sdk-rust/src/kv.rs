@@ -11,11 +11,11 @@
 //! both write it back, losing one update.
 
 use crate::error::Result;
-use crate::hostcalls;
+use crate::sys;
 
 /// The value stored under `key`, or `None`.
 pub fn get(key: &str) -> Result<Option<Vec<u8>>> {
-    hostcalls::kv_get(key)
+    sys::kv_get(key)
 }
 
 /// Stores `value` under `key`, replacing any old value.
@@ -23,19 +23,19 @@ pub fn get(key: &str) -> Result<Option<Vec<u8>>> {
 /// Extra error: `limit-reached` when this would exceed the byte or key quota, or the value is
 /// over 1 MiB (nothing is written then).
 pub fn set(key: &str, value: &[u8]) -> Result<()> {
-    hostcalls::kv_set(key, value)
+    sys::kv_set(key, value)
 }
 
 /// Removes `key`; returns true when it existed.
 pub fn delete(key: &str) -> Result<bool> {
-    hostcalls::kv_delete(key)
+    sys::kv_delete(key)
 }
 
 /// The keys that start with `prefix` (all keys for `""`), in byte order; at most 10 000.
 ///
 /// (The empty prefix is allowed here even though the empty key is not.)
 pub fn list_keys(prefix: &str) -> Result<Vec<String>> {
-    hostcalls::kv_list_keys(prefix)
+    sys::kv_list_keys(prefix)
 }
 
 /// Atomically adds `delta` to the counter under `key` and returns the new value (ABI 1.1).
@@ -44,7 +44,7 @@ pub fn list_keys(prefix: &str) -> Result<Vec<String>> {
 /// counts as 0. Extra errors: `invalid-input` when the stored value is not 8 bytes or the sum
 /// leaves the `i64` range; `limit-reached` when creating the key exceeds a quota.
 pub fn increment(key: &str, delta: i64) -> Result<i64> {
-    hostcalls::kv_increment(key, delta)
+    sys::kv_increment(key, delta)
 }
 
 /// Atomically stores `new` under `key` if its current value is `expected` (`None`: the key is
@@ -53,5 +53,5 @@ pub fn increment(key: &str, delta: i64) -> Result<i64> {
 /// Read the value, compute the new one, and retry while this returns `false`, to update a
 /// value no other instance may change in between. Extra error: `limit-reached` as for [`set`].
 pub fn compare_and_set(key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<bool> {
-    hostcalls::kv_compare_and_set(key, expected, new)
+    sys::kv_compare_and_set(key, expected, new)
 }

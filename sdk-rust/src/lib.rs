@@ -46,6 +46,11 @@
 //! Only the host services a plugin actually calls end up as imports of its module: the linker
 //! drops the rest, so a plugin that never touches `kv` does not import it (and needs no `kv`
 //! permission). All `unsafe` code of the SDK is in one private module, `hostcalls`.
+//!
+//! **Testing.** Under a native `cargo test` the host services are served by the in-memory fake
+//! host of [`testing::Harness`], which enforces the manifest's permissions like the runtime
+//! and calls the hooks through the same init and dispatch as the wasm exports; see
+//! [`testing`] (present on targets other than wasm32 only).
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)] // allowed only in `hostcalls`
@@ -57,14 +62,24 @@ pub mod events;
 pub mod health;
 pub mod host;
 #[doc(hidden)]
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))] // natively, `testing` serves
 pub mod hostcalls;
 pub mod http;
 pub mod json;
 pub mod kv;
 pub mod log;
 pub mod random;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 
 pub use error::{Error, Result};
+
+// Where the service modules send their calls: the wasm imports, or natively (under
+// `cargo test`) the fake host of the `testing` harness the call runs in.
+#[cfg(target_arch = "wasm32")]
+use hostcalls as sys;
+#[cfg(not(target_arch = "wasm32"))]
+use testing::sys;
 
 /// The plugbox ABI version this SDK implements (the newest a plugin built with it can use).
 pub const ABI_VERSION: &str = "1.1.0";
@@ -121,6 +136,9 @@ pub fn __unknown_hook(hook: &str) -> Error {
 /// newline), which `plugbox build` compares with the manifest's `hooks`. A handler is any expression callable as `fn(Vec<u8>) -> Result<Vec<u8>>`; calling
 /// a hook that is not listed fails with [`Error::NotFound`].
 ///
+/// Natively (under `cargo test`) it also defines the symbol `plugbox_native_hooks_v1`, through
+/// which [`testing::Harness`] runs the same init and dispatch; the wasm module does not have it.
+///
 /// A plugin that calls ABI 1.1 functions ([`host`], [`kv::increment`], [`kv::compare_and_set`])
 /// starts the list with `abi: "1.1",` (before `init:`), and declares `"abi": "1.1"` in its
 /// manifest; without it the module says ABI 1.0 and the host refuses its 1.1 imports.
@@ -172,6 +190,17 @@ macro_rules! __plugbox_exports {
                 match hook {
                     $($hook => ($handler)(payload),)+
                     other => ::core::result::Result::Err($crate::__unknown_hook(other)),
+                }
+            }
+
+            // Natively, the test harness (plugbox_sdk::testing) finds the hooks by this symbol.
+            #[cfg(not(target_arch = "wasm32"))]
+            #[export_name = "plugbox_native_hooks_v1"]
+            fn plugbox_native_hooks() -> $crate::testing::NativeHooks {
+                $crate::testing::NativeHooks {
+                    init: plugbox_init,
+                    dispatch: plugbox_dispatch,
+                    hooks: PLUGBOX_HOOKS,
                 }
             }
 

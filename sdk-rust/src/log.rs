@@ -4,7 +4,7 @@
 //! drops records over its rate limit, and (if `log` is not granted) ignores the record, counting
 //! the denial.
 
-use crate::hostcalls;
+use crate::sys;
 
 /// Severity of a record (the WIT enum `level`; the discriminant is what crosses the ABI).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -24,7 +24,7 @@ pub enum Level {
 
 /// Writes one record at `level`.
 pub fn log(level: Level, message: &str) {
-    hostcalls::log(level, message)
+    sys::log(level, message)
 }
 
 /// Writes one record at [`Level::Trace`].

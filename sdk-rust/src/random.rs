@@ -1,14 +1,14 @@
 //! Cryptographically secure random bytes (`random` permission).
 
 use crate::error::Result;
-use crate::hostcalls;
+use crate::sys;
 
 /// `n` random bytes from the host's CSPRNG.
 ///
 /// Errors: `denied` without the `random` permission; `limit-reached` when `n` is larger than
 /// the host serves in one call (1 MiB).
 pub fn bytes(n: u32) -> Result<Vec<u8>> {
-    hostcalls::random_bytes(n)
+    sys::random_bytes(n)
 }
 
 /// `n` random bytes as lowercase hex (`2 * n` characters), e.g. for request ids.

@@ -40,6 +40,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -50,18 +51,24 @@ from .._errors import PlugboxError, UsageError
 __all__ = [
     "WASM_TARGET",
     "BuildError",
+    "FAILED_SUFFIX",
     "ModuleInterface",
     "RustPlugin",
+    "STALE_SUFFIX",
+    "StaleBuildError",
     "build_rust_plugins",
     "check_module_hooks",
+    "clear_failed_build",
     "custom_sections",
     "find_rust_toolchain",
     "find_wasm_tools",
     "main",
+    "mark_failed_build",
     "module_hooks",
     "module_interface",
     "parse_wat_interface",
     "pin_source_manifests",
+    "stale_build_error",
     "workspace_plugins",
     "wrap_component",
 ]
@@ -83,6 +90,73 @@ _FIX_TOOLCHAIN: Final = (
 
 class BuildError(PlugboxError):
     """A plugin build failed: cargo reported an error, or a built module is missing."""
+
+
+# ------------------------------------------------------------------------- stale after failure
+#
+# Both builds (Python: _pybuild, Rust: _scaffold.build_rust_crate) mark a failed build the
+# same way, and `plugbox call` / the Python harness read the mark through stale_build_error.
+
+#: Suffix of the previous output, moved aside when a build fails (never loaded from there).
+STALE_SUFFIX: Final = ".stale"
+#: Suffix of the record of a failed build, next to where the output belongs.
+FAILED_SUFFIX: Final = ".stale.json"
+
+
+class StaleBuildError(UsageError):
+    """The plugin's last build failed, so its module is stale (moved aside, not called)."""
+
+
+def mark_failed_build(output: Path, plugin: str, plugin_dir: Path, exc: BaseException) -> None:
+    """Record the failed build next to ``output`` and move the previous output aside, so no
+    one loads a module that no longer matches the sources."""
+    previous = None
+    if output.is_file():
+        moved = output.with_name(output.name + STALE_SUFFIX)
+        os.replace(output, moved)
+        previous = moved.name
+    message = str(exc)
+    record = {
+        "plugin": plugin,
+        "plugin_dir": str(plugin_dir),
+        "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "error": type(exc).__name__,
+        "summary": message.splitlines()[0][:500] if message else type(exc).__name__,
+        "message": message[:20_000],
+        "previous_module": previous,
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_name(output.name + FAILED_SUFFIX).write_text(
+        json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
+def clear_failed_build(output: Path) -> None:
+    """Remove what :func:`mark_failed_build` left (after a successful build)."""
+    for suffix in (STALE_SUFFIX, FAILED_SUFFIX):
+        output.with_name(output.name + suffix).unlink(missing_ok=True)
+
+
+def stale_build_error(module_path: Path, plugin: str) -> StaleBuildError | None:
+    """The error to raise when the last build of the module at ``module_path`` failed (a
+    ``<module>.stale.json`` record is next to it), else None."""
+    record_path = module_path.with_name(module_path.name + FAILED_SUFFIX)
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        record = {}
+    moved = record.get("previous_module")
+    fate = (f"the previous {module_path.name} was moved to {moved} and is not called"
+            if moved else f"there is no {module_path.name} from an earlier build")
+    directory = record.get("plugin_dir") or str(module_path.parent)
+    return StaleBuildError(
+        f"plugin {plugin!r}: the build is stale: the last `plugbox build` failed at "
+        f"{record.get('failed_at', '?')} with {record.get('error', 'an error')}: "
+        f"{record.get('summary', '?')}; {fate}. Fix the error and run `plugbox build "
+        f"{directory}` (the failure is recorded in {record_path})",
+        plugin=plugin,
+    )
 
 
 # ----------------------------------------------------------------------------------- toolchain

@@ -51,7 +51,15 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..engine._abispec import ABI_VERSION, SERVICES
-from ._build import BuildError
+from ._build import (
+    FAILED_SUFFIX,
+    STALE_SUFFIX,
+    BuildError,
+    StaleBuildError,
+    clear_failed_build as _clear_failed,
+    mark_failed_build,
+    stale_build_error,
+)
 from .._errors import UsageError
 from .._manifest import MANIFEST_FILENAME, Manifest, load_manifest
 from ..engine._wit import WIT_FILENAME, WIT_WORLD, wit_dir
@@ -79,10 +87,6 @@ ENTRY_MODULE: Final = "plugbox_entry"
 APP_MODULE: Final = "app"
 #: Suffix of the build stamp written next to the output module.
 STAMP_SUFFIX: Final = ".pybuild.json"
-#: Suffix of the previous output, moved aside when a build fails (never loaded from there).
-STALE_SUFFIX: Final = ".stale"
-#: Suffix of the record of a failed build, next to where the output belongs.
-FAILED_SUFFIX: Final = ".stale.json"
 #: Bump when the build's inputs or output format change, so old stamps stop matching.
 _BUILD_FORMAT: Final = 2
 
@@ -486,62 +490,13 @@ def _check_import(
 
 
 # ------------------------------------------------------------------------- stale after failure
-
-
-class StaleBuildError(UsageError):
-    """The plugin's last build failed, so its module is stale (moved aside, not called)."""
+# Shared with the Rust build: plugbox.authoring._build (StaleBuildError, stale_build_error).
 
 
 def _mark_failed(output: Path, plugin: str, plugin_dir: Path, exc: BaseException) -> None:
-    """Record the failed build next to ``output`` and move the previous output aside, so no
-    one loads a module that no longer matches the sources."""
-    previous = None
-    if output.is_file():
-        moved = output.with_name(output.name + STALE_SUFFIX)
-        os.replace(output, moved)
-        previous = moved.name
+    """:func:`mark_failed_build`, dropping this build's stamp too."""
     output.with_name(output.name + STAMP_SUFFIX).unlink(missing_ok=True)
-    message = str(exc)
-    record = {
-        "plugin": plugin,
-        "plugin_dir": str(plugin_dir),
-        "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "error": type(exc).__name__,
-        "summary": message.splitlines()[0][:500] if message else type(exc).__name__,
-        "message": message[:20_000],
-        "previous_module": previous,
-    }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_name(output.name + FAILED_SUFFIX).write_text(
-        json.dumps(record, indent=1) + "\n", encoding="utf-8")
-
-
-def _clear_failed(output: Path) -> None:
-    for suffix in (STALE_SUFFIX, FAILED_SUFFIX):
-        output.with_name(output.name + suffix).unlink(missing_ok=True)
-
-
-def stale_build_error(module_path: Path, plugin: str) -> StaleBuildError | None:
-    """The error to raise when the last build of the module at ``module_path`` failed (a
-    ``<module>.stale.json`` record is next to it), else None."""
-    record_path = module_path.with_name(module_path.name + FAILED_SUFFIX)
-    try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict):
-        record = {}
-    moved = record.get("previous_module")
-    fate = (f"the previous {module_path.name} was moved to {moved} and is not called"
-            if moved else f"there is no {module_path.name} from an earlier build")
-    directory = record.get("plugin_dir") or str(module_path.parent)
-    return StaleBuildError(
-        f"plugin {plugin!r}: the build is stale: the last `plugbox build` failed at "
-        f"{record.get('failed_at', '?')} with {record.get('error', 'an error')}: "
-        f"{record.get('summary', '?')}; {fate}. Fix the error and run `plugbox build "
-        f"{directory}` (the failure is recorded in {record_path})",
-        plugin=plugin,
-    )
+    mark_failed_build(output, plugin, plugin_dir, exc)
 
 
 # ---------------------------------------------------------------------------------- the build

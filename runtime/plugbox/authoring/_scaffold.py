@@ -5,8 +5,8 @@
 with ``PLUGBOX_TEST_BACKEND=component``), ``README.md`` with the exact commands, and a
 ``.gitignore`` for the build outputs. For ``lang="rust"``: ``Cargo.toml``, ``Cargo.lock`` (format
 version 3, which every cargo from 1.63 on reads and keeps), ``src/lib.rs`` (the same two hooks,
-plus a ``cargo test`` unit test of the pure part), ``plugbox.json``, ``README.md`` and
-``.gitignore``.
+a ``cargo test`` unit test of the pure part and tests of the hooks through the SDK's native
+harness, ``plugbox_sdk::testing``), ``plugbox.json``, ``README.md`` and ``.gitignore``.
 
 :func:`build_rust_crate` builds such a single-crate Rust plugin for ``plugbox build``: cargo for
 ``wasm32-unknown-unknown`` (toolchain found by :func:`plugbox.authoring._build.find_rust_toolchain`), the
@@ -30,7 +30,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Literal
 
-from ._build import WASM_TARGET, BuildError, check_module_hooks, find_rust_toolchain
+from ._build import (
+    WASM_TARGET,
+    BuildError,
+    check_module_hooks,
+    clear_failed_build,
+    find_rust_toolchain,
+    mark_failed_build,
+)
 from .._errors import UsageError
 from .._manifest import MANIFEST_FILENAME, load_manifest
 from ._pybuild import _write_manifest_sha
@@ -253,11 +260,45 @@ hooks! {{
 #[cfg(test)]
 mod tests {{
     use super::*;
+    use plugbox_sdk::testing::Harness;
 
     #[test]
     fn greets_by_name() {{
         assert_eq!(greeting(" Ada ").unwrap(), "Hello, Ada!");
         assert_eq!(greeting("").unwrap_err().kind(), "invalid-input");
+    }}
+
+    /// The hooks as the host calls them (on-init, then on-hook), against the SDK's fake host,
+    /// which grants exactly what plugbox.json requests.
+    #[test]
+    fn hooks_through_the_harness() {{
+        let plugin = Harness::manifest(env!("CARGO_MANIFEST_DIR"))
+            .start()
+            .unwrap();
+        assert_eq!(plugin.call("echo", b"any bytes").unwrap(), b"any bytes");
+        let out = plugin
+            .call_json("greet", &Value::object([("name", "Ada")]))
+            .unwrap();
+        assert_eq!(out["greeting"].as_str(), Some("Hello, Ada!"));
+        assert_eq!(plugin.logs()[0].message, "greeting Ada");
+        let err = plugin
+            .call_json("greet", &Value::object([("name", "")]))
+            .unwrap_err();
+        assert_eq!(err.kind(), "invalid-input");
+    }}
+
+    /// Without the `log` permission the records are dropped (and counted as denied).
+    #[test]
+    fn logging_needs_the_log_permission() {{
+        let plugin = Harness::manifest(env!("CARGO_MANIFEST_DIR"))
+            .withhold("log")
+            .start()
+            .unwrap();
+        plugin
+            .call_json("greet", &Value::object([("name", "Ada")]))
+            .unwrap();
+        assert!(plugin.logs().is_empty());
+        assert_eq!(plugin.denied(), ["log"]);
     }}
 }}
 """
@@ -281,6 +322,8 @@ plugbox repository finds or installs one). From the directory that holds `{name}
 $ cargo test --offline --manifest-path {name}/Cargo.toml
 ...
 test tests::greets_by_name ... ok
+test tests::hooks_through_the_harness ... ok
+test tests::logging_needs_the_log_permission ... ok
 $ plugbox build {name}
 cargo build --offline --release --target wasm32-unknown-unknown (0.0 s)
 ...
@@ -291,6 +334,11 @@ $ plugbox call {name} greet --text '{{"name": "Ada"}}'
 $ plugbox call {name} echo --text 'any bytes'
 any bytes
 ```
+
+`cargo test` runs natively: `plugbox_sdk::testing::Harness` calls the hooks through the same
+init and dispatch as the wasm exports, with the host services served by an in-memory fake host
+that grants exactly what `plugbox.json` requests (a service it does not request answers
+`denied`, with the runtime's message); see the SDK's README, "Testing".
 
 `plugbox build` picks a toolchain that has the wasm32 standard library, runs cargo, copies the
 module to `plugin.wasm`, writes its sha256 into `plugbox.json`, and fails if the hooks
@@ -324,6 +372,9 @@ version = "{sdk_version}"
 _RS_GITIGNORE: Final = """\
 /target/
 *.wasm
+# Left by a failed `plugbox build` (the previous module and the failure's record).
+*.wasm.stale
+*.wasm.stale.json
 """
 
 
@@ -431,6 +482,36 @@ def new_plugin(
 # --------------------------------------------------------------------------------- rust builds
 
 
+def _cargo_build(cmd: list[str], crate_dir: Path, env: dict[str, str], timeout: float,
+                 plugin: str, built: Path) -> bytes:
+    """Run the cargo build ``cmd``; the module's bytes.
+
+    Raises:
+        BuildError: cargo failed or timed out, or did not write ``built``.
+    """
+    try:
+        proc = subprocess.run(cmd, cwd=crate_dir, env=env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        raise BuildError(f"cargo build of {crate_dir} took longer than {timeout:g}s",
+                         plugin=plugin) from exc
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        # The first compiler error leads, so one-line summaries (the stale-build notice) say
+        # what broke.
+        first = next((line.strip() for line in lines if line.startswith("error")), None)
+        tail = "\n".join(lines[-40:])
+        raise BuildError(
+            f"cargo build of {crate_dir} failed (exit {proc.returncode})"
+            f"{': ' + first if first else ''}\n  {' '.join(cmd)}\n{tail}",
+            plugin=plugin,
+        )
+    if not built.is_file():
+        raise BuildError(f"cargo built {crate_dir} but {built} is missing: is the crate a "
+                         "cdylib?", plugin=plugin)
+    return built.read_bytes()
+
+
 def build_rust_crate(
     path: Path,
     *,
@@ -448,7 +529,11 @@ def build_rust_crate(
         ManifestError: the manifest is missing or invalid.
         UsageError: no Cargo.toml or no wasm32 toolchain.
         BuildError: cargo failed, or the hooks the module registers (its ``plugbox:hooks``
-            section) differ from the manifest's ``hooks``; nothing is written then.
+            section) differ from the manifest's ``hooks``. The previous module is then moved
+            to ``<module>.stale`` and the failure recorded in ``<module>.stale.json``
+            (:func:`plugbox.authoring._build.mark_failed_build`, as for Python plugins), so
+            ``plugbox call`` reports the build as stale instead of running the old module;
+            the next successful build removes both.
     """
     import time
 
@@ -471,28 +556,21 @@ def build_rust_crate(
     target_dir = Path(env.get("CARGO_TARGET_DIR") or crate_dir / "target")
     cmd = [cargo, "build", "--offline", "--release", "--target", WASM_TARGET,
            "--manifest-path", str(cargo_toml)]
+    dest_root = crate_dir if out_dir is None else Path(out_dir).resolve()
+    dest = dest_root / manifest.module_path.relative_to(crate_dir)
     report(f"cargo build --offline --release --target {WASM_TARGET} "
            f"({time.monotonic() - started:.1f} s)")
     try:
-        proc = subprocess.run(cmd, cwd=crate_dir, env=env, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        raise BuildError(f"cargo build of {crate_dir} took longer than {timeout:g}s") from exc
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-40:])
-        raise BuildError(
-            f"cargo build of {crate_dir} failed (exit {proc.returncode}):\n  {' '.join(cmd)}\n"
-            f"{tail}",
-            plugin=manifest.name,
-        )
-    built = target_dir / WASM_TARGET / "release" / f"{lib}.wasm"
-    if not built.is_file():
-        raise BuildError(f"cargo built {crate_dir} but {built} is missing: is the crate a cdylib?")
-    data = built.read_bytes()
-    check_module_hooks(manifest.name, data, list(manifest.hooks))
+        data = _cargo_build(cmd, crate_dir, env, timeout, manifest.name,
+                            target_dir / WASM_TARGET / "release" / f"{lib}.wasm")
+        check_module_hooks(manifest.name, data, list(manifest.hooks))
+    except BuildError as exc:
+        # As the Python build does: the old module no longer matches the sources, so it is
+        # moved aside and `plugbox call` says the build is stale instead of running it.
+        mark_failed_build(dest, manifest.name, crate_dir, exc)
+        raise
+    clear_failed_build(dest)
     digest = hashlib.sha256(data).hexdigest()
-    dest_root = crate_dir if out_dir is None else Path(out_dir).resolve()
-    dest = dest_root / manifest.module_path.relative_to(crate_dir)
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(data)
     _write_manifest_sha(manifest.path, dest_root / MANIFEST_FILENAME, digest)

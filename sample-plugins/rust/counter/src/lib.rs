@@ -130,3 +130,84 @@ hooks! {
     "counter.list" => json::handler(list),
     "counter.reset" => json::handler(reset),
 }
+
+// Native tests (`cargo test`): the hooks called as the host calls them, against the SDK's fake
+// host, which grants what plugbox.json requests. (Kept at the end of the file: code above
+// keeps its line numbers, so the wasm module and its pinned sha256 do not change.)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugbox_sdk::testing::Harness;
+
+    fn named(name: &str) -> Value {
+        Value::object([("name", name)])
+    }
+
+    #[test]
+    fn incr_get_list_reset() {
+        let plugin = Harness::manifest(env!("CARGO_MANIFEST_DIR"))
+            .start()
+            .unwrap();
+        let hits = Value::object([("name", Value::from("hits")), ("by", Value::from(2))]);
+        let out = plugin.call_json("counter.incr", &hits).unwrap();
+        assert_eq!(
+            (out["value"].as_i64(), out["previous"].as_i64()),
+            (Some(2), Some(0))
+        );
+        plugin.call_json("counter.incr", &named("hits")).unwrap();
+        let got = plugin.call_json("counter.get", &named("hits")).unwrap();
+        assert_eq!(got["value"].as_i64(), Some(3));
+        assert!(got["updated_at"].as_u64().unwrap() > 0, "clock is granted");
+        let listed = plugin.call_json("counter.list", &Value::Null).unwrap();
+        assert_eq!(listed["counters"].to_json(), r#"{"hits":3}"#);
+        assert_eq!(
+            plugin.kv_get("count/hits"),
+            Some(3i64.to_le_bytes().to_vec())
+        );
+
+        let reset = plugin.call_json("counter.reset", &named("hits")).unwrap();
+        assert_eq!(reset["existed"].as_bool(), Some(true));
+        let events = plugin.events();
+        assert_eq!(events.len(), 3);
+        assert!(events.iter().all(|e| e.topic == TOPIC));
+        assert_eq!(
+            events[2].json().unwrap().to_json(),
+            r#"{"name":"hits","value":0,"previous":3}"#
+        );
+    }
+
+    #[test]
+    fn quota_and_permissions_are_the_manifests() {
+        let plugin = Harness::manifest(env!("CARGO_MANIFEST_DIR"))
+            .withhold("events")
+            .start()
+            .unwrap();
+        let err = plugin
+            .call_json("counter.incr", &named("hits"))
+            .unwrap_err();
+        assert_eq!(
+            err,
+            Error::denied(
+                "events: permission not granted; add \"events\" to permissions in plugbox.json"
+            )
+        );
+        // quota_keys is 200 and each counter takes two keys (count/ and updated/).
+        let plugin = Harness::manifest(env!("CARGO_MANIFEST_DIR"))
+            .start()
+            .unwrap();
+        for i in 0..100 {
+            plugin
+                .call_json("counter.incr", &named(&format!("c{}", i)))
+                .unwrap();
+        }
+        let err = plugin
+            .call_json("counter.incr", &named("one-too-many"))
+            .unwrap_err();
+        assert_eq!(err.kind(), "limit-reached");
+        assert!(
+            err.message().starts_with("kv: quota of 200 keys reached"),
+            "{}",
+            err
+        );
+    }
+}
