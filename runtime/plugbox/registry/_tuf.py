@@ -183,8 +183,9 @@ class TufRepository:
         ``offline_root_dir`` when given (move it to offline storage: it is needed only to
         rotate keys, :meth:`rotate_root_key`), else to ``tuf_dir/keys``. ``lifetimes``
         overrides :data:`DEFAULT_LIFETIMES` (seconds per role)."""
-        from securesystemslib.signer import CryptoSigner
-        from tuf.api.metadata import Delegations, Metadata, Root, Targets
+        from securesystemslib.signer._crypto_signer import CryptoSigner
+        from tuf.api.metadata import Metadata
+        from tuf.api._payload import Delegations, Root, Targets
 
         tuf_dir = Path(tuf_dir)
         if tuf_dir.exists() and any(tuf_dir.iterdir()):
@@ -259,7 +260,7 @@ class TufRepository:
 
     def _signer(self, role: str, base: Path | None = None) -> Any:
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
-        from securesystemslib.signer import CryptoSigner
+        from securesystemslib.signer._crypto_signer import CryptoSigner
 
         if base is None:
             base = self._root_dir if role == "root" else self._keys_dir
@@ -272,7 +273,7 @@ class TufRepository:
                 f"the {role} key {path} is unreadable ({exc})"
                 + ("; the root key may be offline: pass offline_root_dir" if role == "root"
                    else ""), path=str(path)) from None
-        return CryptoSigner(key)  # type: ignore[arg-type]
+        return CryptoSigner(key)
 
     def _expiry(self, role: str) -> _dt.datetime:
         kind = "delegated" if role.startswith("pub-") else role
@@ -282,7 +283,8 @@ class TufRepository:
                  ) -> None:
         """Bump, re-sign and store the targets-type roles in ``changed``, then a new snapshot
         and timestamp (lock held)."""
-        from tuf.api.metadata import Metadata, MetaFile, Snapshot, Timestamp
+        from tuf.api.metadata import Metadata
+        from tuf.api._payload import MetaFile, Snapshot, Timestamp
 
         signers = dict(signers or {})
 
@@ -320,7 +322,7 @@ class TufRepository:
         self._store("timestamp", timestamp)
 
     def _write_target(self, target_path: str, data: bytes) -> Any:
-        from tuf.api.metadata import TargetFile
+        from tuf.api._payload import TargetFile
 
         info = TargetFile.from_data(target_path, data, ["sha256"])
         directory, _, base = target_path.rpartition("/")
@@ -362,8 +364,9 @@ class TufRepository:
     def _delegation(self, targets: Any, publisher: str) -> tuple[Any, Any]:
         """The delegated role of ``publisher`` in ``targets`` and its metadata (both created,
         with a new key, for a new publisher; lock held)."""
-        from securesystemslib.signer import CryptoSigner
-        from tuf.api.metadata import DelegatedRole, Metadata, Targets
+        from securesystemslib.signer._crypto_signer import CryptoSigner
+        from tuf.api.metadata import Metadata
+        from tuf.api._payload import DelegatedRole, Targets
 
         role = publisher_role(publisher)
         existing = targets.delegations.roles.get(role)
@@ -469,7 +472,7 @@ class TufRepository:
         """Sign a new timestamp (call it well within the timestamp lifetime, e.g. hourly);
         the snapshot, targets and delegated roles are re-signed too when less than half of
         their lifetime is left."""
-        from tuf.api.metadata import MetaFile
+        from tuf.api._payload import MetaFile
 
         try:
             with self._locked():
@@ -503,7 +506,7 @@ class TufRepository:
         and by the new one. ``old_root_dir`` holds the current root key (default: the one
         this repository was opened with). Returns the new root version. Clients move to the
         new root on their next refresh (they walk ``N+1.root.json``)."""
-        from securesystemslib.signer import CryptoSigner
+        from securesystemslib.signer._crypto_signer import CryptoSigner
 
         old = self._signer("root", Path(old_root_dir) if old_root_dir else None)
         new = CryptoSigner.generate_ed25519()
