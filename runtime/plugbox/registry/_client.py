@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import resolvelib
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
@@ -339,7 +340,7 @@ class _Req:
     parent: str | None  # who wants it ("name version"), None: the command
 
 
-class _Provider:
+class _Provider(resolvelib.AbstractProvider[_Req, Candidate, str]):
     """resolvelib's provider over the registries' compatible versions and the installed
     plugins (preferred for dependencies, so they move only when they must)."""
 
@@ -672,8 +673,6 @@ class RegistryClient:
         first, with resolvelib; and warnings. Installed plugins count (their pins and their
         own requirements hold); ``upgrade`` names those that should move to their newest
         fitting version. :class:`ResolutionError` explains a conflict."""
-        import resolvelib
-
         installed = self._installed()
         roots = []
         for text in requirements:
@@ -689,7 +688,7 @@ class RegistryClient:
                         roots.append(_Req(dep, SpecifierSet(spec),
                                           f"{info.name} {info.version} (installed)"))
         provider = _Provider(self.versions, installed, {*wanted, *upgrade})
-        resolver: Any = resolvelib.Resolver(provider, resolvelib.BaseReporter())  # type: ignore[arg-type]
+        resolver: Any = resolvelib.Resolver(provider, resolvelib.BaseReporter())
         try:
             result = resolver.resolve(roots, max_rounds=500)
         except resolvelib.ResolutionImpossible as exc:
