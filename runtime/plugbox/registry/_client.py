@@ -407,13 +407,18 @@ class _Provider(resolvelib.AbstractProvider[_Req, Candidate, str]):
 class RegistryClient:
     """The registries configured for the host state dir ``state_dir`` and the operations
     over them. ``host`` (optional for configuration) is the :class:`plugbox.PluginHost`
-    plugins are installed into, through its lifecycle."""
+    plugins are installed into, through its lifecycle. ``strict_points``: see
+    :func:`incompatibility`. ``before_install(path)`` is called with each downloaded,
+    verified package before the lifecycle installs it (the CLI declares stand-in points
+    there)."""
 
     def __init__(self, state_dir: str | os.PathLike[str], host: PluginHost | None = None, *,
-                 strict_points: bool = True) -> None:
+                 strict_points: bool = True,
+                 before_install: Callable[[Path], None] | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.host = host
         self.strict_points = strict_points
+        self.before_install = before_install
         self._dir = self.state_dir / "registries"
         self._updaters: dict[str, Any] = {}
         self._indexes: dict[str, dict[str, Any]] = {}
@@ -780,8 +785,8 @@ class RegistryClient:
         download each package verified by TUF, then install or upgrade it through the host's
         lifecycle (its verification and trust policy, consent with ``allow`` for new
         permissions, automatic rollback), dependencies first."""
-        self.refresh()
         name, _ = parse_requirement(requirement)
+        self.refresh()
         chosen, warnings = self.resolve([requirement], upgrade=[name])
         for w in warnings:
             _log.warning("%s", w)
@@ -794,6 +799,8 @@ class RegistryClient:
         actions: list[dict[str, Any]] = []
         for cand in chosen:
             path = self._download(cand)
+            if self.before_install is not None:
+                self.before_install(path)
             installed = {i.name: i for i in host.installed()}
             current = installed.get(cand.name)
             if current is None:
