@@ -404,3 +404,19 @@ def test_a_root_that_is_not_self_signed_is_refused_when_adding(tmp_path: Path,
 
 
 
+
+
+def test_superseded_metadata_and_index_files_are_pruned_after_the_grace_period(
+        repo: TufRepository, server: TufServer, tmp_path: Path) -> None:
+    for i in range(6):
+        publish(repo, "alice", package(tmp_path / "src", "alpha", f"1.0.{i}"))
+    assert (repo.metadata_dir / "1.targets.json").exists()  # within the grace period: kept
+    repo.keep_seconds = 0
+    publish(repo, "alice", package(tmp_path / "src", "alpha", "1.0.9"))
+    version = meta(repo, "targets")["signed"]["version"]
+    names = {p.name for p in repo.metadata_dir.iterdir()}
+    assert "1.targets.json" not in names and f"{version}.targets.json" in names
+    assert "1.root.json" in names  # roots are all kept
+    assert len(list(repo.targets_dir.glob("*.index.json"))) == 1
+    client = client_for(tmp_path / "state", server)
+    assert [c.version for c in client.versions("alpha")][0] == "1.0.9"
