@@ -300,3 +300,18 @@ def test_a_rust_plugin_installed_upgraded_and_rolled_back_from_the_registry(
     hosted = host.get("word-stats")
     assert hosted is not None
     assert hosted.plugin.call_json("text.stats", {"text": "x y"})["words"] == 2
+
+
+def test_upgrading_a_plugin_upgrades_the_dependency_its_new_version_needs_first(
+        repo: TufRepository, client: RegistryClient, host: plugbox.PluginHost,
+        tmp_path: Path) -> None:
+    pub(repo, tmp_path, "alpha", "1.0.0")
+    pub(repo, tmp_path, "beta", "1.0.0", requires={"alpha": ">=1"})
+    client.install("beta")
+    pub(repo, tmp_path, "alpha", "1.1.0")
+    pub(repo, tmp_path, "alpha", "1.2.0", abi="1.9")  # not runnable here: never chosen
+    pub(repo, tmp_path, "beta", "1.1.0", requires={"alpha": ">=1.1"})
+    result = client.upgrade("beta")
+    assert [(a["plugin"], a["from"], a["to"], a["status"]) for a in result.actions] == [
+        ("alpha", "1.0.0", "1.1.0", "upgraded"), ("beta", "1.0.0", "1.1.0", "upgraded")]
+    assert sorted(echo(host)) == ["alpha 1.1.0", "beta 1.1.0"]

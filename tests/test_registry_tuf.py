@@ -260,13 +260,18 @@ def test_rollback_to_an_older_timestamp_is_refused(
 
 
 def test_freeze_on_expired_metadata_is_refused(tmp_path: Path) -> None:
-    repo = TufRepository.init(tmp_path / "tuf", lifetimes={"timestamp": 2})
+    import calendar
+
+    repo = TufRepository.init(tmp_path / "tuf", lifetimes={"timestamp": 4})
     publish(repo, "alice", package(tmp_path / "src", "alpha", "1.0.0"))
     srv = TufServer(repo)
     try:
         client = client_for(tmp_path / "state", srv)
         client.refresh()
-        time.sleep(2.5)  # nobody refreshes the timestamp: the mirror is frozen
+        expires = calendar.timegm(time.strptime(meta(repo, "timestamp")["signed"]["expires"],
+                                                "%Y-%m-%dT%H:%M:%SZ"))
+        # Nobody refreshes the timestamp: the mirror is frozen.
+        time.sleep(max(0.0, expires - time.time()) + 0.5)
         with pytest.raises(FreezeAttackError, match="expired"):
             client.refresh()
         repo.refresh_timestamp()

@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -544,7 +545,7 @@ class RegistryClient:
         if info.length > cap:
             raise EndlessDataError(f"registry {registry!r}: {target} is {info.length} bytes, "
                                    f"more than the {cap} allowed; refused", registry=registry)
-        dest = self._dir / registry / "targets" / "download.tmp"
+        dest = self._dir / registry / "targets" / f".download-{uuid.uuid4().hex}"
         with _tuf_errors(registry, f"download {target}"):
             cached = updater.find_cached_target(info)
             path = cached or updater.download_target(info, str(dest))
@@ -685,8 +686,8 @@ class RegistryClient:
             roots.append(_Req(req_name, req_spec, None))
         wanted = {r.name for r in roots}
         for info in installed.values():  # what installed plugins require of each other holds
-            if info.name in wanted and info.name not in upgrade:
-                continue
+            if info.name in wanted or info.name in upgrade:
+                continue  # the version chosen for it brings its own requirements
             for dep, spec in info.requires.items():
                 with contextlib.suppress(InvalidSpecifier):
                     if dep in installed or dep in wanted:
