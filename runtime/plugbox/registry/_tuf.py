@@ -67,7 +67,7 @@ _TARGET_RE: Final = re.compile(r"plugins/([a-z][a-z0-9._-]{0,63})/([A-Za-z0-9._+
 #: Superseded metadata versions, index and listing files are kept at least this long (seconds)
 #: and the newest _KEEP_VERSIONS of each role, so that a client in the middle of a refresh
 #: still finds what the snapshot it read names; older ones are deleted as the repository moves.
-KEEP_SECONDS: Final = 600
+KEEP_SECONDS: Final = 120
 _KEEP_VERSIONS: Final = 3
 _VERSIONED_RE: Final = re.compile(r"(\d+)\.(.+)\.json")
 #: Bounds on what callers hand the repository.
@@ -500,8 +500,9 @@ class TufRepository:
                 doc = self.index()
                 entry = doc["plugins"].setdefault(name, {"publisher": self.owner_of(name),
                                                          "versions": {}})
-                entry["listing"] = path
-                self._write_index(targets, doc)
+                if entry.get("listing") != path:  # else the index is unchanged
+                    entry["listing"] = path
+                    self._write_index(targets, doc)
                 self._publish({"targets": targets})
         except OSError as exc:
             raise self._disk_error(exc) from None
@@ -585,7 +586,9 @@ class TufRepository:
         doc = self.index()
         entry = doc["plugins"].setdefault(name, {"publisher": publisher, "versions": {}})
         entry["publisher"] = publisher
-        custom = info.unrecognized_fields.get("custom") or {}
+        custom = dict(info.unrecognized_fields.get("custom") or {})
+        # The signatures stay in the delegated target's custom: the index is for choosing.
+        custom.pop("signatures", None)
         version = str((custom.get("manifest") or {}).get("version") or
                       target_path.rsplit("/", 1)[1])
         entry["versions"][version] = {"target": target_path, "length": info.length,
