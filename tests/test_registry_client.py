@@ -315,3 +315,21 @@ def test_upgrading_a_plugin_upgrades_the_dependency_its_new_version_needs_first(
     assert [(a["plugin"], a["from"], a["to"], a["status"]) for a in result.actions] == [
         ("alpha", "1.0.0", "1.1.0", "upgraded"), ("beta", "1.0.0", "1.1.0", "upgraded")]
     assert sorted(echo(host)) == ["alpha 1.1.0", "beta 1.1.0"]
+
+
+def test_a_python_plugin_installed_from_the_registry(
+        repo: TufRepository, client: RegistryClient, host: plugbox.PluginHost,
+        tmp_path: Path) -> None:
+    """py-echo, built from source with componentize-py (cached like built_samples)."""
+    from plugbox.authoring import _pybuild
+    from plugbox.trust._package import write_package
+    from tests.conftest import REPO
+
+    module = _pybuild.build_python_plugin(REPO / "sample-plugins" / "python" / "echo",
+                                          out_dir=REPO / ".build" / "pytest-pybuild" / "py-echo")
+    write_package(module.parent, tmp_path / "py-echo.plugbox")
+    publish(repo, "team", (tmp_path / "py-echo.plugbox").read_bytes())
+    assert client.search("payload unchanged")[0]["name"] == "py-echo"
+    assert client.install("py-echo").ok
+    hosted = host.get("py-echo")
+    assert hosted is not None and hosted.plugin.call("echo", b"hello") == b"hello"
