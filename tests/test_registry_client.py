@@ -157,6 +157,11 @@ def test_outdated_upgrade_and_pins_hold(
     with pytest.raises(LifecycleError, match="pinned"):
         client.upgrade("beta")
     assert sorted(echo(host)) == ["alpha 1.1.0", "beta 1.0.0"]
+    # A scheduled check with the auto-upgrade policy does not move a pin either.
+    pub(repo, tmp_path, "alpha", "1.2.0")
+    notices = {n.plugin: n for n in client.check_updates(upgrade=True)}
+    assert notices["alpha"].upgraded == "upgraded" and notices["beta"].upgraded is None
+    assert host.info("alpha").version == "1.2.0" and host.info("beta").version == "1.0.0"
 
 
 def test_upgrade_asks_consent_for_new_permissions(

@@ -180,7 +180,9 @@ class UpdateNotice:
     """One finding of :meth:`RegistryClient.check_updates`: ``kind`` ``update`` (``available``
     is newer, compatible and not yanked; ``pinned`` says whether the pin holds it) or
     ``advisory`` (``advisory`` affects the installed version; ``disabled`` when the policy
-    disabled the plugin)."""
+    disabled the plugin). ``upgraded``: the lifecycle status of the upgrade a check with
+    ``upgrade=True`` made (``upgraded``, ``needs-consent``, ``rolled-back``, ``failed: ...``),
+    None when it made none."""
 
     kind: str
     plugin: str
@@ -189,13 +191,14 @@ class UpdateNotice:
     pinned: bool = False
     advisory: Advisory | None = None
     disabled: bool = False
+    upgraded: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form."""
         return {"kind": self.kind, "plugin": self.plugin, "installed": self.installed,
                 "available": self.available, "pinned": self.pinned,
                 "advisory": self.advisory.to_json() if self.advisory else None,
-                "disabled": self.disabled}
+                "disabled": self.disabled, "upgraded": self.upgraded}
 
 
 # -- TUF errors ---------------------------------------------------------------------------------
@@ -875,18 +878,29 @@ class RegistryClient:
         return out
 
     def check_updates(self, *, emit: Callable[[UpdateNotice], None] | None = None,
-                      disable_affected: bool = False, actor: str | None = "registry-check"
-                      ) -> list[UpdateNotice]:
+                      disable_affected: bool = False, upgrade: bool = False,
+                      actor: str | None = "registry-check") -> list[UpdateNotice]:
         """One update check (what :func:`schedule_update_checks` runs): an
         :class:`UpdateNotice` per available update and per advisory affecting an installed
-        version, each passed to ``emit`` too. It installs nothing (pins hold trivially);
-        with ``disable_affected`` (a host policy) a plugin whose installed version an
-        advisory affects is disabled."""
+        version, each passed to ``emit`` too. By default it installs nothing. Host policies:
+        with ``upgrade`` the plugins that are not pinned are upgraded (without consent for
+        new permissions: those stay at ``needs-consent``; ``upgraded`` on the notice says
+        what happened), pinned ones never; with ``disable_affected`` a plugin whose
+        installed version an advisory affects is disabled."""
         host = self._need_host()
         notices = []
         for row in self.outdated():
+            status = None
+            if upgrade and not row["pinned"]:
+                try:
+                    result = self.upgrade(row["name"], actor=actor)
+                    status = next((a["status"] for a in result.actions
+                                   if a["plugin"] == row["name"]), "unchanged")
+                except PlugboxError as exc:
+                    status = f"failed: {exc}"
             notices.append(UpdateNotice("update", row["name"], row["installed"],
-                                        available=row["latest"], pinned=row["pinned"]))
+                                        available=row["latest"], pinned=row["pinned"],
+                                        upgraded=status))
         for hit in self.audit():
             adv = Advisory(**hit["advisory"])
             disabled = False
@@ -908,7 +922,8 @@ class RegistryClient:
 
 def schedule_update_checks(client: RegistryClient, interval_s: float, *,
                            emit: Callable[[UpdateNotice], None],
-                           disable_affected: bool = False) -> Callable[[], None]:
+                           disable_affected: bool = False, upgrade: bool = False
+                           ) -> Callable[[], None]:
     """Run :meth:`RegistryClient.check_updates` every ``interval_s`` seconds on a daemon
     thread (the first at once); a failing check is logged and retried at the next interval.
     Returns a function that stops it."""
@@ -919,7 +934,8 @@ def schedule_update_checks(client: RegistryClient, interval_s: float, *,
     def loop() -> None:
         while not stop.is_set():
             try:
-                client.check_updates(emit=emit, disable_affected=disable_affected)
+                client.check_updates(emit=emit, disable_affected=disable_affected,
+                                     upgrade=upgrade)
             except PlugboxError as exc:
                 _log.warning("scheduled update check failed: %s", exc)
             stop.wait(interval_s)
