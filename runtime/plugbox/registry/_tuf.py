@@ -225,6 +225,7 @@ class TufRepository:
                 root_md.sign(signers["root"])
                 repo._store("root", root_md)
                 targets_md = Metadata(targets)
+                repo._write_index(targets_md, {"plugins": {}})  # an empty registry lists nothing
                 repo._publish({"targets": targets_md}, signers)
         except OSError as exc:
             raise RepositoryStateError(f"cannot create the TUF repository in {tuf_dir}: {exc}",
