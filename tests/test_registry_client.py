@@ -64,7 +64,8 @@ def pub(repo: TufRepository, tmp_path: Path, name: str, version: str, publisher:
 
 
 def test_search_offers_only_versions_the_host_can_run(
-        repo: TufRepository, client: RegistryClient, tmp_path: Path) -> None:
+        repo: TufRepository, client: RegistryClient, server: TufServer,
+        tmp_path: Path) -> None:
     pub(repo, tmp_path, "alpha", "1.0.0", description="echoes its version")
     pub(repo, tmp_path, "alpha", "2.0.0", abi="1.9")  # an ABI newer than this host's
     pub(repo, tmp_path, "beta", "1.0.0", host=">=99")  # a plugbox that does not exist yet
@@ -74,6 +75,8 @@ def test_search_offers_only_versions_the_host_can_run(
     hits = client.search("")
     assert [(h["name"], h["version"]) for h in hits] == [("alpha", "1.0.0")]
     assert client.search("GREET")[0]["name"] == "alpha"
+    # One signed index answers a search: no listing is downloaded for it.
+    assert not [r for r in server.requests if "/listings/" in r]
     assert client.search("nothing-like-it") == []
     reasons = {c.version: c.incompatible for c in client.versions("alpha")}
     assert reasons["1.0.0"] is None and "needs ABI 1.9" in str(reasons["2.0.0"])

@@ -628,6 +628,8 @@ class RegistryClient:
         """Plugins whose name, description or tags contain ``text`` (case-insensitive; ""
         lists all) and that have a version this host can run: one entry per plugin with its
         newest such version."""
+        if not isinstance(text, str) or len(text) > 1000:
+            raise UsageError("the search text must be a string of at most 1000 characters")
         self.refresh()
         needle = text.lower().strip()
         seen: set[str] = set()
@@ -642,11 +644,11 @@ class RegistryClient:
                 if not usable:
                     continue
                 best = usable[0]
-                listing = self.listing(name) or {}
-                description = str(listing.get("description") or
+                entry = self._index(reg.name)["plugins"][name]
+                description = str(entry.get("description") or
                                   best.manifest.get("description") or "")
-                tags = [str(t) for t in (listing.get("tags") or best.manifest.get("tags")
-                                         or [])][:32]
+                raw_tags = entry.get("tags") or best.manifest.get("tags") or []
+                tags = [str(t) for t in raw_tags][:32] if isinstance(raw_tags, list) else []
                 haystack = " ".join([name, description, *tags]).lower()
                 if needle in haystack:
                     hits.append({"name": name, "version": best.version, "registry": reg.name,
