@@ -1,0 +1,1 @@
+"""plugbox.registry: the plugin registry server, its TUF metadata and its client."""
