@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "authoring": {"abi", "model"},
     "host": {"abi", "model", "services", "engine", "trust", "plugin", "runtime"},
     "monitor": {"abi", "model", "services", "engine", "trust", "plugin", "runtime", "host"},
-    "registry": {"abi", "model", "trust"},
+    "registry": {"abi", "model", "services", "engine", "trust", "plugin", "runtime", "host"},
     "cli": {"abi", "model", "services", "engine", "trust", "plugin", "runtime", "authoring",
             "host", "monitor", "registry"},
     "web": {"abi", "model", "services", "engine", "trust", "plugin", "runtime", "host",

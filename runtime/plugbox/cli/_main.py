@@ -40,6 +40,7 @@ from ._discover import add_discover
 from ._doctor import add_doctor
 from ._dev import add_dev
 from ._plugins import add_plugins
+from ._registry import add_registry
 from .._errors import (
     CapabilityError,
     GuestError,
@@ -1420,6 +1421,7 @@ _COMMANDS: Final[tuple[Callable[[Any], None], ...]] = (
     add_dev,
     add_plugins,
     add_doctor,
+    add_registry,
 )
 
 
