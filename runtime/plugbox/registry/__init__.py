@@ -3,7 +3,8 @@ plugins, with publishers' keys, yanks, advisories, reviews and TUF metadata
 (docs/registry.md). The server needs the ``plugbox[registry]`` extra (Starlette, uvicorn).
 
 :class:`Registry` is the state and its operations; :func:`create_app` its ASGI application;
-:func:`init_registry` creates a registry directory; :func:`serve` runs it under uvicorn."""
+:func:`init_registry` creates a registry directory; :func:`serve` runs it under uvicorn.
+The TUF repository is ``_tuf.TufRepository``, the client ``_client.RegistryClient``."""
 
 from __future__ import annotations
 
