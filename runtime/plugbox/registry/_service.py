@@ -370,6 +370,13 @@ class Registry:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 yield self.tuf
+            except RegistryError:
+                raise
+            except OSError as exc:
+                raise self._storage_error(exc, "writing the TUF metadata") from None
+            except PlugboxError as exc:
+                raise RegistryError(500, "tuf", f"the registry's TUF repository refused the "
+                                    f"change: {exc.message}", plugin=exc.plugin) from None
             finally:
                 os.close(fd)
 
@@ -703,8 +710,7 @@ class Registry:
             raise self._storage_error(exc, "storing the package") from None
         renamed.append(True)
         try:
-            custom = self._custom(facts, pkg.signatures, pkg.signers, yanked=False, reason=None,
-                                  publisher=actor.name)
+            custom = self._custom(pkg.data, yanked=False, reason=None)
             with self._tuf_locked() as tuf:
                 tuf.add_target(actor.name, target_path(name, version), pkg.data, custom)
                 tuf.set_listing(name, self._listing(tx, name))
@@ -719,16 +725,17 @@ class Registry:
         return self._version_doc_tx(tx, name, version)
 
     @staticmethod
-    def _custom(facts: dict[str, Any], signatures: Mapping[str, str],
-                signers: Sequence[Mapping[str, Any]], *, yanked: bool, reason: str | None,
-                publisher: str) -> dict[str, Any]:
-        return {"plugbox": {"manifest": facts, "signatures": dict(signatures),
-                            "signers": [dict(s) for s in signers], "publisher": publisher,
-                            "yanked": yanked, "yank_reason": reason}}
+    def _custom(data: bytes, *, yanked: bool, reason: str | None) -> dict[str, Any]:
+        """A target's TUF ``custom``: the manifest facts, the author's signatures, the yank."""
+        from ._tuf import package_custom
+
+        return package_custom(data, yanked=yanked, yank_reason=reason)
 
     def _listing(self, tx: Tx, name: str) -> bytes:
         """The signed listing of ``name`` (TUF target ``listings/<name>.json``): its versions
         with yank state, and its advisories."""
+        plugin = tx.execute("SELECT owner, description, tags FROM reg_plugins WHERE name = ?",
+                            (name,)).fetchone()
         versions = tx.execute("SELECT version, sha256, yanked, yank_reason FROM reg_versions "
                               "WHERE name = ?", (name,)).fetchall()
         advisories = tx.execute("SELECT id, affected, severity, fixed_in, text, published_at "
@@ -736,6 +743,9 @@ class Registry:
                                 (name,)).fetchall()
         doc = {
             "name": name,
+            "owner": plugin[0] if plugin else None,
+            "description": plugin[1] if plugin else "",
+            "tags": plugin[2].split() if plugin and plugin[2] else [],
             "versions": sorted(({"version": v[0], "sha256": v[1], "yanked": bool(v[2]),
                                  "yank_reason": v[3]} for v in versions),
                                key=lambda d: _version_key(str(d["version"]))),
@@ -980,7 +990,7 @@ class Registry:
 
         def body(tx: Tx) -> dict[str, Any]:
             self._owner_or_admin(tx, actor, name, "yank its versions")
-            row = tx.execute("SELECT facts_json, signers_json, publisher FROM reg_versions "
+            row = tx.execute("SELECT publisher FROM reg_versions "
                              "WHERE name = ? AND version = ?", (name, version)).fetchone()
             if row is None:
                 raise RegistryError(404, "not-found", f"{name} has no version {version!r}",
@@ -988,27 +998,25 @@ class Registry:
             tx.execute("UPDATE reg_versions SET yanked = ?, yank_reason = ?, yanked_at = ? "
                        "WHERE name = ? AND version = ?",
                        (int(yanked), reason, _now(), name, version))
+            try:
+                data = (self.packages_dir / name / f"{name}-{version}.plugbox").read_bytes()
+            except OSError as exc:
+                raise self._storage_error(exc, "reading the package to yank") from None
             with self._tuf_locked() as tuf:
-                custom = self._custom(json.loads(row[0]), self._signatures(name, version),
-                                      json.loads(row[1]), yanked=yanked, reason=reason,
-                                      publisher=row[2])
-                tuf.update_target_custom(row[2], target_path(name, version), custom)
+                custom = self._custom(data, yanked=yanked, reason=reason if yanked else None)
+                tuf.update_target_custom(self._tuf_owner(tuf, name, row[0]),
+                                         target_path(name, version), custom)
                 tuf.set_listing(name, self._listing(tx, name))
                 tuf.refresh_timestamp()
             return self._version_doc_tx(tx, name, version)
 
         return self._atomic(body)
 
-    def _signatures(self, name: str, version: str) -> dict[str, str]:
-        from ..trust._package import read_package
-        from ..trust._trust import PRIMARY_SIGNATURE, SIGNATURES_DIR
-
-        try:
-            members = read_package(self.packages_dir / name / f"{name}-{version}.plugbox")
-        except PlugboxError:
-            return {}
-        return {m: c.decode("utf-8", "replace") for m, c in members.items()
-                if m == PRIMARY_SIGNATURE or m.startswith(SIGNATURES_DIR + "/")}
+    @staticmethod
+    def _tuf_owner(tuf: TufTargets, name: str, fallback: str) -> str:
+        owner_of = getattr(tuf, "owner_of", None)
+        owner = owner_of(name) if owner_of is not None else None
+        return str(owner) if owner else fallback
 
     def transfer(self, actor: Account, name: str, to: str) -> dict[str, Any]:
         """Give a plugin name to another account (admins only)."""
