@@ -85,8 +85,12 @@ class VerifiedPackage:
         }
 
 
-def _refuse(check: str, exc: PlugboxError | str, name: str | None = None) -> RegistryError:
+def _refuse(check: str, exc: PlugboxError | str, name: str | None = None,
+            directory: Path | None = None) -> RegistryError:
     message = exc if isinstance(exc, str) else exc.message
+    if directory is not None:  # the server's temporary paths mean nothing to the uploader
+        message = message.replace(str(directory) + "/", "").replace(str(directory),
+                                                                    "the package")
     return RegistryError(422, "invalid-package",
                          f"the package fails the {check} check plugbox verify makes: {message}",
                          plugin=name, detail={"check": check,
@@ -132,20 +136,20 @@ def verify_package(data: bytes, keys: Sequence[PublicKey],
         try:
             source = read_manifest(directory)
         except PlugboxError as exc:
-            raise _refuse("schema", exc, name) from None
+            raise _refuse("schema", exc, name, directory) from None
         trust = TrustPolicy(list(keys), mode="require")
         report = trust.evaluate(source.directory, source.data, plugin=name)
         if report.error is not None:
             raise RegistryError(
                 403, "untrusted-signer",
                 f"{name!r} is not signed by a key its publisher registered: "
-                f"{report.error.message}", plugin=name,
+                f"{report.error.message.replace(str(directory) + '/', '')}", plugin=name,
                 detail={"check": "signatures",
                         "signatures": [c.to_json() for c in report.checks]})
         try:
             manifest = validate_manifest(source)
         except PlugboxError as exc:
-            raise _refuse("schema", exc, name) from None
+            raise _refuse("schema", exc, name, directory) from None
         if not abi_compatible(manifest.abi, _abispec.ABI_VERSION):
             raise _refuse("compat", f"ABI {manifest.abi} is not served by this registry "
                           f"(ABI {_abispec.ABI_VERSION}): rebuild the plugin against it", name)
@@ -161,7 +165,7 @@ def verify_package(data: bytes, keys: Sequence[PublicKey],
             check_module_interface(info, manifest)
             check_capabilities(info, manifest)
         except PlugboxError as exc:
-            raise _refuse("module", exc, name) from None
+            raise _refuse("module", exc, name, directory) from None
         policy = Policy()
         limits_ = manifest.limits.fill(
             policy.effective_defaults(component=info.kind == "component"))
@@ -170,7 +174,7 @@ def verify_package(data: bytes, keys: Sequence[PublicKey],
         try:
             check_runnable(manifest, wasm, info, limits_, policy, _ENGINE[0])
         except PlugboxError as exc:
-            raise _refuse("runnable", exc, name) from None
+            raise _refuse("runnable", exc, name, directory) from None
         signatures = {member: content.decode("utf-8", "replace")
                       for member, content in members.items()
                       if member == PRIMARY_SIGNATURE or member.startswith(SIGNATURES_DIR + "/")}
