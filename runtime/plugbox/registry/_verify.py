@@ -98,6 +98,17 @@ def _refuse(check: str, exc: PlugboxError | str, name: str | None = None,
                                               else type(exc).__name__})
 
 
+def _storage_full(exc: OSError) -> RegistryError:
+    import errno
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return RegistryError(507, "storage-full", f"the registry's storage is full while "
+                             f"checking the package ({exc.strerror}); nothing was published: "
+                             f"retry later", retry_after=60)
+    return RegistryError(500, "storage", f"the registry's storage failed while checking the "
+                         f"package: {exc.strerror or exc}")
+
+
 def peek_name(members: dict[str, bytes]) -> tuple[str, str]:
     """The (name, version) a package's manifest claims, before anything else is checked, so the
     server can refuse a name owned by someone else early. RegistryError when unreadable."""
@@ -132,6 +143,8 @@ def verify_package(data: bytes, keys: Sequence[PublicKey],
         try:
             directory = extract_package(data, Path(tmp) / "plugin", limits)
         except PlugboxError as exc:
+            if isinstance(exc.__cause__, OSError):  # the server's disk, not the package
+                raise _storage_full(exc.__cause__) from None
             raise _refuse("package", exc, name) from None
         try:
             source = read_manifest(directory)
