@@ -78,7 +78,8 @@ class TufServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
+                                       daemon=True)
         self.thread.start()
 
     @property
@@ -259,13 +260,18 @@ def test_rollback_to_an_older_timestamp_is_refused(
 
 
 def test_freeze_on_expired_metadata_is_refused(tmp_path: Path) -> None:
-    repo = TufRepository.init(tmp_path / "tuf", lifetimes={"timestamp": 2})
+    import calendar
+
+    repo = TufRepository.init(tmp_path / "tuf", lifetimes={"timestamp": 4})
     publish(repo, "alice", package(tmp_path / "src", "alpha", "1.0.0"))
     srv = TufServer(repo)
     try:
         client = client_for(tmp_path / "state", srv)
         client.refresh()
-        time.sleep(2.5)  # nobody refreshes the timestamp: the mirror is frozen
+        expires = calendar.timegm(time.strptime(meta(repo, "timestamp")["signed"]["expires"],
+                                                "%Y-%m-%dT%H:%M:%SZ"))
+        # Nobody refreshes the timestamp: the mirror is frozen.
+        time.sleep(max(0.0, expires - time.time()) + 0.5)
         with pytest.raises(FreezeAttackError, match="expired"):
             client.refresh()
         repo.refresh_timestamp()
@@ -403,3 +409,19 @@ def test_a_root_that_is_not_self_signed_is_refused_when_adding(tmp_path: Path,
 
 
 
+
+
+def test_superseded_metadata_and_index_files_are_pruned_after_the_grace_period(
+        repo: TufRepository, server: TufServer, tmp_path: Path) -> None:
+    for i in range(6):
+        publish(repo, "alice", package(tmp_path / "src", "alpha", f"1.0.{i}"))
+    assert (repo.metadata_dir / "1.targets.json").exists()  # within the grace period: kept
+    repo.keep_seconds = 0
+    publish(repo, "alice", package(tmp_path / "src", "alpha", "1.0.9"))
+    version = meta(repo, "targets")["signed"]["version"]
+    names = {p.name for p in repo.metadata_dir.iterdir()}
+    assert "1.targets.json" not in names and f"{version}.targets.json" in names
+    assert "1.root.json" in names  # roots are all kept
+    assert len(list(repo.targets_dir.glob("*.index.json"))) == 1
+    client = client_for(tmp_path / "state", server)
+    assert [c.version for c in client.versions("alpha")][0] == "1.0.9"

@@ -41,6 +41,7 @@ from ._doctor import add_doctor
 from ._dev import add_dev
 from ._plugins import add_plugins
 from ._registry import add_registry
+from ._registry_client import add_registry_client
 from .._errors import (
     CapabilityError,
     GuestError,
@@ -1420,6 +1421,7 @@ _COMMANDS: Final[tuple[Callable[[Any], None], ...]] = (
     add_discover,
     add_dev,
     add_plugins,
+    add_registry_client,
     add_doctor,
     add_registry,
 )

@@ -27,11 +27,13 @@ import os
 import re
 import shutil
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import resolvelib
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
@@ -339,7 +341,7 @@ class _Req:
     parent: str | None  # who wants it ("name version"), None: the command
 
 
-class _Provider:
+class _Provider(resolvelib.AbstractProvider[_Req, Candidate, str]):
     """resolvelib's provider over the registries' compatible versions and the installed
     plugins (preferred for dependencies, so they move only when they must)."""
 
@@ -406,13 +408,18 @@ class _Provider:
 class RegistryClient:
     """The registries configured for the host state dir ``state_dir`` and the operations
     over them. ``host`` (optional for configuration) is the :class:`plugbox.PluginHost`
-    plugins are installed into, through its lifecycle."""
+    plugins are installed into, through its lifecycle. ``strict_points``: see
+    :func:`incompatibility`. ``before_install(path)`` is called with each downloaded,
+    verified package before the lifecycle installs it (the CLI declares stand-in points
+    there)."""
 
     def __init__(self, state_dir: str | os.PathLike[str], host: PluginHost | None = None, *,
-                 strict_points: bool = True) -> None:
+                 strict_points: bool = True,
+                 before_install: Callable[[Path], None] | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.host = host
         self.strict_points = strict_points
+        self.before_install = before_install
         self._dir = self.state_dir / "registries"
         self._updaters: dict[str, Any] = {}
         self._indexes: dict[str, dict[str, Any]] = {}
@@ -538,7 +545,7 @@ class RegistryClient:
         if info.length > cap:
             raise EndlessDataError(f"registry {registry!r}: {target} is {info.length} bytes, "
                                    f"more than the {cap} allowed; refused", registry=registry)
-        dest = self._dir / registry / "targets" / "download.tmp"
+        dest = self._dir / registry / "targets" / f".download-{uuid.uuid4().hex}"
         with _tuf_errors(registry, f"download {target}"):
             cached = updater.find_cached_target(info)
             path = cached or updater.download_target(info, str(dest))
@@ -672,8 +679,6 @@ class RegistryClient:
         first, with resolvelib; and warnings. Installed plugins count (their pins and their
         own requirements hold); ``upgrade`` names those that should move to their newest
         fitting version. :class:`ResolutionError` explains a conflict."""
-        import resolvelib
-
         installed = self._installed()
         roots = []
         for text in requirements:
@@ -681,15 +686,15 @@ class RegistryClient:
             roots.append(_Req(req_name, req_spec, None))
         wanted = {r.name for r in roots}
         for info in installed.values():  # what installed plugins require of each other holds
-            if info.name in wanted and info.name not in upgrade:
-                continue
+            if info.name in wanted or info.name in upgrade:
+                continue  # the version chosen for it brings its own requirements
             for dep, spec in info.requires.items():
                 with contextlib.suppress(InvalidSpecifier):
                     if dep in installed or dep in wanted:
                         roots.append(_Req(dep, SpecifierSet(spec),
                                           f"{info.name} {info.version} (installed)"))
         provider = _Provider(self.versions, installed, {*wanted, *upgrade})
-        resolver: Any = resolvelib.Resolver(provider, resolvelib.BaseReporter())  # type: ignore[arg-type]
+        resolver: Any = resolvelib.Resolver(provider, resolvelib.BaseReporter())
         try:
             result = resolver.resolve(roots, max_rounds=500)
         except resolvelib.ResolutionImpossible as exc:
@@ -781,8 +786,8 @@ class RegistryClient:
         download each package verified by TUF, then install or upgrade it through the host's
         lifecycle (its verification and trust policy, consent with ``allow`` for new
         permissions, automatic rollback), dependencies first."""
-        self.refresh()
         name, _ = parse_requirement(requirement)
+        self.refresh()
         chosen, warnings = self.resolve([requirement], upgrade=[name])
         for w in warnings:
             _log.warning("%s", w)
@@ -795,6 +800,8 @@ class RegistryClient:
         actions: list[dict[str, Any]] = []
         for cand in chosen:
             path = self._download(cand)
+            if self.before_install is not None:
+                self.before_install(path)
             installed = {i.name: i for i in host.installed()}
             current = installed.get(cand.name)
             if current is None:

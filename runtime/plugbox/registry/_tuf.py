@@ -36,6 +36,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -63,6 +64,12 @@ _ONLINE: Final = ("targets", "snapshot", "timestamp")
 _NAME_RE: Final = re.compile(r"[a-z][a-z0-9._-]{0,63}")
 _PUBLISHER_RE: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _TARGET_RE: Final = re.compile(r"plugins/([a-z][a-z0-9._-]{0,63})/([A-Za-z0-9._+-]{1,200})")
+#: Superseded metadata versions, index and listing files are kept at least this long (seconds)
+#: and the newest _KEEP_VERSIONS of each role, so that a client in the middle of a refresh
+#: still finds what the snapshot it read names; older ones are deleted as the repository moves.
+KEEP_SECONDS: Final = 120
+_KEEP_VERSIONS: Final = 3
+_VERSIONED_RE: Final = re.compile(r"(\d+)\.(.+)\.json")
 #: Bounds on what callers hand the repository.
 MAX_CUSTOM_BYTES: Final = 256 * 1024
 MAX_LISTING_BYTES: Final = 4 * 1024 * 1024
@@ -164,6 +171,8 @@ class TufRepository:
         self._current = self.tuf_dir / "current"
         self._root_dir = Path(offline_root_dir) if offline_root_dir else self._keys_dir
         self._thread_lock = threading.RLock()
+        #: How long superseded files are kept (see KEEP_SECONDS).
+        self.keep_seconds: float = KEEP_SECONDS
         config = self.tuf_dir / "config.json"
         try:
             raw = json.loads(config.read_text())
@@ -320,6 +329,35 @@ class TufRepository:
         timestamp.signatures.clear()
         timestamp.sign(signer("timestamp"))
         self._store("timestamp", timestamp)
+        self._prune(snapshot.signed)
+
+    def _prune(self, snapshot: Any) -> None:
+        """Delete superseded metadata versions and unreferenced index and listing files
+        older than :attr:`keep_seconds` (lock held). Roots are all kept: a client walks
+        them one by one."""
+        current = {file[:-5]: meta.version for file, meta in snapshot.meta.items()}
+        current["snapshot"] = snapshot.version
+        cutoff = time.time() - self.keep_seconds
+        for file in self.metadata_dir.iterdir():
+            match = _VERSIONED_RE.fullmatch(file.name)
+            if match is None or match.group(2) == "root":
+                continue
+            newest = current.get(match.group(2))
+            if newest is None or int(match.group(1)) > newest - _KEEP_VERSIONS:
+                continue
+            with contextlib.suppress(OSError):
+                if file.stat().st_mtime < cutoff:
+                    file.unlink()
+        targets = self._load("targets").signed.targets
+        live = {f"{info.hashes['sha256']}.{path.rpartition('/')[2]}"
+                for path, info in targets.items()}
+        for file in [*self.targets_dir.glob(f"*.{INDEX_TARGET}"),
+                     *(self.targets_dir / "listings").glob("*.json")]:
+            if file.name in live:
+                continue
+            with contextlib.suppress(OSError):
+                if file.stat().st_mtime < cutoff:
+                    file.unlink()
 
     def _write_target(self, target_path: str, data: bytes) -> Any:
         from tuf.api._payload import TargetFile
@@ -462,8 +500,9 @@ class TufRepository:
                 doc = self.index()
                 entry = doc["plugins"].setdefault(name, {"publisher": self.owner_of(name),
                                                          "versions": {}})
-                entry["listing"] = path
-                self._write_index(targets, doc)
+                if entry.get("listing") != path:  # else the index is unchanged
+                    entry["listing"] = path
+                    self._write_index(targets, doc)
                 self._publish({"targets": targets})
         except OSError as exc:
             raise self._disk_error(exc) from None
@@ -547,7 +586,9 @@ class TufRepository:
         doc = self.index()
         entry = doc["plugins"].setdefault(name, {"publisher": publisher, "versions": {}})
         entry["publisher"] = publisher
-        custom = info.unrecognized_fields.get("custom") or {}
+        custom = dict(info.unrecognized_fields.get("custom") or {})
+        # The signatures stay in the delegated target's custom: the index is for choosing.
+        custom.pop("signatures", None)
         version = str((custom.get("manifest") or {}).get("version") or
                       target_path.rsplit("/", 1)[1])
         entry["versions"][version] = {"target": target_path, "length": info.length,
