@@ -468,3 +468,29 @@ def test_burst_of_uploads(reg: Reg, echo_dir: Path) -> None:
     versions = reg.http.get("/api/v1/plugins/bursty/versions").json()["versions"]
     assert len(versions) == len(bodies)
     assert versions[0]["version"] == "0.23.0"  # newest first, by version not by text
+
+
+def test_registry_cli_init_account_and_refusals(tmp_path: Path) -> None:
+    directory = tmp_path / "reg"
+    init_registry_cli(directory)
+    assert {"registry.json", "registry.sqlite3"} <= {p.name for p in directory.iterdir()}
+    assert (directory / "tuf" / "metadata" / "1.root.json").is_file()
+    assert (directory / "tuf" / "keys" / "root.pem").is_file()
+    # A second init into the same (now non-empty) directory is refused.
+    done = plugbox_cli("registry", "init", str(directory), "--json")
+    assert done.returncode == 2 and json.loads(done.stdout)["error"]["code"] == "invalid-request"
+    done = plugbox_cli("registry", "account", str(directory), "ops2", "--admin", "--json")
+    doc = json.loads(done.stdout)
+    assert done.returncode == 0 and doc["token"].startswith("pbx_") and doc["admin"] is True
+    done = plugbox_cli("registry", "account", str(directory), "ops2", "--json")
+    assert done.returncode == 1 and json.loads(done.stdout)["error"]["code"] == "conflict"
+    # The root key kept offline.
+    offline = tmp_path / "usb"
+    done = plugbox_cli("registry", "init", str(tmp_path / "reg2"), "--offline-root-dir",
+                       str(offline), "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (offline / "root.pem").is_file()
+    assert not (tmp_path / "reg2" / "tuf" / "keys" / "root.pem").exists()
+    # Serving something that is not a registry fails with the fix.
+    done = plugbox_cli("registry", "serve", str(tmp_path), "--port", "1", "--json")
+    assert done.returncode == 2 and "plugbox registry init" in done.stdout
