@@ -120,6 +120,8 @@ def test_two_processes_share_one_postgres_database(two: tuple[Reg, Reg],
     a, b = two
     key = SecretKey.generate()
     token = a.account("pgpub", key=key)
+    # A's search catalogue is cached now; B's publish must move it (the shared generation).
+    assert a.http.get("/api/v1/plugins", params={"q": "shared"}).json()["items"] == []
     r = b.publish(token, make_package(echo_dir, key, name="shared", version="0.1.0"))
     assert r.status_code == 201, r.text
     assert a.http.get("/api/v1/plugins/shared").json()["latest"] == "0.1.0"
@@ -147,6 +149,8 @@ def test_two_processes_share_one_postgres_database(two: tuple[Reg, Reg],
     for t in threads:
         t.join()
     assert sorted(codes) == [201] + [409] * 7
+    found = a.http.get("/api/v1/plugins", params={"q": "shared"}).json()["items"]
+    assert [(i["name"], i["version"]) for i in found] == [("shared", "0.2.0")]
     assert b.http.get("/api/v1/plugins/shared/versions/0.2.0/download").content in bodies
     assert not [f for f in a.packages() if ".upload-" in f]
 

@@ -323,6 +323,24 @@ class _RateLimiter:
             return wait
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """A version as search sees it (the catalogue cache)."""
+
+    key: tuple[int, Any]
+    version: str
+    abi: str
+    host: str | None
+    spec: SpecifierSet | None
+    permissions: frozenset[str]
+    points: frozenset[str]
+    published_at: float
+
+
+#: The generation counter (services._db) every change of what search sees bumps.
+_CATALOGUE: Final = "registry-catalogue"
+
+
 class Registry:
     """One registry directory and its database (module docstring). Thread safe."""
 
@@ -338,12 +356,15 @@ class Registry:
             self.db.executescript(_SCHEMA)
             self.db.execute("INSERT INTO reg_meta (k, v) VALUES (?, ?) ON CONFLICT (k) "
                             "DO NOTHING", ("schema", str(SCHEMA_VERSION)))
+            self.db.generation(_CATALOGUE)  # creates the counter's table outside any transaction
         except StateError as exc:
             raise RegistryError(503, "unavailable", f"the registry database "
                                 f"{redacted(str(url))} cannot be opened: {exc.message}",
                                 retry_after=5) from None
         self._tuf = tuf
         self._tuf_lock = threading.Lock()
+        self._catalogue_lock = threading.Lock()
+        self._catalogue_cache: tuple[int, dict[str, tuple[str, list[_Entry]]]] | None = None
         self.write_limiter = _RateLimiter(self.limits.writes_per_minute, self.limits.write_burst)
         #: Test seam and fault injection: called with each package file path before it is
         #: written (raise OSError there to simulate a full disk).
@@ -704,6 +725,7 @@ class Registry:
              pkg.manifest.data.decode("utf-8", "replace"), json.dumps(list(pkg.signers)),
              pkg.manifest.abi, pkg.manifest.host, " ".join(facts["permissions"]),
              " ".join(facts["extension_points"]), actor.name, now))
+        self.db.bump_generation(_CATALOGUE, tx)
         try:
             os.replace(tmp, final)
         except OSError as exc:
@@ -892,46 +914,32 @@ class Registry:
         allowed = None if allowed_permissions is None else set(
             p for p in allowed_permissions.split(",") if p)
         terms = [t.lower() for t in q.split()][:8]
-        where = ["v.yanked = 0"]
-        params: list[object] = []
-        for term in terms:
-            like = "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            where.append("(p.name LIKE ? ESCAPE '\\' OR LOWER(p.description) LIKE ? ESCAPE '\\'"
-                         " OR p.tags LIKE ? ESCAPE '\\')")
-            params += [like, like, like]
-        for value in point:
-            where.append("(' ' || v.points || ' ') LIKE ?")
-            params.append(f"% {value} %")
-        for value in permission:
-            where.append("(' ' || v.permissions || ' ') LIKE ?")
-            params.append(f"% {value} %")
-        rows = self._read(
-            "SELECT p.name, p.owner, p.description, p.tags, p.created_at, p.updated_at, "
-            "p.downloads, p.rating_sum, p.rating_count, v.version, v.abi, v.host, "
-            "v.permissions, v.points, v.published_at FROM reg_versions v JOIN reg_plugins p "
-            "ON p.name = v.name WHERE " + " AND ".join(where), params)
-        best: dict[str, tuple[tuple[int, Any], Sequence[Any]]] = {}
-        specs: dict[str, SpecifierSet | None] = {}
-        for r in rows:
-            if allowed is not None and not set(r[12].split()) <= allowed:
+        points, perms = set(point), set(permission)
+        catalogue = self._catalogue()
+        chosen_versions: dict[str, _Entry] = {}
+        for name, (haystack, entries) in catalogue.items():
+            if not all(term in haystack for term in terms):
                 continue
-            if abi is not None and not abi_compatible(r[10], abi):
-                continue
-            if host_version is not None and r[11]:
-                spec = specs.get(r[11])
-                if r[11] not in specs:
-                    try:
-                        spec = SpecifierSet(r[11])
-                    except InvalidSpecifier:
-                        spec = None
-                    specs[r[11]] = spec
-                if spec is None or not spec.contains(host_version, prereleases=True):
+            for e in entries:  # newest first
+                if points and not points <= e.points:
                     continue
-            key = _version_key(r[9])
-            have = best.get(r[0])
-            if have is None or key > have[0]:
-                best[r[0]] = (key, r)
-        chosen = [r for _, r in best.values()]
+                if perms and not perms <= e.permissions:
+                    continue
+                if allowed is not None and not e.permissions <= allowed:
+                    continue
+                if abi is not None and not abi_compatible(e.abi, abi):
+                    continue
+                if host_version is not None and e.host is not None and (
+                        e.spec is None or not e.spec.contains(host_version, prereleases=True)):
+                    continue
+                chosen_versions[name] = e
+                break
+        plugin_rows = {r[0]: r for r in self._read(
+            "SELECT name, owner, description, tags, created_at, updated_at, downloads, "
+            "rating_sum, rating_count FROM reg_plugins")}
+        chosen = [(*plugin_rows[n], e.version, e.abi, e.host, " ".join(sorted(e.permissions)),
+                   " ".join(sorted(e.points)), e.published_at)
+                  for n, e in chosen_versions.items() if n in plugin_rows]
         if sort == "downloads":
             chosen.sort(key=lambda r: (-int(r[6]), r[0]))
         elif sort == "rating":
@@ -954,6 +962,45 @@ class Registry:
             items.append(doc)
         return {"total": len(chosen), "page": page, "per_page": per_page, "sort": sort,
                 "items": items}
+
+    def _catalogue(self) -> dict[str, tuple[str, list[_Entry]]]:
+        """Every plugin's search text and its versions not yanked (newest first), cached
+        until the database's ``registry-catalogue`` generation moves (a publish, a yank, a
+        transfer in any server process): a search then costs one indexed read of the
+        counter and one of the plugins' counts and ratings, not a scan of every version."""
+        generation = self._generation()
+        with self._catalogue_lock:
+            if self._catalogue_cache is not None and self._catalogue_cache[0] == generation:
+                return self._catalogue_cache[1]
+            plugins = self._read("SELECT name, description, tags FROM reg_plugins")
+            rows = self._read("SELECT name, version, abi, host, permissions, points, "
+                              "published_at FROM reg_versions WHERE yanked = 0")
+            specs: dict[str, SpecifierSet | None] = {}
+            by_name: dict[str, list[_Entry]] = {}
+            for r in rows:
+                spec = None
+                if r[3] is not None:
+                    if r[3] not in specs:
+                        try:
+                            specs[r[3]] = SpecifierSet(r[3])
+                        except InvalidSpecifier:
+                            specs[r[3]] = None
+                    spec = specs[r[3]]
+                by_name.setdefault(r[0], []).append(_Entry(
+                    _version_key(r[1]), r[1], r[2], r[3], spec, frozenset(r[4].split()),
+                    frozenset(r[5].split()), float(r[6])))
+            catalogue: dict[str, tuple[str, list[_Entry]]] = {}
+            for name, description, tags in plugins:
+                entries = sorted(by_name.get(name, []), key=lambda e: e.key, reverse=True)
+                catalogue[name] = (f"{name} {description.lower()} {tags}", entries)
+            self._catalogue_cache = (generation, catalogue)
+            return catalogue
+
+    def _generation(self) -> int:
+        try:
+            return self.db.generation(_CATALOGUE)
+        except StateError as exc:
+            raise self._unavailable(exc) from None
 
     def download(self, name: str, version: str) -> tuple[Path, str]:
         """The package file of a version and its sha256; counts one download."""
@@ -998,6 +1045,7 @@ class Registry:
             tx.execute("UPDATE reg_versions SET yanked = ?, yank_reason = ?, yanked_at = ? "
                        "WHERE name = ? AND version = ?",
                        (int(yanked), reason, _now(), name, version))
+            self.db.bump_generation(_CATALOGUE, tx)
             try:
                 data = (self.packages_dir / name / f"{name}-{version}.plugbox").read_bytes()
             except OSError as exc:
@@ -1027,6 +1075,7 @@ class Registry:
             if not tx.execute("SELECT 1 FROM reg_accounts WHERE name = ?", (to,)).fetchone():
                 raise RegistryError(404, "not-found", f"no account {to!r}")
             tx.execute("UPDATE reg_plugins SET owner = ? WHERE name = ?", (to, name))
+            self.db.bump_generation(_CATALOGUE, tx)
             return self._plugin_json(self._plugin_row(tx, name))
 
         return self._atomic(body)
