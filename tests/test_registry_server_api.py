@@ -252,12 +252,21 @@ def test_security_review_status(reg: Reg, catalogue: dict[str, str]) -> None:
 
 
 def test_rate_limits_per_token_and_address(tmp_path: Path) -> None:
+    from tests.test_registry_server import plugbox_cli
+
     directory = tmp_path / "reg"
     admin = init_registry_cli(directory, limits={**TEST_LIMITS, "write_burst": 3,
                                                  "writes_per_minute": 6.0})
+    done = plugbox_cli("registry", "account", str(directory), "second", "--admin", "--json")
+    second = json.loads(done.stdout)["token"]
     server = Server(directory)
+
+    def client(address: str) -> httpx.Client:
+        return httpx.Client(base_url=server.url, timeout=10,
+                            transport=httpx.HTTPTransport(local_address=address))
+
     try:
-        with httpx.Client(base_url=server.url, timeout=10) as http:
+        with client("127.0.0.1") as http:
             codes = []
             for i in range(4):
                 r = http.post("/api/v1/accounts", headers=auth(admin), json={"name": f"u{i}"})
@@ -267,5 +276,15 @@ def test_rate_limits_per_token_and_address(tmp_path: Path) -> None:
             assert 1 <= int(r.headers["retry-after"]) <= 11
             # Reads are not limited.
             assert all(http.get("/api/v1/plugins").status_code == 200 for _ in range(10))
+            # Another token from the same address: the address's bucket is empty.
+            r = http.post("/api/v1/accounts", headers=auth(second), json={"name": "v1"})
+            assert error_of(r) == (429, "rate-limited") and "address" in r.text
+        with client("127.0.0.2") as other:
+            # The first token from another address: the token's bucket is empty.
+            r = other.post("/api/v1/accounts", headers=auth(admin), json={"name": "w1"})
+            assert error_of(r) == (429, "rate-limited") and "token" in r.text
+            # The second token from that address writes.
+            r = other.post("/api/v1/accounts", headers=auth(second), json={"name": "w2"})
+            assert r.status_code == 201, r.text
     finally:
         server.stop()
