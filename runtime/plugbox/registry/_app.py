@@ -37,6 +37,8 @@ __all__ = ["create_app"]
 log = logging.getLogger("plugbox.registry")
 
 _SAFE_SEGMENT: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
+_PACKAGE_TARGET: Final = re.compile(
+    r"^plugins/([a-z][a-z0-9._-]{0,63})/[0-9a-f]{64}\.([A-Za-z0-9._+-]+)\.plugbox$")
 _WRITE_METHODS: Final = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 
 
@@ -345,7 +347,15 @@ def create_app(registry: Registry) -> Starlette:
         return static_file(registry.tuf.metadata_dir, str(request.path_params["file"]))
 
     async def tuf_target(request: Request) -> Response:
-        return static_file(registry.tuf.targets_dir, str(request.path_params["path"]))
+        relative = str(request.path_params["path"])
+        response = static_file(registry.tuf.targets_dir, relative)
+        package = _PACKAGE_TARGET.match(relative)
+        if package is not None and package.group(2).startswith(package.group(1) + "-"):
+            # Hosts install through TUF: their downloads count like the API's.
+            name = package.group(1)
+            await run_in_threadpool(registry.count_download, name,
+                                    package.group(2)[len(name) + 1:])
+        return response
 
     v1 = "/api/v1"
     routes = [

@@ -1002,6 +1002,21 @@ class Registry:
         except StateError as exc:
             raise self._unavailable(exc) from None
 
+    def count_download(self, name: str, version: str) -> bool:
+        """Count one download of a version fetched as a TUF target (what the client does);
+        False when there is no such version."""
+        def body(tx: Tx) -> bool:
+            if not tx.execute("SELECT 1 FROM reg_versions WHERE name = ? AND version = ?",
+                              (name, version)).fetchone():
+                return False
+            tx.execute("UPDATE reg_versions SET downloads = downloads + 1 WHERE name = ? AND "
+                       "version = ?", (name, version))
+            tx.execute("UPDATE reg_plugins SET downloads = downloads + 1 WHERE name = ?",
+                       (name,))
+            return True
+
+        return self._atomic(body)
+
     def download(self, name: str, version: str) -> tuple[Path, str]:
         """The package file of a version and its sha256; counts one download."""
         def body(tx: Tx) -> tuple[Path, str]:
