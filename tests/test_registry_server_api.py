@@ -251,6 +251,25 @@ def test_security_review_status(reg: Reg, catalogue: dict[str, str]) -> None:
                  PublicKey.parse(keys[0]["public_key"]))
 
 
+def test_transfer_by_an_admin(reg: Reg, catalogue: dict[str, str], echo_dir: Path) -> None:
+    key = SecretKey.generate()
+    heir = reg.account("heir", key=key)
+    url = "/api/v1/plugins/delta/transfer"
+    assert error_of(reg.http.post(url, headers=auth(catalogue["token"]), json={"to": "heir"})) \
+        == (403, "forbidden")
+    assert error_of(reg.http.post(url, headers=auth(reg.admin), json={"to": "nobody"})) == \
+        (404, "not-found")
+    r = reg.http.post(url, headers=auth(reg.admin), json={"to": "heir"})
+    assert r.status_code == 200 and r.json()["owner"] == "heir"
+    r = reg.publish(heir, make_package(echo_dir, key, name="delta", version="2.1.0",
+                                       host=">=0.1"))
+    assert r.status_code == 201, r.text
+    r = reg.publish(catalogue["token"], make_package(echo_dir, key, name="delta",
+                                                     version="2.2.0"))
+    assert error_of(r) == (403, "forbidden")
+    assert reg.http.get("/api/v1/plugins/delta").json()["latest"] == "2.1.0"
+
+
 def test_rate_limits_per_token_and_address(tmp_path: Path) -> None:
     from tests.test_registry_server import plugbox_cli
 

@@ -734,7 +734,10 @@ class Registry:
         try:
             custom = self._custom(pkg.data, yanked=False, reason=None)
             with self._tuf_locked() as tuf:
-                tuf.add_target(actor.name, target_path(name, version), pkg.data, custom)
+                # A transferred name keeps its TUF delegation (the registry holds every
+                # delegated key): its packages go on being signed by that role.
+                tuf.add_target(self._tuf_owner(tuf, name, actor.name),
+                               target_path(name, version), pkg.data, custom)
                 tuf.set_listing(name, self._listing(tx, name))
                 tuf.refresh_timestamp()
         except Exception as exc:
