@@ -64,7 +64,8 @@ def pub(repo: TufRepository, tmp_path: Path, name: str, version: str, publisher:
 
 
 def test_search_offers_only_versions_the_host_can_run(
-        repo: TufRepository, client: RegistryClient, tmp_path: Path) -> None:
+        repo: TufRepository, client: RegistryClient, server: TufServer,
+        tmp_path: Path) -> None:
     pub(repo, tmp_path, "alpha", "1.0.0", description="echoes its version")
     pub(repo, tmp_path, "alpha", "2.0.0", abi="1.9")  # an ABI newer than this host's
     pub(repo, tmp_path, "beta", "1.0.0", host=">=99")  # a plugbox that does not exist yet
@@ -74,6 +75,8 @@ def test_search_offers_only_versions_the_host_can_run(
     hits = client.search("")
     assert [(h["name"], h["version"]) for h in hits] == [("alpha", "1.0.0")]
     assert client.search("GREET")[0]["name"] == "alpha"
+    # One signed index answers a search: no listing is downloaded for it.
+    assert not [r for r in server.requests if "/listings/" in r]
     assert client.search("nothing-like-it") == []
     reasons = {c.version: c.incompatible for c in client.versions("alpha")}
     assert reasons["1.0.0"] is None and "needs ABI 1.9" in str(reasons["2.0.0"])
@@ -157,6 +160,11 @@ def test_outdated_upgrade_and_pins_hold(
     with pytest.raises(LifecycleError, match="pinned"):
         client.upgrade("beta")
     assert sorted(echo(host)) == ["alpha 1.1.0", "beta 1.0.0"]
+    # A scheduled check with the auto-upgrade policy does not move a pin either.
+    pub(repo, tmp_path, "alpha", "1.2.0")
+    notices = {n.plugin: n for n in client.check_updates(upgrade=True)}
+    assert notices["alpha"].upgraded == "upgraded" and notices["beta"].upgraded is None
+    assert host.info("alpha").version == "1.2.0" and host.info("beta").version == "1.0.0"
 
 
 def test_upgrade_asks_consent_for_new_permissions(
@@ -315,3 +323,21 @@ def test_upgrading_a_plugin_upgrades_the_dependency_its_new_version_needs_first(
     assert [(a["plugin"], a["from"], a["to"], a["status"]) for a in result.actions] == [
         ("alpha", "1.0.0", "1.1.0", "upgraded"), ("beta", "1.0.0", "1.1.0", "upgraded")]
     assert sorted(echo(host)) == ["alpha 1.1.0", "beta 1.1.0"]
+
+
+def test_a_python_plugin_installed_from_the_registry(
+        repo: TufRepository, client: RegistryClient, host: plugbox.PluginHost,
+        tmp_path: Path) -> None:
+    """py-echo, built from source with componentize-py (cached like built_samples)."""
+    from plugbox.authoring import _pybuild
+    from plugbox.trust._package import write_package
+    from tests.conftest import REPO
+
+    module = _pybuild.build_python_plugin(REPO / "sample-plugins" / "python" / "echo",
+                                          out_dir=REPO / ".build" / "pytest-pybuild" / "py-echo")
+    write_package(module.parent, tmp_path / "py-echo.plugbox")
+    publish(repo, "team", (tmp_path / "py-echo.plugbox").read_bytes())
+    assert client.search("payload unchanged")[0]["name"] == "py-echo"
+    assert client.install("py-echo").ok
+    hosted = host.get("py-echo")
+    assert hosted is not None and hosted.plugin.call("echo", b"hello") == b"hello"

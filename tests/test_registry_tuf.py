@@ -166,6 +166,12 @@ def test_init_makes_every_role_with_consistent_snapshots_and_keeps_the_root_key_
     assert expires < time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 2 * 86400))
 
 
+def test_a_new_registry_lists_nothing(repo: TufRepository, server: TufServer,
+                                      tmp_path: Path) -> None:
+    client = client_for(tmp_path / "state", server)
+    assert client.search("") == [] and client.versions("alpha") == []
+
+
 def test_packages_are_hash_prefixed_targets_of_their_publishers_delegation(
         repo: TufRepository, tmp_path: Path) -> None:
     data = package(tmp_path / "src", "alpha", "1.0.0")

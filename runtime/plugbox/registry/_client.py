@@ -180,7 +180,9 @@ class UpdateNotice:
     """One finding of :meth:`RegistryClient.check_updates`: ``kind`` ``update`` (``available``
     is newer, compatible and not yanked; ``pinned`` says whether the pin holds it) or
     ``advisory`` (``advisory`` affects the installed version; ``disabled`` when the policy
-    disabled the plugin)."""
+    disabled the plugin). ``upgraded``: the lifecycle status of the upgrade a check with
+    ``upgrade=True`` made (``upgraded``, ``needs-consent``, ``rolled-back``, ``failed: ...``),
+    None when it made none."""
 
     kind: str
     plugin: str
@@ -189,13 +191,14 @@ class UpdateNotice:
     pinned: bool = False
     advisory: Advisory | None = None
     disabled: bool = False
+    upgraded: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form."""
         return {"kind": self.kind, "plugin": self.plugin, "installed": self.installed,
                 "available": self.available, "pinned": self.pinned,
                 "advisory": self.advisory.to_json() if self.advisory else None,
-                "disabled": self.disabled}
+                "disabled": self.disabled, "upgraded": self.upgraded}
 
 
 # -- TUF errors ---------------------------------------------------------------------------------
@@ -625,6 +628,8 @@ class RegistryClient:
         """Plugins whose name, description or tags contain ``text`` (case-insensitive; ""
         lists all) and that have a version this host can run: one entry per plugin with its
         newest such version."""
+        if not isinstance(text, str) or len(text) > 1000:
+            raise UsageError("the search text must be a string of at most 1000 characters")
         self.refresh()
         needle = text.lower().strip()
         seen: set[str] = set()
@@ -639,11 +644,11 @@ class RegistryClient:
                 if not usable:
                     continue
                 best = usable[0]
-                listing = self.listing(name) or {}
-                description = str(listing.get("description") or
+                entry = self._index(reg.name)["plugins"][name]
+                description = str(entry.get("description") or
                                   best.manifest.get("description") or "")
-                tags = [str(t) for t in (listing.get("tags") or best.manifest.get("tags")
-                                         or [])][:32]
+                raw_tags = entry.get("tags") or best.manifest.get("tags") or []
+                tags = [str(t) for t in raw_tags][:32] if isinstance(raw_tags, list) else []
                 haystack = " ".join([name, description, *tags]).lower()
                 if needle in haystack:
                     hits.append({"name": name, "version": best.version, "registry": reg.name,
@@ -875,18 +880,29 @@ class RegistryClient:
         return out
 
     def check_updates(self, *, emit: Callable[[UpdateNotice], None] | None = None,
-                      disable_affected: bool = False, actor: str | None = "registry-check"
-                      ) -> list[UpdateNotice]:
+                      disable_affected: bool = False, upgrade: bool = False,
+                      actor: str | None = "registry-check") -> list[UpdateNotice]:
         """One update check (what :func:`schedule_update_checks` runs): an
         :class:`UpdateNotice` per available update and per advisory affecting an installed
-        version, each passed to ``emit`` too. It installs nothing (pins hold trivially);
-        with ``disable_affected`` (a host policy) a plugin whose installed version an
-        advisory affects is disabled."""
+        version, each passed to ``emit`` too. By default it installs nothing. Host policies:
+        with ``upgrade`` the plugins that are not pinned are upgraded (without consent for
+        new permissions: those stay at ``needs-consent``; ``upgraded`` on the notice says
+        what happened), pinned ones never; with ``disable_affected`` a plugin whose
+        installed version an advisory affects is disabled."""
         host = self._need_host()
         notices = []
         for row in self.outdated():
+            status = None
+            if upgrade and not row["pinned"]:
+                try:
+                    result = self.upgrade(row["name"], actor=actor)
+                    status = next((a["status"] for a in result.actions
+                                   if a["plugin"] == row["name"]), "unchanged")
+                except PlugboxError as exc:
+                    status = f"failed: {exc}"
             notices.append(UpdateNotice("update", row["name"], row["installed"],
-                                        available=row["latest"], pinned=row["pinned"]))
+                                        available=row["latest"], pinned=row["pinned"],
+                                        upgraded=status))
         for hit in self.audit():
             adv = Advisory(**hit["advisory"])
             disabled = False
@@ -908,7 +924,8 @@ class RegistryClient:
 
 def schedule_update_checks(client: RegistryClient, interval_s: float, *,
                            emit: Callable[[UpdateNotice], None],
-                           disable_affected: bool = False) -> Callable[[], None]:
+                           disable_affected: bool = False, upgrade: bool = False
+                           ) -> Callable[[], None]:
     """Run :meth:`RegistryClient.check_updates` every ``interval_s`` seconds on a daemon
     thread (the first at once); a failing check is logged and retried at the next interval.
     Returns a function that stops it."""
@@ -919,7 +936,8 @@ def schedule_update_checks(client: RegistryClient, interval_s: float, *,
     def loop() -> None:
         while not stop.is_set():
             try:
-                client.check_updates(emit=emit, disable_affected=disable_affected)
+                client.check_updates(emit=emit, disable_affected=disable_affected,
+                                     upgrade=upgrade)
             except PlugboxError as exc:
                 _log.warning("scheduled update check failed: %s", exc)
             stop.wait(interval_s)

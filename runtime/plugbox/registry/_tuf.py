@@ -225,6 +225,7 @@ class TufRepository:
                 root_md.sign(signers["root"])
                 repo._store("root", root_md)
                 targets_md = Metadata(targets)
+                repo._write_index(targets_md, {"plugins": {}})  # an empty registry lists nothing
                 repo._publish({"targets": targets_md}, signers)
         except OSError as exc:
             raise RepositoryStateError(f"cannot create the TUF repository in {tuf_dir}: {exc}",
@@ -384,7 +385,8 @@ class TufRepository:
 
     def index(self) -> dict[str, Any]:
         """The current index (what ``index.json`` holds): ``{"plugins": {name: {"publisher",
-        "listing", "versions": {version: {"target", "length", "sha256", "custom"}}}}}``."""
+        "listing", "description", "tags", "versions": {version: {"target", "length",
+        "sha256", "custom"}}}}}`` (description and tags from the listing)."""
         targets = self._load("targets").signed
         info = targets.targets.get(INDEX_TARGET)
         if info is None:
@@ -489,9 +491,16 @@ class TufRepository:
         if not isinstance(data, bytes) or len(data) > MAX_LISTING_BYTES:
             raise UsageError(f"a listing must be bytes of at most {MAX_LISTING_BYTES}")
         try:
-            json.loads(data)
+            listing = json.loads(data)
         except ValueError as exc:
             raise UsageError(f"the listing of {name!r} is not JSON ({exc})") from None
+        # What search matches is copied into the index, so that a search reads one file.
+        summary: dict[str, Any] = {"listing": listing_target(name)}
+        if isinstance(listing, dict):
+            if isinstance(listing.get("description"), str):
+                summary["description"] = listing["description"][:1000]
+            if isinstance(listing.get("tags"), list):
+                summary["tags"] = [str(t)[:64] for t in listing["tags"][:32]]
         try:
             with self._locked():
                 targets = self._load("targets")
@@ -500,8 +509,8 @@ class TufRepository:
                 doc = self.index()
                 entry = doc["plugins"].setdefault(name, {"publisher": self.owner_of(name),
                                                          "versions": {}})
-                if entry.get("listing") != path:  # else the index is unchanged
-                    entry["listing"] = path
+                if any(entry.get(k) != v for k, v in summary.items()):
+                    entry.update(summary)  # else the index is unchanged
                     self._write_index(targets, doc)
                 self._publish({"targets": targets})
         except OSError as exc:
