@@ -97,3 +97,45 @@ def test_publish_search_install_advisory_upgrade_rollback(reg: Reg, echo_dir: Pa
 
         # The downloads went through the registry's counter.
         assert reg.http.get("/api/v1/plugins/echo").json()["downloads"] == 2
+
+
+def test_a_python_plugin_through_the_registry(tmp_path: Path, cache_dir: Path) -> None:
+    """The Python echo sample, built with componentize-py, published over HTTP, installed
+    through TUF and called."""
+    from plugbox.authoring import _pybuild
+    from plugbox.registry._client import RegistryClient
+    from tests.test_registry_server import REPO, TEST_LIMITS
+
+    module = _pybuild.build_python_plugin(REPO / "sample-plugins" / "python" / "echo",
+                                          out_dir=REPO / ".build" / "pytest-pybuild" / "py-echo")
+    work = tmp_path / "py-echo"
+    import shutil
+
+    shutil.copytree(module.parent, work)
+    key = SecretKey.generate()
+    data = signed_package(work, key)
+    directory = tmp_path / "reg"
+    admin = init_registry_cli(directory, limits={**TEST_LIMITS, "max_upload_bytes": 64 << 20})
+    server = Server(directory)
+    try:
+        reg = Reg(directory, server, admin)
+        token = reg.account("pyauthor", key=key)
+        r = reg.publish(token, data)
+        assert r.status_code == 201, r.text
+        assert r.json()["size"] == len(data) > 1 << 20  # a component with CPython inside
+        (tmp_path / "keys").mkdir()
+        (tmp_path / "keys" / "pyauthor.pub").write_text(key.public_key().to_text())
+        trust = plugbox.TrustPolicy(tmp_path / "keys", mode="require")
+        with plugbox.PluginHost(state_dir=tmp_path / "state", trust=trust,
+                                runtime_options={"cache_dir": cache_dir}) as host:
+            host.start()
+            client = RegistryClient(tmp_path / "state", host)
+            client.add_registry("main", reg.url,
+                                reg.http.get("/tuf/metadata/1.root.json").content)
+            assert [h["name"] for h in client.search("python")] == ["py-echo"]
+            assert client.install("py-echo").ok
+            hosted = host.get("py-echo")
+            assert hosted is not None
+            assert hosted.plugin.call("echo", b"hello registry") == b"hello registry"
+    finally:
+        server.stop()
