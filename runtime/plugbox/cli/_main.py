@@ -40,6 +40,7 @@ from ._discover import add_discover
 from ._doctor import add_doctor
 from ._dev import add_dev
 from ._plugins import add_plugins
+from ._registry import add_registry
 from ._registry_client import add_registry_client
 from .._errors import (
     CapabilityError,
@@ -1422,6 +1423,7 @@ _COMMANDS: Final[tuple[Callable[[Any], None], ...]] = (
     add_plugins,
     add_registry_client,
     add_doctor,
+    add_registry,
 )
 
 

@@ -1,0 +1,184 @@
+"""The registry server under faults (issue 12 §4): a full disk (the server process runs under
+RLIMIT_FSIZE, so a package file cannot be written), and PostgreSQL with two stateless server
+processes behind one database: a publish on one is seen by the other, concurrent publishes
+of one version across both have exactly one winner, and a database restart is answered with
+typed 503s and then recovered from, leaving nothing behind."""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from plugbox.trust._signing import SecretKey
+from tests.test_registry_server import (
+    Reg,
+    Server,
+    auth,
+    echo_dir,
+    error_of,
+    init_registry_cli,
+    make_package,
+)
+
+__all__ = ["echo_dir"]
+
+FSIZE_LIMIT = 400 << 10
+
+
+def test_full_disk_is_a_typed_error_and_leaves_nothing(tmp_path: Path, echo_dir: Path) -> None:
+    directory = tmp_path / "reg"
+    admin = init_registry_cli(directory)
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT, FSIZE_LIMIT))
+
+    server = Server(directory, preexec=limit_file_size)
+    try:
+        reg = Reg(directory, server, admin)
+        key = SecretKey.generate()
+        token = reg.account("filler", key=key)
+        before = reg.packages()
+        # Incompressible READMEs: one larger than any file the server may write (it fails
+        # while the package is checked), one that fits while the whole package does not (it
+        # fails while the package is stored).
+        for size, step in ((600 << 10, "checking"), (FSIZE_LIMIT - (10 << 10), "storing")):
+            big = make_package(echo_dir, key, name="big", readme=os.urandom(size))
+            assert len(big) > FSIZE_LIMIT
+            r = reg.publish(token, big)
+            assert error_of(r) == (507, "storage-full"), r.text
+            assert "nothing was published" in r.json()["error"]["message"]
+            assert f"while {step} the package" in r.json()["error"]["message"]
+            assert r.headers["retry-after"]
+        assert reg.packages() == before
+        assert error_of(reg.http.get("/api/v1/plugins/big")) == (404, "not-found")
+        # The server survives and still takes what fits.
+        small = make_package(echo_dir, key, name="big", version="0.1.1")
+        assert reg.publish(token, small).status_code == 201
+        assert reg.http.get("/api/v1/plugins/big").json()["latest"] == "0.1.1"
+    finally:
+        server.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[Any]:
+    """A PostgreSQL server of this module's own (the tests restart it)."""
+    from tests import _pg
+
+    reason = _pg.missing_reason()
+    if reason is not None:
+        pytest.skip(f"PostgreSQL tests skipped: {reason}")
+    server = _pg.start_server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def pg_ctl(server: Any, *args: str) -> None:
+    server._run(str(server.bin_dir / "pg_ctl"), "-D", str(server.data_dir), *args)
+
+
+def pg_start(server: Any) -> None:
+    options = " ".join([
+        "-c listen_addresses=127.0.0.1", f"-p {server.port}",
+        f"-c unix_socket_directories={server.root}", "-c fsync=off",
+        "-c synchronous_commit=off", "-c max_connections=100", "-c shared_buffers=16MB"])
+    pg_ctl(server, "-l", str(server.root / "server.log"), "-o", options, "-w", "-t", "60",
+           "start")
+
+
+@pytest.fixture(scope="module")
+def two(pg: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Reg, Reg]]:
+    """Two server processes on one registry directory and one PostgreSQL database."""
+    directory = tmp_path_factory.mktemp("registry-pg") / "reg"
+    url = pg.create_database("registry")
+    admin = init_registry_cli(directory, db_url=url)
+    assert not (directory / "registry.sqlite3").exists()
+    a = Server(directory)
+    b = Server(directory)
+    try:
+        yield Reg(directory, a, admin), Reg(directory, b, admin)
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_two_processes_share_one_postgres_database(two: tuple[Reg, Reg],
+                                                   echo_dir: Path) -> None:
+    a, b = two
+    key = SecretKey.generate()
+    token = a.account("pgpub", key=key)
+    # A's search catalogue is cached now; B's publish must move it (the shared generation).
+    assert a.http.get("/api/v1/plugins", params={"q": "shared"}).json()["items"] == []
+    r = b.publish(token, make_package(echo_dir, key, name="shared", version="0.1.0"))
+    assert r.status_code == 201, r.text
+    assert a.http.get("/api/v1/plugins/shared").json()["latest"] == "0.1.0"
+    assert [i["name"] for i in a.http.get("/api/v1/plugins", params={"q": "shared"})
+            .json()["items"]] == ["shared"]
+    a.http.get("/api/v1/plugins/shared/versions/0.1.0/download")
+    b.http.get("/api/v1/plugins/shared/versions/0.1.0/download")
+    assert a.http.get("/api/v1/plugins/shared").json()["downloads"] == 2
+
+    # Concurrent publishes of one version through both processes: exactly one wins.
+    bodies = [make_package(echo_dir, key, name="shared", version="0.2.0",
+                           description=f"try {i}") for i in range(8)]
+    codes: list[int] = []
+    barrier = threading.Barrier(len(bodies))
+
+    def go(i: int) -> None:
+        with httpx.Client(base_url=(a if i % 2 else b).url, timeout=60) as c:
+            barrier.wait()
+            codes.append(c.post("/api/v1/plugins", headers=auth(token),
+                                content=bodies[i]).status_code)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(codes) == [201] + [409] * 7
+    found = a.http.get("/api/v1/plugins", params={"q": "shared"}).json()["items"]
+    assert [(i["name"], i["version"]) for i in found] == [("shared", "0.2.0")]
+    assert b.http.get("/api/v1/plugins/shared/versions/0.2.0/download").content in bodies
+    assert not [f for f in a.packages() if ".upload-" in f]
+
+
+def test_database_restart(two: tuple[Reg, Reg], pg: Any, echo_dir: Path) -> None:
+    a, b = two
+    key = SecretKey.generate()
+    token = a.account("restarter", key=key)
+    before = a.packages()
+    pg_ctl(pg, "-m", "fast", "-w", "stop")
+    try:
+        for reg in (a, b):
+            r = reg.http.get("/api/v1/plugins")
+            assert error_of(r) == (503, "unavailable") and r.headers["retry-after"]
+        r = a.publish(token, make_package(echo_dir, key, name="during-outage"))
+        assert error_of(r) == (503, "unavailable")
+        assert a.packages() == before
+    finally:
+        pg_start(pg)
+    for reg in (a, b):
+        deadline = time.monotonic() + 20
+        while True:
+            r = reg.http.get("/api/v1/plugins")
+            if r.status_code == 200:
+                break
+            assert error_of(r) == (503, "unavailable")
+            assert time.monotonic() < deadline, "the server did not reconnect"
+            time.sleep(0.2)
+    assert error_of(a.http.get("/api/v1/plugins/during-outage")) == (404, "not-found")
+    r = b.publish(token, make_package(echo_dir, key, name="during-outage"))
+    assert r.status_code == 201, r.text
