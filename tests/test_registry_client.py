@@ -17,7 +17,7 @@ import pytest
 import plugbox
 from plugbox.host._errors import LifecycleError
 from plugbox.registry._client import RegistryClient, UpdateNotice, schedule_update_checks
-from plugbox.registry._client_errors import RegistryError, ResolutionError
+from plugbox.registry._errors import RegistryError, ResolutionError
 from plugbox.registry._tuf import TufRepository, package_custom
 from plugbox.trust._signing import SecretKey
 from tests.test_lifecycle_upgrade import failing_init_plugin

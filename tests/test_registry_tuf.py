@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from plugbox.registry._client import RegistryClient
-from plugbox.registry._client_errors import (
+from plugbox.registry._errors import (
     ArbitraryPackageError,
     EndlessDataError,
     FreezeAttackError,

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._errors import RegistryError
+from ._errors import (ArbitraryPackageError, EndlessDataError, FreezeAttackError, MixAndMatchError,
+                      RegistryError, RequestRefused, ResolutionError, RollbackAttackError,
+                      UpdateAttackError)
 from ._service import Account, Registry, RegistryLimits, init_registry
 
-__all__ = ["Account", "Registry", "RegistryError", "RegistryLimits", "create_app",
+__all__ = ["Account", "ArbitraryPackageError", "EndlessDataError", "FreezeAttackError",
+           "MixAndMatchError", "Registry", "RegistryError", "RegistryLimits", "RequestRefused",
+           "ResolutionError", "RollbackAttackError", "UpdateAttackError", "create_app",
            "init_registry", "serve"]
 
 if TYPE_CHECKING:

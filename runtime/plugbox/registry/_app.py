@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from ._errors import RegistryError
+from ._errors import RequestRefused
 from ._openapi import openapi
 from ._service import Account, Registry
 
@@ -46,7 +46,7 @@ class _ClientGone(Exception):
     """The client disconnected before its body was read."""
 
 
-def _error_response(exc: RegistryError) -> JSONResponse:
+def _error_response(exc: RequestRefused) -> JSONResponse:
     headers = {}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
@@ -57,13 +57,13 @@ def _error_response(exc: RegistryError) -> JSONResponse:
 
 async def _read_body(request: Request, cap: int, total_s: float, idle_s: float) -> bytes:
     """The request body, at most ``cap`` bytes, within ``total_s`` (and ``idle_s`` between
-    chunks); RegistryError 413 / 408 otherwise, _ClientGone on a disconnect."""
+    chunks); RequestRefused 413 / 408 otherwise, _ClientGone on a disconnect."""
     length = request.headers.get("content-length")
     if length is not None:
         if not length.isdigit():
-            raise RegistryError(400, "invalid-request", "Content-Length is not a number")
+            raise RequestRefused(400, "invalid-request", "Content-Length is not a number")
         if int(length) > cap:
-            raise RegistryError(413, "too-large", f"the body is {length} bytes; this registry "
+            raise RequestRefused(413, "too-large", f"the body is {length} bytes; this registry "
                                 f"accepts at most {cap}")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + total_s
@@ -72,19 +72,19 @@ async def _read_body(request: Request, cap: int, total_s: float, idle_s: float) 
     while True:
         left = min(idle_s, deadline - loop.time())
         if left <= 0:
-            raise RegistryError(408, "too-slow", f"the body did not arrive within "
+            raise RequestRefused(408, "too-slow", f"the body did not arrive within "
                                 f"{total_s:g} s; send it faster or in one go")
         try:
             message = await asyncio.wait_for(request.receive(), left)
         except asyncio.TimeoutError:
-            raise RegistryError(408, "too-slow", f"the body stalled (nothing for {idle_s:g} s, "
+            raise RequestRefused(408, "too-slow", f"the body stalled (nothing for {idle_s:g} s, "
                                 f"or not complete within {total_s:g} s)") from None
         if message["type"] == "http.disconnect":
             raise _ClientGone()
         body = message.get("body", b"")
         size += len(body)
         if size > cap:
-            raise RegistryError(413, "too-large", f"the body is larger than {cap} bytes, the "
+            raise RequestRefused(413, "too-large", f"the body is larger than {cap} bytes, the "
                                 f"most this registry accepts")
         chunks.append(body)
         if not message.get("more_body", False):
@@ -114,7 +114,7 @@ def create_app(registry: Registry) -> Starlette:
             wait = registry.write_limiter.take(key)
             if wait is not None:
                 who = "this token" if key.startswith("token:") else "this address"
-                raise RegistryError(429, "rate-limited", f"too many writes from {who}: at most "
+                raise RequestRefused(429, "rate-limited", f"too many writes from {who}: at most "
                                     f"{limits.write_burst} at once and "
                                     f"{limits.writes_per_minute:g} a minute; retry later",
                                     retry_after=wait)
@@ -128,15 +128,15 @@ def create_app(registry: Registry) -> Starlette:
         try:
             doc = json.loads(data or b"{}")
         except (ValueError, RecursionError):
-            raise RegistryError(400, "invalid-request", "the body is not valid JSON") from None
+            raise RequestRefused(400, "invalid-request", "the body is not valid JSON") from None
         if not isinstance(doc, dict):
-            raise RegistryError(400, "invalid-request", "the body must be a JSON object")
+            raise RequestRefused(400, "invalid-request", "the body must be a JSON object")
         return doc
 
     def param(request: Request, name: str, default: str | None = None) -> str | None:
         value = request.query_params.get(name, default)
         if value is not None and len(value) > 256:
-            raise RegistryError(400, "invalid-request", f"query parameter {name!r} is longer "
+            raise RequestRefused(400, "invalid-request", f"query parameter {name!r} is longer "
                                 f"than 256 characters")
         return value
 
@@ -145,13 +145,13 @@ def create_app(registry: Registry) -> Starlette:
         if value is None:
             return default
         if not value.isdigit() or len(value) > 6:
-            raise RegistryError(400, "invalid-request", f"{name} must be a positive integer")
+            raise RequestRefused(400, "invalid-request", f"{name} must be a positive integer")
         return int(value)
 
     def path_arg(request: Request, name: str) -> str:
         value = str(request.path_params[name])
         if not _SAFE_SEGMENT.match(value):
-            raise RegistryError(400, "invalid-request", f"{name} {value!r} is not valid")
+            raise RequestRefused(400, "invalid-request", f"{name} {value!r} is not valid")
         return value
 
     Handler = Callable[[Request], Awaitable[Response]]
@@ -161,7 +161,7 @@ def create_app(registry: Registry) -> Starlette:
             try:
                 rate_limit(request)
                 return await fn(request)
-            except RegistryError as exc:
+            except RequestRefused as exc:
                 return _error_response(exc)
             except _ClientGone:
                 log.info("client left before its body arrived: %s %s", request.method,
@@ -170,7 +170,7 @@ def create_app(registry: Registry) -> Starlette:
             except Exception:
                 log.exception("registry: unexpected error on %s %s", request.method,
                               request.url.path)
-                return _error_response(RegistryError(500, "internal", "the registry failed "
+                return _error_response(RequestRefused(500, "internal", "the registry failed "
                                                      "unexpectedly; the server log has the "
                                                      "details"))
 
@@ -229,7 +229,7 @@ def create_app(registry: Registry) -> Starlette:
     async def publish(request: Request) -> Response:
         actor = await account(request)
         if uploads.locked():
-            raise RegistryError(503, "busy", f"{limits.max_concurrent_uploads} uploads are in "
+            raise RequestRefused(503, "busy", f"{limits.max_concurrent_uploads} uploads are in "
                                 f"progress; retry shortly", retry_after=2)
         async with uploads:
             data = await _read_body(request, limits.max_upload_bytes, limits.body_timeout_s,
@@ -264,7 +264,7 @@ def create_app(registry: Registry) -> Starlette:
         name, version = path_arg(request, "name"), path_arg(request, "version")
         path, sha256 = await run_in_threadpool(registry.download, name, version)
         if not path.is_file():
-            raise RegistryError(500, "storage", f"the package file of {name} {version} is "
+            raise RequestRefused(500, "storage", f"the package file of {name} {version} is "
                                 f"missing from the registry's storage", plugin=name)
         return FileResponse(path, media_type="application/octet-stream",
                             filename=path.name, headers={"X-Plugbox-Sha256": sha256})
@@ -283,7 +283,7 @@ def create_app(registry: Registry) -> Starlette:
         doc = await json_body(request)
         to = doc.get("to")
         if not isinstance(to, str):
-            raise RegistryError(400, "invalid-request", "to must name an account")
+            raise RequestRefused(400, "invalid-request", "to must name an account")
         return JSONResponse(await run_in_threadpool(registry.transfer, actor,
                                                     path_arg(request, "name"), to))
 
@@ -336,11 +336,11 @@ def create_app(registry: Registry) -> Starlette:
     def static_file(base: Path, relative: str) -> Response:
         parts = relative.split("/")
         if not parts or len(parts) > 8 or not all(_SAFE_SEGMENT.match(p) for p in parts):
-            raise RegistryError(400, "invalid-request", f"{relative!r} is not a valid path")
+            raise RequestRefused(400, "invalid-request", f"{relative!r} is not a valid path")
         root = base.resolve()
         file = root.joinpath(*parts).resolve()
         if root not in file.parents or not file.is_file():
-            raise RegistryError(404, "not-found", f"no such TUF file {relative!r}")
+            raise RequestRefused(404, "not-found", f"no such TUF file {relative!r}")
         return FileResponse(file, media_type="application/octet-stream")
 
     async def tuf_metadata(request: Request) -> Response:
@@ -397,7 +397,7 @@ def create_app(registry: Registry) -> Starlette:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         code = {404: "not-found", 405: "method-not-allowed"}.get(status, "invalid-request")
         detail = exc.detail if isinstance(exc, HTTPException) else "error"
-        return _error_response(RegistryError(status, code, f"{request.method} "
+        return _error_response(RequestRefused(status, code, f"{request.method} "
                                              f"{request.url.path}: {detail}"))
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})

@@ -38,7 +38,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from .._errors import PlugboxError, UsageError
-from ._client_errors import (
+from ._errors import (
     ArbitraryPackageError,
     EndlessDataError,
     FreezeAttackError,

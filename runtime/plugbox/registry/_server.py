@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from ._errors import RegistryError
+from ._errors import RequestRefused
 from ._service import Registry
 
 __all__ = ["serve"]
@@ -17,7 +17,7 @@ def serve(directory: str, *, host: str = "127.0.0.1", port: int = 8080,
     try:
         import uvicorn
     except ImportError:
-        raise RegistryError(500, "config", "plugbox registry serve needs uvicorn and "
+        raise RequestRefused(500, "config", "plugbox registry serve needs uvicorn and "
                             "Starlette: pip install 'plugbox[registry]'") from None
     from ._app import create_app
 

@@ -5,7 +5,7 @@ default, PostgreSQL when ``db_url`` names one, so several stateless server proce
 it).
 
 Every method is synchronous and runs one transaction; the HTTP layer (``_app.py``) calls them
-on worker threads. Every refusal is a :class:`RegistryError` with its HTTP status and code; a
+on worker threads. Every refusal is a :class:`RequestRefused` with its HTTP status and code; a
 database that fails (down, restarting, full) is ``503 unavailable`` with ``Retry-After``.
 
 Publishing writes the package to a temporary file first, then, inside the transaction that
@@ -41,7 +41,7 @@ from .._manifest import abi_compatible
 from ..services._db import Database, Tx, connect, redacted
 from ..trust._package import PackageLimits
 from ..trust._signing import PublicKey, Signature, verify_bytes
-from ._errors import RegistryError
+from ._errors import RequestRefused
 from ._verify import VerifiedPackage, verify_package
 
 __all__ = ["Account", "Registry", "RegistryLimits", "init_registry"]
@@ -175,7 +175,7 @@ class RegistryLimits:
         known = set(cls.__dataclass_fields__)
         unknown = set(doc) - known
         if unknown:
-            raise RegistryError(500, "config", f"registry.json: unknown limits "
+            raise RequestRefused(500, "config", f"registry.json: unknown limits "
                                 f"{sorted(unknown)}; known: {sorted(known)}")
         return cls(**dict(doc))
 
@@ -252,12 +252,12 @@ def _read_config(directory: Path) -> dict[str, Any]:
     try:
         doc = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise RegistryError(500, "config", f"{directory} is not a registry (no {CONFIG_FILE}): "
+        raise RequestRefused(500, "config", f"{directory} is not a registry (no {CONFIG_FILE}): "
                             f"create one with plugbox registry init {directory}") from None
     except (OSError, ValueError) as exc:
-        raise RegistryError(500, "config", f"{file} is unreadable: {exc}") from None
+        raise RequestRefused(500, "config", f"{file} is unreadable: {exc}") from None
     if not isinstance(doc, dict) or doc.get("format") != 1:
-        raise RegistryError(500, "config", f"{file}: not a format-1 registry configuration")
+        raise RequestRefused(500, "config", f"{file}: not a format-1 registry configuration")
     return doc
 
 
@@ -271,11 +271,11 @@ def init_registry(directory: str | os.PathLike[str], *, db_url: str | None = Non
     token is shown only here."""
     root = Path(directory)
     if root.exists() and any(root.iterdir()):
-        raise RegistryError(400, "invalid-request",
+        raise RequestRefused(400, "invalid-request",
                             f"{root} is not empty: a registry is created in a new or empty "
                             f"directory")
     if not _ACCOUNT_RE.match(admin):
-        raise RegistryError(400, "invalid-request", f"admin name {admin!r} is not an account "
+        raise RequestRefused(400, "invalid-request", f"admin name {admin!r} is not an account "
                             f"name (lowercase letters, digits, '_' or '-', starting with a "
                             f"letter)")
     if limits:
@@ -285,7 +285,7 @@ def init_registry(directory: str | os.PathLike[str], *, db_url: str | None = Non
         config = {"format": 1, "db_url": db_url, "limits": dict(limits or {})}
         (root / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     except OSError as exc:
-        raise RegistryError(500, "storage", f"cannot create the registry in {root}: "
+        raise RequestRefused(500, "storage", f"cannot create the registry in {root}: "
                             f"{exc.strerror or exc}") from None
     _init_tuf(root / TUF_DIR, offline_root_dir)
     with Registry(root) as registry:
@@ -358,7 +358,7 @@ class Registry:
                             "DO NOTHING", ("schema", str(SCHEMA_VERSION)))
             self.db.generation(_CATALOGUE)  # creates the counter's table outside any transaction
         except StateError as exc:
-            raise RegistryError(503, "unavailable", f"the registry database "
+            raise RequestRefused(503, "unavailable", f"the registry database "
                                 f"{redacted(str(url))} cannot be opened: {exc.message}",
                                 retry_after=5) from None
         self._tuf = tuf
@@ -391,31 +391,31 @@ class Registry:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 yield self.tuf
-            except RegistryError:
+            except RequestRefused:
                 raise
             except OSError as exc:
                 raise self._storage_error(exc, "writing the TUF metadata") from None
             except PlugboxError as exc:
-                raise RegistryError(500, "tuf", f"the registry's TUF repository refused the "
+                raise RequestRefused(500, "tuf", f"the registry's TUF repository refused the "
                                     f"change: {exc.message}", plugin=exc.plugin) from None
             finally:
                 os.close(fd)
 
-    def _unavailable(self, exc: StateError) -> RegistryError:
+    def _unavailable(self, exc: StateError) -> RequestRefused:
         log.warning("registry database error: %s", exc.message)
-        return RegistryError(503, "unavailable",
+        return RequestRefused(503, "unavailable",
                              f"the registry database is unavailable: {exc.message}",
                              retry_after=1)
 
-    def _storage_error(self, exc: OSError, doing: str) -> RegistryError:
+    def _storage_error(self, exc: OSError, doing: str) -> RequestRefused:
         import errno
 
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            return RegistryError(507, "storage-full",
+            return RequestRefused(507, "storage-full",
                                  f"the registry's storage is full while {doing} "
                                  f"({exc.strerror}); nothing was published: retry later",
                                  retry_after=60)
-        return RegistryError(500, "storage", f"the registry's storage failed while {doing}: "
+        return RequestRefused(500, "storage", f"the registry's storage failed while {doing}: "
                              f"{exc.strerror or exc}")
 
     def _atomic(self, body: Callable[[Tx], T]) -> T:
@@ -472,7 +472,7 @@ class Registry:
         """The account an API token belongs to; 401 for a missing, unknown or revoked one.
         The stored hash is compared in constant time."""
         if not token:
-            raise RegistryError(401, "unauthorized", "this request needs an API token: send "
+            raise RequestRefused(401, "unauthorized", "this request needs an API token: send "
                                 "'Authorization: Bearer pbx_...'")
         token_id = self.token_id_of(token)
         secret = token[len(_TOKEN_PREFIX) + 17:] if token_id else ""
@@ -482,35 +482,35 @@ class Registry:
         expected = rows[0][0] if rows else _hash_secret("x")
         matches = hmac.compare_digest(expected, _hash_secret(secret or "y"))
         if not rows or not matches:
-            raise RegistryError(401, "unauthorized", "the API token is not valid: ask an admin "
+            raise RequestRefused(401, "unauthorized", "the API token is not valid: ask an admin "
                                 "for a new one")
         if rows[0][1] is not None:
-            raise RegistryError(401, "unauthorized", "the API token was revoked: create a new "
+            raise RequestRefused(401, "unauthorized", "the API token was revoked: create a new "
                                 "one (POST /api/v1/accounts/NAME/tokens)")
         return Account(rows[0][2], bool(rows[0][3]), bool(rows[0][4]), str(token_id))
 
     @staticmethod
     def _require_admin(actor: Account, doing: str) -> None:
         if not actor.admin:
-            raise RegistryError(403, "forbidden", f"only an admin may {doing}")
+            raise RequestRefused(403, "forbidden", f"only an admin may {doing}")
 
     @staticmethod
     def _require_self_or_admin(actor: Account, name: str, doing: str) -> None:
         if actor.name != name and not actor.admin:
-            raise RegistryError(403, "forbidden", f"only {name!r} or an admin may {doing}")
+            raise RequestRefused(403, "forbidden", f"only {name!r} or an admin may {doing}")
 
     def create_account(self, actor: Account, name: str, *, admin: bool = False,
                        reviewer: bool = False) -> dict[str, Any]:
         """A new account (admins only) and its first token."""
         self._require_admin(actor, "create accounts")
         if not isinstance(name, str) or not _ACCOUNT_RE.match(name):
-            raise RegistryError(400, "invalid-request", f"account name {name!r} is invalid: "
+            raise RequestRefused(400, "invalid-request", f"account name {name!r} is invalid: "
                                 f"1-64 lowercase letters, digits, '_' or '-', starting with a "
                                 f"letter")
 
         def body(tx: Tx) -> dict[str, Any]:
             if tx.execute("SELECT 1 FROM reg_accounts WHERE name = ?", (name,)).fetchone():
-                raise RegistryError(409, "conflict", f"account {name!r} exists already")
+                raise RequestRefused(409, "conflict", f"account {name!r} exists already")
             tx.execute("INSERT INTO reg_accounts (name, admin, reviewer, created_at) "
                        "VALUES (?, ?, ?, ?)", (name, int(admin), int(reviewer), _now()))
             return {**self._new_token(tx, name, "first"), "admin": admin, "reviewer": reviewer}
@@ -524,7 +524,7 @@ class Registry:
 
         def body(tx: Tx) -> dict[str, Any]:
             if not tx.execute("SELECT 1 FROM reg_accounts WHERE name = ?", (name,)).fetchone():
-                raise RegistryError(404, "not-found", f"no account {name!r}")
+                raise RequestRefused(404, "not-found", f"no account {name!r}")
             return self._new_token(tx, name, label)
 
         return self._atomic(body)
@@ -535,7 +535,7 @@ class Registry:
             row = tx.execute("SELECT account, revoked_at FROM reg_tokens WHERE id = ?",
                              (token_id,)).fetchone()
             if row is None:
-                raise RegistryError(404, "not-found", f"no token {token_id!r}")
+                raise RequestRefused(404, "not-found", f"no token {token_id!r}")
             self._require_self_or_admin(actor, row[0], "revoke its tokens")
             if row[1] is None:
                 tx.execute("UPDATE reg_tokens SET revoked_at = ? WHERE id = ?",
@@ -549,22 +549,22 @@ class Registry:
         packages signed by it are accepted from ``name``."""
         self._require_self_or_admin(actor, name, "register its keys")
         if not isinstance(public_key, str) or len(public_key) > 4096:
-            raise RegistryError(400, "invalid-request", "public_key must be a minisign public "
+            raise RequestRefused(400, "invalid-request", "public_key must be a minisign public "
                                 "key (text, at most 4096 characters)")
         try:
             key = (PublicKey.parse(public_key) if "\n" in public_key.strip()
                    else PublicKey.from_base64(public_key.strip()))
         except PlugboxError as exc:
-            raise RegistryError(400, "invalid-request", f"public_key: {exc.message}") from None
+            raise RequestRefused(400, "invalid-request", f"public_key: {exc.message}") from None
 
         def body(tx: Tx) -> dict[str, Any]:
             if not tx.execute("SELECT 1 FROM reg_accounts WHERE name = ?", (name,)).fetchone():
-                raise RegistryError(404, "not-found", f"no account {name!r}")
+                raise RequestRefused(404, "not-found", f"no account {name!r}")
             row = tx.execute("SELECT account FROM reg_keys WHERE key_id = ?",
                              (key.key_id_hex,)).fetchone()
             if row is not None:
                 if row[0] != name:
-                    raise RegistryError(409, "conflict", f"key {key.key_id_hex} is registered "
+                    raise RequestRefused(409, "conflict", f"key {key.key_id_hex} is registered "
                                         f"by another account")
             else:
                 tx.execute("INSERT INTO reg_keys (key_id, account, public_key, added_at) "
@@ -580,7 +580,7 @@ class Registry:
         def body(tx: Tx) -> dict[str, Any]:
             if not tx.execute("SELECT 1 FROM reg_keys WHERE key_id = ? AND account = ?",
                               (key_id.upper(), name)).fetchone():
-                raise RegistryError(404, "not-found", f"{name!r} has no key {key_id!r}")
+                raise RequestRefused(404, "not-found", f"{name!r} has no key {key_id!r}")
             tx.execute("DELETE FROM reg_keys WHERE key_id = ?", (key_id.upper(),))
             return {"account": name, "key_id": key_id.upper(), "removed": True}
 
@@ -610,7 +610,7 @@ class Registry:
         try:
             members = read_package(data, limits)
         except PlugboxError as exc:
-            raise RegistryError(422, "invalid-package", f"the package fails the package check "
+            raise RequestRefused(422, "invalid-package", f"the package fails the package check "
                                 f"plugbox verify makes: {exc.message}",
                                 detail={"check": "package", "type": type(exc).__name__}) from None
         from ._verify import peek_name
@@ -618,7 +618,7 @@ class Registry:
         name, version = peek_name(members)
         owner_rows = self._read("SELECT owner FROM reg_plugins WHERE name = ?", (name,))
         if owner_rows and owner_rows[0][0] != actor.name:
-            raise RegistryError(403, "forbidden", f"plugin name {name!r} belongs to "
+            raise RequestRefused(403, "forbidden", f"plugin name {name!r} belongs to "
                                 f"{owner_rows[0][0]!r}; publish under another name, or ask an "
                                 f"admin to transfer it", plugin=name)
         verified = verify_package(data, self._keys_of(actor.name), limits)
@@ -639,7 +639,7 @@ class Registry:
             if self._lost_race(name, version):
                 raise self._exists(name, version) from None
             if _is_unique_violation(exc):
-                raise RegistryError(409, "conflict", f"{name!r} was claimed by another "
+                raise RequestRefused(409, "conflict", f"{name!r} was claimed by another "
                                     f"publisher at the same time", plugin=name) from None
             raise self._unavailable(exc) from None
         except BaseException:
@@ -659,8 +659,8 @@ class Registry:
             return False
 
     @staticmethod
-    def _exists(name: str, version: str) -> RegistryError:
-        return RegistryError(409, "version-exists", f"{name} {version} is already published; "
+    def _exists(name: str, version: str) -> RequestRefused:
+        return RequestRefused(409, "version-exists", f"{name} {version} is already published; "
                              f"versions are immutable: publish a new version", plugin=name)
 
     @staticmethod
@@ -671,12 +671,12 @@ class Registry:
             if not tag:
                 continue
             if not _TAG_RE.match(tag):
-                raise RegistryError(400, "invalid-request", f"tag {tag!r} is invalid: 1-32 "
+                raise RequestRefused(400, "invalid-request", f"tag {tag!r} is invalid: 1-32 "
                                     f"lowercase letters, digits, '.', '+', '_' or '-'")
             if tag not in out:
                 out.append(tag)
         if len(out) > 16:
-            raise RegistryError(400, "invalid-request", "at most 16 tags")
+            raise RequestRefused(400, "invalid-request", "at most 16 tags")
         return out
 
     def _write_temp(self, final: Path, data: bytes) -> Path:
@@ -710,7 +710,7 @@ class Registry:
                        "VALUES (?, ?, ?, ?, ?, ?, 0, 0, 0)",
                        (name, actor.name, facts["description"], " ".join(tags), now, now))
         elif row[0] != actor.name:
-            raise RegistryError(403, "forbidden", f"plugin name {name!r} belongs to "
+            raise RequestRefused(403, "forbidden", f"plugin name {name!r} belongs to "
                                 f"{row[0]!r}", plugin=name)
         else:
             tx.execute("UPDATE reg_plugins SET description = ?, tags = ?, updated_at = ? "
@@ -743,8 +743,8 @@ class Registry:
         except Exception as exc:
             if isinstance(exc, OSError):
                 raise self._storage_error(exc, "signing the TUF metadata") from None
-            if isinstance(exc, PlugboxError) and not isinstance(exc, RegistryError):
-                raise RegistryError(500, "tuf", f"the TUF repository refused the target: "
+            if isinstance(exc, PlugboxError) and not isinstance(exc, RequestRefused):
+                raise RequestRefused(500, "tuf", f"the TUF repository refused the target: "
                                     f"{exc.message}", plugin=name) from None
             raise
         return self._version_doc_tx(tx, name, version)
@@ -787,7 +787,7 @@ class Registry:
             "published_at, yanked, yank_reason, yanked_at, downloads FROM reg_versions "
             "WHERE name = ? AND version = ?", (name, version)).fetchone()
         if row is None:
-            raise RegistryError(404, "not-found", f"{name} has no version {version!r}",
+            raise RequestRefused(404, "not-found", f"{name} has no version {version!r}",
                                 plugin=name)
         reviews = tx.execute(
             "SELECT reviewer, status, notes, key_id, signature, reviewed_at FROM "
@@ -859,7 +859,7 @@ class Registry:
                          "downloads, rating_sum, rating_count FROM reg_plugins WHERE name = ?",
                          (name,)).fetchone()
         if row is None:
-            raise RegistryError(404, "not-found", f"no plugin named {name!r} in this registry",
+            raise RequestRefused(404, "not-found", f"no plugin named {name!r} in this registry",
                                 plugin=name)
         return tuple(row)
 
@@ -894,26 +894,26 @@ class Registry:
         docstring of ``_app.py`` and docs/registry.md name the parameters)."""
         lim = self.limits
         if len(q) > lim.max_query_chars:
-            raise RegistryError(400, "invalid-request",
+            raise RequestRefused(400, "invalid-request",
                                 f"q is longer than {lim.max_query_chars} characters")
         if sort not in _SORTS:
-            raise RegistryError(400, "invalid-request", f"sort must be one of {list(_SORTS)}")
+            raise RequestRefused(400, "invalid-request", f"sort must be one of {list(_SORTS)}")
         if not 1 <= per_page <= lim.max_page_size:
-            raise RegistryError(400, "invalid-request",
+            raise RequestRefused(400, "invalid-request",
                                 f"per_page must be between 1 and {lim.max_page_size}")
         if not 1 <= page <= 10_000:
-            raise RegistryError(400, "invalid-request", "page must be between 1 and 10000")
+            raise RequestRefused(400, "invalid-request", "page must be between 1 and 10000")
         if len(point) > 8 or len(permission) > 8:
-            raise RegistryError(400, "invalid-request", "at most 8 point and 8 permission "
+            raise RequestRefused(400, "invalid-request", "at most 8 point and 8 permission "
                                 "filters")
         host_version: Version | None = None
         if host is not None:
             try:
                 host_version = Version(host)
             except InvalidVersion:
-                raise RegistryError(400, "invalid-request", f"host {host!r} is not a version")
+                raise RequestRefused(400, "invalid-request", f"host {host!r} is not a version")
         if abi is not None and not re.fullmatch(r"[0-9]+\.[0-9]+(\.[0-9]+)?", abi):
-            raise RegistryError(400, "invalid-request", f"abi {abi!r} is not MAJOR.MINOR")
+            raise RequestRefused(400, "invalid-request", f"abi {abi!r} is not MAJOR.MINOR")
         allowed = None if allowed_permissions is None else set(
             p for p in allowed_permissions.split(",") if p)
         terms = [t.lower() for t in q.split()][:8]
@@ -1026,7 +1026,7 @@ class Registry:
             row = tx.execute("SELECT sha256 FROM reg_versions WHERE name = ? AND version = ?",
                              (name, version)).fetchone()
             if row is None:
-                raise RegistryError(404, "not-found", f"{name} has no version {version!r}",
+                raise RequestRefused(404, "not-found", f"{name} has no version {version!r}",
                                     plugin=name)
             tx.execute("UPDATE reg_versions SET downloads = downloads + 1 WHERE name = ? AND "
                        "version = ?", (name, version))
@@ -1041,7 +1041,7 @@ class Registry:
     def _owner_or_admin(self, tx: Tx, actor: Account, name: str, doing: str) -> None:
         row = self._plugin_row(tx, name)
         if row[1] != actor.name and not actor.admin:
-            raise RegistryError(403, "forbidden", f"only {name!r}'s owner ({row[1]}) or an "
+            raise RequestRefused(403, "forbidden", f"only {name!r}'s owner ({row[1]}) or an "
                                 f"admin may {doing}", plugin=name)
 
     def yank(self, actor: Account, name: str, version: str, reason: str,
@@ -1050,7 +1050,7 @@ class Registry:
         offering it unless pinned exactly. Signed into TUF (the target's custom data and the
         plugin's listing)."""
         if not isinstance(reason, str) or not reason.strip() or len(reason) > 1000:
-            raise RegistryError(400, "invalid-request", "reason must be a non-empty text of at "
+            raise RequestRefused(400, "invalid-request", "reason must be a non-empty text of at "
                                 "most 1000 characters")
 
         def body(tx: Tx) -> dict[str, Any]:
@@ -1058,7 +1058,7 @@ class Registry:
             row = tx.execute("SELECT publisher FROM reg_versions "
                              "WHERE name = ? AND version = ?", (name, version)).fetchone()
             if row is None:
-                raise RegistryError(404, "not-found", f"{name} has no version {version!r}",
+                raise RequestRefused(404, "not-found", f"{name} has no version {version!r}",
                                     plugin=name)
             tx.execute("UPDATE reg_versions SET yanked = ?, yank_reason = ?, yanked_at = ? "
                        "WHERE name = ? AND version = ?",
@@ -1091,7 +1091,7 @@ class Registry:
         def body(tx: Tx) -> dict[str, Any]:
             self._plugin_row(tx, name)
             if not tx.execute("SELECT 1 FROM reg_accounts WHERE name = ?", (to,)).fetchone():
-                raise RegistryError(404, "not-found", f"no account {to!r}")
+                raise RequestRefused(404, "not-found", f"no account {to!r}")
             tx.execute("UPDATE reg_plugins SET owner = ? WHERE name = ?", (to, name))
             self.db.bump_generation(_CATALOGUE, tx)
             return self._plugin_json(self._plugin_row(tx, name))
@@ -1127,29 +1127,29 @@ class Registry:
         adv_id, affected = doc.get("id"), doc.get("affected")
         severity, fixed_in, text = doc.get("severity"), doc.get("fixed_in"), doc.get("text")
         if not isinstance(adv_id, str) or not _ADVISORY_RE.match(adv_id):
-            raise RegistryError(400, "invalid-request", "id must be 1-64 letters, digits, '.', "
+            raise RequestRefused(400, "invalid-request", "id must be 1-64 letters, digits, '.', "
                                 "'_' or '-' (e.g. PBX-2026-0001)")
         if not isinstance(affected, str) or len(affected) > 256:
-            raise RegistryError(400, "invalid-request", "affected must be a PEP 440 version "
+            raise RequestRefused(400, "invalid-request", "affected must be a PEP 440 version "
                                 "specifier such as '<1.2.1'")
         try:
             SpecifierSet(affected)
         except InvalidSpecifier:
-            raise RegistryError(400, "invalid-request", f"affected {affected!r} is not a PEP "
+            raise RequestRefused(400, "invalid-request", f"affected {affected!r} is not a PEP "
                                 f"440 version specifier (e.g. '>=1.0,<1.2.1')") from None
         if severity not in _SEVERITIES:
-            raise RegistryError(400, "invalid-request",
+            raise RequestRefused(400, "invalid-request",
                                 f"severity must be one of {list(_SEVERITIES)}")
         if fixed_in is not None and (not isinstance(fixed_in, str) or len(fixed_in) > 128):
-            raise RegistryError(400, "invalid-request", "fixed_in must be a version or null")
+            raise RequestRefused(400, "invalid-request", "fixed_in must be a version or null")
         if not isinstance(text, str) or not text.strip() or len(text) > 8192:
-            raise RegistryError(400, "invalid-request", "text must be a non-empty text of at "
+            raise RequestRefused(400, "invalid-request", "text must be a non-empty text of at "
                                 "most 8192 characters")
 
         def body(tx: Tx) -> dict[str, Any]:
             self._owner_or_admin(tx, actor, name, "publish its advisories")
             if tx.execute("SELECT 1 FROM reg_advisories WHERE id = ?", (adv_id,)).fetchone():
-                raise RegistryError(409, "conflict", f"advisory {adv_id!r} exists already")
+                raise RequestRefused(409, "conflict", f"advisory {adv_id!r} exists already")
             tx.execute("INSERT INTO reg_advisories (id, name, affected, severity, fixed_in, "
                        "text, published_by, published_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        (adv_id, name, affected, severity, fixed_in, text, actor.name, _now()))
@@ -1172,9 +1172,9 @@ class Registry:
     def put_review(self, actor: Account, name: str, rating: Any, text: Any) -> dict[str, Any]:
         """Create or edit ``actor``'s one review of ``name`` (rating 1-5, text)."""
         if isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5:
-            raise RegistryError(400, "invalid-request", "rating must be an integer from 1 to 5")
+            raise RequestRefused(400, "invalid-request", "rating must be an integer from 1 to 5")
         if not isinstance(text, str) or len(text) > 4000:
-            raise RegistryError(400, "invalid-request", "text must be at most 4000 characters")
+            raise RequestRefused(400, "invalid-request", "text must be at most 4000 characters")
 
         def body(tx: Tx) -> dict[str, Any]:
             self._plugin_row(tx, name)
@@ -1205,7 +1205,7 @@ class Registry:
                          "moderation_reason FROM reg_reviews WHERE name = ? AND account = ?",
                          (name, user)).fetchone()
         if row is None:
-            raise RegistryError(404, "not-found", f"{user!r} has not reviewed {name!r}")
+            raise RequestRefused(404, "not-found", f"{user!r} has not reviewed {name!r}")
         return self._review_json(row)
 
     def reviews(self, name: str, *, include_hidden: bool = False) -> dict[str, Any]:
@@ -1226,7 +1226,7 @@ class Registry:
         """Hide (or show again) a review (admins only); hidden reviews leave the rating."""
         self._require_admin(actor, "moderate reviews")
         if not isinstance(hidden, bool):
-            raise RegistryError(400, "invalid-request", "hidden must be true or false")
+            raise RequestRefused(400, "invalid-request", "hidden must be true or false")
 
         def body(tx: Tx) -> dict[str, Any]:
             self._review_tx(tx, name, user)
@@ -1245,24 +1245,24 @@ class Registry:
         (approved/rejected) and the reviewer's minisign signature over the package's sha256
         (its 64 hex digits, as ASCII), verified against the reviewer's registered keys."""
         if not (actor.reviewer or actor.admin):
-            raise RegistryError(403, "forbidden", "only reviewers and admins may record "
+            raise RequestRefused(403, "forbidden", "only reviewers and admins may record "
                                 "security reviews")
         if status not in _REVIEW_STATUSES:
-            raise RegistryError(400, "invalid-request",
+            raise RequestRefused(400, "invalid-request",
                                 f"status must be one of {list(_REVIEW_STATUSES)}")
         if not isinstance(notes, str) or len(notes) > 8192:
-            raise RegistryError(400, "invalid-request", "notes must be at most 8192 characters")
+            raise RequestRefused(400, "invalid-request", "notes must be at most 8192 characters")
         if not isinstance(signature, str) or len(signature) > 16384:
-            raise RegistryError(400, "invalid-request", "signature must be a minisign "
+            raise RequestRefused(400, "invalid-request", "signature must be a minisign "
                                 "signature (text)")
         try:
             sig = Signature.parse(signature)
         except PlugboxError as exc:
-            raise RegistryError(400, "invalid-request", f"signature: {exc.message}") from None
+            raise RequestRefused(400, "invalid-request", f"signature: {exc.message}") from None
         rows = self._read("SELECT public_key FROM reg_keys WHERE account = ? AND key_id = ?",
                           (actor.name, sig.key_id_hex))
         if not rows:
-            raise RegistryError(403, "untrusted-signer", f"the review is signed by key "
+            raise RequestRefused(403, "untrusted-signer", f"the review is signed by key "
                                 f"{sig.key_id_hex}, which {actor.name!r} has not registered")
         key = PublicKey.parse(rows[0][0])
 
@@ -1270,12 +1270,12 @@ class Registry:
             row = tx.execute("SELECT sha256 FROM reg_versions WHERE name = ? AND version = ?",
                              (name, version)).fetchone()
             if row is None:
-                raise RegistryError(404, "not-found", f"{name} has no version {version!r}",
+                raise RequestRefused(404, "not-found", f"{name} has no version {version!r}",
                                     plugin=name)
             try:
                 verify_bytes(str(row[0]).encode("ascii"), sig, key)
             except PlugboxError as exc:
-                raise RegistryError(422, "bad-signature", f"the review signature does not "
+                raise RequestRefused(422, "bad-signature", f"the review signature does not "
                                     f"verify over the package hash {row[0]}: {exc.message}",
                                     plugin=name) from None
             now = _now()

@@ -37,7 +37,7 @@ from ..engine._wasmparse import check_capabilities, check_module_interface, insp
 from ..trust._package import PackageLimits, extract_package
 from ..trust._signing import PublicKey
 from ..trust._trust import PRIMARY_SIGNATURE, SIGNATURES_DIR, TrustPolicy
-from ._errors import RegistryError
+from ._errors import RequestRefused
 
 __all__ = ["VerifiedPackage", "peek_name", "verify_package"]
 
@@ -86,32 +86,32 @@ class VerifiedPackage:
 
 
 def _refuse(check: str, exc: PlugboxError | str, name: str | None = None,
-            directory: Path | None = None) -> RegistryError:
+            directory: Path | None = None) -> RequestRefused:
     message = exc if isinstance(exc, str) else exc.message
     if directory is not None:  # the server's temporary paths mean nothing to the uploader
         message = message.replace(str(directory) + "/", "").replace(str(directory),
                                                                     "the package")
-    return RegistryError(422, "invalid-package",
+    return RequestRefused(422, "invalid-package",
                          f"the package fails the {check} check plugbox verify makes: {message}",
                          plugin=name, detail={"check": check,
                                               "type": None if isinstance(exc, str)
                                               else type(exc).__name__})
 
 
-def _storage_full(exc: OSError) -> RegistryError:
+def _storage_full(exc: OSError) -> RequestRefused:
     import errno
 
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return RegistryError(507, "storage-full", f"the registry's storage is full while "
+        return RequestRefused(507, "storage-full", f"the registry's storage is full while "
                              f"checking the package ({exc.strerror}); nothing was published: "
                              f"retry later", retry_after=60)
-    return RegistryError(500, "storage", f"the registry's storage failed while checking the "
+    return RequestRefused(500, "storage", f"the registry's storage failed while checking the "
                          f"package: {exc.strerror or exc}")
 
 
 def peek_name(members: dict[str, bytes]) -> tuple[str, str]:
     """The (name, version) a package's manifest claims, before anything else is checked, so the
-    server can refuse a name owned by someone else early. RegistryError when unreadable."""
+    server can refuse a name owned by someone else early. RequestRefused when unreadable."""
     try:
         doc = json.loads(members[MANIFEST_FILENAME].decode("utf-8-sig"))
         name, version = doc["name"], doc["version"]
@@ -124,7 +124,7 @@ def peek_name(members: dict[str, bytes]) -> tuple[str, str]:
 
 def verify_package(data: bytes, keys: Sequence[PublicKey],
                    limits: PackageLimits = PackageLimits()) -> VerifiedPackage:
-    """Check an uploaded package completely (module docstring); raises RegistryError 422
+    """Check an uploaded package completely (module docstring); raises RequestRefused 422
     ``invalid-package`` naming the failed check, or 403 ``untrusted-signer`` when no key of
     ``keys`` signed it."""
     try:
@@ -135,7 +135,7 @@ def verify_package(data: bytes, keys: Sequence[PublicKey],
         raise _refuse("package", exc) from None
     name, _ = peek_name(members)
     if not keys:
-        raise RegistryError(403, "no-keys",
+        raise RequestRefused(403, "no-keys",
                             f"the publisher of {name!r} has registered no signing key: register "
                             f"a minisign public key (POST /api/v1/accounts/NAME/keys) and sign "
                             f"the package with it", plugin=name)
@@ -153,7 +153,7 @@ def verify_package(data: bytes, keys: Sequence[PublicKey],
         trust = TrustPolicy(list(keys), mode="require")
         report = trust.evaluate(source.directory, source.data, plugin=name)
         if report.error is not None:
-            raise RegistryError(
+            raise RequestRefused(
                 403, "untrusted-signer",
                 f"{name!r} is not signed by a key its publisher registered: "
                 f"{report.error.message.replace(str(directory) + '/', '')}", plugin=name,
