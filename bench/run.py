@@ -917,7 +917,8 @@ def bench_python(res: Results, build_dir: Path, reps: int, rep_seconds: float) -
                 [w["load"] for w in warm], unit="s",
                 process_seconds=[w["process"] for w in warm],
                 import_seconds=[w["import"] for w in warm])
-        with plugbox.Runtime(state_dir=Path(tmp) / "s", cache_dir=cache) as rt:
+        with plugbox.Runtime(state_dir=Path(tmp) / "s", cache_dir=cache) as rt, \
+                plugbox.Runtime(state_dir=Path(tmp) / "s-text", cache_dir=cache) as rt_text:
             py = rt.load(plugin_dir)
             # Random bytes at every size; at PY_KIND_SIZES zeros and ASCII too, in the same
             # interleaved pool, so the kinds are compared side by side in one run.
@@ -931,9 +932,26 @@ def bench_python(res: Results, build_dir: Path, reps: int, rep_seconds: float) -
                     raise SystemExit(f"the Python echo returned the wrong bytes at {size} B "
                                      f"({kind})")
                 pool[py_case(size, kind)] = timer
+            # The same component called the way a component built before bulk#on-hook-hex is
+            # (on-hook-text, the bytes as latin-1 code points), in the same pool: the change's
+            # before and after side by side.
+            old = rt_text.load(plugin_dir)
+            old_instance = old._idle[0] if old._idle else None
+            if old_instance is not None and getattr(old_instance, "_hex", None) is not None:
+                old_instance._hex = None
+                for kind in PAYLOAD_KINDS:
+                    payload = payload_of(1 << 20, kind)
+                    timer = Timer(functools.partial(old.call, "echo", payload), rep_seconds)
+                    if timer.check() != payload:
+                        raise SystemExit(f"the on-hook-text path returned the wrong bytes ({kind})")
+                    pool[py_case(1 << 20, kind) + TEXT_PATH] = timer
             interleaved(pool, reps)
             for case, timer in pool.items():
                 res.add("python", case, "plugbox", timer.samples)
+
+
+#: Suffix of the python section's cases that use the latin-1 on-hook-text path.
+TEXT_PATH = ", on-hook-text (older components)"
 
 
 def py_case(size: int, kind: str = "random") -> str:
@@ -1148,6 +1166,11 @@ def build_tables(res: Results, tgts: list[dict[str, Any]]) -> list[Table]:
                              fmt_us(rust["median"]) if rust and kind == "random" else "-",
                              f"{r['median'] / rust['median']:.0f}x"
                              if rust and kind == "random" else "-"])
+    for kind in PAYLOAD_KINDS:
+        r = res.get("python", py_case(1 << 20, kind) + TEXT_PATH, "plugbox")
+        if r:
+            rows.append([py_case(1 << 20, kind) + (" random" if kind == "random" else "")
+                         + TEXT_PATH, fmt_us(r["median"]), "", "-", "-"])
     if rows:
         tables.append(("Python plugin (componentize-py echo component; median)",
                        ["case", "Python plugin", "whole process", "Rust echo (core module)",
