@@ -18,6 +18,7 @@ import pytest
 import wasmtime
 
 import plugbox
+from plugbox.engine import _fastpath_component as fc
 from tests.conftest import BUMP_REALLOC, REPO, write_plugin
 
 WASM_TOOLS = Path(sys.executable).parent / "wasm-tools"
@@ -39,6 +40,19 @@ def py_echo() -> Path:
     return module.parent
 
 
+@pytest.fixture(params=["c", "binascii"])
+def codec(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The host's hex codec: _speedups' bulk functions, or the binascii fallback used when the
+    accelerator lacks them."""
+    if request.param == "c":
+        if fc._bulk_hex_into is None or fc._bulk_unhex is None:
+            pytest.skip("the C accelerator's bulk functions are not built")
+    else:
+        monkeypatch.setattr(fc, "_bulk_hex_into", None)
+        monkeypatch.setattr(fc, "_bulk_unhex", None)
+    return str(request.param)
+
+
 @pytest.fixture
 def rt(tmp_path: Path) -> plugbox.Runtime:
     with plugbox.Runtime(state_dir=tmp_path / "state", cache_dir=CACHE) as runtime:
@@ -46,7 +60,7 @@ def rt(tmp_path: Path) -> plugbox.Runtime:
 
 
 def test_python_plugin_round_trips_random_bytes_of_every_size(
-        rt: plugbox.Runtime, py_echo: Path) -> None:
+        rt: plugbox.Runtime, py_echo: Path, codec: str) -> None:
     echo = rt.load(py_echo)
     instance = echo._idle[0]  # type: ignore[union-attr]
     assert instance._hex is not None, "plugbox build must export bulk#on-hook-hex"
@@ -144,7 +158,7 @@ def test_components_without_on_hook_hex_keep_the_latin1_text_path(
 
 @needs_wasm_tools
 def test_the_host_prefers_on_hook_hex_when_both_are_exported(
-        rt: plugbox.Runtime, tmp_path: Path) -> None:
+        rt: plugbox.Runtime, tmp_path: Path, codec: str) -> None:
     # on-hook-hex answers "0aFf" whatever it is sent (both cases of hex digits are accepted);
     # on-hook-text would answer "text".
     both = write_plugin(tmp_path / "both", _component(
@@ -156,15 +170,16 @@ def test_the_host_prefers_on_hook_hex_when_both_are_exported(
 
 @needs_wasm_tools
 @pytest.mark.parametrize("case, body, words", [
-    ("not-hex", _answer(256, 2), ["not hexadecimal"]),
-    ("odd-length", _answer(264, 3), ["odd number", "3 characters"]),
+    ("not-hex", _answer(256, 2), ["not hexadecimal", "two hex digits per byte"]),
+    ("odd-length", _answer(264, 3), ["odd number", "3 characters", "plugbox build"]),
     ("non-ascii", _answer(272, 4), ["not hexadecimal"]),
     # A length past the end of the guest's memory: wasmtime refuses it before anything is
     # copied.
     ("oversize", _answer(256, 0x7FFF_FFF0), ["canonical abi"]),
 ])
 def test_malformed_on_hook_hex_results_are_abi_violations(
-        rt: plugbox.Runtime, tmp_path: Path, case: str, body: str, words: list[str]) -> None:
+        rt: plugbox.Runtime, tmp_path: Path, case: str, body: str, words: list[str],
+        codec: str) -> None:
     plugin_dir = write_plugin(tmp_path / case, _component(tmp_path, case, hex_body=body),
                               name=f"bad-{case}", hooks=("echo",))
     plugin = rt.load(plugin_dir)

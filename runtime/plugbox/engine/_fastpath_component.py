@@ -97,6 +97,8 @@ _OUTPUT_CAP: Final = 64 * 1024  # bytes of stdout and of stderr logged per call
 #: How a hook's payload and result cross: list<u8> (on-hook), latin-1 code points
 #: (bulk#on-hook-text) or hexadecimal text (bulk#on-hook-hex).
 _LIST, _LATIN1, _HEX = 0, 1, 2
+_HEX_FIX: Final = ("; the plugin must return its result as two hex digits per byte (the bulk "
+                   "interface in abi/README.md); rebuild it with `plugbox build`")
 
 
 def compile_component(engine: Engine, wasm: bytes) -> Component:
@@ -1081,20 +1083,21 @@ class ComponentInstance:
         size = v.of.string.size
         if size % 2:
             raise _BadValue(f"on-hook-hex returned {size} characters, an odd number: "
-                            "hexadecimal text has two digits per byte")
+                            "hexadecimal text has two digits per byte" + _HEX_FIX)
         if size > self.memory_cap:
             raise _BadValue(f"on-hook-hex returned {size} characters, more than the plugin's "
-                            f"memory cap of {self.memory_cap} bytes")
+                            f"memory cap of {self.memory_cap} bytes" + _HEX_FIX)
         if _bulk_unhex is not None:
             out = _bulk_unhex(addressof(v.of.string))
             if out is None:
                 raise _BadValue("on-hook-hex returned text that is not hexadecimal (a "
-                                "character other than 0-9, a-f, A-F)")
+                                "character other than 0-9, a-f, A-F)" + _HEX_FIX)
             return out
         try:
             return binascii.unhexlify(ctypes.string_at(v.of.string.data, size))
         except binascii.Error as exc:
-            raise _BadValue(f"on-hook-hex returned text that is not hexadecimal: {exc}") from None
+            raise _BadValue(f"on-hook-hex returned text that is not hexadecimal: {exc}"
+                            + _HEX_FIX) from None
 
     def _failure(self, err: int, hook: str, state: _CompCallState) -> PlugboxError:
         from ._fastpath import _take_error
