@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import platform
+import random
 import shutil
 import statistics
 import struct
@@ -74,6 +75,12 @@ TARGET_HOSTCALL_US = 2.0
 TARGET_PY_1K_US = 150.0
 TARGET_PY_MIB_EACH_WAY_MS = 20.0
 TARGET_PY_WARM_LOAD_MS = 250.0
+# Issue 11, section 2: a random 1 MiB payload round-trips through a Python plugin in at most
+# this, and no kind of bytes costs much more than another.
+TARGET_PY_MIB_RANDOM_MS = 10.0
+TARGET_PY_KIND_RATIO = 1.5
+#: The sizes the Python section also sends as zeros and ASCII, beside random bytes.
+PY_KIND_SIZES = (1024, 1024 * 1024)
 TARGET_SCALING = 1.8
 # Deadlines under load, issue 7: a 20 ms deadline ends within these (ms).
 DEADLINE_MS = 20
@@ -104,8 +111,19 @@ def size_label(n: int) -> str:
     return f"{n} B"
 
 
-def payload_of(n: int) -> bytes:
-    return (bytes(range(256)) * (n // 256 + 1))[:n]
+#: Payload kinds: random bytes (the default everywhere), zeros, printable ASCII.
+PAYLOAD_KINDS = ("random", "zeros", "ascii")
+
+
+def payload_of(n: int, kind: str = "random") -> bytes:
+    """``n`` bytes of ``kind``; random bytes come from a generator seeded by the size, so
+    every run (and every contender) sends the same bytes."""
+    if kind == "zeros":
+        return bytes(n)
+    gen = random.Random(f"plugbox-bench {kind} {n}")
+    if kind == "ascii":
+        return bytes(gen.choices(range(0x20, 0x7F), k=n))
+    return gen.randbytes(n)
 
 
 class Timer:
@@ -899,18 +917,46 @@ def bench_python(res: Results, build_dir: Path, reps: int, rep_seconds: float) -
                 [w["load"] for w in warm], unit="s",
                 process_seconds=[w["process"] for w in warm],
                 import_seconds=[w["import"] for w in warm])
-        with plugbox.Runtime(state_dir=Path(tmp) / "s", cache_dir=cache) as rt:
+        with plugbox.Runtime(state_dir=Path(tmp) / "s", cache_dir=cache) as rt, \
+                plugbox.Runtime(state_dir=Path(tmp) / "s-text", cache_dir=cache) as rt_text:
             py = rt.load(plugin_dir)
+            # Random bytes at every size; at PY_KIND_SIZES zeros and ASCII too, in the same
+            # interleaved pool, so the kinds are compared side by side in one run.
             pool: dict[str, Timer] = {}
-            for size in SIZES:
-                payload = payload_of(size)
+            cases = [(size, "random") for size in SIZES] + [
+                (size, kind) for size in PY_KIND_SIZES for kind in PAYLOAD_KINDS[1:]]
+            for size, kind in cases:
+                payload = payload_of(size, kind)
                 timer = Timer(functools.partial(py.call, "echo", payload), rep_seconds)
                 if timer.check() != payload:
-                    raise SystemExit(f"the Python echo returned the wrong bytes at {size} B")
-                pool[size_label(size)] = timer
+                    raise SystemExit(f"the Python echo returned the wrong bytes at {size} B "
+                                     f"({kind})")
+                pool[py_case(size, kind)] = timer
+            # The same component called the way a component built before bulk#on-hook-hex is
+            # (on-hook-text, the bytes as latin-1 code points), in the same pool: the change's
+            # before and after side by side.
+            old = rt_text.load(plugin_dir)
+            old_instance = old._idle[0] if old._idle else None
+            if old_instance is not None and getattr(old_instance, "_hex", None) is not None:
+                old_instance._hex = None
+                for kind in PAYLOAD_KINDS:
+                    payload = payload_of(1 << 20, kind)
+                    timer = Timer(functools.partial(old.call, "echo", payload), rep_seconds)
+                    if timer.check() != payload:
+                        raise SystemExit(f"the on-hook-text path returned the wrong bytes ({kind})")
+                    pool[py_case(1 << 20, kind) + TEXT_PATH] = timer
             interleaved(pool, reps)
             for case, timer in pool.items():
-                res.add("python", f"per call, {case}", "plugbox", timer.samples)
+                res.add("python", case, "plugbox", timer.samples)
+
+
+#: Suffix of the python section's cases that use the latin-1 on-hook-text path.
+TEXT_PATH = ", on-hook-text (older components)"
+
+
+def py_case(size: int, kind: str = "random") -> str:
+    """The python section's per-call case name: ``per call, 1 MiB`` is random bytes."""
+    return f"per call, {size_label(size)}" + ("" if kind == "random" else f" {kind}")
 
 
 # ------------------------------------------------------------------------------- report
@@ -994,6 +1040,18 @@ def targets(res: Results, cpus: int) -> list[dict[str, Any]]:
         ms = r["median"] * 1e3 / 2
         add("Python echo, 1 MiB each way (round trip / 2)", ms, f"{ms:.1f} ms",
             f"<= {TARGET_PY_MIB_EACH_WAY_MS:g} ms", ms <= TARGET_PY_MIB_EACH_WAY_MS)
+    r = res.get("python", py_case(1 << 20), "plugbox")
+    if r:
+        ms = r["median"] * 1e3
+        add("Python echo, random 1 MiB round trip", ms, f"{ms:.1f} ms",
+            f"<= {TARGET_PY_MIB_RANDOM_MS:g} ms", ms <= TARGET_PY_MIB_RANDOM_MS)
+        others = [o for o in (res.get("python", py_case(1 << 20, k), "plugbox")
+                              for k in PAYLOAD_KINDS[1:]) if o]
+        if others:
+            meds = [r["median"], *(o["median"] for o in others)]
+            ratio = max(meds) / min(meds)
+            add("Python echo, 1 MiB: slowest / fastest of random, zeros, ASCII", ratio,
+                f"{ratio:.2f}x", f"<= {TARGET_PY_KIND_RATIO:g}x", ratio <= TARGET_PY_KIND_RATIO)
     r = res.get("python", "warm load (cache hit), new process", "plugbox")
     if r:
         ms = r["median"] * 1e3
@@ -1099,12 +1157,20 @@ def build_tables(res: Results, tgts: list[dict[str, Any]]) -> list[Table]:
                          f"{statistics.median(r['process_seconds']) * 1e3:,.0f} ms", "", ""])
     for size in SIZES:
         label = size_label(size)
-        r = res.get("python", f"per call, {label}", "plugbox")
-        rust = res.get("roundtrip", label, "plugbox")
+        rust = res.get("roundtrip", label, "plugbox")  # random bytes too
+        for kind in PAYLOAD_KINDS:
+            r = res.get("python", py_case(size, kind), "plugbox")
+            if r:
+                rows.append([f"{py_case(size, kind)}" + (" random" if kind == "random" else ""),
+                             fmt_us(r["median"]), "",
+                             fmt_us(rust["median"]) if rust and kind == "random" else "-",
+                             f"{r['median'] / rust['median']:.0f}x"
+                             if rust and kind == "random" else "-"])
+    for kind in PAYLOAD_KINDS:
+        r = res.get("python", py_case(1 << 20, kind) + TEXT_PATH, "plugbox")
         if r:
-            rows.append([f"per call, {label}", fmt_us(r["median"]), "",
-                         fmt_us(rust["median"]) if rust else "-",
-                         f"{r['median'] / rust['median']:.0f}x" if rust else "-"])
+            rows.append([py_case(1 << 20, kind) + (" random" if kind == "random" else "")
+                         + TEXT_PATH, fmt_us(r["median"]), "", "-", "-"])
     if rows:
         tables.append(("Python plugin (componentize-py echo component; median)",
                        ["case", "Python plugin", "whole process", "Rust echo (core module)",

@@ -252,7 +252,7 @@ def shown_outcome(o: tuple[str, str, Any]) -> str:
 def scenario_calls(work: Path, plugins: dict[str, Path], scale: int, checks: Checks) -> None:
     n = 1_000_000 // scale
     marks = (n // 100, n // 10, n)  # the first is the end of the warm-up
-    payload = bytes(range(16))
+    payload = random.Random("plugbox-soak echo").randbytes(16)
     rss: dict[int, int] = {}
     bad = 0
     with plugbox.Runtime(state_dir=work / "state") as rt:

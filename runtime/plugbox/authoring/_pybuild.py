@@ -120,6 +120,9 @@ class Bulk(wit_world.exports.Bulk):
 
     def on_hook_text(self, hook: str, payload: str) -> str:
         return _component.on_hook_text(hook, payload)
+
+    def on_hook_hex(self, hook: str, payload: str) -> str:
+        return _component.bulk_out(_component.on_hook(hook, _component.bulk_in(payload)))
 '''
 
 #: The world a plugin is compiled against: ``plugin`` of abi/plugbox.wit with only the

@@ -16,6 +16,7 @@ Like ``_fastpath``, this module and that one are the only places that touch raw 
 
 from __future__ import annotations
 
+import binascii
 import ctypes
 import time
 from ctypes import POINTER, addressof, byref, c_void_p
@@ -69,6 +70,13 @@ try:
 except ImportError:
     _list_u8_to_bytes = None
     _set_list_u8 = None
+# The bulk interface's hexadecimal text in C (their own section of _speedups.c); None with
+# an older build of the accelerator, or without it: binascii does the same, a little slower.
+_bulk_hex_into: Callable[[int, bytes], None] | None = None
+_bulk_unhex: Callable[[int], bytes | None] | None = None
+if _list_u8_to_bytes is not None:
+    _bulk_hex_into = getattr(_speedups, "bulk_hex_into", None)
+    _bulk_unhex = getattr(_speedups, "bulk_unhex", None)
 
 _V = _wb.wasmtime_component_val_t
 _VSIZE: Final = ctypes.sizeof(_V)
@@ -86,6 +94,11 @@ _ABI_TRAP_MARKERS: Final = (
 )
 
 _OUTPUT_CAP: Final = 64 * 1024  # bytes of stdout and of stderr logged per call
+#: How a hook's payload and result cross: list<u8> (on-hook), latin-1 code points
+#: (bulk#on-hook-text) or hexadecimal text (bulk#on-hook-hex).
+_LIST, _LATIN1, _HEX = 0, 1, 2
+_HEX_FIX: Final = ("; the plugin must return its result as two hex digits per byte (the bulk "
+                   "interface in abi/README.md); rebuild it with `plugbox build`")
 
 
 def compile_component(engine: Engine, wasm: bytes) -> Component:
@@ -194,6 +207,17 @@ def _set_vec(vec: Any, data: bytes) -> None:
 def _set_str(v: Any, text: str) -> None:
     v.kind = _K_STRING
     _set_vec(v.of.string, text.encode("utf-8"))
+
+
+def _set_hex(v: Any, data: bytes) -> None:
+    """Make ``v`` the string of ``data``'s lowercase hexadecimal text (bulk#on-hook-hex)."""
+    v.kind = _K_STRING
+    if _bulk_hex_into is None:
+        _set_vec(v.of.string, binascii.hexlify(data))
+        return
+    _wb.wasm_byte_vec_new_uninitialized(byref(v.of.string), 2 * len(data))
+    if data:
+        _bulk_hex_into(ctypes.cast(v.of.string.data, c_void_p).value or 0, data)
 
 
 def _set_bytes(v: Any, data: bytes) -> None:
@@ -615,8 +639,8 @@ _BULK_EXPORTS: Final = tuple(_abispec.import_module("bulk", v)
 _EXPORT_TYPES: Final[dict[tuple[str, ...], tuple[tuple[str, ...], str]]] = {
     ("on-init",): (("string",), "result<_, error>"),
     ("on-hook",): (("string", "list<u8>"), "result<list<u8>, error>"),
-    **{(bulk, "on-hook-text"): (("string", "string"), "result<string, error>")
-       for bulk in _BULK_EXPORTS},
+    **{(bulk, name): (("string", "string"), "result<string, error>")
+       for bulk in _BULK_EXPORTS for name in ("on-hook-text", "on-hook-hex")},
 }
 
 
@@ -738,6 +762,12 @@ class ComponentTemplate:
                     component.ptr(), self._bulk_index, b"on-hook-text", 12)
                 if self._bulk_index else None
             )
+            # Its hexadecimal entry point, which components built before it was added lack.
+            self._hex_index = (
+                _wb.wasmtime_component_get_export_index(
+                    component.ptr(), self._bulk_index, b"on-hook-hex", 11)
+                if self._bulk_index else None
+            )
             if not self._hook_index:
                 raise AbiViolation(f"plugin {plugin!r}: component exports no 'on-hook'",
                                    plugin=plugin)
@@ -767,7 +797,7 @@ class ComponentTemplate:
 
     def close(self) -> None:
         """Free the linker and export indices."""
-        for attr in ("_hook_index", "_init_index", "_text_index", "_bulk_index"):
+        for attr in ("_hook_index", "_init_index", "_text_index", "_hex_index", "_bulk_index"):
             index = getattr(self, attr, None)
             if index:
                 _wb.wasmtime_component_export_index_delete(index)
@@ -882,12 +912,14 @@ class ComponentInstance:
             ):
                 self._init = init
         self._text: Any = None
-        if template._text_index:
-            text = _wb.wasmtime_component_func_t()
-            if _wb.wasmtime_component_instance_get_func(
-                byref(self._instance), self._ctx, template._text_index, byref(text)
-            ):
-                self._text = text
+        self._hex: Any = None
+        for attr, index in (("_hex", template._hex_index), ("_text", template._text_index)):
+            if index:
+                func = _wb.wasmtime_component_func_t()
+                if _wb.wasmtime_component_instance_get_func(
+                    byref(self._instance), self._ctx, index, byref(func)
+                ):
+                    setattr(self, attr, func)
         self._params = (_V * 2)()
         self._result = _V()
         #: Fuel all hook calls on this instance used (on-init not counted).
@@ -915,13 +947,19 @@ class ComponentInstance:
         ctypes.memset(addressof(params), 0, _VSIZE * 2)
         _set_str(params[0], hook)
         try:
-            if self._text is not None:
+            if self._hex is not None:
                 # One buffer across the boundary instead of one value per byte (see the bulk
-                # interface in abi/plugbox.wit): the bytes travel as the code points of a
-                # string.
+                # interface in abi/plugbox.wit): the bytes travel as hexadecimal ASCII, whose
+                # cost does not depend on their values.
+                _set_hex(params[1], payload)
+                outcome = self._call(self._hex, params, 2, hook, state, fuel, ticks,
+                                     want_bytes=True, text=_HEX)
+            elif self._text is not None:
+                # A component built before on-hook-hex: the bytes travel as the code points of
+                # a string (latin-1), each one >= 0x80 as two bytes of UTF-8.
                 _set_str(params[1], bytes(payload).decode("latin-1"))
                 outcome = self._call(self._text, params, 2, hook, state, fuel, ticks,
-                                     want_bytes=True, text=True)
+                                     want_bytes=True, text=_LATIN1)
             else:
                 _set_bytes(params[1], payload)
                 outcome = self._call(self._hook, params, 2, hook, state, fuel, ticks,
@@ -975,7 +1013,7 @@ class ComponentInstance:
         return self._call(self._init, params, 1, "on-init", state, fuel, ticks, want_bytes=False)
 
     def _call(self, func: Any, params: Any, nparams: int, hook: str, state: _CompCallState,
-              fuel: int, ticks: int, *, want_bytes: bool, text: bool = False) -> CallOutcome:
+              fuel: int, ticks: int, *, want_bytes: bool, text: int = 0) -> CallOutcome:
         self._store.set_fuel(fuel)
         if not self._armed:
             self._armed = True
@@ -1007,7 +1045,7 @@ class ComponentInstance:
             self._flush_output()
 
     def _lift(self, result: Any, hook: str, state: _CompCallState, want_bytes: bool,
-              text: bool = False) -> CallOutcome:
+              text: int = 0) -> CallOutcome:
         try:
             if result.kind != _K_RESULT:
                 raise _BadValue(f"expected result, got kind {result.kind}")
@@ -1015,6 +1053,8 @@ class ComponentInstance:
             if result.of.result.is_ok:
                 if not (want_bytes and inner):
                     value = b""
+                elif text == _HEX:
+                    value = self._unhex(inner.contents)
                 elif text:
                     value = _get_str(inner.contents).encode("latin-1")
                 else:
@@ -1028,11 +1068,36 @@ class ComponentInstance:
                 raise _BadValue(f"unknown error case {kind!r}")
             message = _get_str(err.of.variant.val.contents) if err.of.variant.val else ""
             return CallOutcome(False, b"", kind, cap_message(message), state.denied)
-        except (_BadValue, UnicodeDecodeError, ValueError) as exc:
+        except (_BadValue, UnicodeError, ValueError) as exc:
             raise AbiViolation(
                 f"plugin {self.plugin!r}, hook {hook!r}: malformed result: {exc}",
                 plugin=self.plugin, hook=hook,
             ) from None
+
+    def _unhex(self, v: Any) -> bytes:
+        """The bytes of an ``on-hook-hex`` result: its length is checked (even, within the
+        plugin's memory cap) before the text is copied, and every character must be a hex
+        digit."""
+        if v.kind != _K_STRING:
+            raise _BadValue(f"expected string, got kind {v.kind}")
+        size = v.of.string.size
+        if size % 2:
+            raise _BadValue(f"on-hook-hex returned {size} characters, an odd number: "
+                            "hexadecimal text has two digits per byte" + _HEX_FIX)
+        if size > self.memory_cap:
+            raise _BadValue(f"on-hook-hex returned {size} characters, more than the plugin's "
+                            f"memory cap of {self.memory_cap} bytes" + _HEX_FIX)
+        if _bulk_unhex is not None:
+            out = _bulk_unhex(addressof(v.of.string))
+            if out is None:
+                raise _BadValue("on-hook-hex returned text that is not hexadecimal (a "
+                                "character other than 0-9, a-f, A-F)" + _HEX_FIX)
+            return out
+        try:
+            return binascii.unhexlify(ctypes.string_at(v.of.string.data, size))
+        except binascii.Error as exc:
+            raise _BadValue(f"on-hook-hex returned text that is not hexadecimal: {exc}"
+                            + _HEX_FIX) from None
 
     def _failure(self, err: int, hook: str, state: _CompCallState) -> PlugboxError:
         from ._fastpath import _take_error

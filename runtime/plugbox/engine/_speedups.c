@@ -727,6 +727,101 @@ static PyObject *speedups_observe(PyObject *self, PyObject *const *args, Py_ssiz
     return PyFloat_FromDouble((double)ts.tv_sec + (double)ts.tv_nsec * 1e-9);
 }
 
+/* ------------------------------------------------------------------------------------------
+ * Bulk payload encoding (helper "payload"): the hexadecimal text of the component bulk
+ * interface's on-hook-hex (abi/plugbox.wit), two ASCII digits per byte. Both loops are
+ * table-driven and branch-free in the bytes' values; the GIL is released around large ones.
+ */
+#define BULK_NOGIL_MIN (64 * 1024)
+
+static uint16_t bulk_hex_pair[256]; /* byte -> its two lowercase digits, in memory order */
+static uint8_t bulk_hex_val[256];   /* digit -> value 0..15; 0x80 for a non-digit */
+static int bulk_tables_ready = 0;
+
+static void bulk_tables(void) {
+    if (bulk_tables_ready) return;
+    static const char digits[] = "0123456789abcdef";
+    for (int b = 0; b < 256; b++) {
+        uint8_t pair[2] = {(uint8_t)digits[b >> 4], (uint8_t)digits[b & 15]};
+        memcpy(&bulk_hex_pair[b], pair, 2);
+        bulk_hex_val[b] = 0x80;
+    }
+    for (int d = 0; d < 10; d++) bulk_hex_val['0' + d] = (uint8_t)d;
+    for (int d = 0; d < 6; d++) {
+        bulk_hex_val['a' + d] = (uint8_t)(10 + d);
+        bulk_hex_val['A' + d] = (uint8_t)(10 + d);
+    }
+    bulk_tables_ready = 1;
+}
+
+static void bulk_hex_loop(const uint8_t *src, size_t n, uint8_t *out) {
+    for (size_t i = 0; i < n; i++) memcpy(out + 2 * i, &bulk_hex_pair[src[i]], 2);
+}
+
+/* Decodes 2 * half digits into half bytes; the result has bit 0x80 set if any was no digit. */
+static uint8_t bulk_unhex_loop(const uint8_t *data, size_t half, uint8_t *dst) {
+    uint8_t bad = 0;
+    for (size_t i = 0; i < half; i++) {
+        uint8_t hi = bulk_hex_val[data[2 * i]], lo = bulk_hex_val[data[2 * i + 1]];
+        bad |= hi | lo;
+        dst[i] = (uint8_t)((hi << 4) | (lo & 15));
+    }
+    return bad;
+}
+
+/* bulk_hex_into(destination address, bytes-like): writes the lowercase hex of the data, 2 *
+ * len(data) bytes, at the destination (a buffer the caller allocated with that size, e.g. a
+ * wasm_byte_vec_t's data from wasm_byte_vec_new_uninitialized). */
+static PyObject *speedups_bulk_hex_into(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "bulk_hex_into() takes 2 arguments"); return NULL; }
+    void *dst;
+    if (as_ptr(args[0], &dst) < 0) return NULL;
+    Py_buffer buf;
+    if (PyObject_GetBuffer(args[1], &buf, PyBUF_SIMPLE) < 0) return NULL;
+    bulk_tables();
+    const uint8_t *src = (const uint8_t *)buf.buf;
+    uint8_t *out = (uint8_t *)dst;
+    size_t n = (size_t)buf.len;
+    if (n >= BULK_NOGIL_MIN) {
+        Py_BEGIN_ALLOW_THREADS
+        bulk_hex_loop(src, n, out);
+        Py_END_ALLOW_THREADS
+    } else {
+        bulk_hex_loop(src, n, out);
+    }
+    PyBuffer_Release(&buf);
+    Py_RETURN_NONE;
+}
+
+/* bulk_unhex(address of a wasm_byte_vec_t) -> bytes, or None when its text is not hexadecimal
+ * (odd length, or a character other than 0-9, a-f, A-F). The caller checks the length against
+ * its caps before calling. */
+static PyObject *speedups_bulk_unhex(PyObject *self, PyObject *arg) {
+    void *addr;
+    if (as_ptr(arg, &addr) < 0) return NULL;
+    size_t n;
+    const uint8_t *data;
+    memcpy(&n, addr, sizeof n);
+    memcpy(&data, (uint8_t *)addr + sizeof n, sizeof data);
+    if (n % 2 || n / 2 > (size_t)PY_SSIZE_T_MAX) Py_RETURN_NONE;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n / 2));
+    if (!out) return NULL;
+    bulk_tables();
+    uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out);
+    uint8_t bad;
+    size_t half = n / 2;
+    if (half >= BULK_NOGIL_MIN) {
+        Py_BEGIN_ALLOW_THREADS
+        bad = bulk_unhex_loop(data, half, dst);
+        Py_END_ALLOW_THREADS
+    } else {
+        bad = bulk_unhex_loop(data, half, dst);
+    }
+    if (bad & 0x80) { Py_DECREF(out); Py_RETURN_NONE; }
+    return out;
+}
+/* ---------------------------------------------------------------- end of bulk payload encoding */
+
 static PyMethodDef methods[] = {
     {"observe", (PyCFunction)(void (*)(void))speedups_observe, METH_FASTCALL,
      "Count a finished call in a metrics accumulator; returns time.monotonic()."},
@@ -746,6 +841,11 @@ static PyMethodDef methods[] = {
     {"ticker_stop", speedups_ticker_stop, METH_O, "Stop and free a native epoch ticker."},
     {"stack_room", speedups_stack_room, METH_NOARGS,
      "Bytes left on the calling thread's stack (-1 when unknown)."},
+    /* bulk payload encoding (helper "payload") */
+    {"bulk_hex_into", (PyCFunction)(void (*)(void))speedups_bulk_hex_into, METH_FASTCALL,
+     "Write the lowercase hexadecimal text of bytes at an address (2 bytes per byte)."},
+    {"bulk_unhex", speedups_bulk_unhex, METH_O,
+     "The bytes a wasm_byte_vec_t of hexadecimal text spells, or None when it is not hex."},
     {NULL, NULL, 0, NULL},
 };
 
