@@ -34,6 +34,7 @@ import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Final
 
 from ._errors import ModuleInterfaceError, UsageError
@@ -378,7 +379,7 @@ def read_bundle(data: bytes, plugin: str) -> Bundle:
     return bundle
 
 
-def is_bundle_manifest(raw: dict[str, Any]) -> bool:
+def is_bundle_manifest(raw: Mapping[str, Any]) -> bool:
     """Whether a manifest (as parsed JSON) declares a Python bundle as its module."""
     module = raw.get("module")
     return isinstance(module, dict) and module.get("kind") == BUNDLE_KIND

@@ -32,13 +32,14 @@ from pathlib import Path
 from typing import Final
 
 import wasmtime
+from wasmtime.component import Component
 
 from .._errors import StateError, UsageError
 from .._pybundle import (INTERPRETER_ENTRY, INTERPRETER_MODULE, INTERPRETER_WORLD,
                          INTERPRETER_WORLD_NAME, find_componentize_py, recipe_id, sdk_location)
 from ._cache import ArtifactCache
 from ._fastpath import Engine
-from ._fastpath_component import Component, compile_component, deserialize_component
+from ._fastpath_component import compile_component, deserialize_component
 from ._wasmparse import ModuleInfo, inspect_module
 from ._wit import WIT_FILENAME, wit_dir
 
