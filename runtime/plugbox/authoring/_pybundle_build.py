@@ -19,8 +19,10 @@ Used by :func:`plugbox.authoring._pybuild.build_python_plugin` when the manifest
    warnings as for a component), and imports the interpreter cannot satisfy -- a module
    neither in the bundle nor preloaded by the interpreter, or one that cannot work in the
    sandbox (``socket``, ``subprocess``, ``threading``, ...) -- as a BuildError naming each
-   ``file:line`` (in the plugin's own files; in a dependency's, only imports at module level
-   outside ``try``, the ones that fail as soon as it is imported);
+   ``file:line`` in the plugin's own files (imports guarded by ``try``/``if`` are the code's
+   own fallbacks and not reported); in a dependency's files, imports at module level outside
+   ``try``/``if`` are warnings (that module may never be imported: a ``__main__``, test
+   helpers), each naming ``<dependency>/path:line``;
 6. writes the deterministic zip (``plugbox._pybundle.write_bundle``) to ``module.path`` and its
    sha256 into the manifest.
 """
@@ -360,9 +362,14 @@ def _build_bundle(
         raise BuildError(f"plugin {manifest.name!r}: {clash[0]} is both the plugin's and a "
                          "dependency's; rename the plugin's module", plugin=manifest.name)
     files = {**deps, **own}
-    problems = import_problems(
+    found = import_problems(
         files, set(own), preloaded_modules(sdk_dir),
         lambda p: str(plugin_dir / p) if p in own else f"<dependency>/{p}")
+    problems = [text for text in found if not text.startswith("<dependency>/")]
+    # A dependency's module may never be imported (its __main__, test helpers): a warning.
+    for text in found:
+        if text.startswith("<dependency>/"):
+            warning(f"warning: {text}; importing that module will fail at run time")
     if problems:
         more = (f"\n({len(problems) - 1} more import(s) the plugbox Python runtime cannot "
                 "satisfy:)\n" + "\n".join(problems[1:]) if problems[1:] else "")
