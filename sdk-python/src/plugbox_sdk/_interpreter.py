@@ -59,6 +59,37 @@ for _name in PRELOADED:
 #: Modules of PRELOADED that this CPython build lacks.
 MISSING: Final = tuple(_missing)
 
+
+class _StdlibSource(importlib.abc.Loader):
+    """Serves a preloaded standard library module's source from memory: the component has no
+    files at run time, and some packages re-execute a stdlib module from its spec (markdown
+    makes its own copy of ``html.parser`` with ``spec.loader.exec_module``)."""
+
+    def __init__(self, source: bytes) -> None:
+        self.source = source
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return None
+
+    def exec_module(self, module: ModuleType) -> None:
+        spec = module.__spec__
+        origin = spec.origin if spec is not None and spec.origin else "<stdlib>"
+        exec(compile(self.source, origin, "exec", dont_inherit=True), module.__dict__)
+
+    def get_source(self, fullname: str) -> str:
+        return self.source.decode("utf-8")
+
+
+for _name in PRELOADED:
+    _spec = getattr(sys.modules.get(_name), "__spec__", None)
+    if (_spec is not None and isinstance(_spec.loader, importlib.machinery.SourceFileLoader)
+            and _spec.origin):
+        try:
+            _spec.loader = _StdlibSource(_spec.loader.get_data(_spec.origin))
+        except OSError:
+            continue
+        sys.modules[_name].__loader__ = _spec.loader
+
 #: The bundle's files by path, once loaded (one bundle per instance).
 _files: dict[str, str] = {}
 _loaded: list[str] = []
