@@ -478,3 +478,36 @@ def test_a_signed_packaged_bundle_loads_under_a_require_policy(
     with Runtime(state_dir=tmp_path / "s2", trust=trust) as rt, pytest.raises(
             plugbox.SignatureError):
         rt.load(plugin)
+
+
+def test_pinned_dependencies_are_reused_from_the_wheel_cache_without_pip(
+        tmp_path: Path, wheels: Path) -> None:
+    wheel = make_wheel(wheels, "tinydep", "3.0",
+                       {"tinydep/__init__.py": "def shout(s):\n    return s * 2\n"})
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    first = write_plugin(tmp_path / "one", DEP_APP, name="py-one", hooks=["shout"])
+    (first / "requirements.txt").write_text("tinydep==3.0\n")
+    build(first)
+    wheel.unlink()  # pip could not find it any more: the second build must not need pip
+    second = write_plugin(tmp_path / "two", DEP_APP, name="py-two", hooks=["shout"])
+    (second / "requirements.txt").write_text("tinydep==3.0\n")
+    out, _ = build(second)
+    assert read_bundle(out.read_bytes(), "py-two").lock["dependencies"][0]["sha256"] == digest
+    # An unpinned requirement always asks pip, which now finds nothing.
+    (second / "requirements.txt").write_text("tinydep\n")
+    with pytest.raises(BuildError) as info:
+        build(second)
+    assert "resolving the plugin's dependencies (tinydep) with pip failed" in str(info.value)
+
+
+def test_a_dependency_module_the_runtime_cannot_import_is_a_warning(
+        tmp_path: Path, wheels: Path) -> None:
+    make_wheel(wheels, "tinydep", "1.0", {
+        "tinydep/__init__.py": "def shout(s):\n    return s\n",
+        "tinydep/cli.py": "import subprocess\n"})
+    plugin = write_plugin(tmp_path / "dw", DEP_APP, name="py-dw", hooks=["shout"])
+    (plugin / "requirements.txt").write_text("tinydep==1.0\n")
+    warnings: list[str] = []
+    build_python_plugin(plugin, progress=lambda _m: None, warn=warnings.append)
+    assert any(w.startswith("warning: <dependency>/tinydep/cli.py:1: imports subprocess, which "
+                            "cannot work in the plugbox sandbox") for w in warnings), warnings

@@ -54,6 +54,7 @@ __all__ = [
     "read_bundle",
     "recipe_id",
     "sdk_location",
+    "user_cache_dir",
     "write_bundle",
 ]
 
@@ -154,6 +155,15 @@ _INSTALL_HINT: Final = (
 
 
 # ------------------------------------------------------------------------------- the recipe
+
+
+def user_cache_dir() -> Path:
+    """The user-level cache shared by every state dir: ``$PLUGBOX_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/plugbox``, else ``~/.cache/plugbox``."""
+    if os.environ.get("PLUGBOX_CACHE_DIR"):
+        return Path(os.environ["PLUGBOX_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "plugbox"
 
 
 def sdk_location() -> Path:

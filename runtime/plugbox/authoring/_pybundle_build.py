@@ -10,7 +10,9 @@ Used by :func:`plugbox.authoring._pybuild.build_python_plugin` when the manifest
    recipe, and the bundle's sha256);
 3. resolves the dependencies with ``pip download --only-binary :all:`` into a scratch
    directory (pip's own options apply: ``PIP_INDEX_URL``, ``PIP_FIND_LINKS``,
-   ``PIP_NO_INDEX``...), refuses every wheel that is not pure Python (a platform tag, or a
+   ``PIP_NO_INDEX``...; when every requirement is pinned with ``==``, the wheels an earlier
+   build resolved for exactly that set are reused from ``<user cache>/wheels``, checked
+   against their sha256, without running pip), refuses every wheel that is not pure Python (a platform tag, or a
    compiled file inside) naming it, and records each wheel's name, version and sha256 in the
    lock;
 4. imports ``app.py`` natively with the dependencies on the path and checks the hooks it
@@ -47,7 +49,7 @@ from typing import Any, Final
 from .._errors import UsageError
 from .._manifest import MANIFEST_FILENAME, Manifest
 from .._pybundle import (BANNED_MODULES, BUNDLE_FORMAT, LOCK_NAME, META_NAME, preloaded_modules,
-                         recipe_id, write_bundle)
+                         recipe_id, user_cache_dir, write_bundle)
 from .._version import __version__
 from ._build import BuildError
 from ._pybuild import (APP_MODULE, STAMP_SUFFIX, _clear_failed, _mark_failed, _read_stamp,
@@ -191,6 +193,62 @@ def _wheel_files(wheel: Path, plugin: str) -> tuple[dict[str, bytes], dict[str, 
     return files, entry
 
 
+_PINNED: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\s*===?\s*[A-Za-z0-9.+!_-]+$")
+_PIP_SETTINGS: Final = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX")
+
+
+def _resolution_key(requirements: list[str]) -> str | None:
+    """The wheel cache's key for ``requirements``: only when every one is pinned with ``==``
+    (an unpinned one may resolve differently tomorrow), with pip's index settings."""
+    if not all(_PINNED.match(r) for r in requirements):
+        return None
+    text = json.dumps([sorted(requirements), [os.environ.get(k) for k in _PIP_SETTINGS],
+                       sys.version_info[:2]])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _wheel_cache() -> Path:
+    return user_cache_dir() / "wheels"
+
+
+def _cached_resolution(requirements: list[str], dest: Path) -> bool:
+    """Copy the wheels an earlier build resolved for exactly these pinned requirements into
+    ``dest`` (each checked against the sha256 recorded then); False when there are none."""
+    key = _resolution_key(requirements)
+    if key is None:
+        return False
+    try:
+        index = json.loads((_wheel_cache() / f"{key}.json").read_text(encoding="utf-8"))
+        for name, digest in index.items():
+            data = (_wheel_cache() / digest).read_bytes()
+            if hashlib.sha256(data).hexdigest() != digest or "/" in name:
+                return False
+            (dest / name).write_bytes(data)
+    except (OSError, ValueError, AttributeError):
+        for stale in dest.iterdir():
+            stale.unlink()
+        return False
+    return True
+
+
+def _remember_resolution(requirements: list[str], dest: Path) -> None:
+    key = _resolution_key(requirements)
+    if key is None:
+        return
+    try:
+        cache = _wheel_cache()
+        cache.mkdir(parents=True, exist_ok=True)
+        index = {}
+        for wheel in dest.iterdir():
+            data = wheel.read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            (cache / digest).write_bytes(data)
+            index[wheel.name] = digest
+        (cache / f"{key}.json").write_text(json.dumps(index), encoding="utf-8")
+    except OSError:
+        pass  # only costs a pip run next time
+
+
 def resolve_dependencies(requirements: list[str], scratch: Path, plugin: str,
                          timeout: float = 300) -> tuple[dict[str, bytes], list[dict[str, Any]]]:
     """Download and unpack the dependencies; their files (bundle paths) and lock entries."""
@@ -198,7 +256,9 @@ def resolve_dependencies(requirements: list[str], scratch: Path, plugin: str,
         return {}, []
     dest = scratch / "wheels"
     dest.mkdir()
-    _pip_download(requirements, dest, timeout)
+    if not _cached_resolution(requirements, dest):
+        _pip_download(requirements, dest, timeout)
+        _remember_resolution(requirements, dest)
     files: dict[str, bytes] = {}
     owners: dict[str, str] = {}
     lock: list[dict[str, Any]] = []

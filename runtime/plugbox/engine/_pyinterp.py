@@ -36,7 +36,8 @@ from wasmtime.component import Component
 
 from .._errors import StateError, UsageError
 from .._pybundle import (INTERPRETER_ENTRY, INTERPRETER_MODULE, INTERPRETER_WORLD,
-                         INTERPRETER_WORLD_NAME, find_componentize_py, recipe_id, sdk_location)
+                         INTERPRETER_WORLD_NAME, find_componentize_py, recipe_id, sdk_location,
+                         user_cache_dir)
 from ._cache import ArtifactCache
 from ._fastpath import Engine
 from ._fastpath_component import compile_component, deserialize_component
@@ -49,14 +50,6 @@ Progress = Callable[[str], None]
 
 #: Seconds componentize-py may take to build the interpreter.
 BUILD_TIMEOUT: Final = 900.0
-
-
-def user_cache_dir() -> Path:
-    """``$PLUGBOX_CACHE_DIR``, else ``$XDG_CACHE_HOME/plugbox``, else ``~/.cache/plugbox``."""
-    if os.environ.get("PLUGBOX_CACHE_DIR"):
-        return Path(os.environ["PLUGBOX_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "plugbox"
 
 
 @dataclass(frozen=True)
