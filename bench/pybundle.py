@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,7 +58,7 @@ def _plugin_200_lines(dep_import: str, dep_call: str) -> str:
             words = text.split()
             counts = collections.Counter(w.lower() for w in words)
             return {{"n": len(words), "top": counts.most_common({i % 5 + 1}), "i": {i}}}
-        """) for i in range(28))
+        """) for i in range(37))
     return textwrap.dedent(f"""\
         import collections
         import json
@@ -156,6 +157,9 @@ def run(add: Callable[..., Any], build_dir: Path, *, quick: bool,
     build_dir.mkdir(parents=True, exist_ok=True)
     requirement, dep_import, dep_call = _dependency(build_dir / "wheels", log)
     figures: dict[str, Any] = {}
+    from plugbox._pybundle import user_cache_dir
+
+    shutil.rmtree(user_cache_dir() / "wheels", ignore_errors=True)  # the first build runs pip
     with tempfile.TemporaryDirectory(prefix="plugbox-bench-pybundle-") as tmp:
         root = Path(tmp)
         with plugbox.Runtime(state_dir=root / "prep") as rt:
@@ -185,9 +189,14 @@ def run(add: Callable[..., Any], build_dir: Path, *, quick: bool,
                 else:
                     os.environ[k] = v
         big = root / "big0"
-        add("pybundle", f"build, {len(source.splitlines())}-line plugin + {requirement}",
-            "bundle", times, unit="s", bundle_bytes=size)
-        figures["build_s"] = statistics.median(times)
+        # The first build on a machine runs pip; later builds of a pinned set reuse the
+        # wheel cache (the same wheels, sha256-checked).
+        add("pybundle", f"build, {len(source.splitlines())}-line plugin + {requirement}, "
+            "first (pip resolves)", "bundle", times[:1], unit="s", bundle_bytes=size)
+        add("pybundle", f"build, {len(source.splitlines())}-line plugin + {requirement}, "
+            "wheels cached", "bundle", times[1:], unit="s", bundle_bytes=size)
+        figures["build_first_s"] = times[0]
+        figures["build_s"] = statistics.median(times[1:])
         figures["bundle_bytes"] = size
         # 2. first load: new process, new state dir, interpreter compiled
         loads = [_in_new_process(root / f"state-load{i}", big) for i in range(3 if quick else 5)]
@@ -233,8 +242,10 @@ def run(add: Callable[..., Any], build_dir: Path, *, quick: bool,
 
 def report(f: dict[str, Any]) -> str:
     rows = [
-        ("build, 200-line plugin + 1 dependency", f"{f['build_s']:.2f} s", "<= 2 s",
-         f["build_s"] <= 2),
+        ("build, 200-line plugin + 1 dependency, first (pip)", f"{f['build_first_s']:.2f} s",
+         "<= 2 s", f["build_first_s"] <= 2),
+        ("build, 200-line plugin + 1 dependency, wheels cached", f"{f['build_s']:.2f} s",
+         "<= 2 s", f["build_s"] <= 2),
         ("bundle size", f"{f['bundle_bytes'] / 1024:.1f} KiB", "<= 256 KiB",
          f["bundle_bytes"] <= 256 * 1024),
         ("first load, new process + state dir", f"{f['first_load_s'] * 1000:.0f} ms", "<= 1 s",
