@@ -341,6 +341,24 @@ def ensure_test_tools() -> None:
                 "need it will be skipped, each with the reason")
 
 
+def ensure_python_runtime() -> None:
+    """Build and compile the shared plugbox Python runtime into the user cache
+    ($PLUGBOX_CACHE_DIR, else $XDG_CACHE_HOME/plugbox, else ~/.cache/plugbox) once, so the
+    first Python bundle loads in milliseconds (plugbox.engine._pyinterp)."""
+    code = (
+        "import sys, tempfile\n"
+        "import plugbox\n"
+        "from plugbox.engine._pyinterp import interpreter, user_cache_dir\n"
+        "with tempfile.TemporaryDirectory() as d, plugbox.Runtime(state_dir=d) as rt:\n"
+        "    i = interpreter(rt.engine, progress=lambda m: print('[setup]  ', m, flush=True))\n"
+        "    print(f'[setup] python runtime {i.recipe}: {i.source} ({user_cache_dir()})')\n"
+    )
+    proc = subprocess.run([str(VENV_PY), "-c", code], cwd=ROOT)
+    if proc.returncode != 0:
+        say("warning: the plugbox Python runtime could not be prepared; Python bundles will "
+            "build it on first load")
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -375,7 +393,8 @@ def run_just(recipe: str, args: list[str], tc: dict[str, str]) -> None:
 USAGE = f"""usage: python3 dev.py COMMAND [ARGS...]
 
 commands:
-  setup           create .venv, install plugbox + dev tools, ensure the Rust {TARGET} target
+  setup           create .venv, install plugbox + dev tools, ensure the Rust {TARGET} target,
+                  build and compile the shared Python runtime into the user cache
   demo            setup, then run the demo (just demo)
   test [ARGS]     setup, then run the tests (just test; ARGS go to pytest)
   bench           setup, then run the benchmarks (just bench)
@@ -397,6 +416,7 @@ def main(argv: list[str]) -> None:
         fail(f"unknown command {command!r}", code=2)
     tc = setup(test_tools=command in ("setup", "test"))
     if command == "setup":
+        ensure_python_runtime()
         say("ready: try `python3 dev.py demo` or `python3 dev.py test`")
         return
     run_just(command, args, tc)

@@ -1331,11 +1331,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the Python-plugin rows (they need componentize-py; ~40 s)")
     ap.add_argument("--only", default="", metavar="SECTIONS",
                     help="run only these comma-separated sections: calls, hostcalls, threads, "
-                         "deadlines, dispatch, metrics, python, propagation, lifecycle "
-                         "(default: all)")
+                         "deadlines, dispatch, metrics, python, pybundle, propagation, "
+                         "lifecycle (default: all)")
     args = ap.parse_args(argv)
     sections = {"calls", "hostcalls", "threads", "deadlines", "dispatch", "metrics", "python",
-                "propagation", "lifecycle"}
+                "pybundle", "propagation", "lifecycle"}
     only = {s.strip() for s in args.only.split(",") if s.strip()} or sections
     if only - sections:
         ap.error(f"unknown sections: {', '.join(sorted(only - sections))}")
@@ -1404,6 +1404,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         log("Python plugin (componentize-py build, cold load compiles for ~10 s) ...")
         bench_python(res, build_dir, reps, rep_seconds)
+    if "pybundle" in only and not args.no_python:
+        log("Python source bundles against components (bench/pybundle.py) ...")
+        import pybundle
+
+        log(pybundle.report(pybundle.run(res.add, build_dir / "pybundle", quick=args.quick,
+                                         log=log)))
     if "lifecycle" in only:
         log("lifecycle: enable/disable, upgrade, reload memory ...")
         lifecycle.run(res, echo_dir, build_dir, quick=args.quick, python=not args.no_python)

@@ -36,7 +36,7 @@ ALLOWED: dict[str, set[str]] = {
 }
 ALLOWED["top"] = set(ALLOWED) - {"top"}
 
-MODEL = {"_errors", "_permissions", "_manifest", "_policy", "_version", "_metrics"}
+MODEL = {"_errors", "_permissions", "_manifest", "_policy", "_version", "_metrics", "_pybundle"}
 ABI = {"engine._abispec", "engine._wit"}
 
 

@@ -17,7 +17,9 @@ import wasmtime
 from .engine import _abispec
 from .engine._addrspace import admitted, pool_bytes
 from .engine._cache import ArtifactCache
-from ._errors import IdentityConflictError, StateError, UsageError, state_error
+from ._errors import (IdentityConflictError, IncompatibleHostError, StateError, UsageError,
+                      state_error)
+from ._pybundle import Bundle, is_bundle_manifest, read_bundle, recipe_id
 from .services._events import EventBus
 from .engine._fastpath import Engine, Instance, Template
 from .engine._fastpath_component import (ComponentInstance, ComponentTemplate, compile_component,
@@ -55,6 +57,9 @@ class _Verified(NamedTuple):
     signers: tuple[SignerInfo, ...]
     permissions: Permissions
     limits: Limits
+    #: A Python bundle: its sources, and the shared interpreter that runs them.
+    bundle: Bundle | None = None
+    interpreter: Any = None
 
 _log = logging.getLogger("plugbox.runtime")
 T = TypeVar("T")
@@ -238,6 +243,8 @@ class Runtime:
             check_compatibility(manifest, runtime_version=self.version,
                                 abi_version=self.abi_version)
             wasm = verify_module(manifest)
+        if is_bundle_manifest(manifest.raw):
+            return self._verified_bundle(manifest, wasm, tuple(signers))
         # The compile budget starts with the file's size, before it is even parsed.
         self.policy.check_module_size(manifest, len(wasm), component=is_component(wasm))
         info = inspect_module(wasm)
@@ -246,6 +253,33 @@ class Runtime:
         permissions, limits = self.policy.resolve(manifest, component=info.kind == "component")
         check_runnable(manifest, wasm, info, limits, self.policy, self.engine.wasmtime)
         return _Verified(manifest, wasm, info, tuple(signers), permissions, limits)
+
+    def _verified_bundle(self, manifest: Manifest, data: bytes,
+                         signers: tuple[SignerInfo, ...]) -> _Verified:
+        """The checks for a Python bundle (``plugbox._pybundle``): its size and contents
+        within bounds, the interpreter recipe it was built for is this plugbox's, and the shared
+        interpreter's interface and shape. The interpreter imports every service; the host
+        enforces this plugin's permissions on each call, as for any other plugin."""
+        from .engine._pyinterp import interpreter
+
+        self.policy.check_module_size(manifest, len(data), component=True)
+        bundle = read_bundle(data, manifest.name)
+        ours = recipe_id()
+        if bundle.recipe != ours:
+            raise IncompatibleHostError(
+                f"plugin {manifest.name!r}: its Python bundle {manifest.module_path.name} was "
+                f"built for the plugbox Python runtime {bundle.recipe or '(none recorded)'}, but "
+                f"this plugbox runs {ours} (another plugbox, plugbox-sdk or componentize-py "
+                f"version); rebuild it with `plugbox build {manifest.directory}`, or load it "
+                "with the plugbox that built it", plugin=manifest.name)
+        interp = interpreter(self.engine, progress=_progress)
+        info = interp.info
+        check_module_interface(info, manifest, abi_version=self.abi_version)
+        check_capabilities(info, manifest, allow_unrequested_imports=True)
+        permissions, limits = self.policy.resolve(manifest, component=True)
+        check_runnable_limits(manifest, limits)
+        check_module_shape(info, manifest, limits=limits, policy=self.policy)
+        return _Verified(manifest, data, info, signers, permissions, limits, bundle, interp)
 
     def load(
         self,
@@ -297,7 +331,15 @@ class Runtime:
         )
         template: Template | ComponentTemplate | None = None
         try:
-            if info.kind == "component":
+            if verified.bundle is not None:
+                # One compiled interpreter for every bundle plugin (engine._pyinterp).
+                cache = _nothing
+                template = ComponentTemplate(
+                    self.engine, verified.interpreter.component, plugin=manifest.name,
+                    services=services, memory_cap=limits.memory_bytes,
+                    store_limits=store_limits(info.shape, limits.memory_bytes),
+                    abi=self.abi_version, bundle=verified.bundle.guest_payload())
+            elif info.kind == "component":
                 component, cache = self._compiled(manifest, wasm, deserialize_component,
                                                   compile_component)
                 template = ComponentTemplate(
@@ -552,6 +594,15 @@ def _free_plugin(idle: list[Instance | ComponentInstance], template: Template | 
         inst.close()
     template.close()
     services.close()
+
+
+def _progress(message: str) -> None:
+    """The one-time build and compile of the Python runtime: logged, and shown on a
+    terminal."""
+    if sys.stderr is not None and sys.stderr.isatty():
+        print(message, file=sys.stderr, flush=True)
+    else:
+        _log.warning("%s", message)
 
 
 def _nothing() -> None:

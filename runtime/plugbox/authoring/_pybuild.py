@@ -62,6 +62,7 @@ from ._build import (
 )
 from .._errors import UsageError
 from .._manifest import MANIFEST_FILENAME, Manifest, load_manifest
+from .._pybundle import is_bundle_manifest
 from ..engine._wit import WIT_FILENAME, WIT_WORLD, wit_dir
 
 __all__ = [
@@ -122,7 +123,7 @@ class Bulk(wit_world.exports.Bulk):
         return _component.on_hook_text(hook, payload)
 
     def on_hook_hex(self, hook: str, payload: str) -> str:
-        return _component.bulk_out(_component.on_hook(hook, _component.bulk_in(payload)))
+        return _component.on_hook_hex(hook, payload)
 '''
 
 #: The world a plugin is compiled against: ``plugin`` of abi/plugbox.wit with only the
@@ -152,7 +153,7 @@ _INSTALL_HINT: Final = (
 _CHECK_SCRIPT: Final = r"""
 import importlib, json, os, sys, traceback
 plugin_dir, sdk_parent, app = sys.argv[1:4]
-sys.path[:0] = [plugin_dir, sdk_parent]
+sys.path[:0] = [plugin_dir, sdk_parent] + sys.argv[4:]
 def inside(name):
     return not name.startswith("<") and os.path.abspath(name).startswith(plugin_dir + os.sep)
 def explain(exc):
@@ -449,7 +450,8 @@ def unrequested_service_warnings(
 
 
 def _check_import(
-    plugin_dir: Path, sdk_dir: Path, manifest_path: Path, timeout: float
+    plugin_dir: Path, sdk_dir: Path, manifest_path: Path, timeout: float,
+    extra_path: Iterable[Path] = (),
 ) -> dict[str, Any]:
     """Import ``app.py`` natively (see ``_CHECK_SCRIPT``); returns its report.
 
@@ -461,7 +463,7 @@ def _check_import(
             # -I: no user site-packages, no PYTHON* variables, no current directory on the
             # path -- the component does not have those either.
             [sys.executable, "-I", "-c", _CHECK_SCRIPT, str(plugin_dir), str(sdk_dir),
-             APP_MODULE],
+             APP_MODULE, *map(str, extra_path)],
             capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
             cwd=plugin_dir,
         )
@@ -635,6 +637,12 @@ def build_python_plugin(
     stamp = output.with_name(output.name + STAMP_SUFFIX)
     manifest_out = target_dir / MANIFEST_FILENAME
 
+    if is_bundle_manifest(manifest.raw):
+        # The default form: a source bundle for the shared plugbox Python runtime.
+        from ._pybundle_build import build_bundle
+
+        return build_bundle(manifest, app, output, stamp, target_dir, manifest_out, out_dir,
+                            force=force, stage=stage, warning=warning, timeout=timeout)
     program, version = find_componentize_py()
     if version != COMPONENTIZE_PY_VERSION:
         report(
@@ -691,23 +699,7 @@ def _build(
     """The import check and componentize-py; writes ``output`` and its stamp, returns the
     sha256. Raises what :func:`build_python_plugin` documents."""
     stamp = output.with_name(output.name + STAMP_SUFFIX)
-    stage(f"checking {APP_MODULE}.py: importing it with plugbox_sdk")
-    checked = _check_import(plugin_dir, sdk_dir, manifest.path, timeout=120)
-    registered: list[str] = checked.get("hooks", [])
-    missing = [h for h in manifest.hooks if h not in registered]
-    if missing:
-        raise UsageError(
-            f"{manifest.path}: declares hook(s) {', '.join(map(repr, missing))} but {app} "
-            f"registers no handler for them (registered: {', '.join(registered) or 'none'}); "
-            f"add @hook({missing[0]!r}) to a function, or remove the hook from the manifest"
-        )
-    extra = [h for h in registered if h not in manifest.hooks]
-    if extra:
-        warning(
-            f"warning: {app} registers hook(s) {', '.join(map(repr, extra))} that "
-            f"{MANIFEST_FILENAME} does not declare; the host will not call them"
-        )
-    stage(f"{APP_MODULE}.py registers: {', '.join(registered)}")
+    check_hooks(manifest, app, sdk_dir, stage, warning)
 
     with tempfile.TemporaryDirectory(prefix="plugbox-pybuild-") as scratch:
         scratch_dir = Path(scratch)
@@ -764,6 +756,31 @@ def _build(
         encoding="utf-8",
     )
     return digest
+
+
+def check_hooks(manifest: Manifest, app: Path, sdk_dir: Path, stage: Progress,
+                warning: Progress, extra_path: Iterable[Path] = ()) -> list[str]:
+    """Import ``app.py`` natively (:func:`_check_import`) and compare the hooks it registers
+    with the manifest's; returns them. Raises UsageError (import failed, hooks missing)."""
+    stage(f"checking {APP_MODULE}.py: importing it with plugbox_sdk")
+    checked = _check_import(manifest.directory, sdk_dir, manifest.path, timeout=120,
+                            extra_path=extra_path)
+    registered: list[str] = checked.get("hooks", [])
+    missing = [h for h in manifest.hooks if h not in registered]
+    if missing:
+        raise UsageError(
+            f"{manifest.path}: declares hook(s) {', '.join(map(repr, missing))} but {app} "
+            f"registers no handler for them (registered: {', '.join(registered) or 'none'}); "
+            f"add @hook({missing[0]!r}) to a function, or remove the hook from the manifest"
+        )
+    extra = [h for h in registered if h not in manifest.hooks]
+    if extra:
+        warning(
+            f"warning: {app} registers hook(s) {', '.join(map(repr, extra))} that "
+            f"{MANIFEST_FILENAME} does not declare; the host will not call them"
+        )
+    stage(f"{APP_MODULE}.py registers: {', '.join(registered)}")
+    return registered
 
 
 def _stage_outputs(

@@ -721,8 +721,13 @@ class ComponentTemplate:
         memory_cap: int,
         store_limits: StoreLimits,
         abi: str = _abispec.ABI_VERSION,
+        bundle: str | None = None,
     ) -> None:
         self.engine = engine
+        #: A Python bundle's sources (JSON text) that each instance gets through the shared
+        #: interpreter's ``load-bundle`` before ``on-init`` (see _bundle_index).
+        self.bundle = bundle
+        self._load_index: Any = None
         self.plugin = plugin
         self.memory_cap = memory_cap
         #: What each instance's store may create: exactly what the static count of the
@@ -768,6 +773,8 @@ class ComponentTemplate:
                     component.ptr(), self._bulk_index, b"on-hook-hex", 11)
                 if self._bulk_index else None
             )
+            if bundle is not None:
+                self._load_index = _bundle_index(component, plugin)
             if not self._hook_index:
                 raise AbiViolation(f"plugin {plugin!r}: component exports no 'on-hook'",
                                    plugin=plugin)
@@ -797,7 +804,8 @@ class ComponentTemplate:
 
     def close(self) -> None:
         """Free the linker and export indices."""
-        for attr in ("_hook_index", "_init_index", "_text_index", "_hex_index", "_bulk_index"):
+        for attr in ("_hook_index", "_init_index", "_text_index", "_hex_index", "_bulk_index",
+                     "_load_index"):
             index = getattr(self, attr, None)
             if index:
                 _wb.wasmtime_component_export_index_delete(index)
@@ -805,6 +813,32 @@ class ComponentTemplate:
         if getattr(self, "_linker", None):
             _wb.wasmtime_component_linker_delete(self._linker)
             self._linker = None
+
+
+def _bundle_index(component: Component, plugin: str) -> Any:
+    """The export index of the shared Python interpreter's ``load-bundle``."""
+    index = _wb.wasmtime_component_get_export_index(component.ptr(), None, b"load-bundle", 11)
+    if not index:
+        raise AbiViolation(f"plugin {plugin!r}: the Python runtime component exports no "
+                           "'load-bundle'; remove the plugbox user cache and load again",
+                           plugin=plugin)
+    return index
+
+
+def _load_bundle(inst: ComponentInstance, fuel: int, ticks: int, deadline_ms: int
+                 ) -> CallOutcome:
+    """Give a new instance of the shared interpreter its plugin's bundle (``load-bundle``)."""
+    template = inst.template
+    func = _wb.wasmtime_component_func_t()
+    if not _wb.wasmtime_component_instance_get_func(
+            byref(inst._instance), inst._ctx, template._load_index, byref(func)):
+        raise AbiViolation(f"plugin {inst.plugin!r}: no load-bundle function",
+                           plugin=inst.plugin)
+    state = _CompCallState(inst, "load-bundle", None, fuel, deadline_ms)
+    params = inst._params
+    ctypes.memset(addressof(params), 0, _VSIZE * 2)
+    _set_str(params[0], template.bundle or "")
+    return inst._call(func, params, 1, "load-bundle", state, fuel, ticks, want_bytes=False)
 
 
 # No finalizer: the callbacks live as long as the template that holds them.
@@ -1003,7 +1037,12 @@ class ComponentInstance:
 
     def call_init(self, config_json: bytes, fuel: int, ticks: int, deadline_ms: int
                   ) -> CallOutcome:
-        """Run ``on-init(config)`` when exported."""
+        """Run ``load-bundle`` (a Python bundle's instance), then ``on-init(config)`` when
+        exported."""
+        if self.template.bundle is not None:
+            loaded = _load_bundle(self, fuel, ticks, deadline_ms)
+            if not loaded.ok:
+                return loaded
         if self._init is None:
             return CallOutcome(True, b"", "", "", None)
         state = _CompCallState(self, "on-init", None, fuel, deadline_ms)
