@@ -745,6 +745,9 @@ static PyObject *speedups_observe(PyObject *self, PyObject *const *args, Py_ssiz
  * reader of an older generation calls host._drain(), which closes what PluginHost._retire
  * queued). No lock on the way in or out.
  *
+ * The plan's Python steps (encode, decode, failed) take the host as their first argument, so
+ * a plan holds no reference to its host (no cycle through host._tables).
+ *
  * DispatchResult and Result are slotted dataclasses; they are made here by allocating the
  * instance and filling its slots (offsets read from their member descriptors by
  * dispatch_setup, which checks them), not by running their generated __init__.
@@ -847,8 +850,10 @@ static Py_ssize_t readers_add(PyObject *readers, PyObject *gen, int delta) {
 }
 
 /* The reader of generation gen leaves; the last one of a generation older than the host's
- * current tables lets host._drain() close what was retired meanwhile. */
-static int readers_leave(PyObject *host, PyObject *gen) {
+ * current tables lets host._drain() close what was retired meanwhile. ``read`` is the tables
+ * object the reader read (NULL: compare generations): when host._tables is still that very
+ * object, nothing was published since, so nothing can have been retired. */
+static int readers_leave(PyObject *host, PyObject *gen, PyObject *read) {
     PyObject *readers = PyObject_GetAttr(host, s_readers);
     if (!readers) return -1;
     Py_ssize_t left = readers_add(readers, gen, -1);
@@ -856,12 +861,18 @@ static int readers_leave(PyObject *host, PyObject *gen) {
     if (left != 0) return left < 0 ? -1 : 0;
     PyObject *tables = PyObject_GetAttr(host, s_tables);
     if (!tables) return -1;
-    PyObject *cur = PyObject_GetAttr(tables, s_gen);
-    Py_DECREF(tables);
-    if (!cur) return -1;
-    int same = PyObject_RichCompareBool(cur, gen, Py_EQ);
-    Py_DECREF(cur);
-    if (same < 0) return -1;
+    int same;
+    if (read) {
+        same = tables == read;
+        Py_DECREF(tables);
+    } else {
+        PyObject *cur = PyObject_GetAttr(tables, s_gen);
+        Py_DECREF(tables);
+        if (!cur) return -1;
+        same = PyObject_RichCompareBool(cur, gen, Py_EQ);
+        Py_DECREF(cur);
+        if (same < 0) return -1;
+    }
     if (same) return 0;
     PyObject *r = PyObject_CallMethodNoArgs(host, s_drain);
     if (!r) return -1;
@@ -895,7 +906,7 @@ static PyObject *speedups_readers_hold(PyObject *self, PyObject *const *args, Py
 
 static PyObject *speedups_readers_leave(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "readers_leave() takes 2 arguments"); return NULL; }
-    if (readers_leave(args[0], args[1]) < 0) return NULL;
+    if (readers_leave(args[0], args[1], NULL) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -908,7 +919,7 @@ static int64_t now_ns(void) {
 }
 
 /* The implementations' loop; a new DispatchResult, or NULL with an error set. */
-static PyObject *run_plan(PyObject *plan, PyObject *data) {
+static PyObject *run_plan(PyObject *host, PyObject *plan, PyObject *data) {
     PyObject *calls = PLAN(P_CALLS), *hooks = PLAN(P_HOOKS), *names = PLAN(P_NAMES);
     PyObject *kwargs = PLAN(P_KWARGS), *host_names = PLAN(P_HOST_NAMES);
     PyObject *counters = PLAN(P_COUNTERS), *decode = PLAN(P_DECODE), *failed = PLAN(P_FAILED);
@@ -927,13 +938,16 @@ static PyObject *run_plan(PyObject *plan, PyObject *data) {
         PyObject *token = NULL, *own = PyTuple_GET_ITEM(host_names, i);
         if (own != Py_None && !(token = PyContextVar_Set(d_plugins_var, own))) goto error;
         PyObject *kw = PyTuple_GET_ITEM(kwargs, i), *raw;
+        /* a[0] is free for the bound method's self (PY_VECTORCALL_ARGUMENTS_OFFSET) */
         if (kw == Py_None) {
-            PyObject *a[2] = {PyTuple_GET_ITEM(hooks, i), data};
-            raw = PyObject_Vectorcall(PyTuple_GET_ITEM(calls, i), a, 2, NULL);
+            PyObject *a[3] = {NULL, PyTuple_GET_ITEM(hooks, i), data};
+            raw = PyObject_Vectorcall(PyTuple_GET_ITEM(calls, i), a + 1,
+                                      2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         } else {
-            PyObject *a[4] = {PyTuple_GET_ITEM(hooks, i), data, PyTuple_GET_ITEM(kw, 0),
+            PyObject *a[5] = {NULL, PyTuple_GET_ITEM(hooks, i), data, PyTuple_GET_ITEM(kw, 0),
                               PyTuple_GET_ITEM(kw, 1)};
-            raw = PyObject_Vectorcall(PyTuple_GET_ITEM(calls, i), a, 2, d_kwnames);
+            raw = PyObject_Vectorcall(PyTuple_GET_ITEM(calls, i), a + 1,
+                                      2 | PY_VECTORCALL_ARGUMENTS_OFFSET, d_kwnames);
         }
         if (token) {
             PyObject *et, *ev, *etb;
@@ -948,8 +962,8 @@ static PyObject *run_plan(PyObject *plan, PyObject *data) {
             if (json) {
                 PyObject *index = PyLong_FromSsize_t(i);
                 if (index) {
-                    PyObject *a[2] = {index, raw};
-                    got = PyObject_Vectorcall(decode, a, 2, NULL);
+                    PyObject *a[3] = {host, index, raw};
+                    got = PyObject_Vectorcall(decode, a, 3, NULL);
                     Py_DECREF(index);
                 }
             } else if (mode == MODE_FIRST && PyBytes_Check(raw) && PyBytes_GET_SIZE(raw) == 0) {
@@ -968,8 +982,8 @@ static PyObject *run_plan(PyObject *plan, PyObject *data) {
             PyObject *index = PyLong_FromSsize_t(i);
             PyObject *r = NULL;
             if (index) {
-                PyObject *a[3] = {index, ev, failures};
-                r = PyObject_Vectorcall(failed, a, 3, NULL);  /* propagate: raises */
+                PyObject *a[4] = {host, index, ev, failures};
+                r = PyObject_Vectorcall(failed, a, 4, NULL);  /* propagate: raises */
                 Py_DECREF(index);
             }
             Py_XDECREF(et); Py_XDECREF(ev); Py_XDECREF(etb);
@@ -1022,29 +1036,29 @@ static PyObject *speedups_dispatch(PyObject *self, PyObject *const *args, Py_ssi
     PyObject *tables = PyObject_GetAttr(host, s_tables);
     if (!tables) return NULL;
     PyObject *plans = PyObject_GetAttr(tables, s_plans);
-    Py_DECREF(tables);
-    if (!plans) return NULL;
+    if (!plans) { Py_DECREF(tables); return NULL; }
     PyObject *plan = PyDict_CheckExact(plans) ? PyDict_GetItemWithError(plans, point) : NULL;
     if (!plan || !PyTuple_Check(plan) || PyTuple_GET_SIZE(plan) < P_SIZE_MIN ||
             PLAN(P_FAST) != Py_True) {
         Py_DECREF(plans);
+        Py_DECREF(tables);
         if (PyErr_Occurred()) return NULL;
         Py_RETURN_NOTIMPLEMENTED;
     }
     Py_INCREF(plan);
-    Py_DECREF(plans);
+    Py_DECREF(plans);  /* tables holds plans, plans the plan: kept alive by the two refs */
     PyObject *gen = PLAN(P_GEN);
     PyObject *readers = PyObject_GetAttr(host, s_readers);
-    if (!readers) { Py_DECREF(plan); return NULL; }
+    if (!readers) { Py_DECREF(plan); Py_DECREF(tables); return NULL; }
     Py_ssize_t counted = readers_add(readers, gen, +1);
     Py_DECREF(readers);
-    if (counted < 0) { Py_DECREF(plan); return NULL; }
+    if (counted < 0) { Py_DECREF(plan); Py_DECREF(tables); return NULL; }
     /* A reader now: every way out below leaves. */
     PyObject *out = NULL, *token = NULL, *data;
     int64_t started = 0;
     if (PLAN(P_JSON) == Py_True || !PyBytes_CheckExact(payload)) {
-        PyObject *a[1] = {payload};
-        data = PyObject_Vectorcall(PLAN(P_ENCODE), a, 1, NULL);
+        PyObject *a[2] = {host, payload};
+        data = PyObject_Vectorcall(PLAN(P_ENCODE), a, 2, NULL);
         if (!data) goto leave;
     } else {
         data = Py_NewRef(payload);
@@ -1060,7 +1074,7 @@ static PyObject *speedups_dispatch(PyObject *self, PyObject *const *args, Py_ssi
     if (needs && !(token = PyContextVar_Set(d_points_var, PLAN(P_CHAIN)))) goto leave;
     PyObject *slots_addr = PLAN(P_DISPATCH_SLOTS);
     if (slots_addr != Py_None) started = now_ns();
-    out = run_plan(plan, data);
+    out = run_plan(host, plan, data);
 leave:;
     PyObject *et, *ev, *etb;
     PyErr_Fetch(&et, &ev, &etb);
@@ -1080,7 +1094,9 @@ leave:;
         }
     }
     Py_XDECREF(data);
-    if (readers_leave(host, gen) < 0) {
+    int left = readers_leave(host, gen, tables);
+    Py_DECREF(tables);
+    if (left < 0) {
         if (et) PyErr_WriteUnraisable(point);  /* the dispatch's own error wins */
         else { Py_XDECREF(out); out = NULL; Py_DECREF(plan); return NULL; }
     }

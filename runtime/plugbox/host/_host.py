@@ -228,9 +228,9 @@ class _Plan(NamedTuple):
     runtime: Runtime
     counters: tuple[int, ...] | None  # addresses of the per-plugin call counters (metrics)
     dispatch_slots: int | None  # address of the point's latency accumulator (metrics)
-    encode: Callable[[Any], bytes]
-    decode: Callable[[int, bytes], Any]  # json: (index, raw) -> checked value
-    failed: Callable[[int, PlugboxError, list[Failure]], None]
+    encode: Callable[[PluginHost, Any], bytes]
+    decode: Callable[[PluginHost, int, bytes], Any]  # json: (host, index, raw) -> value
+    failed: Callable[[PluginHost, int, PlugboxError, list[Failure]], None]
     spec: ExtensionPoint
     entries: tuple[_Impl, ...]
     stats: PointStats | None
@@ -680,9 +680,10 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
             runtime=self.runtime,
             counters=None if counters is None else tuple(map(ctypes.addressof, counters)),
             dispatch_slots=None if stats is None else stats.dispatch.address,
-            encode=functools.partial(self._encode, spec),
-            decode=functools.partial(self._plan_decode, spec, entries),
-            failed=functools.partial(self._plan_failed, spec, entries, stats),
+            # Unbound: the host comes as the first argument (no cycle through the plans).
+            encode=functools.partial(_plan_encode, spec),
+            decode=functools.partial(_plan_decode, spec, entries),
+            failed=functools.partial(_plan_failed, spec, entries, stats),
             spec=spec, entries=entries, stats=stats, counter_objs=counters)
 
     # -- dispatch --------------------------------------------------------------------------
@@ -915,7 +916,8 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
     def _run_plan(self, plan: _Plan, payload: Any) -> DispatchResult:
         """Run a fast plan (top-level dispatch, reader counted by the caller): the same steps
         as ``_speedups.dispatch`` after its reader count, in the same order."""
-        data = payload if not plan.json and type(payload) is bytes else plan.encode(payload)
+        data = (payload if not plan.json and type(payload) is bytes
+                else plan.encode(self, payload))
         token = (_POINTS.set(plan.chain) if plan.needs_chain or plan.runtime._monitors
                  else None)
         stats = plan.stats
@@ -948,11 +950,11 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
                     if token is not None:
                         _PLUGINS.reset(token)
                 if plan.json:
-                    got = plan.decode(i, raw)
+                    got = plan.decode(self, i, raw)
                 else:
                     got = None if mode == 1 and not raw else raw
             except PlugboxError as exc:
-                plan.failed(i, exc, failures)
+                plan.failed(self, i, exc, failures)
                 continue
             if mode == 2 or (mode == 1 and got is None):
                 continue
@@ -961,11 +963,6 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
                 value = got
                 break
         return DispatchResult(plan.point, plan.mode_name, value, results, failures)
-
-    def _plan_decode(self, spec: ExtensionPoint, entries: tuple[_Impl, ...], i: int,
-                     raw: bytes) -> Any:
-        """A plan's JSON result step (``_Plan.decode``): what _invoke does after the call."""
-        return self._result_of(spec, entries[i], raw)
 
     def _plan_failed(self, spec: ExtensionPoint, entries: tuple[_Impl, ...],
                      stats: PointStats | None, i: int, exc: PlugboxError,
@@ -1371,6 +1368,23 @@ def _refuses(impl: Implementation, version: str) -> bool:
 def _where_in(plugin: str, point: str, hook: str) -> str:
     """How an error about one implementation's result names it (built only on failure)."""
     return f"plugin {plugin!r}, extension point {point!r} (hook {hook!r})"
+
+
+def _plan_encode(spec: ExtensionPoint, host: PluginHost, payload: Any) -> bytes:
+    """A plan's payload step (``_Plan.encode``)."""
+    return host._encode(spec, payload)
+
+
+def _plan_decode(spec: ExtensionPoint, entries: tuple[_Impl, ...], host: PluginHost, i: int,
+                 raw: bytes) -> Any:
+    """A plan's JSON result step (``_Plan.decode``): what _invoke does after the call."""
+    return host._result_of(spec, entries[i], raw)
+
+
+def _plan_failed(spec: ExtensionPoint, entries: tuple[_Impl, ...], stats: PointStats | None,
+                 host: PluginHost, i: int, exc: PlugboxError, failures: list[Failure]) -> None:
+    """A plan's failure step (``_Plan.failed``): see PluginHost._plan_failed."""
+    host._plan_failed(spec, entries, stats, i, exc, failures)
 
 
 def _sees_chain(entry: _Impl) -> bool:
