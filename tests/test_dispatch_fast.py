@@ -332,3 +332,22 @@ def test_a_call_in_flight_keeps_its_plugin_open_until_it_returns(
         thread.join(30)
     assert results == [[{"label": "old", "top_n": 3}]]
     assert old._closed and managed._retired == [] and managed._readers == {}
+
+
+def test_plans_keep_no_reference_cycle_through_the_host(tmp_path: Path,
+                                                         cache_dir: Path) -> None:
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        host = plugbox.PluginHost(state_dir=tmp_path / "state",
+                                  runtime_options={"cache_dir": cache_dir})
+        host.extension_point("x.each", version="1.0.0")
+        host.add(const(tmp_path, "one", "1", {"x.each": {}}))
+        assert host.call("x.each").values == [1] and host._tables.plans["x.each"].fast
+        ref = weakref.ref(host)
+        del host
+        assert ref() is None  # freed by reference counting alone, without the collector
+    finally:
+        gc.enable()
