@@ -731,7 +731,7 @@ static PyObject *speedups_observe(PyObject *self, PyObject *const *args, Py_ssiz
  * Section: dispatch (owned by plugbox.host; issue 8 §8).
  *
  * The PluginHost's hot loop: dispatch(host, point, payload) runs one top-level dispatch of a
- * point whose precomputed plan (plugbox.host._host._Plan, a tuple: see P_* below) is marked
+ * point whose precomputed plan (plugbox.host._host._Plan, a tuple: see P_* below; host._plans by point) is marked
  * fast, and returns the DispatchResult; for anything else (no plan, a nested dispatch, a
  * background/concurrent/pipeline point, quarantined or probed implementations) it returns
  * NotImplemented and PluginHost.call takes its Python path. _host._run_plan is its pure-Python
@@ -740,7 +740,7 @@ static PyObject *speedups_observe(PyObject *self, PyObject *const *args, Py_ssiz
  * Hot swap: a dispatch is a reader of the table generation it read (host._readers, gen ->
  * count). readers_enter/readers_hold/readers_leave and dispatch change that dict only here,
  * with the GIL held and no Python code in between (ints and strs as keys), so the read of
- * host._tables and the count going up are one step as seen by any other thread: a plugin
+ * host._plans (published right after host._tables) and the count going up are one step as seen by any other thread: a plugin
  * swapped out after that step is closed only once the count is back to zero (the last
  * reader of an older generation calls host._drain(), which closes what PluginHost._retire
  * queued). No lock on the way in or out.
@@ -757,7 +757,7 @@ static PyObject *speedups_observe(PyObject *self, PyObject *const *args, Py_ssiz
 enum {
     P_FAST, P_GEN, P_POINT, P_MODE, P_MODE_NAME, P_JSON, P_CALLS, P_HOOKS, P_NAMES, P_KWARGS,
     P_HOST_NAMES, P_CHAIN, P_NEEDS_CHAIN, P_RUNTIME, P_COUNTERS, P_DISPATCH_SLOTS, P_ENCODE,
-    P_DECODE, P_FAILED, P_SIZE_MIN
+    P_DECODE, P_FAILED, P_READERS, P_SIZE_MIN
 };
 enum { MODE_EACH = 0, MODE_FIRST = 1, MODE_NOTIFY = 2 };
 
@@ -812,7 +812,7 @@ static PyObject *speedups_dispatch_setup(PyObject *self, PyObject *args) {
     if (slot_offsets(rc, rn, off_r, 2) < 0 || slot_offsets(dc, dn, off_d, 5) < 0) return NULL;
     if (!s_tables) {
         s_tables = PyUnicode_InternFromString("_tables");
-        s_plans = PyUnicode_InternFromString("plans");
+        s_plans = PyUnicode_InternFromString("_plans");
         s_readers = PyUnicode_InternFromString("_readers");
         s_drain = PyUnicode_InternFromString("_drain");
         s_monitors = PyUnicode_InternFromString("_monitors");
@@ -851,21 +851,20 @@ static Py_ssize_t readers_add(PyObject *readers, PyObject *gen, int delta) {
 
 /* The reader of generation gen leaves; the last one of a generation older than the host's
  * current tables lets host._drain() close what was retired meanwhile. ``read`` is the tables
- * object the reader read (NULL: compare generations): when host._tables is still that very
+ * plans dict the reader read (NULL: compare generations): when host._plans is still that very
  * object, nothing was published since, so nothing can have been retired. */
-static int readers_leave(PyObject *host, PyObject *gen, PyObject *read) {
-    PyObject *readers = PyObject_GetAttr(host, s_readers);
-    if (!readers) return -1;
+static int readers_leave(PyObject *host, PyObject *readers, PyObject *gen, PyObject *read) {
     Py_ssize_t left = readers_add(readers, gen, -1);
-    Py_DECREF(readers);
     if (left != 0) return left < 0 ? -1 : 0;
-    PyObject *tables = PyObject_GetAttr(host, s_tables);
-    if (!tables) return -1;
     int same;
-    if (read) {
-        same = tables == read;
-        Py_DECREF(tables);
+    if (read) {  /* the plans dict it read: published together with the tables */
+        PyObject *plans = PyObject_GetAttr(host, s_plans);
+        if (!plans) return -1;
+        same = plans == read;
+        Py_DECREF(plans);
     } else {
+        PyObject *tables = PyObject_GetAttr(host, s_tables);
+        if (!tables) return -1;
         PyObject *cur = PyObject_GetAttr(tables, s_gen);
         Py_DECREF(tables);
         if (!cur) return -1;
@@ -906,7 +905,11 @@ static PyObject *speedups_readers_hold(PyObject *self, PyObject *const *args, Py
 
 static PyObject *speedups_readers_leave(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "readers_leave() takes 2 arguments"); return NULL; }
-    if (readers_leave(args[0], args[1], NULL) < 0) return NULL;
+    PyObject *readers = PyObject_GetAttr(args[0], s_readers);
+    if (!readers) return NULL;
+    int rc = readers_leave(args[0], readers, args[1], NULL);
+    Py_DECREF(readers);
+    if (rc < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1033,25 +1036,18 @@ static PyObject *speedups_dispatch(PyObject *self, PyObject *const *args, Py_ssi
     }
     if (nested) { PyErr_Clear(); Py_RETURN_NOTIMPLEMENTED; }
     /* From reading the tables to counting this reader: no Python code runs (see above). */
-    PyObject *tables = PyObject_GetAttr(host, s_tables);
+    PyObject *tables = PyObject_GetAttr(host, s_plans);  /* host._plans (see _publish) */
     if (!tables) return NULL;
-    PyObject *plans = PyObject_GetAttr(tables, s_plans);
-    if (!plans) { Py_DECREF(tables); return NULL; }
-    PyObject *plan = PyDict_CheckExact(plans) ? PyDict_GetItemWithError(plans, point) : NULL;
+    PyObject *plan = PyDict_CheckExact(tables) ? PyDict_GetItemWithError(tables, point) : NULL;
     if (!plan || !PyTuple_Check(plan) || PyTuple_GET_SIZE(plan) < P_SIZE_MIN ||
-            PLAN(P_FAST) != Py_True) {
-        Py_DECREF(plans);
+            PLAN(P_FAST) != Py_True || !PyDict_CheckExact(PLAN(P_READERS))) {
         Py_DECREF(tables);
         if (PyErr_Occurred()) return NULL;
         Py_RETURN_NOTIMPLEMENTED;
     }
     Py_INCREF(plan);
-    Py_DECREF(plans);  /* tables holds plans, plans the plan: kept alive by the two refs */
-    PyObject *gen = PLAN(P_GEN);
-    PyObject *readers = PyObject_GetAttr(host, s_readers);
-    if (!readers) { Py_DECREF(plan); Py_DECREF(tables); return NULL; }
+    PyObject *gen = PLAN(P_GEN), *readers = PLAN(P_READERS);
     Py_ssize_t counted = readers_add(readers, gen, +1);
-    Py_DECREF(readers);
     if (counted < 0) { Py_DECREF(plan); Py_DECREF(tables); return NULL; }
     /* A reader now: every way out below leaves. */
     PyObject *out = NULL, *token = NULL, *data;
@@ -1094,7 +1090,7 @@ leave:;
         }
     }
     Py_XDECREF(data);
-    int left = readers_leave(host, gen, tables);
+    int left = readers_leave(host, readers, gen, tables);
     Py_DECREF(tables);
     if (left < 0) {
         if (et) PyErr_WriteUnraisable(point);  /* the dispatch's own error wins */

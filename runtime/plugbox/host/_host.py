@@ -231,6 +231,7 @@ class _Plan(NamedTuple):
     encode: Callable[[PluginHost, Any], bytes]
     decode: Callable[[PluginHost, int, bytes], Any]  # json: (host, index, raw) -> value
     failed: Callable[[PluginHost, int, PlugboxError, list[Failure]], None]
+    readers: dict[int, int]  # the host's reader counts (never replaced)
     spec: ExtensionPoint
     entries: tuple[_Impl, ...]
     stats: PointStats | None
@@ -324,6 +325,8 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
         self.runtime: Runtime = runtime
         self._lock = threading.RLock()
         self._tables = _Tables(points={}, functions={}, plugins=(), orders={})
+        #: ``_tables.plans``, one attribute lookup closer for the C loop (set with _tables).
+        self._plans: Mapping[str, _Plan] = {}
         self._added = 0
         self._workers = ThreadPoolExecutor(max_workers=max_workers,
                                            thread_name_prefix="plugbox-host",
@@ -645,6 +648,9 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
                                functions=old.functions if functions is None else functions,
                                plugins=plugins, orders=orders, active=active,
                                gen=gen, blocked=blocked, probing=probing, plans=plans)
+        # After _tables: a C dispatch reading the old plans in between counts the old
+        # generation, which _retire (after this publish) sees.
+        self._plans = plans
 
     def _plan(self, spec: ExtensionPoint, entries: tuple[_Impl, ...], gen: int,
               held: bool) -> _Plan:
@@ -684,6 +690,7 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
             encode=functools.partial(_plan_encode, spec),
             decode=functools.partial(_plan_decode, spec, entries),
             failed=functools.partial(_plan_failed, spec, entries, stats),
+            readers=self._readers,
             spec=spec, entries=entries, stats=stats, counter_objs=counters)
 
     # -- dispatch --------------------------------------------------------------------------
@@ -1072,6 +1079,7 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
             self._closed = True
             # No more planned dispatches: from now on every call takes the checked path.
             self._tables = dataclasses.replace(self._tables, plans={})
+            self._plans = {}
         self._stop_health_schedule()
         self._stop_breakers()
         self._workers.shutdown(wait=True, cancel_futures=True)
