@@ -223,21 +223,46 @@ class Metrics:
 
 class PointStats:
     """The accumulator of one extension point (PluginHost): dispatch latency, and per plugin
-    the calls made and failures by class. Not public."""
+    the calls made and failures by class. Not public.
 
-    __slots__ = ("dispatch", "calls", "failures")
+    Each plugin's call count is an int64 (:meth:`counter`) whose address a dispatch plan
+    keeps, so the C dispatch loop (``engine._speedups.dispatch``) counts a call with one
+    store, as ``CallStats`` counts latencies."""
+
+    __slots__ = ("dispatch", "_calls", "failures")
 
     def __init__(self) -> None:
         self.dispatch = CallStats()
-        self.calls: dict[str, int] = {}
+        self._calls: dict[str, ctypes.c_int64] = {}
         self.failures: dict[str, dict[str, int]] = {}
+
+    def counter(self, plugin: str) -> ctypes.c_int64:
+        """``plugin``'s call counter at this point (made on first use)."""
+        found = self._calls.get(plugin)
+        if found is None:
+            found = self._calls.setdefault(plugin, ctypes.c_int64(0))
+        return found
+
+    def count_call(self, plugin: str) -> None:
+        """Count one call of ``plugin``'s implementation."""
+        self.counter(plugin).value += 1
+
+    @property
+    def calls(self) -> dict[str, int]:
+        """Calls made per plugin (plugins never called left out)."""
+        return {name: c.value for name, c in list(self._calls.items()) if c.value}
+
+    @property
+    def used(self) -> bool:
+        """Whether anything was counted here yet (a dispatch, a call or a failure)."""
+        return bool(self.dispatch.count or self.calls or self.failures)
 
     def snapshot(self, name: str) -> PointMetrics:
         """A frozen copy."""
         return PointMetrics(
             name=name, dispatches=self.dispatch.count,
-            latency=self.dispatch.histogram(), calls=dict(self.calls),
-            failures={p: dict(f) for p, f in self.failures.items()})
+            latency=self.dispatch.histogram(), calls=self.calls,
+            failures={p: dict(f) for p, f in list(self.failures.items())})
 
     def failed(self, plugin: str, error: BaseException) -> None:
         """Count a failure of ``plugin``'s implementation."""

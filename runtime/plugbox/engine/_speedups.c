@@ -822,6 +822,381 @@ static PyObject *speedups_bulk_unhex(PyObject *self, PyObject *arg) {
 }
 /* ---------------------------------------------------------------- end of bulk payload encoding */
 
+/* ==========================================================================================
+ * Section: dispatch (owned by plugbox.host; issue 8 §8).
+ *
+ * The PluginHost's hot loop: dispatch(host, point, payload) runs one top-level dispatch of a
+ * point whose precomputed plan (plugbox.host._host._Plan, a tuple: see P_* below; host._plans by point) is marked
+ * fast, and returns the DispatchResult; for anything else (no plan, a nested dispatch, a
+ * background/concurrent/pipeline point, quarantined or probed implementations) it returns
+ * NotImplemented and PluginHost.call takes its Python path. _host._run_plan is its pure-Python
+ * twin (same plan, same steps, same results): tests run both.
+ *
+ * Hot swap: a dispatch is a reader of the table generation it read (host._readers, gen ->
+ * count). readers_enter/readers_hold/readers_leave and dispatch change that dict only here,
+ * with the GIL held and no Python code in between (ints and strs as keys), so the read of
+ * host._plans (published right after host._tables) and the count going up are one step as seen by any other thread: a plugin
+ * swapped out after that step is closed only once the count is back to zero (the last
+ * reader of an older generation calls host._drain(), which closes what PluginHost._retire
+ * queued). No lock on the way in or out.
+ *
+ * The plan's Python steps (encode, decode, failed) take the host as their first argument, so
+ * a plan holds no reference to its host (no cycle through host._tables).
+ *
+ * DispatchResult and Result are slotted dataclasses; they are made here by allocating the
+ * instance and filling its slots (offsets read from their member descriptors by
+ * dispatch_setup, which checks them), not by running their generated __init__.
+ * ========================================================================================== */
+#include <structmember.h>
+
+enum {
+    P_FAST, P_GEN, P_POINT, P_MODE, P_MODE_NAME, P_JSON, P_CALLS, P_HOOKS, P_NAMES, P_KWARGS,
+    P_HOST_NAMES, P_CHAIN, P_NEEDS_CHAIN, P_RUNTIME, P_COUNTERS, P_DISPATCH_SLOTS, P_ENCODE,
+    P_DECODE, P_FAILED, P_READERS, P_SIZE_MIN
+};
+enum { MODE_EACH = 0, MODE_FIRST = 1, MODE_NOTIFY = 2 };
+
+static PyObject *d_points_var, *d_plugins_var, *d_result_cls, *d_dresult_cls, *d_error_cls;
+static PyObject *d_kwnames, *s_tables, *s_plans, *s_readers, *s_drain, *s_monitors, *s_gen;
+static Py_ssize_t off_r[2], off_d[5];
+static int d_ready = 0;
+
+static int slot_offsets(PyObject *cls, const char *const *names, Py_ssize_t *out, int n) {
+    if (!PyType_Check(cls)) { PyErr_SetString(PyExc_TypeError, "dispatch_setup: not a class"); return -1; }
+    for (int i = 0; i < n; i++) {
+        PyObject *d = PyDict_GetItemString(((PyTypeObject *)cls)->tp_dict, names[i]);
+        if (!d || !Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+            PyErr_Format(PyExc_TypeError, "dispatch_setup: %R.%s is not a slot", cls, names[i]);
+            return -1;
+        }
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if (m->type != T_OBJECT_EX || (m->flags & READONLY)) {
+            PyErr_Format(PyExc_TypeError, "dispatch_setup: %R.%s is not a writable object slot",
+                         cls, names[i]);
+            return -1;
+        }
+        out[i] = m->offset;
+    }
+    return 0;
+}
+
+/* A new instance of slotted class cls with its n slots (offsets off) set to vals. */
+static PyObject *new_slotted(PyObject *cls, const Py_ssize_t *off, PyObject *const *vals, int n) {
+    PyTypeObject *t = (PyTypeObject *)cls;
+    PyObject *o = t->tp_alloc(t, 0);
+    if (!o) return NULL;
+    for (int i = 0; i < n; i++) {
+        Py_INCREF(vals[i]);
+        *(PyObject **)((char *)o + off[i]) = vals[i];
+    }
+    return o;
+}
+
+/*
+ * dispatch_setup(points_var, plugins_var, Result, DispatchResult, PlugboxError)
+ */
+static PyObject *speedups_dispatch_setup(PyObject *self, PyObject *args) {
+    PyObject *pv, *av, *rc, *dc, *ec;
+    if (!PyArg_ParseTuple(args, "OOOOO", &pv, &av, &rc, &dc, &ec)) return NULL;
+    if (!PyContextVar_CheckExact(pv) || !PyContextVar_CheckExact(av)) {
+        PyErr_SetString(PyExc_TypeError, "dispatch_setup: expected two ContextVars");
+        return NULL;
+    }
+    static const char *const rn[] = {"plugin", "value"};
+    static const char *const dn[] = {"point", "mode", "value", "results", "failures"};
+    if (slot_offsets(rc, rn, off_r, 2) < 0 || slot_offsets(dc, dn, off_d, 5) < 0) return NULL;
+    if (!s_tables) {
+        s_tables = PyUnicode_InternFromString("_tables");
+        s_plans = PyUnicode_InternFromString("_plans");
+        s_readers = PyUnicode_InternFromString("_readers");
+        s_drain = PyUnicode_InternFromString("_drain");
+        s_monitors = PyUnicode_InternFromString("_monitors");
+        s_gen = PyUnicode_InternFromString("gen");
+        d_kwnames = Py_BuildValue("(ss)", "fuel", "deadline_ms");
+        if (!s_tables || !s_plans || !s_readers || !s_drain || !s_monitors || !s_gen || !d_kwnames)
+            return NULL;
+    }
+    PyObject *old[5] = {d_points_var, d_plugins_var, d_result_cls, d_dresult_cls, d_error_cls};
+    d_points_var = Py_NewRef(pv); d_plugins_var = Py_NewRef(av); d_result_cls = Py_NewRef(rc);
+    d_dresult_cls = Py_NewRef(dc); d_error_cls = Py_NewRef(ec);
+    for (int i = 0; i < 5; i++) Py_XDECREF(old[i]);
+    d_ready = 1;
+    Py_RETURN_NONE;
+}
+
+/* readers[gen] += delta (delta +1 or -1); the count left, or -1 on error. */
+static Py_ssize_t readers_add(PyObject *readers, PyObject *gen, int delta) {
+    if (!PyDict_CheckExact(readers)) { PyErr_SetString(PyExc_TypeError, "host._readers is not a dict"); return -1; }
+    PyObject *had = PyDict_GetItemWithError(readers, gen);
+    if (!had && PyErr_Occurred()) return -1;
+    Py_ssize_t n = had ? PyLong_AsSsize_t(had) : 0;
+    if (n == -1 && PyErr_Occurred()) return -1;
+    n += delta;
+    if (n < 0) { PyErr_SetString(PyExc_RuntimeError, "plugbox host: reader count below zero"); return -1; }
+    if (n == 0) {
+        if (PyDict_DelItem(readers, gen) < 0) return -1;
+        return 0;
+    }
+    PyObject *v = PyLong_FromSsize_t(n);
+    if (!v) return -1;
+    int rc = PyDict_SetItem(readers, gen, v);
+    Py_DECREF(v);
+    return rc < 0 ? -1 : n;
+}
+
+/* The reader of generation gen leaves; the last one of a generation older than the host's
+ * current tables lets host._drain() close what was retired meanwhile. ``read`` is the tables
+ * plans dict the reader read (NULL: compare generations): when host._plans is still that very
+ * object, nothing was published since, so nothing can have been retired. */
+static int readers_leave(PyObject *host, PyObject *readers, PyObject *gen, PyObject *read) {
+    Py_ssize_t left = readers_add(readers, gen, -1);
+    if (left != 0) return left < 0 ? -1 : 0;
+    int same;
+    if (read) {  /* the plans dict it read: published together with the tables */
+        PyObject *plans = PyObject_GetAttr(host, s_plans);
+        if (!plans) return -1;
+        same = plans == read;
+        Py_DECREF(plans);
+    } else {
+        PyObject *tables = PyObject_GetAttr(host, s_tables);
+        if (!tables) return -1;
+        PyObject *cur = PyObject_GetAttr(tables, s_gen);
+        Py_DECREF(tables);
+        if (!cur) return -1;
+        same = PyObject_RichCompareBool(cur, gen, Py_EQ);
+        Py_DECREF(cur);
+        if (same < 0) return -1;
+    }
+    if (same) return 0;
+    PyObject *r = PyObject_CallMethodNoArgs(host, s_drain);
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* readers_enter(host) -> host._tables, counted as a reader of its generation. */
+static PyObject *speedups_readers_enter(PyObject *self, PyObject *host) {
+    PyObject *tables = PyObject_GetAttr(host, s_tables);
+    if (!tables) return NULL;
+    PyObject *gen = PyObject_GetAttr(tables, s_gen);
+    PyObject *readers = gen ? PyObject_GetAttr(host, s_readers) : NULL;
+    Py_ssize_t n = readers ? readers_add(readers, gen, +1) : -1;
+    Py_XDECREF(gen);
+    Py_XDECREF(readers);
+    if (n < 0) { Py_DECREF(tables); return NULL; }
+    return tables;
+}
+
+/* readers_hold(host, gen): one more reader of gen, which has one already (the caller). */
+static PyObject *speedups_readers_hold(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "readers_hold() takes 2 arguments"); return NULL; }
+    PyObject *readers = PyObject_GetAttr(args[0], s_readers);
+    if (!readers) return NULL;
+    Py_ssize_t n = readers_add(readers, args[1], +1);
+    Py_DECREF(readers);
+    if (n < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *speedups_readers_leave(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "readers_leave() takes 2 arguments"); return NULL; }
+    PyObject *readers = PyObject_GetAttr(args[0], s_readers);
+    if (!readers) return NULL;
+    int rc = readers_leave(args[0], readers, args[1], NULL);
+    Py_DECREF(readers);
+    if (rc < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+#define PLAN(i) PyTuple_GET_ITEM(plan, (i))
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* The implementations' loop; a new DispatchResult, or NULL with an error set. */
+static PyObject *run_plan(PyObject *host, PyObject *plan, PyObject *data) {
+    PyObject *calls = PLAN(P_CALLS), *hooks = PLAN(P_HOOKS), *names = PLAN(P_NAMES);
+    PyObject *kwargs = PLAN(P_KWARGS), *host_names = PLAN(P_HOST_NAMES);
+    PyObject *counters = PLAN(P_COUNTERS), *decode = PLAN(P_DECODE), *failed = PLAN(P_FAILED);
+    long mode = PyLong_AsLong(PLAN(P_MODE));
+    int json = PLAN(P_JSON) == Py_True;
+    Py_ssize_t n = PyTuple_GET_SIZE(calls);
+    PyObject *results = PyList_New(0), *failures = PyList_New(0), *value = Py_NewRef(Py_None);
+    if (!results || !failures) goto error;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        if (counters != Py_None) {
+            void *p = PyLong_AsVoidPtr(PyTuple_GET_ITEM(counters, i));
+            if (!p) goto error;
+            *(int64_t *)p += 1;
+        }
+        PyObject *token = NULL, *own = PyTuple_GET_ITEM(host_names, i);
+        if (own != Py_None && !(token = PyContextVar_Set(d_plugins_var, own))) goto error;
+        PyObject *kw = PyTuple_GET_ITEM(kwargs, i), *raw;
+        /* a[0] is free for the bound method's self (PY_VECTORCALL_ARGUMENTS_OFFSET) */
+        if (kw == Py_None) {
+            PyObject *a[3] = {NULL, PyTuple_GET_ITEM(hooks, i), data};
+            raw = PyObject_Vectorcall(PyTuple_GET_ITEM(calls, i), a + 1,
+                                      2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        } else {
+            PyObject *a[5] = {NULL, PyTuple_GET_ITEM(hooks, i), data, PyTuple_GET_ITEM(kw, 0),
+                              PyTuple_GET_ITEM(kw, 1)};
+            raw = PyObject_Vectorcall(PyTuple_GET_ITEM(calls, i), a + 1,
+                                      2 | PY_VECTORCALL_ARGUMENTS_OFFSET, d_kwnames);
+        }
+        if (token) {
+            PyObject *et, *ev, *etb;
+            PyErr_Fetch(&et, &ev, &etb);
+            int rc = PyContextVar_Reset(d_plugins_var, token);
+            Py_DECREF(token);
+            if (rc < 0) { Py_XDECREF(et); Py_XDECREF(ev); Py_XDECREF(etb); Py_XDECREF(raw); goto error; }
+            PyErr_Restore(et, ev, etb);
+        }
+        PyObject *got = NULL;
+        if (raw) {
+            if (json) {
+                PyObject *index = PyLong_FromSsize_t(i);
+                if (index) {
+                    PyObject *a[3] = {host, index, raw};
+                    got = PyObject_Vectorcall(decode, a, 3, NULL);
+                    Py_DECREF(index);
+                }
+            } else if (mode == MODE_FIRST && PyBytes_Check(raw) && PyBytes_GET_SIZE(raw) == 0) {
+                got = Py_NewRef(Py_None);
+            } else {
+                got = Py_NewRef(raw);
+            }
+            Py_DECREF(raw);
+        }
+        if (!got) {
+            if (!PyErr_ExceptionMatches(d_error_cls)) goto error;
+            PyObject *et, *ev, *etb;
+            PyErr_Fetch(&et, &ev, &etb);
+            PyErr_NormalizeException(&et, &ev, &etb);
+            if (etb) PyException_SetTraceback(ev, etb);
+            PyObject *index = PyLong_FromSsize_t(i);
+            PyObject *r = NULL;
+            if (index) {
+                PyObject *a[4] = {host, index, ev, failures};
+                r = PyObject_Vectorcall(failed, a, 4, NULL);  /* propagate: raises */
+                Py_DECREF(index);
+            }
+            Py_XDECREF(et); Py_XDECREF(ev); Py_XDECREF(etb);
+            if (!r) goto error;
+            Py_DECREF(r);
+            continue;
+        }
+        if (mode == MODE_NOTIFY || (mode == MODE_FIRST && got == Py_None)) {
+            Py_DECREF(got);
+            continue;
+        }
+        PyObject *rv[2] = {name, got};
+        PyObject *result = new_slotted(d_result_cls, off_r, rv, 2);
+        if (!result || PyList_Append(results, result) < 0) { Py_XDECREF(result); Py_DECREF(got); goto error; }
+        Py_DECREF(result);
+        if (mode == MODE_FIRST) {
+            Py_SETREF(value, got);
+            break;
+        }
+        Py_DECREF(got);
+    }
+    PyObject *dv[5] = {PLAN(P_POINT), PLAN(P_MODE_NAME), value, results, failures};
+    PyObject *out = new_slotted(d_dresult_cls, off_d, dv, 5);
+    Py_DECREF(value); Py_DECREF(results); Py_DECREF(failures);
+    return out;
+error:
+    Py_XDECREF(value); Py_XDECREF(results); Py_XDECREF(failures);
+    return NULL;
+}
+
+/*
+ * dispatch(host, point, payload) -> DispatchResult, or NotImplemented (take the Python path)
+ */
+static PyObject *speedups_dispatch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "dispatch() takes 3 arguments"); return NULL; }
+    if (!d_ready) Py_RETURN_NOTIMPLEMENTED;
+    PyObject *host = args[0], *point = args[1], *payload = args[2];
+    /* Nested dispatches (the chain is not empty) take the Python path. */
+    PyObject *chain = NULL, *active = NULL;
+    if (PyContextVar_Get(d_points_var, NULL, &chain) < 0) return NULL;
+    int nested = chain && PyObject_Length(chain) != 0;
+    Py_XDECREF(chain);
+    if (!nested) {
+        if (PyContextVar_Get(d_plugins_var, NULL, &active) < 0) return NULL;
+        nested = active && PyObject_Length(active) != 0;
+        Py_XDECREF(active);
+    }
+    if (nested) { PyErr_Clear(); Py_RETURN_NOTIMPLEMENTED; }
+    /* From reading the tables to counting this reader: no Python code runs (see above). */
+    PyObject *tables = PyObject_GetAttr(host, s_plans);  /* host._plans (see _publish) */
+    if (!tables) return NULL;
+    PyObject *plan = PyDict_CheckExact(tables) ? PyDict_GetItemWithError(tables, point) : NULL;
+    if (!plan || !PyTuple_Check(plan) || PyTuple_GET_SIZE(plan) < P_SIZE_MIN ||
+            PLAN(P_FAST) != Py_True || !PyDict_CheckExact(PLAN(P_READERS))) {
+        Py_DECREF(tables);
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    Py_INCREF(plan);
+    PyObject *gen = PLAN(P_GEN), *readers = PLAN(P_READERS);
+    Py_ssize_t counted = readers_add(readers, gen, +1);
+    if (counted < 0) { Py_DECREF(plan); Py_DECREF(tables); return NULL; }
+    /* A reader now: every way out below leaves. */
+    PyObject *out = NULL, *token = NULL, *data;
+    int64_t started = 0;
+    if (PLAN(P_JSON) == Py_True || !PyBytes_CheckExact(payload)) {
+        PyObject *a[2] = {host, payload};
+        data = PyObject_Vectorcall(PLAN(P_ENCODE), a, 2, NULL);
+        if (!data) goto leave;
+    } else {
+        data = Py_NewRef(payload);
+    }
+    int needs = PLAN(P_NEEDS_CHAIN) == Py_True;
+    if (!needs) {  /* a monitor's callbacks run inside the dispatch: they see its chain */
+        PyObject *monitors = PyObject_GetAttr(PLAN(P_RUNTIME), s_monitors);
+        if (!monitors) goto leave;
+        needs = PyObject_IsTrue(monitors);
+        Py_DECREF(monitors);
+        if (needs < 0) goto leave;
+    }
+    if (needs && !(token = PyContextVar_Set(d_points_var, PLAN(P_CHAIN)))) goto leave;
+    PyObject *slots_addr = PLAN(P_DISPATCH_SLOTS);
+    if (slots_addr != Py_None) started = now_ns();
+    out = run_plan(host, plan, data);
+leave:;
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    if (token) {
+        if (PyContextVar_Reset(d_points_var, token) < 0) PyErr_WriteUnraisable(point);
+        Py_DECREF(token);
+    }
+    if (started) {
+        int64_t ns = now_ns() - started;
+        int64_t *slots = (int64_t *)PyLong_AsVoidPtr(PLAN(P_DISPATCH_SLOTS));
+        if (slots) {
+            if (ns < 0) ns = 0;
+            slots[ns ? 64 - __builtin_clzll((unsigned long long)ns) : 0] += 1;
+            slots[64] += ns;
+        } else {
+            PyErr_WriteUnraisable(point);
+        }
+    }
+    Py_XDECREF(data);
+    int left = readers_leave(host, readers, gen, tables);
+    Py_DECREF(tables);
+    if (left < 0) {
+        if (et) PyErr_WriteUnraisable(point);  /* the dispatch's own error wins */
+        else { Py_XDECREF(out); out = NULL; Py_DECREF(plan); return NULL; }
+    }
+    Py_DECREF(plan);
+    if (et) { PyErr_Restore(et, ev, etb); Py_XDECREF(out); return NULL; }
+    return out;
+}
+/* ====================================================================== end of dispatch == */
+
 static PyMethodDef methods[] = {
     {"observe", (PyCFunction)(void (*)(void))speedups_observe, METH_FASTCALL,
      "Count a finished call in a metrics accumulator; returns time.monotonic()."},
@@ -846,6 +1221,18 @@ static PyMethodDef methods[] = {
      "Write the lowercase hexadecimal text of bytes at an address (2 bytes per byte)."},
     {"bulk_unhex", speedups_bulk_unhex, METH_O,
      "The bytes a wasm_byte_vec_t of hexadecimal text spells, or None when it is not hex."},
+    /* dispatch section (plugbox.host) */
+    {"dispatch_setup", speedups_dispatch_setup, METH_VARARGS,
+     "Hand over the dispatch chain variables and result classes (plugbox.host)."},
+    {"dispatch", (PyCFunction)(void (*)(void))speedups_dispatch, METH_FASTCALL,
+     "Run a fast-planned PluginHost dispatch; NotImplemented for the Python path."},
+    {"readers_enter", speedups_readers_enter, METH_O,
+     "Count a reader of the host's current table generation; returns the tables."},
+    {"readers_hold", (PyCFunction)(void (*)(void))speedups_readers_hold, METH_FASTCALL,
+     "Count one more reader of a table generation."},
+    {"readers_leave", (PyCFunction)(void (*)(void))speedups_readers_leave, METH_FASTCALL,
+     "A reader of a table generation is done (the last of an old one drains retirements)."},
+    /* end of dispatch section */
     {NULL, NULL, 0, NULL},
 };
 

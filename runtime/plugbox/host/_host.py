@@ -11,8 +11,10 @@ with :class:`plugbox.ClosedError`, recorded like any failure.
 from __future__ import annotations
 
 import contextvars
+import ctypes
 import dataclasses
 import fnmatch
+import functools
 import json
 import logging
 import os
@@ -76,6 +78,35 @@ BACKGROUND_FAILURES_KEPT: Final = 256
 _POINTS = DISPATCH_CHAIN
 _PLUGINS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
     "plugbox_host_plugins", default=frozenset())
+
+
+def _load_c_dispatch() -> Any:
+    """``engine._speedups`` when it is built with the dispatch section (and not disabled with
+    PLUGBOX_NO_SPEEDUPS), set up for this module; else None (the pure-Python twins run)."""
+    if not _fastpath.ACCELERATED:
+        return None
+    try:
+        from ..engine import _speedups  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - ACCELERATED says it imported
+        return None
+    if not hasattr(_speedups, "dispatch"):
+        return None  # an older build of the extension
+    _speedups.dispatch_setup(_POINTS, _PLUGINS, Result, DispatchResult, PlugboxError)
+    return _speedups
+
+
+#: The C dispatch loop and reader counts (engine._speedups), or None: see use_c_dispatch.
+_C: Any = _load_c_dispatch()
+_C_BUILT: Final = _C is not None
+
+
+def use_c_dispatch(enabled: bool) -> bool:
+    """Switch between the C dispatch loop and reader counts and their pure-Python twins
+    (tests run both; switch only while no dispatch runs). Returns whether C is in use now
+    (False when the extension is not built)."""
+    global _C
+    _C = _load_c_dispatch() if enabled and _C_BUILT else None
+    return _C is not None
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,6 +192,50 @@ class _Tables:
     blocked: Mapping[str, tuple[tuple[str, QuarantinedError], ...]] = field(
         default_factory=dict)
     probing: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    #: Per point, what a dispatch of it runs, precomputed at each publish (see _Plan).
+    plans: Mapping[str, _Plan] = field(default_factory=dict)
+
+
+#: _Plan.mode: the modes a plan runs (pipeline dispatches take the general path).
+_PLAN_MODES: Final = {"each": 0, "first": 1, "notify": 2}
+
+
+class _Plan(NamedTuple):
+    """What one dispatch of a point runs, computed once per table generation (_publish): the
+    per-implementation callables and arguments, so a dispatch does no lookups, no limit
+    arithmetic and no allocation beyond its results. A tuple, because the C loop
+    (``engine._speedups.dispatch``) reads it by index: the field order is the ``P_*`` order
+    there. ``fast`` is False for what only the general path runs (background, concurrent,
+    pipeline, quarantined or probed implementations); nested dispatches take it too."""
+
+    fast: bool
+    gen: int
+    point: str
+    mode: int  # _PLAN_MODES
+    mode_name: str
+    json: bool
+    calls: tuple[Callable[..., bytes], ...]  # each implementation's bound Plugin.call
+    hooks: tuple[str, ...]
+    names: tuple[str, ...]
+    #: (fuel, deadline_ms) per implementation when the point tightens limits, else None
+    kwargs: tuple[tuple[int | None, int | None] | None, ...]
+    #: {name} for an implementation that can call the host (it joins the chain), else None
+    host_names: tuple[frozenset[str] | None, ...]
+    chain: tuple[str, ...]  # (point,): the dispatch chain while it runs
+    #: whether the chain must be set (something running inside can see it); monitors are
+    #: checked per dispatch, as they come and go
+    needs_chain: bool
+    runtime: Runtime
+    counters: tuple[int, ...] | None  # addresses of the per-plugin call counters (metrics)
+    dispatch_slots: int | None  # address of the point's latency accumulator (metrics)
+    encode: Callable[[PluginHost, Any], bytes]
+    decode: Callable[[PluginHost, int, bytes], Any]  # json: (host, index, raw) -> value
+    failed: Callable[[PluginHost, int, PlugboxError, list[Failure]], None]
+    readers: dict[int, int]  # the host's reader counts (never replaced)
+    spec: ExtensionPoint
+    entries: tuple[_Impl, ...]
+    stats: PointStats | None
+    counter_objs: tuple[ctypes.c_int64, ...] | None
 
 
 class _HostRuntime(Runtime):
@@ -250,6 +325,8 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
         self.runtime: Runtime = runtime
         self._lock = threading.RLock()
         self._tables = _Tables(points={}, functions={}, plugins=(), orders={})
+        #: ``_tables.plans``, one attribute lookup closer for the C loop (set with _tables).
+        self._plans: Mapping[str, _Plan] = {}
         self._added = 0
         self._workers = ThreadPoolExecutor(max_workers=max_workers,
                                            thread_name_prefix="plugbox-host",
@@ -563,10 +640,58 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
                 blocked[name] = out
             if probe:
                 probing[name] = probe
+        gen = old.gen + 1
+        plans = {name: self._plan(spec, active.get(name, ()), gen,
+                                  name in blocked or name in probing)
+                 for name, spec in points.items()}
         self._tables = _Tables(points=points,
                                functions=old.functions if functions is None else functions,
                                plugins=plugins, orders=orders, active=active,
-                               gen=old.gen + 1, blocked=blocked, probing=probing)
+                               gen=gen, blocked=blocked, probing=probing, plans=plans)
+        # After _tables: a C dispatch reading the old plans in between counts the old
+        # generation, which _retire (after this publish) sees.
+        self._plans = plans
+
+    def _plan(self, spec: ExtensionPoint, entries: tuple[_Impl, ...], gen: int,
+              held: bool) -> _Plan:
+        """The plan of ``spec`` over ``entries`` for table generation ``gen`` (lock held);
+        ``held``: some implementations are quarantined or due a probe."""
+        fast = (spec.mode in _PLAN_MODES and not spec.background and not held
+                and not (spec.concurrent and len(entries) > 1))
+        kwargs: list[tuple[int | None, int | None] | None] = []
+        for entry in entries:
+            if spec.fuel is None and spec.deadline_ms is None:
+                kwargs.append(None)
+                continue
+            limits = entry.hosted.plugin.limits
+            kwargs.append((None if spec.fuel is None else min(spec.fuel, limits.fuel),
+                           None if spec.deadline_ms is None
+                           else min(spec.deadline_ms, limits.deadline_ms)))
+        stats = counters = None
+        if self._metrics_on:
+            stats = self._point_stats.get(spec.name)
+            if stats is None:
+                stats = self._point_stats.setdefault(spec.name, PointStats())
+            counters = tuple(stats.counter(entry.name) for entry in entries)
+        return _Plan(
+            fast=fast, gen=gen, point=spec.name, mode=_PLAN_MODES.get(spec.mode, -1),
+            mode_name=spec.mode, json=spec.payload == "json",
+            calls=tuple(entry.hosted.plugin.call for entry in entries),
+            hooks=tuple(entry.impl.hook for entry in entries),
+            names=tuple(entry.name for entry in entries),
+            kwargs=tuple(kwargs),
+            host_names=tuple(entry.names if entry.calls_host else None for entry in entries),
+            chain=(spec.name,),
+            needs_chain=any(_sees_chain(entry) for entry in entries),
+            runtime=self.runtime,
+            counters=None if counters is None else tuple(map(ctypes.addressof, counters)),
+            dispatch_slots=None if stats is None else stats.dispatch.address,
+            # Unbound: the host comes as the first argument (no cycle through the plans).
+            encode=functools.partial(_plan_encode, spec),
+            decode=functools.partial(_plan_decode, spec, entries),
+            failed=functools.partial(_plan_failed, spec, entries, stats),
+            readers=self._readers,
+            spec=spec, entries=entries, stats=stats, counter_objs=counters)
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -581,10 +706,18 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
         :class:`plugbox.ReentrantDispatchError` for a dispatch nested in its own (a host
         function dispatching the point that called it). Thread-safe.
         """
+        if _C is not None:  # the C loop runs what its plan covers, else NotImplemented
+            got: DispatchResult = _C.dispatch(self, point, payload)
+            if got is not NotImplemented:
+                return got
         if self._closed:
             self._check_open()
         tables = self._enter()
         try:
+            plan = tables.plans.get(point)
+            if _C is None and plan is not None and plan.fast and not _POINTS.get() \
+                    and not _PLUGINS.get():
+                return self._run_plan(plan, payload)
             spec = tables.points.get(point)
             if spec is None:
                 spec = self._point(tables, point)
@@ -701,7 +834,8 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
         :class:`plugbox.PluginMetrics` by name, and every dispatched extension point's
         :class:`plugbox.PointMetrics`. See docs/monitoring.md."""
         plugins = {hp.name: hp.plugin.metrics() for hp in self._tables.plugins}
-        points = {name: stats.snapshot(name) for name, stats in list(self._point_stats.items())}
+        points = {name: stats.snapshot(name) for name, stats in list(self._point_stats.items())
+                  if stats.used}
         return Metrics(plugins=plugins, points=points)
 
     def _run(self, spec: ExtensionPoint, entries: tuple[_Impl, ...], data: bytes,
@@ -784,6 +918,73 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
             value = data if spec.payload == "bytes" else json.loads(data)
         return DispatchResult(spec.name, mode, value, results, failures)
 
+    # -- the planned dispatch: _speedups.dispatch in C, _run_plan its pure-Python twin --------
+
+    def _run_plan(self, plan: _Plan, payload: Any) -> DispatchResult:
+        """Run a fast plan (top-level dispatch, reader counted by the caller): the same steps
+        as ``_speedups.dispatch`` after its reader count, in the same order."""
+        data = (payload if not plan.json and type(payload) is bytes
+                else plan.encode(self, payload))
+        token = (_POINTS.set(plan.chain) if plan.needs_chain or plan.runtime._monitors
+                 else None)
+        stats = plan.stats
+        started = _monotonic() if stats is not None else 0.0
+        try:
+            return self._plan_loop(plan, data)
+        finally:
+            if token is not None:
+                _POINTS.reset(token)
+            if stats is not None:
+                _fastpath.observe(stats.dispatch.address, started)
+
+    def _plan_loop(self, plan: _Plan, data: bytes) -> DispatchResult:
+        mode, counters = plan.mode, plan.counter_objs
+        results: list[Result] = []
+        failures: list[Failure] = []
+        value: Any = None
+        for i, call in enumerate(plan.calls):
+            name = plan.names[i]
+            if counters is not None:
+                counters[i].value += 1
+            own = plan.host_names[i]
+            token = _PLUGINS.set(own) if own is not None else None
+            kw = plan.kwargs[i]
+            try:
+                try:
+                    raw = (call(plan.hooks[i], data) if kw is None else
+                           call(plan.hooks[i], data, fuel=kw[0], deadline_ms=kw[1]))
+                finally:
+                    if token is not None:
+                        _PLUGINS.reset(token)
+                if plan.json:
+                    got = plan.decode(self, i, raw)
+                else:
+                    got = None if mode == 1 and not raw else raw
+            except PlugboxError as exc:
+                plan.failed(self, i, exc, failures)
+                continue
+            if mode == 2 or (mode == 1 and got is None):
+                continue
+            results.append(Result(name, got))
+            if mode == 1:
+                value = got
+                break
+        return DispatchResult(plan.point, plan.mode_name, value, results, failures)
+
+    def _plan_failed(self, spec: ExtensionPoint, entries: tuple[_Impl, ...],
+                     stats: PointStats | None, i: int, exc: PlugboxError,
+                     failures: list[Failure]) -> None:
+        """A plan's failure step (``_Plan.failed``): the breaker counts it, then it is
+        recorded (isolate) or raised (propagate), and the point's metrics count it."""
+        try:
+            self._failed(spec, entries[i], exc, failures)
+        except PlugboxError as raised:
+            if stats is not None:
+                stats.failed(raised.plugin or "?", raised)
+            raise
+        if stats is not None:
+            stats.failed(entries[i].name, exc)
+
     def _attempt(self, spec: ExtensionPoint, entry: _Impl, payload: bytes,
                  active: frozenset[str]) -> tuple[bool, Any]:
         """(ok, value or error) of one implementation, errors typed (concurrent dispatch)."""
@@ -828,7 +1029,7 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
             stats = self._point_stats.get(spec.name)
             if stats is None:  # call_plugin: a call that is not part of a dispatch
                 stats = self._point_stats.setdefault(spec.name, PointStats())
-            stats.calls[entry.name] = stats.calls.get(entry.name, 0) + 1
+            stats.count_call(entry.name)
         if entry.calls_host:
             token = _PLUGINS.set(active | entry.names)
             try:
@@ -839,6 +1040,13 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
             raw = plugin.call(hook, payload, fuel=fuel, deadline_ms=deadline)
         if spec.payload == "bytes":
             return raw if raw or spec.mode != "first" else None
+        return self._result_of(spec, entry, raw)
+
+    @staticmethod
+    def _result_of(spec: ExtensionPoint, entry: _Impl, raw: bytes) -> Any:
+        """The decoded result of ``entry`` at JSON point ``spec``, checked against its output
+        schema (InvalidResultError: the plugin's failure)."""
+        hook = entry.impl.hook
         try:
             value = json.loads(raw) if raw else None
         except ValueError as exc:
@@ -869,6 +1077,9 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
             if self._closed:
                 return
             self._closed = True
+            # No more planned dispatches: from now on every call takes the checked path.
+            self._tables = dataclasses.replace(self._tables, plans={})
+            self._plans = {}
         self._stop_health_schedule()
         self._stop_breakers()
         self._workers.shutdown(wait=True, cancel_futures=True)
@@ -1027,17 +1238,46 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
     # (upgrade, rollback, config change, uninstall) is closed once no reader of an older
     # generation is left, so calls in flight finish on it and no call finds it closed.
 
+    #
+    # With the C extension the counts change only in C, under the GIL, without the lock
+    # (see the dispatch section of _speedups.c); without it, under _readers_lock. Never both
+    # at once (use_c_dispatch switches between dispatches only).
+
     def _enter(self) -> _Tables:
+        if _C is not None:
+            tables: _Tables = _C.readers_enter(self)
+            return tables
         with self._readers_lock:
             tables = self._tables
             self._readers[tables.gen] = self._readers.get(tables.gen, 0) + 1
         return tables
 
     def _hold(self, gen: int) -> None:
+        if _C is not None:
+            _C.readers_hold(self, gen)
+            return
         with self._readers_lock:  # gen has a reader already: the caller
             self._readers[gen] += 1
 
+    def _drain(self) -> None:
+        """The last reader of an old generation left (C counts): close the retired plugins
+        no reader can still be using."""
+        with self._readers_lock:
+            if not self._retired:
+                return
+            oldest = min(self._readers, default=None)
+            done = [p for g, p in self._retired if oldest is None or oldest >= g]
+            if not done:
+                return
+            self._retired = [(g, p) for g, p in self._retired
+                             if not (oldest is None or oldest >= g)]
+        for plugin in done:
+            plugin.close()
+
     def _leave(self, gen: int) -> None:
+        if _C is not None:
+            _C.readers_leave(self, gen)
+            return
         with self._readers_lock:
             left = self._readers[gen] - 1
             if left:
@@ -1136,6 +1376,31 @@ def _refuses(impl: Implementation, version: str) -> bool:
 def _where_in(plugin: str, point: str, hook: str) -> str:
     """How an error about one implementation's result names it (built only on failure)."""
     return f"plugin {plugin!r}, extension point {point!r} (hook {hook!r})"
+
+
+def _plan_encode(spec: ExtensionPoint, host: PluginHost, payload: Any) -> bytes:
+    """A plan's payload step (``_Plan.encode``)."""
+    return host._encode(spec, payload)
+
+
+def _plan_decode(spec: ExtensionPoint, entries: tuple[_Impl, ...], host: PluginHost, i: int,
+                 raw: bytes) -> Any:
+    """A plan's JSON result step (``_Plan.decode``): what _invoke does after the call."""
+    return host._result_of(spec, entries[i], raw)
+
+
+def _plan_failed(spec: ExtensionPoint, entries: tuple[_Impl, ...], stats: PointStats | None,
+                 host: PluginHost, i: int, exc: PlugboxError, failures: list[Failure]) -> None:
+    """A plan's failure step (``_Plan.failed``): see PluginHost._plan_failed."""
+    host._plan_failed(spec, entries, stats, i, exc, failures)
+
+
+def _sees_chain(entry: _Impl) -> bool:
+    """Whether code running in a call of ``entry`` can see the dispatch chain: a plugin that
+    can reach the host, uses host services (log records name the point) or is traced."""
+    plugin = entry.hosted.plugin
+    return bool(entry.calls_host or plugin.permissions.services()
+                or plugin._tracer is not None)
 
 
 def _declared_by(point: ExtensionPoint) -> str:

@@ -1491,7 +1491,7 @@ class LifecycleMixin:
         """Close ``plugin`` once no dispatch that may still use it is running."""
         with self._readers_lock:
             gen = self._tables.gen
-            if any(g < gen for g in self._readers):
+            if min(self._readers, default=gen) < gen:  # one C call: no iterator
                 self._retired.append((gen, plugin))
                 return
         plugin.close()
