@@ -51,8 +51,8 @@ from .._manifest import MANIFEST_FILENAME, Manifest
 from .._pybundle import (BANNED_MODULES, BUNDLE_FORMAT, LOCK_NAME, META_NAME, preloaded_modules,
                          recipe_id, user_cache_dir, write_bundle)
 from .._version import __version__
-from ._build import BuildError
-from ._pybuild import (APP_MODULE, STAMP_SUFFIX, _clear_failed, _mark_failed, _read_stamp,
+from ._build import BuildError, clear_failed_build
+from ._pybuild import (APP_MODULE, STAMP_SUFFIX, _mark_failed, _read_stamp,
                        _sha256_file, _source_files, _stage_outputs, check_hooks,
                        sdk_location, unrequested_service_warnings)
 
@@ -379,7 +379,7 @@ def build_bundle(
                                  "dependencies": lock,
                                  "seconds": round(time.monotonic() - started, 2)},
                                 indent=1) + "\n", encoding="utf-8")
-    _clear_failed(output)
+    clear_failed_build(output)
     _stage_outputs(manifest.path, plugin_dir, target_dir, manifest_out, digest, out_dir)
     where = MANIFEST_FILENAME if out_dir is None else str(manifest_out)
     stage(f"wrote {output} (Python bundle, {size / 1024:.1f} KiB, {len(lock)} "
