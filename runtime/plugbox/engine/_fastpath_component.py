@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import binascii
 import ctypes
+import os
 import time
 from ctypes import POINTER, addressof, byref, c_void_p
 from pathlib import Path
@@ -63,6 +64,9 @@ if TYPE_CHECKING:
 __all__ = ["ComponentInstance", "ComponentTemplate", "compile_component"]
 
 try:
+    # The same switch as _fastpath's (which binds the accelerator: unbound, it refuses work).
+    if os.environ.get("PLUGBOX_NO_SPEEDUPS"):
+        raise ImportError("disabled by PLUGBOX_NO_SPEEDUPS")
     from . import _speedups  # type: ignore[attr-defined]
 
     _list_u8_to_bytes: Callable[[int], bytes | None] | None = _speedups.list_u8_to_bytes
