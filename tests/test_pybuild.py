@@ -384,7 +384,7 @@ def test_new_python_plugin_tests_builds_and_answers(
         shutil.copyfile(file, plugin / file.name)
     assert _plugbox_cli(["build", str(plugin)]) == 0
     module = Path(capsys.readouterr().out.strip())
-    assert module == plugin / "plugin.wasm"
+    assert module == plugin / "plugin.pybundle"  # a new plugin is a source bundle
     pinned = json.loads((plugin / "plugbox.json").read_text())["module"]["sha256"]
     assert pinned == hashlib.sha256(module.read_bytes()).hexdigest()
 

@@ -63,8 +63,7 @@ _MANIFEST: Final = """\
   "abi": "1.0",
   "host": ">=0.1,<1.0",
   "module": {{
-    "path": "plugin.wasm",
-    "sha256": "{sha}"
+{module}    "sha256": "{sha}"
   }},
   "hooks": ["echo", "greet"],
   "permissions": {{
@@ -168,8 +167,7 @@ $ python -m pytest -q {name}/test_app.py
 $ plugbox build {name}
 checking app.py: importing it with plugbox_sdk (0.0 s)
 app.py registers: echo, greet (0.1 s)
-componentize-py 0.25.1: compiling {name} with CPython into a component importing log ...
-wrote .../{name}/plugin.wasm (18.4 MB, sha256 ...); module.sha256 updated in plugbox.json (9.0 s)
+wrote .../{name}/plugin.pybundle (Python bundle, 1.0 KiB, 0 dependencies, sha256 ...); module.sha256 updated in plugbox.json (0.1 s)
 $ plugbox call {name} greet --text '{{"name": "Ada"}}'
 {{
   "greeting": "Hello, Ada!"
@@ -179,19 +177,25 @@ $ PLUGBOX_TEST_BACKEND=component python -m pytest -q {name}/test_app.py
 4 passed
 ```
 
-`plugbox build` writes the component to `plugin.wasm` (about 18 MB: CPython is inside) and its
-sha256 into `plugbox.json`; it rebuilds only when a source changed. The native tests run
-`app.py` in your CPython against a fake host that enforces `plugbox.json`; the component run
-uses the real sandbox.
+`plugbox build` writes a source bundle to `plugin.pybundle` (your modules, the pure-Python
+dependencies listed in a `pyproject.toml` or `requirements.txt` beside `app.py`, and a lock of
+their hashes) and its sha256 into `plugbox.json`; it rebuilds only when a source or a
+dependency changed. The bundle runs on plugbox's one shared Python runtime, compiled once per
+machine and user (docs/python-bundles.md in the plugbox repository; a manifest without
+`"kind": "python-bundle"` builds an 18 MB componentize-py component instead). The native tests
+run `app.py` in your CPython against a fake host that enforces `plugbox.json`; the component
+run uses the real sandbox.
 
-Rules of the sandbox: import modules at the top of `app.py` (only modules imported at build
-time exist at run time); call host services (`log`, `kv`, `http`, ...) from hooks or an
+Rules of the sandbox: import only your own modules, your pure-Python dependencies and the
+standard-library modules the runtime preloads (`plugbox build` names any other import with
+file:line); call host services (`log`, `kv`, `http`, ...) from hooks or an
 `@init` function, never at import time; there are no files, environment variables or sockets.
 """
 
 _PY_GITIGNORE: Final = """\
 # Built by `plugbox build`.
 *.wasm
+*.pybundle
 *.wasm.tmp
 *.pybuild.json
 __pycache__/
@@ -453,6 +457,7 @@ def new_plugin(
             "app.py": _PY_APP.format(name=name),
             MANIFEST_FILENAME: _MANIFEST.format(
                 name=name, description="Echoes bytes and greets people (Python).",
+                module='    "kind": "python-bundle",\n    "path": "plugin.pybundle",\n',
                 sha=_PLACEHOLDER_SHA, fuel=5_000_000_000, memory=128 << 20, deadline=10_000,
             ),
             "test_app.py": _PY_TEST.format(name=name),
@@ -468,7 +473,7 @@ def new_plugin(
             "src/lib.rs": _RS_LIB.format(name=name),
             MANIFEST_FILENAME: _MANIFEST.format(
                 name=name, description="Echoes bytes and greets people (Rust).",
-                sha=_PLACEHOLDER_SHA, fuel=100_000_000, memory=16 << 20, deadline=2_000,
+                module='    "path": "plugin.wasm",\n', sha=_PLACEHOLDER_SHA, fuel=100_000_000, memory=16 << 20, deadline=2_000,
             ),
             "README.md": _RS_README.format(name=name, sdk=sdk.as_posix(),
                                            lib=crate.replace("-", "_")),
