@@ -407,6 +407,27 @@ def test_a_bundle_for_another_interpreter_is_refused_with_the_fix(tmp_path: Path
     assert f"rebuild it with `plugbox build {plugin}`" in message
 
 
+def test_inspect_reports_a_bundle_and_its_interpreter_mismatch(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from plugbox.cli import main
+
+    plugin = write_plugin(tmp_path / "seen", ECHO_APP, name="py-seen",
+                          hooks=["echo", "title", "store"], files=HELPERS)
+    build(plugin)
+    assert main(["inspect", str(plugin), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and report["module"]["kind"] == "python-bundle"
+    assert report["checks"]["module"]["detail"].startswith("well-formed Python bundle: ")
+    assert report["checks"]["interface"]["detail"] == \
+        f"built for this plugbox's Python runtime {recipe_id()}"
+    _rebundle(plugin, lambda files, meta: meta.update(interpreter={"recipe": "py0.1-deadbeef"}))
+    assert main(["inspect", str(plugin), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and report["checks"]["interface"]["ok"] is False
+    assert "built for the Python runtime py0.1-deadbeef" in report["checks"]["interface"]["detail"]
+    assert f"rebuild it with `plugbox build {plugin}`" in report["checks"]["interface"]["detail"]
+
+
 def test_a_bundle_whose_entry_fails_to_import_reports_the_traceback(tmp_path: Path) -> None:
     plugin = write_plugin(tmp_path / "boom", ECHO_APP, name="py-boom",
                           hooks=["echo", "title", "store"], files=HELPERS)

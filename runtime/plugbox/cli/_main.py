@@ -73,7 +73,8 @@ from .._manifest import (
 from ..trust._package import extract_package, is_package, read_package, write_package
 from .._permissions import Limits
 from .._plugin import CallRecord
-from .._policy import DEFAULT_MAX_LIMITS, Policy
+from .._policy import DEFAULT_MAX_LIMITS, Policy, check_runnable_limits
+from .._pybundle import is_bundle_manifest, read_bundle, recipe_id
 from ..trust._signing import SecretKey, sign_bytes, write_keypair
 from ..trust._trust import (
     PRIMARY_SIGNATURE,
@@ -317,13 +318,19 @@ def _inspect_report(manifest: Manifest, policy: Policy,
         checks["host"] = _check(False, f"{manifest.host} excludes plugbox {runtime_version}", exc)
 
     info: ModuleInfo | None = None
-    try:
-        info = inspect_module(data)
-        checks["module"] = _check(True, f"well-formed {info.kind} module")
-    except ModuleInterfaceError as exc:
-        checks["module"] = _check(False, "not a well-formed WebAssembly binary", exc)
+    bundle = is_bundle_manifest(manifest.raw)
+    if bundle:
+        _bundle_checks(manifest, data, checks)
+    else:
+        try:
+            info = inspect_module(data)
+            checks["module"] = _check(True, f"well-formed {info.kind} module")
+        except ModuleInterfaceError as exc:
+            checks["module"] = _check(False, "not a well-formed WebAssembly binary", exc)
 
-    if info is None:
+    if bundle:
+        pass  # interface: _bundle_checks
+    elif info is None:
         checks["interface"] = _check(None, "not checked (the module could not be read)")
     else:
         try:
@@ -342,11 +349,24 @@ def _inspect_report(manifest: Manifest, policy: Policy,
         effective = manifest.limits.fill(policy.effective_defaults(component=component))
         policy_check = _check(False, "refused by the host policy", exc)
     policy_check["http_hosts"] = list(policy.http_hosts)
-    checks["runnable"] = _runnable_check(manifest, data, info, effective, policy)
+    if bundle:
+        try:
+            check_runnable_limits(manifest, effective)
+            checks["runnable"] = _check(True, "fits its limits (the shared Python runtime runs it)")
+        except PolicyViolationError as exc:
+            checks["runnable"] = _check(False, "Runtime.load would refuse to start it", exc)
+    else:
+        checks["runnable"] = _runnable_check(manifest, data, info, effective, policy)
 
     services = sorted(imported_services(info)) if info is not None else []
     requested = manifest.permissions.services()
     capabilities = _capabilities_report(info, manifest)
+    if bundle:
+        capabilities["ok"] = None
+        capabilities["detail"] = (
+            "not a static check for bundles: the shared Python runtime imports every service, "
+            "and the host checks this plugin's permissions on every call (`plugbox build` "
+            "checks the bundle's plugbox_sdk imports against them)")
     return {
         "ok": _passes({**checks, "signatures": signatures, "capabilities": capabilities}),
         "manifest": str(manifest.path),
@@ -362,7 +382,7 @@ def _inspect_report(manifest: Manifest, policy: Policy,
         },
         "module": {
             "path": str(manifest.module_path),
-            "kind": None if info is None else info.kind,
+            "kind": "python-bundle" if bundle else None if info is None else info.kind,
             "size": len(data),
             "sha256": manifest.module_sha256,
             "actual_sha256": actual_sha256,
@@ -399,6 +419,29 @@ def _inspect_report(manifest: Manifest, policy: Policy,
             "max": dataclasses.asdict(policy.max_limits),
         },
     }
+
+
+def _bundle_checks(manifest: Manifest, data: bytes, checks: dict[str, dict[str, Any]]) -> None:
+    """The ``module`` and ``interface`` checks of a Python bundle, as ``Runtime.load`` makes
+    them before anything is instantiated: the bundle reads within its bounds, and it was built
+    for this plugbox's Python runtime (its recipe)."""
+    try:
+        read = read_bundle(data, manifest.name)
+    except ModuleInterfaceError as exc:
+        checks["module"] = _check(False, "not a well-formed Python bundle", exc)
+        checks["interface"] = _check(None, "not checked (the bundle could not be read)")
+        return
+    deps = read.lock.get("dependencies", [])
+    checks["module"] = _check(True, f"well-formed Python bundle: {len(read.files)} files, "
+                                    f"entry {read.entry!r}, {len(deps) if isinstance(deps, list) else 0} "
+                                    "locked dependencies")
+    ours = recipe_id()
+    if read.recipe == ours:
+        checks["interface"] = _check(True, f"built for this plugbox's Python runtime {ours}")
+    else:
+        checks["interface"] = _check(
+            False, f"built for the Python runtime {read.recipe or '(none recorded)'}, this "
+                   f"plugbox runs {ours}; rebuild it with `plugbox build {manifest.directory}`")
 
 
 _CHECK_LABELS: Final = {
