@@ -206,6 +206,14 @@ class TufTargets(Protocol):
 
     def refresh_timestamp(self) -> None: ...
 
+    def owner_of(self, name: str) -> str | None: ...
+
+    def transfer_name(self, name: str, publisher: str) -> str | None: ...
+
+    def remove_target(self, publisher: str, target_path: str) -> bool: ...
+
+    def listing(self, name: str) -> bytes | None: ...
+
 
 def _open_tuf(directory: Path) -> TufTargets:
     from ._tuf import TufRepository
@@ -369,6 +377,10 @@ class Registry:
         #: Test seam and fault injection: called with each package file path before it is
         #: written (raise OSError there to simulate a full disk).
         self.before_write: Callable[[Path], None] | None = None
+        #: Fault injection: called with (name, version) when a publish's rows, file and TUF
+        #: target are in place, just before its transaction commits (raise there to play a
+        #: commit that fails).
+        self.before_commit: Callable[[str, str], None] | None = None
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -628,14 +640,20 @@ class Registry:
         final = self.packages_dir / name / f"{name}-{version}.plugbox"
         tmp = self._write_temp(final, data)
         renamed: list[bool] = []
+        signed: list[tuple[str, bytes | None]] = []
         try:
             # One transaction, not retried: its body renames the file and signs TUF metadata.
             with self.db.transaction() as tx:
-                return self._insert(tx, actor, verified, clean_tags, tmp, final, renamed)
+                doc = self._insert(tx, actor, verified, clean_tags, tmp, final, renamed,
+                                   signed)
+                if self.before_commit is not None:
+                    self.before_commit(name, version)
+                return doc
         except StateError as exc:
             if renamed:
                 with contextlib.suppress(OSError):
                     final.unlink()
+            self._unsign(name, version, signed)
             if self._lost_race(name, version):
                 raise self._exists(name, version) from None
             if _is_unique_violation(exc):
@@ -646,10 +664,30 @@ class Registry:
             if renamed:
                 with contextlib.suppress(OSError):
                     final.unlink()
+            self._unsign(name, version, signed)
             raise
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+    def _unsign(self, name: str, version: str, signed: list[tuple[str, bytes | None]]) -> None:
+        """Undo the TUF side of a publish that did not commit: remove its target (and, for a
+        new name, the name's delegation, index entry and listing) and put the previous
+        listing back. A failure here (the TUF repository's disk failing too) is logged: the
+        target then stays in TUF with no row, and the same version cannot be published again
+        until an operator removes it (``TufRepository.remove_target``)."""
+        if not signed:
+            return
+        publisher, previous = signed[0]
+        try:
+            with self._tuf_locked() as tuf:
+                tuf.remove_target(publisher, target_path(name, version))
+                if previous is not None:
+                    tuf.set_listing(name, previous)
+        except (RequestRefused, OSError) as exc:
+            log.error("the TUF target of %s %s could not be removed after its publish failed "
+                      "(%s); remove it with TufRepository.remove_target before publishing it "
+                      "again", name, version, exc)
 
     def _lost_race(self, name: str, version: str) -> bool:
         try:
@@ -700,7 +738,8 @@ class Registry:
         return tmp
 
     def _insert(self, tx: Tx, actor: Account, pkg: VerifiedPackage, tags: list[str],
-                tmp: Path, final: Path, renamed: list[bool]) -> dict[str, Any]:
+                tmp: Path, final: Path, renamed: list[bool],
+                signed: list[tuple[str, bytes | None]]) -> dict[str, Any]:
         name, version, now = pkg.name, pkg.version, _now()
         facts = pkg.facts()
         row = tx.execute("SELECT owner, tags FROM reg_plugins WHERE name = ?", (name,)).fetchone()
@@ -734,10 +773,13 @@ class Registry:
         try:
             custom = self._custom(pkg.data, yanked=False, reason=None)
             with self._tuf_locked() as tuf:
-                # A transferred name keeps its TUF delegation (the registry holds every
-                # delegated key): its packages go on being signed by that role.
-                tuf.add_target(self._tuf_owner(tuf, name, actor.name),
-                               target_path(name, version), pkg.data, custom)
+                # The database decided the uploader owns the name; a delegation TUF still
+                # gives another role (a transfer whose TUF step failed) follows it first.
+                if tuf.owner_of(name) not in (None, actor.name):
+                    tuf.transfer_name(name, actor.name)
+                previous = tuf.listing(name)
+                tuf.add_target(actor.name, target_path(name, version), pkg.data, custom)
+                signed.append((actor.name, previous))
                 tuf.set_listing(name, self._listing(tx, name))
                 tuf.refresh_timestamp()
         except Exception as exc:
@@ -1070,7 +1112,7 @@ class Registry:
                 raise self._storage_error(exc, "reading the package to yank") from None
             with self._tuf_locked() as tuf:
                 custom = self._custom(data, yanked=yanked, reason=reason if yanked else None)
-                tuf.update_target_custom(self._tuf_owner(tuf, name, row[0]),
+                tuf.update_target_custom(tuf.owner_of(name) or row[0],
                                          target_path(name, version), custom)
                 tuf.set_listing(name, self._listing(tx, name))
                 tuf.refresh_timestamp()
@@ -1078,14 +1120,12 @@ class Registry:
 
         return self._atomic(body)
 
-    @staticmethod
-    def _tuf_owner(tuf: TufTargets, name: str, fallback: str) -> str:
-        owner_of = getattr(tuf, "owner_of", None)
-        owner = owner_of(name) if owner_of is not None else None
-        return str(owner) if owner else fallback
-
     def transfer(self, actor: Account, name: str, to: str) -> dict[str, Any]:
-        """Give a plugin name to another account (admins only)."""
+        """Give a plugin name to another account (admins only): the database row first, then
+        the TUF delegation (:meth:`TufRepository.transfer_name`: the name's pattern and its
+        targets move to ``to``'s role). Should the TUF step fail after the commit, the
+        request fails with a typed error and TUF is repaired by repeating the transfer or by
+        the new owner's next publish."""
         self._require_admin(actor, "transfer plugin names")
 
         def body(tx: Tx) -> dict[str, Any]:
@@ -1096,7 +1136,13 @@ class Registry:
             self.db.bump_generation(_CATALOGUE, tx)
             return self._plugin_json(self._plugin_row(tx, name))
 
-        return self._atomic(body)
+        doc = self._atomic(body)
+        with self._tuf_locked() as tuf:
+            if tuf.owner_of(name) is not None:
+                tuf.transfer_name(name, to)
+                # The listing names the owner; sign it afresh.
+                tuf.set_listing(name, self._atomic(lambda tx: self._listing(tx, name)))
+        return doc
 
     # -- advisories --------------------------------------------------------------------------
 

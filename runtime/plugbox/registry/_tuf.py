@@ -18,7 +18,8 @@ Layout of ``tuf_dir``::
 Roles: ``root`` (threshold 1, the key may be offline), ``targets`` (online; signs the
 ``index.json`` and the per-plugin ``listings/<name>.json`` targets, and delegates
 ``plugins/<name>/*`` to the role ``pub-<publisher>`` of the publisher owning ``<name>``,
-terminating), one delegated role per publisher (so that one publisher's role cannot sign
+terminating; :meth:`TufRepository.transfer_name` moves the pattern and the name's targets to
+another publisher's role), one delegated role per publisher (so that one publisher's role cannot sign
 another's packages), ``snapshot`` and ``timestamp`` (short-lived: one day by default, renewed by
 :meth:`TufRepository.refresh_timestamp`). Consistent snapshots are on.
 
@@ -481,6 +482,100 @@ class TufRepository:
                 self._publish({role: delegated, "targets": targets})
         except OSError as exc:
             raise self._disk_error(exc) from None
+
+    def transfer_name(self, name: str, publisher: str) -> str | None:
+        """Move plugin ``name`` to ``publisher``'s delegated role (an admin's transfer): the
+        path pattern ``plugins/<name>/*`` leaves the old owner's delegation and joins
+        ``publisher``'s (created, with a new key, for a new publisher), and every target of
+        the name moves with it into ``publisher``'s targets metadata; both roles, the
+        targets role (the index names the new publisher), the snapshot and the timestamp
+        are re-signed, under the repository's lock. From then on the old owner's role cannot
+        sign the name (the delegation is terminating, and no longer its). Returns the old
+        owner, or None when no delegation covered the name (nothing published yet, so
+        nothing to move) or ``publisher`` held it already (then nothing changes)."""
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+            raise UsageError(f"not a plugin name: {name!r}")
+        if not isinstance(publisher, str) or not _PUBLISHER_RE.fullmatch(publisher):
+            raise UsageError(f"not a publisher name (1-64 of a-z 0-9 . _ -): {publisher!r}")
+        pattern = f"plugins/{name}/*"
+        prefix = f"plugins/{name}/"
+        try:
+            with self._locked():
+                targets = self._load("targets")
+                old = self.owner_of(name)
+                if old is None or old == publisher:
+                    return None
+                old_role, new_role = publisher_role(old), publisher_role(publisher)
+                old_delegation = targets.signed.delegations.roles[old_role]
+                old_md = self._load(old_role)
+                delegation, new_md = self._delegation(targets.signed, publisher)
+                old_delegation.paths = [p for p in old_delegation.paths if p != pattern]
+                if pattern not in delegation.paths:
+                    delegation.paths.append(pattern)
+                for path in [p for p in old_md.signed.targets if p.startswith(prefix)]:
+                    new_md.signed.targets[path] = old_md.signed.targets.pop(path)
+                doc = self.index()
+                entry = doc["plugins"].get(name)
+                if entry is not None:
+                    entry["publisher"] = publisher
+                    self._write_index(targets, doc)
+                self._publish({old_role: old_md, new_role: new_md, "targets": targets})
+                return old
+        except OSError as exc:
+            raise self._disk_error(exc) from None
+
+    def remove_target(self, publisher: str, target_path: str) -> bool:
+        """Take target ``target_path`` out of ``publisher``'s role and the index again (the
+        compensation of a publish whose database commit failed after :meth:`add_target`).
+        When it was the name's last package, the name's delegation pattern, index entry and
+        listing go too, so that the name is unclaimed in TUF as in the database. Returns
+        whether there was such a target; its package file under ``targets/`` is deleted."""
+        name = self._check_target(publisher, target_path)
+        role = publisher_role(publisher)
+        try:
+            with self._locked():
+                targets = self._load("targets")
+                if self.owner_of(name) != publisher:
+                    return False
+                delegated = self._load(role)
+                info = delegated.signed.targets.pop(target_path, None)
+                if info is None:
+                    return False
+                prefix = f"plugins/{name}/"
+                doc = self.index()
+                entry = doc["plugins"].get(name)
+                if entry is not None:
+                    entry["versions"] = {v: e for v, e in entry.get("versions", {}).items()
+                                         if e.get("target") != target_path}
+                if not any(p.startswith(prefix) for p in delegated.signed.targets):
+                    delegation = targets.signed.delegations.roles[role]
+                    delegation.paths = [p for p in delegation.paths
+                                        if p != f"plugins/{name}/*"]
+                    doc["plugins"].pop(name, None)
+                    targets.signed.targets.pop(listing_target(name), None)
+                self._write_index(targets, doc)
+                self._publish({role: delegated, "targets": targets})
+                self._unlink_package(target_path, info)
+                return True
+        except OSError as exc:
+            raise self._disk_error(exc) from None
+
+    def _unlink_package(self, target_path: str, info: Any) -> None:
+        directory, _, base = target_path.rpartition("/")
+        with contextlib.suppress(OSError):
+            (self.targets_dir / directory / f"{info.hashes['sha256']}.{base}").unlink()
+
+    def listing(self, name: str) -> bytes | None:
+        """The bytes of plugin ``name``'s current listing target, or None."""
+        info = self._load("targets").signed.targets.get(listing_target(name))
+        if info is None:
+            return None
+        file = self.targets_dir / "listings" / f"{info.hashes['sha256']}.{name}.json"
+        try:
+            return file.read_bytes()
+        except OSError as exc:
+            raise RepositoryStateError(f"the listing {file} is unreadable: {exc}",
+                                       path=str(file)) from None
 
     def set_listing(self, name: str, data: bytes) -> None:
         """Publish ``data`` (JSON: description, tags, advisories; see docs/registry.md) as
