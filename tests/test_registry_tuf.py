@@ -219,6 +219,78 @@ def test_a_delegated_role_cannot_sign_another_publishers_package(
     assert updater.get_targetinfo("plugins/beta/beta-1.0.0.plugbox") is not None
 
 
+def test_a_transfer_moves_the_name_and_its_targets_to_the_new_publishers_role(
+        repo: TufRepository, server: TufServer, tmp_path: Path) -> None:
+    """After transfer_name, plugins/alpha/* is delegated to bob's role alone: bob signs the
+    new version, the old versions moved into bob's role and still verify, and a target
+    signed only by alice's role (the old owner's, whose key the registry still holds) is
+    not found by a client."""
+    src = tmp_path / "src"
+    old = publish(repo, "alice", package(src, "alpha", "1.0.0"))
+    publish(repo, "alice", package(src, "beta", "1.0.0"))
+    client = client_for(tmp_path / "state", server)
+    client.refresh()
+    assert client._fetch("main", old, 1 << 20) == package(src, "alpha", "1.0.0")
+
+    assert repo.transfer_name("alpha", "bob") == "alice"
+    assert repo.owner_of("alpha") == "bob" and repo.owner_of("beta") == "alice"
+    roles = {r["name"]: r for r in meta(repo, "targets")["signed"]["delegations"]["roles"]}
+    assert roles["pub-alice"]["paths"] == ["plugins/beta/*"]
+    assert roles["pub-bob"]["paths"] == ["plugins/alpha/*"]
+    assert roles["pub-bob"]["terminating"] is True
+    assert set(meta(repo, "pub-alice")["signed"]["targets"]) == {
+        "plugins/beta/beta-1.0.0.plugbox"}
+    assert set(meta(repo, "pub-bob")["signed"]["targets"]) == {old}
+    assert repo.index()["plugins"]["alpha"]["publisher"] == "bob"
+    # Done again, nothing changes; the new owner publishes, the old one cannot.
+    assert repo.transfer_name("alpha", "bob") is None
+    new = publish(repo, "bob", package(src, "alpha", "2.0.0"))
+    with pytest.raises(RepositoryStateError, match="belongs to publisher 'bob'"):
+        publish(repo, "alice", package(src, "alpha", "3.0.0"))
+
+    # The old owner's role signs a package of the name anyway (the registry holds its key).
+    evil = package(tmp_path / "evil", "alpha", "9.0.0")
+    md = repo._load("pub-alice")
+    from tuf.api._payload import TargetFile
+
+    md.signed.targets["plugins/alpha/alpha-9.0.0.plugbox"] = TargetFile.from_data(
+        "plugins/alpha/alpha-9.0.0.plugbox", evil, ["sha256"])
+    with repo._locked():
+        repo._publish({"pub-alice": md})
+
+    client.refresh()  # the same client, moving on from the metadata it trusted before
+    updater = client._updaters["main"]
+    assert updater.get_targetinfo("plugins/alpha/alpha-9.0.0.plugbox") is None
+    with pytest.raises(RegistryError, match="no signed target"):
+        client._fetch("main", "plugins/alpha/alpha-9.0.0.plugbox", 1 << 20)
+    assert [c.version for c in client.versions("alpha")] == ["2.0.0", "1.0.0"]
+    assert {c.publisher for c in client.versions("alpha")} == {"bob"}
+    assert client._fetch("main", new, 1 << 20) == package(src, "alpha", "2.0.0")
+    assert client._fetch("main", old, 1 << 20) == package(src, "alpha", "1.0.0")
+    assert updater.get_targetinfo("plugins/beta/beta-1.0.0.plugbox") is not None
+
+
+def test_remove_target_unclaims_a_name_whose_last_package_it_removes(
+        repo: TufRepository, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    first = publish(repo, "alice", package(src, "alpha", "1.0.0"))
+    repo.set_listing("alpha", b'{"description": "one"}')
+    listing = repo.listing("alpha")
+    second = publish(repo, "alice", package(src, "alpha", "1.1.0"))
+    assert repo.remove_target("alice", second) is True
+    assert repo.remove_target("alice", second) is False
+    assert set(repo.index()["plugins"]["alpha"]["versions"]) == {"1.0.0"}
+    assert set(meta(repo, "pub-alice")["signed"]["targets"]) == {first}
+    assert repo.listing("alpha") == listing
+    assert repo.remove_target("alice", first) is True
+    assert repo.owner_of("alpha") is None and "alpha" not in repo.index()["plugins"]
+    assert repo.listing("alpha") is None
+    assert not list((repo.targets_dir / "plugins" / "alpha").glob("*.plugbox"))
+    # The name is free again, for anyone.
+    publish(repo, "bob", package(src, "alpha", "1.1.0"))
+    assert repo.owner_of("alpha") == "bob"
+
+
 def test_concurrent_writers_serialise_on_the_lock(repo: TufRepository, tmp_path: Path) -> None:
     datas = [package(tmp_path / f"s{i}", f"p{i}", "1.0.0") for i in range(6)]
     errors: list[BaseException] = []
