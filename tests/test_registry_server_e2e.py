@@ -139,3 +139,57 @@ def test_a_python_plugin_through_the_registry(tmp_path: Path, cache_dir: Path) -
             assert hosted.plugin.call("echo", b"hello registry") == b"hello registry"
     finally:
         server.stop()
+
+
+def test_a_transferred_name_is_signed_by_the_new_owners_role(reg: Reg, tmp_path: Path,
+                                                             cache_dir: Path) -> None:
+    """An admin's transfer through the API moves the TUF delegation of the name: the new
+    owner's release is a target of the new owner's role, a client refreshing afterwards
+    upgrades to it, and the old owner's versions (moved into the new role) still verify."""
+    from plugbox.registry._client import RegistryClient
+    from plugbox.registry._tuf import TufRepository
+
+    alice_key, bob_key = SecretKey.generate(), SecretKey.generate()
+    alice = reg.account("alice", key=alice_key)
+    bob = reg.account("bob", key=bob_key)
+    src = tmp_path / "src"
+    old = package(src / "a1", "alpha", "1.0.0", alice_key)
+    assert reg.publish(alice, old).status_code == 201
+    # No signature policy: a host requiring signatures binds a name to its first signers'
+    # keys (IdentityConflictError for a new owner's key), which is the host's rule, not TUF's.
+    with plugbox.PluginHost(state_dir=tmp_path / "state",
+                            runtime_options={"cache_dir": cache_dir}) as host:
+        host.extension_point("text.echo", version="1.0.0", mode="each")
+        host.start()
+        client = RegistryClient(tmp_path / "state", host)
+        client.add_registry("main", reg.url, reg.http.get("/tuf/metadata/1.root.json").content)
+        assert client.install("alpha").ok
+        assert list(host.call("text.echo", {}).values) == ["alpha 1.0.0"]
+
+        r = reg.http.post("/api/v1/plugins/alpha/transfer", headers=auth(reg.admin),
+                          json={"to": "bob"})
+        assert r.status_code == 200 and r.json()["owner"] == "bob", r.text
+        tuf = TufRepository(reg.directory / "tuf")
+        assert tuf.owner_of("alpha") == "bob"
+        assert reg.publish(bob, package(src / "b2", "alpha", "2.0.0", bob_key)
+                           ).status_code == 201
+        current = reg.directory / "tuf" / "current"
+        bob_targets = json.loads((current / "pub-bob.json").read_bytes())["signed"]["targets"]
+        assert set(bob_targets) == {"plugins/alpha/alpha-1.0.0.plugbox",
+                                    "plugins/alpha/alpha-2.0.0.plugbox"}
+        alice_role = json.loads((current / "pub-alice.json").read_bytes())["signed"]
+        assert alice_role["targets"] == {}
+        # The old owner can publish the name neither through the API nor through TUF.
+        r = reg.publish(alice, package(src / "a3", "alpha", "3.0.0", alice_key))
+        assert r.status_code == 403
+
+        client.refresh()
+        assert [c.version for c in client.versions("alpha")] == ["2.0.0", "1.0.0"]
+        assert client.upgrade("alpha").ok
+        assert {i.name: i.version for i in host.installed()}["alpha"] == "2.0.0"
+        assert list(host.call("text.echo", {}).values) == ["alpha 2.0.0"]
+        # A fresh client (nothing cached) verifies the old version under the new role.
+        fresh = RegistryClient(tmp_path / "fresh", None)
+        fresh.add_registry("main", reg.url, reg.http.get("/tuf/metadata/1.root.json").content)
+        assert fresh._fetch("main", "plugins/alpha/alpha-1.0.0.plugbox", 1 << 20) == old
+        assert {c.publisher for c in fresh.versions("alpha")} == {"bob"}
