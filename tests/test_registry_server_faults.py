@@ -6,6 +6,7 @@ typed 503s and then recovered from, leaving nothing behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import threading
@@ -182,3 +183,130 @@ def test_database_restart(two: tuple[Reg, Reg], pg: Any, echo_dir: Path) -> None
     assert error_of(a.http.get("/api/v1/plugins/during-outage")) == (404, "not-found")
     r = b.publish(token, make_package(echo_dir, key, name="during-outage"))
     assert r.status_code == 201, r.text
+
+
+# --------------------------------------------------------------------------------------------
+# A publish whose database commit fails
+
+
+class InProcessServer:
+    """The registry's application under uvicorn in a thread of the test process (so that the
+    test can reach into its database), on 127.0.0.1."""
+
+    def __init__(self, registry: Any) -> None:
+        import uvicorn
+
+        from plugbox.registry import create_app
+        from tests.test_registry_server import free_port
+
+        self.url = f"http://127.0.0.1:{free_port()}"
+        config = uvicorn.Config(create_app(registry), host="127.0.0.1",
+                                port=int(self.url.rsplit(":", 1)[1]), log_level="warning",
+                                access_log=False, lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "no server"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+class FailingCommit:
+    """Wraps the registry database's SQLite connection: while ``armed``, the COMMIT of a
+    transaction that inserted a version row fails (the transaction is rolled back, as
+    when the disk fails under the commit)."""
+
+    def __init__(self, db: Any) -> None:
+        self.conn = db._connection()
+        self.armed = True
+        self.failed = 0
+        self.pending = False
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        import sqlite3
+
+        if "INSERT INTO reg_versions" in sql:
+            self.pending = True
+        if sql == "ROLLBACK":
+            self.pending = False
+        if sql == "COMMIT" and self.pending and self.armed:
+            self.pending = False
+            self.failed += 1
+            self.conn.execute("ROLLBACK")
+            raise sqlite3.OperationalError("disk I/O error")
+        if sql == "COMMIT":
+            self.pending = False
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def test_a_publish_whose_commit_fails_leaves_nothing_in_tuf_and_can_be_retried(
+        tmp_path: Path, echo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from plugbox.registry import Registry
+    from plugbox.registry._client import RegistryClient
+    from plugbox.registry._tuf import TufRepository
+
+    directory = tmp_path / "reg"
+    admin = init_registry_cli(directory)
+    registry = Registry(directory)
+    server = InProcessServer(registry)
+    try:
+        reg = Reg(directory, server, admin)  # type: ignore[arg-type]
+        key = SecretKey.generate()
+        token = reg.account("pub", key=key)
+        assert reg.publish(token, make_package(echo_dir, key, name="gap")).status_code == 201
+        tuf = TufRepository(directory / "tuf")
+        listing, packages = tuf.listing("gap"), reg.packages()
+        client = RegistryClient(tmp_path / "state", None)
+        client.add_registry("main", reg.url, reg.http.get("/tuf/metadata/1.root.json").content)
+
+        def tuf_packages() -> set[str]:
+            return {p.name.split(".", 1)[1] for p in tuf.targets_dir.rglob("*.plugbox")}
+
+        failing = FailingCommit(registry.db)
+        monkeypatch.setattr(registry.db, "_connection", lambda: failing)
+        # Another version of a published name, and the first version of a new name.
+        uploads = {("gap", "0.2.0"): make_package(echo_dir, key, name="gap", version="0.2.0"),
+                   ("fresh", "0.1.0"): make_package(echo_dir, key, name="fresh")}
+        for (name, version), data in uploads.items():
+            r = reg.publish(token, data)
+            assert error_of(r) == (503, "unavailable"), r.text
+            assert "disk I/O error" in r.json()["error"]["message"]
+            assert error_of(reg.http.get(f"/api/v1/plugins/{name}/versions/{version}")) == \
+                (404, "not-found")
+            assert reg.packages() == packages
+            index = tuf.index()["plugins"]
+            assert set(index) == {"gap"} and set(index["gap"]["versions"]) == {"0.1.0"}
+            targets = json.loads((directory / "tuf" / "current" / "pub-pub.json")
+                                 .read_bytes())["signed"]["targets"]
+            assert set(targets) == {"plugins/gap/gap-0.1.0.plugbox"}
+            assert tuf_packages() == {"gap-0.1.0.plugbox"}
+            assert tuf.owner_of("fresh") is None and tuf.listing("fresh") is None
+            assert tuf.listing("gap") == listing
+        assert failing.failed == 2
+        # A client refreshing now sees consistent metadata that lists only what committed.
+        client.refresh()
+        assert [c.version for c in client.versions("gap")] == ["0.1.0"]
+        assert client.versions("fresh") == []
+
+        # The same uploads, retried once the database commits again, are published.
+        failing.armed = False
+        for (name, version), data in uploads.items():
+            r = reg.publish(token, data)
+            assert r.status_code == 201, r.text
+        assert tuf_packages() == {"gap-0.1.0.plugbox", "gap-0.2.0.plugbox", "fresh-0.1.0.plugbox"}
+        client.refresh()
+        assert [c.version for c in client.versions("gap")] == ["0.2.0", "0.1.0"]
+        assert client._fetch("main", "plugins/fresh/fresh-0.1.0.plugbox", 1 << 20) == \
+            uploads[("fresh", "0.1.0")]
+        assert reg.http.get("/api/v1/plugins/gap").json()["latest"] == "0.2.0"
+    finally:
+        server.stop()
+        registry.close()

@@ -377,10 +377,6 @@ class Registry:
         #: Test seam and fault injection: called with each package file path before it is
         #: written (raise OSError there to simulate a full disk).
         self.before_write: Callable[[Path], None] | None = None
-        #: Fault injection: called with (name, version) when a publish's rows, file and TUF
-        #: target are in place, just before its transaction commits (raise there to play a
-        #: commit that fails).
-        self.before_commit: Callable[[str, str], None] | None = None
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -644,11 +640,8 @@ class Registry:
         try:
             # One transaction, not retried: its body renames the file and signs TUF metadata.
             with self.db.transaction() as tx:
-                doc = self._insert(tx, actor, verified, clean_tags, tmp, final, renamed,
-                                   signed)
-                if self.before_commit is not None:
-                    self.before_commit(name, version)
-                return doc
+                return self._insert(tx, actor, verified, clean_tags, tmp, final, renamed,
+                                    signed)
         except StateError as exc:
             if renamed:
                 with contextlib.suppress(OSError):
