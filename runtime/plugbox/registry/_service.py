@@ -767,7 +767,8 @@ class Registry:
             custom = self._custom(pkg.data, yanked=False, reason=None)
             with self._tuf_locked() as tuf:
                 # The database decided the uploader owns the name; a delegation TUF still
-                # gives another role (a transfer whose TUF step failed) follows it first.
+                # gives another role (a name transferred before transfers moved delegations,
+                # or a transfer whose undo failed) follows it first.
                 if tuf.owner_of(name) not in (None, actor.name):
                     tuf.transfer_name(name, actor.name)
                 previous = tuf.listing(name)
@@ -1114,12 +1115,13 @@ class Registry:
         return self._atomic(body)
 
     def transfer(self, actor: Account, name: str, to: str) -> dict[str, Any]:
-        """Give a plugin name to another account (admins only): the database row first, then
-        the TUF delegation (:meth:`TufRepository.transfer_name`: the name's pattern and its
-        targets move to ``to``'s role). Should the TUF step fail after the commit, the
-        request fails with a typed error and TUF is repaired by repeating the transfer or by
-        the new owner's next publish."""
+        """Give a plugin name to another account (admins only). In the same transaction the
+        TUF delegation follows (:meth:`TufRepository.transfer_name`: the name's pattern and
+        its targets move to ``to``'s role, so the old owner's role can no longer sign the
+        name) and the listing is signed afresh; should the transaction not commit, the
+        delegation and the listing are moved back."""
         self._require_admin(actor, "transfer plugin names")
+        undo: list[tuple[str, bytes | None]] = []
 
         def body(tx: Tx) -> dict[str, Any]:
             self._plugin_row(tx, name)
@@ -1127,15 +1129,29 @@ class Registry:
                 raise RequestRefused(404, "not-found", f"no account {to!r}")
             tx.execute("UPDATE reg_plugins SET owner = ? WHERE name = ?", (to, name))
             self.db.bump_generation(_CATALOGUE, tx)
+            with self._tuf_locked() as tuf:
+                previous = tuf.listing(name)
+                old = tuf.transfer_name(name, to)
+                if old is not None and not undo:  # a retried body finds the move done
+                    undo.append((old, previous))
+                tuf.set_listing(name, self._listing(tx, name))
             return self._plugin_json(self._plugin_row(tx, name))
 
-        doc = self._atomic(body)
-        with self._tuf_locked() as tuf:
-            if tuf.owner_of(name) is not None:
-                tuf.transfer_name(name, to)
-                # The listing names the owner; sign it afresh.
-                tuf.set_listing(name, self._atomic(lambda tx: self._listing(tx, name)))
-        return doc
+        try:
+            return self._atomic(body)
+        except BaseException:
+            if undo:
+                old, previous = undo[0]
+                try:
+                    with self._tuf_locked() as tuf:
+                        tuf.transfer_name(name, old)
+                        if previous is not None:
+                            tuf.set_listing(name, previous)
+                except (RequestRefused, OSError) as exc:
+                    log.error("the TUF delegation of %s could not be moved back to %s after "
+                              "its transfer failed (%s); %s's next publish moves it", name,
+                              old, exc, old)
+            raise
 
     # -- advisories --------------------------------------------------------------------------
 
