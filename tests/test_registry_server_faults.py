@@ -218,11 +218,12 @@ class InProcessServer:
 
 class FailingCommit:
     """Wraps the registry database's SQLite connection: while ``armed``, the COMMIT of a
-    transaction that inserted a version row fails (the transaction is rolled back, as
-    when the disk fails under the commit)."""
+    transaction that ran a statement containing ``trigger`` (by default: inserted a version
+    row) fails; the transaction is rolled back, as when the disk fails under the commit."""
 
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: Any, trigger: str = "INSERT INTO reg_versions") -> None:
         self.conn = db._connection()
+        self.trigger = trigger
         self.armed = True
         self.failed = 0
         self.pending = False
@@ -230,7 +231,7 @@ class FailingCommit:
     def execute(self, sql: str, *args: Any) -> Any:
         import sqlite3
 
-        if "INSERT INTO reg_versions" in sql:
+        if self.trigger in sql:
             self.pending = True
         if sql == "ROLLBACK":
             self.pending = False
@@ -307,6 +308,55 @@ def test_a_publish_whose_commit_fails_leaves_nothing_in_tuf_and_can_be_retried(
         assert client._fetch("main", "plugins/fresh/fresh-0.1.0.plugbox", 1 << 20) == \
             uploads[("fresh", "0.1.0")]
         assert reg.http.get("/api/v1/plugins/gap").json()["latest"] == "0.2.0"
+    finally:
+        server.stop()
+        registry.close()
+
+
+def test_a_transfer_that_does_not_commit_moves_the_delegation_back(
+        tmp_path: Path, echo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TUF side of a transfer follows its transaction: undone when the commit fails,
+    done when it succeeds; and a delegation TUF still gives the former owner (a name
+    transferred before transfers moved delegations) follows the owner's next publish."""
+    from plugbox.registry import Registry
+    from plugbox.registry._tuf import TufRepository
+
+    directory = tmp_path / "reg"
+    admin = init_registry_cli(directory)
+    registry = Registry(directory)
+    server = InProcessServer(registry)
+    try:
+        reg = Reg(directory, server, admin)  # type: ignore[arg-type]
+        alice_key, bob_key = SecretKey.generate(), SecretKey.generate()
+        alice = reg.account("alice", key=alice_key)
+        bob = reg.account("bob", key=bob_key)
+        assert reg.publish(alice, make_package(echo_dir, alice_key, name="moved")
+                           ).status_code == 201
+        tuf = TufRepository(directory / "tuf")
+        listing = tuf.listing("moved")
+        url = "/api/v1/plugins/moved/transfer"
+        failing = FailingCommit(registry.db, trigger="UPDATE reg_plugins SET owner")
+        monkeypatch.setattr(registry.db, "_connection", lambda: failing)
+        r = reg.http.post(url, headers=auth(reg.admin), json={"to": "bob"})
+        assert error_of(r) == (503, "unavailable") and failing.failed == 1
+        assert reg.http.get("/api/v1/plugins/moved").json()["owner"] == "alice"
+        assert tuf.owner_of("moved") == "alice" and tuf.listing("moved") == listing
+        assert set(tuf._load("pub-alice").signed.targets) == {"plugins/moved/moved-0.1.0.plugbox"}
+
+        failing.armed = False
+        r = reg.http.post(url, headers=auth(reg.admin), json={"to": "bob"})
+        assert r.status_code == 200, r.text
+        assert tuf.owner_of("moved") == "bob"
+        assert json.loads(tuf.listing("moved") or b"{}")["owner"] == "bob"
+
+        # TUF behind the database (as a registry transferred names before): bob's next
+        # publish moves the delegation to bob's role before signing.
+        assert tuf.transfer_name("moved", "alice") == "bob"
+        r = reg.publish(bob, make_package(echo_dir, bob_key, name="moved", version="0.2.0"))
+        assert r.status_code == 201, r.text
+        assert tuf.owner_of("moved") == "bob"
+        assert set(tuf._load("pub-bob").signed.targets) == {
+            "plugins/moved/moved-0.1.0.plugbox", "plugins/moved/moved-0.2.0.plugbox"}
     finally:
         server.stop()
         registry.close()
