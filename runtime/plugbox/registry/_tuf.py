@@ -18,9 +18,9 @@ Layout of ``tuf_dir``::
 Roles: ``root`` (threshold 1, the key may be offline), ``targets`` (online; signs the
 ``index.json`` and the per-plugin ``listings/<name>.json`` targets, and delegates
 ``plugins/<name>/*`` to the role ``pub-<publisher>`` of the publisher owning ``<name>``,
-terminating; :meth:`TufRepository.transfer_name` moves the pattern and the name's targets to
-another publisher's role), one delegated role per publisher (so that one publisher's role cannot sign
-another's packages), ``snapshot`` and ``timestamp`` (short-lived: one day by default, renewed by
+terminating; :meth:`TufRepository.transfer_name` moves the pattern and the name's targets
+to another publisher's role), one delegated role per publisher (so that one publisher's role
+cannot sign another's packages), ``snapshot`` and ``timestamp`` (short-lived: one day by default, renewed by
 :meth:`TufRepository.refresh_timestamp`). Consistent snapshots are on.
 
 Several server processes may write: every change holds an exclusive ``flock`` on
