@@ -20,8 +20,8 @@ Roles: ``root`` (threshold 1, the key may be offline), ``targets`` (online; sign
 ``plugins/<name>/*`` to the role ``pub-<publisher>`` of the publisher owning ``<name>``,
 terminating; :meth:`TufRepository.transfer_name` moves the pattern and the name's targets
 to another publisher's role), one delegated role per publisher (so that one publisher's role
-cannot sign another's packages), ``snapshot`` and ``timestamp`` (short-lived: one day by default, renewed by
-:meth:`TufRepository.refresh_timestamp`). Consistent snapshots are on.
+cannot sign another's packages), ``snapshot`` and ``timestamp`` (short-lived: one day by
+default, renewed by :meth:`TufRepository.refresh_timestamp`). Consistent snapshots are on.
 
 Several server processes may write: every change holds an exclusive ``flock`` on
 ``tuf_dir/.lock``, and every file is written to a temporary name, fsynced and renamed.
