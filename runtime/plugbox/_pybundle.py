@@ -151,7 +151,8 @@ world interpreter {
 INTERPRETER_WORLD_NAME: Final = "interpreter"
 INTERPRETER_MODULE: Final = "plugbox_interpreter_entry"
 
-_INSTALL_HINT: Final = (
+#: How to get componentize-py (appended to the errors that lack it).
+INSTALL_HINT: Final = (
     f"install it with `pip install componentize-py=={COMPONENTIZE_PY_VERSION}` (it is in "
     "plugbox's dev extra: `pip install -e '.[dev]'` or `python3 dev.py setup`)"
 )
@@ -199,7 +200,7 @@ def find_componentize_py() -> tuple[str, str]:
     if program is None:
         raise UsageError(
             "componentize-py was not found next to the Python interpreter or on PATH; "
-            + _INSTALL_HINT
+            + INSTALL_HINT
         )
     try:
         proc = subprocess.run(
@@ -207,10 +208,10 @@ def find_componentize_py() -> tuple[str, str]:
             stdin=subprocess.DEVNULL,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise UsageError(f"cannot run {program}: {exc}; " + _INSTALL_HINT) from exc
+        raise UsageError(f"cannot run {program}: {exc}; " + INSTALL_HINT) from exc
     version = proc.stdout.strip().rpartition(" ")[2]
     if proc.returncode != 0 or not version:
-        raise UsageError(f"{program} --version failed: {proc.stderr.strip()}; " + _INSTALL_HINT)
+        raise UsageError(f"{program} --version failed: {proc.stderr.strip()}; " + INSTALL_HINT)
     return program, version
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -62,7 +61,8 @@ from ._build import (
 )
 from .._errors import UsageError
 from .._manifest import MANIFEST_FILENAME, Manifest, load_manifest
-from .._pybundle import is_bundle_manifest
+from .._pybundle import (COMPONENTIZE_PY_VERSION, INSTALL_HINT, find_componentize_py,
+                         is_bundle_manifest, sdk_location)
 from ..engine._wit import WIT_FILENAME, WIT_WORLD, wit_dir
 
 __all__ = [
@@ -80,8 +80,6 @@ __all__ = [
     "world_wit",
 ]
 
-#: The componentize-py release plugbox builds with (and its dev extra pins).
-COMPONENTIZE_PY_VERSION: Final = "0.25.1"
 #: The generated entry module's name; it must differ from the world module (``wit_world``).
 ENTRY_MODULE: Final = "plugbox_entry"
 #: The author's module: ``app.py`` in the plugin directory.
@@ -143,10 +141,6 @@ world plugin {{
 }}
 """
 
-_INSTALL_HINT: Final = (
-    f"install it with `pip install componentize-py=={COMPONENTIZE_PY_VERSION}` (it is in "
-    "plugbox's dev extra: `pip install -e '.[dev]'` or `python3 dev.py setup`)"
-)
 
 # Run in a subprocess of this interpreter: imports the plugin as the component will, and
 # prints one JSON line: the hooks it registered, or where and how the import failed.
@@ -191,56 +185,6 @@ def _silent(_message: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ locating
-
-
-def find_componentize_py() -> tuple[str, str]:
-    """The ``componentize-py`` program and its version.
-
-    Looked for next to the running Python (a venv's ``bin``), then on ``PATH``.
-
-    Raises:
-        UsageError: componentize-py is missing or does not run.
-    """
-    exe = "componentize-py.exe" if os.name == "nt" else "componentize-py"
-    beside = Path(sys.executable).with_name(exe)
-    program = str(beside) if beside.is_file() else shutil.which("componentize-py")
-    if program is None:
-        raise UsageError(
-            "componentize-py was not found next to the Python interpreter or on PATH; "
-            + _INSTALL_HINT
-        )
-    try:
-        proc = subprocess.run(
-            [program, "--version"], capture_output=True, text=True, timeout=60,
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise UsageError(f"cannot run {program}: {exc}; " + _INSTALL_HINT) from exc
-    version = proc.stdout.strip().rpartition(" ")[2]
-    if proc.returncode != 0 or not version:
-        raise UsageError(f"{program} --version failed: {proc.stderr.strip()}; " + _INSTALL_HINT)
-    return program, version
-
-
-def sdk_location() -> Path:
-    """The directory that contains the ``plugbox_sdk`` package (goes on the Python path).
-
-    The installed SDK (``pip install plugbox-sdk``, or the editable install of a checkout), else
-    ``sdk-python/src`` of the checkout this plugbox runs from.
-
-    Raises:
-        UsageError: the SDK is neither installed nor in a checkout.
-    """
-    spec = importlib.util.find_spec("plugbox_sdk")
-    if spec is not None and spec.origin:
-        return Path(spec.origin).resolve().parent.parent
-    checkout = Path(__file__).resolve().parents[3] / "sdk-python" / "src"  # runtime/plugbox/authoring/
-    if (checkout / "plugbox_sdk" / "__init__.py").is_file():
-        return checkout
-    raise UsageError(
-        "plugbox build needs the Python SDK: pip install plugbox-sdk (in a checkout: "
-        "pip install -e ./sdk-python, which `python3 dev.py setup` does)"
-    )
 
 
 def entry_module_source(plugin_name: str, app: str = APP_MODULE) -> str:
@@ -560,7 +504,7 @@ def _run_componentize(
                 env=env,
             )
         except OSError as exc:
-            raise UsageError(f"cannot run {cmd[0]}: {exc}; " + _INSTALL_HINT) from exc
+            raise UsageError(f"cannot run {cmd[0]}: {exc}; " + INSTALL_HINT) from exc
         deadline = time.monotonic() + timeout
         while True:
             try:
