@@ -1263,16 +1263,21 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
         """The last reader of an old generation left (C counts): close the retired plugins
         no reader can still be using."""
         with self._readers_lock:
-            if not self._retired:
-                return
-            oldest = min(self._readers, default=None)
-            done = [p for g, p in self._retired if oldest is None or oldest >= g]
-            if not done:
-                return
-            self._retired = [(g, p) for g, p in self._retired
-                             if not (oldest is None or oldest >= g)]
+            done = self._take_drained()
         for plugin in done:
             plugin.close()
+
+    def _take_drained(self) -> list[Plugin]:
+        """Under ``_readers_lock``: the retired plugins that no reader can still be using
+        (retired at or before the oldest generation read), removed from ``_retired``."""
+        if not self._retired:
+            return []
+        oldest = min(self._readers, default=None)
+        done = [p for g, p in self._retired if oldest is None or oldest >= g]
+        if done:
+            self._retired = [(g, p) for g, p in self._retired
+                             if not (oldest is None or oldest >= g)]
+        return done
 
     def _leave(self, gen: int) -> None:
         if _C is not None:
@@ -1284,14 +1289,7 @@ class PluginHost(SyncMixin, LifecycleMixin, HealthMixin, QuarantineMixin):
                 self._readers[gen] = left
             else:
                 del self._readers[gen]
-            if not self._retired:
-                return
-            oldest = min(self._readers, default=None)
-            done = [p for g, p in self._retired if oldest is None or oldest >= g]
-            if not done:
-                return
-            self._retired = [(g, p) for g, p in self._retired
-                             if not (oldest is None or oldest >= g)]
+            done = self._take_drained()
         for plugin in done:
             plugin.close()
 
