@@ -6,6 +6,8 @@ limits, all through HTTP."""
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import io
 import json
@@ -173,16 +175,22 @@ class Reg:
         return files_under(self.directory / "packages")
 
 
-@pytest.fixture(scope="module")
-def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reg]:
-    root = tmp_path_factory.mktemp("registry")
-    directory = root / "reg"
+@contextlib.contextmanager
+def running_registry(directory: Path) -> Iterator[Reg]:
+    """A registry initialised in ``directory`` (``plugbox registry init``) and served on
+    127.0.0.1 until the block ends."""
     admin = init_registry_cli(directory)
     server = Server(directory)
     try:
         yield Reg(directory, server, admin)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reg]:
+    with running_registry(tmp_path_factory.mktemp("registry") / "reg") as running:
+        yield running
 
 
 def error_of(r: httpx.Response) -> tuple[int, str]:

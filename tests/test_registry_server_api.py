@@ -15,6 +15,7 @@ import pytest
 
 from plugbox.trust._signing import SecretKey, sign_bytes
 from tests.test_registry_server import (
+    running_registry,
     TEST_LIMITS,
     Reg,
     Server,
@@ -30,13 +31,8 @@ __all__ = ["echo_dir"]
 
 @pytest.fixture(scope="module")
 def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reg]:
-    directory = tmp_path_factory.mktemp("registry-api") / "reg"
-    admin = init_registry_cli(directory)
-    server = Server(directory)
-    try:
-        yield Reg(directory, server, admin)
-    finally:
-        server.stop()
+    with running_registry(tmp_path_factory.mktemp("registry-api") / "reg") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

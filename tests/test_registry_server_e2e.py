@@ -15,8 +15,8 @@ import plugbox
 from plugbox.trust._package import write_package
 from plugbox.trust._signing import SecretKey, sign_bytes
 from tests.test_lifecycle_upgrade import failing_init_plugin
-from tests.test_registry_server import Reg, Server, auth, echo_dir, init_registry_cli, \
-    make_package
+from tests.test_registry_server import (Reg, Server, auth, echo_dir, init_registry_cli,
+                                        make_package, running_registry)
 from tests.test_registry_tuf import package
 
 __all__ = ["echo_dir"]
@@ -24,13 +24,8 @@ __all__ = ["echo_dir"]
 
 @pytest.fixture
 def reg(tmp_path: Path) -> Iterator[Reg]:
-    directory = tmp_path / "reg"
-    admin = init_registry_cli(directory)
-    server = Server(directory)
-    try:
-        yield Reg(directory, server, admin)
-    finally:
-        server.stop()
+    with running_registry(tmp_path / "reg") as running:
+        yield running
 
 
 def signed_package(directory: Path, key: SecretKey) -> bytes:
