@@ -25,6 +25,7 @@ from plugbox.authoring import _build, _pybuild
 from plugbox.authoring._build import find_rust_toolchain
 from plugbox.cli import main as plugbox_main
 from plugbox.services._services import _NOT_GRANTED
+from tests.test_rsloop import target_dir, toolchain
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "sdk-rust" / "README.md"
@@ -41,20 +42,6 @@ def native_toolchain() -> tuple[str, str]:
         if cargo is None or rustc is None:
             pytest.skip("no cargo/rustc on this machine: the Rust harness tests need one")
         return cargo, rustc
-
-
-@pytest.fixture(scope="module")
-def wasm_toolchain() -> tuple[str, str]:
-    try:
-        return find_rust_toolchain()
-    except UsageError as exc:
-        pytest.skip(f"no Rust toolchain for wasm32-unknown-unknown: {exc}")
-
-
-@pytest.fixture(scope="module")
-def target_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cargo target dir for every crate of the module, so the SDK compiles once."""
-    return tmp_path_factory.mktemp("cargo-target")
 
 
 def _new_crate(where: Path, name: str) -> Path:
@@ -245,7 +232,7 @@ def test_the_stale_mechanism_is_one_shared_with_python() -> None:
 
 def test_a_failed_rust_build_is_stale_and_call_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    wasm_toolchain: tuple[str, str], target_dir: Path,
+    toolchain: tuple[str, str], target_dir: Path,
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CARGO_TARGET_DIR", str(target_dir))
