@@ -61,8 +61,8 @@ from ._build import (
 )
 from .._errors import UsageError
 from .._manifest import MANIFEST_FILENAME, Manifest, load_manifest
-from .._pybundle import (COMPONENTIZE_PY_VERSION, INSTALL_HINT, find_componentize_py,
-                         is_bundle_manifest, sdk_location)
+from .._pybundle import (COMPONENTIZE_PY_VERSION, ENTRY_EXPORTS, INSTALL_HINT,
+                         find_componentize_py, is_bundle_manifest, sdk_location)
 from ..engine._wit import WIT_FILENAME, WIT_WORLD, wit_dir
 
 __all__ = [
@@ -105,24 +105,9 @@ import {app}  # noqa: F401 -- importing it registers the plugin's hooks
 
 
 class WitWorld(wit_world.WitWorld):
-    """The world ``plugin-bulk`` of abi/plugbox.wit: ``plugin``'s exports..."""
+    """The world ``plugin-bulk`` of abi/plugbox.wit: ``plugin``'s exports and ``bulk``."""
 
-    def on_init(self, config: str) -> None:
-        _component.on_init(config)
-
-    def on_hook(self, hook: str, payload: bytes) -> bytes:
-        return _component.on_hook(hook, payload)
-
-
-class Bulk(wit_world.exports.Bulk):
-    """... and the bulk entry point, which the host prefers for its one-buffer payloads."""
-
-    def on_hook_text(self, hook: str, payload: str) -> str:
-        return _component.on_hook_text(hook, payload)
-
-    def on_hook_hex(self, hook: str, payload: str) -> str:
-        return _component.on_hook_hex(hook, payload)
-'''
+''' + ENTRY_EXPORTS
 
 #: The world a plugin is compiled against: ``plugin`` of abi/plugbox.wit with only the
 #: requested services imported. componentize-py would otherwise make every component import
